@@ -1,0 +1,10 @@
+"""qgraph: a graph-rewriting compiler pass library for quantizing neural networks."""
+
+from qgraph.errors import QGraphError
+from qgraph.ir import Graph, Model, Node, Tensor, Value, ops
+from qgraph.onnx import from_gs, load, save, to_gs, to_proto
+
+__version__ = "0.1.0"
+
+__all__ = ["Graph", "Model", "Node", "QGraphError", "Tensor", "Value", "from_gs", "load", "ops",
+           "save", "to_gs", "to_proto"]

@@ -1,0 +1,103 @@
+"""Op identities, one table.
+
+Passes compare ``node.op is ops.Conv``, never ``node.op_type == "Conv"``. An ``OpId`` is
+interned per (domain, op_type), so identity comparison is exact. ``"ai.onnx"`` and ``""``
+name the same (default) domain.
+
+Calling an ``OpId`` builds a rewrite pattern: ``ops.Relu(ops.Conv(x, w, b))``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+DEFAULT_DOMAIN = ""
+ML_DOMAIN = "ai.onnx.ml"
+QGRAPH_DOMAIN = "qgraph"
+
+# Domains whose op sets qgraph knows: a node in one of these is checked against the onnx
+# schema registry on import. Other domains are accepted when the model declares them.
+STANDARD_DOMAINS = frozenset({DEFAULT_DOMAIN, ML_DOMAIN, "ai.onnx.preview.training"})
+
+
+def normalize_domain(domain: str) -> str:
+    return DEFAULT_DOMAIN if domain == "ai.onnx" else domain
+
+
+class OpId:
+    """The identity of an operator: (domain, op_type). Create with ``op()``; compare with ``is``."""
+
+    __slots__ = ("domain", "op_type")
+    _interned: dict[tuple[str, str], "OpId"] = {}
+
+    def __new__(cls, op_type: str, domain: str = DEFAULT_DOMAIN) -> "OpId":
+        key = (normalize_domain(domain), op_type)
+        found = cls._interned.get(key)
+        if found is None:
+            found = super().__new__(cls)
+            object.__setattr__(found, "domain", key[0])
+            object.__setattr__(found, "op_type", op_type)
+            cls._interned[key] = found
+        return found
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("OpId is immutable")
+
+    def __reduce__(self):
+        return (OpId, (self.op_type, self.domain))
+
+    def __str__(self) -> str:
+        return self.op_type if not self.domain else f"{self.domain}::{self.op_type}"
+
+    def __repr__(self) -> str:
+        return f"OpId({self})"
+
+    def __call__(self, *inputs: Any, **kwargs: Any):
+        """Build a rewrite pattern node matching this op (see ``qgraph.rewrite``)."""
+        from qgraph.rewrite.pattern import NodePattern
+
+        return NodePattern(self, inputs, **kwargs)
+
+
+def op(op_type: str, domain: str = DEFAULT_DOMAIN) -> OpId:
+    """The interned OpId for ``op_type`` in ``domain``."""
+    return OpId(op_type, domain)
+
+
+def parse_op(text: str) -> OpId:
+    """Parse the text form ``Conv`` or ``domain::Op``."""
+    domain, sep, op_type = text.rpartition("::")
+    return OpId(op_type, domain if sep else DEFAULT_DOMAIN)
+
+
+# -- the ops qgraph's passes refer to by name -------------------------------------------------
+Add = op("Add")
+AveragePool = op("AveragePool")
+BatchNormalization = op("BatchNormalization")
+Cast = op("Cast")
+Clip = op("Clip")
+Concat = op("Concat")
+Constant = op("Constant")
+Conv = op("Conv")
+ConvTranspose = op("ConvTranspose")
+DequantizeLinear = op("DequantizeLinear")
+Div = op("Div")
+Dropout = op("Dropout")
+Flatten = op("Flatten")
+Gemm = op("Gemm")
+GlobalAveragePool = op("GlobalAveragePool")
+Identity = op("Identity")
+If = op("If")
+Loop = op("Loop")
+MatMul = op("MatMul")
+MaxPool = op("MaxPool")
+Mul = op("Mul")
+QuantizeLinear = op("QuantizeLinear")
+Relu = op("Relu")
+Reshape = op("Reshape")
+Scan = op("Scan")
+Sigmoid = op("Sigmoid")
+Softmax = op("Softmax")
+Sub = op("Sub")
+Sum = op("Sum")
+Transpose = op("Transpose")

@@ -1,0 +1,208 @@
+"""qgraph IR -> ONNX ModelProto / file."""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import onnx
+
+from qgraph.errors import QGraphError
+from qgraph.ir.core import Attr, AttrType, Graph, Model, Value
+from qgraph.ir.tensor import Tensor
+from qgraph.onnx._types import fill_type_proto, type_to_proto
+
+# Protobuf refuses to serialize messages over 2 GiB; past this much tensor data, save
+# writes external data even when the caller did not ask for it.
+_PROTO_LIMIT = 1_800_000_000
+
+
+def to_proto(model: Model, *, tensor_hook: Callable[[Tensor, onnx.TensorProto], None] | None = None) -> onnx.ModelProto:
+    """Export ``model`` to a ModelProto. Values without a name get a fresh unique one.
+
+    ``tensor_hook`` sees every initializer / tensor attribute proto (save uses it to move
+    data to an external file).
+    """
+    mp = onnx.ModelProto()
+    mp.ir_version = model.ir_version
+    for domain, version in model.opset_imports.items():
+        o = mp.opset_import.add()
+        o.domain, o.version = domain, version
+    mp.producer_name = model.producer_name
+    mp.producer_version = model.producer_version
+    mp.domain = model.domain
+    mp.model_version = model.model_version
+    mp.doc_string = model.doc_string
+    for k, v in model.metadata_props.items():
+        p = mp.metadata_props.add()
+        p.key, p.value = k, v
+    mp.functions.extend(model.functions)
+    mp.training_info.extend(model.training_info)
+    if model.configuration:
+        mp.configuration.extend(model.configuration)
+    _Exporter(tensor_hook).graph(model.graph, mp.graph)
+    return mp
+
+
+def save(model: Model, path: "str | os.PathLike", *, external_data: bool | None = None,
+         size_threshold: int = 1024, location: str | None = None) -> None:
+    """Write ``model`` to ``path``.
+
+    Args:
+        external_data: store tensors of at least ``size_threshold`` bytes in one file next
+            to the model. Default: when the loaded model had external data, or when the
+            tensors would exceed protobuf's 2 GiB limit.
+        location: the data file's name (default ``<model file name>.data``).
+    """
+    path = os.fspath(path)
+    tensors = [v.const_value for g in model.graph.all_graphs() for v in g.initializers.values()]
+    if external_data is None:
+        external_data = any(t.is_external for t in tensors) or sum(t.nbytes for t in tensors) > _PROTO_LIMIT
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    if not external_data:
+        data = to_proto(model).SerializeToString()
+        with open(path, "wb") as f:
+            f.write(data)
+        return
+    location = location or os.path.basename(path) + ".data"
+    if os.path.isabs(location) or os.path.dirname(location):
+        raise QGraphError(f"external data location '{location}' must be a plain file name next to the model")
+    data_path = os.path.join(folder, location)
+    tmp_path = data_path + ".tmp"  # the model may be reading its tensors from data_path
+    with open(tmp_path, "wb") as data_file:
+        def hook(tensor: Tensor, proto: onnx.TensorProto) -> None:
+            if tensor.nbytes < size_threshold or tensor.dtype == onnx.TensorProto.STRING:
+                return
+            raw = tensor.raw_bytes()
+            offset = data_file.tell()
+            pad = (-offset) % 64
+            data_file.write(b"\0" * pad)
+            offset += pad
+            data_file.write(raw)
+            proto.ClearField("raw_data")
+            for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data"):
+                proto.ClearField(field)
+            proto.data_location = onnx.TensorProto.EXTERNAL
+            del proto.external_data[:]
+            for k, v in (("location", location), ("offset", str(offset)), ("length", str(len(raw)))):
+                e = proto.external_data.add()
+                e.key, e.value = k, v
+
+        mp = to_proto(model, tensor_hook=hook)
+    # Tensors still reading lazily from the file about to be replaced load their bytes now.
+    real = os.path.realpath(data_path)
+    for t in tensors:
+        if t.is_external and not t.is_loaded and os.path.realpath(t._external.path) == real:
+            t.numpy()
+    os.replace(tmp_path, data_path)
+    with open(path, "wb") as f:
+        f.write(mp.SerializeToString())
+
+
+class _Exporter:
+    def __init__(self, tensor_hook):
+        self.tensor_hook = tensor_hook
+
+    def tensor(self, t: Tensor, proto: onnx.TensorProto, name: str | None = None) -> None:
+        proto.CopyFrom(t.to_proto(name))
+        if self.tensor_hook is not None:
+            self.tensor_hook(t, proto)
+
+    def value_info(self, v: Value, vi: onnx.ValueInfoProto) -> None:
+        vi.name = v.name
+        if v.type is not None:
+            fill_type_proto(v.type, vi.type)
+        if v.doc_string:
+            vi.doc_string = v.doc_string
+        for k, val in v.metadata_props.items():
+            p = vi.metadata_props.add()
+            p.key, p.value = k, val
+
+    def attr(self, name: str, a: Attr, ap: onnx.AttributeProto) -> None:
+        ap.name = name
+        ap.type = int(a.type)
+        if a.ref_attr_name:
+            ap.ref_attr_name = a.ref_attr_name
+        if a.doc_string:
+            ap.doc_string = a.doc_string
+        t, v = a.type, a.value
+        if a.ref_attr_name and v is None:
+            return
+        if t == AttrType.FLOAT:
+            ap.f = v
+        elif t == AttrType.INT:
+            ap.i = v
+        elif t == AttrType.STRING:
+            ap.s = _encode(v)
+        elif t == AttrType.TENSOR:
+            self.tensor(v, ap.t, v.name)
+        elif t == AttrType.GRAPH:
+            self.graph(v, ap.g)
+        elif t == AttrType.SPARSE_TENSOR:
+            ap.sparse_tensor.CopyFrom(v)
+        elif t == AttrType.TYPE_PROTO:
+            ap.tp.CopyFrom(type_to_proto(v))
+        elif t == AttrType.FLOATS:
+            ap.floats.extend(v)
+        elif t == AttrType.INTS:
+            ap.ints.extend(v)
+        elif t == AttrType.STRINGS:
+            ap.strings.extend(_encode(s) for s in v)
+        elif t == AttrType.TENSORS:
+            for x in v:
+                self.tensor(x, ap.tensors.add(), x.name)
+        elif t == AttrType.GRAPHS:
+            for x in v:
+                self.graph(x, ap.graphs.add())
+        elif t == AttrType.SPARSE_TENSORS:
+            ap.sparse_tensors.extend(v)
+        elif t == AttrType.TYPE_PROTOS:
+            ap.type_protos.extend(type_to_proto(x) for x in v)
+        else:
+            raise QGraphError(f"cannot export attribute '{name}' of type {t!r}")
+
+    def graph(self, g: Graph, gp: onnx.GraphProto) -> None:
+        gp.name = g.name
+        if g.doc_string:
+            gp.doc_string = g.doc_string
+        for k, val in g.metadata_props.items():
+            p = gp.metadata_props.add()
+            p.key, p.value = k, val
+        for v in g.values():
+            if not v.name:
+                v.name = g.unique_name("v")
+        for v in g.inputs:
+            self.value_info(v, gp.input.add())
+        for name, v in g.initializers.items():
+            self.tensor(v.const_value, gp.initializer.add(), name)
+        gp.sparse_initializer.extend(g.sparse_initializers)
+        outputs = {id(v) for v in g.outputs}
+        for n in g:
+            np_ = gp.node.add()
+            np_.op_type = n.op.op_type
+            if n.op.domain:
+                np_.domain = n.op.domain
+            if n.name:
+                np_.name = n.name
+            np_.input.extend(v.name if v is not None else "" for v in n.inputs)
+            np_.output.extend(v.name if v is not None else "" for v in n.outputs)
+            for name, a in n.attrs.items():
+                self.attr(name, a, np_.attribute.add())
+            if n.doc_string:
+                np_.doc_string = n.doc_string
+            if n.overload:
+                np_.overload = n.overload
+            for k, val in n.metadata_props.items():
+                p = np_.metadata_props.add()
+                p.key, p.value = k, val
+            for o in n.outputs:
+                if o is not None and o.type is not None and id(o) not in outputs:
+                    self.value_info(o, gp.value_info.add())
+        for v in g.outputs:
+            self.value_info(v, gp.output.add())
+        gp.quantization_annotation.extend(g.quantization_annotation)
+
+
+def _encode(s: str | bytes) -> bytes:
+    return s if isinstance(s, bytes) else s.encode("utf-8")

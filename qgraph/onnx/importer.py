@@ -1,0 +1,330 @@
+"""ONNX ModelProto -> qgraph IR.
+
+The importer reads the protobuf directly (not through a graphsurgeon round trip) so
+that nothing is lost: optional / sequence / map types, TYPE_PROTO attributes, doc
+strings, metadata, model-local functions and per-value types all survive, and large
+tensors stay undecoded until a pass reads them. ``qgraph.from_gs`` covers users of
+onnx-graphsurgeon.
+"""
+
+from __future__ import annotations
+
+import os
+from types import MappingProxyType
+from typing import Iterable
+
+import networkx as nx
+import onnx
+from google.protobuf.message import DecodeError
+
+from qgraph.errors import ExternalDataError, InvalidModelError, ModelLoadError
+from qgraph.ir.core import Attr, AttrType, Graph, Model, Node, Value
+from qgraph.ir.ops import STANDARD_DOMAINS, OpId, normalize_domain
+from qgraph.ir.tensor import ExternalRef, Tensor, safe_external_path
+from qgraph.ir.types import TensorType
+from qgraph.onnx._types import type_from_proto
+
+
+def load(src: "str | os.PathLike | bytes | onnx.ModelProto", *, base_dir: str | None = None) -> Model:
+    """Load an ONNX model from a path, serialized bytes or a ModelProto.
+
+    External data is resolved relative to the model file (or ``base_dir``), refused if it
+    points outside that folder, and read lazily.
+
+    Raises:
+        ModelLoadError: missing, unreadable, truncated or non-ONNX input.
+        ExternalDataError: unsafe or missing external data.
+        InvalidModelError: a cycle, an undefined value, an unknown op domain.
+    """
+    if isinstance(src, onnx.ModelProto):
+        return from_proto(src, base_dir=base_dir)
+    if isinstance(src, (bytes, bytearray)):
+        return from_proto(_parse(bytes(src), "<bytes>"), base_dir=base_dir)
+    path = os.fspath(src)
+    if not os.path.exists(path):
+        raise ModelLoadError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise ModelLoadError(f"{path}: is a directory, expected an .onnx file")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ModelLoadError(f"{path}: cannot read: {e.strerror}") from e
+    proto = _parse(data, path)
+    return from_proto(proto, base_dir=base_dir if base_dir is not None else os.path.dirname(os.path.abspath(path)),
+                      source=path)
+
+
+def _parse(data: bytes, where: str) -> onnx.ModelProto:
+    if not data:
+        raise ModelLoadError(f"{where}: file is empty, expected an ONNX model")
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except DecodeError as e:
+        raise ModelLoadError(f"{where}: not a readable ONNX model ({e}); the file is truncated, corrupt or not ONNX") from e
+    if not proto.HasField("graph") or proto.ir_version <= 0:
+        raise ModelLoadError(f"{where}: not an ONNX model (no graph or IR version in the file)")
+    return proto
+
+
+def from_proto(proto: onnx.ModelProto, *, base_dir: str | None = None, source: str = "<model>") -> Model:
+    """Import a ModelProto (which is not modified)."""
+    imp = _Importer(proto, base_dir, source)
+    graph = imp.graph(proto.graph, outer=None)
+    model = Model(graph, opset_imports={o.domain: o.version for o in proto.opset_import},
+                  ir_version=proto.ir_version, producer_name=proto.producer_name,
+                  producer_version=proto.producer_version, domain=proto.domain,
+                  model_version=proto.model_version, doc_string=proto.doc_string)
+    model.metadata_props = {p.key: p.value for p in proto.metadata_props}
+    model.functions = list(proto.functions)
+    model.training_info = list(proto.training_info)
+    if hasattr(proto, "configuration"):
+        model.configuration = list(proto.configuration)
+    return model
+
+
+class _Scope:
+    """Names visible in a graph: its own values, then the enclosing graphs'."""
+
+    __slots__ = ("names", "outer")
+
+    def __init__(self, outer: "_Scope | None"):
+        self.names: dict[str, Value] = {}
+        self.outer = outer
+
+    def lookup(self, name: str) -> Value | None:
+        s: _Scope | None = self
+        while s is not None:
+            v = s.names.get(name)
+            if v is not None:
+                return v
+            s = s.outer
+        return None
+
+
+class _Importer:
+    def __init__(self, proto: onnx.ModelProto, base_dir: str | None, source: str):
+        self.base_dir = base_dir
+        self.source = source
+        self.domains = {normalize_domain(o.domain) for o in proto.opset_import}
+        self.functions = {(normalize_domain(f.domain), f.name) for f in proto.functions}
+
+    # -- tensors --------------------------------------------------------------------------
+    def tensor(self, t: onnx.TensorProto, where: str) -> Tensor:
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            return Tensor.from_proto(t)
+        info = {e.key: e.value for e in t.external_data}
+        loc = info.get("location", "")
+        if self.base_dir is None:
+            raise ExternalDataError(
+                f"{where} '{t.name}' keeps its data in external file '{loc}', but the model was not "
+                "loaded from a path; load it from its file or pass base_dir=")
+        path = safe_external_path(self.base_dir, loc)
+        if path is None:
+            raise ExternalDataError(
+                f"{self.source}: {where} '{t.name}' has external data location '{loc}', which is outside "
+                f"the model's folder {self.base_dir}; refusing to read it (put the data file next to the model)")
+        if not os.path.isfile(path):
+            raise ExternalDataError(f"{self.source}: {where} '{t.name}': external data file '{loc}' not found in {self.base_dir}")
+        offset = int(info.get("offset", 0))
+        size = os.path.getsize(path)
+        length = int(info["length"]) if "length" in info else size - offset
+        if offset < 0 or length < 0 or offset + length > size:
+            raise ExternalDataError(
+                f"{self.source}: {where} '{t.name}': external data '{loc}' holds {size} bytes, "
+                f"but the tensor wants bytes [{offset}, {offset + length}); the file is truncated")
+        return Tensor.from_proto(t, ExternalRef(path, offset, length))
+
+    # -- attributes -----------------------------------------------------------------------
+    def attr(self, a: onnx.AttributeProto, scope: _Scope, node_name: str) -> Attr:
+        t = AttrType(a.type)
+        if t == AttrType.UNDEFINED:  # very old models leave type unset
+            t = _infer_attr_type(a)
+        where = f"attribute '{a.name}' of node '{node_name}'"
+        if t == AttrType.FLOAT:
+            v = a.f
+        elif t == AttrType.INT:
+            v = a.i
+        elif t == AttrType.STRING:
+            v = _decode(a.s)
+        elif t == AttrType.TENSOR:
+            v = self.tensor(a.t, where)
+        elif t == AttrType.GRAPH:
+            v = self.graph(a.g, outer=scope)
+        elif t == AttrType.SPARSE_TENSOR:
+            v = a.sparse_tensor
+        elif t == AttrType.TYPE_PROTO:
+            v = type_from_proto(a.tp)
+        elif t == AttrType.FLOATS:
+            v = tuple(a.floats)
+        elif t == AttrType.INTS:
+            v = tuple(a.ints)
+        elif t == AttrType.STRINGS:
+            v = tuple(_decode(s) for s in a.strings)
+        elif t == AttrType.TENSORS:
+            v = tuple(self.tensor(x, where) for x in a.tensors)
+        elif t == AttrType.GRAPHS:
+            v = tuple(self.graph(g, outer=scope) for g in a.graphs)
+        elif t == AttrType.SPARSE_TENSORS:
+            v = tuple(a.sparse_tensors)
+        elif t == AttrType.TYPE_PROTOS:
+            v = tuple(type_from_proto(x) for x in a.type_protos)
+        else:
+            raise InvalidModelError(f"{self.source}: {where} has unsupported type {a.type}")
+        return Attr(t, v, a.ref_attr_name, a.doc_string)
+
+    # -- graphs ---------------------------------------------------------------------------
+    def graph(self, gp: onnx.GraphProto, outer: _Scope | None) -> Graph:
+        g = Graph(gp.name, doc_string=gp.doc_string)
+        g.metadata_props = {p.key: p.value for p in getattr(gp, "metadata_props", ())}
+        g.quantization_annotation = list(gp.quantization_annotation)
+        g.sparse_initializers = list(gp.sparse_initializer)
+        scope = _Scope(outer)
+        names = scope.names
+        init_by_name = {t.name: t for t in gp.initializer}
+
+        for vi in gp.input:
+            v = Value(vi.name, type_from_proto(vi.type) if vi.HasField("type") else None, doc_string=vi.doc_string)
+            v.metadata_props = {p.key: p.value for p in getattr(vi, "metadata_props", ())}
+            t = init_by_name.get(vi.name)
+            if t is not None:
+                v.const_value = self.tensor(t, "initializer")
+            g.inputs.append(v)
+            names[vi.name] = v
+        for t in gp.initializer:
+            if t.name in names:
+                v = names[t.name]
+                if v.const_value is not None and v.is_initializer():
+                    raise InvalidModelError(f"{self.source}: graph '{gp.name}' has two initializers named '{t.name}'")
+                if v.const_value is None:
+                    raise InvalidModelError(f"{self.source}: graph '{gp.name}': initializer '{t.name}' repeats an input name")
+                g.register_initializer(v)
+                continue
+            tensor = self.tensor(t, "initializer")
+            v = Value(t.name, TensorType(tensor.dtype, tensor.shape), tensor)
+            g.register_initializer(v)
+            names[t.name] = v
+
+        value_info = {vi.name: vi for vi in gp.value_info}
+        for vi in gp.output:
+            value_info[vi.name] = vi  # the output's declared type wins
+
+        for np_ in self._ordered(gp, scope):
+            op = OpId(np_.op_type, np_.domain)
+            label = np_.name or f"#{np_.op_type}"
+            self._check_op(op, label)
+            inputs: list[Value | None] = []
+            for name in np_.input:
+                if not name:
+                    inputs.append(None)
+                    continue
+                v = scope.lookup(name)
+                if v is None:
+                    raise InvalidModelError(
+                        f"{self.source}: node '{label}' ({op}) reads '{name}', which no node, input or "
+                        f"initializer of graph '{gp.name}' (or an enclosing graph) defines")
+                inputs.append(v)
+            outputs: list[Value | None] = []
+            for name in np_.output:
+                if not name:
+                    outputs.append(None)
+                    continue
+                if name in names:
+                    raise InvalidModelError(
+                        f"{self.source}: value '{name}' is defined twice in graph '{gp.name}' "
+                        f"(again by node '{label}'); ONNX values must have one producer")
+                vi = value_info.get(name)
+                v = Value(name)
+                if vi is not None:
+                    v.type = type_from_proto(vi.type) if vi.HasField("type") else None
+                    v.doc_string = vi.doc_string
+                    v.metadata_props = {p.key: p.value for p in getattr(vi, "metadata_props", ())}
+                names[name] = v
+                outputs.append(v)
+            node = Node(op, inputs, outputs, name=np_.name, doc_string=np_.doc_string,
+                        overload=getattr(np_, "overload", ""))
+            node.metadata_props = {p.key: p.value for p in getattr(np_, "metadata_props", ())}
+            if np_.attribute:
+                node._attrs = MappingProxyType({a.name: self.attr(a, scope, label) for a in np_.attribute})
+            g.append(node)
+
+        for vi in gp.output:
+            v = scope.lookup(vi.name)
+            if v is None:
+                raise InvalidModelError(f"{self.source}: graph '{gp.name}' output '{vi.name}' is not defined by any node, input or initializer")
+            if vi.HasField("type") and v.type is None:
+                v.type = type_from_proto(vi.type)
+            g.outputs.append(v)
+        return g
+
+    def _check_op(self, op: OpId, label: str) -> None:
+        if op.domain not in self.domains:
+            raise InvalidModelError(
+                f"{self.source}: node '{label}' uses op {op.op_type} from domain '{op.domain}', which the model "
+                f"does not import (opset_import has {sorted(d or 'ai.onnx' for d in self.domains)}); "
+                "add the domain to opset_import or fix the node's domain")
+        if (op.domain in STANDARD_DOMAINS and (op.domain, op.op_type) not in self.functions
+                and not onnx.defs.has(op.op_type, op.domain)):
+            raise InvalidModelError(
+                f"{self.source}: node '{label}' uses unknown op '{op.op_type}' in domain "
+                f"'{op.domain or 'ai.onnx'}'; check the op name or its domain")
+
+    def _ordered(self, gp: onnx.GraphProto, scope: _Scope) -> Iterable[onnx.NodeProto]:
+        """The graph's nodes, topologically sorted if (and only if) the file's order is not."""
+        produced: dict[str, int] = {}
+        for i, n in enumerate(gp.node):
+            for o in n.output:
+                if o:
+                    produced.setdefault(o, i)
+        for i, n in enumerate(gp.node):
+            if any(produced.get(x, -1) >= i for x in _reads(n)):
+                break
+        else:
+            return gp.node
+        dag = nx.DiGraph()
+        dag.add_nodes_from(range(len(gp.node)))
+        for i, n in enumerate(gp.node):
+            for x in _reads(n):
+                j = produced.get(x)
+                if j is not None:
+                    dag.add_edge(j, i)
+        try:
+            order = list(nx.lexicographical_topological_sort(dag))
+        except nx.NetworkXUnfeasible:
+            cycle = nx.find_cycle(dag)
+            desc = " -> ".join(f"'{gp.node[a].name or '#' + str(a)}' ({gp.node[a].op_type})" for a, _ in cycle)
+            first = gp.node[cycle[0][0]]
+            raise InvalidModelError(
+                f"{self.source}: graph '{gp.name}' has a cycle: {desc} -> '{first.name or '#' + str(cycle[0][0])}'; "
+                "ONNX graphs must be acyclic") from None
+        return [gp.node[i] for i in order]
+
+
+def _reads(n: onnx.NodeProto) -> Iterable[str]:
+    """Names a node reads: its inputs and the free names of its subgraphs."""
+    yield from (x for x in n.input if x)
+    for a in n.attribute:
+        for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+            for inner in g.node:
+                yield from _reads(inner)
+
+
+def _decode(b: bytes) -> str | bytes:
+    try:
+        return b.decode("utf-8")
+    except UnicodeDecodeError:
+        return b
+
+
+def _infer_attr_type(a: onnx.AttributeProto) -> AttrType:
+    for field, t in (("f", AttrType.FLOAT), ("i", AttrType.INT), ("s", AttrType.STRING), ("t", AttrType.TENSOR),
+                     ("g", AttrType.GRAPH), ("floats", AttrType.FLOATS), ("ints", AttrType.INTS),
+                     ("strings", AttrType.STRINGS), ("tensors", AttrType.TENSORS), ("graphs", AttrType.GRAPHS)):
+        if field in ("floats", "ints", "strings", "tensors", "graphs"):
+            if len(getattr(a, field)):
+                return t
+        elif a.HasField(field):
+            return t
+    return AttrType.UNDEFINED
+

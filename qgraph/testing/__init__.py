@@ -1,0 +1,1 @@
+"""Harnesses shared by qgraph's tests and scripts (ONNX Runtime needed: the ``test`` extra)."""

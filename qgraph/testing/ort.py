@@ -1,0 +1,90 @@
+"""Run models in ONNX Runtime and compare outputs exactly."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+
+
+def session(model: "onnx.ModelProto | bytes | str", **options: str):
+    """A CPU ONNX Runtime session with the given session config entries."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 4
+    ort.set_default_logger_severity(4)
+    for k, v in options.items():
+        so.add_session_config_entry(k, v)
+    if isinstance(model, onnx.ModelProto):
+        model = model.SerializeToString()
+    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+
+
+def run(model, feeds: dict[str, Any]) -> list[Any]:
+    sess = session(model)
+    return sess.run(None, feeds)
+
+
+def random_feeds(model: onnx.ModelProto, seed: int = 0, batch: int = 1) -> dict[str, np.ndarray]:
+    """Random inputs for a model's tensor inputs (symbolic dims become ``batch``)."""
+    rng = np.random.default_rng(seed)
+    inits = {t.name for t in model.graph.initializer}
+    feeds = {}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else batch for d in tt.shape.dim]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
+        if np.issubdtype(dtype, np.floating):
+            feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype == np.bool_:
+            feeds[vi.name] = rng.integers(0, 2, shape).astype(bool)
+        else:
+            feeds[vi.name] = rng.integers(0, 10, shape).astype(dtype)
+    return feeds
+
+
+def same(a: Any, b: Any) -> str | None:
+    """None if ``a`` and ``b`` are identical outputs (dtype, shape, values; NaN == NaN), else why not."""
+    if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+        if not isinstance(a, (list, tuple)) or not isinstance(b, (list, tuple)):
+            return f"kind differs: {type(a).__name__} vs {type(b).__name__}"
+        if len(a) != len(b):
+            return f"sequence length {len(a)} vs {len(b)}"
+        for i, (x, y) in enumerate(zip(a, b)):
+            why = same(x, y)
+            if why:
+                return f"[{i}]: {why}"
+        return None
+    if a is None or b is None:
+        return None if a is None and b is None else "one output is None"
+    a, b = np.asarray(a), np.asarray(b)
+    if a.dtype != b.dtype:
+        return f"dtype {a.dtype} vs {b.dtype}"
+    if a.shape != b.shape:
+        return f"shape {a.shape} vs {b.shape}"
+    if a.dtype.kind in "fc":
+        ok = np.array_equal(a, b, equal_nan=True)
+    else:
+        ok = np.array_equal(a, b)
+    return None if ok else f"values differ (max |diff| {_maxdiff(a, b)})"
+
+
+def _maxdiff(a: np.ndarray, b: np.ndarray) -> str:
+    try:
+        return str(np.nanmax(np.abs(a.astype(np.float64) - b.astype(np.float64))))
+    except (TypeError, ValueError):
+        return "n/a"
+
+
+def compare_all(ref: Sequence[Any], got: Sequence[Any], names: Sequence[str]) -> str | None:
+    if len(ref) != len(got):
+        return f"{len(ref)} outputs vs {len(got)}"
+    for name, r, g in zip(names, ref, got):
+        why = same(r, g)
+        if why:
+            return f"output '{name}': {why}"
+    return None
