@@ -644,6 +644,14 @@ class Graph:
         return name
 
     # -- rewiring -------------------------------------------------------------------------
+    def can_take_output_name(self, value: Value) -> bool:
+        """Whether ``value`` may be renamed to become an output of this graph in place of another.
+
+        True for a node output of this graph that is not already a graph output (renaming
+        a graph input, an initializer or an outer value would change what it means).
+        """
+        return value._producer is not None and value._producer.graph is self and not value.is_graph_output()
+
     def replace_value(self, old: Value, new: Value) -> None:
         """Replace ``old`` by ``new`` everywhere, keeping graph-output names stable.
 
@@ -654,9 +662,7 @@ class Graph:
         old.replace_all_uses_with(new)
         if old not in self.outputs:
             return
-        can_rename = (new._producer is not None and new._producer.graph is self
-                      and not new.is_graph_output())
-        if can_rename:
+        if self.can_take_output_name(new):
             old_name = old.name
             old.name = self.unique_name(old_name + "_replaced")
             new.name = old_name

@@ -9,7 +9,7 @@ import onnx
 
 from qgraph.errors import QGraphError
 from qgraph.ir.core import Attr, AttrType, Graph, Model, Value
-from qgraph.ir.tensor import Tensor
+from qgraph.ir.tensor import ExternalRef, Tensor
 from qgraph.onnx._types import fill_type_proto, type_to_proto
 
 # Protobuf refuses to serialize messages over 2 GiB; past this much tensor data, save
@@ -70,9 +70,11 @@ def save(model: Model, path: "str | os.PathLike", *, external_data: bool | None 
         raise QGraphError(f"external data location '{location}' must be a plain file name next to the model")
     data_path = os.path.join(folder, location)
     tmp_path = data_path + ".tmp"  # the model may be reading its tensors from data_path
+    placed: dict[int, tuple[Tensor, int, int] | tuple[Tensor, None, None]] = {}  # where each tensor went
     with open(tmp_path, "wb") as data_file:
         def hook(tensor: Tensor, proto: onnx.TensorProto) -> None:
             if tensor.nbytes < size_threshold or tensor.dtype == onnx.TensorProto.STRING:
+                placed.setdefault(id(tensor), (tensor, None, None))
                 return
             raw = tensor.raw_bytes()
             offset = data_file.tell()
@@ -80,6 +82,7 @@ def save(model: Model, path: "str | os.PathLike", *, external_data: bool | None 
             data_file.write(b"\0" * pad)
             offset += pad
             data_file.write(raw)
+            placed[id(tensor)] = (tensor, offset, len(raw))
             proto.ClearField("raw_data")
             for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data"):
                 proto.ClearField(field)
@@ -90,12 +93,20 @@ def save(model: Model, path: "str | os.PathLike", *, external_data: bool | None 
                 e.key, e.value = k, v
 
         mp = to_proto(model, tensor_hook=hook)
-    # Tensors still reading lazily from the file about to be replaced load their bytes now.
+    # Tensors that read their bytes from the file about to be replaced (they do so on every
+    # to_proto, not only until numpy()) are re-pointed at their bytes in the new file, or,
+    # when they were written inline, keep their bytes in memory.
     real = os.path.realpath(data_path)
-    for t in tensors:
-        if t.is_external and not t.is_loaded and os.path.realpath(t._external.path) == real:
-            t.numpy()
+    moved = []
+    for t, offset, length in placed.values():
+        if t.is_external and os.path.realpath(t._external.path) == real:
+            if offset is None:
+                t._proto, t._external = t._source_proto(), None
+            else:
+                moved.append((t, offset, length))
     os.replace(tmp_path, data_path)
+    for t, offset, length in moved:
+        t._external = ExternalRef(real, offset, length)
     with open(path, "wb") as f:
         f.write(mp.SerializeToString())
 
