@@ -1,0 +1,1 @@
+"""The ``qgraph`` command line."""

@@ -1,0 +1,114 @@
+"""``qgraph`` command line: ``passes``, ``inspect``, ``opt``.
+
+Errors a user can cause print one line (``qgraph: error: ...``) and exit 1; ``--debug``
+shows the traceback. A qgraph bug prints ``qgraph: internal error`` and exits 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+from qgraph.errors import QGraphError
+
+log = logging.getLogger("qgraph")
+
+
+def _cmd_passes(args: argparse.Namespace) -> int:
+    from qgraph.passes import registry
+
+    rows = registry().describe()
+    width = max(len(n) for n, _ in rows)
+    for name, summary in rows:
+        print(f"{name:{width}s}  {summary}")
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from qgraph.cli.inspect_cmd import format_text, summarize
+    from qgraph.onnx import load
+
+    summary = summarize(load(args.model), args.model)
+    print(json.dumps(summary, indent=2) if args.json else format_text(summary))
+    return 0
+
+
+def _cmd_opt(args: argparse.Namespace) -> int:
+    from qgraph.ir.verify import verify
+    from qgraph.onnx import load, save
+    from qgraph.passes import registry
+    from qgraph.pm import DumpIR, PassContext, PassManager, PassTimings
+
+    pipeline = registry().parse(args.passes)  # bad pipelines fail before the model is read
+    model = load(args.model)
+    before = sum(1 for _ in model.graph.all_nodes())
+    timings = PassTimings()
+    instruments = [timings]
+    if args.dump_ir:
+        instruments.append(DumpIR(args.dump_ir))
+    ctx = PassContext(verify_each=args.verify_each, disabled=frozenset(args.disable or ()), instruments=instruments)
+    start = time.perf_counter()
+    result = PassManager(pipeline, ctx).run(model)
+    verify(model)
+    save(model, args.output)
+    after = sum(1 for _ in model.graph.all_nodes())
+    changed = sorted({r.name for r in result.records if r.modified})
+    print(f"{args.model}: {before} -> {after} nodes in {time.perf_counter() - start:.2f} s "
+          f"({'changed by ' + ', '.join(changed) if changed else 'no pass changed the model'}); wrote {args.output}")
+    if args.time_passes:
+        print(timings.report())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="qgraph", description="Quantization compiler for ONNX models.")
+    ap.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
+    ap.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("passes", help="list the available passes")
+    p.set_defaults(func=_cmd_passes)
+
+    p = sub.add_parser("inspect", help="summarize a model: ops, inputs / outputs, parameters, opsets")
+    p.add_argument("model")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("opt", help="run a pass pipeline on a model")
+    p.add_argument("model")
+    p.add_argument("--passes", required=True, help='pipeline, e.g. "eliminate-identity,dead-code-elimination"')
+    p.add_argument("-o", "--output", required=True, help="output .onnx path")
+    p.add_argument("--dump-ir", metavar="DIR", help="write the IR before and after every pass into DIR")
+    p.add_argument("--time-passes", action="store_true", help="print time per pass")
+    p.add_argument("--verify-each", action="store_true", help="verify the IR after every pass (debug)")
+    p.add_argument("--disable", action="append", metavar="PASS", help="skip this pass (repeatable)")
+    p.set_defaults(func=_cmd_opt)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.verbose or args.debug:
+        logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="qgraph: %(message)s")
+    try:
+        return args.func(args)
+    except QGraphError as e:
+        if args.debug:
+            raise
+        print(f"qgraph: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("qgraph: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug in qgraph, not the user's input
+        if args.debug:
+            raise
+        print(f"qgraph: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())
