@@ -5,10 +5,11 @@
       init %w: f32[4,3,3,3] = <data 1a2b3c4d5e6f>
       init %b: f32[4] = [0.0, 0.1, 0.2, 0.3]
       %c: f32[1,4,8,8] = Conv(%x, %w, %b) {pads=[1,1,1,1]}
-      %y = Relu(%c)
+      %y = Relu(%c) @relu1
     }
 
 Values are ``%name`` (``%"odd name"`` when needed); a missing optional input is ``_``;
+a node's name, if any, follows it as ``@name``;
 an op in another domain is ``domain::Op``. Initializers of up to 16 elements are
 printed in full; larger ones as a content digest, which ``parse`` accepts only when the
 data is passed in ``initializers=``. Subgraphs print as nested ``graph`` blocks.
@@ -30,6 +31,7 @@ from qgraph.ir.tensor import Tensor
 from qgraph.ir.types import OptionalType, SequenceType, TensorType, Type
 
 _INLINE_LIMIT = 16
+_NODE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9_./\-]+(?::[A-Za-z0-9_./\-]+)*$")
 
 
@@ -101,6 +103,8 @@ def _node_text(n: Node, indent: str) -> str:
     text = f"{indent}{outs} = {n.op}({ins})"
     if n.attrs:
         text += " {" + ", ".join(f"{k}={_attr_text(a, indent + '  ')}" for k, a in n.attrs.items()) + "}"
+    if n.name:
+        text += " @" + (n.name if _NODE_NAME.match(n.name) else json.dumps(n.name))
     return text
 
 
@@ -274,7 +278,8 @@ class _Parser:
         if self.peek()[1] == "<":
             self.take("punct", "<")
             self.take("ident", "data")
-            self.i += 1
+            while self.peek()[1] not in (">", ""):  # the digest (hex: may lex as number + ident)
+                self.i += 1
             self.take("punct", ">")
             if v.name not in self.data:
                 raise ParseError(f"initializer %{v.name} has no inline data; pass it in initializers=")
@@ -336,7 +341,12 @@ class _Parser:
                 self.take("punct", "=")
                 attrs[key] = self.attr_value()
                 self.accept(",")
-        node = Node(op, ins, outs, attrs)
+        name = ""
+        if self.accept("@"):
+            k, name, _ = self.peek()
+            self.i += 1
+            name = json.loads(name) if k == "string" else name
+        node = Node(op, ins, outs, attrs, name=name)
         for o in outs:
             if o is not None:
                 if o.name in scope:
