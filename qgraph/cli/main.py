@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 
-from qgraph.errors import QGraphError
+from qgraph.errors import PipelineError, QGraphError
 
 log = logging.getLogger("qgraph")
 
@@ -42,7 +43,20 @@ def _cmd_opt(args: argparse.Namespace) -> int:
     from qgraph.passes import registry
     from qgraph.pm import DumpIR, PassContext, PassManager, PassTimings
 
-    pipeline = registry().parse(args.passes)  # bad pipelines fail before the model is read
+    reg = registry()
+    pipeline = reg.parse(args.passes)  # bad pipelines and paths fail before the model is read
+    for name in args.disable or ():
+        if name not in reg.names():
+            if name in dict(reg.describe()):
+                raise PipelineError(f"--disable {name}: '{name}' is an alias or group; --disable takes single pass names")
+            try:
+                reg.get(name)
+            except PipelineError as e:  # unknown: suggests close names
+                raise PipelineError(f"--disable {name}: {e}") from None
+    if os.path.isdir(args.output):
+        raise QGraphError(f"-o {args.output}: is a directory, expected an .onnx file path")
+    if args.dump_ir and os.path.exists(args.dump_ir) and not os.path.isdir(args.dump_ir):
+        raise QGraphError(f"--dump-ir {args.dump_ir}: exists and is not a directory")
     model = load(args.model)
     before = sum(1 for _ in model.graph.all_nodes())
     timings = PassTimings()
@@ -99,6 +113,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"qgraph: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # the file system refused: unwritable output, a file where a folder should be, disk full
+        if args.debug:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"qgraph: error: {where}{e.strerror or e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("qgraph: interrupted", file=sys.stderr)
