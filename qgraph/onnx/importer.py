@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import math
 import os
 from types import MappingProxyType
 from typing import Iterable
@@ -19,8 +20,9 @@ import networkx as nx
 import onnx
 from google.protobuf.message import DecodeError
 
-from qgraph.errors import ExternalDataError, InvalidModelError, ModelLoadError
+from qgraph.errors import ExternalDataError, InvalidModelError, ModelLoadError, QGraphError
 from qgraph.ir.core import Attr, AttrType, Graph, Model, Node, Value
+from qgraph.ir.dtypes import DType, bit_width
 from qgraph.ir.ops import STANDARD_DOMAINS, OpId, normalize_domain
 from qgraph.ir.tensor import ExternalRef, Tensor, safe_external_path
 from qgraph.ir.types import TensorType
@@ -73,13 +75,16 @@ def _parse(data: bytes, where: str) -> onnx.ModelProto:
 def from_proto(proto: onnx.ModelProto, *, base_dir: str | None = None, source: str = "<model>") -> Model:
     """Import a ModelProto (which is not modified)."""
     imp = _Importer(proto, base_dir, source)
-    with _gc_paused():
-        graph = imp.graph(proto.graph, outer=None)
-    model = Model(graph, opset_imports={o.domain: o.version for o in proto.opset_import},
-                  ir_version=proto.ir_version, producer_name=proto.producer_name,
-                  producer_version=proto.producer_version, domain=proto.domain,
-                  model_version=proto.model_version, doc_string=proto.doc_string)
-    model.metadata_props = {p.key: p.value for p in proto.metadata_props}
+    try:
+        with _gc_paused():
+            graph = imp.graph(proto.graph, outer=None)
+    except (ValueError, TypeError, UnicodeError) as e:  # corrupt content protobuf still parsed
+        raise InvalidModelError(f"{source}: malformed model ({type(e).__name__}: {e}); the file is corrupt") from e
+    model = Model(graph, opset_imports={_text(o.domain): o.version for o in proto.opset_import},
+                  ir_version=proto.ir_version, producer_name=_text(proto.producer_name),
+                  producer_version=_text(proto.producer_version), domain=_text(proto.domain),
+                  model_version=proto.model_version, doc_string=_text(proto.doc_string))
+    model.metadata_props = {_text(p.key): _text(p.value) for p in proto.metadata_props}
     model.functions = list(proto.functions)
     model.training_info = list(proto.training_info)
     if hasattr(proto, "configuration"):
@@ -102,6 +107,9 @@ def _gc_paused():
     finally:
         if was_enabled:
             gc.enable()
+
+
+_DTYPE_CODES = frozenset(int(d) for d in DType)
 
 
 class _Scope:
@@ -132,7 +140,14 @@ class _Importer:
 
     # -- tensors --------------------------------------------------------------------------
     def tensor(self, t: onnx.TensorProto, where: str) -> Tensor:
+        _name(t.name)
+        _name(t.doc_string)
+        if t.data_type not in _DTYPE_CODES:
+            raise InvalidModelError(f"{self.source}: {where} '{t.name}' has unknown element type code {t.data_type}; "
+                                    "the file is corrupt or needs a newer onnx")
         if t.data_location != onnx.TensorProto.EXTERNAL:
+            if t.HasField("raw_data"):
+                self._check_bytes(t, len(t.raw_data), where)
             return Tensor.from_proto(t)
         info = {e.key: e.value for e in t.external_data}
         loc = info.get("location", "")
@@ -154,7 +169,19 @@ class _Importer:
             raise ExternalDataError(
                 f"{self.source}: {where} '{t.name}': external data '{loc}' holds {size} bytes, "
                 f"but the tensor wants bytes [{offset}, {offset + length}); the file is truncated")
+        self._check_bytes(t, length, where)
         return Tensor.from_proto(t, ExternalRef(path, offset, length))
+
+    def _check_bytes(self, t: onnx.TensorProto, got: int, where: str) -> None:
+        """Raw / external data must hold exactly the bytes its dims and dtype need."""
+        bits = bit_width(DType(t.data_type))
+        if not bits:
+            return
+        want = (math.prod(t.dims) * bits + 7) // 8
+        if got != want:
+            raise InvalidModelError(
+                f"{self.source}: {where} '{t.name}' has dims {list(t.dims)} of {DType(t.data_type).name} "
+                f"({want} bytes) but holds {got} bytes; the file is corrupt")
 
     # -- attributes -----------------------------------------------------------------------
     def attr(self, a: onnx.AttributeProto, scope: _Scope, node_name: str) -> Attr:
@@ -192,12 +219,12 @@ class _Importer:
             v = tuple(type_from_proto(x) for x in a.type_protos)
         else:
             raise InvalidModelError(f"{self.source}: {where} has unsupported type {a.type}")
-        return Attr(t, v, a.ref_attr_name, a.doc_string)
+        return Attr(t, v, _name(a.ref_attr_name), _text(a.doc_string))
 
     # -- graphs ---------------------------------------------------------------------------
     def graph(self, gp: onnx.GraphProto, outer: _Scope | None) -> Graph:
-        g = Graph(gp.name, doc_string=gp.doc_string)
-        g.metadata_props = {p.key: p.value for p in getattr(gp, "metadata_props", ())}
+        g = Graph(_name(gp.name), doc_string=_text(gp.doc_string))
+        g.metadata_props = {_text(p.key): _text(p.value) for p in getattr(gp, "metadata_props", ())}
         g.quantization_annotation = list(gp.quantization_annotation)
         g.sparse_initializers = list(gp.sparse_initializer)
         scope = _Scope(outer)
@@ -205,8 +232,8 @@ class _Importer:
         init_by_name = {t.name: t for t in gp.initializer}
 
         for vi in gp.input:
-            v = Value(vi.name, type_from_proto(vi.type) if vi.HasField("type") else None, doc_string=vi.doc_string)
-            v.metadata_props = {p.key: p.value for p in getattr(vi, "metadata_props", ())}
+            v = Value(_name(vi.name), self._type(vi) if vi.HasField("type") else None, doc_string=_text(vi.doc_string))
+            v.metadata_props = {_text(p.key): _text(p.value) for p in getattr(vi, "metadata_props", ())}
             t = init_by_name.get(vi.name)
             if t is not None:
                 v.const_value = self.tensor(t, "initializer")
@@ -222,7 +249,7 @@ class _Importer:
                 g.register_initializer(v)
                 continue
             tensor = self.tensor(t, "initializer")
-            v = Value(t.name, TensorType(tensor.dtype, tensor.shape), tensor)
+            v = Value(_name(t.name), TensorType(tensor.dtype, tensor.shape), tensor)
             g.register_initializer(v)
             names[t.name] = v
 
@@ -231,52 +258,70 @@ class _Importer:
             value_info[vi.name] = vi  # the output's declared type wins
 
         for np_ in self._ordered(gp, scope):
-            op = OpId(np_.op_type, np_.domain)
-            label = np_.name or f"#{np_.op_type}"
-            self._check_op(op, label)
-            inputs: list[Value | None] = []
-            for name in np_.input:
-                if not name:
-                    inputs.append(None)
-                    continue
-                v = scope.lookup(name)
-                if v is None:
-                    raise InvalidModelError(
-                        f"{self.source}: node '{label}' ({op}) reads '{name}', which no node, input or "
-                        f"initializer of graph '{gp.name}' (or an enclosing graph) defines")
-                inputs.append(v)
-            outputs: list[Value | None] = []
-            for name in np_.output:
-                if not name:
-                    outputs.append(None)
-                    continue
-                if name in names:
-                    raise InvalidModelError(
-                        f"{self.source}: value '{name}' is defined twice in graph '{gp.name}' "
-                        f"(again by node '{label}'); ONNX values must have one producer")
-                vi = value_info.get(name)
-                v = Value(name)
-                if vi is not None:
-                    v.type = type_from_proto(vi.type) if vi.HasField("type") else None
-                    v.doc_string = vi.doc_string
-                    v.metadata_props = {p.key: p.value for p in getattr(vi, "metadata_props", ())}
-                names[name] = v
-                outputs.append(v)
-            node = Node(op, inputs, outputs, name=np_.name, doc_string=np_.doc_string,
-                        overload=getattr(np_, "overload", ""))
-            node.metadata_props = {p.key: p.value for p in getattr(np_, "metadata_props", ())}
-            if np_.attribute:
-                node._attrs = MappingProxyType({a.name: self.attr(a, scope, label) for a in np_.attribute})
-            g.append(node)
+            try:
+                self._node(np_, g, gp, scope, value_info)
+            except QGraphError:
+                raise
+            except (ValueError, TypeError, UnicodeError, KeyError) as e:
+                raise InvalidModelError(
+                    f"{self.source}: node '{_text(np_.name) or '#' + _text(np_.op_type)}' in graph "
+                    f"'{_text(gp.name)}' is malformed ({type(e).__name__}: {e}); the file is corrupt") from e
 
         for vi in gp.output:
             v = scope.lookup(vi.name)
             if v is None:
                 raise InvalidModelError(f"{self.source}: graph '{gp.name}' output '{vi.name}' is not defined by any node, input or initializer")
             if vi.HasField("type") and v.type is None:
-                v.type = type_from_proto(vi.type)
+                v.type = self._type(vi)
             g.outputs.append(v)
         return g
+
+    def _type(self, vi: onnx.ValueInfoProto):
+        try:
+            return type_from_proto(vi.type)
+        except ValueError as e:
+            raise InvalidModelError(f"{self.source}: value '{_text(vi.name)}' has a malformed type ({e})") from e
+
+    def _node(self, np_: onnx.NodeProto, g: Graph, gp: onnx.GraphProto, scope: "_Scope",
+              value_info: dict) -> None:
+        names = scope.names
+        op = OpId(_name(np_.op_type), _name(np_.domain))
+        label = _name(np_.name) or f"#{np_.op_type}"
+        self._check_op(op, label)
+        inputs: list[Value | None] = []
+        for name in np_.input:
+            if not name:
+                inputs.append(None)
+                continue
+            v = scope.lookup(name)
+            if v is None:
+                raise InvalidModelError(
+                    f"{self.source}: node '{label}' ({op}) reads '{name}', which no node, input or "
+                    f"initializer of graph '{gp.name}' (or an enclosing graph) defines")
+            inputs.append(v)
+        outputs: list[Value | None] = []
+        for name in np_.output:
+            if not name:
+                outputs.append(None)
+                continue
+            if name in names:
+                raise InvalidModelError(
+                    f"{self.source}: value '{name}' is defined twice in graph '{gp.name}' "
+                    f"(again by node '{label}'); ONNX values must have one producer")
+            vi = value_info.get(name)
+            v = Value(_name(name))
+            if vi is not None:
+                v.type = self._type(vi) if vi.HasField("type") else None
+                v.doc_string = _text(vi.doc_string)
+                v.metadata_props = {_text(p.key): _text(p.value) for p in getattr(vi, "metadata_props", ())}
+            names[name] = v
+            outputs.append(v)
+        node = Node(op, inputs, outputs, name=_name(np_.name), doc_string=_text(np_.doc_string),
+                    overload=_name(getattr(np_, "overload", "")))
+        node.metadata_props = {_text(p.key): _text(p.value) for p in getattr(np_, "metadata_props", ())}
+        if np_.attribute:
+            node._attrs = MappingProxyType({_name(a.name): self.attr(a, scope, label) for a in np_.attribute})
+        g.append(node)
 
     def _check_op(self, op: OpId, label: str) -> None:
         if op.domain not in self.domains:
@@ -328,6 +373,17 @@ def _reads(n: onnx.NodeProto) -> Iterable[str]:
         for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
             for inner in g.node:
                 yield from _reads(inner)
+
+
+def _name(s: "str | bytes") -> str:
+    """A name field; protobuf hands back bytes when the file's string is not UTF-8."""
+    if isinstance(s, bytes):
+        raise ValueError(f"name {s[:40]!r} is not valid UTF-8")
+    return s
+
+
+def _text(s: "str | bytes") -> str:
+    return s.decode("utf-8", "replace") if isinstance(s, bytes) else s
 
 
 def _decode(b: bytes) -> str | bytes:
