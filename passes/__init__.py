@@ -1,19 +1,25 @@
-"""qgraph's built-in pass library (installed as ``qgraph.passes``)."""
+"""qgraph's built-in pass library (installed as ``qgraph.passes``).
+
+Each module lists its passes in a module-level ``PASSES`` tuple; ``BUILTIN_PASSES`` is
+their concatenation, in the order below (the order ``qgraph passes`` groups them by).
+"""
 
 from __future__ import annotations
 
-from qgraph.pm.registry import PassRegistry
+from qgraph.passes import canonicalize, cleanup, fuse_activation, fuse_linear, fuse_transformer
 from qgraph.passes.cleanup import DeadCodeElimination, EliminateIdentity
+from qgraph.pm.registry import PassRegistry
 
-BUILTIN_PASSES = (
-    EliminateIdentity,
-    DeadCodeElimination,
-)
+_MODULES = (cleanup, canonicalize, fuse_linear, fuse_activation, fuse_transformer)
+
+BUILTIN_PASSES = tuple(p for m in _MODULES for p in m.PASSES)
 
 ALIASES = {
     "cleanup": ("fixed-point(eliminate-identity,dead-code-elimination)",
                 "remove identities and dead code until nothing changes"),
 }
+for _m in _MODULES:
+    ALIASES.update(getattr(_m, "ALIASES", {}))
 
 
 def registry() -> PassRegistry:

@@ -111,3 +111,5 @@ def _sweep(g: Graph) -> tuple[int, int]:
             g.remove_initializer(v)
             inits += 1
     return nodes, inits
+
+PASSES = (EliminateIdentity, DeadCodeElimination)

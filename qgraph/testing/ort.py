@@ -88,3 +88,17 @@ def compare_all(ref: Sequence[Any], got: Sequence[Any], names: Sequence[str]) ->
         if why:
             return f"output '{name}': {why}"
     return None
+
+
+def max_rel_error(ref: Sequence[Any], got: Sequence[Any]) -> float:
+    """max over outputs of max|ref - got| / max|ref| (0 for identical outputs; inf on shape mismatch)."""
+    worst = 0.0
+    for r, g in zip(ref, got):
+        r, g = np.asarray(r, np.float64), np.asarray(g, np.float64)
+        if r.shape != g.shape:
+            return float("inf")
+        if r.size == 0:
+            continue
+        scale = float(np.max(np.abs(r))) or 1.0
+        worst = max(worst, float(np.max(np.abs(r - g))) / scale)
+    return worst
