@@ -20,6 +20,10 @@ ALIASES = {
 }
 for _m in _MODULES:
     ALIASES.update(getattr(_m, "ALIASES", {}))
+ALIASES["fuse"] = (
+    "fixed-point(fuse-pad,fuse-conv-bn,fuse-bias,fold-scale,lower-batchnorm,fuse-layernorm,fuse-gelu,"
+    "fuse-activation,dead-code-elimination)",
+    "every float fusion, rerun until nothing changes (run canonicalize first)")
 
 
 def registry() -> PassRegistry:

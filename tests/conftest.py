@@ -22,6 +22,13 @@ def graph_text(model) -> str:
     return print_model(model).split("\n", 1)[1]
 
 
+def structure_text(model) -> str:
+    """graph_text without node metadata (fusion marks): the dataflow structure only."""
+    import re
+
+    return re.sub(r' meta \{[^\n]*\}$', "", graph_text(model), flags=re.M)
+
+
 def same_ir(model, expected_text: str, initializers=None) -> bool:
     return graph_text(model) == graph_text(parse_model(expected_text, initializers))
 

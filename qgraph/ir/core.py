@@ -657,8 +657,10 @@ class Graph:
 
         If ``old`` is an output of this graph, ``new`` takes over the output slot and the
         name when ``new`` is a node output of this graph that is not itself an output;
-        otherwise an Identity keeps the output's name.
+        otherwise an Identity keeps the output's name. Replacing a value by itself does nothing.
         """
+        if old is new:
+            return
         old.replace_all_uses_with(new)
         if old not in self.outputs:
             return

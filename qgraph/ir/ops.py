@@ -137,3 +137,15 @@ Tile = op("Tile")
 Transpose = op("Transpose")
 Unsqueeze = op("Unsqueeze")
 Where = op("Where")
+
+
+# -- qgraph-domain ops ---------------------------------------------------------------------------
+# Ops qgraph's passes create where the model's opset has no standard equivalent. Each has the
+# interface of the ONNX op of the same name and is written back as standard ONNX on export
+# (the decomposition table in qgraph.onnx.decompose); a model holding one imports "qgraph": 1.
+
+#: ``Y = (X - mean) / sqrt(var + epsilon) * Scale + B`` over axes ``[axis, rank)``, in X's
+#: element type; ``Scale`` and ``B`` are optional and broadcast as in Mul / Add.
+QGraphLayerNormalization = op("LayerNormalization", QGRAPH_DOMAIN)
+#: ONNX Gelu-20 (``approximate`` = "none" or "tanh") for models whose opset predates it.
+QGraphGelu = op("Gelu", QGRAPH_DOMAIN)

@@ -41,7 +41,7 @@ class ExternalRef:
 class Tensor:
     """An immutable constant tensor with a dtype, a static shape and (lazy) data."""
 
-    __slots__ = ("dtype", "shape", "name", "doc_string", "_array", "_proto", "_external")
+    __slots__ = ("dtype", "shape", "name", "doc_string", "_array", "_proto", "_external", "_digest")
 
     def __init__(self, array: np.ndarray, dtype: DType | None = None, name: str = "", doc_string: str = ""):
         array = np.asarray(array)
@@ -55,6 +55,7 @@ class Tensor:
         self._array: np.ndarray | None = array
         self._proto: onnx.TensorProto | None = None
         self._external: ExternalRef | None = None
+        self._digest: str | None = None
 
     @classmethod
     def from_proto(cls, proto: onnx.TensorProto, external: ExternalRef | None = None) -> "Tensor":
@@ -67,6 +68,7 @@ class Tensor:
         t._array = None
         t._proto = proto
         t._external = external
+        t._digest = None
         return t
 
     # -- data -------------------------------------------------------------------------------
@@ -138,13 +140,15 @@ class Tensor:
         return numpy_helper.from_array(self.numpy()).raw_data
 
     def digest(self) -> str:
-        """A short content hash (dtype, shape and data)."""
-        h = hashlib.sha1(f"{int(self.dtype)}:{self.shape}".encode())
-        if self.dtype == DType.STRING:
-            h.update(repr(self.numpy().tolist()).encode())
-        else:
-            h.update(self.raw_bytes())
-        return h.hexdigest()[:12]
+        """A short content hash (dtype, shape and data); computed once (tensors are immutable)."""
+        if self._digest is None:
+            h = hashlib.sha1(f"{int(self.dtype)}:{self.shape}".encode())
+            if self.dtype == DType.STRING:
+                h.update(repr(self.numpy().tolist()).encode())
+            else:
+                h.update(self.raw_bytes())
+            self._digest = h.hexdigest()[:12]
+        return self._digest
 
     def __repr__(self) -> str:
         dims = ",".join(str(d) for d in self.shape)

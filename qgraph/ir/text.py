@@ -9,7 +9,7 @@
     }
 
 Values are ``%name`` (``%"odd name"`` when needed); a missing optional input is ``_``;
-a node's name, if any, follows it as ``@name``;
+a node's name, if any, follows it as ``@name``, then its metadata as ``meta {"k": "v"}``;
 an op in another domain is ``domain::Op``. Initializers of up to 16 elements are
 printed in full; larger ones as a content digest, which ``parse`` accepts only when the
 data is passed in ``initializers=``. Subgraphs print as nested ``graph`` blocks.
@@ -105,6 +105,8 @@ def _node_text(n: Node, indent: str) -> str:
         text += " {" + ", ".join(f"{k}={_attr_text(a, indent + '  ')}" for k, a in n.attrs.items()) + "}"
     if n.name:
         text += " @" + (n.name if _NODE_NAME.match(n.name) else json.dumps(n.name))
+    if n.metadata_props:
+        text += " meta " + json.dumps(n.metadata_props, sort_keys=True)
     return text
 
 
@@ -290,7 +292,7 @@ class _Parser:
             array = np.broadcast_to(array, v.type.shape) if array.ndim == 0 else array.reshape(v.type.shape)
         if tuple(array.shape) != tuple(v.type.shape):
             raise ParseError(f"initializer %{v.name}: data has shape {array.shape}, declared {v.type.shape}")
-        v.const_value = Tensor(np.ascontiguousarray(array), v.type.dtype, name=v.name)
+        v.const_value = Tensor(np.require(array, requirements="C"), v.type.dtype, name=v.name)
         g.register_initializer(v)
         scope[v.name] = v
 
@@ -347,6 +349,13 @@ class _Parser:
             self.i += 1
             name = json.loads(name) if k == "string" else name
         node = Node(op, ins, outs, attrs, name=name)
+        if self.accept("meta"):
+            self.take("punct", "{")
+            while not self.accept("}"):
+                key = json.loads(self.take("string"))
+                self.take("punct", ":")
+                node.metadata_props[key] = json.loads(self.take("string"))
+                self.accept(",")
         for o in outs:
             if o is not None:
                 if o.name in scope:

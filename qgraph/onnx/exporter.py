@@ -8,20 +8,29 @@ from typing import Callable
 import onnx
 
 from qgraph.errors import QGraphError
-from qgraph.ir.core import Attr, AttrType, Graph, Model, Value
+from qgraph.ir.core import Attr, AttrType, Graph, Model, Node, Value
+from qgraph.ir.ops import QGRAPH_DOMAIN
 from qgraph.ir.tensor import ExternalRef, Tensor
 from qgraph.onnx._types import fill_type_proto, type_to_proto
+from qgraph.onnx.decompose import decompose, uses_domain
 
 # Protobuf refuses to serialize messages over 2 GiB; past this much tensor data, save
 # writes external data even when the caller did not ask for it.
 _PROTO_LIMIT = 1_800_000_000
 
 
-def to_proto(model: Model, *, tensor_hook: Callable[[Tensor, onnx.TensorProto], None] | None = None) -> onnx.ModelProto:
+def to_proto(model: Model, *, tensor_hook: Callable[[Tensor, onnx.TensorProto], None] | None = None,
+             keep_data: Callable[[Tensor], bool] | None = None) -> onnx.ModelProto:
     """Export ``model`` to a ModelProto. Values without a name get a fresh unique one.
 
     ``tensor_hook`` sees every initializer / tensor attribute proto (save uses it to move
-    data to an external file).
+    data to an external file). ``keep_data``, when given, decides per tensor whether its
+    bytes are written; the others get dims and dtype only, marked as external data with
+    no file (for analyses such as shape inference that need no weights).
+
+    qgraph-domain ops listed in ``qgraph.onnx.decompose.DECOMPOSITIONS`` are written as the
+    standard ONNX nodes they stand for (``model`` itself is not changed); the "qgraph"
+    opset import is then dropped if no qgraph-domain node is left.
     """
     mp = onnx.ModelProto()
     mp.ir_version = model.ir_version
@@ -40,7 +49,12 @@ def to_proto(model: Model, *, tensor_hook: Callable[[Tensor, onnx.TensorProto], 
     mp.training_info.extend(model.training_info)
     if model.configuration:
         mp.configuration.extend(model.configuration)
-    _Exporter(tensor_hook).graph(model.graph, mp.graph)
+    exporter = _Exporter(tensor_hook, keep_data, opset=model.opset(""))
+    exporter.graph(model.graph, mp.graph)
+    if exporter.decomposed and not uses_domain(mp, QGRAPH_DOMAIN):
+        kept = [o for o in mp.opset_import if o.domain != QGRAPH_DOMAIN]
+        del mp.opset_import[:]
+        mp.opset_import.extend(kept)
     return mp
 
 
@@ -112,10 +126,23 @@ def save(model: Model, path: "str | os.PathLike", *, external_data: bool | None 
 
 
 class _Exporter:
-    def __init__(self, tensor_hook):
+    def __init__(self, tensor_hook=None, keep_data=None, opset: int | None = None):
         self.tensor_hook = tensor_hook
+        self.keep_data = keep_data
+        self.opset = opset  # the default-domain opset decompositions are written for
+        self.decomposed = 0  # qgraph-domain nodes written as standard ONNX
+        self._root: Graph | None = None
+        self._taken: set[str] | None = None  # value names in use, for decompositions
 
     def tensor(self, t: Tensor, proto: onnx.TensorProto, name: str | None = None) -> None:
+        if self.keep_data is not None and not self.keep_data(t):
+            proto.dims.extend(t.shape)
+            proto.data_type = int(t.dtype)
+            proto.name = t.name if name is None else name
+            proto.data_location = onnx.TensorProto.EXTERNAL
+            e = proto.external_data.add()
+            e.key, e.value = "location", "qgraph-data-omitted"
+            return
         proto.CopyFrom(t.to_proto(name))
         if self.tensor_hook is not None:
             self.tensor_hook(t, proto)
@@ -174,6 +201,8 @@ class _Exporter:
             raise QGraphError(f"cannot export attribute '{name}' of type {t!r}")
 
     def graph(self, g: Graph, gp: onnx.GraphProto) -> None:
+        if self._root is None:
+            self._root = g.root
         gp.name = g.name
         if g.doc_string:
             gp.doc_string = g.doc_string
@@ -190,29 +219,52 @@ class _Exporter:
         gp.sparse_initializer.extend(g.sparse_initializers)
         outputs = {id(v) for v in g.outputs}
         for n in g:
-            np_ = gp.node.add()
-            np_.op_type = n.op.op_type
-            if n.op.domain:
-                np_.domain = n.op.domain
-            if n.name:
-                np_.name = n.name
-            np_.input.extend(v.name if v is not None else "" for v in n.inputs)
-            np_.output.extend(v.name if v is not None else "" for v in n.outputs)
-            for name, a in n.attrs.items():
-                self.attr(name, a, np_.attribute.add())
-            if n.doc_string:
-                np_.doc_string = n.doc_string
-            if n.overload:
-                np_.overload = n.overload
-            for k, val in n.metadata_props.items():
-                p = np_.metadata_props.add()
-                p.key, p.value = k, val
+            standard = decompose(n, self.opset, self.fresh_name) if n.op.domain else None
+            if standard is not None:
+                gp.node.extend(standard)
+                self.decomposed += 1
+            else:
+                self.node(n, gp.node.add())
             for o in n.outputs:
                 if o is not None and o.type is not None and id(o) not in outputs:
                     self.value_info(o, gp.value_info.add())
         for v in g.outputs:
             self.value_info(v, gp.output.add())
         gp.quantization_annotation.extend(g.quantization_annotation)
+
+    def node(self, n: Node, np_: onnx.NodeProto) -> None:
+        np_.op_type = n.op.op_type
+        if n.op.domain:
+            np_.domain = n.op.domain
+        if n.name:
+            np_.name = n.name
+        np_.input.extend(v.name if v is not None else "" for v in n.inputs)
+        np_.output.extend(v.name if v is not None else "" for v in n.outputs)
+        for name, a in n.attrs.items():
+            self.attr(name, a, np_.attribute.add())
+        if n.doc_string:
+            np_.doc_string = n.doc_string
+        if n.overload:
+            np_.overload = n.overload
+        for k, val in n.metadata_props.items():
+            p = np_.metadata_props.add()
+            p.key, p.value = k, val
+
+    def fresh_name(self, hint: str) -> str:
+        """A value name used nowhere in the model (nor by earlier decompositions).
+
+        Kept apart from the model's own name cache, so exporting twice writes the same
+        names. Hints contain "/", which the names export gives unnamed values ("v", "v_1")
+        never do.
+        """
+        if self._taken is None:
+            self._taken = {v.name for sub in self._root.all_graphs() for v in sub.values()}
+        name, k = hint, 0
+        while name in self._taken:
+            k += 1
+            name = f"{hint}_{k}"
+        self._taken.add(name)
+        return name
 
 
 def _encode(s: str | bytes) -> bytes:

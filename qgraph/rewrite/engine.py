@@ -28,7 +28,7 @@ class Builder:
         """Insert ``op(inputs)``; returns its output (or a tuple when ``outputs`` > 1)."""
         base = name or (f"{self.anchor.name}/{op.op_type}" if self.anchor.name else op.op_type)
         outs = [Value(self.graph.unique_name(f"{base}_out{k}" if outputs > 1 else base)) for k in range(outputs)]
-        node = Node(op, inputs, outs, attrs, name=self.graph.unique_name(base))
+        node = Node(op, inputs, outs, attrs, name=outs[0].name)  # value names are unique, so is this
         self.graph.insert_before(self.anchor, node)
         return outs[0] if outputs == 1 else tuple(outs)
 
@@ -173,10 +173,17 @@ def _try(rule: RewriteRule, node: Node, g: Graph, model: Model, tracer: MatchTra
                 raise PassError(f"rule {rule.rule_name()} dropped output '{old.name}' of {node.describe()}, which is still read")
             continue
         g.replace_value(old, new)
-    for n in m.matched:
-        if n.graph is g and not any(o is not None and (o.has_uses() or o.is_graph_output()) for o in n.outputs):
+    # Remove matched nodes left without readers; repeat, since a producer inside the match
+    # may be read by several matched consumers (the match order is depth first, not topological).
+    pending = list(m.matched)
+    while True:
+        dead = [n for n in pending if n.graph is g
+                and not any(o is not None and (o.has_uses() or o.is_graph_output()) for o in n.outputs)]
+        if not dead:
+            return True
+        for n in dead:
             g.remove(n)
-    return True
+            pending.remove(n)
 
 
 class RewritePass(Pass):
