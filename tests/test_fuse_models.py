@@ -52,3 +52,72 @@ def test_canonicalize_fuse_keeps_outputs_and_shrinks(path, tmp_path):
     m = qgraph.load(path)
     run_pipeline(m, "canonicalize,fuse")
     assert not run_pipeline(m, "canonicalize,fuse").modified
+
+
+# -- property: random Conv / BN / Relu / Clip / Add / Mul / MatMul chains under the whole pipeline --
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+
+@st.composite
+def conv_chains(draw):
+    rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
+    c = 1  # input channels
+    nodes, inits = [], []
+    cur, k = "x", 0
+
+    def const(shape, lo=-1.0, hi=1.0):
+        nonlocal k
+        k += 1
+        name = f"c{k}"
+        inits.append(numpy_helper.from_array(rng.uniform(lo, hi, shape).astype(np.float32), name))
+        return name
+
+    for i in range(draw(st.integers(1, 7))):
+        kind = draw(st.sampled_from(["conv", "bn", "relu", "clip", "add", "mul", "pad", "identity"]))
+        out = f"t{i}"
+        if kind == "conv":
+            c_out = draw(st.integers(1, 4))
+            ks = draw(st.sampled_from([1, 3]))
+            ins = [cur, const((c_out, c, ks, ks))] + ([const((c_out,))] if draw(st.booleans()) else [])
+            nodes.append(helper.make_node("Conv", ins, [out], pads=[ks // 2] * 4))
+            c = c_out
+        elif kind == "bn":
+            nodes.append(helper.make_node("BatchNormalization", [cur, const((c,)), const((c,)), const((c,)),
+                                                                 const((c,), 0.5, 2.0)], [out], epsilon=1e-3))
+        elif kind == "relu":
+            nodes.append(helper.make_node("Relu", [cur], [out]))
+        elif kind == "clip":
+            nodes.append(helper.make_node("Clip", [cur, const(()), const((), 1.0, 6.0)], [out]))
+        elif kind in ("add", "mul"):
+            shape = draw(st.sampled_from([(c, 1, 1), (1, c, 1, 1), ()]))
+            nodes.append(helper.make_node(kind.capitalize(), [cur, const(shape)], [out]))
+        elif kind == "pad":
+            pads = np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)
+            inits.append(numpy_helper.from_array(pads, f"pads{i}"))
+            nodes.append(helper.make_node("Pad", [cur, f"pads{i}"], [out]))
+        else:
+            nodes.append(helper.make_node("Identity", [cur], [out]))
+        cur = out
+    # a MatMul head: flatten and project
+    nodes.append(helper.make_node("GlobalAveragePool", [cur], ["gap"]))
+    nodes.append(helper.make_node("Flatten", ["gap"], ["flat"]))
+    nodes.append(helper.make_node("MatMul", ["flat", const((c, 3))], ["mm"]))
+    nodes.append(helper.make_node("Add", ["mm", const((3,))], ["y"]))
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(conv_chains())
+def test_pipeline_preserves_random_chains(chain):
+    model = chain
+    onnx.checker.check_model(model)
+    feeds = {"x": np.random.default_rng(1).standard_normal((1, 1, 6, 6)).astype(np.float32)}
+    m = qgraph.load(model)
+    run_pipeline(m, "canonicalize,fuse")
+    assert max_rel_error(run(model, feeds), run(qgraph.to_proto(m), feeds)) <= 1e-4
+    assert not [n for n in m.graph if n.op_type in ("BatchNormalization", "Identity")]
+    assert not run_pipeline(m, "canonicalize,fuse").modified
