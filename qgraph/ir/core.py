@@ -708,6 +708,12 @@ class Model:
         self.model_version = model_version
         self.doc_string = doc_string
         self.metadata_props: dict[str, str] = {}
+        # Range facts that are inputs to quantization, not analyses of the graph: intervals
+        # the user declares for graph inputs, and what calibration observed (both
+        # qgraph.calib.RangeMap / Interval). Range analysis reads them; passes that rename
+        # values keep names stable, so these stay valid.
+        self.input_ranges: dict[str, Any] = {}
+        self.calibration: Any = None
         self.functions: list[onnx.FunctionProto] = []
         self.training_info: list[onnx.TrainingInfoProto] = []
         self.configuration: list[Any] = []
