@@ -37,7 +37,6 @@ def example_cnn() -> onnx.ModelProto:
         numpy_helper.from_array(rng.uniform(0.5, 1.5, 8).astype(np.float32), "bn1.var"),
         init("conv2.w", 16, 8, 3, 3), init("conv2.b", 16),
         init("fc.w", 16, 10), init("fc.b", 10),
-        numpy_helper.from_array(np.array([1, -1], np.int64), "flat_shape"),
     ]
     nodes = [
         helper.make_node("Identity", ["input"], ["input_copy"], name="input_identity"),
@@ -49,7 +48,7 @@ def example_cnn() -> onnx.ModelProto:
         helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
         helper.make_node("Exp", ["r2"], ["unused_exp"], name="dead_branch"),
         helper.make_node("GlobalAveragePool", ["r2"], ["gap"], name="gap"),
-        helper.make_node("Reshape", ["gap", "flat_shape"], ["flat"], name="flatten"),
+        helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
         helper.make_node("Dropout", ["flat"], ["drop"], name="dropout"),
         helper.make_node("MatMul", ["drop", "fc.w"], ["mm"], name="fc_matmul"),
         helper.make_node("Add", ["mm", "fc.b"], ["logits"], name="fc_add"),
@@ -65,8 +64,21 @@ def example_cnn() -> onnx.ModelProto:
     return model
 
 
+def example_calibration_data() -> bytes:
+    """64 calibration samples for the example CNN: smooth random 8x8 images in [0, 1]."""
+    import io
+
+    rng = np.random.default_rng(20261124)
+    coarse = rng.uniform(0, 1, (64, 1, 4, 4))
+    images = np.clip(coarse.repeat(2, axis=2).repeat(2, axis=3) + rng.normal(0, 0.05, (64, 1, 8, 8)), 0, 1)
+    buf = io.BytesIO()
+    np.savez(buf, input=images.astype(np.float32))
+    return buf.getvalue()
+
+
 FILES = {
     "models/example_cnn.onnx": lambda: example_cnn().SerializeToString(),
+    "data/example_cnn_calib.npz": example_calibration_data,
 }
 
 

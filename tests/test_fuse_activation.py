@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 import qgraph
-from qgraph.errors import RewriteCycleError
 from qgraph.ir import fusion, ops
 from qgraph.ir.text import parse_model
 from qgraph.passes.fuse_activation import FuseActivation, FusePad, apply_marks

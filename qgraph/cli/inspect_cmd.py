@@ -75,3 +75,16 @@ def format_text(s: dict[str, Any]) -> str:
         "ops:", *(f"  {name:32s} {count:6d}" for name, count in s["ops"].items()),
     ]
     return "\n".join(lines)
+
+
+def format_ranges(ranges: dict[str, Any]) -> str:
+    """The ``ranges`` section of ``inspect --ranges`` (a RangeMap's JSON form) as a table."""
+    rows = ranges.get("ranges", {})
+    sources = ranges.get("sources", {})
+    lines = [f"ranges ({len(rows)} tensors):", f"  {'tensor':40s} {'source':12s} {'min':>14s} {'max':>14s}"]
+    for name, (lo, hi) in rows.items():
+        lines.append(f"  {name:40s} {sources.get(name, ''):12s} {str(lo):>14s} {str(hi):>14s}")
+    unknown = ranges.get("meta", {}).get("unknown_ops")
+    if unknown:
+        lines.append("  ops with no static range rule: " + ", ".join(f"{k} x{v}" for k, v in unknown.items()))
+    return "\n".join(lines)

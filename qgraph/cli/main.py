@@ -1,4 +1,4 @@
-"""``qgraph`` command line: ``passes``, ``inspect``, ``opt``.
+"""``qgraph`` command line: ``passes``, ``inspect``, ``calibrate``, ``opt``.
 
 Errors a user can cause print one line (``qgraph: error: ...``) and exit 1; ``--debug``
 shows the traceback. A qgraph bug prints ``qgraph: internal error`` and exits 3.
@@ -28,12 +28,75 @@ def _cmd_passes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _input_range(text: str | None):
+    if text is None:
+        return None
+    try:
+        lo, hi = (float(x) for x in text.split(","))
+    except ValueError:
+        raise QGraphError(f"--input-range {text}: expected LO,HI (e.g. 0,1)") from None
+    if not lo <= hi:
+        raise QGraphError(f"--input-range {text}: LO must not exceed HI")
+    return lo, hi
+
+
+def _with_calibration_data(pipeline, data: str | None) -> None:
+    """``--calib`` fills in the data of calibrate passes that name none."""
+    from qgraph.passes.calibrate import Calibrate
+    from qgraph.pm.pipeline import FixedPoint
+
+    for p in pipeline.passes if hasattr(pipeline, "passes") else pipeline:
+        if isinstance(p, FixedPoint):
+            _with_calibration_data(p.passes, data)
+        elif isinstance(p, Calibrate) and p.data is None:
+            p.data = data
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from qgraph.cli.inspect_cmd import format_text, summarize
+    from qgraph.cli.inspect_cmd import format_ranges, format_text, summarize
     from qgraph.onnx import load
 
-    summary = summarize(load(args.model), args.model)
-    print(json.dumps(summary, indent=2) if args.json else format_text(summary))
+    model = load(args.model)
+    summary = summarize(model, args.model)
+    if args.ranges or args.ranges_file or args.input_range:
+        from qgraph.calib.intervals import RangeAnalysis
+        from qgraph.calib.ranges import Interval, RangeMap
+        from qgraph.pm import AnalysisManager
+
+        if args.input_range:
+            lo, hi = _input_range(args.input_range)
+            model.input_ranges = {v.name: Interval(lo, hi, "user") for v in model.graph.inputs if not v.is_initializer()}
+        if args.ranges_file:
+            model.calibration = RangeMap.load(args.ranges_file)
+        summary["ranges"] = AnalysisManager(model).get(RangeAnalysis).to_json()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(format_text(summary))
+        if "ranges" in summary:
+            print(format_ranges(summary["ranges"]))
+    return 0
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from qgraph.calib.calibrate import calibrate
+    from qgraph.onnx import load
+    from qgraph.passes import registry
+    from qgraph.pm import PassContext, PassManager
+
+    pipeline = registry().parse(args.passes) if args.passes else None
+    if os.path.isdir(args.output):
+        raise QGraphError(f"-o {args.output}: is a directory, expected a .json file path")
+    model = load(args.model)
+    if pipeline is not None:
+        PassManager(pipeline, PassContext()).run(model)
+    options = {"percentile": args.percentile, "num_bins": args.num_bins, "bits": args.bits}
+    start = time.perf_counter()
+    ranges = calibrate(model, args.calib, args.method, batch_size=args.batch_size,
+                       **{k: v for k, v in options.items() if v is not None})
+    ranges.save(args.output)
+    print(f"{args.model}: {args.method} ranges of {len(ranges)} tensors from {ranges.meta['samples']} samples "
+          f"in {time.perf_counter() - start:.2f} s; wrote {args.output}")
     return 0
 
 
@@ -57,6 +120,7 @@ def _cmd_opt(args: argparse.Namespace) -> int:
         raise QGraphError(f"-o {args.output}: is a directory, expected an .onnx file path")
     if args.dump_ir and os.path.exists(args.dump_ir) and not os.path.isdir(args.dump_ir):
         raise QGraphError(f"--dump-ir {args.dump_ir}: exists and is not a directory")
+    _with_calibration_data(pipeline, args.calib)
     model = load(args.model)
     before = sum(1 for _ in model.graph.all_nodes())
     timings = PassTimings()
@@ -89,7 +153,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="summarize a model: ops, inputs / outputs, parameters, opsets")
     p.add_argument("model")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--ranges", action="store_true", help="show each tensor's range (static analysis)")
+    p.add_argument("--input-range", metavar="LO,HI", help="declared range of every float input (implies --ranges)")
+    p.add_argument("--ranges-file", metavar="JSON", help="calibrated ranges from `qgraph calibrate` (implies --ranges)")
     p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("calibrate", help="observed ranges of every float tensor on calibration data")
+    p.add_argument("model")
+    p.add_argument("--calib", required=True, metavar="DATA",
+                   help=".npz (arrays keyed by input name, samples on axis 0) or a folder of .npz / .npy files")
+    p.add_argument("--method", default="minmax", choices=["minmax", "percentile", "entropy", "mse"])
+    p.add_argument("--percentile", type=float, help="percentile method: the percentile kept (default 99.999)")
+    p.add_argument("--num-bins", type=int, help="histogram bins (percentile / entropy / mse)")
+    p.add_argument("--bits", type=int, help="mse method: the target bit width (default 8)")
+    p.add_argument("--batch-size", type=int, default=8, help="samples per ONNX Runtime run (default 8)")
+    p.add_argument("--passes", help="pipeline to run before calibrating (ranges are keyed by the result's names)")
+    p.add_argument("-o", "--output", required=True, help="ranges .json")
+    p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("opt", help="run a pass pipeline on a model")
     p.add_argument("model")
@@ -99,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-passes", action="store_true", help="print time per pass")
     p.add_argument("--verify-each", action="store_true", help="verify the IR after every pass (debug)")
     p.add_argument("--disable", action="append", metavar="PASS", help="skip this pass (repeatable)")
+    p.add_argument("--calib", metavar="DATA", help="calibration data for calibrate passes that name none")
     p.set_defaults(func=_cmd_opt)
     return ap
 

@@ -21,6 +21,16 @@ class _All:
 ALL_ANALYSES: Any = _All()
 
 
+class AllAnalysesExcept(frozenset):
+    """``PassResult.preserved`` for a pass that invalidates only the listed analyses."""
+
+    def __contains__(self, item: object) -> bool:
+        return not frozenset.__contains__(self, item)
+
+    def __repr__(self) -> str:
+        return f"AllAnalysesExcept({', '.join(getattr(a, '__name__', str(a)) for a in frozenset.__iter__(self))})"
+
+
 @dataclass(frozen=True)
 class PassResult:
     """What a pass did.
@@ -42,7 +52,8 @@ class PassResult:
 
     @classmethod
     def changed(cls, preserved: Any = frozenset(), **stats: int) -> "PassResult":
-        return cls(True, preserved if preserved is ALL_ANALYSES else frozenset(preserved), stats)
+        keep = preserved if preserved is ALL_ANALYSES or isinstance(preserved, AllAnalysesExcept) else frozenset(preserved)
+        return cls(True, keep, stats)
 
     @classmethod
     def of(cls, modified: bool, preserved: Any = frozenset(), **stats: int) -> "PassResult":

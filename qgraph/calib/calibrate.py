@@ -1,0 +1,69 @@
+"""Calibration: run the float model on data and turn the observed tensors into ranges."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from qgraph.calib.data import CalibrationDataError, input_specs, iter_samples
+from qgraph.calib.ranges import Interval, RangeMap
+from qgraph.calib.runner import observed_values, run_observed
+from qgraph.errors import QGraphError
+from qgraph.ir.core import Model
+from qgraph.progress import Progress
+
+METHODS = ("minmax", "percentile", "entropy", "mse")
+
+
+def _count_samples(data: Any) -> int | None:
+    """Samples in a .npz path (for the progress bar); None when not cheap to know."""
+    if isinstance(data, (str, os.PathLike)) and os.fspath(data).endswith(".npz") and os.path.isfile(data):
+        try:
+            with np.load(data, allow_pickle=False) as z:
+                return int(z[z.files[0]].shape[0]) if z.files else None
+        except (OSError, ValueError):
+            return None
+    return None
+
+
+def calibrate(model: Model, data: Any, method: str = "minmax", *, batch_size: int = 8,
+              show_progress: bool | None = None, **options: Any) -> RangeMap:
+    """Observed ranges of every float tensor of ``model`` on ``data``.
+
+    Args:
+        data: a ``.npz`` path, a folder of ``.npz`` / ``.npy`` files, or an iterable of
+            ``{input name: array}`` batches (samples on axis 0). See ``qgraph.calib.data``.
+        method: ``minmax``, ``percentile``, ``entropy`` (KL divergence, as TensorRT) or ``mse``.
+        options: method options (``percentile``, ``num_bins``, ``bits``, ``symmetric``).
+
+    One streaming pass: each batch's tensors go to the collector and are dropped, so memory
+    does not grow with the number of samples. A progress line shows on a terminal.
+    """
+    from qgraph.calib.stats import make_collector
+
+    if method not in METHODS:
+        raise QGraphError(f"unknown calibration method '{method}'; choose one of {', '.join(METHODS)}")
+    specs = input_specs(model)
+    if any(o is not None and o.type is None for n in model.graph for o in n.outputs):
+        from qgraph.passes.canonicalize import InferShapes  # which tensors are float is a type question
+
+        InferShapes().run(model, None)
+    names = observed_values(model)
+    collector = make_collector(method, **options)
+    seen = 0
+    with Progress("calibrate", total=_count_samples(data), enabled=show_progress) as progress:
+        for count, observed in run_observed(model, iter_samples(data, specs), names, batch_size):
+            for name, array in observed.items():
+                try:
+                    collector.update(name, array)
+                except QGraphError as e:
+                    raise CalibrationDataError(f"{e} (samples {seen}..{seen + count - 1})") from e
+            seen += count
+            progress.advance(count)
+    if seen == 0:
+        raise CalibrationDataError("the calibration data holds no samples")
+    found = collector.compute()
+    meta = {"method": method, "samples": seen, **{k: v for k, v in options.items() if v is not None}}
+    return RangeMap({k: Interval(float(lo), float(hi), "calibration") for k, (lo, hi) in found.items()}, meta=meta)
