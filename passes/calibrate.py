@@ -27,7 +27,7 @@ class Calibrate(Pass):
 
     def __init__(self, method: Literal["minmax", "percentile", "entropy", "mse"] = "minmax",
                  data: Optional[str] = None, percentile: Optional[float] = None, num_bins: Optional[int] = None,
-                 bits: Optional[int] = None, symmetric: Optional[bool] = None, batch_size: int = 8):
+                 bits: Optional[int] = None, symmetric: Optional[bool] = None, batch_size: int = 1):
         self.method, self.data = method, data
         self.percentile, self.num_bins, self.bits, self.symmetric = percentile, num_bins, bits, symmetric
         self.batch_size = batch_size

@@ -25,3 +25,14 @@ def test_first_command_runs(monkeypatch, capsys):
     assert argv[0] == "qgraph"
     assert cli(argv[1:]) == 0
     assert "13 -> 8 nodes" in capsys.readouterr().out
+
+
+def test_calibration_commands_run(monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    readme = open(f"{REPO}/README.md").read()
+    lines = [l for block in re.findall(r"```sh\n(.*?)```", readme, re.S) for l in block.splitlines()
+             if l.startswith(("qgraph calibrate golden", "qgraph inspect golden"))]
+    assert len(lines) == 2
+    for line in lines:
+        assert cli(shlex.split(line)[1:]) == 0
+    assert "ranges (" in capsys.readouterr().out

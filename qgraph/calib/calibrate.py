@@ -28,7 +28,7 @@ def _count_samples(data: Any) -> int | None:
     return None
 
 
-def calibrate(model: Model, data: Any, method: str = "minmax", *, batch_size: int = 8,
+def calibrate(model: Model, data: Any, method: str = "minmax", *, batch_size: int = 1,
               show_progress: bool | None = None, **options: Any) -> RangeMap:
     """Observed ranges of every float tensor of ``model`` on ``data``.
 
@@ -39,7 +39,10 @@ def calibrate(model: Model, data: Any, method: str = "minmax", *, batch_size: in
         options: method options (``percentile``, ``num_bins``, ``bits``, ``symmetric``).
 
     One streaming pass: each batch's tensors go to the collector and are dropped, so memory
-    does not grow with the number of samples. A progress line shows on a terminal.
+    does not grow with the number of samples. A run holds every intermediate tensor of its
+    batch at once (about 400 MB per sample for PP-OCRv4 rec), hence ``batch_size`` 1 by
+    default; larger batches bought no speed there (1.8 s vs 4.8 s for 16 samples at 1 vs 8).
+    A progress line shows on a terminal.
     """
     from qgraph.calib.stats import make_collector
 

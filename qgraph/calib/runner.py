@@ -72,7 +72,7 @@ def batches(samples: Iterator[dict[str, np.ndarray]], model: Model, batch_size: 
 
 
 def run_observed(model: Model, samples: Iterator[dict[str, np.ndarray]], names: list[str],
-                 batch_size: int = 8) -> Iterator[tuple[int, dict[str, Any]]]:
+                 batch_size: int = 1) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (samples in this batch, {tensor name: array}) for every batch."""
     sess = _session(model, names)
     out_names = [o.name for o in sess.get_outputs()]

@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--percentile", type=float, help="percentile method: the percentile kept (default 99.999)")
     p.add_argument("--num-bins", type=int, help="histogram bins (percentile / entropy / mse)")
     p.add_argument("--bits", type=int, help="mse method: the target bit width (default 8)")
-    p.add_argument("--batch-size", type=int, default=8, help="samples per ONNX Runtime run (default 8)")
+    p.add_argument("--batch-size", type=int, default=1, help="samples per ONNX Runtime run (default 1: every intermediate tensor of a run is held at once)")
     p.add_argument("--passes", help="pipeline to run before calibrating (ranges are keyed by the result's names)")
     p.add_argument("-o", "--output", required=True, help="ranges .json")
     p.set_defaults(func=_cmd_calibrate)
