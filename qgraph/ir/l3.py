@@ -1,0 +1,108 @@
+"""The L3 integer IR: integer operators in the ``qgraph`` domain, with explicit semantics.
+
+``lower-qdq`` produces these ops from ``DequantizeLinear -> op -> QuantizeLinear`` groups;
+``qgraph.reference`` interprets them in numpy (the golden integer semantics) and the TVM
+lowering generates kernels for them. Every number that decides an output bit is an
+attribute of the node (or a constant integer input: weights and biases), so two
+implementations of this document agree bit for bit.
+
+Integer tensors hold their values in the storage type of their integer type (uint8, int8,
+int16, uint16; 4-bit values in int8 / uint8 storage). Scales appear only in ``Quantize`` /
+``Dequantize`` at float boundaries; inside an integer region an op knows its operands only
+through zero points and requantization multipliers.
+
+Requantization (``qgraph.quant.fixedpoint``, the only implementation of the rounding):
+``rq(acc, m, s) = (acc * m + 2**(s-1)) >> s`` in int64 (``acc * m`` for ``s == 0``), an
+arithmetic shift, so rounding is half up. Then ``y = clip(y_zero_point + rq(...), y_qmin,
+y_qmax)``: the clip bounds are the output type's range narrowed by a fused activation
+(Relu: ``y_qmin = max(qmin, y_zero_point)``; Clip(lo, hi): the quantized bounds).
+
+Common attributes of requantizing ops ("requant attrs"):
+
+- ``multiplier`` (ints) and ``shift`` (ints): one value, or one per output channel;
+- ``y_zero_point`` (int), ``y_qmin`` (int), ``y_qmax`` (int).
+
+The ops (inputs in parentheses; ``x_pad`` pads with ``x_zero_point``, so padding adds 0):
+
+``Quantize(x: float32) -> q``
+    attrs ``scale`` (float), ``zero_point``, ``qmin``, ``qmax`` (ints). ONNX QuantizeLinear:
+    ``q = clip(round_half_even(x / scale) + zero_point, qmin, qmax)``, division in float32.
+
+``Dequantize(q) -> float32``
+    attrs ``scale`` (float), ``zero_point``. ``(q - zero_point) * scale`` in float32.
+
+``QConv(x, w, [bias]) -> y``
+    ``w`` an int8 (or int4-valued int8) constant ``[M, C/group, k...]``, ``bias`` an int32
+    constant ``[M]``. attrs: ONNX Conv's ``strides``, ``pads``, ``dilations``, ``group``,
+    ``kernel_shape``; ``x_zero_point`` (int); ``w_zero_point`` (ints, 1 or M); requant attrs
+    (1 or M). ``acc[n, m, p] = sum_{c, k} (x_pad - x_zp) * (w[m] - w_zp[m]) + bias[m]``,
+    which must fit int32 (kernels accumulate in int32; the reference raises otherwise);
+    ``y = clip(y_zp + rq(acc, multiplier[m], shift[m]), y_qmin, y_qmax)``.
+
+``QMatMul(a, b, [bias]) -> y``
+    numpy ``matmul`` semantics (batch dims broadcast). attrs ``a_zero_point`` (int),
+    ``b_zero_point`` (ints, 1 or N: per column of a constant ``b [K, N]``); requant attrs
+    (1 or N, per column). ``acc = (a - a_zp) @ (b - b_zp) + bias`` (int32), then as QConv.
+    Gemm lowers here: ``transB`` is applied to the constant at lowering time, ``alpha`` goes
+    into the multiplier, ``beta * C`` into the bias.
+
+``QAdd(a, b) -> y``
+    broadcasting. attrs ``a_zero_point``, ``b_zero_point``, ``a_multiplier``,
+    ``b_multiplier``, ``shift`` (ints; one shared shift), ``y_zero_point``, ``y_qmin``,
+    ``y_qmax``. ``y = clip(y_zp + ((a_m * (a - a_zp) + b_m * (b - b_zp) + 2**(shift-1)) >> shift))``
+    (``qgraph.quant.fixedpoint.rounding_shift``): one rounding for the sum.
+
+``QMul(a, b) -> y``
+    broadcasting. attrs ``a_zero_point``, ``b_zero_point``, requant attrs (1 value).
+    ``y = clip(y_zp + rq((a - a_zp) * (b - b_zp), multiplier, shift))``.
+
+``QAveragePool(x) -> y``
+    attrs: ONNX AveragePool's ``kernel_shape``, ``strides``, ``pads``, ``count_include_pad``,
+    ``ceil_mode``; ``x_zero_point``; ``multiplier``, ``shift``: lists indexed by the window's
+    divisor ``n`` (length ``prod(kernel_shape) + 1``; index 0 unused, 0); ``y_zero_point``,
+    ``y_qmin``, ``y_qmax``. ``acc = sum_window(x_pad - x_zp)``; ``n`` is the window size when
+    ``count_include_pad`` else the number of non-pad taps;
+    ``y = clip(y_zp + rq(acc, multiplier[n], shift[n]), y_qmin, y_qmax)``.
+
+``QGlobalAveragePool(x) -> y``
+    attrs ``x_zero_point``, requant attrs (1 value, already divided by the spatial size,
+    which must be static). ``acc = sum_spatial(x - x_zp)``, then ``rq``.
+
+``Requantize(x) -> y``
+    attrs ``x_zero_point``, requant attrs (1 value). ``y = clip(y_zp + rq(x - x_zp, m, s))``.
+    Used where a consumer needs other parameters (Concat inputs, dtype changes).
+
+``Lookup(x) -> y``
+    attrs ``table`` (ints, ``2**bits`` entries), ``x_qmin`` (int). ``y = table[x - x_qmin]``:
+    a unary float op on an 8-bit input, tabulated at lowering time as
+    ``Q(op(DQ(x)))`` for every possible ``x`` (bit-exact with the QDQ simulation).
+
+Standard ONNX data-movement ops on integer tensors are L3 ops too, with their ONNX meaning
+(no arithmetic, so nothing to round): ``MaxPool``, ``Reshape``, ``Transpose``, ``Flatten``,
+``Squeeze``, ``Unsqueeze``, ``Concat`` (inputs already requantized to the output's
+parameters), ``Slice``, ``Split``, ``Gather``, ``Identity``. Float fallback regions are the
+model's original float ops between ``Dequantize`` and ``Quantize``.
+"""
+
+from __future__ import annotations
+
+from qgraph.ir.ops import QGRAPH_DOMAIN, OpId, op
+
+Quantize = op("Quantize", QGRAPH_DOMAIN)
+Dequantize = op("Dequantize", QGRAPH_DOMAIN)
+QConv = op("QConv", QGRAPH_DOMAIN)
+QMatMul = op("QMatMul", QGRAPH_DOMAIN)
+QAdd = op("QAdd", QGRAPH_DOMAIN)
+QMul = op("QMul", QGRAPH_DOMAIN)
+QAveragePool = op("QAveragePool", QGRAPH_DOMAIN)
+QGlobalAveragePool = op("QGlobalAveragePool", QGRAPH_DOMAIN)
+Requantize = op("Requantize", QGRAPH_DOMAIN)
+Lookup = op("Lookup", QGRAPH_DOMAIN)
+
+#: The integer ops of the qgraph domain (see the module doc for their semantics).
+INTEGER_OPS: frozenset[OpId] = frozenset({
+    Quantize, Dequantize, QConv, QMatMul, QAdd, QMul, QAveragePool, QGlobalAveragePool, Requantize, Lookup,
+})
+
+#: Attributes every requantizing op carries.
+REQUANT_ATTRS = ("multiplier", "shift", "y_zero_point", "y_qmin", "y_qmax")

@@ -1,0 +1,137 @@
+"""Fixed-point requantization: a real multiplier as an integer multiplier and a right shift.
+
+An integer op accumulates ``acc`` (int32 for conv / matmul, wider sums elsewhere) in the
+units ``scale_in``; its output needs units ``scale_out``. The real ratio
+``r = scale_in / scale_out`` is written as ``r ~= multiplier * 2**-shift`` with an integer
+``multiplier`` of at most ``bits`` bits (``2**(bits-1) <= multiplier < 2**bits`` when the
+shift allows: the gemmlowp / TFLite normalization, where ``bits = 31`` gives a Q31 multiplier),
+and applied with a single rounding, in int64::
+
+    requantize(acc) = (acc * multiplier + 2**(shift - 1)) >> shift      (shift >= 1)
+                    =  acc * multiplier                                (shift == 0)
+
+``>>`` is the arithmetic (flooring) shift, so the rounding is half up (toward +inf).
+qgraph uses one rounding instead of TFLite's two (``SaturatingRoundingDoublingHighMul``
+then ``RoundingDivideByPOT``): the result is the correctly rounded ``acc * M / 2**shift``
+(TFLite's can be off by one), and the formula is the same two integer ops in numpy, in the
+reference interpreter and in generated kernels. It needs ``|acc| * multiplier < 2**63``:
+``fixed_point_multiplier`` takes the bound on ``|acc|`` and narrows the multiplier to fit.
+
+Every integer op of the L3 IR that changes scale stores ``multiplier`` and ``shift`` as
+attributes (per output channel where the weights are per channel); this module is the only
+place that computes or applies them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+#: ``shift`` lies in ``[0, MAX_SHIFT]``: a shift of 63 or more is undefined for int64.
+MAX_SHIFT = 62
+
+
+@dataclass(frozen=True)
+class FixedPointMultiplier:
+    """``multiplier * 2**-shift``, per tensor (scalars) or per channel (1-D int64 arrays)."""
+
+    multiplier: np.ndarray
+    shift: np.ndarray
+
+    @property
+    def real(self) -> np.ndarray:
+        """The real value represented (float64)."""
+        return self.multiplier.astype(np.float64) * np.exp2(-self.shift.astype(np.float64))
+
+    def to_attrs(self, prefix: str = "") -> dict[str, list[int]]:
+        """``{prefix+"multiplier": [...], prefix+"shift": [...]}``, as L3 node attributes."""
+        return {prefix + "multiplier": [int(m) for m in self.multiplier.reshape(-1)],
+                prefix + "shift": [int(s) for s in self.shift.reshape(-1)]}
+
+
+def _one(real: float, bits: int) -> tuple[int, int]:
+    if not (math.isfinite(real) and real >= 0):
+        raise ValueError(f"a requantization multiplier must be finite and >= 0, got {real}")
+    if real == 0.0:
+        return 0, 0
+    mantissa, exponent = math.frexp(real)  # real = mantissa * 2**exponent, mantissa in [0.5, 1)
+    shift = bits - exponent
+    m = round(mantissa * (1 << bits))  # in [2**(bits-1), 2**bits]
+    if m == 1 << bits:  # rounding carried into the next power of two
+        m >>= 1
+        shift -= 1
+    if shift > MAX_SHIFT:  # a tiny ratio: keep the largest shift, lose low multiplier bits
+        m = round(real * 2.0 ** MAX_SHIFT)
+        shift = MAX_SHIFT
+    if shift < 0:
+        raise ValueError(f"requantization multiplier {real} is too large for a {bits}-bit fixed-point "
+                         f"multiplier with a right shift; the output scale is far smaller than the input's")
+    return int(m), int(shift)
+
+
+def fixed_point_multiplier(real, *, acc_bound: int = 2**31 - 1, bits: int = 31) -> FixedPointMultiplier:
+    """The fixed-point form of ``real`` (a scalar or a 1-D array of per-channel ratios).
+
+    Args:
+        real: the ratio(s) ``scale_in / scale_out``; finite and >= 0 (0 gives multiplier 0).
+        acc_bound: the largest ``|acc|`` the multiplier will be applied to; the multiplier is
+            narrowed so that ``acc_bound * multiplier < 2**62``.
+        bits: the most multiplier bits wanted (31: the TFLite / gemmlowp Q31 form).
+    """
+    headroom = 62 - max(int(acc_bound), 1).bit_length()
+    bits = min(bits, headroom)
+    if bits < 8:
+        raise ValueError(f"accumulator bound {acc_bound} leaves only {bits} multiplier bits in int64")
+    arr = np.asarray(real, dtype=np.float64)
+    pairs = [_one(float(r), bits) for r in arr.reshape(-1)]
+    m = np.array([p[0] for p in pairs], np.int64).reshape(arr.shape)
+    s = np.array([p[1] for p in pairs], np.int64).reshape(arr.shape)
+    return FixedPointMultiplier(m, s)
+
+
+def rounding_shift(x, shift) -> np.ndarray:
+    """``round_half_up(x / 2**shift)`` for int64 ``x`` and ``shift`` in [0, 62] (broadcasting)."""
+    x = np.asarray(x, dtype=np.int64)
+    shift = np.asarray(shift, dtype=np.int64)
+    if shift.size and (shift.min() < 0 or shift.max() > MAX_SHIFT):
+        raise ValueError(f"shift must lie in [0, {MAX_SHIFT}]")
+    half = np.where(shift > 0, np.left_shift(np.int64(1), np.maximum(shift - 1, 0)), 0)
+    return np.right_shift(x + half, shift)
+
+
+def requantize(acc, multiplier, shift) -> np.ndarray:
+    """``(acc * multiplier + 2**(shift-1)) >> shift`` in int64 (see the module doc).
+
+    ``multiplier`` and ``shift`` broadcast against ``acc`` (reshape per-channel ones first).
+    The caller guarantees ``|acc * multiplier| < 2**63`` (``fixed_point_multiplier``'s
+    ``acc_bound``); it is checked here, since a silent wrap would be a wrong answer.
+    """
+    acc = np.asarray(acc, dtype=np.int64)
+    multiplier = np.asarray(multiplier, dtype=np.int64)
+    if acc.size and multiplier.size:
+        bound = float(np.abs(acc).max()) * float(np.abs(multiplier).max())
+        if bound >= 2.0 ** 63:
+            raise OverflowError(f"requantize: |acc| * multiplier reaches {bound:.3g}, beyond int64")
+    return rounding_shift(acc * multiplier, shift)
+
+
+def requantize_to(acc, multiplier, shift, zero_point, qmin: int, qmax: int) -> np.ndarray:
+    """``clip(zero_point + requantize(acc), qmin, qmax)`` (int64): an integer op's output."""
+    return np.clip(requantize(acc, multiplier, shift) + np.asarray(zero_point, np.int64), qmin, qmax)
+
+
+def shared_shift_multipliers(reals, *, acc_bound: int, bits: int = 31) -> tuple[np.ndarray, int]:
+    """Integer multipliers with one common shift: ``reals[i] ~= multipliers[i] * 2**-shift``.
+
+    For sums of differently scaled operands (QAdd): ``(m_a * a + m_b * b) >> shift`` rounds
+    once. The largest ratio gets a full-width multiplier; ``acc_bound`` bounds each operand's
+    ``|value|``, and the sum of all products stays below ``2**62``.
+    """
+    reals = np.asarray(reals, dtype=np.float64).reshape(-1)
+    n = max(len(reals), 1)
+    largest = fixed_point_multiplier(float(reals.max()), acc_bound=int(acc_bound) * n, bits=bits)
+    shift = int(largest.shift)
+    mults = np.array([round(r * 2.0 ** shift) for r in reals], np.int64)
+    return mults, shift
