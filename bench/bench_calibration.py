@@ -64,7 +64,9 @@ def worker(tool: str, name: str, method: str, samples: int) -> dict:
 
     path = model_path(name)
     x = data_for(name, samples)
-    input_name = onnx.load(path, load_external_data=False).graph.input[0].name
+    graph = onnx.load(path, load_external_data=False).graph
+    initializers = {t.name for t in graph.initializer}  # old IR versions list weights as inputs too
+    input_name = next(i.name for i in graph.input if i.name not in initializers)
     start = time.perf_counter()
     if tool == "qgraph":
         import qgraph

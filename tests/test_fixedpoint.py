@@ -1,0 +1,77 @@
+"""Fixed-point requantization (qgraph.quant.fixedpoint): multiplier choice and rounding."""
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from qgraph.quant.fixedpoint import (
+    MAX_SHIFT, fixed_point_multiplier, requantize, requantize_to, rounding_shift, shared_shift_multipliers,
+)
+
+
+@given(st.floats(min_value=1e-12, max_value=1e6, allow_nan=False, allow_infinity=False))
+@settings(max_examples=300, deadline=None)
+def test_multiplier_is_normalized_and_close(real):
+    f = fixed_point_multiplier(real)
+    m, s = int(f.multiplier), int(f.shift)
+    assert 0 <= s <= MAX_SHIFT
+    if s < MAX_SHIFT:  # a full 31-bit mantissa: relative error at most 2**-31
+        assert 2**30 <= m < 2**31
+        assert abs(m * 2.0**-s - real) <= real * 2.0**-31
+    else:
+        assert abs(m * 2.0**-s - real) <= 2.0**-63
+
+
+def test_multiplier_narrows_to_the_accumulator_bound():
+    f = fixed_point_multiplier(0.37, acc_bound=2**32)  # int16 x int16 products
+    assert int(f.multiplier) * 2**32 < 2**62
+    assert abs(float(f.real) - 0.37) < 0.37 * 2**-28
+
+
+def test_zero_and_bad_multipliers():
+    assert int(fixed_point_multiplier(0.0).multiplier) == 0
+    with pytest.raises(ValueError, match="finite"):
+        fixed_point_multiplier(float("nan"))
+    with pytest.raises(ValueError, match="too large"):
+        fixed_point_multiplier(2.0**40)
+
+
+def test_per_channel_arrays():
+    f = fixed_point_multiplier(np.array([0.5, 0.25, 3e-4]))
+    assert f.multiplier.shape == (3,) and f.shift.shape == (3,)
+    assert f.to_attrs()["shift"] == [31, 32, int(f.shift[2])]
+
+
+@given(st.integers(-(2**31), 2**31 - 1), st.floats(min_value=1e-9, max_value=4.0))
+@settings(max_examples=400, deadline=None)
+def test_requantize_is_the_correctly_rounded_product(acc, real):
+    """One rounding, half up: the exact rational acc * m / 2**s rounded to nearest."""
+    f = fixed_point_multiplier(real)
+    m, s = int(f.multiplier), int(f.shift)
+    exact = Fraction(acc * m, 2**s)
+    expected = int((exact + Fraction(1, 2)).__floor__())
+    assert int(requantize(np.int64(acc), m, s)) == expected
+
+
+def test_rounding_is_half_up():
+    assert rounding_shift(np.array([-3, -2, -1, 1, 2, 3]), 1).tolist() == [-1, -1, 0, 1, 1, 2]
+    assert rounding_shift(np.array([5]), 0).tolist() == [5]
+
+
+def test_requantize_refuses_int64_overflow():
+    with pytest.raises(OverflowError):
+        requantize(np.array([2**40]), 2**30, 31)
+
+
+def test_requantize_to_clamps():
+    out = requantize_to(np.array([-1000, 0, 1000]), 2**30, 31, 10, 0, 255)
+    assert out.tolist() == [0, 10, 255]
+
+
+def test_shared_shift():
+    mults, shift = shared_shift_multipliers([0.3, 0.01], acc_bound=2**16)
+    assert abs(mults[0] / 2.0**shift - 0.3) < 0.3 * 2**-29
+    assert abs(mults[1] / 2.0**shift - 0.01) < 2.0**-shift
+    assert (abs(mults).sum() * 2**16) < 2**62
