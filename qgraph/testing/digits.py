@@ -36,7 +36,10 @@ have CPU-specific SIMD implementations that are not correctly rounded. So traini
 * **integer-only randomness**: ``np.random.default_rng(seed)`` permutations and ``uniform``
   (random bits times a power of two); no normal draws (their ziggurat tails call libm).
 
-The float32 weights written to ONNX are the float64 training state rounded once.
+The float32 weights written to ONNX are the float64 training state rounded once. Checked:
+the same model bytes with OpenBLAS's Prescott, SandyBridge and Zen kernels, 1 or 2 threads,
+and numpy's AVX2 / FMA3 loops disabled, while a plain float dgemm changed bits between them
+(``tests/test_golden.py::test_training_is_independent_of_blas_kernels``).
 """
 
 from __future__ import annotations
