@@ -7,12 +7,14 @@ their concatenation, in the order below (the order ``qgraph passes`` groups them
 from __future__ import annotations
 
 from qgraph.passes import (
-    calibrate, canonicalize, cleanup, fuse_activation, fuse_linear, fuse_transformer, lower_qdq, ranges,
+    calibrate, canonicalize, cleanup, fuse_activation, fuse_linear, fuse_transformer, insert_qdq, lower_qdq,
+    ranges,
 )
 from qgraph.passes.cleanup import DeadCodeElimination, EliminateIdentity
 from qgraph.pm.registry import PassRegistry
 
-_MODULES = (cleanup, canonicalize, fuse_linear, fuse_activation, fuse_transformer, ranges, calibrate, lower_qdq)
+_MODULES = (cleanup, canonicalize, fuse_linear, fuse_activation, fuse_transformer, ranges, calibrate, insert_qdq,
+            lower_qdq)
 
 BUILTIN_PASSES = tuple(p for m in _MODULES for p in m.PASSES)
 

@@ -5,6 +5,7 @@ Passes, the integer reference and the TVM lowering all use these functions; a se
 of a rounding rule elsewhere is a bug.
 """
 
+from qgraph.quant.config import QuantConfig, QuantConfigError, TensorScheme
 from qgraph.quant.overflow import (
     NodeOverflow, OverflowAnalysis, OverflowScheme, accumulator_bounds, analyze_node, overflow_report,
     pair_sum_bounds,
@@ -16,7 +17,7 @@ from qgraph.quant.params import (
 
 __all__ = [
     "INT4", "INT8", "INT16", "INT32", "INT_TYPES", "UINT4", "UINT8", "UINT16", "IntType", "NodeOverflow",
-    "OverflowAnalysis", "OverflowScheme", "QuantParams", "accumulator_bounds", "analyze_node", "choose_params",
-    "choose_weight_params", "dequantize", "int_type", "overflow_report", "pair_sum_bounds", "quantize",
-    "quantize_bias",
+    "OverflowAnalysis", "OverflowScheme", "QuantConfig", "QuantConfigError", "QuantParams", "TensorScheme",
+    "accumulator_bounds", "analyze_node", "choose_params", "choose_weight_params", "dequantize", "int_type",
+    "overflow_report", "pair_sum_bounds", "quantize", "quantize_bias",
 ]

@@ -10,6 +10,8 @@ so that a qgraph model and an ORT-quantized one can be compared value for value:
 - asymmetric zero points are ``round(qmin - lo / scale)``, rounding half to even, with the
   scale computed in float64 and stored as float32;
 - a range of width 0 (all zeros) gets scale 1.0 and zero point 0;
+- ``pow2`` (for NPUs that shift instead of multiplying) rounds the scale *up* to a power of
+  two, so the range still fits, and then applies the same zero-point rule with that scale;
 - symmetric int8 / int16 use the restricted range [-127, 127] / [-32767, 32767]; the other
   types use their full range;
 - ``reduce_range`` (ORT's 7-bit weight option for CPUs without VNNI) uses ORT's table:
@@ -195,7 +197,8 @@ class QuantParams:
 
 
 def choose_params(lo, hi, dtype: IntTypeLike, *, symmetric: bool = False, reduce_range: bool = False,
-                  axis: int | None = None, min_real_range: float | None = None) -> QuantParams:
+                  axis: int | None = None, min_real_range: float | None = None,
+                  pow2: bool = False) -> QuantParams:
     """Scale and zero point for real values in ``[lo, hi]``, as ORT's ``compute_scale_zp``.
 
     Args:
@@ -206,6 +209,7 @@ def choose_params(lo, hi, dtype: IntTypeLike, *, symmetric: bool = False, reduce
         reduce_range: ORT's reduced range (7-bit int8 / uint8 weights for non-VNNI CPUs).
         axis: the channel axis of the tensor these parameters quantize (per-channel).
         min_real_range: the minimum ``hi - lo`` (ORT's ``MinimumRealRange`` option).
+        pow2: round each scale up to a power of two (the zero point then follows from it).
     """
     t = int_type(dtype)
     qmin, qmax = t.qrange(symmetric=symmetric, reduce_range=reduce_range)
@@ -231,6 +235,9 @@ def choose_params(lo, hi, dtype: IntTypeLike, *, symmetric: bool = False, reduce
     scale64 = (rmax.astype(np.float64) - rmin.astype(np.float64)) / float(qmax - qmin)
     degenerate = scale64 < np.finfo(np.float32).tiny
     safe = np.where(degenerate, 1.0, scale64)
+    if pow2:
+        # exact powers of two in float64 and float32 alike; ceil keeps [rmin, rmax] representable
+        safe = np.exp2(np.ceil(np.log2(safe)))
     if symmetric:
         zp = np.full(scale64.shape, np.round((qmin + qmax) / 2.0))
     else:
@@ -241,7 +248,7 @@ def choose_params(lo, hi, dtype: IntTypeLike, *, symmetric: bool = False, reduce
 
 
 def choose_weight_params(w: np.ndarray, dtype: IntTypeLike = "int8", *, axis: int | None = 0,
-                         symmetric: bool = True, reduce_range: bool = False) -> QuantParams:
+                         symmetric: bool = True, reduce_range: bool = False, pow2: bool = False) -> QuantParams:
     """Parameters for a constant tensor from its min / max, per channel along ``axis`` (or per tensor).
 
     ORT's default for int8 weights is symmetric; its QDQ quantizer makes per-channel weights
@@ -250,14 +257,14 @@ def choose_weight_params(w: np.ndarray, dtype: IntTypeLike = "int8", *, axis: in
     w = np.asarray(w, dtype=np.float32)
     if axis is None:
         lo, hi = (w.min(), w.max()) if w.size else (0.0, 0.0)
-        return choose_params(lo, hi, dtype, symmetric=symmetric, reduce_range=reduce_range)
+        return choose_params(lo, hi, dtype, symmetric=symmetric, reduce_range=reduce_range, pow2=pow2)
     axis = axis + w.ndim if axis < 0 else axis
     flat = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
     if flat.shape[1] == 0:
         lo = hi = np.zeros(flat.shape[0], np.float32)
     else:
         lo, hi = flat.min(axis=1), flat.max(axis=1)
-    return choose_params(lo, hi, dtype, symmetric=symmetric, reduce_range=reduce_range, axis=axis)
+    return choose_params(lo, hi, dtype, symmetric=symmetric, reduce_range=reduce_range, axis=axis, pow2=pow2)
 
 
 def quantize(x, params: QuantParams) -> np.ndarray:

@@ -1,0 +1,610 @@
+"""insert-qdq: L1 float IR -> L2 QDQ IR (standard ONNX QuantizeLinear / DequantizeLinear)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Optional
+
+import numpy as np
+
+from qgraph.errors import PassError
+from qgraph.ir import fusion, ops
+from qgraph.ir.core import Model, Node, Value
+from qgraph.ir.dtypes import DType
+from qgraph.ir.types import TensorType
+from qgraph.pm.base import Pass, PassResult
+from qgraph.quant.config import QuantConfig, TensorScheme
+from qgraph.quant.params import (
+    QuantParams, choose_params, choose_weight_params, int_type, quantize, quantize_bias,
+)
+from qgraph.rewrite import constant_tensor
+
+#: ops quantized whenever their float inputs have ranges (inputs DQ, output Q)
+QUANTIZED_OPS = frozenset({ops.Conv, ops.ConvTranspose, ops.Gemm, ops.MatMul, ops.Add, ops.Mul,
+                           ops.AveragePool, ops.GlobalAveragePool, ops.MaxPool, ops.Concat})
+#: data-movement ops: quantized when their data input is, sharing its scale
+PASS_THROUGH_OPS = frozenset({ops.Reshape, ops.Transpose, ops.Flatten, ops.Squeeze, ops.Unsqueeze})
+#: ops whose output shares the parameters of their inputs (one scale for the whole op)
+SHARED_SCALE_OPS = PASS_THROUGH_OPS | {ops.MaxPool, ops.Concat}
+#: ops whose input 1 is a weight (input 2 a bias where present)
+_LINEAR = frozenset({ops.Conv, ops.ConvTranspose, ops.Gemm, ops.MatMul})
+_FLOAT = (DType.FLOAT,)
+
+
+class InsertQDQError(PassError):
+    """insert-qdq cannot quantize the model as asked (missing range, bad override...)."""
+
+
+@dataclass
+class _Unit:
+    """A quantized node and what its group reads and writes.
+
+    ``acts``: (input index, activation value); ``weights``: input indices of constants;
+    ``output``: the group's output (the fused activation's, if any).
+    """
+
+    node: Node
+    acts: list[tuple[int, Value]]
+    weights: list[int]
+    output: Value
+    members: tuple[Node, ...] = ()
+
+
+class InsertQDQ(Pass):
+    """Place QuantizeLinear / DequantizeLinear pairs so the float graph runs quantized.
+
+    before => after (activations uint8 per tensor, weights int8 per channel by default)::
+
+        y = Relu(Conv(x, w, b))  [Relu fused]  =>  y = DQ(Q(Relu(Conv(DQ(xq), DQ(wq), DQ(bq)))))
+        y = MatMul(a, w)                        =>  y = DQ(Q(MatMul(DQ(aq), DQ(wq axis=1))))
+        y = Add(a, b)                           =>  y = DQ(Q(Add(DQ(aq), DQ(bq))))
+        y = Concat(a, b)                        =>  y = DQ(Q(Concat(DQ(aq), DQ(bq)))), one scale for all
+        y = MaxPool(x)  (also Reshape, ...)     =>  y = DQ(Q(MaxPool(DQ(xq)))), the scale of x
+        y = Softmax(a)  (not quantized)         =>  y = Softmax(DQ(aq)), no Q unless a quantized op reads y
+
+    Rules (what ONNX Runtime's and TensorRT's QDQ fusions expect):
+
+    - One Q -> DQ pair per quantized tensor, right after its producer, shared by every
+      quantized reader. Readers of a quantized op's output read the DQ (float readers too);
+      a float producer's output keeps its float readers. Graph inputs read by a quantized op
+      get a pair; a quantized graph output keeps its name (the DQ writes it; the op's own
+      output becomes ``<name>_float``).
+    - Weights become integer initializers -> DequantizeLinear, per channel on the output
+      channel axis (Conv 0, ConvTranspose 1 when group = 1, MatMul B [.., K, N] last,
+      Gemm B 0 with transB else 1); other constants (Add / Mul operands) per tensor.
+      Conv / ConvTranspose / Gemm biases become int32 with scale ``scale_x * scale_w``.
+    - No pair on a fused edge (``qgraph.ir.fusion.is_fused_edge``): Conv -> Relu stays
+      adjacent and the Q follows the activation, with the activation output's range. A
+      marked activation group without a producer (a hard-swish) is quantized as one op.
+    - Concat, MaxPool and the data-movement ops share one scale over their inputs and output
+      (the union of their ranges), so backends move integers without requantizing. The
+      data-movement ops (Reshape, Transpose, Flatten, Squeeze, Unsqueeze) are quantized only
+      when their input is.
+    - Nodes that already read a DQ or feed a Q (a QAT export) are left as they are, and a
+      tensor already followed by Q -> DQ keeps its pair.
+    - The default-domain opset is raised to 13 for per-channel (``axis``) and to 21 for
+      int16 / uint16 / int4 / uint4, adapting ops whose form changed (Squeeze axes ...).
+    - Subgraphs (If / Loop bodies) stay float.
+
+    Every quantized op therefore forms a canonical group for ``lower-qdq``: DQ inputs -> op
+    [-> fused activation nodes] -> Q.
+
+    Preconditions: ``calibrate`` (or a RangeMap in ``model.calibration``) gives a range for
+    every float tensor a quantized op reads or writes; run ``canonicalize,fuse`` first.
+    Options: ``config`` (a QuantConfig JSON file, see ``qgraph.quant.config``) and overrides
+    of its global keys; from Python, ``InsertQDQ.from_config(QuantConfig(...))`` (or set the
+    ``config_object`` attribute). Stats: ``quantized_nodes``, ``qdq_pairs`` (activation
+    pairs), ``weights`` and ``biases`` (constants read through a DQ).
+    """
+
+    name = "insert-qdq"
+
+    def __init__(self, config: Optional[str] = None, pow2_scales: Optional[bool] = None,
+                 reduce_range: Optional[bool] = None, per_channel: Optional[bool] = None,
+                 activation_dtype: Optional[str] = None, weight_dtype: Optional[str] = None):
+        self.config, self.pow2_scales, self.reduce_range = config, pow2_scales, reduce_range
+        self.per_channel, self.activation_dtype, self.weight_dtype = per_channel, activation_dtype, weight_dtype
+        #: a QuantConfig object set from Python; used instead of ``config`` when set
+        self.config_object: QuantConfig | None = None
+
+    @classmethod
+    def from_config(cls, config: QuantConfig, **options) -> "InsertQDQ":
+        p = cls(**options)
+        p.config_object = config
+        return p
+
+    def resolved_config(self) -> QuantConfig:
+        """The config the pass runs with: the object or file, then the text options on top."""
+        cfg = self.config_object or (QuantConfig.load(self.config) if self.config else QuantConfig())
+        cfg = replace(cfg)
+        if self.pow2_scales is not None:
+            cfg.pow2_scales = self.pow2_scales
+        if self.reduce_range is not None:
+            cfg.reduce_range = self.reduce_range
+        if self.per_channel is not None:
+            cfg.weight = replace(cfg.weight, per_channel=self.per_channel)
+        if self.activation_dtype is not None:
+            cfg.activation = replace(cfg.activation, dtype=int_type(self.activation_dtype))
+        if self.weight_dtype is not None:
+            cfg.weight = replace(cfg.weight, dtype=int_type(self.weight_dtype))
+        return cfg
+
+    def run(self, model: Model, analyses) -> PassResult:
+        try:
+            cfg = self.resolved_config()
+        except ValueError as e:
+            raise InsertQDQError(f"insert-qdq: {e}") from e
+        return _Inserter(model, cfg).run()
+
+
+class _Inserter:
+    def __init__(self, model: Model, cfg: QuantConfig):
+        self.model, self.g, self.cfg = model, model.graph, cfg
+        self.units: dict[Node, _Unit] = {}
+        self.quantized: dict[Value, None] = {}  # activation values to give a Q -> DQ pair, ordered
+        self.readers: dict[Value, set[Node]] = {}  # quantized nodes that read a value through its DQ
+        self.group_of: dict[Node, Node] = {}  # fused activation node -> the unit's node
+        self.reader: dict[Value, Node] = {}  # a node reading the value (for error messages)
+        self.parent: dict[Value, Value] = {}  # union-find of shared-scale classes
+        self.params: dict[Value, QuantParams] = {}
+        self.class_inits: dict[Value, tuple[Value, Value]] = {}
+        self.replaced: list[Value] = []  # constants now read through a DQ
+        self.opset_needed = 10
+        self.counts = {"quantized_nodes": 0, "qdq_pairs": 0, "weights": 0, "biases": 0}
+
+    # -- 1. which nodes are quantized ---------------------------------------------------------
+    def run(self) -> PassResult:
+        member_of = self._activation_units()
+        for node in list(self.g):
+            if node in member_of:
+                unit = member_of[node]
+                if unit is None or unit.node is not node:
+                    continue
+            else:
+                unit = self._unit(node)
+            if unit is not None:
+                self._add_unit(unit)
+                if unit.node.op not in PASS_THROUGH_OPS:
+                    self._want(unit.output, unit.node)
+        self._propagate_pass_through()
+        if not self.units:
+            return PassResult.unchanged()
+        self._choose_activation_params()
+        self._plan_weights()
+        _raise_opset(self.model, self.opset_needed, check_only=True)  # refuse before changing anything
+        self._rewrite()
+        _raise_opset(self.model, self.opset_needed)
+        self.counts["quantized_nodes"] = len(self.units)
+        return PassResult.changed(**self.counts)
+
+    def _add_unit(self, unit: _Unit) -> None:
+        self.units[unit.node] = unit
+        for n in unit.members:
+            self.group_of[n] = unit.node
+        for _, v in unit.acts:
+            readers = [n for n in (unit.node, *unit.members) if any(x is v for x in n.inputs)]
+            self._want(v, unit.node, readers)
+
+    def _activation_units(self) -> dict[Node, _Unit | None]:
+        """Nodes of marked activation units -> the unit quantizing them (None: the group stays float)."""
+        out: dict[Node, _Unit | None] = {}
+        for node in self.g:
+            unit = fusion.marked_unit(node) if fusion.is_marked(node) else None
+            if unit is None:
+                continue
+            producer = fusion.fused_producer(node)
+            if producer is not None:
+                core = self._unit(producer, output=unit.output)
+                if core is not None:
+                    core.members = unit.nodes
+                for n in (producer, *unit.nodes):
+                    out[n] = core
+            elif unit.is_group:
+                ok = not self._skipped(unit.root) and self._is_float(unit.input)
+                core = _Unit(unit.root, [(0, unit.input)], [], unit.output, unit.nodes) if ok else None
+                for n in unit.nodes:
+                    out[n] = core
+        return out
+
+    def _skipped(self, node: Node) -> bool:
+        if self.cfg.excludes(node) or node.graph is not self.g:
+            return True
+        # a QAT export: the node already reads a DQ or feeds a Q
+        if any(v is not None and v.producer() is not None and v.producer().op is ops.DequantizeLinear
+               for v in node.inputs):
+            return True
+        return any(u.op is ops.QuantizeLinear for o in node.outputs if o is not None for u in o.users())
+
+    def _unit(self, node: Node, output: Value | None = None) -> _Unit | None:
+        if node.op not in QUANTIZED_OPS or self._skipped(node) or not node.outputs:
+            return None
+        if len([o for o in node.outputs if o is not None]) != 1 or node.outputs[0] is None:
+            return None  # MaxPool with Indices
+        out = node.outputs[0]
+        if output is None and fusion.is_fused_edge(out):
+            return None  # handled with its activation (or stale: leave float)
+        data = range(len(node.inputs))
+        if node.op in _LINEAR:
+            data = range(min(2, len(node.inputs)))
+        elif node.op in (ops.AveragePool, ops.GlobalAveragePool, ops.MaxPool):
+            data = range(1)
+        acts, weights = [], []
+        for i in data:
+            v = node.inputs[i]
+            if v is None:
+                continue
+            if not self._is_float(v):
+                return None
+            (weights if constant_tensor(v) is not None else acts).append((i, v))
+        if not acts:
+            return None
+        if node.op is ops.Concat:  # constants of a Concat share its scale: quantized with it
+            weights = []
+        weight_idx = [i for i, _ in weights]
+        if node.op in (ops.Conv, ops.ConvTranspose, ops.Gemm) and len(node.inputs) > 2 and node.inputs[2] is not None:
+            if 1 in weight_idx and constant_tensor(node.inputs[2]) is not None:
+                weight_idx.append(2)
+            elif constant_tensor(node.inputs[2]) is None:
+                return None  # a computed bias: leave the node float
+        return _Unit(node, acts, weight_idx, output or out)
+
+    def _is_float(self, v: Value) -> bool:
+        return v.dtype is None or v.dtype in _FLOAT
+
+    def _want(self, v: Value, node: Node, readers: list[Node] = ()) -> None:
+        if fusion.is_fused_edge(v):
+            return
+        self.readers.setdefault(v, set()).update(readers)
+        if _existing_dq(v) is not None:
+            return
+        self.quantized.setdefault(v)
+        self.reader.setdefault(v, node)
+        self.parent.setdefault(v, v)
+
+    def _propagate_pass_through(self) -> None:
+        for node in self.g:
+            if node.op is ops.MaxPool and node in self.units:
+                self._union(node.inputs[0], node.outputs[0])
+            elif node.op is ops.Concat and node in self.units:
+                for i, v in self.units[node].acts:
+                    self._union(v, node.outputs[0])
+            elif node.op in PASS_THROUGH_OPS and node not in self.units:
+                x = node.inputs[0] if node.inputs else None
+                if x is None or x not in self.quantized or self._skipped(node) or len(node.outputs) != 1:
+                    continue
+                self._add_unit(_Unit(node, [(0, x)], [], node.outputs[0]))
+                self._want(node.outputs[0], node)
+                self._union(x, node.outputs[0])
+
+    def _find(self, v: Value) -> Value:
+        while self.parent[v] is not v:
+            self.parent[v] = self.parent[self.parent[v]]
+            v = self.parent[v]
+        return v
+
+    def _union(self, a: Value, b: Value) -> None:
+        if a in self.parent and b in self.parent:
+            self.parent[self._find(b)] = self._find(a)
+
+    # -- 2. activation parameters -------------------------------------------------------------
+    def _range(self, v: Value) -> tuple[float, float]:
+        where = f"tensor '{v.name}' (read or written by {self.reader[v].describe()})"
+        cal = self.model.calibration
+        if cal is None:
+            raise InsertQDQError(f"insert-qdq: the model has no calibration ranges; {where} needs one: "
+                                 "run `calibrate` first")
+        iv = cal.get(v.name)
+        if iv is None:
+            raise InsertQDQError(f"insert-qdq: no calibrated range for {where}: run `calibrate` after the "
+                                 "passes that create it, or exclude the node")
+        if not np.isfinite(iv.lo) or not np.isfinite(iv.hi):
+            raise InsertQDQError(f"insert-qdq: the range of {where} is unbounded [{iv.lo}, {iv.hi}]")
+        return iv.lo, iv.hi
+
+    def _act_scheme(self, v: Value) -> tuple[TensorScheme, bool]:
+        p = v.producer()
+        node = self._group_node(p) if p is not None else None
+        return self.cfg.activation_scheme(v.name, node), self.cfg.is_overridden(v.name, node)
+
+    def _group_node(self, p: Node) -> Node:
+        """The node whose config decides ``p``'s output: the fused producer of an activation."""
+        return self.group_of.get(p, p)
+
+    def _choose_activation_params(self) -> None:
+        classes: dict[Value, list[Value]] = {}
+        for v in self.quantized:
+            classes.setdefault(self._find(v), []).append(v)
+        for members in classes.values():
+            lo, hi = np.inf, -np.inf
+            for v in members:
+                a, b = self._range(v)
+                lo, hi = min(lo, a), max(hi, b)
+            for c in self._concat_constants(members):
+                lo, hi = min(lo, float(c.min(initial=0))), max(hi, float(c.max(initial=0)))
+            scheme = self._class_scheme(members)
+            params = choose_params(lo, hi, scheme.dtype, symmetric=scheme.symmetric, pow2=self.cfg.pow2_scales)
+            self._note_dtype(scheme.dtype.name)
+            for v in members:
+                self.params[v] = params
+
+    def _concat_constants(self, members: list[Value]):
+        for v in members:
+            p = v.producer()
+            if p is not None and p.op is ops.Concat and p in self.units:
+                for x in p.inputs:
+                    t = constant_tensor(x)
+                    if t is not None:
+                        yield np.asarray(t.numpy(), np.float32)
+
+    def _class_scheme(self, members: list[Value]) -> TensorScheme:
+        found = [(v, *self._act_scheme(v)) for v in members]
+        explicit = {(s.dtype, s.symmetric): v for v, s, over in found if over}
+        if len(explicit) > 1:
+            (a, b) = list(explicit.values())[:2]
+            raise InsertQDQError(f"insert-qdq: tensors '{a.name}' and '{b.name}' must share one scale "
+                                 "(Concat / pooling / data movement) but the config gives them different schemes")
+        for v, s, over in found:
+            if over:
+                return s
+        return found[0][1]
+
+    def _note_dtype(self, name: str) -> None:
+        if name not in ("int8", "uint8"):
+            self.opset_needed = max(self.opset_needed, 21)
+
+    def _plan_weights(self) -> None:
+        """Note the opset the weights need (per channel: 13; 16- / 4-bit: 21) before rewriting."""
+        for unit in self.units.values():
+            for i in unit.weights:
+                if i == 2:
+                    continue
+                w = unit.node.inputs[i]
+                scheme = self.cfg.weight_scheme(w.name, unit.node)
+                self._note_dtype(scheme.dtype.name)
+                if scheme.per_channel and _channel_axis(unit.node, i, len(constant_tensor(w).shape)) is not None:
+                    self.opset_needed = max(self.opset_needed, 13)
+
+    # -- 3. the rewrite ------------------------------------------------------------------------
+    def _rewrite(self) -> None:
+        for v in self.quantized:
+            self._insert_pair(v)
+        for v, readers in self.readers.items():  # tensors a QAT export already quantized
+            dq = _existing_dq(v) if v not in self.quantized else None
+            for node, i in (v.uses() if dq is not None else ()):
+                if node in readers:
+                    node.replace_input(i, dq)
+        for unit in self.units.values():
+            if unit.node.op is ops.Concat:
+                self._concat_constant_inputs(unit)
+            elif unit.weights:
+                self._quantize_weights(unit)
+        for v in self.replaced:  # float weights no one reads any more
+            if self.g.initializers.get(v.name) is v and not v.has_uses() and not v.is_graph_output():
+                self.g.remove_initializer(v)
+
+    def _insert_pair(self, v: Value) -> None:
+        params = self.params[v]
+        g, base = self.g, v.name
+        root = self._find(v)  # a shared-scale class shares its scale / zero-point initializers
+        if root not in self.class_inits:
+            self.class_inits[root] = self._param_inits(root.name, params)
+        scale, zp = self.class_inits[root]
+        q = Value(g.unique_name(base + "_quantized"), TensorType(params.dtype.onnx, v.shape))
+        dq = Value(g.unique_name(base + "_dequantized"), v.type)
+        qn = Node(ops.QuantizeLinear, [v, scale, zp], [q], name=g.unique_name(base + "_QuantizeLinear"))
+        dqn = Node(ops.DequantizeLinear, [q, scale, zp], [dq], name=g.unique_name(base + "_DequantizeLinear"))
+        p = v.producer()
+        if p is not None:
+            g.insert_after(p, [qn, dqn])
+        else:
+            first = next(iter(g), None)
+            g.insert_before(first, [qn, dqn]) if first is not None else g.extend([qn, dqn])
+        produced_quantized = p is not None and self._group_node(p) in self.units
+        readers = self.readers.get(v, set())
+        for node, i in v.uses():
+            if node is not qn and (produced_quantized or node in readers):
+                node.replace_input(i, dq)
+        if produced_quantized and v.is_graph_output():
+            v.name = g.unique_name(base + "_float")
+            dq.name = base
+            g.outputs.replace(v, dq)
+        self.counts["qdq_pairs"] += 1
+
+    def _param_inits(self, base: str, params: QuantParams) -> tuple[Value, Value]:
+        scale = self.g.add_initializer(base + "_scale", params.scale.copy())
+        zp = self.g.add_initializer(base + "_zero_point", _int_tensor(params.zero_point, params))
+        if params.axis is not None:
+            self.opset_needed = max(self.opset_needed, 13)
+        return scale, zp
+
+    def _input_scale(self, v: Value) -> np.ndarray:
+        if v in self.params:
+            return self.params[v].scale
+        dq = _existing_dq(v) or v
+        t = constant_tensor(dq.producer().inputs[1]) if dq.producer() is not None else None
+        if t is None:
+            raise InsertQDQError(f"insert-qdq: cannot read the scale of the quantized tensor '{v.name}'")
+        return np.asarray(t.numpy(), np.float32)
+
+    def _quantize_weights(self, unit: _Unit) -> None:
+        node = unit.node
+        w_params = None
+        for i in unit.weights:
+            if i == 2:
+                continue
+            w = node.inputs[i]
+            data = np.asarray(constant_tensor(w).numpy(), np.float32)
+            scheme = self.cfg.weight_scheme(w.name, node)
+            axis = _channel_axis(node, i, data.ndim) if scheme.per_channel else None
+            params = choose_weight_params(data, scheme.dtype, axis=axis, symmetric=scheme.symmetric,
+                                          reduce_range=self.cfg.reduce_range, pow2=self.cfg.pow2_scales)
+            self._note_dtype(scheme.dtype.name)
+            self._dq_constant(node, i, quantize(data, params), params)
+            self.counts["weights"] += 1
+            if i == 1:
+                w_params = params
+        if 2 in unit.weights and w_params is not None:
+            b = node.inputs[2]
+            bias = np.asarray(constant_tensor(b).numpy(), np.float32)
+            n_out = w_params.scale.size if w_params.axis is not None else None
+            if bias.ndim != 1 or (n_out is not None and bias.shape[0] != n_out):
+                return  # Gemm C that broadcasts: left float
+            x_scale = self._input_scale(next(v for i, v in unit.acts if i == 0))
+            q, bp = quantize_bias(bias, x_scale, w_params.scale)
+            self._dq_constant(node, 2, q, bp)
+            self.counts["biases"] += 1
+
+    def _dq_constant(self, node: Node, i: int, q: np.ndarray, params: QuantParams) -> None:
+        g, w = self.g, node.inputs[i]
+        base = w.name
+        qi = g.add_initializer(base + "_quantized", _int_tensor(q, params))
+        scale, zp = self._param_inits(base, params)
+        attrs = {"axis": params.axis} if params.axis is not None else {}
+        out = Value(g.unique_name(base + "_dequantized"), TensorType(DType.FLOAT, qi.shape))
+        g.insert_before(node, Node(ops.DequantizeLinear, [qi, scale, zp], [out], attrs,
+                                   name=g.unique_name(base + "_DequantizeLinear")))
+        node.replace_input(i, out)
+        self.replaced.append(w)
+
+    def _concat_constant_inputs(self, unit: _Unit) -> None:
+        node = unit.node
+        params = self.params[unit.output] if unit.output in self.params else None
+        if params is None:
+            return
+        for i, x in enumerate(node.inputs):
+            t = constant_tensor(x)
+            if t is not None:
+                self._dq_constant(node, i, quantize(np.asarray(t.numpy(), np.float32), params), params)
+
+
+def _existing_dq(v: Value) -> Value | None:
+    """The output of a DequantizeLinear that reads a QuantizeLinear of ``v`` (a QAT pair), if any."""
+    for u in v.users():
+        if u.op is ops.QuantizeLinear and u.inputs[0] is v:
+            for d in u.outputs[0].users():
+                if d.op is ops.DequantizeLinear:
+                    return d.outputs[0]
+    return None
+
+
+def _int_tensor(a: np.ndarray, params: QuantParams):
+    from qgraph.ir.tensor import Tensor
+
+    return Tensor(np.asarray(a).astype(params.dtype.storage), params.dtype.onnx)
+
+
+def _channel_axis(node: Node, i: int, ndim: int) -> int | None:
+    """The output-channel axis of constant input ``i`` of ``node`` (None: per tensor)."""
+    if ndim < 2:
+        return None
+    if node.op is ops.Conv and i == 1:
+        return 0
+    if node.op is ops.ConvTranspose and i == 1:
+        return 1 if node.attr("group", 1) == 1 else None
+    if node.op is ops.Gemm and i == 1:
+        return 0 if node.attr("transB", 0) else 1
+    if node.op is ops.MatMul and i == 1:
+        return ndim - 1
+    return None
+
+
+# -- opset ---------------------------------------------------------------------------------------
+#: ops whose attributes became inputs: op -> (opset of the change, attribute)
+_ATTR_TO_INPUT = {
+    ops.Squeeze: (13, "axes"), ops.Unsqueeze: (13, "axes"), ops.op("ReduceSum"): (13, "axes"),
+    ops.Split: (13, "split"),
+    **{ops.op(r): (18, "axes") for r in ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
+                                         "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")},
+}
+_SOFTMAX_LIKE = frozenset({ops.Softmax, ops.op("LogSoftmax"), ops.op("Hardmax")})
+#: ops whose meaning changed in a way no local rewrite keeps: op -> opset of the change
+_BREAKING = {ops.op("Upsample"): 10, ops.op("Scatter"): 11, ops.op("RoiAlign"): 16, ops.op("GridSample"): 20,
+             ops.op("DFT"): 20}
+
+
+def _raise_opset(model: Model, needed: int, check_only: bool = False) -> None:
+    """Raise the default-domain opset to ``needed``, rewriting ops whose form changed on the way.
+
+    Adapted: attributes that became inputs (Squeeze / Unsqueeze / ReduceSum / Split at 13,
+    the other reductions at 18), Split's ``num_outputs`` (18), Softmax / LogSoftmax / Hardmax
+    (13: the axis no longer flattens; rewritten as Flatten -> op -> Reshape unless the axis is
+    the last), Dropout's ``ratio`` (12). Refused, naming the node: ops whose meaning changed
+    otherwise (Upsample, RoiAlign, GridSample, DFT) and models below opset 11. With
+    ``check_only`` nothing changes; only the refusals are raised.
+    """
+    old = model.opset("")
+    if old is None or old >= needed:
+        return
+    if old < 11:
+        raise InsertQDQError(f"insert-qdq: the quantized model needs opset {needed} and the model imports "
+                             f"opset {old}; upgrade it to 11 or later first (onnx.version_converter)")
+    for g in model.graph.all_graphs():
+        for node in list(g):
+            if node.domain == "":
+                _check(node, old, needed)
+                if not check_only:
+                    _adapt(node, old, needed)
+    if check_only:
+        return
+    key = next(d for d in model.opset_imports if ops.normalize_domain(d) == "")
+    model.opset_imports[key] = needed
+    import onnx.helper
+
+    model.ir_version = max(model.ir_version,
+                           onnx.helper.find_min_ir_version_for([onnx.helper.make_opsetid("", needed)], True))
+
+
+def _check(node: Node, old: int, new: int) -> None:
+    since = _BREAKING.get(node.op)
+    if since is not None and old < since <= new:
+        raise InsertQDQError(f"insert-qdq: {node.describe()} changes meaning between opset {old} and {new} "
+                             "(needed for the quantized model); upgrade the model first or keep per-tensor 8-bit")
+    if node.op is ops.op("Resize") and old < 13 <= new and node.attr("coordinate_transformation_mode") in (
+            "tf_half_pixel_for_nn", b"tf_half_pixel_for_nn"):
+        raise InsertQDQError(f"insert-qdq: {node.describe()} uses tf_half_pixel_for_nn, removed in opset 13")
+
+
+def _adapt(node: Node, old: int, new: int) -> None:
+    g = node.graph
+    change = _ATTR_TO_INPUT.get(node.op)
+    if change is not None and old < change[0] <= new and change[1] in node.attrs:
+        value = g.add_initializer(f"{node.name or node.op_type}_{change[1]}",
+                                  np.asarray(node.attr(change[1]), np.int64))
+        node.del_attr(change[1])
+        node.set_inputs([node.inputs[0], value, *node.inputs[2:]])
+    if node.op is ops.Split and old < 18 <= new and (len(node.inputs) < 2 or node.inputs[1] is None):
+        node.set_attr("num_outputs", len(node.outputs))
+    if node.op is ops.Dropout and old < 12 <= new and "ratio" in node.attrs:
+        ratio = g.add_initializer(f"{node.name or 'dropout'}_ratio", np.asarray(node.attr("ratio"), np.float32))
+        node.del_attr("ratio")
+        node.set_inputs([node.inputs[0], ratio])
+    if node.op in _SOFTMAX_LIKE and old < 13 <= new:
+        _adapt_softmax(node)
+
+
+def _adapt_softmax(node: Node) -> None:
+    """Opset < 13 Softmax flattens to 2-D at ``axis``; keep that meaning at 13+."""
+    x = node.inputs[0]
+    axis = node.attr("axis", 1)
+    rank = len(x.shape) if x.shape is not None else None
+    if rank is not None and (axis if axis >= 0 else axis + rank) == rank - 1:
+        node.set_attr("axis", -1)  # the last axis: the same meaning in both forms
+        return
+    g, base = node.graph, node.name or node.op_type
+    shape = Value(g.unique_name(base + "_in_shape"), TensorType(DType.INT64, (rank,) if rank is not None else None))
+    flat = Value(g.unique_name(base + "_flat"), TensorType(x.dtype, None) if x.dtype is not None else None)
+    y = node.outputs[0]
+    y2 = Value(g.unique_name(base + "_2d"), flat.type)
+    pre = [Node(ops.Shape, [x], [shape], name=g.unique_name(base + "_shape")),
+           Node(ops.Flatten, [x], [flat], {"axis": axis}, name=g.unique_name(base + "_flatten"))]
+    g.insert_before(node, pre)
+    new = Node(node.op, [flat], [y2], {"axis": 1}, name=node.name)
+    g.insert_after(node, new)
+    reshape = Node(ops.Reshape, [y2, shape], [Value(g.unique_name(base + "_out"), y.type)],
+                   name=g.unique_name(base + "_reshape"))
+    g.insert_after(new, reshape)
+    g.replace_value(y, reshape.outputs[0])
+    g.remove(node)
+
+
+PASSES = (InsertQDQ,)

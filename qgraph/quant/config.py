@@ -1,0 +1,280 @@
+"""Quantization configuration: which tensors become which integer type, and which stay float.
+
+A ``QuantConfig`` holds global defaults and overrides; ``insert-qdq`` asks it for the
+scheme of each activation tensor (``activation_scheme``) and each weight
+(``weight_scheme``) and whether a node is excluded (``excludes``).
+
+Defaults (ONNX Runtime's QDQ defaults with ``per_channel=True``): activations uint8,
+asymmetric, per tensor; weights int8, symmetric, per channel on the output-channel axis;
+biases int32 with scale ``scale_x * scale_w`` (always).
+
+Precedence, most specific first:
+
+- a **weight** (a constant input of a quantized node): tensor override (its name), then the
+  consuming node's name override, then its op type override, then ``weight``;
+- an **activation** tensor: tensor override, then the override of the node that produces it
+  (name, then op type; for the output of a fused activation, the producer it is fused with,
+  e.g. the Conv of Conv + Relu), then ``activation``. A node override therefore sets the type
+  of the node's *outputs*; to change what a node reads, override its input tensor (or the node
+  producing it). Graph inputs take tensor overrides and the global default.
+
+JSON form (every key optional; unknown keys are errors naming the key)::
+
+    {
+      "activation": {"dtype": "uint8", "symmetric": false},
+      "weight": {"dtype": "int8", "symmetric": true, "per_channel": true},
+      "pow2_scales": false,
+      "reduce_range": false,
+      "exclude": ["Softmax", "head/conv_out"],
+      "op_types": {"MatMul": {"activation": {"dtype": "int16"}}},
+      "nodes": {"conv1": {"weight": {"dtype": "int4"}, "activation": {"dtype": "uint16"}}},
+      "tensors": {"input": {"dtype": "int8", "symmetric": true}}
+    }
+
+- ``dtype``: one of int8, uint8, int16, uint16, int4, uint4 (16- and 4-bit types need
+  opset 21; ``insert-qdq`` raises the model's opset).
+- ``symmetric``: symmetric range around 0 (zero point 0 for signed types, the middle of the
+  range for unsigned ones).
+- ``per_channel``: weights only; one scale per output channel.
+- ``pow2_scales``: every scale rounded up to a power of two (NPUs that shift); bias scales,
+  being products of two, are then powers of two too.
+- ``reduce_range``: ORT's 7-bit weights (int8 [-64, 64]) for CPUs whose u8 x s8 kernels
+  saturate; applies to weights only.
+- ``exclude``: node names or op types left in float.
+- ``op_types`` / ``nodes``: ``{"activation": partial scheme, "weight": partial scheme}``;
+  ``tensors``: a partial scheme (``per_channel`` only for weights). A partial scheme changes
+  only the keys it names.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Mapping
+
+from qgraph.errors import QGraphError
+from qgraph.quant.params import INT_TYPES, IntType, int_type
+
+#: integer types a tensor may be quantized to (int32 is for biases only)
+TENSOR_DTYPES = ("int8", "uint8", "int16", "uint16", "int4", "uint4")
+
+
+class QuantConfigError(QGraphError):
+    """A quantization configuration is malformed; the message names the key."""
+
+
+@dataclass(frozen=True)
+class TensorScheme:
+    """How one tensor is quantized.
+
+    Attributes:
+        dtype: the integer type (one of ``TENSOR_DTYPES``).
+        symmetric: symmetric range around 0.
+        per_channel: one scale per output channel (weights only).
+    """
+
+    dtype: IntType
+    symmetric: bool = False
+    per_channel: bool = False
+
+    def __post_init__(self):
+        if self.dtype.name not in TENSOR_DTYPES:
+            raise QuantConfigError(f"dtype {self.dtype.name} cannot quantize a tensor; choose one of "
+                                   f"{', '.join(TENSOR_DTYPES)}")
+
+    def merged(self, partial: Mapping[str, Any]) -> "TensorScheme":
+        """This scheme with the keys of a parsed partial scheme replaced."""
+        return replace(self, **partial) if partial else self
+
+    def to_json(self) -> dict:
+        return {"dtype": self.dtype.name, "symmetric": self.symmetric, "per_channel": self.per_channel}
+
+
+@dataclass(frozen=True)
+class Override:
+    """Partial schemes for a node name or an op type (parsed: ``{"dtype": IntType, ...}``)."""
+
+    activation: Mapping[str, Any] = field(default_factory=dict)
+    weight: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        out = {}
+        for key in ("activation", "weight"):
+            part = getattr(self, key)
+            if part:
+                out[key] = _partial_to_json(part)
+        return out
+
+
+@dataclass
+class QuantConfig:
+    """Global quantization defaults, overrides and exclusions (see the module doc).
+
+    Attributes:
+        activation: default scheme of activation tensors.
+        weight: default scheme of weights.
+        pow2_scales: round every scale up to a power of two.
+        reduce_range: ORT's reduced (7-bit) weight range.
+        exclude: node names or op types kept float.
+        op_types: overrides by op type (``"Conv"``).
+        nodes: overrides by node name.
+        tensors: partial schemes by tensor name.
+    """
+
+    activation: TensorScheme = field(default_factory=lambda: TensorScheme(int_type("uint8")))
+    weight: TensorScheme = field(default_factory=lambda: TensorScheme(int_type("int8"), True, True))
+    pow2_scales: bool = False
+    reduce_range: bool = False
+    exclude: tuple[str, ...] = ()
+    op_types: dict[str, Override] = field(default_factory=dict)
+    nodes: dict[str, Override] = field(default_factory=dict)
+    tensors: dict[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.activation.per_channel:
+            raise QuantConfigError("activation: per_channel applies to weights only")
+        self.exclude = tuple(self.exclude)
+
+    # -- queries ------------------------------------------------------------------------------
+    def excludes(self, node) -> bool:
+        """Whether ``node`` (a ``qgraph.ir.Node``) stays float."""
+        return node.name in self.exclude or node.op_type in self.exclude
+
+    def _node_override(self, node) -> tuple[Override | None, Override | None]:
+        return self.nodes.get(node.name) if node is not None else None, \
+            self.op_types.get(node.op_type) if node is not None else None
+
+    def weight_scheme(self, tensor: str, consumer) -> TensorScheme:
+        """The scheme of weight ``tensor`` read by node ``consumer``."""
+        by_name, by_op = self._node_override(consumer)
+        scheme = self.weight
+        for o in (by_op, by_name):
+            if o is not None:
+                scheme = scheme.merged(o.weight)
+        return scheme.merged(self.tensors.get(tensor, {}))
+
+    def activation_scheme(self, tensor: str, producer=None) -> TensorScheme:
+        """The scheme of activation ``tensor`` produced by node ``producer`` (None: a graph input)."""
+        by_name, by_op = self._node_override(producer)
+        scheme = self.activation
+        for o in (by_op, by_name):
+            if o is not None:
+                scheme = scheme.merged(o.activation)
+        scheme = scheme.merged(self.tensors.get(tensor, {}))
+        if scheme.per_channel:
+            where = f"tensor '{tensor}'" + (f" (output of {producer.describe()})" if producer is not None else "")
+            raise QuantConfigError(f"{where}: per_channel applies to weights only")
+        return scheme
+
+    def is_overridden(self, tensor: str, producer=None) -> bool:
+        """Whether an override (not the global default) decides activation ``tensor``'s scheme."""
+        by_name, by_op = self._node_override(producer)
+        return tensor in self.tensors or any(o is not None and o.activation for o in (by_name, by_op))
+
+    # -- JSON ---------------------------------------------------------------------------------
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], where: str = "quantization config") -> "QuantConfig":
+        """Parse the JSON form (a dict); errors name the bad key as a path, e.g. ``nodes.conv1.weight.dtype``."""
+        obj = _object(data, where)
+        known = {"activation", "weight", "pow2_scales", "reduce_range", "exclude", "op_types", "nodes", "tensors"}
+        _no_unknown(obj, known, where)
+        kw: dict[str, Any] = {}
+        defaults = cls()
+        if "activation" in obj:
+            kw["activation"] = defaults.activation.merged(_partial(obj["activation"], f"{where}: activation"))
+        if "weight" in obj:
+            kw["weight"] = defaults.weight.merged(_partial(obj["weight"], f"{where}: weight"))
+        for key in ("pow2_scales", "reduce_range"):
+            if key in obj:
+                kw[key] = _bool(obj[key], f"{where}: {key}")
+        if "exclude" in obj:
+            ex = obj["exclude"]
+            if not isinstance(ex, list) or not all(isinstance(x, str) for x in ex):
+                raise QuantConfigError(f"{where}: exclude must be a list of node names or op types, got {ex!r}")
+            kw["exclude"] = tuple(ex)
+        for key in ("op_types", "nodes"):
+            if key in obj:
+                kw[key] = {name: _override(o, f"{where}: {key}.{name}")
+                           for name, o in _object(obj[key], f"{where}: {key}").items()}
+        if "tensors" in obj:
+            kw["tensors"] = {name: _partial(p, f"{where}: tensors.{name}")
+                             for name, p in _object(obj["tensors"], f"{where}: tensors").items()}
+        try:
+            return cls(**kw)
+        except QuantConfigError as e:
+            raise QuantConfigError(f"{where}: {e}") from e
+
+    def to_json(self) -> dict:
+        """The JSON form; ``from_json(to_json())`` gives an equal config."""
+        return {
+            "activation": {k: v for k, v in self.activation.to_json().items() if k != "per_channel"},
+            "weight": self.weight.to_json(),
+            "pow2_scales": self.pow2_scales,
+            "reduce_range": self.reduce_range,
+            "exclude": list(self.exclude),
+            "op_types": {k: v.to_json() for k, v in self.op_types.items()},
+            "nodes": {k: v.to_json() for k, v in self.nodes.items()},
+            "tensors": {k: _partial_to_json(v) for k, v in self.tensors.items()},
+        }
+
+    @classmethod
+    def load(cls, path: str) -> "QuantConfig":
+        """Read the JSON form from ``path``."""
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise QuantConfigError(f"{path}: cannot read the quantization config: {e}") from e
+        return cls.from_json(data, str(path))
+
+    def save(self, path: str) -> None:
+        with open(path, "w") as f:
+            json.dump(self.to_json(), f, indent=1)
+
+
+# -- parsing helpers ----------------------------------------------------------------------------
+_SCHEME_KEYS = {f.name for f in fields(TensorScheme)}
+
+
+def _object(x: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(x, Mapping):
+        raise QuantConfigError(f"{where}: expected a JSON object, got {type(x).__name__} {x!r}")
+    return x
+
+
+def _no_unknown(obj: Mapping, known: set[str], where: str) -> None:
+    bad = [k for k in obj if k not in known]
+    if bad:
+        raise QuantConfigError(f"{where}: unknown key '{bad[0]}' (known keys: {', '.join(sorted(known))})")
+
+
+def _bool(x: Any, where: str) -> bool:
+    if not isinstance(x, bool):
+        raise QuantConfigError(f"{where} must be true or false, got {x!r}")
+    return x
+
+
+def _partial(x: Any, where: str) -> dict[str, Any]:
+    obj = _object(x, where)
+    _no_unknown(obj, _SCHEME_KEYS, where)
+    out: dict[str, Any] = {}
+    if "dtype" in obj:
+        name = obj["dtype"]
+        if not isinstance(name, str) or name.lower() not in TENSOR_DTYPES:
+            raise QuantConfigError(f"{where}.dtype must be one of {', '.join(TENSOR_DTYPES)}, got {name!r}")
+        out["dtype"] = INT_TYPES[name.lower()]
+    for key in ("symmetric", "per_channel"):
+        if key in obj:
+            out[key] = _bool(obj[key], f"{where}.{key}")
+    return out
+
+
+def _override(x: Any, where: str) -> Override:
+    obj = _object(x, where)
+    _no_unknown(obj, {"activation", "weight"}, where)
+    return Override(_partial(obj.get("activation", {}), f"{where}.activation"),
+                    _partial(obj.get("weight", {}), f"{where}.weight"))
+
+
+def _partial_to_json(part: Mapping[str, Any]) -> dict:
+    return {k: (v.name if isinstance(v, IntType) else v) for k, v in part.items()}
