@@ -1,4 +1,4 @@
-"""``qgraph`` command line: ``passes``, ``inspect``, ``calibrate``, ``opt``.
+"""``qgraph`` command line: ``passes``, ``inspect``, ``calibrate``, ``opt``, ``compile``, ``run``, ``verify``.
 
 Errors a user can cause print one line (``qgraph: error: ...``) and exit 1; ``--debug``
 shows the traceback. A qgraph bug prints ``qgraph: internal error`` and exits 3.
@@ -181,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--disable", action="append", metavar="PASS", help="skip this pass (repeatable)")
     p.add_argument("--calib", metavar="DATA", help="calibration data for calibrate passes that name none")
     p.set_defaults(func=_cmd_opt)
+
+    from qgraph.cli.compile_cmd import add_parsers
+
+    add_parsers(sub)
     return ap
 
 

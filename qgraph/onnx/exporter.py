@@ -20,7 +20,7 @@ _PROTO_LIMIT = 1_800_000_000
 
 
 def to_proto(model: Model, *, tensor_hook: Callable[[Tensor, onnx.TensorProto], None] | None = None,
-             keep_data: Callable[[Tensor], bool] | None = None) -> onnx.ModelProto:
+             keep_data: Callable[[Tensor], bool] | None = None, decompose: bool = True) -> onnx.ModelProto:
     """Export ``model`` to a ModelProto. Values without a name get a fresh unique one.
 
     ``tensor_hook`` sees every initializer / tensor attribute proto (save uses it to move
@@ -30,7 +30,8 @@ def to_proto(model: Model, *, tensor_hook: Callable[[Tensor, onnx.TensorProto], 
 
     qgraph-domain ops listed in ``qgraph.onnx.decompose.DECOMPOSITIONS`` are written as the
     standard ONNX nodes they stand for (``model`` itself is not changed); the "qgraph"
-    opset import is then dropped if no qgraph-domain node is left.
+    opset import is then dropped if no qgraph-domain node is left. ``decompose=False``
+    writes them as they are (a lossless copy that only qgraph reads back).
     """
     mp = onnx.ModelProto()
     mp.ir_version = model.ir_version
@@ -49,7 +50,7 @@ def to_proto(model: Model, *, tensor_hook: Callable[[Tensor, onnx.TensorProto], 
     mp.training_info.extend(model.training_info)
     if model.configuration:
         mp.configuration.extend(model.configuration)
-    exporter = _Exporter(tensor_hook, keep_data, opset=model.opset(""))
+    exporter = _Exporter(tensor_hook, keep_data, opset=model.opset(""), decompose=decompose)
     exporter.graph(model.graph, mp.graph)
     if exporter.decomposed and not uses_domain(mp, QGRAPH_DOMAIN):
         kept = [o for o in mp.opset_import if o.domain != QGRAPH_DOMAIN]
@@ -126,8 +127,9 @@ def save(model: Model, path: "str | os.PathLike", *, external_data: bool | None 
 
 
 class _Exporter:
-    def __init__(self, tensor_hook=None, keep_data=None, opset: int | None = None):
+    def __init__(self, tensor_hook=None, keep_data=None, opset: int | None = None, decompose: bool = True):
         self.tensor_hook = tensor_hook
+        self.decompose = decompose
         self.keep_data = keep_data
         self.opset = opset  # the default-domain opset decompositions are written for
         self.decomposed = 0  # qgraph-domain nodes written as standard ONNX
@@ -219,7 +221,7 @@ class _Exporter:
         gp.sparse_initializer.extend(g.sparse_initializers)
         outputs = {id(v) for v in g.outputs}
         for n in g:
-            standard = decompose(n, self.opset, self.fresh_name) if n.op.domain else None
+            standard = decompose(n, self.opset, self.fresh_name) if n.op.domain and self.decompose else None
             if standard is not None:
                 gp.node.extend(standard)
                 self.decomposed += 1

@@ -1,0 +1,94 @@
+"""End to end: ``qgraph compile / run / verify`` and ``qgraph.quantize`` on the golden digits CNN.
+
+The acceptance checks of post-training quantization: the QDQ export runs in ONNX Runtime
+and, with QDQ fusion off (``session.disable_quant_qdq``), lands within 1 LSB of the
+integer reference; the INT8 digits CNN keeps its held-out accuracy within 0.25 points of
+float through the reference interpreter; the report has per-layer SQNR.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from qgraph.cli.main import main
+from tests.conftest import REPO
+
+DIGITS = os.path.join(REPO, "golden", "models", "digits_cnn.onnx")
+CALIB = os.path.join(REPO, "golden", "data", "digits_calib.npz")
+TEST = os.path.join(REPO, "golden", "data", "digits_test.npz")
+
+
+@pytest.fixture(scope="module")
+def digits_q():
+    import qgraph.api
+
+    return qgraph.api.quantize(DIGITS, CALIB)
+
+
+@pytest.fixture(scope="module")
+def digits_test():
+    with np.load(TEST) as z:
+        return z["input"], z["label"]
+
+
+def test_digits_int8_accuracy_within_a_quarter_point(digits_q, digits_test):
+    from qgraph.api import run_ort
+
+    x, labels = digits_test
+    float_acc = float(np.mean(run_ort(digits_q.float_model, {"input": x})["logits"].argmax(1) == labels))
+    q_logits = digits_q.run({"input": x})["logits"]
+    q_acc = float(np.mean(q_logits.argmax(1) == labels))
+    assert float_acc >= 0.97
+    assert abs(q_acc - float_acc) * 100 <= 0.25, (q_acc, float_acc)
+
+
+def test_digits_reference_within_one_lsb_of_ort_simulation(digits_q, digits_test):
+    from qgraph.verify.outputs import verify_outputs
+
+    x, _ = digits_test
+    result = verify_outputs(digits_q, {"input": x[:64]})["logits"]
+    assert result["ort-sim"]["max_lsb"] <= 1
+    assert result["sqnr_db"] > 20
+    assert "ort" in result  # ORT's default kernels: reported, whatever they do
+
+
+def test_digits_report_has_per_layer_sqnr(digits_q):
+    layers = digits_q.report.layers
+    convs = [r for r in layers if r["op"].startswith("Conv")]
+    assert len(convs) >= 3
+    for r in convs:
+        assert r["weight"]["per_channel"] and r["weight"]["dtype"] == "int8"
+        assert r["output"]["dtype"] == "uint8"
+        assert isinstance(r["sqnr_db"], float) and r["sqnr_db"] > 15, r
+    assert "| node | op |" in digits_q.report.markdown()
+
+
+def test_compile_run_verify_cli(tmp_path, capsys, digits_test):
+    out = tmp_path / "digits"
+    assert main(["compile", DIGITS, "--calib", CALIB, "-o", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "integer ops" in said and "SQNR" in said
+    for f in ("model.qdq.onnx", "model.qgraph.onnx", "model.float.onnx", "report.json", "report.md"):
+        assert (out / f).exists(), f
+    report = json.loads((out / "report.json").read_text())
+    assert report["layers"] and report["outputs"]["logits"]["top1"] >= 0.9
+
+    x, _ = digits_test
+    np.savez(tmp_path / "x.npz", input=x[:32])
+    assert main(["run", str(out), "--inputs", str(tmp_path / "x.npz"), "-o", str(tmp_path / "y.npz")]) == 0
+    with np.load(tmp_path / "y.npz") as z:
+        assert z["logits"].shape == (32, 10)
+    assert main(["verify", str(out), "--inputs", str(tmp_path / "x.npz")]) == 0
+    said = capsys.readouterr().out
+    assert "top-1 agreement" in said and "disable_quant_qdq" in said and "default CPU kernels" in said
+
+
+def test_compile_errors_name_the_problem(tmp_path, capsys):
+    assert main(["compile", DIGITS, "--calib", CALIB, "-o", str(tmp_path / "o"), "--target", "npu9"]) == 1
+    assert "--target npu9" in capsys.readouterr().err
+    assert main(["run", str(tmp_path / "nothing"), "--inputs", CALIB, "-o", str(tmp_path / "y.npz")]) == 1
+    assert "not a folder written by `qgraph compile`" in capsys.readouterr().err
