@@ -23,8 +23,31 @@ def test_first_command_runs(monkeypatch, capsys):
     qgraph_part = first.split("&&", 1)[1].strip()
     argv = shlex.split(qgraph_part)
     assert argv[0] == "qgraph"
+    assert argv[1] == "compile" and "golden/data/digits_calib.npz" in argv
     assert cli(argv[1:]) == 0
-    assert "13 -> 8 nodes" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "integer ops" in said and "top-1 agreement" in said
+
+
+def test_quantization_commands_run(monkeypatch, capsys):
+    """The verify / run / config examples, after the first command wrote out/digits."""
+    import os
+    import subprocess
+
+    monkeypatch.chdir(REPO)
+    first = re.search(r"```sh\n(?:#.*\n)*(.*?)\n", README).group(1)
+    assert cli(shlex.split(first.split("&&", 1)[1])[1:]) == 0
+    lines = [l.split("#")[0] for block in re.findall(r"```sh\n(.*?)```", README, re.S) for l in block.splitlines()
+             if l.startswith(("qgraph verify out/", "qgraph run out/", "echo ", "qgraph compile golden/models/digits_cnn.onnx --calib golden/data/digits_calib.npz --config"))]
+    assert len(lines) == 4
+    for line in lines:
+        if line.startswith("echo"):
+            os.makedirs("out", exist_ok=True)
+            subprocess.run(line, shell=True, check=True)
+        else:
+            assert cli(shlex.split(line)[1:]) == 0, line
+    said = capsys.readouterr().out
+    assert "SQNR" in said and "default CPU kernels" in said
 
 
 def test_calibration_commands_run(monkeypatch, capsys):
