@@ -1,0 +1,196 @@
+"""Build a lowered L3 model with TVM, run it, export it as a shared library, load it back.
+
+    from qgraph import tvm as qtvm
+    c = qtvm.build(q.integer, batch_size=1)          # target "cpu": this host
+    y = c.run({"input": x})                          # {output name: numpy array}
+    c.export("out/")                                 # model.so + model.json
+    c2 = qtvm.load("out/")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from qgraph.errors import QGraphError
+from qgraph.ir.core import Model
+from qgraph.targets import Target, resolve
+from qgraph.tvm.lower import input_dtype, lower, output_names, static_input_shapes
+
+#: Files ``Compiled.export`` writes.
+LIBRARY_FILE = "model.so"
+OBJECTS_FILE = "model.tar"
+META_FILE = "model.json"
+
+
+class RunError(QGraphError):
+    """Feeds do not match a compiled model's inputs, or the target cannot run here."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, numpy dtype name and static shape of a compiled model's input or output."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "TensorSpec":
+        return cls(str(d["name"]), str(d["dtype"]), tuple(int(x) for x in d["shape"]))
+
+
+@dataclass
+class Compiled:
+    """A model compiled by TVM for one target (static shapes).
+
+    Attributes:
+        executable: the Relax VM executable (``tvm.compile``'s result) or a loaded module.
+        inputs / outputs: the specs, in the order of ``main``'s parameters / results.
+        target: the target it was built for.
+        compile_seconds: the time ``tvm.compile`` took (0 for a loaded model).
+        load_seconds: the time the first VM creation took (LLVM generates machine code then,
+            lazily: for a model of a few hundred ops this is as long as ``tvm.compile``).
+    """
+
+    executable: Any
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    target: Target
+    compile_seconds: float = 0.0
+    load_seconds: float = 0.0
+    _vm: Any = field(default=None, repr=False)
+
+    def _machine(self):
+        if self._vm is None:
+            import tvm
+            from tvm import relax
+
+            if not self.target.runnable:
+                raise RunError(f"code built for target '{self.target.name}' ({dict(self.target.tvm_dict)}) cannot "
+                               "run on this machine; export it and run it there")
+            start = time.perf_counter()
+            self._vm = relax.VirtualMachine(self.executable, tvm.cpu())
+            self.load_seconds = time.perf_counter() - start
+        return self._vm
+
+    def warm(self) -> "Compiled":
+        """Create the VM now (machine code is generated then), so that ``run`` times only
+        run; returns self."""
+        self._machine()
+        return self
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run on ``feeds`` (one array per input, of its dtype and static shape) and return
+        ``{output name: array}``.
+
+        Raises:
+            RunError: a feed is missing, unknown, or of the wrong dtype or shape.
+        """
+        import tvm
+
+        unknown = [k for k in feeds if k not in {s.name for s in self.inputs}]
+        if unknown:
+            raise RunError(f"unknown input '{unknown[0]}'; the model's inputs are "
+                           f"{', '.join(repr(s.name) for s in self.inputs)}")
+        args = []
+        for spec in self.inputs:
+            if spec.name not in feeds:
+                raise RunError(f"missing feed for input '{spec.name}' ({spec.dtype}{list(spec.shape)})")
+            x = np.asarray(feeds[spec.name])
+            if x.dtype != np.dtype(spec.dtype) or tuple(x.shape) != spec.shape:
+                raise RunError(f"input '{spec.name}' expects {spec.dtype}{list(spec.shape)}, got "
+                               f"{x.dtype}{list(x.shape)} (the model was compiled for static shapes)")
+            args.append(tvm.runtime.tensor(np.ascontiguousarray(x)))
+        results = self._machine()["main"](*args)
+        return {spec.name: results[i].numpy() for i, spec in enumerate(self.outputs)}
+
+    def export(self, outdir: str) -> str:
+        """Write the compiled code and ``model.json`` (inputs, outputs, target) into ``outdir``.
+
+        The code is ``model.so`` (a shared library ``load`` reads) for a target that runs
+        here, or where a cross linker for it is installed; otherwise ``model.tar``, the
+        object files to link on the device. Returns the library path.
+        """
+        os.makedirs(outdir, exist_ok=True)
+        lib, kwargs = os.path.join(outdir, LIBRARY_FILE), {}
+        if not self.target.runnable:
+            triple = str(self.target.tvm_dict.get("mtriple", ""))
+            cross = shutil.which(f"{triple}-g++") if triple else None
+            if cross:
+                from tvm.contrib import cc
+
+                kwargs["fcompile"] = cc.cross_compiler(cross)
+            else:
+                lib = os.path.join(outdir, OBJECTS_FILE)
+        self.executable.export_library(lib, **kwargs)
+        meta = {"format": "qgraph.tvm/1", "library": os.path.basename(lib), "target": self.target.name,
+                "tvm_target": dict(self.target.tvm_dict), "inputs": [s.to_json() for s in self.inputs],
+                "outputs": [s.to_json() for s in self.outputs]}
+        with open(os.path.join(outdir, META_FILE), "w") as f:
+            json.dump(meta, f, indent=2)
+        return lib
+
+
+def build(model: Model, target: "str | Target" = "cpu", *, input_shapes: Mapping[str, Sequence[int]] | None = None,
+          batch_size: int | None = None, outputs: Sequence[str] | None = None) -> Compiled:
+    """Lower an L3 model to Relax and compile it with TVM's default pipeline.
+
+    Args:
+        model: the L3 model (``QuantizedModel.integer``).
+        target: a target name of ``qgraph.targets`` (``cpu``, ``aarch64``) or a ``Target``.
+        input_shapes: static shapes for inputs whose declared shape has symbolic dims.
+        batch_size: the leading dim of inputs whose declared leading dim is symbolic.
+        outputs: the values to return, by name (default: the graph outputs).
+
+    Raises:
+        LoweringError: the model cannot be lowered (names the node and op).
+    """
+    import tvm
+
+    tgt = resolve(target)
+    shapes = static_input_shapes(model, input_shapes, batch_size)
+    mod = lower(model, shapes, outputs=outputs)
+    start = time.perf_counter()
+    executable = tvm.compile(mod, tgt.tvm_target())
+    seconds = time.perf_counter() - start
+    inputs = tuple(TensorSpec(n, input_dtype(model, n), s) for n, s in shapes.items())
+    ret = mod["main"].ret_ty
+    specs = tuple(TensorSpec(n, str(t.dtype), tuple(int(d) for d in t.shape))
+                  for n, t in zip(output_names(model, outputs), ret.fields))
+    return Compiled(executable, inputs, specs, tgt, seconds)
+
+
+def load(outdir: str) -> Compiled:
+    """Load a model written by ``Compiled.export``."""
+    import tvm
+
+    from qgraph.targets import Target
+
+    with open(os.path.join(outdir, META_FILE)) as f:
+        meta = json.load(f)
+    if meta.get("format") != "qgraph.tvm/1":
+        raise QGraphError(f"{os.path.join(outdir, META_FILE)} is not a qgraph TVM model description")
+    library = meta.get("library", LIBRARY_FILE)
+    if library != LIBRARY_FILE:
+        raise RunError(f"{outdir} holds object files ({library}) for target '{meta.get('target')}'; link them "
+                       "on the device (tvm.contrib.cc) and load the shared library there")
+    module = tvm.runtime.load_module(os.path.join(outdir, library))
+    from qgraph.targets import get
+
+    name = meta.get("target", "cpu")
+    try:
+        target = get(name)
+    except QGraphError:
+        target = Target(name, meta.get("tvm_target", {}), False)
+    return Compiled(module, tuple(TensorSpec.from_json(d) for d in meta["inputs"]),
+                    tuple(TensorSpec.from_json(d) for d in meta["outputs"]), target)

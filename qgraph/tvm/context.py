@@ -1,0 +1,159 @@
+"""The state shared by the op lowerings: the Relax block builder, the values lowered so far
+(Relax expressions, or numpy arrays for values known at lowering time) and helpers that
+name the node in every error.
+
+A lowering is ``fn(ctx) -> [output, ...]`` for the node ``ctx.node``; an output is a Relax
+expression or a numpy array (a constant: shapes, folded arithmetic).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from qgraph.errors import QGraphError
+from qgraph.ir.core import Node
+from qgraph.reference.common import InterpreterError, Windows, storage_dtype, windows
+
+
+class LoweringError(QGraphError):
+    """An L3 model cannot be lowered to Relax: names the node, its op and why."""
+
+
+#: numpy dtypes as Relax dtype strings (Relax spells them the same).
+def dtype_name(dt) -> str:
+    """The Relax dtype string of a numpy dtype (``bool`` for booleans)."""
+    return np.dtype(dt).name
+
+
+class LowerContext:
+    """Values and helpers for lowering one node at a time.
+
+    Args:
+        bb: the Relax block builder, inside the dataflow block of ``main``.
+        opsets: the model's opsets (``""`` for the default domain).
+    """
+
+    def __init__(self, bb, opsets: Mapping[str, int]):
+        self.bb = bb
+        self.opsets = dict(opsets)
+        self.env: dict[str, object] = {}
+        self.node: Node | None = None
+
+    # -- errors ----------------------------------------------------------------------------------
+    def error(self, message: str) -> LoweringError:
+        """A ``LoweringError`` naming the current node and its op."""
+        where = self.node.describe() if self.node is not None else "model"
+        return LoweringError(f"{where}: {message}")
+
+    @property
+    def opset(self) -> int:
+        """The default-domain opset of the model."""
+        return int(self.opsets.get("", self.opsets.get("ai.onnx", 21)))
+
+    # -- inputs ----------------------------------------------------------------------------------
+    def has_input(self, i: int) -> bool:
+        """Whether input ``i`` of the node is present (optional inputs may be absent)."""
+        ins = self.node.inputs
+        return i < len(ins) and ins[i] is not None
+
+    def value(self, i: int):
+        """Input ``i``: a Relax expression or a numpy array (a constant)."""
+        v = self.node.inputs[i] if i < len(self.node.inputs) else None
+        if v is None:
+            raise self.error(f"input {i} is required")
+        if v.name not in self.env:
+            raise self.error(f"input '{v.name}' is defined by no input, initializer or earlier node")
+        return self.env[v.name]
+
+    def expr(self, i: int):
+        """Input ``i`` as a Relax expression (a constant becomes a ``relax.const``)."""
+        x = self.value(i)
+        return self.const(x) if isinstance(x, np.ndarray) else x
+
+    def const_input(self, i: int, what: str | None = None) -> np.ndarray:
+        """Input ``i`` as a numpy array; raises when it is not known at lowering time."""
+        x = self.value(i)
+        if not isinstance(x, np.ndarray):
+            name = self.node.inputs[i].name
+            raise self.error(f"input '{name}'{' (' + what + ')' if what else ''} must be a constant (an "
+                             "initializer, or computable from initializers and static shapes)")
+        return x
+
+    def maybe_const(self, i: int) -> np.ndarray | None:
+        """Input ``i`` as a numpy array when it is a constant (else None; None when absent)."""
+        if not self.has_input(i):
+            return None
+        x = self.value(i)
+        return x if isinstance(x, np.ndarray) else None
+
+    def attr(self, name: str, default=None):
+        """Attribute ``name`` (strings decoded)."""
+        value = self.node.attr(name, default)
+        return value.decode() if isinstance(value, bytes) else value
+
+    # -- building --------------------------------------------------------------------------------
+    def emit(self, expr):
+        """Bind ``expr`` to a fresh dataflow variable."""
+        import tvm
+        from tvm import relax
+
+        if isinstance(expr, (relax.Var, tvm.ir.expr.Constant)):
+            return expr
+        return self.bb.emit(expr)
+
+    @staticmethod
+    def const(arr, dtype=None):
+        """A Relax constant of ``arr`` in ``dtype`` (int64 stays int64: Relax would narrow it)."""
+        from tvm import relax
+
+        a = np.asarray(arr, dtype=dtype)
+        return relax.const(np.ascontiguousarray(a), dtype_name(a.dtype))
+
+    @staticmethod
+    def shape(x) -> tuple[int, ...]:
+        """The static shape of a Relax expression or numpy array."""
+        if isinstance(x, np.ndarray):
+            return tuple(x.shape)
+        ty = x.ty
+        if ty.shape is None:
+            raise LoweringError(f"{x} has no static shape")
+        return tuple(int(d) for d in ty.shape)
+
+    @staticmethod
+    def dtype(x) -> str:
+        """The element type of a Relax expression or numpy array, as a string."""
+        if isinstance(x, np.ndarray):
+            return dtype_name(x.dtype)
+        return str(x.ty.dtype)
+
+    def astype(self, x, dtype: str):
+        """``x`` converted to ``dtype`` (no op when it already is)."""
+        from tvm import relax
+
+        if self.dtype(x) == dtype:
+            return x
+        if isinstance(x, np.ndarray):
+            return x.astype(dtype)
+        return self.emit(relax.op.astype(x, dtype))
+
+    # -- node helpers ----------------------------------------------------------------------------
+    def storage(self, lo: int, hi: int, index: int = 0) -> str:
+        """The output's integer storage type (its declared type, else the smallest holding
+        ``[lo, hi]``): the same rule as the reference interpreter."""
+        try:
+            return dtype_name(storage_dtype(self.node, lo, hi, index))
+        except InterpreterError as e:
+            raise self.error(str(e).split(": ", 1)[-1]) from e
+
+    def windows(self, spatial: Sequence[int], kernel: Sequence[int], *, ceil_mode: bool = False) -> Windows:
+        """Window geometry of a conv / pool over ``spatial`` (the reference's rule)."""
+        try:
+            return windows(self.node, spatial, kernel, ceil_mode=ceil_mode)
+        except InterpreterError as e:
+            raise self.error(str(e).split(": ", 1)[-1]) from e
+
+
+#: ``fn(ctx) -> outputs``.
+Lowering = Callable[[LowerContext], Sequence[object]]

@@ -1,0 +1,360 @@
+"""Relax lowerings of the L3 integer ops (``qgraph.ir.l3``): bit-exact with the reference.
+
+Dot products (QConv, QMatMul) subtract the zero points first, in int16 where the shifted
+values fit (8-bit operands) else int32, and accumulate in int32 (``out_dtype``: without it
+Relax accumulates in the operand type). Padding is explicit: the zero-point-shifted input
+is padded with 0, which is padding the input with its zero point. Everything after the
+accumulator is int64: ``requantize`` emits the contract's ``(acc * m + 2**(s-1)) >> s``
+(``qgraph.quant.fixedpoint.requantize``), adds the zero point and clips *before* the
+narrowing cast (``astype`` wraps).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from qgraph.tvm.context import LowerContext
+
+_INT16 = (-(2**15), 2**15 - 1)
+
+
+def _ints(ctx: LowerContext, name: str, default=None) -> np.ndarray:
+    value = ctx.node.attr(name, default)
+    if value is None:
+        raise ctx.error(f"missing attribute '{name}'")
+    return np.atleast_1d(np.asarray(value, dtype=np.int64)).reshape(-1)
+
+
+def _int(ctx: LowerContext, name: str, default=None) -> int:
+    arr = _ints(ctx, name, default)
+    if arr.size != 1:
+        raise ctx.error(f"attribute '{name}' must hold one value, got {arr.size}")
+    return int(arr[0])
+
+
+def _per_channel(ctx: LowerContext, name: str, channels: int | None) -> np.ndarray:
+    arr = _ints(ctx, name)
+    if arr.size != 1 and arr.size != channels:
+        raise ctx.error(f"attribute '{name}' has {arr.size} values; expected 1 or {channels}")
+    return arr
+
+
+def _along(arr: np.ndarray, axis: int | None, ndim: int) -> np.ndarray:
+    """A per-channel array shaped to broadcast along ``axis`` (one value: a scalar)."""
+    if arr.size == 1 or axis is None:
+        return arr.reshape(()) if arr.size == 1 else arr
+    shape = [1] * ndim
+    shape[axis] = arr.size
+    return arr.reshape(shape)
+
+
+def _is_int(dtype: str) -> bool:
+    return dtype.startswith("int") or dtype.startswith("uint")
+
+
+def _int_input(ctx: LowerContext, i: int):
+    x = ctx.value(i)
+    if not _is_int(ctx.dtype(x)):
+        raise ctx.error(f"input '{ctx.node.inputs[i].name}' must be an integer tensor, got {ctx.dtype(x)}")
+    return x
+
+
+def shifted(ctx: LowerContext, x, zero_point, dtype: str):
+    """``x - zero_point`` in ``dtype`` (a constant is shifted in numpy)."""
+    from tvm import relax
+
+    if isinstance(x, np.ndarray):
+        return x.astype(np.int64) - np.asarray(zero_point, np.int64)
+    x = ctx.astype(x, dtype)
+    zp = np.asarray(zero_point, np.int64)
+    if not zp.any():
+        return x
+    return ctx.emit(relax.op.subtract(x, ctx.const(zp, dtype)))
+
+
+def requantize(ctx: LowerContext, acc, multiplier: np.ndarray, shift: np.ndarray, zero_point: int,
+               qmin: int, qmax: int, axis: int | None = None):
+    """``clip(zero_point + ((acc * m + 2**(s-1)) >> s), qmin, qmax)`` on int64 ``acc``, in the
+    output's storage type (``multiplier`` / ``shift``: one value, one per channel along
+    ``axis``, or arrays already shaped to broadcast against ``acc``)."""
+    from tvm import relax
+
+    ndim = len(ctx.shape(acc))
+    m = _along(np.asarray(multiplier, np.int64), axis, ndim)
+    s = _along(np.asarray(shift, np.int64), axis, ndim)
+    if s.size and (s.min() < 0 or s.max() > 62):
+        raise ctx.error("shift must lie in [0, 62]")
+    y = ctx.astype(acc, "int64")
+    if not (m.size == 1 and int(m.reshape(-1)[0]) == 1):  # QAdd's sum is already multiplied
+        y = ctx.emit(relax.op.multiply(y, ctx.const(m, "int64")))
+    if s.any():
+        half = np.where(s > 0, np.left_shift(np.int64(1), np.maximum(s - 1, 0)), 0).astype(np.int64)
+        y = ctx.emit(relax.op.add(y, ctx.const(half, "int64")))
+        y = ctx.emit(relax.op.right_shift(y, ctx.const(s, "int64")))
+    return clip_to(ctx, y, zero_point, qmin, qmax)
+
+
+def clip_to(ctx: LowerContext, y, zero_point: int, qmin: int, qmax: int):
+    """``clip(y + zero_point, qmin, qmax)`` cast to the output's storage type."""
+    from tvm import relax
+
+    if zero_point:
+        y = ctx.emit(relax.op.add(y, ctx.const(zero_point, ctx.dtype(y))))
+    y = ctx.emit(relax.op.clip(y, int(qmin), int(qmax)))
+    return ctx.astype(y, ctx.storage(qmin, qmax))
+
+
+def _requant_attrs(ctx: LowerContext, channels: int | None):
+    return (_per_channel(ctx, "multiplier", channels), _per_channel(ctx, "shift", channels),
+            _int(ctx, "y_zero_point"), _int(ctx, "y_qmin"), _int(ctx, "y_qmax"))
+
+
+def _operand_dtype(ctx: LowerContext, x, zero_point) -> str:
+    """int16 when ``x - zero_point`` provably fits it (8-bit storage), else int32."""
+    if isinstance(x, np.ndarray):
+        d = x.astype(np.int64) - np.asarray(zero_point, np.int64)
+        lo, hi = (int(d.min()), int(d.max())) if d.size else (0, 0)
+    else:
+        dt = np.dtype(ctx.dtype(x))
+        if dt.itemsize > 1:
+            return "int32"
+        zp = np.asarray(zero_point, np.int64)
+        lo, hi = int(np.iinfo(dt).min - zp.max()), int(np.iinfo(dt).max - zp.min())
+    return "int16" if _INT16[0] <= lo and hi <= _INT16[1] else "int32"
+
+
+# -- float boundaries ----------------------------------------------------------------------------
+def quantize(ctx: LowerContext):
+    """``clip(round_half_even(x / scale) + zero_point, qmin, qmax)``, the division in float32."""
+    from tvm import relax
+
+    x = ctx.expr(0)
+    if not ctx.dtype(x).startswith("float"):
+        raise ctx.error(f"input '{ctx.node.inputs[0].name}' must be a float tensor, got {ctx.dtype(x)}")
+    scale = ctx.attr("scale")
+    if scale is None:
+        raise ctx.error("missing attribute 'scale'")
+    zp, qmin, qmax = _int(ctx, "zero_point"), _int(ctx, "qmin"), _int(ctx, "qmax")
+    x = ctx.astype(x, "float32")
+    q = ctx.emit(relax.op.round(relax.op.divide(x, ctx.const(np.float32(scale), "float32"))))
+    # integers below 2**24 are exact in float32; beyond, the value saturates at qmin / qmax anyway
+    wide = max(abs(qmin), abs(qmax), abs(zp)) >= 2**24
+    if wide:
+        q = ctx.astype(q, "float64")
+    if zp:
+        q = ctx.emit(relax.op.add(q, ctx.const(zp, ctx.dtype(q))))
+    q = ctx.emit(relax.op.clip(q, float(qmin), float(qmax)))
+    return [ctx.astype(q, ctx.storage(min(qmin, zp), max(qmax, zp)))]
+
+
+def dequantize(ctx: LowerContext):
+    """``(q - zero_point) * scale`` in float32 (the subtraction exact: int32, int64 for 32-bit q)."""
+    from tvm import relax
+
+    q = _int_input(ctx, 0)
+    scale = ctx.attr("scale")
+    if scale is None:
+        raise ctx.error("missing attribute 'scale'")
+    wide = np.dtype(ctx.dtype(q)).itemsize >= 4
+    d = shifted(ctx, q, _int(ctx, "zero_point"), "int64" if wide else "int32")
+    if isinstance(d, np.ndarray):
+        return [d.astype(np.float32) * np.float32(scale)]
+    f = ctx.astype(d, "float32")
+    return [ctx.emit(relax.op.multiply(f, ctx.const(np.float32(scale), "float32")))]
+
+
+# -- dot products --------------------------------------------------------------------------------
+def _add_bias(ctx: LowerContext, acc, channels: int, axis: int):
+    from tvm import relax
+
+    acc = ctx.astype(acc, "int64")
+    if not ctx.has_input(2):
+        return acc
+    b = ctx.const_input(2, "bias").astype(np.int64).reshape(-1)
+    if b.size not in (1, channels):
+        raise ctx.error(f"bias '{ctx.node.inputs[2].name}' has {b.size} values, expected {channels}")
+    return ctx.emit(relax.op.add(acc, ctx.const(_along(b, axis, len(ctx.shape(acc))), "int64")))
+
+
+def _conv_op(ndim: int):
+    from tvm import relax
+
+    ops = {1: relax.op.nn.conv1d, 2: relax.op.nn.conv2d, 3: relax.op.nn.conv3d}
+    return ops.get(ndim)
+
+
+def pad_spatial(ctx: LowerContext, x, begin, end, value=0.0):
+    """``x`` padded on its spatial dims (after N, C) with ``value``."""
+    from tvm import relax
+
+    if not any(begin) and not any(end):
+        return x
+    widths = [0, 0, 0, 0] + [p for b, e in zip(begin, end) for p in (int(b), int(e))]
+    return ctx.emit(relax.op.nn.pad(x, widths, pad_value=value))
+
+
+def qconv(ctx: LowerContext):
+    """``QConv(x, w, [bias])``: padded, strided, dilated, grouped; per-channel requantization."""
+    from tvm import relax
+
+    x, w = _int_input(ctx, 0), _int_input(ctx, 1)
+    xs, ws = ctx.shape(x), ctx.shape(w)
+    nd = len(xs) - 2
+    conv = _conv_op(nd)
+    if conv is None or len(ws) != len(xs):
+        raise ctx.error(f"x {list(xs)} and w {list(ws)} must be [N, C, spatial...] / [M, C/group, k...] "
+                        "with 1 to 3 spatial dims")
+    m = ws[0]
+    kernel = tuple(int(k) for k in _ints(ctx, "kernel_shape", list(ws[2:])))
+    if kernel != tuple(ws[2:]):
+        raise ctx.error(f"kernel_shape {list(kernel)} differs from w's {list(ws[2:])}")
+    group = int(ctx.attr("group", 1))
+    if group < 1 or xs[1] != ws[1] * group or m % group:
+        raise ctx.error(f"x has {xs[1]} channels, w is {list(ws)}, group={group}")
+    x_zp = _int(ctx, "x_zero_point")
+    w_zp = _along(_per_channel(ctx, "w_zero_point", m), 0, len(ws))
+    dt = "int16" if (_operand_dtype(ctx, x, x_zp) == "int16" and _operand_dtype(ctx, w, w_zp) == "int16") else "int32"
+    xd = shifted(ctx, x, x_zp, dt)
+    wd = shifted(ctx, w, w_zp, dt)
+    wd = ctx.const(wd, dt) if isinstance(wd, np.ndarray) else wd
+    win = ctx.windows(xs[2:], kernel)
+    xd = pad_spatial(ctx, ctx.const(xd, dt) if isinstance(xd, np.ndarray) else xd, win.pads_begin,
+                     [e + extra for e, extra in zip(win.pads_end, win.extra_end)])
+    layout = {1: ("NCW", "OIW"), 2: ("NCHW", "OIHW"), 3: ("NCDHW", "OIDHW")}[nd]
+    acc = ctx.emit(conv(xd, wd, strides=win.strides, padding=0, dilation=win.dilations, groups=group,
+                        data_layout=layout[0], kernel_layout=layout[1], out_dtype="int32"))
+    acc = _add_bias(ctx, acc, m, 1)
+    mult, shift, zp, qmin, qmax = _requant_attrs(ctx, m)
+    return [requantize(ctx, acc, mult, shift, zp, qmin, qmax, axis=1)]
+
+
+def qmatmul(ctx: LowerContext):
+    """``QMatMul(a, b, [bias])``: numpy matmul of shifted operands, per-column requantization."""
+    from tvm import relax
+
+    a, b = _int_input(ctx, 0), _int_input(ctx, 1)
+    ash, bsh = ctx.shape(a), ctx.shape(b)
+    if not ash or not bsh:
+        raise ctx.error("QMatMul operands must have rank >= 1")
+    cols = bsh[-1] if len(bsh) >= 2 else 1
+    a_zp = _int(ctx, "a_zero_point")
+    b_zp = _per_channel(ctx, "b_zero_point", cols)
+    b_zp = b_zp if len(bsh) >= 2 else b_zp.reshape(())
+    dt = "int16" if (_operand_dtype(ctx, a, a_zp) == "int16" and _operand_dtype(ctx, b, b_zp) == "int16") else "int32"
+    ad, bd = shifted(ctx, a, a_zp, dt), shifted(ctx, b, b_zp, dt)
+    ad = ctx.const(ad, dt) if isinstance(ad, np.ndarray) else ad
+    bd = ctx.const(bd, dt) if isinstance(bd, np.ndarray) else bd
+    acc = ctx.emit(relax.op.matmul(ad, bd, out_dtype="int32"))
+    out_ndim = len(ctx.shape(acc))
+    acc = _add_bias(ctx, acc, cols, out_ndim - 1 if len(bsh) >= 2 else None)
+    mult, shift, zp, qmin, qmax = _requant_attrs(ctx, cols)
+    per_col = mult.size > 1 or shift.size > 1
+    return [requantize(ctx, acc, mult, shift, zp, qmin, qmax, axis=out_ndim - 1 if per_col else None)]
+
+
+# -- elementwise ---------------------------------------------------------------------------------
+def qadd(ctx: LowerContext):
+    """``QAdd(a, b)``: ``(a_m * (a - a_zp) + b_m * (b - b_zp) + 2**(s-1)) >> s`` (one rounding)."""
+    from tvm import relax
+
+    ad = shifted(ctx, _int_input(ctx, 0), _int(ctx, "a_zero_point"), "int64")
+    bd = shifted(ctx, _int_input(ctx, 1), _int(ctx, "b_zero_point"), "int64")
+    am, bm = _int(ctx, "a_multiplier"), _int(ctx, "b_multiplier")
+    ad = ctx.const(ad, "int64") if isinstance(ad, np.ndarray) else ad
+    bd = ctx.const(bd, "int64") if isinstance(bd, np.ndarray) else bd
+    acc = ctx.emit(relax.op.add(relax.op.multiply(ad, ctx.const(am, "int64")),
+                                relax.op.multiply(bd, ctx.const(bm, "int64"))))
+    return [requantize(ctx, acc, np.ones(1, np.int64), _ints(ctx, "shift"), _int(ctx, "y_zero_point"),
+                       _int(ctx, "y_qmin"), _int(ctx, "y_qmax"))]
+
+
+def qmul(ctx: LowerContext):
+    """``QMul(a, b)``: ``rq((a - a_zp) * (b - b_zp))``."""
+    from tvm import relax
+
+    ad = shifted(ctx, _int_input(ctx, 0), _int(ctx, "a_zero_point"), "int64")
+    bd = shifted(ctx, _int_input(ctx, 1), _int(ctx, "b_zero_point"), "int64")
+    ad = ctx.const(ad, "int64") if isinstance(ad, np.ndarray) else ad
+    bd = ctx.const(bd, "int64") if isinstance(bd, np.ndarray) else bd
+    acc = ctx.emit(relax.op.multiply(ad, bd))
+    mult, shift, zp, qmin, qmax = _requant_attrs(ctx, None)
+    return [requantize(ctx, acc, mult, shift, zp, qmin, qmax)]
+
+
+def requantize_op(ctx: LowerContext):
+    """``Requantize(x)``: ``rq(x - x_zp)``."""
+    xd = shifted(ctx, _int_input(ctx, 0), _int(ctx, "x_zero_point"), "int64")
+    xd = ctx.const(xd, "int64") if isinstance(xd, np.ndarray) else xd
+    mult, shift, zp, qmin, qmax = _requant_attrs(ctx, None)
+    return [requantize(ctx, xd, mult, shift, zp, qmin, qmax)]
+
+
+def lookup(ctx: LowerContext):
+    """``Lookup(x)``: ``take(table, x - x_qmin)``."""
+    from tvm import relax
+
+    table = _ints(ctx, "table")
+    lo, hi = (int(table.min()), int(table.max())) if table.size else (0, 0)
+    storage = ctx.storage(lo, hi)
+    idx = shifted(ctx, _int_input(ctx, 0), _int(ctx, "x_qmin"), "int32")
+    idx = ctx.const(idx, "int32") if isinstance(idx, np.ndarray) else idx
+    return [ctx.emit(relax.op.take(ctx.const(table.astype(storage), storage), idx, axis=0, mode="clip"))]
+
+
+# -- pools ---------------------------------------------------------------------------------------
+def qaverage_pool(ctx: LowerContext):
+    """``QAveragePool(x)``: window sums (a depthwise conv with ones) requantized by the
+    multiplier of each output position's divisor (static: precomputed here)."""
+    x = _int_input(ctx, 0)
+    xs = ctx.shape(x)
+    nd = len(xs) - 2
+    kernel = tuple(int(k) for k in _ints(ctx, "kernel_shape"))
+    if nd < 1 or len(kernel) != nd or _conv_op(nd) is None:
+        raise ctx.error(f"kernel_shape {list(kernel)} does not fit input {list(xs)} (1 to 3 spatial dims)")
+    ceil_mode = bool(ctx.attr("ceil_mode", 0))
+    include_pad = bool(ctx.attr("count_include_pad", 0))
+    win = ctx.windows(xs[2:], kernel, ceil_mode=ceil_mode)
+    taps = math.prod(kernel)
+    mult, shift = _ints(ctx, "multiplier"), _ints(ctx, "shift")
+    if mult.size != taps + 1 or shift.size != taps + 1:
+        raise ctx.error(f"'multiplier' and 'shift' need prod(kernel_shape) + 1 = {taps + 1} entries, got "
+                        f"{mult.size} and {shift.size}")
+    # the divisor of every output position, counted as the reference does
+    padded = [b + s + e + extra for b, s, e, extra in zip(win.pads_begin, xs[2:], win.pads_end, win.extra_end)]
+    counted = np.zeros(padded, np.int64)
+    counted[tuple(slice(0, b + s + e) if include_pad else slice(b, b + s)
+                  for b, s, e in zip(win.pads_begin, xs[2:], win.pads_end))] = 1
+    n = np.zeros(win.out, np.int64)
+    for sl in win.taps():
+        n += counted[sl]
+    acc = window_sum(ctx, shifted(ctx, x, _int(ctx, "x_zero_point"), "int32"), xs[1], win)
+    shape = (1, 1) + win.out
+    return [requantize(ctx, acc, mult[n].reshape(shape), shift[n].reshape(shape), _int(ctx, "y_zero_point"),
+                       _int(ctx, "y_qmin"), _int(ctx, "y_qmax"))]
+
+
+def window_sum(ctx: LowerContext, x, channels: int, win):
+    """Per-channel window sums of int32 ``x`` (padded with 0) as a depthwise conv with ones."""
+    nd = len(win.kernel)
+    x = pad_spatial(ctx, x, win.pads_begin, [e + extra for e, extra in zip(win.pads_end, win.extra_end)])
+    ones = ctx.const(np.ones((channels, 1) + win.kernel, np.int32), "int32")
+    layout = {1: ("NCW", "OIW"), 2: ("NCHW", "OIHW"), 3: ("NCDHW", "OIDHW")}[nd]
+    return ctx.emit(_conv_op(nd)(x, ones, strides=win.strides, padding=0, dilation=win.dilations,
+                                 groups=channels, data_layout=layout[0], kernel_layout=layout[1],
+                                 out_dtype="int32"))
+
+
+def qglobal_average_pool(ctx: LowerContext):
+    """``QGlobalAveragePool(x)``: the spatial sum of ``x - x_zp`` (int64), requantized."""
+    from tvm import relax
+
+    x = _int_input(ctx, 0)
+    nd = len(ctx.shape(x))
+    if nd < 3:
+        raise ctx.error(f"input '{ctx.node.inputs[0].name}' {list(ctx.shape(x))} must be [N, C, spatial...]")
+    xd = shifted(ctx, x, _int(ctx, "x_zero_point"), "int64")
+    acc = ctx.emit(relax.op.sum(xd, axis=list(range(2, nd)), keepdims=True))
+    mult, shift, zp, qmin, qmax = _requant_attrs(ctx, None)
+    return [requantize(ctx, acc, mult, shift, zp, qmin, qmax)]

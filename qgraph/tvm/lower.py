@@ -1,0 +1,260 @@
+"""L3 model -> Relax IRModule.
+
+``lower(model)`` writes one Relax function ``main`` whose parameters are the graph inputs
+(static shapes) and whose result is the tuple of graph outputs, in graph order. Each node
+goes through the lowering registered for its op in ``LOWERINGS``; a node whose inputs are
+all known at lowering time (initializers, static shapes, folded arithmetic) is evaluated
+here instead, with the reference interpreter's own kernels, so constant folding cannot
+disagree with the reference.
+
+Each L3 integer op is one lowering function emitting standard Relax ops; the default
+pipeline legalizes them into TIR kernels (``relax.transform.LegalizeOps``), which a later
+pass may replace by scheduled kernels op by op.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from qgraph.ir import l3, ops
+from qgraph.ir.core import Model, Node
+from qgraph.ir.dtypes import DType, to_numpy
+from qgraph.ir.ops import QGRAPH_DOMAIN, OpId, op
+from qgraph.tvm import floating, integer, movement
+from qgraph.tvm.context import LowerContext, Lowering, LoweringError
+
+#: The lowering of each op (standard ops in the default domain).
+LOWERINGS: Mapping[OpId, Lowering] = MappingProxyType({
+    # L3 integer ops
+    l3.Quantize: integer.quantize,
+    l3.Dequantize: integer.dequantize,
+    l3.QConv: integer.qconv,
+    l3.QMatMul: integer.qmatmul,
+    l3.QAdd: integer.qadd,
+    l3.QMul: integer.qmul,
+    l3.QAveragePool: integer.qaverage_pool,
+    l3.QGlobalAveragePool: integer.qglobal_average_pool,
+    l3.Requantize: integer.requantize_op,
+    l3.Lookup: integer.lookup,
+    # data movement and shapes
+    ops.Identity: movement.identity,
+    ops.Dropout: movement.identity,
+    ops.Reshape: movement.reshape,
+    ops.Flatten: movement.flatten,
+    ops.Squeeze: movement.squeeze,
+    ops.Unsqueeze: movement.unsqueeze,
+    ops.Transpose: movement.transpose,
+    ops.Concat: movement.concat,
+    ops.Slice: movement.slice_,
+    ops.Split: movement.split,
+    ops.Gather: movement.gather,
+    ops.Shape: movement.shape,
+    ops.Size: movement.size,
+    ops.Expand: movement.expand,
+    ops.Tile: movement.tile,
+    ops.Pad: movement.pad,
+    ops.MaxPool: movement.max_pool,
+    # float fallback
+    ops.Add: floating.add,
+    ops.Sub: floating.sub,
+    ops.Mul: floating.mul,
+    ops.Div: floating.div,
+    ops.Equal: floating.equal,
+    op("Less"): floating.less,
+    op("Greater"): floating.greater,
+    ops.Sum: floating.sum_,
+    ops.Max: floating.max_,
+    ops.Min: floating.min_,
+    ops.Relu: floating.relu,
+    ops.Tanh: floating.tanh,
+    ops.Exp: floating.exp,
+    ops.Erf: floating.erf,
+    ops.Sqrt: floating.sqrt,
+    ops.Neg: floating.neg,
+    ops.Abs: floating.abs_,
+    op("Log"): floating.log,
+    op("Floor"): floating.floor,
+    op("Ceil"): floating.ceil,
+    ops.Reciprocal: floating.reciprocal,
+    ops.Sigmoid: floating.sigmoid,
+    ops.HardSigmoid: floating.hard_sigmoid,
+    ops.HardSwish: floating.hard_swish,
+    op("HardSwish", QGRAPH_DOMAIN): floating.hard_swish,
+    ops.LeakyRelu: floating.leaky_relu,
+    ops.Clip: floating.clip,
+    ops.Cast: floating.cast,
+    ops.Pow: floating.pow_,
+    ops.Where: floating.where,
+    ops.Softmax: floating.softmax,
+    op("LogSoftmax"): floating.log_softmax,
+    ops.ReduceMean: floating.reduce_mean,
+    op("ReduceSum"): floating.reduce_sum,
+    op("ReduceMax"): floating.reduce_max,
+    op("ReduceMin"): floating.reduce_min,
+    ops.GlobalAveragePool: floating.global_average_pool,
+    ops.AveragePool: floating.average_pool,
+    ops.Conv: floating.conv,
+    ops.ConvTranspose: floating.conv_transpose,
+    ops.MatMul: floating.matmul,
+    ops.Gemm: floating.gemm,
+    ops.BatchNormalization: floating.batch_norm,
+    ops.LayerNormalization: floating.layer_norm,
+    ops.QGraphLayerNormalization: floating.layer_norm,
+    ops.Gelu: floating.gelu,
+    ops.QGraphGelu: floating.gelu,
+    ops.Resize: floating.resize,
+})
+
+
+def static_input_shapes(model: Model, shapes: Mapping[str, Sequence[int]] | None = None,
+                 batch_size: int | None = None) -> dict[str, tuple[int, ...]]:
+    """The static shape of every graph input: ``shapes[name]`` where given, else the declared
+    shape with a symbolic leading dim set to ``batch_size``.
+
+    Raises:
+        LoweringError: an input has an unknown rank or a symbolic dim left unresolved.
+    """
+    shapes = dict(shapes or {})
+    consts = model.graph.initializers
+    names = {v.name for v in model.graph.inputs}
+    unknown = [n for n in shapes if n not in names]
+    if unknown:
+        raise LoweringError(f"input_shapes names '{unknown[0]}', which is not a graph input; the inputs are "
+                            f"{', '.join(repr(n) for n in names)}")
+    out: dict[str, tuple[int, ...]] = {}
+    for v in model.graph.inputs:
+        if v.name in consts and v.name not in shapes:
+            continue
+        if v.name in shapes:
+            out[v.name] = tuple(int(d) for d in shapes[v.name])
+            continue
+        if v.shape is None:
+            raise LoweringError(f"graph input '{v.name}' has an unknown shape; pass input_shapes={{'{v.name}': "
+                                "[...]}")
+        dims = [d if isinstance(d, int) and d >= 0 else None for d in v.shape]
+        if dims and dims[0] is None and batch_size is not None:
+            dims[0] = int(batch_size)
+        if any(d is None for d in dims):
+            raise LoweringError(f"graph input '{v.name}' has shape {v.type}; TVM kernels need static shapes: pass "
+                                f"batch_size=... or input_shapes={{'{v.name}': [...]}}")
+        out[v.name] = tuple(dims)
+    return out
+
+
+def input_dtype(model: Model, name: str) -> str:
+    """The numpy dtype name of graph input ``name`` (4-bit types in 8-bit storage)."""
+    v = next(v for v in model.graph.inputs if v.name == name)
+    dt = v.dtype
+    if dt is None or dt == DType.UNDEFINED:
+        raise LoweringError(f"graph input '{name}' has no element type")
+    storage = {DType.INT4: np.dtype(np.int8), DType.UINT4: np.dtype(np.uint8)}.get(dt)
+    return (storage or np.dtype(to_numpy(dt))).name
+
+
+def output_names(model: Model, outputs: Sequence[str] | None = None) -> list[str]:
+    """``outputs`` (a name or names), or the graph outputs' names."""
+    if outputs is None:
+        return [v.name for v in model.graph.outputs]
+    return [outputs] if isinstance(outputs, str) else list(outputs)
+
+
+class _Folder:
+    """Evaluates nodes on constant inputs with the reference interpreter's kernels."""
+
+    def __init__(self, opsets: Mapping[str, int]):
+        self.opsets = dict(opsets)
+
+    def __call__(self, node: Node, args: list) -> list:
+        from qgraph.onnx.evaluate import evaluate
+        from qgraph.reference import KERNELS
+        from qgraph.reference.common import NotNative
+
+        kernel = KERNELS.get(node.op)
+        if kernel is not None:
+            try:
+                return list(kernel(node, args, {}))
+            except NotNative:
+                pass
+        return list(evaluate(node, args, self.opsets))
+
+
+def lower(model: Model, input_shapes: Mapping[str, Sequence[int]] | None = None, *,
+          batch_size: int | None = None, outputs: Sequence[str] | None = None):
+    """The Relax ``IRModule`` of an L3 model.
+
+    Args:
+        model: an L3 (or float) model, nodes in topological order.
+        input_shapes: static shapes for inputs whose declared shape has symbolic dims.
+        batch_size: the leading dim of inputs whose declared leading dim is symbolic.
+        outputs: the values ``main`` returns, by name (default: the graph outputs); any value
+            of the graph may be asked for (per-layer comparisons).
+
+    Returns:
+        ``tvm.IRModule`` with ``main(inputs...) -> (outputs...)``.
+
+    Raises:
+        LoweringError: an op has no lowering, a shape is not static, or a node's attributes
+            or inputs are malformed (the error names the node and its op).
+    """
+    from tvm import relax
+
+    shapes = static_input_shapes(model, input_shapes, batch_size)
+    opsets = {("" if d == "ai.onnx" else d): v for d, v in model.opset_imports.items()}
+    graph = model.graph
+    bb = relax.BlockBuilder()
+    params = [relax.Var(name, relax.TensorType(shape, input_dtype(model, name))) for name, shape in shapes.items()]
+    ctx = LowerContext(bb, opsets)
+    fold = _Folder(opsets)
+    with bb.function("main", params):
+        with bb.dataflow():
+            for name, tensor in graph.initializers.items():
+                if name not in shapes:
+                    ctx.env[name] = tensor.const_value.numpy()
+            for name, p in zip(shapes, params):
+                ctx.env[name] = p
+            for node in graph:
+                _lower_node(ctx, fold, node)
+            outs = []
+            for name in output_names(model, outputs):
+                x = ctx.env.get(name)
+                if x is None:
+                    raise LoweringError(f"output '{name}' is not a value of the graph")
+                outs.append(ctx.const(x) if isinstance(x, np.ndarray) else x)
+            result = bb.emit_output(relax.Tuple(outs))
+        bb.emit_func_output(result)
+    return bb.get()
+
+
+def _lower_node(ctx: LowerContext, fold: _Folder, node: Node) -> None:
+    ctx.node = node
+    if any(True for _ in node.subgraphs()):
+        raise ctx.error("nodes with subgraphs (If / Loop / Scan) are not supported")
+    present = [v for v in node.inputs if v is not None]
+    for v in present:
+        if v.name not in ctx.env:
+            raise ctx.error(f"input '{v.name}' is defined by no input, initializer or earlier node")
+    if all(isinstance(ctx.env[v.name], np.ndarray) for v in present):
+        try:
+            results = fold(node, [None if v is None else ctx.env[v.name] for v in node.inputs])
+        except Exception as e:
+            raise ctx.error(f"constant folding failed: {type(e).__name__}: {e}") from e
+        results = [np.asarray(r) if r is not None else None for r in results]
+    else:
+        fn = LOWERINGS.get(node.op)
+        if fn is None:
+            raise ctx.error(f"no TVM lowering for op {node.op}")
+        try:
+            results = list(fn(ctx))
+        except LoweringError:
+            raise
+        except Exception as e:
+            raise ctx.error(f"lowering failed: {type(e).__name__}: {e}") from e
+    outs = node.outputs
+    if len(results) < sum(1 for o in outs if o is not None):
+        raise ctx.error(f"the lowering produced {len(results)} outputs, the node has {len(outs)}")
+    for o, r in zip(outs, results):
+        if o is not None:
+            ctx.env[o.name] = r

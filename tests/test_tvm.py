@@ -1,0 +1,397 @@
+"""qgraph.tvm: L3 models compiled by TVM for the CPU equal the reference interpreter bit for bit.
+
+Golden models: every value of the graph is returned by the compiled program and compared
+with the reference (``Interpreter.run(keep=...)``). Integer values must be identical. Float
+values computed by float fallback ops (Softmax, float Conv...) may differ from numpy in the
+last bits (sums in another order, another ``exp``): they are compared with a relative
+tolerance, and an integer value downstream of such a float op (a ``Quantize`` of it) may
+be 1 LSB off; every other integer value must be exact.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import tarfile
+
+import numpy as np
+import pytest
+
+from qgraph.ir import DType, Graph, Model, Node, TensorType, Value, l3, ops
+from qgraph.ir.dtypes import from_numpy
+from qgraph.reference import Interpreter
+
+tvm = pytest.importorskip("tvm")
+qtvm = pytest.importorskip("qgraph.tvm")
+from qgraph import targets  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GOLDEN = sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(REPO, "golden", "models", "*.onnx"))
+                if not p.endswith("example_cnn.onnx"))
+
+
+def _data_stem(stem: str) -> str:
+    return stem.replace("_cnn", "")
+
+
+@pytest.fixture(scope="module")
+def quantized():
+    from qgraph.api import quantize
+
+    cache = {}
+
+    def get(stem):
+        if stem not in cache:
+            base = _data_stem(stem)
+            cache[stem] = quantize(os.path.join(REPO, "golden", "models", f"{stem}.onnx"),
+                                   os.path.join(REPO, "golden", "data", f"{base}_calib.npz"), report=False)
+        return cache[stem]
+
+    return get
+
+
+def _test_feeds(model, stem):
+    data = np.load(os.path.join(REPO, "golden", "data", f"{_data_stem(stem)}_test.npz"))
+    return {v.name: data[v.name] for v in model.graph.inputs}
+
+
+def _after_float_op(model) -> set[str]:
+    """Values computed from the result of a float fallback op (not Dequantize: it is exact)."""
+    tainted: set[str] = set()
+    for node in model.graph:
+        float_op = node.op not in l3.INTEGER_OPS and any(
+            o is not None and o.dtype in (DType.FLOAT, DType.FLOAT16, DType.DOUBLE) for o in node.outputs)
+        if float_op or any(v is not None and v.name in tainted for v in node.inputs):
+            tainted.update(o.name for o in node.outputs if o is not None)
+    return tainted
+
+
+def _compare(model, got, ref, names):
+    """Exact for integer values with no float op upstream; else <= 1 LSB / float tolerance."""
+    tainted = _after_float_op(model)
+    problems = []
+    for n in names:
+        r, g = ref[n], got[n]
+        assert g.dtype == r.dtype and g.shape == r.shape, (n, g.dtype, r.dtype, g.shape, r.shape)
+        if np.array_equal(r, g):
+            continue
+        if n not in tainted:
+            diff = np.abs(r.astype(np.float64) - g.astype(np.float64))
+            problems.append(f"{n}: {int((r != g).sum())} of {r.size} differ (max {diff.max()})")
+        elif r.dtype.kind in "iu":
+            lsb = np.abs(r.astype(np.int64) - g.astype(np.int64)).max()
+            if lsb > 1:
+                problems.append(f"{n} (after a float op): {lsb} LSB")
+        elif not np.allclose(g, r, rtol=1e-3, atol=1e-3 * float(np.abs(r).max())):
+            # sums in another order and another exp: last-bit differences, amplified by
+            # Softmax over ~6600 classes in PP-OCR rec to ~1e-4
+            problems.append(f"{n} (float): max diff {np.abs(r - g).max()}")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("stem", GOLDEN)
+def test_golden_model_bit_exact(quantized, stem):
+    q = quantized(stem)
+    feeds = _test_feeds(q.integer, stem)
+    batch = next(iter(feeds.values())).shape[0]
+    names = [o.name for node in q.integer.graph for o in node.outputs if o is not None]
+    outs = [v.name for v in q.integer.graph.outputs]
+    compiled = qtvm.build(q.integer, batch_size=batch, outputs=outs + [n for n in names if n not in outs])
+    got = compiled.run(feeds)
+    ref = Interpreter(q.integer).run(feeds, outputs=list(got))
+    _compare(q.integer, got, ref, list(got))
+    # the graph outputs as the user sees them: q.run, bit for bit
+    final = q.run(feeds)
+    for n in outs:
+        assert np.array_equal(got[n], final[n]), n
+
+
+def test_digits_deployed_form_equals_reference(quantized):
+    """The deployed program (graph outputs only: other fusions) on all 500 test digits."""
+    q = quantized("digits_cnn")
+    feeds = _test_feeds(q.integer, "digits_cnn")
+    got = qtvm.build(q.integer, batch_size=len(feeds["input"])).run(feeds)
+    assert np.array_equal(got["logits"], q.run(feeds)["logits"])
+
+
+# -- single-op models: the forms the golden models do not reach ----------------------------------
+def _one_node(op, feeds, consts=(), attrs=None, out_dtype=DType.UINT8):
+    g = Graph("g")
+    ins = []
+    for k, a in feeds.items():
+        v = Value(k, TensorType(from_numpy(a.dtype), tuple(a.shape)))
+        g.inputs.append(v)
+        ins.append(v)
+    for k, a in dict(consts).items():
+        ins.append(None if a is None else g.add_initializer(k, a))
+    out = Value("y", TensorType(out_dtype, None))
+    g.append(Node(op, ins, [out], attrs or {}, name="n"))
+    g.outputs.append(out)
+    return Model(g, {"": 21, "qgraph": 1})
+
+
+def _same_as_reference(model, feeds):
+    got = qtvm.build(model).run(feeds)
+    ref = Interpreter(model).run(feeds)
+    for k in ref:
+        assert got[k].dtype == ref[k].dtype, (k, got[k].dtype, ref[k].dtype)
+        assert np.array_equal(got[k], ref[k]), (k, got[k], ref[k])
+
+
+RNG = np.random.default_rng(7)
+
+
+def test_qconv_grouped_dilated_int8_with_weight_zero_points():
+    x = RNG.integers(-128, 128, (2, 6, 9, 7), dtype=np.int8)
+    w = RNG.integers(-127, 128, (4, 3, 3, 2), dtype=np.int8)
+    bias = RNG.integers(-5000, 5000, 4).astype(np.int32)
+    attrs = {"strides": [2, 1], "pads": [1, 0, 2, 1], "dilations": [2, 1], "group": 2, "kernel_shape": [3, 2],
+             "x_zero_point": -3, "w_zero_point": [0, 1, -2, 3], "multiplier": [1 << 30, 3 << 28, 5 << 27, 1],
+             "shift": [40, 41, 39, 0], "y_zero_point": -5, "y_qmin": -128, "y_qmax": 127}
+    model = _one_node(l3.QConv, {"x": x}, {"w": w, "b": bias}, attrs, DType.INT8)
+    _same_as_reference(model, {"x": x})
+
+
+def test_qconv_depthwise_uint8():
+    x = RNG.integers(0, 256, (1, 5, 8, 8), dtype=np.uint8)
+    w = RNG.integers(-127, 128, (5, 1, 3, 3), dtype=np.int8)
+    attrs = {"pads": [1, 1, 1, 1], "group": 5, "kernel_shape": [3, 3], "x_zero_point": 131, "w_zero_point": [0],
+             "multiplier": [1518500250], "shift": [38], "y_zero_point": 128, "y_qmin": 128, "y_qmax": 255}
+    _same_as_reference(_one_node(l3.QConv, {"x": x}, {"w": w}, attrs), {"x": x})
+
+
+@pytest.mark.parametrize("ceil_mode,include_pad", [(0, 0), (1, 0), (1, 1), (0, 1)])
+def test_qaverage_pool_divisors(ceil_mode, include_pad):
+    x = RNG.integers(0, 256, (2, 3, 10, 9), dtype=np.uint8)
+    taps = 9
+    mult = [0] + [int(round((1 << 34) / n)) for n in range(1, taps + 1)]
+    attrs = {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 0], "ceil_mode": ceil_mode,
+             "count_include_pad": include_pad, "x_zero_point": 100, "multiplier": mult, "shift": [34] * (taps + 1),
+             "y_zero_point": 100, "y_qmin": 0, "y_qmax": 255}
+    _same_as_reference(_one_node(l3.QAveragePool, {"x": x}, (), attrs), {"x": x})
+
+
+def test_qmatmul_batched_activations_and_per_column_constant():
+    a = RNG.integers(0, 256, (3, 4, 16), dtype=np.uint8)
+    b = RNG.integers(0, 256, (3, 16, 5), dtype=np.uint8)
+    attrs = {"a_zero_point": 120, "b_zero_point": [7], "multiplier": [1234567890], "shift": [42],
+             "y_zero_point": 3, "y_qmin": 0, "y_qmax": 255}
+    _same_as_reference(_one_node(l3.QMatMul, {"a": a, "b": b}, (), attrs), {"a": a, "b": b})
+    w = RNG.integers(-127, 128, (16, 6), dtype=np.int8)
+    attrs = {"a_zero_point": 120, "b_zero_point": [0] * 6, "multiplier": [1 << 30, 1 << 29, 3, 5, 7, (1 << 31) - 1],
+             "shift": [36, 35, 0, 1, 2, 40], "y_zero_point": 0, "y_qmin": -128, "y_qmax": 127}
+    bias = RNG.integers(-1000, 1000, 6).astype(np.int32)
+    _same_as_reference(_one_node(l3.QMatMul, {"a": a}, {"w": w, "b": bias}, attrs, DType.INT8), {"a": a})
+
+
+def test_qadd_qmul_requantize_lookup_broadcasting():
+    a = RNG.integers(0, 256, (2, 4, 5), dtype=np.uint8)
+    b = RNG.integers(-128, 128, (4, 1), dtype=np.int8)
+    _same_as_reference(_one_node(l3.QAdd, {"a": a, "b": b}, (), {
+        "a_zero_point": 128, "b_zero_point": -1, "a_multiplier": [1 << 30], "b_multiplier": [-(3 << 28)],
+        "shift": [31], "y_zero_point": 128, "y_qmin": 0, "y_qmax": 255}), {"a": a, "b": b})
+    _same_as_reference(_one_node(l3.QMul, {"a": a, "b": b}, (), {
+        "a_zero_point": 128, "b_zero_point": 2, "multiplier": [1518500250], "shift": [38],
+        "y_zero_point": 0, "y_qmin": -128, "y_qmax": 127}, DType.INT8), {"a": a, "b": b})
+    _same_as_reference(_one_node(l3.Requantize, {"a": a}, (), {
+        "x_zero_point": 128, "multiplier": [3], "shift": [0], "y_zero_point": 0, "y_qmin": -32768,
+        "y_qmax": 32767}, DType.INT16), {"a": a})
+    table = [int(v) for v in RNG.integers(-128, 128, 256)]
+    _same_as_reference(_one_node(l3.Lookup, {"a": a}, (), {"table": table, "x_qmin": 0}, DType.INT8), {"a": a})
+
+
+def test_quantize_ties_and_saturation():
+    x = np.concatenate([np.arange(-300, 300, dtype=np.float32) * np.float32(0.5) * np.float32(0.02),
+                        np.array([1e30, -1e30, 3.4e38, 0.0], np.float32)]).reshape(1, -1)
+    attrs = {"scale": 0.02, "zero_point": 3, "qmin": -128, "qmax": 127}
+    _same_as_reference(_one_node(l3.Quantize, {"x": x}, (), attrs, DType.INT8), {"x": x})
+
+
+def test_integer_max_pool_ceil_mode():
+    x = RNG.integers(-128, 128, (1, 2, 7, 7), dtype=np.int8)
+    attrs = {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 0, 0], "ceil_mode": 1}
+    _same_as_reference(_one_node(ops.MaxPool, {"x": x}, (), attrs, DType.INT8), {"x": x})
+
+
+def _onnx_model(nodes, inputs, outputs, inits=(), opset=21):
+    from onnx import helper, numpy_helper
+
+    from qgraph.onnx import from_proto
+
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info(n, dt, shape) for n, dt, shape in inputs],
+        [helper.make_tensor_value_info(n, 0, None) for n in outputs],
+        [numpy_helper.from_array(np.asarray(a), name) for name, a in inits])
+    return from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]))
+
+
+def test_data_movement_ops_on_integers_exact():
+    from onnx import TensorProto, helper
+
+    x = RNG.integers(-128, 128, (2, 6, 5), dtype=np.int8)
+    n = helper.make_node
+    nodes = [
+        n("Unsqueeze", ["x", "ax0"], ["u"]),                                  # [1, 2, 6, 5]
+        n("Slice", ["u", "st", "en", "axs", "sp"], ["s"]),                   # reversed, strided
+        n("Split", ["s", "parts"], ["p0", "p1"], axis=2),
+        n("Concat", ["p1", "p0"], ["c"], axis=2),
+        n("Gather", ["c", "idx"], ["g"], axis=3),
+        n("Squeeze", ["g", "ax0"], ["q"]),
+        n("Transpose", ["q"], ["t"], perm=[2, 0, 1]),
+        n("Shape", ["t"], ["shp"]),
+        n("Reshape", ["t", "shape"], ["r"]),
+        n("Flatten", ["r"], ["f"], axis=2),
+        n("MaxPool", ["u"], ["mp"], kernel_shape=[2, 2], pads=[1, 0, 0, 1], strides=[2, 2]),
+        n("Identity", ["shp"], ["shape_out"]),
+    ]
+    inits = [("ax0", np.array([0], np.int64)), ("st", np.array([-1, 0], np.int64)),
+             ("en", np.array([-100, 6], np.int64)), ("axs", np.array([1, 2], np.int64)),
+             ("sp", np.array([-1, 2], np.int64)), ("parts", np.array([1, 2], np.int64)),
+             ("idx", np.array([4, -1, 0], np.int64)), ("shape", np.array([0, -1, 1], np.int64))]
+    model = _onnx_model(nodes, [("x", TensorProto.INT8, [2, 6, 5])], ["f", "mp", "shape_out"], inits)
+    _same_as_reference(model, {"x": x})
+
+
+def test_float_fallback_ops_close_to_reference():
+    from onnx import TensorProto, helper
+
+    x = RNG.standard_normal((2, 4, 6, 6)).astype(np.float32)
+    w = RNG.standard_normal((4, 4, 3, 3)).astype(np.float32) * 0.2
+    n = helper.make_node
+    nodes = [
+        n("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+        n("HardSwish", ["c"], ["hs"]), n("HardSigmoid", ["hs"], ["hsig"], alpha=0.3),
+        n("Sigmoid", ["c"], ["sg"]), n("Clip", ["c", "lo", "hi"], ["cl"]),
+        n("Sub", ["cl", "sg"], ["d"]), n("Div", ["d", "two"], ["dv"]), n("Pow", ["dv", "two"], ["pw"]),
+        n("Sqrt", ["pw"], ["sq"]), n("Add", ["sq", "hsig"], ["a"]), n("Mul", ["a", "hs"], ["m"]),
+        n("LayerNormalization", ["m", "gamma", "beta"], ["ln"], axis=-1),
+        n("Gelu", ["ln"], ["ge"]),
+        n("ReduceMean", ["ge", "axes"], ["rm"], keepdims=1),
+        n("Softmax", ["m"], ["sm"], axis=1),
+        n("GlobalAveragePool", ["m"], ["gap"]),
+        n("AveragePool", ["m"], ["ap"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+        n("Resize", ["ap", "", "scales"], ["rs"], mode="nearest"),
+        n("Flatten", ["gap"], ["fl"]), n("Gemm", ["fl", "gw", "gb"], ["gm"], transB=1, alpha=0.5),
+        n("MatMul", ["m", "mm"], ["mt"]), n("Cast", ["gm"], ["ci"], to=TensorProto.INT32),
+    ]
+    inits = [("w", w), ("b", np.float32([0.1, -0.2, 0.3, 0.0])), ("lo", np.float32(-1.0)), ("hi", np.float32(2.0)),
+             ("two", np.float32(2.0)), ("gamma", np.full(6, 1.5, np.float32)), ("beta", np.full(6, 0.1, np.float32)),
+             ("axes", np.array([2, 3], np.int64)), ("scales", np.float32([1, 1, 2, 2])),
+             ("gw", RNG.standard_normal((3, 4)).astype(np.float32)), ("gb", np.float32([1, 2, 3])),
+             ("mm", RNG.standard_normal((6, 2)).astype(np.float32))]
+    outs = ["rm", "sm", "rs", "gm", "mt", "ci"]
+    model = _onnx_model(nodes, [("x", TensorProto.FLOAT, [2, 4, 6, 6])], outs, inits)
+    got = qtvm.build(model).run({"x": x})
+    ref = Interpreter(model).run({"x": x})
+    for k in outs:
+        assert got[k].shape == ref[k].shape and got[k].dtype == ref[k].dtype, k
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+# -- API ----------------------------------------------------------------------------------------
+def test_lower_gives_a_relax_main_with_graph_inputs_and_outputs(quantized):
+    q = quantized("op_pool")
+    mod = qtvm.lower(q.integer, batch_size=2)
+    main = mod["main"]
+    assert [p.name for p in main.params] == ["x"]
+    assert len(main.ret_ty.fields) == 3  # avg, max, gap in graph order
+    assert [int(d) for d in main.ret_ty.fields[1].shape] == [2, 4, 2, 2]
+
+
+def test_symbolic_batch_needs_a_static_shape(quantized):
+    with pytest.raises(qtvm.LoweringError, match="static shapes.*batch_size"):
+        qtvm.lower(quantized("op_conv").integer)
+
+
+def test_unsupported_op_names_node_and_op():
+    x = np.zeros((1, 4), np.float32)
+    model = _one_node(ops.op("NoSuchOp", "example.domain"), {"x": x}, (), {}, DType.FLOAT)
+    with pytest.raises(qtvm.LoweringError, match=r"node 'n'.*no TVM lowering for op example\.domain::NoSuchOp"):
+        qtvm.lower(model)
+
+
+def test_run_checks_feeds(quantized):
+    c = qtvm.build(quantized("op_gemm").integer, batch_size=2)
+    with pytest.raises(qtvm.RunError, match=r"expects float32\[2, 16\]"):
+        c.run({"x": np.zeros((3, 16), np.float32)})
+    with pytest.raises(qtvm.RunError, match="missing feed"):
+        c.run({})
+
+
+def test_export_load_roundtrip(quantized, tmp_path):
+    q = quantized("digits_cnn")
+    feeds = {"input": _test_feeds(q.integer, "digits_cnn")["input"][:8]}
+    c = qtvm.build(q.integer, batch_size=8)
+    lib = c.export(str(tmp_path))
+    assert os.path.basename(lib) == "model.so"
+    loaded = qtvm.load(str(tmp_path))
+    assert loaded.inputs == c.inputs and loaded.outputs == c.outputs
+    assert np.array_equal(loaded.run(feeds)["logits"], q.run(feeds)["logits"])
+
+
+def test_aarch64_cross_compile(quantized, tmp_path):
+    c = qtvm.build(quantized("op_conv").integer, "aarch64", batch_size=1)
+    with pytest.raises(qtvm.RunError, match="cannot run on this machine"):
+        c.run({"x": np.zeros((1, 3, 16, 16), np.float32)})
+    lib = c.export(str(tmp_path))
+    if lib.endswith(".tar"):  # no cross linker here: the object files, for AArch64
+        with tarfile.open(lib) as tar:
+            member = next(m for m in tar.getmembers() if m.name.endswith(".o"))
+            header = tar.extractfile(member).read(20)
+    else:
+        with open(lib, "rb") as f:
+            header = f.read(20)
+    assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183  # EM_AARCH64
+
+
+# -- targets ------------------------------------------------------------------------------------
+def test_targets_from_cpu_flags():
+    assert targets.x86_mcpu(frozenset({"avx", "avx2", "fma"}))[0] == "core-avx2"
+    mcpu, feats = targets.x86_mcpu(frozenset({"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni"}))
+    assert mcpu == "cascadelake" and "avx512vnni" in feats
+    assert targets.cpu_flags("processor : 0\nflags : fpu sse4_2 avx2\n") == {"fpu", "sse4_2", "avx2"}
+    host = targets.get("cpu")
+    assert host.runnable and host.tvm_dict["kind"] == "llvm"
+    assert host.tvm_target().kind.name == "llvm"
+    assert not targets.get("aarch64").runnable or targets.get("aarch64").tvm_dict["mtriple"].startswith("aarch64")
+    with pytest.raises(targets.UnknownTargetError, match="known targets: cpu, aarch64"):
+        targets.get("tpu")
+
+
+# -- PP-OCRv4 (slow) ----------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["cls", "rec"])
+def test_ppocr_bit_exact(which, tmp_path):
+    ocr = pytest.importorskip("qgraph.testing.ocr")
+    from qgraph.api import quantize
+
+    width = 320 if which == "rec" else 192
+    calib = ocr.render_lines(ocr.sample_texts(8, seed=1), width=width)
+    np.savez(tmp_path / "calib.npz", x=calib)
+    path = ocr.rec_model_path() if which == "rec" else _cls_model(tmp_path)
+    q = quantize(path, str(tmp_path / "calib.npz"), report=False)
+    x = ocr.render_lines(ocr.sample_texts(2, seed=5), width=width)
+    outs = [v.name for v in q.integer.graph.outputs]
+    names = [o.name for node in q.integer.graph for o in node.outputs if o is not None]
+    got = qtvm.build(q.integer, input_shapes={"x": x.shape}, outputs=outs + [n for n in names if n not in outs]
+                     ).run({"x": x})
+    ref = Interpreter(q.integer).run({"x": x}, outputs=list(got))
+    _compare(q.integer, got, ref, list(got))
+
+
+def _cls_model(tmp_path) -> str:
+    """PP-OCRv4 cls with its fixed -1 batch dim made symbolic (calibration batches need it)."""
+    import onnx
+
+    from qgraph.testing import ocr
+
+    root = os.path.dirname(ocr.rec_model_path())
+    model = onnx.load(sorted(glob.glob(os.path.join(root, "*cls*.onnx")))[0])
+    for i in model.graph.input:
+        for d in i.type.tensor_type.shape.dim:
+            if d.HasField("dim_value") and d.dim_value < 0:
+                d.dim_param = "N"
+    path = str(tmp_path / "cls.onnx")
+    onnx.save(model, path)
+    return path
+
