@@ -97,6 +97,34 @@ def test_batching_does_not_change_minmax(model):
     assert {k: (v.lo, v.hi) for k, v in a.tensors.items()} == {k: (v.lo, v.hi) for k, v in b.tensors.items()}
 
 
+def test_a_literal_batch_dim_of_minus_one_is_symbolic(model):
+    # PP-OCR's cls model declares x: [-1, 3, ?, ?]; -1 is not a batch of -1 samples
+    from qgraph.calib.runner import batches
+    from qgraph.ir.types import TensorType
+
+    x0 = model.graph.inputs[0]
+    x0.type = TensorType(x0.dtype, (-1,) + tuple(x0.shape[1:]))
+    x = images(10)
+    sizes = [n for n, feeds in batches(({"input": x[i:i + 1]} for i in range(10)), model, 4)]
+    assert sizes == [4, 4, 2]
+    a = calibrate(model, {"input": x}, "minmax", batch_size=1)
+    b = calibrate(model, {"input": x}, "minmax", batch_size=4)
+    assert {k: (v.lo, v.hi) for k, v in a.tensors.items()} == {k: (v.lo, v.hi) for k, v in b.tensors.items()}
+
+
+def test_a_fixed_batch_dim_is_kept(model):
+    from qgraph.calib.runner import batches
+    from qgraph.errors import QGraphError
+    from qgraph.ir.types import TensorType
+
+    x0 = model.graph.inputs[0]
+    x0.type = TensorType(x0.dtype, (2,) + tuple(x0.shape[1:]))
+    samples = [{"input": images(1, seed=i)} for i in range(5)]
+    with pytest.raises(QGraphError, match="fixed at 2; 1 calibration sample"):
+        [n for n, _ in batches(iter(samples), model, 4)]
+    assert [n for n, _ in batches(iter(samples[:4]), model, 3)] == [2, 2]
+
+
 def test_calibrate_pass_records_ranges_and_invalidates_range_analysis(model):
     from qgraph.calib.intervals import RangeAnalysis
     from qgraph.passes import registry

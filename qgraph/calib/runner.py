@@ -52,10 +52,11 @@ def _session(model: Model, names: list[str]):
 
 def batches(samples: Iterator[dict[str, np.ndarray]], model: Model, batch_size: int) -> Iterator[tuple[int, dict]]:
     """Group single samples into batches the model accepts: ``batch_size`` along a symbolic
-    first axis, the fixed size otherwise. Yields (sample count, feeds)."""
+    first axis, the fixed size otherwise. A first dim <= 0 counts as symbolic: PP-OCR's cls
+    model declares a literal -1 for "any batch". Yields (sample count, feeds)."""
     fixed = None
     for v in model.graph.inputs:
-        if not v.is_initializer() and v.shape and isinstance(v.shape[0], int):
+        if not v.is_initializer() and v.shape and isinstance(v.shape[0], int) and v.shape[0] > 0:
             fixed = v.shape[0]
     size = fixed or max(1, batch_size)
     pending: list[dict[str, np.ndarray]] = []
