@@ -89,22 +89,6 @@ def test_exp_matches_numpy():
     np.testing.assert_allclose(digits._exp_nonpos(x), np.exp(x), rtol=1e-14, atol=0)
 
 
-def test_integer_outputs_hook_is_optional():
-    sys.path.insert(0, GOLDEN)
-    try:
-        import generate
-    finally:
-        sys.path.remove(GOLDEN)
-    try:
-        import qgraph.api as api  # noqa: F401
-        available = hasattr(api, "golden_integer_outputs")
-    except ImportError:
-        available = False
-    if available:
-        pytest.skip("the quantizer exists: its outputs are checked by test_generate_check")
-    assert generate.integer_outputs("m.onnx", "c.npz", {}) is None
-
-
 _TRAIN_1_EPOCH = """
 import hashlib, numpy as np
 from qgraph.testing import digits
