@@ -7,14 +7,14 @@ their concatenation, in the order below (the order ``qgraph passes`` groups them
 from __future__ import annotations
 
 from qgraph.passes import (
-    calibrate, canonicalize, cleanup, fuse_activation, fuse_linear, fuse_transformer, insert_qdq, lower_qdq,
-    ranges,
+    calibrate, canonicalize, cleanup, fuse_activation, fuse_hardswish, fuse_linear, fuse_transformer, insert_qdq,
+    lower_qdq, opset, ranges,
 )
 from qgraph.passes.cleanup import DeadCodeElimination, EliminateIdentity
 from qgraph.pm.registry import PassRegistry
 
-_MODULES = (cleanup, canonicalize, fuse_linear, fuse_activation, fuse_transformer, ranges, calibrate, insert_qdq,
-            lower_qdq)
+_MODULES = (cleanup, canonicalize, opset, fuse_linear, fuse_activation, fuse_hardswish, fuse_transformer, ranges,
+            calibrate, insert_qdq, lower_qdq)
 
 BUILTIN_PASSES = tuple(p for m in _MODULES for p in m.PASSES)
 
@@ -25,7 +25,7 @@ ALIASES = {
 for _m in _MODULES:
     ALIASES.update(getattr(_m, "ALIASES", {}))
 ALIASES["fuse"] = (
-    "fixed-point(fuse-pad,fuse-conv-bn,fuse-bias,fold-scale,lower-batchnorm,fuse-layernorm,fuse-gelu,"
+    "fixed-point(fuse-hardswish,fuse-pad,fuse-conv-bn,fuse-bias,fold-scale,lower-batchnorm,fuse-layernorm,fuse-gelu,"
     "fuse-activation,dead-code-elimination)",
     "every float fusion, rerun until nothing changes (run canonicalize first)")
 

@@ -12,10 +12,11 @@ from qgraph.ir import fusion, ops
 from qgraph.ir.core import Model, Node, Value
 from qgraph.ir.dtypes import DType
 from qgraph.ir.types import TensorType
+from qgraph.passes.opset import OpsetUpgradeError, check_upgrade, upgrade_opset
 from qgraph.pm.base import Pass, PassResult
 from qgraph.quant.config import QuantConfig, TensorScheme
 from qgraph.quant.params import (
-    QuantParams, choose_params, choose_weight_params, int_type, quantize, quantize_bias,
+    QuantParams, choose_params, choose_weight_params, fit_weight_scale_to_bias, int_type, quantize, quantize_bias,
 )
 from qgraph.rewrite import constant_tensor
 
@@ -26,6 +27,17 @@ QUANTIZED_OPS = frozenset({ops.Conv, ops.ConvTranspose, ops.Gemm, ops.MatMul, op
 PASS_THROUGH_OPS = frozenset({ops.Reshape, ops.Transpose, ops.Flatten, ops.Squeeze, ops.Unsqueeze})
 #: ops whose output shares the parameters of their inputs (one scale for the whole op)
 SHARED_SCALE_OPS = PASS_THROUGH_OPS | {ops.MaxPool, ops.Concat}
+#: activations a requantizing op clamps to (y_qmin / y_qmax): fused, they need no pair between
+#: the op and themselves (the Q follows the activation, with its range)
+CLAMPING_ACTIVATIONS = frozenset({ops.Relu, ops.Clip})
+#: single-input elementwise activations: quantized (input DQ, output Q) whenever their input is,
+#: so that lower-qdq can tabulate an 8-bit one as a Lookup (a wider one stays float between
+#: Dequantize and Quantize)
+UNARY_ACTIVATIONS = frozenset({
+    ops.LeakyRelu, ops.HardSigmoid, ops.HardSwish, ops.Sigmoid, ops.Tanh, ops.Gelu, ops.Elu, ops.Selu,
+    ops.Softplus, ops.Mish, ops.op("Celu"), ops.op("ThresholdedRelu"), ops.op("Softsign"),
+    ops.QGraphHardSwish, ops.QGraphGelu,
+})
 #: ops whose input 1 is a weight (input 2 a bias where present)
 _LINEAR = frozenset({ops.Conv, ops.ConvTranspose, ops.Gemm, ops.MatMul})
 _FLOAT = (DType.FLOAT,)
@@ -56,6 +68,7 @@ class InsertQDQ(Pass):
     before => after (activations uint8 per tensor, weights int8 per channel by default)::
 
         y = Relu(Conv(x, w, b))  [Relu fused]  =>  y = DQ(Q(Relu(Conv(DQ(xq), DQ(wq), DQ(bq)))))
+        y = HardSwish(Conv(x, w, b))            =>  c = DQ(Q(Conv(DQ(xq), DQ(wq), DQ(bq)))); y = DQ(Q(HardSwish(c)))
         y = MatMul(a, w)                        =>  y = DQ(Q(MatMul(DQ(aq), DQ(wq axis=1))))
         y = Add(a, b)                           =>  y = DQ(Q(Add(DQ(aq), DQ(bq))))
         y = Concat(a, b)                        =>  y = DQ(Q(Concat(DQ(aq), DQ(bq)))), one scale for all
@@ -73,9 +86,17 @@ class InsertQDQ(Pass):
       channel axis (Conv 0, ConvTranspose 1 when group = 1, MatMul B [.., K, N] last,
       Gemm B 0 with transB else 1); other constants (Add / Mul operands) per tensor.
       Conv / ConvTranspose / Gemm biases become int32 with scale ``scale_x * scale_w``.
-    - No pair on a fused edge (``qgraph.ir.fusion.is_fused_edge``): Conv -> Relu stays
-      adjacent and the Q follows the activation, with the activation output's range. A
-      marked activation group without a producer (a hard-swish) is quantized as one op.
+    - No pair between an op and a fused activation that requantization clamps (Relu, Clip
+      with constant bounds; ``qgraph.ir.fusion``): Conv -> Relu stays adjacent and the Q
+      follows the activation, with the activation output's range. Any other fused
+      activation (HardSwish, Sigmoid, LeakyRelu, a decomposed hard-swish group ...) is an
+      op of its own: the producer's output gets a pair with its own range, so the producer
+      can become an integer op.
+    - A single-input elementwise activation (``UNARY_ACTIVATIONS``) whose input is quantized
+      is quantized too (input DQ, output Q with its own range): lower-qdq makes it a table
+      lookup on an 8-bit input and keeps it float between Dequantize / Quantize on a wider
+      one. A marked activation group (a decomposed hard-swish) is quantized as one op; no
+      pair sits inside it.
     - Concat, MaxPool and the data-movement ops share one scale over their inputs and output
       (the union of their ranges), so backends move integers without requantizing. The
       data-movement ops (Reshape, Transpose, Flatten, Squeeze, Unsqueeze) are quantized only
@@ -83,11 +104,12 @@ class InsertQDQ(Pass):
     - Nodes that already read a DQ or feed a Q (a QAT export) are left as they are, and a
       tensor already followed by Q -> DQ keeps its pair.
     - The default-domain opset is raised to 13 for per-channel (``axis``) and to 21 for
-      int16 / uint16 / int4 / uint4, adapting ops whose form changed (Squeeze axes ...).
+      int16 / uint16 / int4 / uint4 (``upgrade-opset``, which adapts ops whose form changed:
+      Squeeze axes ...); an op it cannot adapt is refused before anything changes.
     - Subgraphs (If / Loop bodies) stay float.
 
     Every quantized op therefore forms a canonical group for ``lower-qdq``: DQ inputs -> op
-    [-> fused activation nodes] -> Q.
+    [-> fused Relu / Clip, or the nodes of a hard-swish group] -> Q.
 
     Preconditions: ``calibrate`` (or a RangeMap in ``model.calibration``) gives a range for
     every float tensor a quantized op reads or writes; run ``canonicalize,fuse`` first.
@@ -166,16 +188,23 @@ class _Inserter:
                 self._add_unit(unit)
                 if unit.node.op not in PASS_THROUGH_OPS:
                     self._want(unit.output, unit.node)
-        self._propagate_pass_through()
+        self._propagate_from_inputs()
         if not self.units:
             return PassResult.unchanged()
         self._choose_activation_params()
         self._plan_weights()
-        _raise_opset(self.model, self.opset_needed, check_only=True)  # refuse before changing anything
+        self._upgrade_opset(check_only=True)  # refuse before changing anything
         self._rewrite()
-        _raise_opset(self.model, self.opset_needed)
+        self._upgrade_opset()
         self.counts["quantized_nodes"] = len(self.units)
         return PassResult.changed(**self.counts)
+
+    def _upgrade_opset(self, check_only: bool = False) -> None:
+        try:
+            (check_upgrade if check_only else upgrade_opset)(self.model, self.opset_needed)
+        except OpsetUpgradeError as e:
+            raise InsertQDQError(f"insert-qdq: the quantized model needs opset {self.opset_needed}: {e}; "
+                                 "or keep weights and activations per-tensor 8-bit") from e
 
     def _add_unit(self, unit: _Unit) -> None:
         self.units[unit.node] = unit
@@ -193,7 +222,7 @@ class _Inserter:
             if unit is None:
                 continue
             producer = fusion.fused_producer(node)
-            if producer is not None:
+            if producer is not None and _clamps(unit):
                 core = self._unit(producer, output=unit.output)
                 if core is not None:
                     core.members = unit.nodes
@@ -221,7 +250,7 @@ class _Inserter:
         if len([o for o in node.outputs if o is not None]) != 1 or node.outputs[0] is None:
             return None  # MaxPool with Indices
         out = node.outputs[0]
-        if output is None and fusion.is_fused_edge(out):
+        if output is None and _pair_free(out):
             return None  # handled with its activation (or stale: leave float)
         data = range(len(node.inputs))
         if node.op in _LINEAR:
@@ -252,7 +281,7 @@ class _Inserter:
         return v.dtype is None or v.dtype in _FLOAT
 
     def _want(self, v: Value, node: Node, readers: list[Node] = ()) -> None:
-        if fusion.is_fused_edge(v):
+        if _pair_free(v):
             return
         self.readers.setdefault(v, set()).update(readers)
         if _existing_dq(v) is not None:
@@ -261,20 +290,26 @@ class _Inserter:
         self.reader.setdefault(v, node)
         self.parent.setdefault(v, v)
 
-    def _propagate_pass_through(self) -> None:
+    def _propagate_from_inputs(self) -> None:
+        """Quantize, in dataflow order, the ops quantized because their input is: data movement
+        (sharing the input's scale) and unary activations (their output with its own range)."""
         for node in self.g:
             if node.op is ops.MaxPool and node in self.units:
                 self._union(node.inputs[0], node.outputs[0])
             elif node.op is ops.Concat and node in self.units:
                 for i, v in self.units[node].acts:
                     self._union(v, node.outputs[0])
-            elif node.op in PASS_THROUGH_OPS and node not in self.units:
+            elif node.op in PASS_THROUGH_OPS | UNARY_ACTIVATIONS and node not in self.units:
                 x = node.inputs[0] if node.inputs else None
                 if x is None or x not in self.quantized or self._skipped(node) or len(node.outputs) != 1:
                     continue
+                if node.op in UNARY_ACTIVATIONS and (len(node.inputs) != 1 or not self._is_float(node.outputs[0])
+                                                     or _pair_free(node.outputs[0])):  # inside a hard-swish group
+                    continue
                 self._add_unit(_Unit(node, [(0, x)], [], node.outputs[0]))
                 self._want(node.outputs[0], node)
-                self._union(x, node.outputs[0])
+                if node.op in PASS_THROUGH_OPS:
+                    self._union(x, node.outputs[0])
 
     def _find(self, v: Value) -> Value:
         while self.parent[v] is not v:
@@ -428,7 +463,7 @@ class _Inserter:
 
     def _quantize_weights(self, unit: _Unit) -> None:
         node = unit.node
-        w_params = None
+        w_params = bias = x_scale = None
         for i in unit.weights:
             if i == 2:
                 continue
@@ -438,21 +473,29 @@ class _Inserter:
             axis = _channel_axis(node, i, data.ndim) if scheme.per_channel else None
             params = choose_weight_params(data, scheme.dtype, axis=axis, symmetric=scheme.symmetric,
                                           reduce_range=self.cfg.reduce_range, pow2=self.cfg.pow2_scales)
+            if i == 1 and 2 in unit.weights:
+                bias = self._quantizable_bias(node, params)
+                if bias is not None:  # a dead channel's tiny scale would overflow the int32 bias
+                    x_scale = self._input_scale(next(v for k, v in unit.acts if k == 0))
+                    params = fit_weight_scale_to_bias(params, bias, x_scale, pow2=self.cfg.pow2_scales)
             self._note_dtype(scheme.dtype.name)
             self._dq_constant(node, i, quantize(data, params), params)
             self.counts["weights"] += 1
             if i == 1:
                 w_params = params
-        if 2 in unit.weights and w_params is not None:
-            b = node.inputs[2]
-            bias = np.asarray(constant_tensor(b).numpy(), np.float32)
-            n_out = w_params.scale.size if w_params.axis is not None else None
-            if bias.ndim != 1 or (n_out is not None and bias.shape[0] != n_out):
-                return  # Gemm C that broadcasts: left float
-            x_scale = self._input_scale(next(v for i, v in unit.acts if i == 0))
+        if bias is not None:
             q, bp = quantize_bias(bias, x_scale, w_params.scale)
             self._dq_constant(node, 2, q, bp)
             self.counts["biases"] += 1
+
+    @staticmethod
+    def _quantizable_bias(node: Node, w_params: QuantParams) -> np.ndarray | None:
+        """The float bias (input 2) of ``node`` as int32 can hold it: one value per output channel."""
+        bias = np.asarray(constant_tensor(node.inputs[2]).numpy(), np.float32)
+        n_out = w_params.scale.size if w_params.axis is not None else None
+        if bias.ndim != 1 or (n_out is not None and bias.shape[0] != n_out):
+            return None  # Gemm C that broadcasts: left float
+        return bias
 
     def _dq_constant(self, node: Node, i: int, q: np.ndarray, params: QuantParams) -> None:
         g, w = self.g, node.inputs[i]
@@ -475,6 +518,30 @@ class _Inserter:
             t = constant_tensor(x)
             if t is not None:
                 self._dq_constant(node, i, quantize(np.asarray(t.numpy(), np.float32), params), params)
+
+
+def _clamps(unit: fusion.Activation) -> bool:
+    """Whether requantization can apply activation ``unit``: clamping to y_qmin / y_qmax."""
+    return not unit.is_group and unit.root.op in CLAMPING_ACTIVATIONS
+
+
+def _pair_free(v: Value) -> bool:
+    """Whether ``v`` must stay without a Q/DQ pair: a value inside a marked activation group, or
+    the output of a producer fused with an activation that requantization clamps (Relu, Clip).
+
+    The output of a producer fused with any other activation (HardSwish, Sigmoid, a hard-swish
+    group ...) gets its own pair: an integer op cannot apply that activation, so lower-qdq
+    needs the producer's result quantized to make the producer integer.
+    """
+    if not fusion.is_fused_edge(v):
+        return False
+    p = v.producer()
+    if p.op in fusion.FUSABLE_PRODUCERS and v.index == 0:
+        act = fusion.fused_activation(p)
+        if act is not None:
+            unit = fusion.marked_unit(act)
+            return unit is not None and _clamps(unit)
+    return True
 
 
 def _existing_dq(v: Value) -> Value | None:
@@ -506,105 +573,6 @@ def _channel_axis(node: Node, i: int, ndim: int) -> int | None:
     if node.op is ops.MatMul and i == 1:
         return ndim - 1
     return None
-
-
-# -- opset ---------------------------------------------------------------------------------------
-#: ops whose attributes became inputs: op -> (opset of the change, attribute)
-_ATTR_TO_INPUT = {
-    ops.Squeeze: (13, "axes"), ops.Unsqueeze: (13, "axes"), ops.op("ReduceSum"): (13, "axes"),
-    ops.Split: (13, "split"),
-    **{ops.op(r): (18, "axes") for r in ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
-                                         "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")},
-}
-_SOFTMAX_LIKE = frozenset({ops.Softmax, ops.op("LogSoftmax"), ops.op("Hardmax")})
-#: ops whose meaning changed in a way no local rewrite keeps: op -> opset of the change
-_BREAKING = {ops.op("Upsample"): 10, ops.op("Scatter"): 11, ops.op("RoiAlign"): 16, ops.op("GridSample"): 20,
-             ops.op("DFT"): 20}
-
-
-def _raise_opset(model: Model, needed: int, check_only: bool = False) -> None:
-    """Raise the default-domain opset to ``needed``, rewriting ops whose form changed on the way.
-
-    Adapted: attributes that became inputs (Squeeze / Unsqueeze / ReduceSum / Split at 13,
-    the other reductions at 18), Split's ``num_outputs`` (18), Softmax / LogSoftmax / Hardmax
-    (13: the axis no longer flattens; rewritten as Flatten -> op -> Reshape unless the axis is
-    the last), Dropout's ``ratio`` (12). Refused, naming the node: ops whose meaning changed
-    otherwise (Upsample, RoiAlign, GridSample, DFT) and models below opset 11. With
-    ``check_only`` nothing changes; only the refusals are raised.
-    """
-    old = model.opset("")
-    if old is None or old >= needed:
-        return
-    if old < 11:
-        raise InsertQDQError(f"insert-qdq: the quantized model needs opset {needed} and the model imports "
-                             f"opset {old}; upgrade it to 11 or later first (onnx.version_converter)")
-    for g in model.graph.all_graphs():
-        for node in list(g):
-            if node.domain == "":
-                _check(node, old, needed)
-                if not check_only:
-                    _adapt(node, old, needed)
-    if check_only:
-        return
-    key = next(d for d in model.opset_imports if ops.normalize_domain(d) == "")
-    model.opset_imports[key] = needed
-    import onnx.helper
-
-    model.ir_version = max(model.ir_version,
-                           onnx.helper.find_min_ir_version_for([onnx.helper.make_opsetid("", needed)], True))
-
-
-def _check(node: Node, old: int, new: int) -> None:
-    since = _BREAKING.get(node.op)
-    if since is not None and old < since <= new:
-        raise InsertQDQError(f"insert-qdq: {node.describe()} changes meaning between opset {old} and {new} "
-                             "(needed for the quantized model); upgrade the model first or keep per-tensor 8-bit")
-    if node.op is ops.op("Resize") and old < 13 <= new and node.attr("coordinate_transformation_mode") in (
-            "tf_half_pixel_for_nn", b"tf_half_pixel_for_nn"):
-        raise InsertQDQError(f"insert-qdq: {node.describe()} uses tf_half_pixel_for_nn, removed in opset 13")
-
-
-def _adapt(node: Node, old: int, new: int) -> None:
-    g = node.graph
-    change = _ATTR_TO_INPUT.get(node.op)
-    if change is not None and old < change[0] <= new and change[1] in node.attrs:
-        value = g.add_initializer(f"{node.name or node.op_type}_{change[1]}",
-                                  np.asarray(node.attr(change[1]), np.int64))
-        node.del_attr(change[1])
-        node.set_inputs([node.inputs[0], value, *node.inputs[2:]])
-    if node.op is ops.Split and old < 18 <= new and (len(node.inputs) < 2 or node.inputs[1] is None):
-        node.set_attr("num_outputs", len(node.outputs))
-    if node.op is ops.Dropout and old < 12 <= new and "ratio" in node.attrs:
-        ratio = g.add_initializer(f"{node.name or 'dropout'}_ratio", np.asarray(node.attr("ratio"), np.float32))
-        node.del_attr("ratio")
-        node.set_inputs([node.inputs[0], ratio])
-    if node.op in _SOFTMAX_LIKE and old < 13 <= new:
-        _adapt_softmax(node)
-
-
-def _adapt_softmax(node: Node) -> None:
-    """Opset < 13 Softmax flattens to 2-D at ``axis``; keep that meaning at 13+."""
-    x = node.inputs[0]
-    axis = node.attr("axis", 1)
-    rank = len(x.shape) if x.shape is not None else None
-    if rank is not None and (axis if axis >= 0 else axis + rank) == rank - 1:
-        node.set_attr("axis", -1)  # the last axis: the same meaning in both forms
-        return
-    g, base = node.graph, node.name or node.op_type
-    shape = Value(g.unique_name(base + "_in_shape"), TensorType(DType.INT64, (rank,) if rank is not None else None))
-    flat = Value(g.unique_name(base + "_flat"), TensorType(x.dtype, None) if x.dtype is not None else None)
-    y = node.outputs[0]
-    y2 = Value(g.unique_name(base + "_2d"), flat.type)
-    pre = [Node(ops.Shape, [x], [shape], name=g.unique_name(base + "_shape")),
-           Node(ops.Flatten, [x], [flat], {"axis": axis}, name=g.unique_name(base + "_flatten"))]
-    g.insert_before(node, pre)
-    new = Node(node.op, [flat], [y2], {"axis": 1}, name=node.name)
-    g.insert_after(node, new)
-    reshape = Node(ops.Reshape, [y2, shape], [Value(g.unique_name(base + "_out"), y.type)],
-                   name=g.unique_name(base + "_reshape"))
-    g.insert_after(new, reshape)
-    g.replace_value(y, reshape.outputs[0])
-    g.remove(node)
 
 
 PASSES = (InsertQDQ,)

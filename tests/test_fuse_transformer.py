@@ -488,34 +488,34 @@ def test_gelu_property(case, seed):
 
 # -- export of qgraph-domain ops -----------------------------------------------------------------
 def test_every_decomposition_is_for_a_qgraph_op():
-    assert set(decompose.DECOMPOSITIONS) == {ops.QGraphLayerNormalization, ops.QGraphGelu}
+    assert set(decompose.DECOMPOSITIONS) == {ops.QGraphLayerNormalization, ops.QGraphGelu, ops.QGraphHardSwish}
     assert all(op.domain == ops.QGRAPH_DOMAIN for op in decompose.DECOMPOSITIONS)
 
 
 def test_a_new_qgraph_op_needs_only_a_table_entry(monkeypatch):
-    def hard_swish(node, e):  # e.g. a qgraph HardSwish for opsets before 14
+    def swish(node, e):  # e.g. a qgraph Swish: x * Sigmoid(x)
         x = e.input(0)
-        return [e.op("Mul", x, e.op("HardSigmoid", x, alpha=1 / 6, beta=0.5))]
+        return [e.op("Mul", x, e.op("Sigmoid", x))]
 
     def relu_twice(node, e):  # one emitted value given to two outputs
         r = e.op("Relu", e.input(0))
         return [r, r]
 
     table = dict(decompose.DECOMPOSITIONS)
-    table[ops.op("HardSwish", ops.QGRAPH_DOMAIN)] = hard_swish
+    table[ops.op("Swish", ops.QGRAPH_DOMAIN)] = swish
     table[ops.op("ReluTwice", ops.QGRAPH_DOMAIN)] = relu_twice
     monkeypatch.setattr(decompose, "DECOMPOSITIONS", table)
     m = parse_model("""model opset {"": 13, "qgraph": 1}
 graph g(%x: f32[8]) -> (%y, %a, %b) {
-  %y: f32[8] = qgraph::HardSwish(%x)
+  %y: f32[8] = qgraph::Swish(%x)
   %a: f32[8], %b: f32[8] = qgraph::ReluTwice(%y)
 }""")
     exported = qgraph.to_proto(m)
     onnx.checker.check_model(exported)
-    assert [n.op_type for n in exported.graph.node] == ["HardSigmoid", "Mul", "Relu", "Identity"]
+    assert [n.op_type for n in exported.graph.node] == ["Sigmoid", "Mul", "Relu", "Identity"]
     x = np.linspace(-4, 4, 8, dtype=np.float32)
     y, a, b = run(exported, {"x": x})
-    ref = x * np.clip(x / 6 + 0.5, 0, 1)
+    ref = x / (1 + np.exp(-x))
     assert max_rel_error([ref, np.maximum(ref, 0), np.maximum(ref, 0)], [y, a, b]) <= 1e-6
 
 

@@ -162,6 +162,133 @@ def test_unfused_hard_swish_group_is_one_unit():
     assert sk.count("QuantizeLinear(") == 2  # x and y only: nothing inside the group
 
 
+CONV_ACT = '''graph g(%x: f32[1,3,8,8]) -> (%y) {
+  init %w: f32[4,3,3,3] = <data 0>
+  init %b: f32[4] = [0.1, -0.2, 0.3, 0.0]
+  %c: f32[1,4,8,8] = Conv(%x, %w, %b) {pads=[1, 1, 1, 1]} @conv
+  %y: f32[1,4,8,8] = ACT(%c) @act meta {"qgraph.fused_producer": "Conv"}
+}'''
+
+
+@pytest.mark.parametrize("act", ["HardSwish", "Sigmoid", "LeakyRelu", "Tanh", "HardSigmoid"])
+def test_a_fused_activation_requantization_cannot_clamp_gets_its_own_pair(act):
+    m = with_ranges(model(CONV_ACT.replace("ACT", act)), x=(-1, 1), c=(-5, 4), y=(-1, 4))
+    stats = insert(m)
+    assert stats == {"quantized_nodes": 2, "qdq_pairs": 3, "weights": 1, "biases": 1}
+    sk = skeleton(m)
+    assert f"""\
+%c: f32[1,4,8,8] = Conv(%x_dequantized, %w_dequantized, %b_dequantized) {{pads=[1, 1, 1, 1]}} @conv
+%c_quantized: u8[1,4,8,8] = QuantizeLinear(%c, %c_scale, %c_zero_point) @c_QuantizeLinear
+%c_dequantized: f32[1,4,8,8] = DequantizeLinear(%c_quantized, %c_scale, %c_zero_point) @c_DequantizeLinear
+%y_float: f32[1,4,8,8] = {act}(%c_dequantized) @act meta {{"qgraph.fused_producer": "Conv"}}
+%y_quantized: u8[1,4,8,8] = QuantizeLinear(%y_float, %y_scale, %y_zero_point) @y_QuantizeLinear
+%y: f32[1,4,8,8] = DequantizeLinear(%y_quantized, %y_scale, %y_zero_point) @y_DequantizeLinear""" in sk, sk
+    # each pair has its own calibrated range
+    assert float(init(m, "c_scale")) == float(choose_params(-5, 4, "uint8").scale)
+    assert float(init(m, "y_scale")) == float(choose_params(-1, 4, "uint8").scale)
+
+
+@pytest.mark.parametrize("act, lookup", [("Relu", False), ("Clip", False), ("HardSwish", True), ("Sigmoid", True)])
+def test_lower_qdq_makes_the_conv_integer_and_the_activation_a_lookup(act, lookup):
+    from qgraph.passes.lower_qdq import LowerQDQ
+    from qgraph.reference import Interpreter
+
+    text = CONV_ACT.replace("ACT(%c)", "Clip(%c, %lo, %hi)" if act == "Clip" else f"{act}(%c)")
+    text = text.replace("init %b:", "init %lo: f32[] = 0.0\n  init %hi: f32[] = 6.0\n  init %b:")
+    m = model(text)
+    x = RNG.uniform(-1, 1, (8, 3, 8, 8)).astype(np.float32)
+    m.calibration = calibrate(m, {"x": x})
+    float_proto = qgraph.to_proto(m)
+    insert(m)
+    qdq, lsb = qgraph.to_proto(m), float(init(m, "y_scale"))
+    PassManager([LowerQDQ()], PassContext(verify_each=True)).run(m)
+    names = [str(n.op) for n in m.graph]
+    assert names.count("qgraph::QConv") == 1 and act not in names
+    assert names.count("qgraph::Lookup") == int(lookup)
+    ref = np.concatenate([session(float_proto).run(None, {"x": x[i:i + 1]})[0] for i in range(4)])
+    sim = np.concatenate([run_qdq(qdq, {"x": x[i:i + 1]})[0] for i in range(4)])
+    got = np.concatenate([Interpreter(m).run({"x": x[i:i + 1]})["y"] for i in range(4)])
+    assert sqnr(ref, got) > 25 and np.abs(got - sim).max() <= lsb * 1.001
+
+
+def test_a_16_bit_activation_stays_float_between_integer_ops():
+    from qgraph.passes.lower_qdq import LowerQDQ
+
+    m = model(CONV_ACT.replace("ACT", "HardSwish"))
+    m.calibration = calibrate(m, {"x": RNG.uniform(-1, 1, (4, 3, 8, 8)).astype(np.float32)})
+    insert(m, QuantConfig.from_json({"activation": {"dtype": "uint16"}}))
+    PassManager([LowerQDQ()], PassContext(verify_each=True)).run(m)
+    names = [str(n.op) for n in m.graph]
+    assert names.count("qgraph::QConv") == 1 and "qgraph::Lookup" not in names
+    assert names[names.index("HardSwish") - 1] == "qgraph::Dequantize"  # a float op: lower-qdq decides
+
+
+def test_unary_activations_are_quantized_where_their_input_is():
+    m = with_ranges(model('''graph g(%a: f32[1,4], %b: f32[1,4]) -> (%y, %z) {
+  %s: f32[1,4] = Add(%a, %b) @add
+  %t: f32[1,4] = Sigmoid(%s) @sigmoid
+  %y: f32[1,4] = Softmax(%t) @softmax
+  %e: f32[1,4] = Exp(%a) @exp
+  %z: f32[1,4] = Tanh(%e) @tanh
+}'''), a=(-1, 1), b=(-1, 1), s=(-2, 2), t=(0, 1), y=(0, 1), e=(0, 3), z=(0, 1))
+    stats = insert(m)
+    sk = skeleton(m).replace(": f32[1,4]", "")
+    # Sigmoid reads the Add's quantized output: quantized itself, Softmax reads its DQ
+    assert "%t = Sigmoid(%s_dequantized) @sigmoid" in sk and "%t_quantized: u8[1,4] = QuantizeLinear(%t," in sk
+    assert "%y = Softmax(%t_dequantized) @softmax" in sk
+    # Tanh of a float value stays float, with no pair
+    assert "%z = Tanh(%e) @tanh" in sk and "QuantizeLinear(%z" not in sk and "QuantizeLinear(%e" not in sk
+    assert stats["quantized_nodes"] == 2
+
+
+def test_a_hard_swish_group_fused_with_a_conv_is_an_op_of_its_own():
+    m = with_ranges(model('''graph g(%x: f32[1,3,8,8]) -> (%y) {
+  init %w: f32[4,3,3,3] = <data 0>
+  init %three: f32[] = 3.0
+  init %zero: f32[] = 0.0
+  init %six: f32[] = 6.0
+  %c: f32[1,4,8,8] = Conv(%x, %w) {pads=[1, 1, 1, 1]} @conv
+  %a: f32[1,4,8,8] = Add(%c, %three) @add
+  %k: f32[1,4,8,8] = Clip(%a, %zero, %six) @clip
+  %m: f32[1,4,8,8] = Mul(%c, %k) @mul
+  %y: f32[1,4,8,8] = Div(%m, %six) @div meta {"qgraph.activation_group": "x*Clip(x+3,0,6)/6", \
+"qgraph.fused_producer": "Conv"}
+}'''), x=(-1, 1), c=(-5, 4), a=(-2, 7), k=(0, 6), m=(-1, 24), y=(-0.4, 4))
+    insert(m)
+    sk = skeleton(m).replace(": f32[1,4,8,8]", "")
+    assert "QuantizeLinear(%c, %c_scale" in sk
+    assert "Add(%c_dequantized, %three)" in sk and "Mul(%c_dequantized, %k)" in sk
+    assert sk.count("QuantizeLinear(") == 3  # x, c and y: nothing inside the group
+
+
+def test_a_hard_sigmoid_inside_a_hard_swish_group_is_not_an_op_of_its_own():
+    m = with_ranges(model('''graph g(%a: f32[1,4], %b: f32[1,4]) -> (%y) {
+  %x: f32[1,4] = Add(%a, %b) @add
+  %h: f32[1,4] = HardSigmoid(%x) {alpha=0.1666667} @hsig
+  %y: f32[1,4] = Mul(%x, %h) @mul meta {"qgraph.activation_group": "x*HardSigmoid(x)"}
+}'''), a=(-1, 1), b=(-1, 1), x=(-2, 2), h=(0, 1), y=(-0.4, 2))
+    stats = insert(m)
+    assert stats["quantized_nodes"] == 2 and stats["qdq_pairs"] == 4  # a, b, x, y; not h
+    assert "QuantizeLinear(%h" not in skeleton(m)
+
+
+def test_a_dead_channel_does_not_overflow_the_int32_bias():
+    from qgraph.passes.lower_qdq import LowerQDQ
+    from qgraph.quant.params import BIAS_BOUND
+
+    w = RNG.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    w[2] = 1e-15  # a channel training left dead; its bias still matters
+    m = parse_model('model opset {"": 17}\n' + CONV_RELU, {"w": w})
+    m = with_ranges(m, x=(-1, 1), c=(-5, 4), y=(0, 4))
+    insert(m)
+    bias, w_scale = init(m, "b_quantized"), init(m, "w_scale")
+    assert np.abs(bias).max() <= BIAS_BOUND and np.all(bias != np.iinfo(np.int32).max)
+    assert w_scale[2] > 1e-12 and np.array_equal(init(m, "w_quantized")[2], np.zeros((3, 3, 3), np.int8))
+    np.testing.assert_array_equal(init(m, "b_scale"), init(m, "x_scale") * w_scale)  # still scale_x * scale_w
+    assert w_scale[0] == float(choose_params(-np.abs(w[0]).max(), np.abs(w[0]).max(), "int8", symmetric=True).scale)
+    PassManager([LowerQDQ()], PassContext(verify_each=True)).run(m)  # no accumulator overflow
+
+
 def test_exclude_by_name_and_op_type():
     m = with_ranges(model(CONV_RELU), x=(-1, 1), c=(-5, 4), y=(0, 4))
     assert insert(m, QuantConfig(exclude=("conv",))) == {}
@@ -413,12 +540,7 @@ def test_ppocr_cls_exports_valid_and_runs_close_to_float():
     run_pipeline(m, "canonicalize,fuse")
     rng = np.random.default_rng(0)
     samples = [{"x": rng.uniform(-1, 1, (1, 3, 48, 192)).astype(np.float32)} for _ in range(4)]
-    # the model declares its batch dimension as a literal -1; calibrate with a symbolic one
-    from qgraph.ir.types import TensorType
-
-    x0 = m.graph.inputs[0]
-    x0.type = TensorType(x0.dtype, ("N",) + tuple(x0.shape[1:]))
-    m.calibration = calibrate(m, samples)
+    m.calibration = calibrate(m, samples, batch_size=2)  # the model declares its batch dim as a literal -1
     stats = insert(m)
     assert stats["quantized_nodes"] > 70 and stats["weights"] == 54
     assert m.opset_imports[""] == 13

@@ -668,7 +668,7 @@ def test_ppocr_cls_is_sound_and_fully_covered():
     ratios = {}
     for name, arrays in seen.items():
         lo, hi = min(a.min() for a in arrays), max(a.max() for a in arrays)
-        if hi > lo:
+        if hi > lo and name in ranges:  # not: values inside the export of a qgraph op (HardSwish)
             ratios[name] = (ranges[name].hi - ranges[name].lo) / (hi - lo)
     first_conv = next(n for n in m.graph if n.op_type == "Conv").output.name
     assert ratios[first_conv] < 1.5  # one layer from the input the bound is nearly attained

@@ -1080,7 +1080,7 @@ _RULES: Mapping[ops.OpId, Rule] = MappingProxyType({
     ops.Sqrt: _sqrt,
     ops.Reciprocal: _reciprocal,
     ops.HardSigmoid: _hard_sigmoid_rule,
-    ops.HardSwish: _hard_swish,
+    ops.HardSwish: _hard_swish, ops.QGraphHardSwish: _hard_swish,
     ops.Gelu: _gelu_rule, ops.QGraphGelu: _gelu_rule,
     ops.Mish: _mish,
     ops.Softmax: _softmax, _LogSoftmax: _softmax,

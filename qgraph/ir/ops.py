@@ -149,3 +149,5 @@ Where = op("Where")
 QGraphLayerNormalization = op("LayerNormalization", QGRAPH_DOMAIN)
 #: ONNX Gelu-20 (``approximate`` = "none" or "tanh") for models whose opset predates it.
 QGraphGelu = op("Gelu", QGRAPH_DOMAIN)
+#: ONNX HardSwish-14, ``y = x * max(0, min(1, x / 6 + 1 / 2))``, for models whose opset predates it.
+QGraphHardSwish = op("HardSwish", QGRAPH_DOMAIN)

@@ -1,9 +1,10 @@
 """qgraph-domain ops written back as standard ONNX on export.
 
 Fusion passes replace a chain of ONNX ops by one qgraph-domain op when the model's opset
-has no standard op for it (LayerNormalization before opset 17, Gelu before 20). The IR
-keeps the fused op; the exporter writes, in its place, the standard ONNX nodes that
-``DECOMPOSITIONS`` produces for it, so an exported model never needs a "qgraph" runtime.
+has no standard op for it (LayerNormalization before opset 17, Gelu before 20, HardSwish
+before 14). The IR keeps the fused op; the exporter writes, in its place, the standard
+ONNX nodes that ``DECOMPOSITIONS`` produces for it, so an exported model never needs a
+"qgraph" runtime.
 
 ``DECOMPOSITIONS`` is the one place such ops are added. An entry maps an op identity to a
 function ``(node, emitter) -> [output value name, ...]`` that emits ONNX nodes through the
@@ -175,9 +176,16 @@ def gelu(node: Node, e: Emitter) -> list[str]:
     return [e.op("Mul", e.op("Mul", x, e.scalar(0.5)), e.op("Add", t, e.scalar(1.0)))]
 
 
+def hard_swish(node: Node, e: Emitter) -> list[str]:
+    """x * HardSigmoid(x) {alpha=1/6, beta=0.5}: HardSwish-14's definition, in ops of every opset."""
+    x = e.input(0)
+    return [e.op("Mul", x, e.op("HardSigmoid", x, alpha=1.0 / 6.0, beta=0.5))]
+
+
 DECOMPOSITIONS: Mapping[OpId, Decomposition] = MappingProxyType({
     ops.QGraphLayerNormalization: layer_normalization,
     ops.QGraphGelu: gelu,
+    ops.QGraphHardSwish: hard_swish,
 })
 
 

@@ -13,10 +13,13 @@ Precedence, most specific first:
 - a **weight** (a constant input of a quantized node): tensor override (its name), then the
   consuming node's name override, then its op type override, then ``weight``;
 - an **activation** tensor: tensor override, then the override of the node that produces it
-  (name, then op type; for the output of a fused activation, the producer it is fused with,
-  e.g. the Conv of Conv + Relu), then ``activation``. A node override therefore sets the type
-  of the node's *outputs*; to change what a node reads, override its input tensor (or the node
-  producing it). Graph inputs take tensor overrides and the global default.
+  (name, then op type; for the output of a fused Relu / Clip, the producer it is fused
+  with, e.g. the Conv of Conv + Relu; for a decomposed hard-swish group, its last node), then
+  ``activation``. Other activations (HardSwish, Sigmoid ...) are quantized as ops of their
+  own: their output follows their own node's override, the producer's output the
+  producer's. A node override therefore sets the type of the node's *outputs*; to change
+  what a node reads, override its input tensor (or the node producing it). Graph inputs take
+  tensor overrides and the global default.
 
 JSON form (every key optional; unknown keys are errors naming the key)::
 

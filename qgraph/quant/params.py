@@ -290,12 +290,41 @@ def dequantize(q, params: QuantParams) -> np.ndarray:
     return (q.astype(np.int64) - zp).astype(np.float32) * scale
 
 
+#: the largest int32 bias ``fit_weight_scale_to_bias`` allows: half of int32, the other half is
+#: left to the products an int32 accumulator adds to it
+BIAS_BOUND = 1 << 30
+
+
+def fit_weight_scale_to_bias(w_params: QuantParams, bias, act_scale, *, pow2: bool = False) -> QuantParams:
+    """``w_params`` with each scale raised, where needed, so the int32 bias stays within ``BIAS_BOUND``.
+
+    A channel whose weights are (nearly) all zero gets a tiny scale from its min / max, and
+    its bias divided by ``act_scale * scale`` overflows int32 (and the accumulator). As ONNX
+    Runtime's quantizer does (``_adjust_weight_scale_for_int32_bias``), such a scale is raised
+    to ``|bias| / (act_scale * BIAS_BOUND)``: the channel's weights then use fewer integer
+    levels (none but 0 when they were ~0). Zero points are kept (the range only grows);
+    with ``pow2`` a raised scale is rounded up to a power of two. Returns ``w_params`` itself
+    when no scale needs raising.
+    """
+    scale = w_params.scale.astype(np.float64)
+    b = np.abs(np.asarray(bias, np.float64)).reshape(-1)
+    need = b / (np.float64(np.asarray(act_scale, np.float32).reshape(())) * BIAS_BOUND)
+    need = need.max(initial=0.0) if scale.ndim == 0 else np.broadcast_to(need, scale.shape)
+    raise_ = need > scale
+    if not np.any(raise_):
+        return w_params
+    new = np.where(raise_, need * 1.0001, scale)  # margin for the float32 products quantize_bias takes
+    if pow2:
+        new = np.where(raise_, np.exp2(np.ceil(np.log2(new))), new)
+    return QuantParams(new.astype(np.float32), w_params.zero_point, w_params.dtype, w_params.axis)
+
+
 def quantize_bias(bias, act_scale, weight_scale) -> tuple[np.ndarray, QuantParams]:
     """An int32 bias with scale ``act_scale * weight_scale`` (float32) and zero point 0.
 
     As ORT's quantizer: the division is done in float64, rounded half to even and clipped to
-    int32. ``weight_scale`` may be per channel (then so is the result, along axis 0). ORT's
-    optional enlargement of tiny weight scales so that a large bias fits int32 is not modelled.
+    int32. ``weight_scale`` may be per channel (then so is the result, along axis 0). A
+    weight scale too small for the bias is enlarged beforehand by ``fit_weight_scale_to_bias``.
     Returns the int32 values and their parameters.
     """
     s = np.asarray(act_scale, np.float32) * np.asarray(weight_scale, np.float32)
