@@ -34,7 +34,7 @@ UNARY = frozenset({ops.Relu, ops.Clip, ops.LeakyRelu, ops.HardSigmoid, ops.HardS
                    ops.Exp, ops.Gelu, ops.Elu, ops.Selu, ops.Softplus, ops.Mish, ops.Neg, ops.Abs, ops.Sqrt,
                    ops.Reciprocal, ops.Erf, ops.op("Log"), ops.op("Softsign"), ops.op("Sin"), ops.op("Cos"),
                    ops.op("Floor"), ops.op("Ceil"), ops.op("Round"), ops.op("ThresholdedRelu"),
-                   ops.op("Celu"), ops.op("Shrink")})
+                   ops.op("Celu"), ops.op("Shrink"), ops.QGraphHardSwish, ops.QGraphGelu})
 #: elementwise binary ops tabulated when the other operand is a one-element constant
 SCALAR_BINARY = frozenset({ops.Add, ops.Sub, ops.Mul, ops.Div, ops.Pow, ops.Max, ops.Min})
 
