@@ -142,7 +142,7 @@ class Compiled:
 
 
 def build(model: Model, target: "str | Target" = "cpu", *, input_shapes: Mapping[str, Sequence[int]] | None = None,
-          batch_size: int | None = None, outputs: Sequence[str] | None = None) -> Compiled:
+          batch_size: int | None = None, outputs: Sequence[str] | None = None, kernels: str = "auto") -> Compiled:
     """Lower an L3 model to Relax and compile it with TVM's default pipeline.
 
     Args:
@@ -151,6 +151,8 @@ def build(model: Model, target: "str | Target" = "cpu", *, input_shapes: Mapping
         input_shapes: static shapes for inputs whose declared shape has symbolic dims.
         batch_size: the leading dim of inputs whose declared leading dim is symbolic.
         outputs: the values to return, by name (default: the graph outputs).
+        kernels: ``"auto"`` (hand-scheduled integer kernels where they apply) or ``"default"``
+            (``qgraph.tvm.lower``).
 
     Raises:
         LoweringError: the model cannot be lowered (names the node and op).
@@ -159,7 +161,7 @@ def build(model: Model, target: "str | Target" = "cpu", *, input_shapes: Mapping
 
     tgt = resolve(target)
     shapes = static_input_shapes(model, input_shapes, batch_size)
-    mod = lower(model, shapes, outputs=outputs)
+    mod = lower(model, shapes, outputs=outputs, target=tgt, kernels=kernels)
     start = time.perf_counter()
     executable = tvm.compile(mod, tgt.tvm_target())
     seconds = time.perf_counter() - start

@@ -33,11 +33,14 @@ class LowerContext:
     Args:
         bb: the Relax block builder, inside the dataflow block of ``main``.
         opsets: the model's opsets (``""`` for the default domain).
+        fast: whether the hand-scheduled AVX2 kernels (``qgraph.tvm.kernels``) may replace
+            the default lowering of QConv / QMatMul where they apply.
     """
 
-    def __init__(self, bb, opsets: Mapping[str, int]):
+    def __init__(self, bb, opsets: Mapping[str, int], fast: bool = False):
         self.bb = bb
         self.opsets = dict(opsets)
+        self.fast = fast
         self.env: dict[str, object] = {}
         self.node: Node | None = None
 

@@ -199,6 +199,11 @@ def qconv(ctx: LowerContext):
     """``QConv(x, w, [bias])``: padded, strided, dilated, grouped; per-channel requantization."""
     from tvm import relax
 
+    from qgraph.tvm import fast
+
+    y = fast.qconv(ctx)
+    if y is not None:
+        return [y]
     x, w = _int_input(ctx, 0), _int_input(ctx, 1)
     xs, ws = ctx.shape(x), ctx.shape(w)
     nd = len(xs) - 2
@@ -234,6 +239,11 @@ def qmatmul(ctx: LowerContext):
     """``QMatMul(a, b, [bias])``: numpy matmul of shifted operands, per-column requantization."""
     from tvm import relax
 
+    from qgraph.tvm import fast
+
+    y = fast.qmatmul(ctx)
+    if y is not None:
+        return [y]
     a, b = _int_input(ctx, 0), _int_input(ctx, 1)
     ash, bsh = ctx.shape(a), ctx.shape(b)
     if not ash or not bsh:

@@ -181,8 +181,26 @@ class _Folder:
         return list(evaluate(node, args, self.opsets))
 
 
+#: ``kernels=`` choices of ``lower`` / ``build``.
+KERNEL_CHOICES = ("auto", "default")
+
+
+def fast_kernels(target, kernels: str = "auto") -> bool:
+    """Whether the hand-scheduled integer kernels apply: ``kernels="auto"`` on an x86-64 target
+    with AVX2 (a ``qgraph.targets.Target`` or name; None: this host)."""
+    from qgraph.targets import resolve
+
+    if kernels not in KERNEL_CHOICES:
+        raise LoweringError(f"unknown kernels='{kernels}'; choose one of {', '.join(KERNEL_CHOICES)}")
+    if kernels == "default":
+        return False
+    t = resolve("cpu" if target is None else target)
+    return str(t.tvm_dict.get("mtriple", "")).startswith("x86_64") and "avx2" in t.features
+
+
 def lower(model: Model, input_shapes: Mapping[str, Sequence[int]] | None = None, *,
-          batch_size: int | None = None, outputs: Sequence[str] | None = None):
+          batch_size: int | None = None, outputs: Sequence[str] | None = None, target=None,
+          kernels: str = "auto"):
     """The Relax ``IRModule`` of an L3 model.
 
     Args:
@@ -191,6 +209,11 @@ def lower(model: Model, input_shapes: Mapping[str, Sequence[int]] | None = None,
         batch_size: the leading dim of inputs whose declared leading dim is symbolic.
         outputs: the values ``main`` returns, by name (default: the graph outputs); any value
             of the graph may be asked for (per-layer comparisons).
+        target: the ``qgraph.targets`` target (or name) the module is for (None: this host);
+            it decides which kernels apply.
+        kernels: ``"auto"``: QConv / QMatMul on the hand-scheduled kernels of
+            ``qgraph.tvm.kernels`` where they apply (x86 AVX2), the default lowering elsewhere;
+            ``"default"``: the default lowering everywhere.
 
     Returns:
         ``tvm.IRModule`` with ``main(inputs...) -> (outputs...)``.
@@ -206,7 +229,7 @@ def lower(model: Model, input_shapes: Mapping[str, Sequence[int]] | None = None,
     graph = model.graph
     bb = relax.BlockBuilder()
     params = [relax.Var(name, relax.TensorType(shape, input_dtype(model, name))) for name, shape in shapes.items()]
-    ctx = LowerContext(bb, opsets)
+    ctx = LowerContext(bb, opsets, fast=fast_kernels(target, kernels))
     fold = _Folder(opsets)
     with bb.function("main", params):
         with bb.dataflow():

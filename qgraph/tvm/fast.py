@@ -1,0 +1,226 @@
+"""Kernel selection: QConv / QMatMul on the hand-scheduled AVX2 kernels of ``qgraph.tvm.kernels``.
+
+``qconv`` / ``qmatmul`` return the node's output (a Relax expression) when a fast kernel
+covers the node, else None and the default lowering runs. ``conv_kernel`` /
+``matmul_kernel`` name the choice without emitting anything (tests and reports).
+
+A fast kernel needs: an x86 target with AVX2 (``LowerContext.fast``), a constant weight,
+a non-constant activation of 8-bit storage, zero-point-shifted operands whose int16 pair
+products are exact (``|x - x_zp| * |w - w_zp| * 2 < 2**31``, both within int16), an int32
+bias. QConv: 2-D, ``group == 1`` (``gemm``) or depthwise (``depthwise``). QMatMul: a 2-D
+constant ``b`` and an activation of rank >= 2.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qgraph.tvm import kernels as K
+from qgraph.tvm.context import LowerContext
+
+_I16 = 2**15 - 1
+
+
+def _range_fits(lo: int, hi: int) -> bool:
+    return -_I16 <= lo and hi <= _I16
+
+
+def _act_range(ctx: LowerContext, x, zp: int) -> tuple[int, int] | None:
+    dt = np.dtype(ctx.dtype(x))
+    if dt.kind not in "iu" or dt.itemsize != 1:
+        return None
+    return int(np.iinfo(dt).min) - zp, int(np.iinfo(dt).max) - zp
+
+
+def _exact_pairs(xr: tuple[int, int], wd: np.ndarray) -> bool:
+    if wd.size == 0:
+        return False
+    wlo, whi = int(wd.min()), int(wd.max())
+    if not (_range_fits(*xr) and _range_fits(wlo, whi)):
+        return False
+    return 2 * max(abs(xr[0]), abs(xr[1])) * max(abs(wlo), abs(whi)) < 2**31
+
+
+def _attr_ints(ctx: LowerContext, name: str, default=None) -> np.ndarray:
+    value = ctx.node.attr(name, default)
+    return np.atleast_1d(np.asarray(value, dtype=np.int64)).reshape(-1)
+
+
+def _requant(ctx: LowerContext, channels: int, padded: int, bias) -> K.Requant | None:
+    mult, shift = _attr_ints(ctx, "multiplier"), _attr_ints(ctx, "shift")
+    if mult.size not in (1, channels) or shift.size not in (1, channels):
+        return None
+    if shift.min() < 0 or shift.max() > 62:
+        return None
+    zp = int(_attr_ints(ctx, "y_zero_point")[0])
+    qmin, qmax = int(_attr_ints(ctx, "y_qmin")[0]), int(_attr_ints(ctx, "y_qmax")[0])
+    if bias is not None and (bias.size not in (1, channels) or not K.bias_fits_int32(bias)):
+        return None
+    out = ctx.storage(qmin, qmax)
+    if out not in ("uint8", "int8", "int16", "uint16", "int32"):
+        return None
+    return K.Requant.make(channels, padded, bias, mult, shift, zp, qmin, qmax, out)
+
+
+# -- QConv ------------------------------------------------------------------------------------------
+def conv_kernel(ctx: LowerContext) -> str:
+    """``"gemm"``, ``"depthwise"`` or ``"default"``: the kernel ``qconv`` would emit for ``ctx.node``."""
+    plan = _conv_plan(ctx)
+    return plan[0] if plan is not None else "default"
+
+
+def _conv_plan(ctx: LowerContext):
+    if not ctx.fast:
+        return None
+    x, w = ctx.value(0), ctx.value(1)
+    if isinstance(x, np.ndarray) or not isinstance(w, np.ndarray):
+        return None
+    xs, ws = ctx.shape(x), w.shape
+    if len(xs) != 4 or len(ws) != 4:
+        return None
+    oc = ws[0]
+    group = int(ctx.attr("group", 1))
+    kernel = tuple(int(k) for k in _attr_ints(ctx, "kernel_shape", list(ws[2:])))
+    if kernel != tuple(ws[2:]) or xs[1] != ws[1] * group:
+        return None
+    x_zp = int(_attr_ints(ctx, "x_zero_point")[0])
+    w_zp = _attr_ints(ctx, "w_zero_point")
+    if w_zp.size not in (1, oc):
+        return None
+    xr = _act_range(ctx, x, x_zp)
+    if xr is None:
+        return None
+    wd = w.astype(np.int64) - w_zp.reshape(-1, 1, 1, 1)
+    if not _exact_pairs(xr, wd):
+        return None
+    bias = ctx.maybe_const(2)
+    if ctx.has_input(2) and bias is None:
+        return None
+    bias = None if bias is None else bias.astype(np.int64).reshape(-1)
+    if group == 1:
+        kind = "gemm"
+        padded = K.ceil_to(oc, K.CONV_TILE[0])
+    elif group == xs[1] and ws[1] == 1 and oc == group:
+        kind = "depthwise"
+        padded = oc
+    else:
+        return None
+    rq = _requant(ctx, oc, padded, bias)
+    if rq is None:
+        return None
+    win = ctx.windows(xs[2:], kernel)
+    g = K.ConvGeometry(xs[0], xs[1], xs[2], xs[3], oc, kernel[0], kernel[1], win.out[0], win.out[1],
+                       tuple(win.strides), tuple(win.dilations), tuple(win.pads_begin))
+    if g.oh <= 0 or g.ow <= 0:
+        return None
+    return kind, g, wd, rq, x_zp
+
+
+def _call(ctx: LowerContext, func, name: str, args, shape, dtype):
+    from tvm import relax
+
+    # the block builder names the function (unique) and shares structurally equal ones
+    gv = ctx.bb.add_func(func.without_attr("global_symbol"), name)
+    return ctx.emit(relax.call_tir(gv, list(args), relax.TensorType(list(shape), dtype)))
+
+
+def _padded_extent(g: K.ConvGeometry, ow: int | None = None) -> tuple[int, int]:
+    """The padded input extent every window reads (``ow`` output columns: a vector tail)."""
+    ow = g.ow if ow is None else ow
+    span_h = (g.oh - 1) * g.strides[0] + (g.kh - 1) * g.dilations[0] + 1
+    span_w = (ow - 1) * g.strides[1] + (g.kw - 1) * g.dilations[1] + 1
+    return max(span_h, g.pads[0] + g.h), max(span_w, g.pads[1] + g.w)
+
+
+def qconv(ctx: LowerContext):
+    """The QConv output on a fast kernel, or None (see the module doc)."""
+    plan = _conv_plan(ctx)
+    if plan is None:
+        return None
+    kind, g, wd, rq, x_zp = plan
+    x = ctx.value(0)
+    xdt = ctx.dtype(x)
+    consts = [ctx.const(a) for a in rq.arrays()]
+    if kind == "gemm":
+        rt, vt = K.CONV_TILE
+        lanes = K.LANES * vt
+        k2 = -(-g.k // 2)
+        lp = K.ceil_to(g.pixels, lanes)
+        hp, wp_ = _padded_extent(g)
+        if (hp, wp_) != (g.h, g.w) or any(g.pads):  # pad once (x - zp, 0 around), then gather
+            x = _call(ctx, K.depthwise_pad(g.n, g.c, g.h, g.w, hp, wp_, g.pads, xdt, x_zp), "qconv_pad", [x],
+                      (g.n, g.c, hp, wp_), "int16")
+            xdt, x_zp = "int16", 0
+        xp = _call(ctx, K.im2col(g, xdt, x_zp, lanes, hp, wp_), "qconv_im2col", [x], (g.n, k2, lp * 2), "int16")
+        wp = K.pack_conv_weights(wd.reshape(g.oc, -1).astype(np.int16), rt)
+        y = _call(ctx, K.gemm_rows(g.n, g.oc, k2, g.pixels, rq), "qconv_gemm", [xp, ctx.const(wp)] + consts,
+                  (g.n, g.oc, g.pixels), rq.out_dtype)
+    else:
+        vt = 2 if g.ow > K.LANES else 1
+        hp, wp_ = _padded_extent(g, K.ceil_to(g.ow, K.LANES * vt))
+        xp = _call(ctx, K.depthwise_pad(g.n, g.c, g.h, g.w, hp, wp_, g.pads, xdt, x_zp), "qdw_pad", [x],
+                   (g.n, g.c, hp, wp_), "int16")
+        w16 = ctx.const(wd.reshape(g.oc, -1).astype(np.int16))
+        y = _call(ctx, K.depthwise(g, hp, wp_, rq, vt), "qdw_conv", [xp, w16] + consts,
+                  (g.n, g.oc, g.oh, g.ow), rq.out_dtype)
+        return y
+    from tvm import relax
+
+    return ctx.emit(relax.op.reshape(y, (g.n, g.oc, g.oh, g.ow)))
+
+
+# -- QMatMul ----------------------------------------------------------------------------------------
+def matmul_kernel(ctx: LowerContext) -> str:
+    """``"gemm"`` or ``"default"``: the kernel ``qmatmul`` would emit for ``ctx.node``."""
+    return "gemm" if _matmul_plan(ctx) is not None else "default"
+
+
+def _matmul_plan(ctx: LowerContext):
+    if not ctx.fast:
+        return None
+    a, b = ctx.value(0), ctx.value(1)
+    if isinstance(a, np.ndarray) or not isinstance(b, np.ndarray) or b.ndim != 2:
+        return None
+    ash = ctx.shape(a)
+    if len(ash) < 2 or ash[-1] != b.shape[0]:
+        return None
+    k, n = b.shape
+    a_zp = int(_attr_ints(ctx, "a_zero_point")[0])
+    b_zp = _attr_ints(ctx, "b_zero_point")
+    if b_zp.size not in (1, n):
+        return None
+    ar = _act_range(ctx, a, a_zp)
+    if ar is None:
+        return None
+    bd = b.astype(np.int64) - b_zp.reshape(1, -1)
+    if not _exact_pairs(ar, bd):
+        return None
+    bias = ctx.maybe_const(2)
+    if ctx.has_input(2) and bias is None:
+        return None
+    bias = None if bias is None else bias.astype(np.int64).reshape(-1)
+    lanes = K.LANES * K.MATMUL_TILE[1]
+    rq = _requant(ctx, n, K.ceil_to(n, lanes), bias)
+    if rq is None:
+        return None
+    return ash, bd, rq, a_zp
+
+
+def qmatmul(ctx: LowerContext):
+    """The QMatMul output on the fast kernel, or None."""
+    from tvm import relax
+
+    plan = _matmul_plan(ctx)
+    if plan is None:
+        return None
+    ash, bd, rq, a_zp = plan
+    k, n = bd.shape
+    rows = int(np.prod(ash[:-1]))
+    k2 = -(-k // 2)
+    a = ctx.value(0)
+    a2 = ctx.emit(relax.op.reshape(a, (rows, k))) if len(ash) != 2 else a
+    ap = _call(ctx, K.matmul_prep(rows, k, ctx.dtype(a), a_zp), "qmatmul_prep", [a2], (rows, 2 * k2), "int16")
+    wp = K.pack_matmul_weights(bd.astype(np.int16), K.LANES * K.MATMUL_TILE[1])
+    y = _call(ctx, K.gemm_cols(rows, k2, n, rq), "qmatmul_gemm", [ap, ctx.const(wp)] + [ctx.const(z) for z in rq.arrays()],
+              (rows, n), rq.out_dtype)
+    return ctx.emit(relax.op.reshape(y, tuple(ash[:-1]) + (n,))) if len(ash) != 2 else y

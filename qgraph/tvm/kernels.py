@@ -1,0 +1,400 @@
+"""Hand-scheduled integer kernels (TIR) for x86 AVX2: exact int16 pair products, fused requantization.
+
+No tuning happens at compile time: every kernel is written for the vector width, with
+fixed register tiles, and built once per shape by ``tvm.compile``. The lowering
+(``qgraph.tvm.fast``) calls them through ``relax.call_tir``; shapes and ops they do not
+cover keep the default lowering.
+
+The dot-product core is ``VPMADDWD``: 16 int16 x int16 products added in adjacent pairs
+into 8 int32 lanes. Operands are zero-point-shifted 8-bit values widened to int16
+(``|x - zp| <= 255``), so a pair sum is at most ``2 * 255 * 32767 < 2**31``: the
+instruction is exact and the int32 accumulation wraps only where the contract's int32
+accumulator would overflow anyway (two's complement sums are exact modulo ``2**32``, so a
+final value that fits int32 is right). The saturating u8 x s8 form (``VPMADDUBSW``) is not
+used.
+
+Layouts (``K2 = ceil(K / 2)``, pairs of the reduction axis; odd ``K`` is padded with a 0):
+
+- the *broadcast* operand is int32 ``[..., K2]``: one int32 holds the int16 pair
+  ``(v[2j], v[2j+1])`` (little endian) and is broadcast to the 8 lanes;
+- the *vector* operand is int16 ``[..., K2, L * 2]``: lane ``l`` of pair ``j`` holds
+  ``(v[2j, l], v[2j+1, l])`` adjacent, so one 256-bit load covers 8 lanes.
+
+Conv (``gemm_rows``): weights are the broadcast operand, packed at compile time as
+``[OC / RT, K2, RT]``; pixels are the lanes (an im2col kernel writes them, subtracting the
+zero point and padding with 0). The output is NCHW, so a tile of ``RT`` channels x 8 pixels
+stores contiguous vectors. MatMul (``gemm_cols``): activations are the broadcast operand,
+weight columns the lanes (packed ``[K2, N * 2]``). Depthwise conv (``depthwise``) multiplies
+int16 taps into int32 lanes over output columns.
+
+Requantization is the epilogue of the tile, on the int32 accumulator held in registers:
+``clip(zp + ((sext(acc + bias) * m + half) >> shift), qmin, qmax)`` in int64
+(``qgraph.quant.fixedpoint.requantize``; ``half = 2**(shift-1)`` or 0), then the narrowing
+cast. Per-channel parameters are constant buffers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: int32 lanes of one 256-bit vector.
+LANES = 8
+#: Register tile of the conv GEMM: RT output channels x VT vectors of 8 pixels.
+CONV_TILE = (8, 1)
+#: Register tile of the matmul GEMM: RT rows x VT vectors of 8 columns.
+MATMUL_TILE = (4, 2)
+
+_PMADDWD = "llvm.x86.avx2.pmadd.wd"
+
+
+def ceil_to(x: int, m: int) -> int:
+    return -(-x // m) * m
+
+
+@dataclass(frozen=True)
+class Requant:
+    """Per-channel requantization constants of an epilogue (arrays of the padded channel count).
+
+    ``bias`` int32; ``multiplier`` int32 when every multiplier fits (``sext * sext``, which
+    LLVM turns into ``vpmuldq``) else int64; ``half`` and ``shift`` int64.
+    """
+
+    bias: np.ndarray
+    multiplier: np.ndarray
+    half: np.ndarray
+    shift: np.ndarray
+    zero_point: int
+    qmin: int
+    qmax: int
+    out_dtype: str
+
+    @classmethod
+    def make(cls, channels: int, padded: int, bias, multiplier, shift, zero_point: int, qmin: int, qmax: int,
+             out_dtype: str) -> "Requant":
+        def per(a, dtype):
+            a = np.broadcast_to(np.asarray(a, np.int64).reshape(-1), (channels,))
+            out = np.zeros(padded, np.int64)
+            out[:channels] = a
+            return out.astype(dtype)
+
+        b = per(0 if bias is None else bias, np.int64)
+        m = per(multiplier, np.int64)
+        s = per(shift, np.int64)
+        half = np.where(s > 0, np.left_shift(np.int64(1), np.maximum(s - 1, 0)), 0).astype(np.int64)
+        m_dtype = np.int32 if (m.min() >= -(2**31) and m.max() < 2**31) else np.int64
+        return cls(b.astype(np.int32), m.astype(m_dtype), half, s, int(zero_point), int(qmin), int(qmax), out_dtype)
+
+    def arrays(self) -> list[np.ndarray]:
+        return [self.bias, self.multiplier, self.half, self.shift]
+
+
+def bias_fits_int32(bias) -> bool:
+    b = np.asarray(bias, np.int64)
+    return bool(b.size == 0 or (b.min() >= -(2**31) and b.max() < 2**31))
+
+
+def _requant_expr(T, acc, bias, mult, half, shift, rq: Requant):
+    """The epilogue on int32 ``acc`` (scalar or vector; the parameters of the same lanes)."""
+    v = T.Cast("int64", acc + bias) * T.Cast("int64", mult)
+    v = T.shift_right(v + half, shift) + T.int64(rq.zero_point)
+    v = T.max(T.min(v, T.int64(rq.qmax)), T.int64(rq.qmin))
+    return T.Cast(rq.out_dtype, T.Cast("int32", v))
+
+
+# -- weight packing (compile time, numpy) ----------------------------------------------------------
+def pairs_as_int32(v16: np.ndarray) -> np.ndarray:
+    """int16 ``[..., 2 * K2]`` viewed as int32 ``[..., K2]`` (pair ``(v[2j], v[2j+1])`` per int32)."""
+    return np.ascontiguousarray(v16.astype(np.int16)).view(np.int32)
+
+
+def pack_conv_weights(wd: np.ndarray, rt: int) -> np.ndarray:
+    """Zero-point-shifted weights ``[OC, K]`` (int16 values) as int32 ``[ceil(OC/rt), K2, rt]``."""
+    oc, k = wd.shape
+    k2 = -(-k // 2)
+    w = np.zeros((ceil_to(oc, rt), 2 * k2), np.int16)
+    w[:oc, :k] = wd
+    p = pairs_as_int32(w)  # [OCp, K2]
+    return np.ascontiguousarray(p.reshape(-1, rt, k2).transpose(0, 2, 1))
+
+
+def pack_matmul_weights(bd: np.ndarray, lanes: int) -> np.ndarray:
+    """Zero-point-shifted weights ``[K, N]`` (int16 values) as int16 ``[K2, Np * 2]``, pairs interleaved."""
+    k, n = bd.shape
+    k2, npad = -(-k // 2), ceil_to(n, lanes)
+    w = np.zeros((2 * k2, npad), np.int16)
+    w[:k, :n] = bd
+    return np.ascontiguousarray(w.reshape(k2, 2, npad).transpose(0, 2, 1).reshape(k2, 2 * npad))
+
+
+# -- kernels ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ConvGeometry:
+    n: int
+    c: int
+    h: int
+    w: int
+    oc: int
+    kh: int
+    kw: int
+    oh: int
+    ow: int
+    strides: tuple[int, int]
+    dilations: tuple[int, int]
+    pads: tuple[int, int]  # begin (top, left)
+
+    @property
+    def k(self) -> int:
+        return self.c * self.kh * self.kw
+
+    @property
+    def pixels(self) -> int:
+        return self.oh * self.ow
+
+
+def im2col(g: ConvGeometry, x_dtype: str, x_zp: int, lanes_pad: int, hp: int, wp: int):
+    """``x [N, C, Hp, Wp]`` (already padded: ``depthwise_pad``, or unpadded when the conv has
+    no pads) -> int16 ``[N, K2, Lp * 2]``: ``x - zp`` at every tap, pairs of the reduction
+    axis ``k = (c * KH + kh) * KW + kw`` interleaved per pixel, 0 past ``K`` and ``P``."""
+    from tvm.script import tirx as T
+
+    N, C, Hp, Wp = g.n, g.c, hp, wp
+    KH, KW, OH, OW = g.kh, g.kw, g.oh, g.ow
+    SH, SW = g.strides
+    DH, DW = g.dilations
+    K, P = g.k, g.pixels
+    K2 = -(-K // 2)
+    Lp = ceil_to(P, lanes_pad)
+    zp = int(x_zp)
+
+    # index arithmetic as Python helpers: a TVMScript assignment would become a mutable
+    # scalar (a workspace allocation per iteration)
+    def kk(nj, t):
+        return (nj % K2) * 2 + t
+
+    @T.prim_func(check_well_formed=False)
+    def qconv_im2col(x: T.Buffer((N, C, Hp, Wp), x_dtype), xp: T.Buffer((N, K2, Lp * 2), "int16")):
+        T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+        with T.sblock("root"):
+            for nj in T.parallel(N * K2):
+                for t in T.serial(2):
+                    if kk(nj, t) < K:
+                        for oh in T.serial(OH):
+                            for ow in T.serial(OW):
+                                xp[nj // K2, nj % K2, (oh * OW + ow) * 2 + t] = T.Cast("int16", x[
+                                    nj // K2, kk(nj, t) // (KH * KW), oh * SH + kk(nj, t) // KW % KH * DH,
+                                    ow * SW + kk(nj, t) % KW * DW]) - T.int16(zp)
+                        for p in T.serial(Lp - P):
+                            xp[nj // K2, nj % K2, (P + p) * 2 + t] = T.int16(0)
+                    else:
+                        for p in T.serial(Lp):
+                            xp[nj // K2, nj % K2, p * 2 + t] = T.int16(0)
+
+    return qconv_im2col
+
+
+def gemm_rows(n: int, rows: int, k2: int, lanes: int, rq: Requant, tile=CONV_TILE):
+    """Conv GEMM: ``y[n, r, l] = requant(sum_j w[r, j] . xp[n, j, l] + bias[r])`` for ``r < rows``,
+    ``l < lanes``; ``w`` packed by ``pack_conv_weights``, per-row requantization."""
+    from tvm.script import tirx as T
+
+    RT, VT = tile
+    V = LANES * VT
+    N, R, K2, L = n, rows, k2, lanes
+    Lp, Rp = ceil_to(L, V), ceil_to(R, RT)
+    LT, RTs = Lp // V, Rp // RT
+    mdt = str(rq.multiplier.dtype)
+    odt = rq.out_dtype
+
+    def epi(acc, b, m, h, s):
+        return _requant_expr(T, acc, b, m, h, s, rq)
+
+    @T.prim_func(check_well_formed=False)
+    def qconv_gemm(xp: T.Buffer((N, K2, Lp * 2), "int16"), w: T.Buffer((RTs, K2, RT), "int32"),
+                   bias: T.Buffer((Rp,), "int32"), mult: T.Buffer((Rp,), mdt), half: T.Buffer((Rp,), "int64"),
+                   shift: T.Buffer((Rp,), "int64"), y: T.Buffer((N, R, L), odt)):
+        T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+        with T.sblock("root"):
+            for nt in T.parallel(N * LT):
+                for rt in T.serial(RTs):
+                    acc = T.alloc_buffer((RT * V,), "int32", scope="local")
+                    for i in T.unroll(RT * VT):
+                        acc[T.ramp(i * 8, 1, 8)] = T.broadcast(0, 8)
+                    for j in T.serial(K2):
+                        for r in T.unroll(RT):
+                            for v in T.unroll(VT):
+                                acc[T.ramp((r * VT + v) * 8, 1, 8)] = acc[T.ramp((r * VT + v) * 8, 1, 8)] + \
+                                    T.call_llvm_pure_intrin(
+                                        "int32x8", _PMADDWD,
+                                        T.reinterpret("int16x16", T.broadcast(w[rt, j, r], 8)),
+                                        xp[nt // LT, j, T.ramp(((nt % LT) * VT + v) * 16, 1, 16)])
+                    for r in T.unroll(RT):
+                        for v in T.unroll(VT):
+                            if rt * RT + r < R:
+                                if ((nt % LT) * VT + v) * 8 + 8 <= L:
+                                    for l in T.vectorized(8):
+                                        y[nt // LT, rt * RT + r, ((nt % LT) * VT + v) * 8 + l] = epi(
+                                            acc[(r * VT + v) * 8 + l], bias[rt * RT + r], mult[rt * RT + r],
+                                            half[rt * RT + r], shift[rt * RT + r])
+                                else:
+                                    for l in T.serial(8):
+                                        if ((nt % LT) * VT + v) * 8 + l < L:
+                                            y[nt // LT, rt * RT + r, ((nt % LT) * VT + v) * 8 + l] = epi(
+                                                acc[(r * VT + v) * 8 + l], bias[rt * RT + r], mult[rt * RT + r],
+                                                half[rt * RT + r], shift[rt * RT + r])
+
+    return qconv_gemm
+
+
+def matmul_prep(rows: int, k: int, a_dtype: str, a_zp: int):
+    """``a [rows, K]`` (8-bit) -> int16 ``[rows, 2 * K2]``: ``a - zp``, an odd K padded with 0."""
+    from tvm.script import tirx as T
+
+    R, K = rows, k
+    K2 = -(-K // 2)
+    zp = int(a_zp)
+
+    @T.prim_func(check_well_formed=False)
+    def qmatmul_prep(a: T.Buffer((R, K), a_dtype), ap: T.Buffer((R, K2 * 2), "int16")):
+        T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+        with T.sblock("root"):
+            for r in T.parallel(R):
+                for kk in T.vectorized(K2 * 2):
+                    ap[r, kk] = T.if_then_else(kk < K, T.Cast("int16", a[r, T.min(kk, K - 1)]) - T.int16(zp), T.int16(0))
+
+    return qmatmul_prep
+
+
+def gemm_cols(rows: int, k2: int, cols: int, rq: Requant, tile=MATMUL_TILE):
+    """MatMul GEMM: ``y[r, c] = requant(sum_j a[r, j] . w[j, c] + bias[c])``, ``a`` int16 pairs
+    ``[rows, 2 * K2]``, ``w`` packed by ``pack_matmul_weights``; per-column requantization."""
+    from tvm.script import tirx as T
+
+    RT, VT = tile
+    V = LANES * VT
+    R, K2, C = rows, k2, cols
+    Cp = ceil_to(C, V)
+    CT, RTs = Cp // V, -(-R // RT)
+    mdt = str(rq.multiplier.dtype)
+    odt = rq.out_dtype
+
+    def epi(acc, b, m, h, s):
+        return _requant_expr(T, acc, b, m, h, s, rq)
+
+    @T.prim_func(check_well_formed=False)
+    def qmatmul_gemm(a: T.Buffer((R, K2 * 2), "int16"), w: T.Buffer((K2, Cp * 2), "int16"),
+                     bias: T.Buffer((Cp,), "int32"), mult: T.Buffer((Cp,), mdt), half: T.Buffer((Cp,), "int64"),
+                     shift: T.Buffer((Cp,), "int64"), y: T.Buffer((R, C), odt)):
+        T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+        with T.sblock("root"):
+            for t in T.parallel(CT * RTs):
+                acc = T.alloc_buffer((RT * V,), "int32", scope="local")
+                for i in T.unroll(RT * VT):
+                    acc[T.ramp(i * 8, 1, 8)] = T.broadcast(0, 8)
+                for j in T.serial(K2):
+                    for r in T.unroll(RT):
+                        for v in T.unroll(VT):
+                            acc[T.ramp((r * VT + v) * 8, 1, 8)] = acc[T.ramp((r * VT + v) * 8, 1, 8)] + \
+                                T.call_llvm_pure_intrin(
+                                    "int32x8", _PMADDWD,
+                                    T.reinterpret("int16x16", T.broadcast(T.reinterpret("int32", a[
+                                        T.min((t % RTs) * RT + r, R - 1), T.ramp(j * 2, 1, 2)]), 8)),
+                                    w[j, T.ramp(((t // RTs) * VT + v) * 16, 1, 16)])
+                for r in T.unroll(RT):
+                    for v in T.unroll(VT):
+                        if (t % RTs) * RT + r < R:
+                            if ((t // RTs) * VT + v) * 8 + 8 <= C:
+                                for l in T.vectorized(8):
+                                    y[(t % RTs) * RT + r, ((t // RTs) * VT + v) * 8 + l] = epi(
+                                        acc[(r * VT + v) * 8 + l], bias[((t // RTs) * VT + v) * 8 + l],
+                                        mult[((t // RTs) * VT + v) * 8 + l], half[((t // RTs) * VT + v) * 8 + l],
+                                        shift[((t // RTs) * VT + v) * 8 + l])
+                            else:
+                                for l in T.serial(8):
+                                    if ((t // RTs) * VT + v) * 8 + l < C:
+                                        y[(t % RTs) * RT + r, ((t // RTs) * VT + v) * 8 + l] = epi(
+                                            acc[(r * VT + v) * 8 + l], bias[((t // RTs) * VT + v) * 8 + l],
+                                            mult[((t // RTs) * VT + v) * 8 + l], half[((t // RTs) * VT + v) * 8 + l],
+                                            shift[((t // RTs) * VT + v) * 8 + l])
+
+    return qmatmul_gemm
+
+
+def depthwise_pad(n: int, c: int, h: int, w: int, hp: int, wp: int, pads: tuple[int, int], x_dtype: str, x_zp: int):
+    """``x [N, C, H, W]`` -> int16 ``[N, C, Hp, Wp]``: ``x - zp``, 0 around (pads begin at ``pads``)."""
+    from tvm.script import tirx as T
+
+    N, C, H, W, Hp, Wp = n, c, h, w, hp, wp
+    PT, PL = pads
+    zp = int(x_zp)
+
+    @T.prim_func(check_well_formed=False)
+    def qdw_pad(x: T.Buffer((N, C, H, W), x_dtype), xp: T.Buffer((N, C, Hp, Wp), "int16")):
+        T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+        with T.sblock("root"):
+            for nc in T.parallel(N * C):
+                for i in T.serial(Hp):
+                    for j in T.serial(Wp):
+                        xp[nc // C, nc % C, i, j] = T.if_then_else(
+                            PT <= i and i < PT + H and PL <= j and j < PL + W,
+                            T.Cast("int16", x[nc // C, nc % C, T.max(T.min(i - PT, H - 1), 0),
+                                              T.max(T.min(j - PL, W - 1), 0)]) - T.int16(zp),
+                            T.int16(0))
+
+    return qdw_pad
+
+
+def depthwise(g: ConvGeometry, hp: int, wp: int, rq: Requant, vt: int = 2):
+    """Depthwise conv on the padded int16 input: 8 output columns per int32 vector, ``vt``
+    vectors per step, every tap's weight broadcast; per-channel requantization.
+
+    ``int32(x16) * int32(w16)`` lanes are what LLVM turns into ``vpmaddwd`` with zero odd lanes.
+    """
+    from tvm.script import tirx as T
+
+    N, C, KH, KW, OH, OW = g.n, g.c, g.kh, g.kw, g.oh, g.ow
+    SH, SW = g.strides
+    DH, DW = g.dilations
+    Hp, Wp = hp, wp
+    VT = vt
+    V = LANES * VT
+    OT = -(-OW // V)
+    mdt = str(rq.multiplier.dtype)
+    odt = rq.out_dtype
+
+    def epi(acc, b, m, h, s):
+        return _requant_expr(T, acc, b, m, h, s, rq)
+
+    @T.prim_func(check_well_formed=False)
+    def qdw_conv(xp: T.Buffer((N, C, Hp, Wp), "int16"), w: T.Buffer((C, KH * KW), "int16"),
+                 bias: T.Buffer((C,), "int32"), mult: T.Buffer((C,), mdt), half: T.Buffer((C,), "int64"),
+                 shift: T.Buffer((C,), "int64"), y: T.Buffer((N, C, OH, OW), odt)):
+        T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+        with T.sblock("root"):
+            for nch in T.parallel(N * C * OH):
+                for ot in T.serial(OT):
+                    acc = T.alloc_buffer((V,), "int32", scope="local")
+                    for i in T.unroll(VT):
+                        acc[T.ramp(i * 8, 1, 8)] = T.broadcast(0, 8)
+                    for kh in T.unroll(KH):
+                        for kw in T.unroll(KW):
+                            for v in T.unroll(VT):
+                                acc[T.ramp(v * 8, 1, 8)] = acc[T.ramp(v * 8, 1, 8)] + T.Cast("int32x8", xp[
+                                    nch // (C * OH), nch // OH % C, nch % OH * SH + kh * DH,
+                                    T.ramp((ot * V + v * 8) * SW + kw * DW, SW, 8)]) * T.broadcast(
+                                    T.Cast("int32", w[nch // OH % C, kh * KW + kw]), 8)
+                    for v in T.unroll(VT):
+                        if ot * V + v * 8 + 8 <= OW:
+                            for l in T.vectorized(8):
+                                y[nch // (C * OH), nch // OH % C, nch % OH, ot * V + v * 8 + l] = epi(
+                                    acc[v * 8 + l], bias[nch // OH % C], mult[nch // OH % C], half[nch // OH % C],
+                                    shift[nch // OH % C])
+                        else:
+                            for l in T.serial(8):
+                                if ot * V + v * 8 + l < OW:
+                                    y[nch // (C * OH), nch // OH % C, nch % OH, ot * V + v * 8 + l] = epi(
+                                        acc[v * 8 + l], bias[nch // OH % C], mult[nch // OH % C], half[nch // OH % C],
+                                        shift[nch // OH % C])
+
+    return qdw_conv
