@@ -1,0 +1,166 @@
+"""qgraph.tvm's hand-scheduled AVX2 kernels equal the reference interpreter bit for bit, and the
+lowering picks them where they apply (and only there).
+
+Random shapes, zero points and per-channel multipliers, with the edge cases of the kernels:
+channel and pixel counts that are not multiples of the vector width or the register tile,
+odd reductions (a padded pair), pads, strides, dilations, depthwise and grouped convs,
+full-range 8-bit operands (the largest int16 pair products), tiny and large shifts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qgraph.ir import DType, Graph, Model, Node, TensorType, Value, l3
+from qgraph.ir.dtypes import from_numpy
+from qgraph.reference import Interpreter
+
+tvm = pytest.importorskip("tvm")
+qtvm = pytest.importorskip("qgraph.tvm")
+from qgraph import targets  # noqa: E402
+from qgraph.tvm.lower import fast_kernels  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not fast_kernels(None), reason="the fast kernels need an x86-64 host with AVX2")
+
+
+def _one_node(op, feeds, consts, attrs, out_dtype):
+    g = Graph("g")
+    ins = []
+    for k, a in feeds.items():
+        v = Value(k, TensorType(from_numpy(a.dtype), tuple(a.shape)))
+        g.inputs.append(v)
+        ins.append(v)
+    for k, a in consts.items():
+        ins.append(g.add_initializer(k, a))
+    out = Value("y", TensorType(out_dtype, None))
+    g.append(Node(op, ins, [out], attrs, name="n"))
+    g.outputs.append(out)
+    return Model(g, {"": 21, "qgraph": 1})
+
+
+def _kernels(model) -> set[str]:
+    mod = qtvm.lower(model)
+    return {gv.name_hint.rstrip("0123456789") for gv in mod.get_global_vars()} - {"main"}
+
+
+def _check(model, feeds, expect: set[str]):
+    assert expect <= _kernels(model), _kernels(model)
+    got = qtvm.build(model).run(feeds)
+    ref = Interpreter(model).run(feeds)
+    assert got["y"].dtype == ref["y"].dtype
+    assert np.array_equal(got["y"], ref["y"]), int((got["y"] != ref["y"]).sum())
+
+
+def _requant(rng, channels: int, out: str) -> dict:
+    info = np.iinfo(out)
+    mult = [int(m) for m in rng.integers(1 << 30, (1 << 31) - 1, channels)]
+    shift = [int(s) for s in rng.integers(36, 44, channels)]
+    if channels > 2:  # the small ones: shift 0 (no rounding term), 1, and a tiny multiplier
+        mult[0], shift[0] = 1, 0
+        mult[1], shift[1] = 3, 1
+    zp = int(rng.integers(info.min, info.max + 1))
+    return {"multiplier": mult, "shift": shift, "y_zero_point": zp, "y_qmin": int(info.min), "y_qmax": int(info.max)}
+
+
+CONV_CASES = [
+    # (N, C, H, W), (OC, C/g, KH, KW), strides, pads, dilations, group, x dtype
+    ((1, 3, 11, 13), (16, 3, 3, 3), [2, 2], [1, 1, 1, 1], [1, 1], 1, "uint8"),    # stem: odd K = 27
+    ((2, 13, 7, 9), (11, 13, 1, 1), [1, 1], [0, 0, 0, 0], [1, 1], 1, "uint8"),    # 1x1, OC < tile, P % 8 != 0
+    ((1, 8, 6, 17), (21, 8, 3, 2), [1, 2], [2, 0, 1, 1], [2, 1], 1, "int8"),     # asymmetric pads, dilation
+    ((3, 5, 1, 40), (7, 5, 1, 3), [1, 1], [0, 1, 0, 1], [1, 1], 1, "int8"),      # rec's 1x3 neck conv shape
+    ((1, 24, 12, 20), (24, 1, 5, 5), [2, 1], [2, 2, 2, 2], [1, 1], 24, "uint8"),  # depthwise 5x5, stride (2, 1)
+    ((2, 9, 7, 5), (9, 1, 3, 3), [1, 2], [1, 1, 1, 1], [1, 1], 9, "int8"),       # depthwise, W < 8, stride (1, 2)
+]
+
+
+@pytest.mark.parametrize("case", range(len(CONV_CASES)))
+def test_qconv_fast_kernels_bit_exact(case):
+    xs, ws, strides, pads, dil, group, xdt = CONV_CASES[case]
+    rng = np.random.default_rng(100 + case)
+    info = np.iinfo(xdt)
+    x = rng.integers(info.min, info.max + 1, xs).astype(xdt)
+    x.reshape(-1)[:8] = info.min  # extremes: the largest pair products
+    x.reshape(-1)[8:16] = info.max
+    w = rng.integers(-128, 128, ws).astype(np.int8)
+    w[0] = -128
+    oc = ws[0]
+    w_zp = [0] * oc if case % 2 == 0 else [int(z) for z in rng.integers(-3, 4, oc)]
+    bias = rng.integers(-20000, 20000, oc).astype(np.int32)
+    out = "int8" if case % 3 == 1 else "uint8"
+    attrs = {"strides": strides, "pads": pads, "dilations": dil, "group": group, "kernel_shape": list(ws[2:]),
+             "x_zero_point": int(rng.integers(info.min, info.max + 1)), "w_zero_point": w_zp,
+             **_requant(rng, oc, out)}
+    model = _one_node(l3.QConv, {"x": x}, {"w": w, "b": bias}, attrs, from_numpy(np.dtype(out)))
+    kind = "qdw_conv" if group > 1 else "qconv_gemm"
+    _check(model, {"x": x}, {kind})
+
+
+def test_qconv_per_tensor_requant_no_bias_relu_bounds():
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 256, (2, 6, 10, 10)).astype(np.uint8)
+    w = rng.integers(-127, 128, (12, 6, 3, 3)).astype(np.int8)
+    attrs = {"pads": [1, 1, 1, 1], "kernel_shape": [3, 3], "x_zero_point": 0, "w_zero_point": [0],
+             "multiplier": [1518500250], "shift": [40], "y_zero_point": 7, "y_qmin": 7, "y_qmax": 255}
+    _check(_one_node(l3.QConv, {"x": x}, {"w": w}, attrs, DType.UINT8), {"x": x}, {"qconv_gemm"})
+
+
+MATMUL_CASES = [
+    ((1, 40, 120), (120, 37), "uint8"),   # rec's FC shapes, columns not a multiple of 16
+    ((2, 3, 5, 33), (33, 16), "int8"),    # batch dims, odd K, rows < tile
+    ((7, 64), (64, 6625 // 25), "uint8"),
+]
+
+
+@pytest.mark.parametrize("case", range(len(MATMUL_CASES)))
+def test_qmatmul_fast_kernel_bit_exact(case):
+    ash, bsh, adt = MATMUL_CASES[case]
+    rng = np.random.default_rng(200 + case)
+    info = np.iinfo(adt)
+    a = rng.integers(info.min, info.max + 1, ash).astype(adt)
+    b = rng.integers(-128, 128, bsh).astype(np.int8)
+    n = bsh[1]
+    bias = rng.integers(-20000, 20000, n).astype(np.int32)
+    out = "uint8" if case != 1 else "int8"
+    attrs = {"a_zero_point": int(rng.integers(info.min, info.max + 1)),
+             "b_zero_point": [0] if case == 0 else [int(z) for z in rng.integers(-2, 3, n)], **_requant(rng, n, out)}
+    model = _one_node(l3.QMatMul, {"a": a}, {"b": b, "bias": bias}, attrs, from_numpy(np.dtype(out)))
+    _check(model, {"a": a}, {"qmatmul_gemm"})
+
+
+def test_selection_falls_back_where_the_kernels_do_not_apply():
+    rng = np.random.default_rng(9)
+    x = rng.integers(0, 256, (1, 8, 6, 6)).astype(np.uint8)
+    w = rng.integers(-127, 128, (4, 4, 3, 3)).astype(np.int8)
+    attrs = {"group": 2, "kernel_shape": [3, 3], "x_zero_point": 3, "w_zero_point": [0],
+             "multiplier": [1 << 30], "shift": [38], "y_zero_point": 0, "y_qmin": 0, "y_qmax": 255}
+    grouped = _one_node(l3.QConv, {"x": x}, {"w": w}, attrs, DType.UINT8)
+    assert _kernels(grouped) == set()  # grouped, not depthwise: the default lowering
+    _check(grouped, {"x": x}, set())
+    # activation x activation matmul: no constant to pack
+    a = rng.integers(0, 256, (2, 4, 8)).astype(np.uint8)
+    b = rng.integers(0, 256, (2, 8, 3)).astype(np.uint8)
+    mm = _one_node(l3.QMatMul, {"a": a, "b": b}, {}, {"a_zero_point": 1, "b_zero_point": [2], "multiplier": [1 << 30],
+                                                     "shift": [40], "y_zero_point": 0, "y_qmin": 0, "y_qmax": 255},
+                   DType.UINT8)
+    assert _kernels(mm) == set()
+    # 16-bit activations: int16 pair products could overflow int32
+    x16 = rng.integers(-30000, 30000, (1, 4, 5, 5)).astype(np.int16)
+    w4 = rng.integers(-127, 128, (4, 4, 1, 1)).astype(np.int8)
+    c16 = _one_node(l3.QConv, {"x": x16}, {"w": w4}, {**attrs, "group": 1, "kernel_shape": [1, 1]}, DType.UINT8)
+    assert _kernels(c16) == set()
+
+
+def test_kernels_default_and_non_x86_targets_keep_the_default_lowering():
+    rng = np.random.default_rng(11)
+    x = rng.integers(0, 256, (1, 4, 5, 5)).astype(np.uint8)
+    w = rng.integers(-127, 128, (8, 4, 1, 1)).astype(np.int8)
+    attrs = {"kernel_shape": [1, 1], "x_zero_point": 3, "w_zero_point": [0], "multiplier": [1 << 30],
+             "shift": [38], "y_zero_point": 0, "y_qmin": 0, "y_qmax": 255}
+    model = _one_node(l3.QConv, {"x": x}, {"w": w}, attrs, DType.UINT8)
+    names = {gv.name_hint for gv in qtvm.lower(model, kernels="default").get_global_vars()}
+    assert names == {"main"}
+    names = {gv.name_hint for gv in qtvm.lower(model, target=targets.get("aarch64")).get_global_vars()}
+    assert names == {"main"}
+    with pytest.raises(qtvm.LoweringError, match="kernels"):
+        qtvm.lower(model, kernels="fastest")
