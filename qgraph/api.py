@@ -5,6 +5,9 @@
     q.save("out/")                    # model.qdq.onnx, model.qgraph.onnx, report.json, report.md
     y = q.run({"input": x})            # the integer reference interpreter (L3)
     print(q.report.markdown())
+    q.build(target="cpu", batch_size=1)  # TVM: the L3 model compiled for this CPU
+    y = q.run({"input": x}, backend="tvm")
+    q.save("out/")                     # ... and tvm/model.so + tvm/model.json
 
 The steps: import the float model, ``canonicalize,fuse`` (L1), ``calibrate`` on the data,
 ``insert-qdq`` from the config (L2: standard QDQ), ``lower-qdq`` (L3: integer ops). The
@@ -31,8 +34,10 @@ REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 RANGES_FILE = "ranges.json"
 CONFIG_FILE = "config.json"
+#: The subfolder ``save`` exports a TVM build into (``qgraph.tvm.load`` reads it).
+TVM_DIR = "tvm"
 
-BACKENDS = ("reference", "ort", "ort-sim")
+BACKENDS = ("reference", "ort", "ort-sim", "tvm")
 
 
 def _load(model: Any) -> Model:
@@ -85,6 +90,7 @@ class QuantizedModel:
         ranges: the calibrated ranges the scales came from.
         config: the quantization config used.
         report: per-layer dtypes, scales and SQNR (``qgraph.verify.report``), when computed.
+        compiled: the last TVM build (``build``), a ``qgraph.tvm.Compiled``, or None.
     """
 
     float_model: Model
@@ -93,12 +99,49 @@ class QuantizedModel:
     ranges: Any
     config: Any
     report: Any = None
+    compiled: Any = None
     _interpreter: Any = field(default=None, repr=False)
 
+    def build(self, target: str = "cpu", batch_size: int = 1,
+              input_shapes: Mapping[str, Any] | None = None):
+        """Compile the L3 model with TVM for ``target`` (static shapes) and keep it for
+        ``run(..., backend="tvm")`` and ``save``.
+
+        Args:
+            target: a ``qgraph.targets`` name: ``cpu`` (this host) or ``aarch64`` (cross
+                compiled: it exports, it does not run here).
+            batch_size: the leading dim of inputs whose declared leading dim is symbolic.
+            input_shapes: full static shapes of inputs with other symbolic dims
+                (e.g. ``{"x": [1, 3, 48, 320]}``).
+
+        Returns:
+            The ``qgraph.tvm.Compiled`` (also kept as ``self.compiled``).
+
+        Raises:
+            QGraphError: the target is unknown, or the model cannot be lowered (the error names
+                the node and op).
+        """
+        from qgraph import tvm as qtvm
+
+        if int(batch_size) < 1:
+            raise QGraphError(f"batch_size {batch_size}: must be at least 1")
+        self.compiled = qtvm.build(self.integer, target, batch_size=int(batch_size), input_shapes=input_shapes)
+        return self.compiled
+
     def run(self, feeds: Mapping[str, np.ndarray], backend: str = "reference") -> dict[str, np.ndarray]:
-        """Run the quantized model: ``reference`` (L3, numpy integer interpreter), ``ort``
-        (the QDQ export in ONNX Runtime as it runs by default) or ``ort-sim`` (the QDQ export
-        with ``session.disable_quant_qdq``: float simulation of the quantization)."""
+        """Run the quantized model.
+
+        Args:
+            feeds: one array per model input, samples on axis 0.
+            backend: ``reference`` (L3, numpy integer interpreter), ``ort`` (the QDQ export
+                in ONNX Runtime as it runs by default), ``ort-sim`` (the QDQ export with
+                ``session.disable_quant_qdq``: float simulation of the quantization) or
+                ``tvm`` (the TVM build of ``build``, in batches of its batch size: see
+                ``run_batched``).
+
+        Raises:
+            QGraphError: unknown backend, or ``tvm`` without a build.
+        """
         if backend == "reference":
             from qgraph.reference import Interpreter
 
@@ -107,6 +150,10 @@ class QuantizedModel:
             return self._interpreter.run(dict(feeds))
         if backend in ("ort", "ort-sim"):
             return run_ort(self.qdq, feeds, simulate=backend == "ort-sim")
+        if backend == "tvm":
+            if self.compiled is None:
+                raise QGraphError("backend 'tvm': this model has no TVM build; call build(target='cpu') first")
+            return run_batched(self.compiled, feeds)
         raise QGraphError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
 
     def export_qdq(self, path: str) -> None:
@@ -119,8 +166,26 @@ class QuantizedModel:
 
         save(self.integer, path)
 
+    def export_build(self, outdir: str) -> str:
+        """Export the TVM build into ``outdir/tvm/`` (``Compiled.export``: ``model.so``, or
+        ``model.tar`` for a target without a linker here, and ``model.json``).
+
+        Returns:
+            The library path.
+
+        Raises:
+            QGraphError: there is no build.
+        """
+        if self.compiled is None:
+            raise QGraphError("no TVM build to export; call build(target=...) first")
+        folder = os.path.join(outdir, TVM_DIR)
+        remove_build(outdir)  # a stale model.so next to a new model.tar would be loaded by mistake
+        return self.compiled.export(folder)
+
     def save(self, outdir: str) -> None:
-        """Write the float, QDQ and L3 models, the ranges, the config and the report into ``outdir``."""
+        """Write the float, QDQ and L3 models, the ranges, the config and the report into
+        ``outdir``; and the TVM build into ``outdir/tvm/`` if there is one (a build left there
+        by an earlier save is removed otherwise: it would not match these models)."""
         from qgraph.onnx import save
 
         os.makedirs(outdir, exist_ok=True)
@@ -135,6 +200,84 @@ class QuantizedModel:
                 json.dump(self.report.to_json(), f, indent=2)
             with open(os.path.join(outdir, REPORT_MD), "w") as f:
                 f.write(self.report.markdown())
+        if self.compiled is not None:
+            self.export_build(outdir)
+        else:
+            remove_build(outdir)
+
+
+def remove_build(outdir: str) -> None:
+    """Delete the files a TVM export wrote into ``outdir/tvm/`` (and the folder, if left empty)."""
+    from qgraph.tvm.build import LIBRARY_FILE, META_FILE, OBJECTS_FILE
+
+    folder = os.path.join(outdir, TVM_DIR)
+    if not os.path.isdir(folder):
+        return
+    for name in (LIBRARY_FILE, OBJECTS_FILE, META_FILE):
+        path = os.path.join(folder, name)
+        if os.path.exists(path):
+            os.remove(path)
+    if not os.listdir(folder):
+        os.rmdir(folder)
+
+
+def run_batched(compiled, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run a TVM build (static shapes) on feeds of any number of samples.
+
+    The samples (axis 0 of every input) are split into batches of the compiled batch size B
+    (the leading dim of the compiled inputs). When their number N is not a multiple of B,
+    the last batch is padded to B by repeating its last sample, and the outputs of the
+    padding are dropped: the result has N samples. Samples are computed independently, so
+    the padding changes none of the kept outputs. Outputs are concatenated on axis 0.
+
+    Args:
+        compiled: a ``qgraph.tvm.Compiled`` that runs on this machine.
+        feeds: one array per compiled input, all with the same number of samples, each
+            sample of the compiled per-sample shape and dtype.
+
+    Raises:
+        QGraphError: feeds that do not match the compiled inputs (names the input, its
+            expected and given shapes), or N != B for a model whose outputs are not batched
+            on axis 0.
+    """
+    specs = compiled.inputs
+    if not specs:
+        return compiled.run({})
+    missing = [s.name for s in specs if s.name not in feeds]
+    if missing:
+        raise QGraphError(f"backend 'tvm': no feed for input '{missing[0]}'; the compiled inputs are "
+                          f"{', '.join(repr(s.name) for s in specs)}")
+    arrays = {s.name: np.asarray(feeds[s.name]) for s in specs}
+    for s in specs:
+        a = arrays[s.name]
+        if a.ndim != len(s.shape) or tuple(a.shape[1:]) != tuple(s.shape[1:]):
+            raise QGraphError(f"backend 'tvm': input '{s.name}' has shape {list(a.shape)}; the build takes "
+                              f"{s.dtype}{list(s.shape)} (any number of samples, each {list(s.shape[1:])}); "
+                              "rebuild with other input shapes for other sizes")
+    batch = specs[0].shape[0]
+    counts = {s.name: arrays[s.name].shape[0] for s in specs}
+    if len(set(counts.values())) != 1 or any(s.shape[0] != batch for s in specs):
+        raise QGraphError(f"backend 'tvm': inputs {counts} (samples per input) do not share one batch axis; "
+                          f"the build takes {', '.join(f'{s.name}{list(s.shape)}' for s in specs)}")
+    n = counts[specs[0].name]
+    if n == batch:
+        return compiled.run(arrays)
+    unbatched = [o.name for o in compiled.outputs if not o.shape or o.shape[0] != batch]
+    if unbatched or n == 0:
+        raise QGraphError(f"backend 'tvm': {n} samples given, the build takes exactly {batch} "
+                          + (f"(output '{unbatched[0]}' is not batched on axis 0)" if unbatched else ""))
+    parts: dict[str, list[np.ndarray]] = {o.name: [] for o in compiled.outputs}
+    for start in range(0, n, batch):
+        chunk = {}
+        for name, a in arrays.items():
+            c = a[start:start + batch]
+            if len(c) < batch:
+                c = np.concatenate([c, np.repeat(c[-1:], batch - len(c), axis=0)])
+            chunk[name] = c
+        outs = compiled.run(chunk)
+        for name, y in outs.items():
+            parts[name].append(y[:min(batch, n - start)])
+    return {name: np.concatenate(ys) for name, ys in parts.items()}
 
 
 def run_ort(model: Model, feeds: Mapping[str, np.ndarray], *, simulate: bool = False,
@@ -201,13 +344,18 @@ def quantize(model: Any, calib: Any, config: Any = None, *, method: str = "minma
 
 @dataclass
 class CompiledDir:
-    """A folder written by ``qgraph compile`` / ``QuantizedModel.save``, read back."""
+    """A folder written by ``qgraph compile`` / ``QuantizedModel.save``, read back.
+
+    The TVM build (``tvm/``, written by ``qgraph compile --target cpu``) is loaded on first
+    use (``tvm_build``).
+    """
 
     path: str
     float_model: Model
     qdq: Model
     integer: Model
     report: dict | None
+    _compiled: Any = field(default=None, repr=False)
 
     @classmethod
     def load(cls, path: str) -> "CompiledDir":
@@ -225,7 +373,61 @@ class CompiledDir:
         return cls(path, load(os.path.join(path, FLOAT_FILE)), load(os.path.join(path, QDQ_FILE)),
                    load(os.path.join(path, L3_FILE)), report)
 
+    @property
+    def has_build(self) -> bool:
+        """Whether the folder holds a TVM build (``tvm/model.json``)."""
+        from qgraph.tvm.build import META_FILE
+
+        return os.path.exists(os.path.join(self.path, TVM_DIR, META_FILE))
+
+    def build_info(self) -> dict:
+        """The TVM build's description (``tvm/model.json``: target, inputs, outputs, library)."""
+        from qgraph.tvm.build import META_FILE
+
+        if not self.has_build:
+            raise QGraphError(self._no_build())
+        with open(os.path.join(self.path, TVM_DIR, META_FILE)) as f:
+            return json.load(f)
+
+    def _no_build(self) -> str:
+        return (f"{self.path}: no TVM build (no {TVM_DIR}/model.json); recompile with "
+                f"`qgraph compile MODEL --calib DATA -o {self.path} --target cpu` to run backend 'tvm'")
+
+    def tvm_build(self):
+        """The TVM build, loaded (``qgraph.tvm.load``) once.
+
+        Raises:
+            QGraphError: no build in the folder, or one for a target that does not run here.
+        """
+        if self._compiled is None:
+            if not self.has_build:
+                raise QGraphError(self._no_build())
+            from qgraph import tvm as qtvm
+            from qgraph.tvm.build import LIBRARY_FILE
+
+            info = self.build_info()
+            if info.get("library") != LIBRARY_FILE:
+                raise QGraphError(f"{self.path}: the TVM build is for target '{info.get('target')}' "
+                                  f"({info.get('library')}: object files to link on the device); it does not run "
+                                  "here; recompile with --target cpu to run it on this machine")
+            if info.get("target") == "cpu":
+                from qgraph.targets import get
+
+                here = json.loads(json.dumps(dict(get("cpu").tvm_dict)))
+                if info.get("tvm_target") != here:
+                    raise QGraphError(f"{self.path}: the TVM build is for another CPU ({info.get('tvm_target')}; this "
+                                      f"one is {here}); recompile here with --target cpu")
+            self._compiled = qtvm.load(os.path.join(self.path, TVM_DIR))
+            if not self._compiled.target.runnable:
+                raise QGraphError(f"{self.path}: the TVM build is for target '{info.get('target')}', which does not "
+                                  "run on this machine; recompile with --target cpu")
+        return self._compiled
+
     def run(self, feeds: Mapping[str, np.ndarray], backend: str = "reference") -> dict[str, np.ndarray]:
+        """Run the folder's models; ``backend`` as in ``QuantizedModel.run`` (``tvm`` runs
+        the exported build)."""
+        if backend == "tvm":
+            return run_batched(self.tvm_build(), feeds)
         q = QuantizedModel(self.float_model, self.qdq, self.integer, None, None)
         return q.run(feeds, backend)
 

@@ -1,16 +1,66 @@
-"""``qgraph compile``, ``qgraph run`` and ``qgraph verify``."""
+"""``qgraph compile``, ``qgraph run`` and ``qgraph verify``.
+
+``--target qdq`` writes the float, QDQ and integer (L3) models and the report; a TVM target
+(``cpu``: this host, ``aarch64``: cross compiled) also builds L3 with TVM for static shapes
+and exports the library into ``OUTDIR/tvm/``, which ``qgraph run --backend tvm`` and
+``qgraph verify`` load.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import sys
+import tempfile
 import time
 
 import numpy as np
 
 from qgraph.errors import QGraphError
+from qgraph.targets import NAMES as TVM_TARGETS
 
-TARGETS = ("qdq",)
+TARGETS = ("qdq",) + TVM_TARGETS
+BACKENDS = ("reference", "ort", "ort-sim", "tvm")
+
+
+@contextlib.contextmanager
+def _native_stderr_captured():
+    """Keep what TVM's C++ runtime writes to file descriptor 2 (e.g. a "Scope Saving" warning
+    per function on export and load) out of the command's output; replay it if the block
+    fails, so that nothing that explains an error is lost."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            sink.seek(0)
+            sys.stderr.write(sink.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _input_shapes(items: list[str] | None) -> dict[str, list[int]] | None:
+    """``NAME=D0,D1,...`` options as ``{name: [dims]}``."""
+    if not items:
+        return None
+    shapes = {}
+    for item in items:
+        name, sep, dims = item.rpartition("=")
+        try:
+            shape = [int(d) for d in dims.replace("x", ",").split(",")]
+        except ValueError:
+            shape = []
+        if not sep or not name or not shape or min(shape) < 1:
+            raise QGraphError(f"--input-shape {item}: expected NAME=D0,D1,... with positive dims "
+                              "(e.g. x=1,3,48,320)")
+        shapes[name] = shape
+    return shapes
 
 
 def _read_inputs(path: str, model) -> dict[str, np.ndarray]:
@@ -49,12 +99,15 @@ def cmd_compile(args: argparse.Namespace) -> int:
         raise QGraphError(f"--target {args.target}: not available; choose one of {', '.join(TARGETS)}")
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         raise QGraphError(f"-o {args.output}: exists and is not a folder")
+    if args.batch_size < 1:
+        raise QGraphError(f"--batch-size {args.batch_size}: must be at least 1")
+    _input_shapes(args.input_shape)  # a malformed option fails before the minutes of calibration
     options = {"percentile": args.percentile, "num_bins": args.num_bins}
     start = time.perf_counter()
     q = quantize(args.model, args.calib, args.config, method=args.method,
                  method_options={k: v for k, v in options.items() if v is not None},
                  report_samples=args.report_samples)
-    q.save(args.output)
+    q.save(args.output)  # before the build: a stale tvm/ from an earlier compile goes
     s = q.report.summary
     outs = ", ".join(f"{k} SQNR {v['sqnr_db'] if isinstance(v['sqnr_db'], str) else round(v['sqnr_db'], 2)} dB"
                      + (f", top-1 agreement {v['top1'] * 100:.2f}%" if v.get("top1") is not None else "")
@@ -62,7 +115,27 @@ def cmd_compile(args: argparse.Namespace) -> int:
     print(f"{args.model}: {s['integer_ops']} integer ops, {s['lookups']} lookups, {s['float_ops']} float ops; "
           f"{outs} (vs float, {s['report_samples']} calibration samples); "
           f"wrote {args.output}/ in {time.perf_counter() - start:.2f} s")
+    if args.target in TVM_TARGETS:
+        _compile_tvm(q, args)
     return 0
+
+
+def _compile_tvm(q, args: argparse.Namespace) -> None:
+    """Build L3 with TVM for ``args.target`` and export it into ``OUTDIR/tvm/``."""
+    from qgraph.api import TVM_DIR
+
+    start = time.perf_counter()
+    with _native_stderr_captured():
+        compiled = q.build(args.target, batch_size=args.batch_size, input_shapes=_input_shapes(args.input_shape))
+        built = time.perf_counter()
+        library = q.export_build(args.output)
+    done = time.perf_counter()
+    shapes = ", ".join(f"{t.name} {t.dtype}{list(t.shape)}" for t in compiled.inputs)
+    note = "" if compiled.target.runnable else "; cross compiled: link and run it on the device"
+    print(f"TVM {args.target} ({', '.join(f'{k}={v}' for k, v in compiled.target.tvm_dict.items())}): {shapes}; "
+          f"compiled in {done - start:.2f} s (lowering {built - start - compiled.compile_seconds:.2f} s, tvm.compile "
+          f"{compiled.compile_seconds:.2f} s, code generation and "
+          f"export {done - built:.2f} s); wrote {os.path.join(args.output, TVM_DIR, os.path.basename(library))}{note}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -70,10 +143,28 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     c = CompiledDir.load(args.outdir)
     feeds = _read_inputs(args.inputs, c.float_model)
+    how = args.backend
+    if args.backend == "tvm":
+        with _native_stderr_captured():
+            build = c.tvm_build()
+        how = f"tvm ({build.target.name}{_batching(build, feeds)})"
     outs = c.run(feeds, args.backend)
     np.savez(args.output, **outs)
-    print(f"{args.outdir}: ran {args.backend} on {args.inputs}; wrote {args.output} ({', '.join(outs)})")
+    print(f"{args.outdir}: ran {how} on {args.inputs}; wrote {args.output} ({', '.join(outs)})")
     return 0
+
+
+def _batching(build, feeds) -> str:
+    """How ``run_batched`` splits ``feeds`` for ``build``, in words."""
+    if not build.inputs or not feeds:
+        return ""
+    b = build.inputs[0].shape[0]
+    n = next(iter(feeds.values())).shape[0]
+    if n == b:
+        return f", batch {b}"
+    batches, pad = -(-n // b), -n % b
+    return f", batch {b}: {n} samples in {batches} runs" + (f", the last padded with {pad} copies of its "
+                                                           "last sample, dropped from the outputs" if pad else "")
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -83,7 +174,26 @@ def cmd_verify(args: argparse.Namespace) -> int:
     c = CompiledDir.load(args.outdir)
     feeds = _read_inputs(args.inputs, c.float_model)
     n = next(iter(feeds.values())).shape[0] if feeds else 0
-    print(format_verify(verify_outputs(c, feeds), n))
+    backends, tvm_label, skipped = ("ort-sim", "ort"), None, None
+    if c.has_build:
+        info = c.build_info()
+        try:
+            with _native_stderr_captured():
+                c.tvm_build()
+            backends, tvm_label = backends + ("tvm",), f"TVM {info.get('target')}"
+        except QGraphError as e:
+            skipped = f"TVM build not compared: {e}"
+    result = verify_outputs(c, feeds, backends)
+    lines = [f"{n} samples"]
+    for name, m in result.items():
+        lines += format_verify({name: m}, n).splitlines()[1:]
+        if tvm_label:
+            e = m["tvm"]
+            lines.append(f"  reference vs {tvm_label}: max {e['max_lsb']} LSB, {e['exact'] * 100:.2f}% exact"
+                         if "max_lsb" in e else f"  reference vs {tvm_label}: max |diff| {e['max_abs']:.4g} (float output)")
+    if skipped:
+        lines.append(skipped)
+    print("\n".join(lines))
     return 0
 
 
@@ -96,7 +206,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--percentile", type=float, help="percentile method: the percentile kept")
     p.add_argument("--num-bins", type=int, help="histogram bins (percentile / entropy / mse)")
     p.add_argument("--config", metavar="FILE", help="quantization config JSON (dtypes, overrides, exclude)")
-    p.add_argument("--target", default="qdq", help="qdq (standard QDQ ONNX + integer reference)")
+    p.add_argument("--target", default="qdq", help="qdq (standard QDQ ONNX + integer reference); cpu (also a TVM "
+                   "build for this host, in OUTDIR/tvm/); aarch64 (a cross-compiled TVM build, not run here)")
+    p.add_argument("--batch-size", type=int, default=1, metavar="N",
+                   help="TVM targets: the static batch size of inputs with a symbolic batch dim (default 1)")
+    p.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...",
+                   help="TVM targets: the static shape of an input with other symbolic dims (repeatable)")
     p.add_argument("--report-samples", type=int, default=8, help="calibration samples the SQNR report uses")
     p.set_defaults(func=cmd_compile)
 
@@ -104,7 +219,9 @@ def add_parsers(sub) -> None:
     p.add_argument("outdir")
     p.add_argument("--inputs", required=True, metavar="X.npz")
     p.add_argument("-o", "--output", required=True, metavar="Y.npz")
-    p.add_argument("--backend", default="reference", choices=["reference", "ort", "ort-sim"])
+    p.add_argument("--backend", default="reference", choices=list(BACKENDS),
+                   help="reference (L3 in numpy), ort / ort-sim (the QDQ model in ONNX Runtime), tvm (the build in "
+                   "OUTDIR/tvm/, in batches of its batch size; a short last batch is padded and the padding dropped)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("verify", help="compare a compiled model with its float original and ONNX Runtime")

@@ -1,0 +1,263 @@
+"""Latency of qgraph's int8 TVM build next to ONNX Runtime int8 (QDQ) and fp32, same model, same input.
+
+    python bench/bench_tvm.py [--models digits1,digits64,rec,cls,resnet50] [--threads 1,2] [--quick]
+
+For each model: quantize it (``qgraph.api.quantize``, default config, minmax), build the L3
+model with ``qgraph.tvm`` for this CPU (time: lowering, ``tvm.compile``, first VM creation,
+the last being where LLVM generates the machine code) and export it. Then, once per thread
+count, a fresh process (``TVM_NUM_THREADS`` set before TVM starts its thread pool; ORT
+sessions with ``intra_op_num_threads``) loads the three runners side by side:
+
+- qgraph int8: the exported TVM library (``qgraph.tvm.load``), ``Compiled.run``;
+- ORT int8: ``model.qdq.onnx`` (the QDQ export), default CPU EP, ``ORT_ENABLE_ALL``;
+- ORT fp32: the float model as given.
+
+Runs are interleaved (one run of each tool per round, the order rotating), after warm-up;
+each figure is a median over the rounds. Ratios hold on a shared machine where absolute
+times do not. Models:
+
+- ``digits1`` / ``digits64``: the golden digits CNN, batch 1 / 64 (golden calibration data);
+- ``rec``: PP-OCRv4 rec at 1x3x48x320, calibrated on 16 rendered text lines (``qgraph.testing.ocr``);
+- ``cls``: PP-OCR cls (rapidocr's ``ch_ppocr_mobile_v2.0_cls``) at 1x3x48x192, calibrated on
+  16 rendered lines at 48x192;
+- ``resnet50``: ``light_resnet50`` from the onnx wheel at 1x3x224x224, 8 random calibration samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+MODELS = ("digits1", "digits64", "rec", "cls", "resnet50")
+
+
+# -- models and data ----------------------------------------------------------------------------
+def _rapidocr(pattern: str) -> str:
+    import rapidocr_onnxruntime
+
+    found = sorted(glob.glob(os.path.join(os.path.dirname(rapidocr_onnxruntime.__file__), "models", pattern)))
+    if not found:
+        raise FileNotFoundError(f"no {pattern} in the rapidocr-onnxruntime wheel")
+    return found[0]
+
+
+def model_spec(name: str) -> dict:
+    """Path, input name, static input shape and calibration samples of bench model ``name``."""
+    if name.startswith("digits"):
+        batch = int(name[len("digits"):])
+        with np.load(os.path.join(ROOT, "golden", "data", "digits_test.npz")) as z:
+            x = z["input"][:batch]
+        return {"path": os.path.join(ROOT, "golden", "models", "digits_cnn.onnx"), "input": "input",
+                "shape": list(x.shape), "calib": os.path.join(ROOT, "golden", "data", "digits_calib.npz"), "x": x}
+    if name in ("rec", "cls"):
+        from qgraph.testing import ocr
+
+        width = 320 if name == "rec" else 192
+        path = ocr.rec_model_path() if name == "rec" else _rapidocr("*cls*.onnx")
+        calib = ocr.render_lines(ocr.sample_texts(16, seed=1), width=width)
+        x = ocr.render_lines(ocr.sample_texts(1, seed=7), width=width)
+        return {"path": path, "input": "x", "shape": [1, 3, 48, width],
+                "calib": [{"x": calib[i:i + 1]} for i in range(len(calib))], "x": x}
+    if name == "resnet50":
+        import onnx
+
+        path = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light", "light_resnet50.onnx")
+        rng = np.random.default_rng(0)
+        calib = [{"gpu_0/data_0": rng.uniform(-1, 1, (1, 3, 224, 224)).astype(np.float32)} for _ in range(8)]
+        x = rng.uniform(-1, 1, (1, 3, 224, 224)).astype(np.float32)
+        return {"path": path, "input": "gpu_0/data_0", "shape": [1, 3, 224, 224], "calib": calib, "x": x}
+    raise SystemExit(f"unknown model '{name}'; choose from {', '.join(MODELS)}")
+
+
+# -- worker: quantize, build, export ------------------------------------------------------------
+def prepare(name: str, workdir: str) -> dict:
+    """Quantize and build ``name``; write the QDQ model, the TVM library and the input into
+    ``workdir``; return the compile times."""
+    import qgraph.api
+    from qgraph import tvm as qtvm
+    from qgraph.onnx import save
+
+    spec = model_spec(name)
+    os.makedirs(workdir, exist_ok=True)
+    source = spec["path"]
+    if name == "resnet50":
+        # opset 9: per-channel DequantizeLinear needs 13, and insert-qdq asks for the upgrade
+        import onnx
+        from onnx import version_converter
+
+        source = os.path.join(workdir, "float.opset13.onnx")
+        onnx.save(version_converter.convert_version(onnx.load(spec["path"]), 13), source)
+    start = time.perf_counter()
+    q = qgraph.api.quantize(source, spec["calib"], report=False, show_progress=False)
+    quantized = time.perf_counter()
+    compiled = qtvm.build(q.integer, "cpu", input_shapes={spec["input"]: spec["shape"]})
+    built = time.perf_counter()
+    compiled.warm()
+    save(q.qdq, os.path.join(workdir, "model.qdq.onnx"))
+    compiled.export(os.path.join(workdir, "tvm"))
+    np.savez(os.path.join(workdir, "x.npz"), x=spec["x"])
+    # the build equals the reference interpreter on the bench input (a bench of wrong code is no bench)
+    got = compiled.run({spec["input"]: spec["x"]})
+    try:
+        ref = q.run({spec["input"]: spec["x"]})
+    except Exception as e:  # the reference's own limits must not hide the timing
+        exact = f"reference failed: {str(e).splitlines()[0]}"
+    else:
+        exact = "; ".join(_agreement(got[k], ref[k]) for k in got)
+    return {"model": name, "path": spec["path"], "input": spec["input"], "shape": spec["shape"],
+            "quantize_s": quantized - start, "lower_s": built - quantized - compiled.compile_seconds,
+            "tvm_compile_s": compiled.compile_seconds, "first_vm_s": compiled.load_seconds,
+            "compile_s": compiled.compile_seconds + compiled.load_seconds, "matches_reference": exact}
+
+
+def _agreement(got: np.ndarray, ref: np.ndarray) -> str:
+    """How a TVM output compares with the reference's: bit-exact, or its distance (a float
+    output after float fallback ops differs in the last bits, and a Quantize of it by 1 LSB)."""
+    if np.array_equal(got, ref):
+        return "bit-exact"
+    diff = float(np.abs(got.astype(np.float64) - ref.astype(np.float64)).max())
+    text = f"max |diff| {diff:.3g}"
+    if got.ndim >= 2 and got.shape[-1] >= 2:
+        text += f", argmax agrees {np.mean(got.argmax(-1) == ref.argmax(-1)) * 100:.1f}%"
+    return text
+
+
+# -- worker: interleaved timing -----------------------------------------------------------------
+def _ort(path: str, threads: int):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+def measure(name: str, workdir: str, threads: int, runs: int, warmup: int) -> dict:
+    """Median latency of the three runners on ``name``, interleaved, with ``threads`` threads."""
+    from qgraph import tvm as qtvm
+
+    with open(os.path.join(workdir, "prepare.json")) as f:
+        info = json.load(f)
+    with np.load(os.path.join(workdir, "x.npz")) as z:
+        x = z["x"]
+    feeds = {info["input"]: x}
+    compiled = qtvm.load(os.path.join(workdir, "tvm")).warm()
+    int8 = _ort(os.path.join(workdir, "model.qdq.onnx"), threads)
+    fp32 = _ort(info["path"], threads)
+    tools = {"qgraph_tvm": lambda: compiled.run(feeds),
+             "ort_int8": lambda: int8.run(None, feeds),
+             "ort_fp32": lambda: fp32.run(None, feeds)}
+    for fn in tools.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in tools}
+    order = list(tools)
+    for r in range(runs):
+        for k in order[r % len(order):] + order[:r % len(order)]:
+            t0 = time.perf_counter()
+            tools[k]()
+            times[k].append(time.perf_counter() - t0)
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    return {"model": name, "threads": threads, "runs": runs, **{f"{k}_ms": v * 1e3 for k, v in med.items()},
+            "tvm_over_ort_int8": med["qgraph_tvm"] / med["ort_int8"],
+            "tvm_over_ort_fp32": med["qgraph_tvm"] / med["ort_fp32"],
+            "ort_int8_over_fp32": med["ort_int8"] / med["ort_fp32"]}
+
+
+# -- driver -------------------------------------------------------------------------------------
+def _worker(args: list[str], env: dict | None = None, timeout: float | None = None) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__)] + args
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    if p.returncode != 0:
+        tail = "\n".join(p.stderr.strip().splitlines()[-5:])
+        raise RuntimeError(f"{' '.join(args)} failed (exit {p.returncode}):\n{tail}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def _table(prep: list[dict], rows: list[dict]) -> str:
+    out = ["| model | input | threads | qgraph TVM int8 ms | ORT int8 ms | ORT fp32 ms | TVM / ORT int8 | "
+           "TVM / ORT fp32 | ORT int8 / fp32 |", "|---|---|---|---|---|---|---|---|---|"]
+    shapes = {p["model"]: "x".join(str(d) for d in p["shape"]) for p in prep}
+    for r in rows:
+        out.append(f"| {r['model']} | {shapes.get(r['model'], '')} | {r['threads']} | {r['qgraph_tvm_ms']:.3f} | "
+                   f"{r['ort_int8_ms']:.3f} | {r['ort_fp32_ms']:.3f} | {r['tvm_over_ort_int8']:.2f} | "
+                   f"{r['tvm_over_ort_fp32']:.2f} | {r['ort_int8_over_fp32']:.2f} |")
+    out += ["", "| model | quantize s | lowering s | tvm.compile s | first VM s | compile (tvm.compile + first VM) s "
+                "| TVM vs reference |", "|---|---|---|---|---|---|---|"]
+    for p in prep:
+        out.append(f"| {p['model']} | {p['quantize_s']:.1f} | {p['lower_s']:.1f} | {p['tvm_compile_s']:.1f} | "
+                   f"{p['first_vm_s']:.1f} | {p['compile_s']:.1f} | {p['matches_reference']} |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {', '.join(MODELS)}")
+    ap.add_argument("--threads", default="1,2", help="thread counts, comma-separated (default 1,2)")
+    ap.add_argument("--quick", action="store_true", help="5 rounds after 1 warm-up (default: 30 after 3)")
+    ap.add_argument("--runs", type=int, help="timed rounds per thread count (overrides --quick)")
+    ap.add_argument("--workdir", help="where builds go (default: a temporary folder)")
+    ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    ap.add_argument("--prepare", metavar="MODEL", help=argparse.SUPPRESS)
+    ap.add_argument("--measure", metavar="MODEL", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    runs = args.runs or (5 if args.quick else 30)
+    warmup = 1 if args.quick else 3
+
+    if args.prepare:
+        info = prepare(args.prepare, args.workdir)
+        with open(os.path.join(args.workdir, "prepare.json"), "w") as f:
+            json.dump(info, f)
+        print(json.dumps(info))
+        return 0
+    if args.measure:
+        print(json.dumps(measure(args.measure, args.workdir, int(args.threads), runs, warmup)))
+        return 0
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    for m in models:
+        if m not in MODELS:
+            ap.error(f"--models: unknown model '{m}'; choose from {', '.join(MODELS)}")
+    threads = [int(t) for t in args.threads.split(",")]
+    workdir = args.workdir or tempfile.mkdtemp(prefix="bench_tvm_")
+    prep, rows = [], []
+    for m in models:
+        folder = os.path.join(workdir, m)
+        print(f"{m}: quantize + build ...", file=sys.stderr, flush=True)
+        try:
+            p = _worker(["--prepare", m, "--workdir", folder])
+        except RuntimeError as e:
+            print(f"{m}: {e}", file=sys.stderr)
+            continue
+        prep.append(p)
+        print(f"{m}: compile {p['compile_s']:.1f} s (tvm.compile {p['tvm_compile_s']:.1f} s + first VM "
+              f"{p['first_vm_s']:.1f} s)", file=sys.stderr, flush=True)
+        for t in threads:
+            env = dict(os.environ, TVM_NUM_THREADS=str(t), OMP_NUM_THREADS=str(t))
+            r = _worker(["--measure", m, "--workdir", folder, "--threads", str(t), "--runs", str(runs)]
+                        + (["--quick"] if args.quick else []), env)
+            rows.append(r)
+            print(f"{m}, {t} thread(s): TVM {r['qgraph_tvm_ms']:.2f} ms, ORT int8 {r['ort_int8_ms']:.2f} ms, "
+                  f"ORT fp32 {r['ort_fp32_ms']:.2f} ms", file=sys.stderr, flush=True)
+    print(f"{runs} interleaved rounds per row (medians); {os.cpu_count()} CPUs\n")
+    print(_table(prep, rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"prepare": prep, "latency": rows}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
