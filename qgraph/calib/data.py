@@ -168,7 +168,7 @@ def _check_array(spec: InputSpec, a: np.ndarray, origin: str, index: int) -> np.
             f"{origin}: input '{spec.name}' has shape {list(a.shape)} (rank {a.ndim}); the model expects "
             f"{spec.describe()} with samples on axis 0")
     for axis, (got, want) in enumerate(zip(a.shape[1:], spec.shape[1:]), start=1):
-        if isinstance(want, int) and got != want:
+        if isinstance(want, int) and want > 0 and got != want:  # exporters write -1 for "any"
             raise CalibrationDataError(
                 f"{origin}: input '{spec.name}' axis {axis} is {got}, the model expects {want} "
                 f"({spec.describe()}); samples {index}..{index + a.shape[0] - 1}")

@@ -123,7 +123,7 @@ class Interpreter:
                 if x.dtype not in allowed:
                     raise InterpreterError(f"input '{v.name}' expects {to_numpy(v.dtype)} ({v.type}), got {x.dtype}")
             if v.shape is not None:
-                ok = len(v.shape) == x.ndim and all(not isinstance(d, int) or d == n for d, n in zip(v.shape, x.shape))
+                ok = len(v.shape) == x.ndim and all(not isinstance(d, int) or d <= 0 or d == n for d, n in zip(v.shape, x.shape))
                 if not ok:
                     raise InterpreterError(f"input '{v.name}' expects shape {v.type}, got {list(x.shape)}")
             env[v.name] = x
