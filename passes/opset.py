@@ -29,7 +29,7 @@ _BREAKING = {ops.op("Upsample"): 10, ops.op("Scatter"): 11, ops.op("RoiAlign"): 
 #: qgraph-domain stand-ins with the interface of a standard op: stand-in -> (standard op, its opset)
 _STANDARD_FROM = {ops.QGraphHardSwish: (ops.HardSwish, 14), ops.QGraphGelu: (ops.Gelu, 20)}
 #: the oldest opset the adaptations start from
-MIN_OPSET = 11
+MIN_OPSET = 7
 
 
 class OpsetUpgradeError(PassError):
@@ -56,10 +56,11 @@ def upgrade_opset(model: Model, version: int) -> bool:
     Adapted: attributes that became inputs (Squeeze / Unsqueeze / ReduceSum / Split at 13,
     the other reductions at 18), Split's ``num_outputs`` (18), Softmax / LogSoftmax / Hardmax
     (13: the axis no longer flattens; rewritten as Flatten -> op -> Reshape unless the axis is
-    the last), Dropout's ``ratio`` (12); qgraph::HardSwish and qgraph::Gelu become the
+    the last), Dropout's ``ratio`` (12), Slice's ``starts`` / ``ends`` / ``axes`` and
+    TopK's ``k`` (10), Clip's ``min`` / ``max`` and Pad's ``pads`` / ``value`` (11); qgraph::HardSwish and qgraph::Gelu become the
     standard op once the opset has it (14, 20). Refused (``OpsetUpgradeError``, naming the
     node, before anything changes): ops whose meaning changed otherwise (Upsample, Scatter,
-    RoiAlign, GridSample, DFT, Resize's tf_half_pixel_for_nn) and models below opset 11.
+    RoiAlign, GridSample, DFT, Resize's tf_half_pixel_for_nn) and models below opset 7.
     """
     old = model.opset("")
     if old is None or old >= version:
@@ -113,8 +114,48 @@ def _check(node: Node, old: int, new: int) -> None:
         raise OpsetUpgradeError(f"{node.describe()} uses tf_half_pixel_for_nn, removed in opset 13")
 
 
+def _attrs_to_inputs(node: Node, names: list[tuple[str, object]], *, first: int = 1) -> None:
+    """Move attributes ``names`` (with their numpy dtypes, or a default) to inputs ``first``...,
+    in order; an attribute that is absent becomes an absent input unless a later one is set."""
+    g = node.graph
+    values: list[Value | None] = []
+    for name, make in names:
+        if name in node.attrs:
+            values.append(g.add_initializer(f"{node.name or node.op_type}_{name}", make(node.attr(name))))
+            node.del_attr(name)
+        else:
+            values.append(None)
+    while values and values[-1] is None:
+        values.pop()
+    node.set_inputs([*node.inputs[:first], *values])
+
+
+def _float_like(node: Node):
+    dt = node.inputs[0].dtype if node.inputs and node.inputs[0] is not None else None
+    np_dtype = np.float64 if dt is DType.DOUBLE else np.float16 if dt is DType.FLOAT16 else np.float32
+    return lambda v: np.asarray(v, np_dtype)
+
+
+def _ints(v) -> np.ndarray:
+    return np.asarray(v, np.int64)
+
+
+def _adapt_old(node: Node, old: int, new: int) -> None:
+    """Ops whose attributes became inputs at opset 10 / 11."""
+    if node.op is ops.Slice and old < 10 <= new:
+        _attrs_to_inputs(node, [("starts", _ints), ("ends", _ints), ("axes", _ints)])
+    elif node.op is ops.op("TopK") and old < 10 <= new and "k" in node.attrs:
+        _attrs_to_inputs(node, [("k", lambda k: np.asarray([k], np.int64))])
+    elif node.op is ops.Clip and old < 11 <= new:
+        _attrs_to_inputs(node, [("min", _float_like(node)), ("max", _float_like(node))])
+    elif node.op is ops.Pad and old < 11 <= new:
+        _attrs_to_inputs(node, [("pads", _ints), ("value", _float_like(node))])
+
+
 def _adapt(node: Node, old: int, new: int) -> None:
     g = node.graph
+    if old < 11:
+        _adapt_old(node, old, new)
     change = _ATTR_TO_INPUT.get(node.op)
     if change is not None and old < change[0] <= new and change[1] in node.attrs:
         value = g.add_initializer(f"{node.name or node.op_type}_{change[1]}",
