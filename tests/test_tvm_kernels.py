@@ -92,7 +92,7 @@ def test_qconv_fast_kernels_bit_exact(case):
              "x_zero_point": int(rng.integers(info.min, info.max + 1)), "w_zero_point": w_zp,
              **_requant(rng, oc, out)}
     model = _one_node(l3.QConv, {"x": x}, {"w": w, "b": bias}, attrs, from_numpy(np.dtype(out)))
-    kind = "qdw_conv" if group > 1 else "qconv_gemm"
+    kind = "qdw_pconv" if group > 1 else ("qconv_gemm" if ws[2:] == (1, 1) else "qdirect_conv")
     _check(model, {"x": x}, {kind})
 
 
@@ -102,7 +102,7 @@ def test_qconv_per_tensor_requant_no_bias_relu_bounds():
     w = rng.integers(-127, 128, (12, 6, 3, 3)).astype(np.int8)
     attrs = {"pads": [1, 1, 1, 1], "kernel_shape": [3, 3], "x_zero_point": 0, "w_zero_point": [0],
              "multiplier": [1518500250], "shift": [40], "y_zero_point": 7, "y_qmin": 7, "y_qmax": 255}
-    _check(_one_node(l3.QConv, {"x": x}, {"w": w}, attrs, DType.UINT8), {"x": x}, {"qconv_gemm"})
+    _check(_one_node(l3.QConv, {"x": x}, {"w": w}, attrs, DType.UINT8), {"x": x}, {"qdirect_conv"})
 
 
 MATMUL_CASES = [

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from qgraph.tvm import direct as D
 from qgraph.tvm import kernels as K
 from qgraph.tvm.context import LowerContext
 
@@ -64,7 +65,7 @@ def _requant(ctx: LowerContext, channels: int, padded: int, bias) -> K.Requant |
 
 # -- QConv ------------------------------------------------------------------------------------------
 def conv_kernel(ctx: LowerContext) -> str:
-    """``"gemm"``, ``"depthwise"`` or ``"default"``: the kernel ``qconv`` would emit for ``ctx.node``."""
+    """``"gemm"`` (1x1), ``"direct"``, ``"depthwise"`` or ``"default"``: the kernel ``qconv`` would emit for ``ctx.node``."""
     plan = _conv_plan(ctx)
     return plan[0] if plan is not None else "default"
 
@@ -97,9 +98,12 @@ def _conv_plan(ctx: LowerContext):
     if ctx.has_input(2) and bias is None:
         return None
     bias = None if bias is None else bias.astype(np.int64).reshape(-1)
-    if group == 1:
+    if group == 1 and kernel == (1, 1):
         kind = "gemm"
         padded = K.ceil_to(oc, K.CONV_TILE[0])
+    elif group == 1:
+        kind = "direct"
+        padded = K.ceil_to(oc, D.DIRECT_TILE[0])
     elif group == xs[1] and ws[1] == 1 and oc == group:
         kind = "depthwise"
         padded = oc
@@ -141,29 +145,34 @@ def qconv(ctx: LowerContext):
     x = ctx.value(0)
     xdt = ctx.dtype(x)
     consts = [ctx.const(a) for a in rq.arrays()]
-    if kind == "gemm":
-        rt, vt = K.CONV_TILE
-        lanes = K.LANES * vt
-        k2 = -(-g.k // 2)
-        lp = K.ceil_to(g.pixels, lanes)
-        hp, wp_ = _padded_extent(g)
-        if (hp, wp_) != (g.h, g.w) or any(g.pads):  # pad once (x - zp, 0 around), then gather
-            x = _call(ctx, K.depthwise_pad(g.n, g.c, g.h, g.w, hp, wp_, g.pads, xdt, x_zp), "qconv_pad", [x],
-                      (g.n, g.c, hp, wp_), "int16")
-            xdt, x_zp = "int16", 0
-        xp = _call(ctx, K.im2col(g, xdt, x_zp, lanes, hp, wp_), "qconv_im2col", [x], (g.n, k2, lp * 2), "int16")
-        wp = K.pack_conv_weights(wd.reshape(g.oc, -1).astype(np.int16), rt)
-        y = _call(ctx, K.gemm_rows(g.n, g.oc, k2, g.pixels, rq), "qconv_gemm", [xp, ctx.const(wp)] + consts,
-                  (g.n, g.oc, g.pixels), rq.out_dtype)
-    else:
+    if kind == "direct":
+        hp, wq = D.direct_extent(g, D.DIRECT_TILE[1])
+        xp = _call(ctx, D.conv_pack(g, xdt, x_zp, hp, wq), "qdirect_pack", [x],
+                   (g.n, -(-g.c // 2), hp, g.strides[1], wq * 2), "int16")
+        wp = D.pack_direct_weights(wd.astype(np.int16), D.DIRECT_TILE[0])
+        return _call(ctx, D.direct_conv(g, hp, wq, rq), "qdirect_conv", [xp, ctx.const(wp)] + consts,
+                     (g.n, g.oc, g.oh, g.ow), rq.out_dtype)
+    if kind == "depthwise":
         vt = 2 if g.ow > K.LANES else 1
-        hp, wp_ = _padded_extent(g, K.ceil_to(g.ow, K.LANES * vt))
-        xp = _call(ctx, K.depthwise_pad(g.n, g.c, g.h, g.w, hp, wp_, g.pads, xdt, x_zp), "qdw_pad", [x],
-                   (g.n, g.c, hp, wp_), "int16")
-        w16 = ctx.const(wd.reshape(g.oc, -1).astype(np.int16))
-        y = _call(ctx, K.depthwise(g, hp, wp_, rq, vt), "qdw_conv", [xp, w16] + consts,
-                  (g.n, g.oc, g.oh, g.ow), rq.out_dtype)
-        return y
+        hq, wq = D.dw_extent(g, vt)
+        xp = _call(ctx, D.dw_pack(g, xdt, x_zp, hq, wq), "qdw_pack", [x], (g.n, g.c, hq, g.strides[1], wq * 2),
+                   "int16")
+        w32 = ctx.const(D.pack_dw_weights(wd.astype(np.int16)))
+        return _call(ctx, D.dw_conv(g, hq, wq, rq, vt), "qdw_pconv", [xp, w32] + consts,
+                     (g.n, g.oc, g.oh, g.ow), rq.out_dtype)
+    rt, vt = K.CONV_TILE
+    lanes = K.LANES * vt
+    k2 = -(-g.k // 2)
+    lp = K.ceil_to(g.pixels, lanes)
+    hp, wp_ = _padded_extent(g)
+    if (hp, wp_) != (g.h, g.w) or any(g.pads):  # pad once (x - zp, 0 around), then gather
+        x = _call(ctx, K.depthwise_pad(g.n, g.c, g.h, g.w, hp, wp_, g.pads, xdt, x_zp), "qconv_pad", [x],
+                  (g.n, g.c, hp, wp_), "int16")
+        xdt, x_zp = "int16", 0
+    xp = _call(ctx, K.im2col(g, xdt, x_zp, lanes, hp, wp_), "qconv_im2col", [x], (g.n, k2, lp * 2), "int16")
+    wp = K.pack_conv_weights(wd.reshape(g.oc, -1).astype(np.int16), rt)
+    y = _call(ctx, K.gemm_rows(g.n, g.oc, k2, g.pixels, rq), "qconv_gemm", [xp, ctx.const(wp)] + consts,
+              (g.n, g.oc, g.pixels), rq.out_dtype)
     from tvm import relax
 
     return ctx.emit(relax.op.reshape(y, (g.n, g.oc, g.oh, g.ow)))

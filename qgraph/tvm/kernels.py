@@ -218,7 +218,7 @@ def gemm_rows(n: int, rows: int, k2: int, lanes: int, rq: Requant, tile=CONV_TIL
         with T.sblock("root"):
             for nt in T.parallel(N * LT):
                 for rt in T.serial(RTs):
-                    acc = T.alloc_buffer((RT * V,), "int32", scope="local")
+                    acc = T.alloc_buffer((RT * V,), "int32", scope="global")
                     for i in T.unroll(RT * VT):
                         acc[T.ramp(i * 8, 1, 8)] = T.broadcast(0, 8)
                     for j in T.serial(K2):
@@ -289,7 +289,7 @@ def gemm_cols(rows: int, k2: int, cols: int, rq: Requant, tile=MATMUL_TILE):
         T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
         with T.sblock("root"):
             for t in T.parallel(CT * RTs):
-                acc = T.alloc_buffer((RT * V,), "int32", scope="local")
+                acc = T.alloc_buffer((RT * V,), "int32", scope="global")
                 for i in T.unroll(RT * VT):
                     acc[T.ramp(i * 8, 1, 8)] = T.broadcast(0, 8)
                 for j in T.serial(K2):
@@ -374,7 +374,7 @@ def depthwise(g: ConvGeometry, hp: int, wp: int, rq: Requant, vt: int = 2):
         with T.sblock("root"):
             for nch in T.parallel(N * C * OH):
                 for ot in T.serial(OT):
-                    acc = T.alloc_buffer((V,), "int32", scope="local")
+                    acc = T.alloc_buffer((V,), "int32", scope="global")
                     for i in T.unroll(VT):
                         acc[T.ramp(i * 8, 1, 8)] = T.broadcast(0, 8)
                     for kh in T.unroll(KH):

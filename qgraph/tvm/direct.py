@@ -1,0 +1,298 @@
+"""Direct (no im2col) AVX2 conv kernels: exact int16 ``VPMADDWD`` on pair-packed activations.
+
+The activations are packed once per layer (zero point subtracted, widened to int16, 0 in the
+pads) in a layout where the two int16 of a ``VPMADDWD`` pair are adjacent and 8 consecutive
+output columns read one contiguous 256-bit vector, whatever the stride:
+
+- conv (``conv_pack``): ``[N, C2, Hp, SW, Wq * 2]``, pairs of input channels
+  ``(x[2c], x[2c + 1])``; the width is split by phase (``iw = q * SW + ph``) so a column
+  stride becomes a contiguous read. Weights are packed at compile time as int32 pairs
+  ``[OC / RT, C2, KH, KW, RT]`` (``pack_direct_weights``), broadcast per output channel.
+  Register tile: ``RT`` output channels x ``VT`` vectors of 8 output columns of one row.
+- depthwise (``dw_pack``): ``[N, C, Hq, SW, Wq * 2]``, pairs of vertically adjacent taps
+  ``(x[ih], x[ih + DH])``, so one ``VPMADDWD`` does two taps (weights ``(w[2j, kw],
+  w[2j + 1, kw])``, an odd kernel height padded with a 0 weight).
+
+The exactness argument is that of ``qgraph.tvm.kernels``; requantization is the same fused
+epilogue (``kernels._requant_expr``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from qgraph.tvm.kernels import LANES, ConvGeometry, Requant, _requant_expr, ceil_to
+
+#: Register tile of the direct conv: RT output channels x VT vectors of 8 output columns.
+DIRECT_TILE = (4, 3)
+
+_PMADDWD = "llvm.x86.avx2.pmadd.wd"
+
+
+def direct_extent(g: ConvGeometry, vt: int) -> tuple[int, int]:
+    """(Hp, Wq): the packed rows and per-phase columns the direct conv reads."""
+    ot = -(-g.ow // (LANES * vt))
+    hp = (g.oh - 1) * g.strides[0] + (g.kh - 1) * g.dilations[0] + 1
+    wq = ot * LANES * vt + ((g.kw - 1) * g.dilations[1]) // g.strides[1]
+    return hp, wq
+
+
+def pack_direct_weights(wd: np.ndarray, rt: int) -> np.ndarray:
+    """Zero-point-shifted weights ``[OC, C, KH, KW]`` (int16 values) as int32 ``[OCp/rt, C2, KH, KW, rt]``."""
+    oc, c, kh, kw = wd.shape
+    c2 = -(-c // 2)
+    w = np.zeros((ceil_to(oc, rt), 2 * c2, kh, kw), np.int16)
+    w[:oc, :c] = wd
+    w = w.reshape(-1, rt, c2, 2, kh, kw).transpose(0, 2, 4, 5, 1, 3)
+    return np.ascontiguousarray(w).view(np.int32).reshape(-1, c2, kh, kw, rt)
+
+
+def pack_dw_weights(wd: np.ndarray) -> np.ndarray:
+    """Zero-point-shifted depthwise weights ``[C, 1, KH, KW]`` as int32 pairs ``[C, KH2, KW]``."""
+    c, _, kh, kw = wd.shape
+    kh2 = -(-kh // 2)
+    w = np.zeros((c, 2 * kh2, kw), np.int16)
+    w[:, :kh] = wd[:, 0]
+    return np.ascontiguousarray(w.reshape(c, kh2, 2, kw).transpose(0, 1, 3, 2)).view(np.int32).reshape(c, kh2, kw)
+
+
+def _phase_bounds(T, ph, sw: int, pl: int, w: int, wq: int):
+    """Per-phase column range ``[lo, hi)`` of ``q`` whose ``iw = q * SW + ph`` is inside the input."""
+    lo = T.min(T.max((pl - ph + sw - 1) // sw, 0), wq)
+    hi = T.max(T.min((pl + w - ph + sw - 1) // sw, wq), lo)
+    return lo, hi
+
+
+def conv_pack(g: ConvGeometry, x_dtype: str, x_zp: int, hp: int, wq: int):
+    """``x [N, C, H, W]`` -> int16 ``[N, C2, Hp, SW, Wq * 2]``: ``x - zp`` at channel pairs, 0 around.
+
+    Per packed row: the left pad, the interior (two channel rows interleaved; a unit-stride
+    loop LLVM vectorizes) and the right pad are separate loops, so no element tests bounds."""
+    from tvm.script import tirx as T
+
+    N, C, H, W = g.n, g.c, g.h, g.w
+    C2 = -(-C // 2)
+    SW = g.strides[1]
+    PT, PL = g.pads
+    Hp, Wq = hp, wq
+    zp = int(x_zp)
+
+    def lo(ph):
+        return _phase_bounds(T, ph, SW, PL, W, Wq)[0]
+
+    def hi(ph):
+        return _phase_bounds(T, ph, SW, PL, W, Wq)[1]
+
+    def ok(c, ih):
+        return T.And(c < C, T.And(PT <= ih, ih < PT + H))
+
+    def val(x, n, c, ih, iw):
+        return T.Cast("int16", x[n, T.min(c, C - 1), T.max(T.min(ih - PT, H - 1), 0), iw - PL]) - T.int16(zp)
+
+    @T.prim_func(check_well_formed=False)
+    def qdirect_pack(x: T.Buffer((N, C, H, W), x_dtype), xp: T.Buffer((N, C2, Hp, SW, Wq * 2), "int16")):
+        T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+        with T.sblock("root"):
+            for ncr in T.parallel(N * C2 * Hp):
+                for ph in T.serial(SW):
+                    for q in T.serial(lo(ph) * 2):
+                        xp[ncr // (C2 * Hp), ncr // Hp % C2, ncr % Hp, ph, q] = T.int16(0)
+                    for q in T.serial(hi(ph) - lo(ph)):
+                        for t in T.unroll(2):
+                            xp[ncr // (C2 * Hp), ncr // Hp % C2, ncr % Hp, ph, (lo(ph) + q) * 2 + t] = T.if_then_else(
+                                ok(ncr // Hp % C2 * 2 + t, ncr % Hp),
+                                val(x, ncr // (C2 * Hp), ncr // Hp % C2 * 2 + t, ncr % Hp, (lo(ph) + q) * SW + ph),
+                                T.int16(0))
+                    for q in T.serial((Wq - hi(ph)) * 2):
+                        xp[ncr // (C2 * Hp), ncr // Hp % C2, ncr % Hp, ph, hi(ph) * 2 + q] = T.int16(0)
+
+    return qdirect_pack
+
+
+def direct_conv(g: ConvGeometry, hp: int, wq: int, rq: Requant, tile=DIRECT_TILE):
+    """``y[n, oc, oh, ow] = requant(sum_{c2, kh, kw} w . xp + bias[oc])`` on the packed input."""
+    from tvm.script import tirx as T
+
+    RT, VT = tile
+    V = LANES * VT
+    N, C, OC, KH, KW, OH, OW = g.n, g.c, g.oc, g.kh, g.kw, g.oh, g.ow
+    C2 = -(-C // 2)
+    SH, SW = g.strides
+    DH, DW = g.dilations
+    Hp, Wq = hp, wq
+    OT = -(-OW // V)
+    OCB = -(-OC // RT)
+    OCp = OCB * RT
+    mdt = str(rq.multiplier.dtype)
+    odt = rq.out_dtype
+
+    def epi(acc, b, m, h, s):
+        return _requant_expr(T, acc, b, m, h, s, rq)
+
+    # t = ((n * OH + oh) * OT + ot) * OCB + ob: consecutive tasks share the input window
+    def n_(t):
+        return t // (OCB * OT * OH)
+
+    def oh_(t):
+        return t // (OCB * OT) % OH
+
+    def ot_(t):
+        return t // OCB % OT
+
+    def ob_(t):
+        return t % OCB
+
+    @T.prim_func(check_well_formed=False)
+    def qdirect_conv(xp: T.Buffer((N, C2, Hp, SW, Wq * 2), "int16"), w: T.Buffer((OCB, C2, KH, KW, RT), "int32"),
+                     bias: T.Buffer((OCp,), "int32"), mult: T.Buffer((OCp,), mdt), half: T.Buffer((OCp,), "int64"),
+                     shift: T.Buffer((OCp,), "int64"), y: T.Buffer((N, OC, OH, OW), odt)):
+        T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+        with T.sblock("root"):
+            for t in T.parallel(N * OH * OT * OCB):
+                acc = T.alloc_buffer((RT * V,), "int32", scope="global")
+                for i in T.unroll(RT * VT):
+                    acc[T.ramp(i * 8, 1, 8)] = T.broadcast(0, 8)
+                for c2 in T.serial(C2):
+                    for kh in T.unroll(KH):
+                        for kw in T.unroll(KW):
+                            for r in T.unroll(RT):
+                                for v in T.unroll(VT):
+                                    acc[T.ramp((r * VT + v) * 8, 1, 8)] = acc[T.ramp((r * VT + v) * 8, 1, 8)] + \
+                                        T.call_llvm_pure_intrin(
+                                            "int32x8", _PMADDWD,
+                                            T.reinterpret("int16x16", T.broadcast(w[ob_(t), c2, kh, kw, r], 8)),
+                                            xp[n_(t), c2, oh_(t) * SH + kh * DH, (kw * DW) % SW,
+                                               T.ramp((ot_(t) * V + v * 8 + (kw * DW) // SW) * 2, 1, 16)])
+                for r in T.unroll(RT):
+                    for v in T.unroll(VT):
+                        if ob_(t) * RT + r < OC:
+                            if ot_(t) * V + v * 8 + 8 <= OW:
+                                for l in T.vectorized(8):
+                                    y[n_(t), ob_(t) * RT + r, oh_(t), ot_(t) * V + v * 8 + l] = epi(
+                                        acc[(r * VT + v) * 8 + l], bias[ob_(t) * RT + r], mult[ob_(t) * RT + r],
+                                        half[ob_(t) * RT + r], shift[ob_(t) * RT + r])
+                            else:
+                                for l in T.serial(8):
+                                    if ot_(t) * V + v * 8 + l < OW:
+                                        y[n_(t), ob_(t) * RT + r, oh_(t), ot_(t) * V + v * 8 + l] = epi(
+                                            acc[(r * VT + v) * 8 + l], bias[ob_(t) * RT + r], mult[ob_(t) * RT + r],
+                                            half[ob_(t) * RT + r], shift[ob_(t) * RT + r])
+
+    return qdirect_conv
+
+
+# -- depthwise, vertically paired taps ---------------------------------------------------------------
+def dw_row_step(g: ConvGeometry) -> int:
+    """Input rows between packed rows: the kernel reads rows ``oh * SH + 2 * j * DH`` only."""
+    return math.gcd(g.strides[0], 2 * g.dilations[0])
+
+
+def dw_extent(g: ConvGeometry, vt: int) -> tuple[int, int]:
+    """(Hq, Wq): the packed rows (first tap of each pair, every ``dw_row_step`` input rows) and
+    per-phase columns the kernel reads."""
+    ot = -(-g.ow // (LANES * vt))
+    kh2 = -(-g.kh // 2)
+    hq = ((g.oh - 1) * g.strides[0] + 2 * (kh2 - 1) * g.dilations[0]) // dw_row_step(g) + 1
+    wq = ot * LANES * vt + ((g.kw - 1) * g.dilations[1]) // g.strides[1]
+    return hq, wq
+
+
+def dw_pack(g: ConvGeometry, x_dtype: str, x_zp: int, hq: int, wq: int):
+    """``x [N, C, H, W]`` -> int16 ``[N, C, Hq, SW, Wq * 2]``: ``(x[ih, iw] - zp, x[ih + DH, iw] - zp)``,
+    0 outside (pads and loops as in ``conv_pack``)."""
+    from tvm.script import tirx as T
+
+    N, C, H, W = g.n, g.c, g.h, g.w
+    SW = g.strides[1]
+    DH = g.dilations[0]
+    RS = dw_row_step(g)
+    PT, PL = g.pads
+    Hq, Wq = hq, wq
+    zp = int(x_zp)
+
+    def lo(ph):
+        return _phase_bounds(T, ph, SW, PL, W, Wq)[0]
+
+    def hi(ph):
+        return _phase_bounds(T, ph, SW, PL, W, Wq)[1]
+
+    def ok(ih):
+        return T.And(PT <= ih, ih < PT + H)
+
+    def val(x, n, c, ih, iw):
+        return T.Cast("int16", x[n, c, T.max(T.min(ih - PT, H - 1), 0), iw - PL]) - T.int16(zp)
+
+    @T.prim_func(check_well_formed=False)
+    def qdw_pack(x: T.Buffer((N, C, H, W), x_dtype), xp: T.Buffer((N, C, Hq, SW, Wq * 2), "int16")):
+        T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+        with T.sblock("root"):
+            for ncr in T.parallel(N * C * Hq):
+                for ph in T.serial(SW):
+                    for q in T.serial(lo(ph) * 2):
+                        xp[ncr // (C * Hq), ncr // Hq % C, ncr % Hq, ph, q] = T.int16(0)
+                    for q in T.serial(hi(ph) - lo(ph)):
+                        for t in T.unroll(2):
+                            xp[ncr // (C * Hq), ncr // Hq % C, ncr % Hq, ph, (lo(ph) + q) * 2 + t] = T.if_then_else(
+                                ok(ncr % Hq * RS + t * DH),
+                                val(x, ncr // (C * Hq), ncr // Hq % C, ncr % Hq * RS + t * DH, (lo(ph) + q) * SW + ph),
+                                T.int16(0))
+                    for q in T.serial((Wq - hi(ph)) * 2):
+                        xp[ncr // (C * Hq), ncr // Hq % C, ncr % Hq, ph, hi(ph) * 2 + q] = T.int16(0)
+
+    return qdw_pack
+
+
+def dw_conv(g: ConvGeometry, hq: int, wq: int, rq: Requant, vt: int = 2):
+    """Depthwise conv on the pair-packed input: one ``VPMADDWD`` per two vertical taps."""
+    from tvm.script import tirx as T
+
+    N, C, KH, KW, OH, OW = g.n, g.c, g.kh, g.kw, g.oh, g.ow
+    KH2 = -(-KH // 2)
+    SH, SW = g.strides
+    DH, DW = g.dilations
+    RS = dw_row_step(g)
+    Hq, Wq = hq, wq
+    VT = vt
+    V = LANES * VT
+    OT = -(-OW // V)
+    mdt = str(rq.multiplier.dtype)
+    odt = rq.out_dtype
+
+    def epi(acc, b, m, h, s):
+        return _requant_expr(T, acc, b, m, h, s, rq)
+
+    @T.prim_func(check_well_formed=False)
+    def qdw_pconv(xp: T.Buffer((N, C, Hq, SW, Wq * 2), "int16"), w: T.Buffer((C, KH2, KW), "int32"),
+                  bias: T.Buffer((C,), "int32"), mult: T.Buffer((C,), mdt), half: T.Buffer((C,), "int64"),
+                  shift: T.Buffer((C,), "int64"), y: T.Buffer((N, C, OH, OW), odt)):
+        T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+        with T.sblock("root"):
+            for nch in T.parallel(N * C * OH):
+                for ot in T.serial(OT):
+                    acc = T.alloc_buffer((V,), "int32", scope="global")
+                    for i in T.unroll(VT):
+                        acc[T.ramp(i * 8, 1, 8)] = T.broadcast(0, 8)
+                    for j in T.unroll(KH2):
+                        for kw in T.unroll(KW):
+                            for v in T.unroll(VT):
+                                acc[T.ramp(v * 8, 1, 8)] = acc[T.ramp(v * 8, 1, 8)] + T.call_llvm_pure_intrin(
+                                    "int32x8", _PMADDWD,
+                                    T.reinterpret("int16x16", T.broadcast(w[nch // OH % C, j, kw], 8)),
+                                    xp[nch // (C * OH), nch // OH % C, (nch % OH * SH + 2 * j * DH) // RS, (kw * DW) % SW,
+                                       T.ramp((ot * V + v * 8 + (kw * DW) // SW) * 2, 1, 16)])
+                    for v in T.unroll(VT):
+                        if ot * V + v * 8 + 8 <= OW:
+                            for l in T.vectorized(8):
+                                y[nch // (C * OH), nch // OH % C, nch % OH, ot * V + v * 8 + l] = epi(
+                                    acc[v * 8 + l], bias[nch // OH % C], mult[nch // OH % C], half[nch // OH % C],
+                                    shift[nch // OH % C])
+                        else:
+                            for l in T.serial(8):
+                                if ot * V + v * 8 + l < OW:
+                                    y[nch // (C * OH), nch // OH % C, nch % OH, ot * V + v * 8 + l] = epi(
+                                        acc[v * 8 + l], bias[nch // OH % C], mult[nch // OH % C], half[nch // OH % C],
+                                        shift[nch // OH % C])
+
+    return qdw_pconv
