@@ -509,3 +509,19 @@ def test_errors_name_the_node_and_tensor():
     unknown_std = build(ops.op("NotAnOnnxOp"), {"x": x}, name="na")
     with pytest.raises(InterpreterError, match=r"node 'na'.*NotAnOnnxOp"):
         Interpreter(unknown_std)
+
+
+@pytest.mark.parametrize("size", [1, 3, 5])
+def test_lrn_across_channels_like_ort(size):
+    """LRN sums squares over a window of channels (onnx's ReferenceEvaluator 1.23 sums over the
+    batch axis instead: wrong for every channel >= the batch size)."""
+    x = np.random.default_rng(size).uniform(-5, 5, (2, 7, 3, 4)).astype(np.float32)
+    node = helper.make_node("LRN", ["x"], ["y"], size=size, alpha=0.01, beta=0.75, bias=2.0)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, x.shape)])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    from qgraph.onnx import from_proto
+
+    got = run(from_proto(proto), {"x": x})["y"]
+    want = session(proto).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=0)

@@ -288,6 +288,19 @@ def test_float_fallback_ops_close_to_reference():
         np.testing.assert_allclose(got[k], ref[k], rtol=1e-4, atol=1e-5, err_msg=k)
 
 
+
+def test_lrn_equals_reference():
+    """LRN (AlexNet, ZFNet, GoogLeNet): the channel window summed in the reference's order."""
+    from onnx import TensorProto, helper
+
+    x = RNG.uniform(-5, 5, (1, 7, 5, 6)).astype(np.float32)
+    for size in (1, 4, 5):
+        nodes = [helper.make_node("LRN", ["x"], ["y"], size=size, alpha=0.01, beta=0.75, bias=2.0)]
+        model = _onnx_model(nodes, [("x", TensorProto.FLOAT, list(x.shape))], ["y"])
+        got = qtvm.build(model).run({"x": x})["y"]
+        ref = Interpreter(model).run({"x": x})["y"]
+        np.testing.assert_allclose(got, ref, rtol=1e-6, atol=0, err_msg=f"size {size}")
+
 # -- API ----------------------------------------------------------------------------------------
 def test_lower_gives_a_relax_main_with_graph_inputs_and_outputs(quantized):
     q = quantized("op_pool")

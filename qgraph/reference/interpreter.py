@@ -46,6 +46,7 @@ KERNELS: Mapping[OpId, Kernel] = MappingProxyType({
     ops.Transpose: onnx_ops.transpose,
     ops.Flatten: onnx_ops.flatten,
     ops.Concat: onnx_ops.concat,
+    ops.op("LRN"): onnx_ops.lrn,
 })
 
 

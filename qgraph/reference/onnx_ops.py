@@ -73,6 +73,37 @@ def concat(node: Node, args: list, memo: dict) -> list[np.ndarray]:
         raise InterpreterError(f"{node.describe()}: cannot concatenate {shapes} on axis {axis}") from e
 
 
+def lrn(node: Node, args: list, memo: dict) -> list[np.ndarray]:
+    """ONNX LRN across channels (axis 1):
+    ``Y = X / (bias + alpha / size * square_sum) ** beta``, ``square_sum[c]`` the sum of ``X[c'] ** 2``
+    for ``c'`` in ``[c - floor((size - 1) / 2), c + ceil((size - 1) / 2)]`` clipped to the channels,
+    added in channel order.
+
+    Native because onnx's ``ReferenceEvaluator`` (1.23) loops over the batch axis instead of the
+    channels: for a batch of N it sums the window only for channels ``< N`` and leaves
+    ``square_sum`` 0 for the others, unlike the spec and ONNX Runtime. The float arithmetic
+    is the evaluator's otherwise (float32 throughout, ``alpha / size`` rounded to float32).
+    """
+    x = args[0]
+    if x.ndim < 3:
+        raise InterpreterError(f"{node.describe()}: LRN needs an input of rank >= 3, got {list(x.shape)}")
+    size = node.attr("size")
+    if size is None:
+        raise InterpreterError(f"{node.describe()}: missing attribute 'size'")
+    size = int(size)
+    alpha, beta, bias = float(node.attr("alpha", 1e-4)), float(node.attr("beta", 0.75)), float(node.attr("bias", 1.0))
+    before, after = (size - 1) // 2, math.ceil((size - 1) / 2)
+    channels = x.shape[1]
+    sq = x * x
+    padded = np.zeros((x.shape[0], channels + before + after) + x.shape[2:], x.dtype)
+    padded[:, before:before + channels] = sq
+    total = padded[:, 0:channels].copy()  # window terms in channel order; the zero padding adds exactly
+    for k in range(1, size):
+        total = total + padded[:, k:k + channels]
+    dt = x.dtype.type
+    return [(x / ((dt(bias) + dt(alpha / size) * total) ** dt(beta))).astype(x.dtype)]
+
+
 # -- onnx's reference evaluator ------------------------------------------------------------------
 class OnnxNodeRunner:
     """Evaluates one node with onnx's ``ReferenceEvaluator``, one evaluator per input-dtype

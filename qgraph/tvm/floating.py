@@ -386,3 +386,36 @@ def resize(ctx: LowerContext):
                "floor": "floor", "ceil": "ceil"}[ctx.attr("nearest_mode", "round_prefer_floor")]
     return [ctx.emit(relax.op.image.resize2d(x, out[2:], method="nearest_neighbor",
                                              coordinate_transformation_mode=coord, rounding_method=nearest))]
+
+
+def lrn(ctx: LowerContext):
+    """ONNX LRN across channels, as the reference interpreter computes it
+    (``qgraph.reference.onnx_ops.lrn``): squares, the channel window summed in channel order
+    from a zero-padded copy (zeros add exactly), then ``x / (bias + alpha / size * sum) ** beta``
+    in float32. Only ``pow`` may differ from numpy in the last bits."""
+    from tvm import relax
+
+    x = ctx.expr(0)
+    xs = ctx.shape(x)
+    if len(xs) < 3:
+        raise ctx.error(f"LRN needs an input of rank >= 3, got {list(xs)}")
+    size = ctx.attr("size")
+    if size is None:
+        raise ctx.error("missing attribute 'size'")
+    size = int(size)
+    alpha, beta, bias = float(ctx.attr("alpha", 1e-4)), float(ctx.attr("beta", 0.75)), float(ctx.attr("bias", 1.0))
+    before, after = (size - 1) // 2, -(-(size - 1) // 2)
+    channels = xs[1]
+    sq = ctx.emit(relax.op.multiply(x, x))
+    parts = []
+    if before:
+        parts.append(ctx.const(np.zeros((xs[0], before) + tuple(xs[2:]), ctx.dtype(x))))
+    parts.append(sq)
+    if after:
+        parts.append(ctx.const(np.zeros((xs[0], after) + tuple(xs[2:]), ctx.dtype(x))))
+    padded = ctx.emit(relax.op.concat(parts, axis=1)) if len(parts) > 1 else sq
+    total = ctx.emit(relax.op.strided_slice(padded, axes=[1], begin=[0], end=[channels]))
+    for k in range(1, size):
+        total = ctx.emit(relax.op.add(total, relax.op.strided_slice(padded, axes=[1], begin=[k], end=[k + channels])))
+    scale = relax.op.add(_f32(ctx, bias, x), relax.op.multiply(_f32(ctx, alpha / size, x), total))
+    return [ctx.emit(relax.op.divide(x, relax.op.power(scale, _f32(ctx, beta, x))))]

@@ -106,6 +106,7 @@ LOWERINGS: Mapping[OpId, Lowering] = MappingProxyType({
     ops.Gelu: floating.gelu,
     ops.QGraphGelu: floating.gelu,
     ops.Resize: floating.resize,
+    op("LRN"): floating.lrn,
 })
 
 
