@@ -24,6 +24,14 @@ from qgraph.tvm.lower import fast_kernels  # noqa: E402
 pytestmark = pytest.mark.skipif(not fast_kernels(None), reason="the fast kernels need an x86-64 host with AVX2")
 
 
+@pytest.fixture(autouse=True)
+def _no_small_op_cutoff(monkeypatch):
+    """The cases are small on purpose (fast tests): check the kernels, not the size cutoff."""
+    from qgraph.tvm import fast
+
+    monkeypatch.setattr(fast, "SMALL_MACS", 0)
+
+
 def _one_node(op, feeds, consts, attrs, out_dtype):
     g = Graph("g")
     ins = []
@@ -71,6 +79,13 @@ CONV_CASES = [
     ((3, 5, 1, 40), (7, 5, 1, 3), [1, 1], [0, 1, 0, 1], [1, 1], 1, "int8"),      # rec's 1x3 neck conv shape
     ((1, 24, 12, 20), (24, 1, 5, 5), [2, 1], [2, 2, 2, 2], [1, 1], 24, "uint8"),  # depthwise 5x5, stride (2, 1)
     ((2, 9, 7, 5), (9, 1, 3, 3), [1, 2], [1, 1, 1, 1], [1, 1], 9, "int8"),       # depthwise, W < 8, stride (1, 2)
+    # direct conv: odd channels (a padded pair), OC % 4 != 0, width past 3 vectors with a tail, W dilation
+    ((2, 7, 9, 61), (10, 7, 3, 3), [1, 1], [1, 2, 0, 1], [1, 2], 1, "uint8"),
+    ((1, 4, 12, 19), (6, 4, 5, 5), [2, 3], [2, 2, 2, 2], [1, 1], 1, "int8"),     # 5x5, column stride 3
+    # depthwise: dilation (rows and columns), odd kernel height, stride in both axes, even kernel
+    ((1, 10, 13, 27), (10, 1, 3, 5), [1, 1], [2, 2, 2, 2], [2, 2], 10, "uint8"),
+    ((1, 6, 9, 19), (6, 1, 2, 2), [2, 2], [0, 0, 1, 1], [1, 1], 6, "int8"),
+    ((1, 5, 11, 40), (5, 1, 5, 5), [2, 1], [2, 2, 2, 2], [1, 1], 5, "uint8"),    # rec's dw 5x5 (2, 1)
 ]
 
 
@@ -164,3 +179,17 @@ def test_kernels_default_and_non_x86_targets_keep_the_default_lowering():
     assert names == {"main"}
     with pytest.raises(qtvm.LoweringError, match="kernels"):
         qtvm.lower(model, kernels="fastest")
+
+
+def test_tiny_layers_keep_the_default_lowering(monkeypatch):
+    from qgraph.tvm import fast
+
+    rng = np.random.default_rng(12)
+    x = rng.integers(0, 256, (1, 8, 4, 4)).astype(np.uint8)
+    w = rng.integers(-127, 128, (16, 8, 3, 3)).astype(np.int8)
+    attrs = {"pads": [1, 1, 1, 1], "kernel_shape": [3, 3], "x_zero_point": 3, "w_zero_point": [0],
+             "multiplier": [1 << 30], "shift": [38], "y_zero_point": 0, "y_qmin": 0, "y_qmax": 255}
+    model = _one_node(l3.QConv, {"x": x}, {"w": w}, attrs, DType.UINT8)
+    assert "qdirect_conv" in _kernels(model)
+    monkeypatch.setattr(fast, "SMALL_MACS", 16 * 16 * 72 + 1)  # one more than this conv's MACs
+    assert _kernels(model) == set()

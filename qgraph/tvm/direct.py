@@ -25,8 +25,15 @@ import numpy as np
 
 from qgraph.tvm.kernels import LANES, ConvGeometry, Requant, _requant_expr, ceil_to
 
-#: Register tile of the direct conv: RT output channels x VT vectors of 8 output columns.
+#: Register tile of the direct conv: RT output channels x VT vectors of 8 output columns
+#: (at most 16 ymm registers: RT * VT accumulators, VT input vectors, one broadcast weight).
 DIRECT_TILE = (4, 3)
+
+
+def direct_tile(ow: int) -> tuple[int, int]:
+    """The register tile for ``ow`` output columns: narrow rows take fewer, taller tiles."""
+    vt = min(DIRECT_TILE[1], -(-ow // LANES))
+    return {1: (8, 1), 2: (6, 2)}.get(vt, DIRECT_TILE) if vt < DIRECT_TILE[1] else DIRECT_TILE
 
 _PMADDWD = "llvm.x86.avx2.pmadd.wd"
 

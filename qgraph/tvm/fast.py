@@ -20,6 +20,9 @@ from qgraph.tvm import kernels as K
 from qgraph.tvm.context import LowerContext
 
 _I16 = 2**15 - 1
+#: Multiply-adds below which a node keeps the default lowering: a fast kernel is two or three
+#: calls (pack, GEMM) where TVM's default lowering fuses into one; tiny layers pay for the calls.
+SMALL_MACS = 65536
 
 
 def _range_fits(lo: int, hi: int) -> bool:
@@ -103,19 +106,23 @@ def _conv_plan(ctx: LowerContext):
         padded = K.ceil_to(oc, K.CONV_TILE[0])
     elif group == 1:
         kind = "direct"
-        padded = K.ceil_to(oc, D.DIRECT_TILE[0])
+        padded = None  # the tile depends on the output width
     elif group == xs[1] and ws[1] == 1 and oc == group:
         kind = "depthwise"
         padded = oc
     else:
         return None
-    rq = _requant(ctx, oc, padded, bias)
-    if rq is None:
-        return None
     win = ctx.windows(xs[2:], kernel)
     g = K.ConvGeometry(xs[0], xs[1], xs[2], xs[3], oc, kernel[0], kernel[1], win.out[0], win.out[1],
                        tuple(win.strides), tuple(win.dilations), tuple(win.pads_begin))
     if g.oh <= 0 or g.ow <= 0:
+        return None
+    if g.n * g.oc * g.pixels * g.k < SMALL_MACS:
+        return None
+    if padded is None:
+        padded = K.ceil_to(oc, D.direct_tile(g.ow)[0])
+    rq = _requant(ctx, oc, padded, bias)
+    if rq is None:
         return None
     return kind, g, wd, rq, x_zp
 
@@ -146,11 +153,12 @@ def qconv(ctx: LowerContext):
     xdt = ctx.dtype(x)
     consts = [ctx.const(a) for a in rq.arrays()]
     if kind == "direct":
-        hp, wq = D.direct_extent(g, D.DIRECT_TILE[1])
+        tile = D.direct_tile(g.ow)
+        hp, wq = D.direct_extent(g, tile[1])
         xp = _call(ctx, D.conv_pack(g, xdt, x_zp, hp, wq), "qdirect_pack", [x],
                    (g.n, -(-g.c // 2), hp, g.strides[1], wq * 2), "int16")
-        wp = D.pack_direct_weights(wd.astype(np.int16), D.DIRECT_TILE[0])
-        return _call(ctx, D.direct_conv(g, hp, wq, rq), "qdirect_conv", [xp, ctx.const(wp)] + consts,
+        wp = D.pack_direct_weights(wd.astype(np.int16), tile[0])
+        return _call(ctx, D.direct_conv(g, hp, wq, rq, tile), "qdirect_conv", [xp, ctx.const(wp)] + consts,
                      (g.n, g.oc, g.oh, g.ow), rq.out_dtype)
     if kind == "depthwise":
         vt = 2 if g.ow > K.LANES else 1
@@ -171,7 +179,7 @@ def qconv(ctx: LowerContext):
         xdt, x_zp = "int16", 0
     xp = _call(ctx, K.im2col(g, xdt, x_zp, lanes, hp, wp_), "qconv_im2col", [x], (g.n, k2, lp * 2), "int16")
     wp = K.pack_conv_weights(wd.reshape(g.oc, -1).astype(np.int16), rt)
-    y = _call(ctx, K.gemm_rows(g.n, g.oc, k2, g.pixels, rq), "qconv_gemm", [xp, ctx.const(wp)] + consts,
+    y = _call(ctx, K.gemm_rows(g.n, g.oc, k2, g.pixels, rq, K.CONV_TILE), "qconv_gemm", [xp, ctx.const(wp)] + consts,
               (g.n, g.oc, g.pixels), rq.out_dtype)
     from tvm import relax
 
@@ -202,7 +210,7 @@ def _matmul_plan(ctx: LowerContext):
     if ar is None:
         return None
     bd = b.astype(np.int64) - b_zp.reshape(1, -1)
-    if not _exact_pairs(ar, bd):
+    if int(np.prod(ash[:-1])) * k * n < SMALL_MACS or not _exact_pairs(ar, bd):
         return None
     bias = ctx.maybe_const(2)
     if ctx.has_input(2) and bias is None:
