@@ -23,6 +23,8 @@ _I16 = 2**15 - 1
 #: Multiply-adds below which a node keeps the default lowering: a fast kernel is two or three
 #: calls (pack, GEMM) where TVM's default lowering fuses into one; tiny layers pay for the calls.
 SMALL_MACS = 65536
+#: Matmul weights that fit int8 are stored as int8 and widened on load (half the traffic).
+INT8_WEIGHTS = True
 
 
 def _range_fits(lo: int, hi: int) -> bool:
@@ -238,6 +240,9 @@ def qmatmul(ctx: LowerContext):
     a2 = ctx.emit(relax.op.reshape(a, (rows, k))) if len(ash) != 2 else a
     ap = _call(ctx, K.matmul_prep(rows, k, ctx.dtype(a), a_zp), "qmatmul_prep", [a2], (rows, 2 * k2), "int16")
     wp = K.pack_matmul_weights(bd.astype(np.int16), K.LANES * K.MATMUL_TILE[1])
-    y = _call(ctx, K.gemm_cols(rows, k2, n, rq), "qmatmul_gemm", [ap, ctx.const(wp)] + [ctx.const(z) for z in rq.arrays()],
+    wdt = "int16"
+    if INT8_WEIGHTS and bd.min() >= -128 and bd.max() <= 127:
+        wp, wdt = wp.astype(np.int8), "int8"
+    y = _call(ctx, K.gemm_cols(rows, k2, n, rq, K.MATMUL_TILE, wdt), "qmatmul_gemm", [ap, ctx.const(wp)] + [ctx.const(z) for z in rq.arrays()],
               (rows, n), rq.out_dtype)
     return ctx.emit(relax.op.reshape(y, tuple(ash[:-1]) + (n,))) if len(ash) != 2 else y

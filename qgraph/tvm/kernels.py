@@ -266,9 +266,12 @@ def matmul_prep(rows: int, k: int, a_dtype: str, a_zp: int):
     return qmatmul_prep
 
 
-def gemm_cols(rows: int, k2: int, cols: int, rq: Requant, tile=MATMUL_TILE):
+def gemm_cols(rows: int, k2: int, cols: int, rq: Requant, tile=MATMUL_TILE, w_dtype: str = "int16"):
     """MatMul GEMM: ``y[r, c] = requant(sum_j a[r, j] . w[j, c] + bias[c])``, ``a`` int16 pairs
-    ``[rows, 2 * K2]``, ``w`` packed by ``pack_matmul_weights``; per-column requantization."""
+    ``[rows, 2 * K2]``, ``w`` packed by ``pack_matmul_weights``; per-column requantization.
+
+    ``w_dtype="int8"``: weights that fit int8 are stored as int8 and sign-extended on load
+    (``vpmovsxbw``): half the weight traffic, which decides wide layers (a CTC head)."""
     from tvm.script import tirx as T
 
     RT, VT = tile
@@ -282,8 +285,13 @@ def gemm_cols(rows: int, k2: int, cols: int, rq: Requant, tile=MATMUL_TILE):
     def epi(acc, b, m, h, s):
         return _requant_expr(T, acc, b, m, h, s, rq)
 
+    wdt = w_dtype
+
+    def wvec(w, j, c16):
+        return T.Cast("int16x16", w[j, T.ramp(c16, 1, 16)]) if wdt != "int16" else w[j, T.ramp(c16, 1, 16)]
+
     @T.prim_func(check_well_formed=False)
-    def qmatmul_gemm(a: T.Buffer((R, K2 * 2), "int16"), w: T.Buffer((K2, Cp * 2), "int16"),
+    def qmatmul_gemm(a: T.Buffer((R, K2 * 2), "int16"), w: T.Buffer((K2, Cp * 2), wdt),
                      bias: T.Buffer((Cp,), "int32"), mult: T.Buffer((Cp,), mdt), half: T.Buffer((Cp,), "int64"),
                      shift: T.Buffer((Cp,), "int64"), y: T.Buffer((R, C), odt)):
         T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
@@ -300,7 +308,7 @@ def gemm_cols(rows: int, k2: int, cols: int, rq: Requant, tile=MATMUL_TILE):
                                     "int32x8", _PMADDWD,
                                     T.reinterpret("int16x16", T.broadcast(T.reinterpret("int32", a[
                                         T.min((t % RTs) * RT + r, R - 1), T.ramp(j * 2, 1, 2)]), 8)),
-                                    w[j, T.ramp(((t // RTs) * VT + v) * 16, 1, 16)])
+                                    wvec(w, j, ((t // RTs) * VT + v) * 16))
                 for r in T.unroll(RT):
                     for v in T.unroll(VT):
                         if (t % RTs) * RT + r < R:
