@@ -60,11 +60,13 @@ def _check(model, feeds, expect: set[str]):
     assert np.array_equal(got["y"], ref["y"]), int((got["y"] != ref["y"]).sum())
 
 
-def _requant(rng, channels: int, out: str) -> dict:
+def _requant(rng, channels: int, out: str, small: bool = True) -> dict:
+    """Random per-channel requantization; ``small=False``: every shift >= 32 (the kernels'
+    high-half epilogue), else two channels with shifts 0 and 1 (the int64 epilogue)."""
     info = np.iinfo(out)
     mult = [int(m) for m in rng.integers(1 << 30, (1 << 31) - 1, channels)]
-    shift = [int(s) for s in rng.integers(36, 44, channels)]
-    if channels > 2:  # the small ones: shift 0 (no rounding term), 1, and a tiny multiplier
+    shift = [int(s) for s in rng.integers(32, 44, channels)]
+    if small and channels > 2:  # the small ones: shift 0 (no rounding term), 1, and a tiny multiplier
         mult[0], shift[0] = 1, 0
         mult[1], shift[1] = 3, 1
     zp = int(rng.integers(info.min, info.max + 1))
@@ -105,7 +107,7 @@ def test_qconv_fast_kernels_bit_exact(case):
     out = "int8" if case % 3 == 1 else "uint8"
     attrs = {"strides": strides, "pads": pads, "dilations": dil, "group": group, "kernel_shape": list(ws[2:]),
              "x_zero_point": int(rng.integers(info.min, info.max + 1)), "w_zero_point": w_zp,
-             **_requant(rng, oc, out)}
+             **_requant(rng, oc, out, small=case % 2 == 0)}
     model = _one_node(l3.QConv, {"x": x}, {"w": w, "b": bias}, attrs, from_numpy(np.dtype(out)))
     kind = "qdw_pconv" if group > 1 else ("qconv_gemm" if ws[2:] == (1, 1) else "qdirect_conv")
     _check(model, {"x": x}, {kind})
@@ -138,7 +140,8 @@ def test_qmatmul_fast_kernel_bit_exact(case):
     bias = rng.integers(-20000, 20000, n).astype(np.int32)
     out = "uint8" if case != 1 else "int8"
     attrs = {"a_zero_point": int(rng.integers(info.min, info.max + 1)),
-             "b_zero_point": [0] if case == 0 else [int(z) for z in rng.integers(-2, 3, n)], **_requant(rng, n, out)}
+             "b_zero_point": [0] if case == 0 else [int(z) for z in rng.integers(-2, 3, n)],
+             **_requant(rng, n, out, small=case != 2)}
     model = _one_node(l3.QMatMul, {"a": a}, {"b": b, "bias": bias}, attrs, from_numpy(np.dtype(out)))
     _check(model, {"a": a}, {"qmatmul_gemm"})
 

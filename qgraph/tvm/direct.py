@@ -136,7 +136,7 @@ def direct_conv(g: ConvGeometry, hp: int, wq: int, rq: Requant, tile=DIRECT_TILE
     odt = rq.out_dtype
 
     def epi(acc, b, m, h, s):
-        return _requant_expr(T, acc, b, m, h, s, rq)
+        return _requant_expr(T, acc, None, m, h, s, rq)  # the bias starts the accumulator
 
     # t = ((n * OH + oh) * OT + ot) * OCB + ob: consecutive tasks share the input window
     def n_(t):
@@ -160,7 +160,7 @@ def direct_conv(g: ConvGeometry, hp: int, wq: int, rq: Requant, tile=DIRECT_TILE
             for t in T.parallel(N * OH * OT * OCB):
                 acc = T.alloc_buffer((RT * V,), "int32", scope="global")
                 for i in T.unroll(RT * VT):
-                    acc[T.ramp(i * 8, 1, 8)] = T.broadcast(0, 8)
+                    acc[T.ramp(i * 8, 1, 8)] = T.broadcast(bias[ob_(t) * RT + i // VT], 8)
                 for c2 in T.serial(C2):
                     for kh in T.unroll(KH):
                         for kw in T.unroll(KW):
@@ -268,7 +268,7 @@ def dw_conv(g: ConvGeometry, hq: int, wq: int, rq: Requant, vt: int = 2):
     odt = rq.out_dtype
 
     def epi(acc, b, m, h, s):
-        return _requant_expr(T, acc, b, m, h, s, rq)
+        return _requant_expr(T, acc, None, m, h, s, rq)  # the bias starts the accumulator
 
     @T.prim_func(check_well_formed=False)
     def qdw_pconv(xp: T.Buffer((N, C, Hq, SW, Wq * 2), "int16"), w: T.Buffer((C, KH2, KW), "int32"),
@@ -280,7 +280,7 @@ def dw_conv(g: ConvGeometry, hq: int, wq: int, rq: Requant, vt: int = 2):
                 for ot in T.serial(OT):
                     acc = T.alloc_buffer((V,), "int32", scope="global")
                     for i in T.unroll(VT):
-                        acc[T.ramp(i * 8, 1, 8)] = T.broadcast(0, 8)
+                        acc[T.ramp(i * 8, 1, 8)] = T.broadcast(bias[nch // OH % C], 8)
                     for j in T.unroll(KH2):
                         for kw in T.unroll(KW):
                             for v in T.unroll(VT):

@@ -59,6 +59,11 @@ class Requant:
 
     ``bias`` int32; ``multiplier`` int32 when every multiplier fits (``sext * sext``, which
     LLVM turns into ``vpmuldq``) else int64; ``half`` and ``shift`` int64.
+
+    ``hi32``: every shift is at least 32, the multipliers fit int32 and the output is at most
+    16 bits; the epilogue then shifts the high int32 half of the rounded product
+    (``floor(floor(p / 2**32) / 2**(s - 32)) == floor(p / 2**s)``) and clamps in int32: AVX2 has
+    no 64-bit arithmetic shift or min/max, so this saves most of the epilogue.
     """
 
     bias: np.ndarray
@@ -69,6 +74,7 @@ class Requant:
     qmin: int
     qmax: int
     out_dtype: str
+    hi32: bool = False
 
     @classmethod
     def make(cls, channels: int, padded: int, bias, multiplier, shift, zero_point: int, qmin: int, qmax: int,
@@ -82,9 +88,14 @@ class Requant:
         b = per(0 if bias is None else bias, np.int64)
         m = per(multiplier, np.int64)
         s = per(shift, np.int64)
-        half = np.where(s > 0, np.left_shift(np.int64(1), np.maximum(s - 1, 0)), 0).astype(np.int64)
         m_dtype = np.int32 if (m.min() >= -(2**31) and m.max() < 2**31) else np.int64
-        return cls(b.astype(np.int32), m.astype(m_dtype), half, s, int(zero_point), int(qmin), int(qmax), out_dtype)
+        hi32 = bool(s[:channels].min() >= 32 and m_dtype == np.int32
+                    and out_dtype in ("int8", "uint8", "int16", "uint16"))
+        if hi32:
+            s[channels:] = 32  # padded lanes: a valid shift (their results are never stored)
+        half = np.where(s > 0, np.left_shift(np.int64(1), np.maximum(s - 1, 0)), 0).astype(np.int64)
+        return cls(b.astype(np.int32), m.astype(m_dtype), half, s, int(zero_point), int(qmin), int(qmax), out_dtype,
+                   hi32)
 
     def arrays(self) -> list[np.ndarray]:
         return [self.bias, self.multiplier, self.half, self.shift]
@@ -96,8 +107,21 @@ def bias_fits_int32(bias) -> bool:
 
 
 def _requant_expr(T, acc, bias, mult, half, shift, rq: Requant):
-    """The epilogue on int32 ``acc`` (scalar or vector; the parameters of the same lanes)."""
-    v = T.Cast("int64", acc + bias) * T.Cast("int64", mult)
+    """The epilogue on int32 ``acc`` (scalar or vector; the parameters of the same lanes).
+
+    ``bias`` None: the kernel started the accumulator at the bias (the same int32 sum), so
+    the product is ``sext(acc) * sext(mult)``, one ``vpmuldq``."""
+    if bias is not None:
+        acc = acc + bias
+    if rq.hi32:
+        p = T.Cast("int64", acc) * T.Cast("int64", mult) + half
+        v = T.shift_right(T.Cast("int32", T.shift_right(p, T.int64(32))), T.Cast("int32", shift) - 32)
+        # a bitcast round trip (free in LLVM) hides v from TIR's bound analysis, which takes this
+        # variable shift to bound v inside the clamp and drops the clamp
+        v = T.reinterpret("int32", T.reinterpret("float32", v))
+        v = T.max(T.min(v, T.int32(rq.qmax - rq.zero_point)), T.int32(rq.qmin - rq.zero_point))
+        return T.Cast(rq.out_dtype, v + T.int32(rq.zero_point))
+    v = T.Cast("int64", acc) * T.Cast("int64", mult)
     v = T.shift_right(v + half, shift) + T.int64(rq.zero_point)
     v = T.max(T.min(v, T.int64(rq.qmax)), T.int64(rq.qmin))
     return T.Cast(rq.out_dtype, T.Cast("int32", v))
@@ -208,7 +232,7 @@ def gemm_rows(n: int, rows: int, k2: int, lanes: int, rq: Requant, tile=CONV_TIL
     odt = rq.out_dtype
 
     def epi(acc, b, m, h, s):
-        return _requant_expr(T, acc, b, m, h, s, rq)
+        return _requant_expr(T, acc, None, m, h, s, rq)  # the bias starts the accumulator
 
     @T.prim_func(check_well_formed=False)
     def qconv_gemm(xp: T.Buffer((N, K2, Lp * 2), "int16"), w: T.Buffer((RTs, K2, RT), "int32"),
@@ -220,7 +244,7 @@ def gemm_rows(n: int, rows: int, k2: int, lanes: int, rq: Requant, tile=CONV_TIL
                 for rt in T.serial(RTs):
                     acc = T.alloc_buffer((RT * V,), "int32", scope="global")
                     for i in T.unroll(RT * VT):
-                        acc[T.ramp(i * 8, 1, 8)] = T.broadcast(0, 8)
+                        acc[T.ramp(i * 8, 1, 8)] = T.broadcast(bias[rt * RT + i // VT], 8)
                     for j in T.serial(K2):
                         for r in T.unroll(RT):
                             for v in T.unroll(VT):
@@ -283,7 +307,7 @@ def gemm_cols(rows: int, k2: int, cols: int, rq: Requant, tile=MATMUL_TILE, w_dt
     odt = rq.out_dtype
 
     def epi(acc, b, m, h, s):
-        return _requant_expr(T, acc, b, m, h, s, rq)
+        return _requant_expr(T, acc, None, m, h, s, rq)  # the bias starts the accumulator
 
     wdt = w_dtype
 
@@ -299,7 +323,7 @@ def gemm_cols(rows: int, k2: int, cols: int, rq: Requant, tile=MATMUL_TILE, w_dt
             for t in T.parallel(CT * RTs):
                 acc = T.alloc_buffer((RT * V,), "int32", scope="global")
                 for i in T.unroll(RT * VT):
-                    acc[T.ramp(i * 8, 1, 8)] = T.broadcast(0, 8)
+                    acc[T.ramp(i * 8, 1, 8)] = bias[T.ramp(((t // RTs) * VT + i % VT) * 8, 1, 8)]
                 for j in T.serial(K2):
                     for r in T.unroll(RT):
                         for v in T.unroll(VT):
@@ -372,7 +396,7 @@ def depthwise(g: ConvGeometry, hp: int, wp: int, rq: Requant, vt: int = 2):
     odt = rq.out_dtype
 
     def epi(acc, b, m, h, s):
-        return _requant_expr(T, acc, b, m, h, s, rq)
+        return _requant_expr(T, acc, None, m, h, s, rq)  # the bias starts the accumulator
 
     @T.prim_func(check_well_formed=False)
     def qdw_conv(xp: T.Buffer((N, C, Hp, Wp), "int16"), w: T.Buffer((C, KH * KW), "int16"),
@@ -384,7 +408,7 @@ def depthwise(g: ConvGeometry, hp: int, wp: int, rq: Requant, vt: int = 2):
                 for ot in T.serial(OT):
                     acc = T.alloc_buffer((V,), "int32", scope="global")
                     for i in T.unroll(VT):
-                        acc[T.ramp(i * 8, 1, 8)] = T.broadcast(0, 8)
+                        acc[T.ramp(i * 8, 1, 8)] = T.broadcast(bias[nch // OH % C], 8)
                     for kh in T.unroll(KH):
                         for kw in T.unroll(KW):
                             for v in T.unroll(VT):
