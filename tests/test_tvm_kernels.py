@@ -109,8 +109,19 @@ def test_qconv_fast_kernels_bit_exact(case):
              "x_zero_point": int(rng.integers(info.min, info.max + 1)), "w_zero_point": w_zp,
              **_requant(rng, oc, out, small=case % 2 == 0)}
     model = _one_node(l3.QConv, {"x": x}, {"w": w, "b": bias}, attrs, from_numpy(np.dtype(out)))
-    kind = "qdw_pconv" if group > 1 else ("qconv_gemm" if ws[2:] == (1, 1) else "qdirect_conv")
+    kind = "qdw_pconv" if group > 1 else "qdirect_conv"
     _check(model, {"x": x}, {kind})
+
+
+def test_qconv_1x1_on_the_im2col_gemm(monkeypatch):
+    from qgraph.tvm import fast
+
+    monkeypatch.setattr(fast, "GEMM_1X1", True)
+    rng = np.random.default_rng(6)
+    x = rng.integers(0, 256, (2, 13, 7, 9)).astype(np.uint8)
+    w = rng.integers(-128, 128, (11, 13, 1, 1)).astype(np.int8)
+    attrs = {"kernel_shape": [1, 1], "x_zero_point": 131, "w_zero_point": [0], **_requant(rng, 11, "uint8")}
+    _check(_one_node(l3.QConv, {"x": x}, {"w": w}, attrs, DType.UINT8), {"x": x}, {"qconv_gemm"})
 
 
 def test_qconv_per_tensor_requant_no_bias_relu_bounds():

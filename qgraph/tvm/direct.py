@@ -27,13 +27,15 @@ from qgraph.tvm.kernels import LANES, ConvGeometry, Requant, _requant_expr, ceil
 
 #: Register tile of the direct conv: RT output channels x VT vectors of 8 output columns
 #: (at most 16 ymm registers: RT * VT accumulators, VT input vectors, one broadcast weight).
-DIRECT_TILE = (4, 3)
+DIRECT_TILE = (6, 2)
 
 
 def direct_tile(ow: int) -> tuple[int, int]:
-    """The register tile for ``ow`` output columns: narrow rows take fewer, taller tiles."""
-    vt = min(DIRECT_TILE[1], -(-ow // LANES))
-    return {1: (8, 1), 2: (6, 2)}.get(vt, DIRECT_TILE) if vt < DIRECT_TILE[1] else DIRECT_TILE
+    """The register tile for ``ow`` output columns: the fewest padded columns, then the widest."""
+    tiles = {2: DIRECT_TILE, 1: (8, 1)}  # (4, 3) measured 30% slower than both on a 3x3 64-channel conv
+    vt = min(tiles, key=lambda v: (ceil_to(ow, LANES * v), -v))
+    return tiles[vt]
+
 
 _PMADDWD = "llvm.x86.avx2.pmadd.wd"
 

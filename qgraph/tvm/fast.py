@@ -23,6 +23,8 @@ _I16 = 2**15 - 1
 #: Multiply-adds below which a node keeps the default lowering: a fast kernel is two or three
 #: calls (pack, GEMM) where TVM's default lowering fuses into one; tiny layers pay for the calls.
 SMALL_MACS = 65536
+#: 1x1 convs on the im2col GEMM (pixels flattened across rows) rather than the direct conv.
+GEMM_1X1 = False
 #: Matmul weights that fit int8 are stored as int8 and widened on load (half the traffic).
 INT8_WEIGHTS = True
 
@@ -103,7 +105,7 @@ def _conv_plan(ctx: LowerContext):
     if ctx.has_input(2) and bias is None:
         return None
     bias = None if bias is None else bias.astype(np.int64).reshape(-1)
-    if group == 1 and kernel == (1, 1):
+    if group == 1 and kernel == (1, 1) and GEMM_1X1:
         kind = "gemm"
         padded = K.ceil_to(oc, K.CONV_TILE[0])
     elif group == 1:
