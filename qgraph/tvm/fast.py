@@ -7,7 +7,8 @@ covers the node, else None and the default lowering runs. ``conv_kernel`` /
 A fast kernel needs: an x86 target with AVX2 (``LowerContext.fast``), a constant weight,
 a non-constant activation of 8-bit storage, zero-point-shifted operands whose int16 pair
 products are exact (``|x - x_zp| * |w - w_zp| * 2 < 2**31``, both within int16), an int32
-bias. QConv: 2-D, ``group == 1`` (``gemm``) or depthwise (``depthwise``). QMatMul: a 2-D
+bias. QConv: 2-D, ``group == 1`` (``direct``; ``gemm`` for 1x1 with ``GEMM_1X1``) or
+depthwise (``depthwise``), at least ``SMALL_MACS`` multiply-adds. QMatMul: a 2-D
 constant ``b`` and an activation of rank >= 2.
 """
 
@@ -72,7 +73,7 @@ def _requant(ctx: LowerContext, channels: int, padded: int, bias) -> K.Requant |
 
 # -- QConv ------------------------------------------------------------------------------------------
 def conv_kernel(ctx: LowerContext) -> str:
-    """``"gemm"`` (1x1), ``"direct"``, ``"depthwise"`` or ``"default"``: the kernel ``qconv`` would emit for ``ctx.node``."""
+    """``"direct"``, ``"gemm"``, ``"depthwise"`` or ``"default"``: the kernel ``qconv`` would emit for ``ctx.node``."""
     plan = _conv_plan(ctx)
     return plan[0] if plan is not None else "default"
 

@@ -24,10 +24,15 @@ Conv (``gemm_rows``): weights are the broadcast operand, packed at compile time 
 ``[OC / RT, K2, RT]``; pixels are the lanes (an im2col kernel writes them, subtracting the
 zero point and padding with 0). The output is NCHW, so a tile of ``RT`` channels x 8 pixels
 stores contiguous vectors. MatMul (``gemm_cols``): activations are the broadcast operand,
-weight columns the lanes (packed ``[K2, N * 2]``). Depthwise conv (``depthwise``) multiplies
-int16 taps into int32 lanes over output columns.
+weight columns the lanes (packed ``[K2, N * 2]``, int8 when the weights fit). Convs go to the
+direct kernels of ``qgraph.tvm.direct`` (no im2col) unless ``fast.GEMM_1X1`` picks the GEMM.
 
-Requantization is the epilogue of the tile, on the int32 accumulator held in registers:
+Accumulator tiles are ``global``-scope buffers of under 1 KiB declared inside the parallel
+loop: TVM makes them stack allocas, which LLVM keeps in registers. ``local`` scope became a
+``TVMBackendAllocWorkspace`` per task and a store per multiply-add.
+
+Requantization is the epilogue of the tile, on the int32 accumulator held in registers (it
+starts at the bias):
 ``clip(zp + ((sext(acc + bias) * m + half) >> shift), qmin, qmax)`` in int64
 (``qgraph.quant.fixedpoint.requantize``; ``half = 2**(shift-1)`` or 0), then the narrowing
 cast. Per-channel parameters are constant buffers.
@@ -375,58 +380,3 @@ def depthwise_pad(n: int, c: int, h: int, w: int, hp: int, wp: int, pads: tuple[
                             T.int16(0))
 
     return qdw_pad
-
-
-def depthwise(g: ConvGeometry, hp: int, wp: int, rq: Requant, vt: int = 2):
-    """Depthwise conv on the padded int16 input: 8 output columns per int32 vector, ``vt``
-    vectors per step, every tap's weight broadcast; per-channel requantization.
-
-    ``int32(x16) * int32(w16)`` lanes are what LLVM turns into ``vpmaddwd`` with zero odd lanes.
-    """
-    from tvm.script import tirx as T
-
-    N, C, KH, KW, OH, OW = g.n, g.c, g.kh, g.kw, g.oh, g.ow
-    SH, SW = g.strides
-    DH, DW = g.dilations
-    Hp, Wp = hp, wp
-    VT = vt
-    V = LANES * VT
-    OT = -(-OW // V)
-    mdt = str(rq.multiplier.dtype)
-    odt = rq.out_dtype
-
-    def epi(acc, b, m, h, s):
-        return _requant_expr(T, acc, None, m, h, s, rq)  # the bias starts the accumulator
-
-    @T.prim_func(check_well_formed=False)
-    def qdw_conv(xp: T.Buffer((N, C, Hp, Wp), "int16"), w: T.Buffer((C, KH * KW), "int16"),
-                 bias: T.Buffer((C,), "int32"), mult: T.Buffer((C,), mdt), half: T.Buffer((C,), "int64"),
-                 shift: T.Buffer((C,), "int64"), y: T.Buffer((N, C, OH, OW), odt)):
-        T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
-        with T.sblock("root"):
-            for nch in T.parallel(N * C * OH):
-                for ot in T.serial(OT):
-                    acc = T.alloc_buffer((V,), "int32", scope="global")
-                    for i in T.unroll(VT):
-                        acc[T.ramp(i * 8, 1, 8)] = T.broadcast(bias[nch // OH % C], 8)
-                    for kh in T.unroll(KH):
-                        for kw in T.unroll(KW):
-                            for v in T.unroll(VT):
-                                acc[T.ramp(v * 8, 1, 8)] = acc[T.ramp(v * 8, 1, 8)] + T.Cast("int32x8", xp[
-                                    nch // (C * OH), nch // OH % C, nch % OH * SH + kh * DH,
-                                    T.ramp((ot * V + v * 8) * SW + kw * DW, SW, 8)]) * T.broadcast(
-                                    T.Cast("int32", w[nch // OH % C, kh * KW + kw]), 8)
-                    for v in T.unroll(VT):
-                        if ot * V + v * 8 + 8 <= OW:
-                            for l in T.vectorized(8):
-                                y[nch // (C * OH), nch // OH % C, nch % OH, ot * V + v * 8 + l] = epi(
-                                    acc[v * 8 + l], bias[nch // OH % C], mult[nch // OH % C], half[nch // OH % C],
-                                    shift[nch // OH % C])
-                        else:
-                            for l in T.serial(8):
-                                if ot * V + v * 8 + l < OW:
-                                    y[nch // (C * OH), nch // OH % C, nch % OH, ot * V + v * 8 + l] = epi(
-                                        acc[v * 8 + l], bias[nch // OH % C], mult[nch // OH % C], half[nch // OH % C],
-                                        shift[nch // OH % C])
-
-    return qdw_conv
