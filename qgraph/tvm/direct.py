@@ -58,13 +58,19 @@ def pack_direct_weights(wd: np.ndarray, rt: int) -> np.ndarray:
     return np.ascontiguousarray(w).view(np.int32).reshape(-1, c2, kh, kw, rt)
 
 
-def pack_dw_weights(wd: np.ndarray) -> np.ndarray:
-    """Zero-point-shifted depthwise weights ``[C, 1, KH, KW]`` as int32 pairs ``[C, KH2, KW]``."""
+def pack_dw_weights(wd: np.ndarray, aligned: bool) -> np.ndarray:
+    """Zero-point-shifted depthwise weights ``[C, 1, KH, KW]`` as int32 pairs ``[C, P, KH2, KW]``.
+
+    ``aligned`` (``dw_pairs``): ``P = 2`` row phases, phase ``f`` pairs ``(w[2j - f], w[2j + 1 - f])``
+    (0 outside the kernel); else ``P = 1``, pairs ``(w[2j], w[2j + 1])``."""
     c, _, kh, kw = wd.shape
-    kh2 = -(-kh // 2)
-    w = np.zeros((c, 2 * kh2, kw), np.int16)
-    w[:, :kh] = wd[:, 0]
-    return np.ascontiguousarray(w.reshape(c, kh2, 2, kw).transpose(0, 1, 3, 2)).view(np.int32).reshape(c, kh2, kw)
+    phases = (0, 1) if aligned else (0,)
+    kh2 = kh // 2 + 1 if aligned else -(-kh // 2)
+    w = np.zeros((c, len(phases), 2 * kh2, kw), np.int16)
+    for f in phases:
+        w[:, f, f:f + kh] = wd[:, 0]
+    w = w.reshape(c, len(phases), kh2, 2, kw).transpose(0, 1, 2, 4, 3)
+    return np.ascontiguousarray(w).view(np.int32).reshape(c, len(phases), kh2, kw)
 
 
 def _phase_bounds(T, ph, sw: int, pl: int, w: int, wq: int):
@@ -193,30 +199,41 @@ def direct_conv(g: ConvGeometry, hp: int, wq: int, rq: Requant, tile=DIRECT_TILE
 
 
 # -- depthwise, vertically paired taps ---------------------------------------------------------------
-def dw_row_step(g: ConvGeometry) -> int:
-    """Input rows between packed rows: the kernel reads rows ``oh * SH + 2 * j * DH`` only."""
-    return math.gcd(g.strides[0], 2 * g.dilations[0])
+def dw_pairs(g: ConvGeometry) -> tuple[bool, int, int]:
+    """(aligned, RS, PD): packed row ``r`` holds input rows ``(r * RS, r * RS + PD)``.
+
+    Row dilation 1 (``aligned``): rows ``(2r, 2r + 1)``, every input row packed once; an
+    output row whose first tap row is odd reads the pairs from the row above with the
+    phase-1 weights ``(0, w[0]), (w[1], w[2]), ...``. Else the pairs ``(ih, ih + DH)`` the
+    kernel reads, ``ih = oh * SH + 2 * j * DH``, every ``gcd(SH, 2 * DH)`` rows."""
+    if g.dilations[0] == 1:
+        return True, 2, 1
+    return False, math.gcd(g.strides[0], 2 * g.dilations[0]), g.dilations[0]
+
+
+def dw_kh2(g: ConvGeometry) -> int:
+    """Row pairs per output row."""
+    return g.kh // 2 + 1 if dw_pairs(g)[0] else -(-g.kh // 2)
 
 
 def dw_extent(g: ConvGeometry, vt: int) -> tuple[int, int]:
-    """(Hq, Wq): the packed rows (first tap of each pair, every ``dw_row_step`` input rows) and
-    per-phase columns the kernel reads."""
+    """(Hq, Wq): the packed rows and per-phase columns the kernel reads."""
+    aligned, rs, _ = dw_pairs(g)
     ot = -(-g.ow // (LANES * vt))
-    kh2 = -(-g.kh // 2)
-    hq = ((g.oh - 1) * g.strides[0] + 2 * (kh2 - 1) * g.dilations[0]) // dw_row_step(g) + 1
+    last = (g.oh - 1) * g.strides[0]
+    hq = last // 2 + dw_kh2(g) if aligned else (last + 2 * (dw_kh2(g) - 1) * g.dilations[0]) // rs + 1
     wq = ot * LANES * vt + ((g.kw - 1) * g.dilations[1]) // g.strides[1]
     return hq, wq
 
 
 def dw_pack(g: ConvGeometry, x_dtype: str, x_zp: int, hq: int, wq: int):
-    """``x [N, C, H, W]`` -> int16 ``[N, C, Hq, SW, Wq * 2]``: ``(x[ih, iw] - zp, x[ih + DH, iw] - zp)``,
-    0 outside (pads and loops as in ``conv_pack``)."""
+    """``x [N, C, H, W]`` -> int16 ``[N, C, Hq, SW, Wq * 2]``: ``(x[ih, iw] - zp, x[ih + PD, iw] - zp)``
+    at ``ih = r * RS`` (``dw_pairs``), 0 outside (pads and loops as in ``conv_pack``)."""
     from tvm.script import tirx as T
 
     N, C, H, W = g.n, g.c, g.h, g.w
     SW = g.strides[1]
-    DH = g.dilations[0]
-    RS = dw_row_step(g)
+    _, RS, PD = dw_pairs(g)
     PT, PL = g.pads
     Hq, Wq = hq, wq
     zp = int(x_zp)
@@ -244,8 +261,8 @@ def dw_pack(g: ConvGeometry, x_dtype: str, x_zp: int, hq: int, wq: int):
                     for q in T.serial(hi(ph) - lo(ph)):
                         for t in T.unroll(2):
                             xp[ncr // (C * Hq), ncr // Hq % C, ncr % Hq, ph, (lo(ph) + q) * 2 + t] = T.if_then_else(
-                                ok(ncr % Hq * RS + t * DH),
-                                val(x, ncr // (C * Hq), ncr // Hq % C, ncr % Hq * RS + t * DH, (lo(ph) + q) * SW + ph),
+                                ok(ncr % Hq * RS + t * PD),
+                                val(x, ncr // (C * Hq), ncr // Hq % C, ncr % Hq * RS + t * PD, (lo(ph) + q) * SW + ph),
                                 T.int16(0))
                     for q in T.serial((Wq - hi(ph)) * 2):
                         xp[ncr // (C * Hq), ncr // Hq % C, ncr % Hq, ph, hi(ph) * 2 + q] = T.int16(0)
@@ -258,10 +275,11 @@ def dw_conv(g: ConvGeometry, hq: int, wq: int, rq: Requant, vt: int = 2):
     from tvm.script import tirx as T
 
     N, C, KH, KW, OH, OW = g.n, g.c, g.kh, g.kw, g.oh, g.ow
-    KH2 = -(-KH // 2)
+    KH2 = dw_kh2(g)
+    ALIGNED, RS, _ = dw_pairs(g)
+    P = 2 if ALIGNED else 1
     SH, SW = g.strides
     DH, DW = g.dilations
-    RS = dw_row_step(g)
     Hq, Wq = hq, wq
     VT = vt
     V = LANES * VT
@@ -272,8 +290,14 @@ def dw_conv(g: ConvGeometry, hq: int, wq: int, rq: Requant, vt: int = 2):
     def epi(acc, b, m, h, s):
         return _requant_expr(T, acc, None, m, h, s, rq)  # the bias starts the accumulator
 
+    def phase(nch):  # the weights' row phase: the first tap row is odd (aligned pairs)
+        return nch % OH * SH % 2 if ALIGNED else 0
+
+    def row(nch, j):  # the packed row of pair j
+        return (nch % OH * SH) // 2 + j if ALIGNED else (nch % OH * SH + 2 * j * DH) // RS
+
     @T.prim_func(check_well_formed=False)
-    def qdw_pconv(xp: T.Buffer((N, C, Hq, SW, Wq * 2), "int16"), w: T.Buffer((C, KH2, KW), "int32"),
+    def qdw_pconv(xp: T.Buffer((N, C, Hq, SW, Wq * 2), "int16"), w: T.Buffer((C, P, KH2, KW), "int32"),
                   bias: T.Buffer((C,), "int32"), mult: T.Buffer((C,), mdt), half: T.Buffer((C,), "int64"),
                   shift: T.Buffer((C,), "int64"), y: T.Buffer((N, C, OH, OW), odt)):
         T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
@@ -288,8 +312,8 @@ def dw_conv(g: ConvGeometry, hq: int, wq: int, rq: Requant, vt: int = 2):
                             for v in T.unroll(VT):
                                 acc[T.ramp(v * 8, 1, 8)] = acc[T.ramp(v * 8, 1, 8)] + T.call_llvm_pure_intrin(
                                     "int32x8", _PMADDWD,
-                                    T.reinterpret("int16x16", T.broadcast(w[nch // OH % C, j, kw], 8)),
-                                    xp[nch // (C * OH), nch // OH % C, (nch % OH * SH + 2 * j * DH) // RS, (kw * DW) % SW,
+                                    T.reinterpret("int16x16", T.broadcast(w[nch // OH % C, phase(nch), j, kw], 8)),
+                                    xp[nch // (C * OH), nch // OH % C, row(nch, j), (kw * DW) % SW,
                                        T.ramp((ot * V + v * 8 + (kw * DW) // SW) * 2, 1, 16)])
                     for v in T.unroll(VT):
                         if ot * V + v * 8 + 8 <= OW:

@@ -170,7 +170,7 @@ def qconv(ctx: LowerContext):
         hq, wq = D.dw_extent(g, vt)
         xp = _call(ctx, D.dw_pack(g, xdt, x_zp, hq, wq), "qdw_pack", [x], (g.n, g.c, hq, g.strides[1], wq * 2),
                    "int16")
-        w32 = ctx.const(D.pack_dw_weights(wd.astype(np.int16)))
+        w32 = ctx.const(D.pack_dw_weights(wd.astype(np.int16), D.dw_pairs(g)[0]))
         return _call(ctx, D.dw_conv(g, hq, wq, rq, vt), "qdw_pconv", [xp, w32] + consts,
                      (g.n, g.oc, g.oh, g.ow), rq.out_dtype)
     rt, vt = K.CONV_TILE
