@@ -83,8 +83,9 @@ def _phase_bounds(T, ph, sw: int, pl: int, w: int, wq: int):
 def conv_pack(g: ConvGeometry, x_dtype: str, x_zp: int, hp: int, wq: int):
     """``x [N, C, H, W]`` -> int16 ``[N, C2, Hp, SW, Wq * 2]``: ``x - zp`` at channel pairs, 0 around.
 
-    Per packed row: the left pad, the interior (two channel rows interleaved; a unit-stride
-    loop LLVM vectorizes) and the right pad are separate loops, so no element tests bounds."""
+    Per packed row: the left pad, the interior (two channel rows interleaved; where neither is
+    a pad row or a missing channel, a loop without conditions, which LLVM vectorizes reliably)
+    and the right pad are separate loops."""
     from tvm.script import tirx as T
 
     N, C, H, W = g.n, g.c, g.h, g.w
@@ -114,12 +115,18 @@ def conv_pack(g: ConvGeometry, x_dtype: str, x_zp: int, hp: int, wq: int):
                 for ph in T.serial(SW):
                     for q in T.serial(lo(ph) * 2):
                         xp[ncr // (C2 * Hp), ncr // Hp % C2, ncr % Hp, ph, q] = T.int16(0)
-                    for q in T.serial(hi(ph) - lo(ph)):
-                        for t in T.unroll(2):
-                            xp[ncr // (C2 * Hp), ncr // Hp % C2, ncr % Hp, ph, (lo(ph) + q) * 2 + t] = T.if_then_else(
-                                ok(ncr // Hp % C2 * 2 + t, ncr % Hp),
-                                val(x, ncr // (C2 * Hp), ncr // Hp % C2 * 2 + t, ncr % Hp, (lo(ph) + q) * SW + ph),
-                                T.int16(0))
+                    if T.And(ok(ncr // Hp % C2 * 2, ncr % Hp), ok(ncr // Hp % C2 * 2 + 1, ncr % Hp)):
+                        for q in T.serial(hi(ph) - lo(ph)):  # no pad row or missing channel: no condition
+                            for t in T.unroll(2):
+                                xp[ncr // (C2 * Hp), ncr // Hp % C2, ncr % Hp, ph, (lo(ph) + q) * 2 + t] = val(
+                                    x, ncr // (C2 * Hp), ncr // Hp % C2 * 2 + t, ncr % Hp, (lo(ph) + q) * SW + ph)
+                    else:
+                        for q in T.serial(hi(ph) - lo(ph)):
+                            for t in T.unroll(2):
+                                xp[ncr // (C2 * Hp), ncr // Hp % C2, ncr % Hp, ph, (lo(ph) + q) * 2 + t] = T.if_then_else(
+                                    ok(ncr // Hp % C2 * 2 + t, ncr % Hp), val(x, ncr // (C2 * Hp), ncr // Hp % C2 * 2 + t,
+                                                                             ncr % Hp, (lo(ph) + q) * SW + ph),
+                                    T.int16(0))
                     for q in T.serial((Wq - hi(ph)) * 2):
                         xp[ncr // (C2 * Hp), ncr // Hp % C2, ncr % Hp, ph, hi(ph) * 2 + q] = T.int16(0)
 
@@ -258,12 +265,18 @@ def dw_pack(g: ConvGeometry, x_dtype: str, x_zp: int, hq: int, wq: int):
                 for ph in T.serial(SW):
                     for q in T.serial(lo(ph) * 2):
                         xp[ncr // (C * Hq), ncr // Hq % C, ncr % Hq, ph, q] = T.int16(0)
-                    for q in T.serial(hi(ph) - lo(ph)):
-                        for t in T.unroll(2):
-                            xp[ncr // (C * Hq), ncr // Hq % C, ncr % Hq, ph, (lo(ph) + q) * 2 + t] = T.if_then_else(
-                                ok(ncr % Hq * RS + t * PD),
-                                val(x, ncr // (C * Hq), ncr // Hq % C, ncr % Hq * RS + t * PD, (lo(ph) + q) * SW + ph),
-                                T.int16(0))
+                    if T.And(ok(ncr % Hq * RS), ok(ncr % Hq * RS + PD)):  # no pad row: no condition inside
+                        for q in T.serial(hi(ph) - lo(ph)):
+                            for t in T.unroll(2):
+                                xp[ncr // (C * Hq), ncr // Hq % C, ncr % Hq, ph, (lo(ph) + q) * 2 + t] = val(
+                                    x, ncr // (C * Hq), ncr // Hq % C, ncr % Hq * RS + t * PD, (lo(ph) + q) * SW + ph)
+                    else:
+                        for q in T.serial(hi(ph) - lo(ph)):
+                            for t in T.unroll(2):
+                                xp[ncr // (C * Hq), ncr // Hq % C, ncr % Hq, ph, (lo(ph) + q) * 2 + t] = T.if_then_else(
+                                    ok(ncr % Hq * RS + t * PD), val(x, ncr // (C * Hq), ncr // Hq % C,
+                                                                    ncr % Hq * RS + t * PD, (lo(ph) + q) * SW + ph),
+                                    T.int16(0))
                     for q in T.serial((Wq - hi(ph)) * 2):
                         xp[ncr // (C * Hq), ncr // Hq % C, ncr % Hq, ph, hi(ph) * 2 + q] = T.int16(0)
 
