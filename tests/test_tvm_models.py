@@ -1,0 +1,101 @@
+"""Issue 6 acceptance: real models quantized by qgraph, compiled by TVM for this CPU and run
+bit-exact with the reference interpreter (slow: ``python -m pytest -m slow tests/test_tvm_models.py``).
+
+Models: PP-OCRv4 det / rec / cls (the rapidocr_onnxruntime wheel) and the ``light_*`` models
+of the onnx wheel's backend test data. Each is quantized with the default config (minmax, 8
+calibration samples), built with static shapes (batch 1, every value of the graph returned)
+and run on 2 inputs (PP-OCR: the input dims set to that shape before quantizing, as for a
+static-shape deployment; ``lower-qdq`` makes GlobalAveragePool integer only for a static
+spatial size). As in ``tests/test_tvm.py``: integer values with no float fallback op
+upstream must be identical; an integer value downstream of a float op (a Quantize of a
+Softmax, a float GlobalAveragePool...) may be 1 LSB off, since float ops may differ from numpy in
+the last bits; float values agree to a relative tolerance. ``bench/check_tvm_models.py``
+prints the same comparison as a report (compile times, first differing values).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+tvm = pytest.importorskip("tvm")
+qtvm = pytest.importorskip("qgraph.tvm")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("check_tvm_models", os.path.join(REPO, "bench",
+                                                                                 "check_tvm_models.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+bench = _bench()
+PPOCR = ["det", "rec", "cls"]
+LIGHT = ["light_bvlc_alexnet", "light_densenet121", "light_inception_v1", "light_inception_v2", "light_resnet50",
+         "light_shufflenet", "light_squeezenet", "light_vgg19", "light_zfnet512"]
+
+
+def _check(name: str, static: bool = True) -> None:
+    from qgraph.api import quantize
+    from qgraph.reference import Interpreter
+
+    if name in PPOCR:
+        pytest.importorskip("rapidocr_onnxruntime")
+    path = bench.model_path(name)
+    if not os.path.exists(path):
+        pytest.skip(f"{path} is not installed")
+    calib = bench.samples(name, path, bench.CALIB_SAMPLES, seed=1)
+    q = quantize(bench.load_model(name, static), calib, method="minmax", report=False, show_progress=False)
+    tests = bench.samples(name, path, bench.TEST_SAMPLES, seed=5)
+    shapes = {k: list(v.shape) for k, v in tests[0].items()}
+    outs = [v.name for v in q.integer.graph.outputs]
+    names = [o.name for node in q.integer.graph for o in node.outputs if o is not None]
+    compiled = qtvm.build(q.integer, "cpu", input_shapes=shapes, outputs=outs + [n for n in names if n not in outs])
+    interp = Interpreter(q.integer)
+    tainted = bench._after_float_op(q.integer)
+    problems = []
+    for feeds in tests:
+        got = compiled.run(feeds)
+        ref = interp.run(feeds, outputs=list(got))
+        for n in got:
+            r, g = ref[n], got[n]
+            assert g.dtype == r.dtype and g.shape == r.shape, (n, g.dtype, r.dtype, g.shape, r.shape)
+            if np.array_equal(r, g):
+                continue
+            if r.dtype.kind in "iu":
+                lsb = int(np.abs(r.astype(np.int64) - g.astype(np.int64)).max())
+                if n not in tainted:
+                    problems.append(f"{n}: {int((r != g).sum())} of {r.size} differ (max {lsb} LSB), no float op "
+                                    "upstream")
+                elif lsb > 1:
+                    problems.append(f"{n} (after a float op): {lsb} LSB")
+            elif not np.allclose(g, r, rtol=1e-3, atol=1e-3 * float(np.abs(r).max())):
+                problems.append(f"{n} (float): max diff {np.abs(r - g).max()}")
+    assert not problems, "\n".join(problems[:20])
+
+
+@pytest.mark.parametrize("name", PPOCR)
+def test_ppocr_v4_bit_exact(name):
+    """Input dims pinned to the built shape before quantizing, so GlobalAveragePool is integer."""
+    _check(name)
+
+
+@pytest.mark.parametrize("name", ["rec", "cls"])
+def test_ppocr_v4_symbolic_dims_bit_exact(name):
+    """As exported (symbolic H / W): GlobalAveragePool stays a float op; its last-bit differences
+    flip no Quantize here. (det is left out: with float GlobalAveragePool a few Quantize flips
+    after it grow to many LSB through the FPN; see bench/check_tvm_models.py det.)"""
+    _check(name, static=False)
+
+
+@pytest.mark.parametrize("name", LIGHT)
+def test_onnx_light_model_bit_exact(name):
+    _check(name)
