@@ -8,10 +8,12 @@ output columns read one contiguous 256-bit vector, whatever the stride:
   ``(x[2c], x[2c + 1])``; the width is split by phase (``iw = q * SW + ph``) so a column
   stride becomes a contiguous read. Weights are packed at compile time as int32 pairs
   ``[OC / RT, C2, KH, KW, RT]`` (``pack_direct_weights``), broadcast per output channel.
-  Register tile: ``RT`` output channels x ``VT`` vectors of 8 output columns of one row.
-- depthwise (``dw_pack``): ``[N, C, Hq, SW, Wq * 2]``, pairs of vertically adjacent taps
-  ``(x[ih], x[ih + DH])``, so one ``VPMADDWD`` does two taps (weights ``(w[2j, kw],
-  w[2j + 1, kw])``, an odd kernel height padded with a 0 weight).
+  Register tile: ``RT`` output channels x ``VT`` vectors of 8 output columns of one row
+  (``direct_tile``); tasks ``(n, oh, column tile, channel block)`` in parallel, the channel
+  block innermost so consecutive tasks of a thread reuse the input window from L1.
+- depthwise (``dw_pack``): ``[N, C, Hq, SW, Wq * 2]``, pairs of vertically adjacent input
+  rows (``dw_pairs``), so one ``VPMADDWD`` does two taps (weight pairs per row phase, 0
+  outside the kernel).
 
 The exactness argument is that of ``qgraph.tvm.kernels``; requantization is the same fused
 epilogue (``kernels._requant_expr``).
@@ -123,10 +125,10 @@ def conv_pack(g: ConvGeometry, x_dtype: str, x_zp: int, hp: int, wq: int):
                     else:
                         for q in T.serial(hi(ph) - lo(ph)):
                             for t in T.unroll(2):
-                                xp[ncr // (C2 * Hp), ncr // Hp % C2, ncr % Hp, ph, (lo(ph) + q) * 2 + t] = T.if_then_else(
-                                    ok(ncr // Hp % C2 * 2 + t, ncr % Hp), val(x, ncr // (C2 * Hp), ncr // Hp % C2 * 2 + t,
-                                                                             ncr % Hp, (lo(ph) + q) * SW + ph),
-                                    T.int16(0))
+                                xp[ncr // (C2 * Hp), ncr // Hp % C2, ncr % Hp, ph, (lo(ph) + q) * 2 + t] = \
+                                    T.if_then_else(ok(ncr // Hp % C2 * 2 + t, ncr % Hp),
+                                                   val(x, ncr // (C2 * Hp), ncr // Hp % C2 * 2 + t, ncr % Hp,
+                                                       (lo(ph) + q) * SW + ph), T.int16(0))
                     for q in T.serial((Wq - hi(ph)) * 2):
                         xp[ncr // (C2 * Hp), ncr // Hp % C2, ncr % Hp, ph, hi(ph) * 2 + q] = T.int16(0)
 

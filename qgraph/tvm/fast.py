@@ -246,6 +246,7 @@ def qmatmul(ctx: LowerContext):
     wdt = "int16"
     if INT8_WEIGHTS and bd.min() >= -128 and bd.max() <= 127:
         wp, wdt = wp.astype(np.int8), "int8"
-    y = _call(ctx, K.gemm_cols(rows, k2, n, rq, K.MATMUL_TILE, wdt), "qmatmul_gemm", [ap, ctx.const(wp)] + [ctx.const(z) for z in rq.arrays()],
+    y = _call(ctx, K.gemm_cols(rows, k2, n, rq, K.MATMUL_TILE, wdt), "qmatmul_gemm",
+              [ap, ctx.const(wp)] + [ctx.const(z) for z in rq.arrays()],
               (rows, n), rq.out_dtype)
     return ctx.emit(relax.op.reshape(y, tuple(ash[:-1]) + (n,))) if len(ash) != 2 else y
