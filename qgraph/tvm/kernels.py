@@ -49,7 +49,7 @@ LANES = 8
 #: Register tile of the conv GEMM: RT output channels x VT vectors of 8 pixels.
 CONV_TILE = (8, 1)
 #: Register tile of the matmul GEMM: RT rows x VT vectors of 8 columns.
-MATMUL_TILE = (4, 2)
+MATMUL_TILE = (2, 4)
 
 _PMADDWD = "llvm.x86.avx2.pmadd.wd"
 
