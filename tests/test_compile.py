@@ -24,9 +24,9 @@ TEST = os.path.join(REPO, "golden", "data", "digits_test.npz")
 
 @pytest.fixture(scope="module")
 def digits_q():
-    import qgraph.api
+    import qgraph
 
-    return qgraph.api.quantize(DIGITS, CALIB)
+    return qgraph.quantize(DIGITS, CALIB)  # the top-level name of qgraph.api.quantize
 
 
 @pytest.fixture(scope="module")
