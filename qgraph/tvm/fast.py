@@ -135,8 +135,9 @@ def _conv_plan(ctx: LowerContext):
 def _call(ctx: LowerContext, func, name: str, args, shape, dtype):
     from tvm import relax
 
-    # the block builder names the function (unique) and shares structurally equal ones
-    gv = ctx.bb.add_func(func.without_attr("global_symbol"), name)
+    # the block builder names the function (unique) and shares structurally equal ones;
+    # op_pattern 8 (kOpaque): FuseOps leaves the scheduled kernel as it is (its requant is inside)
+    gv = ctx.bb.add_func(func.without_attr("global_symbol").with_attr("op_pattern", 8), name)
     return ctx.emit(relax.call_tir(gv, list(args), relax.TensorType(list(shape), dtype)))
 
 
