@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from qgraph.cli.main import main
-
-ocr = pytest.importorskip("qgraph.testing.ocr")
+from qgraph.testing import ocr  # the test extra installs what it needs: a failure to import is a failure
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,7 @@ from qgraph.ir import DType, Graph, Model, Node, TensorType, Value, l3, ops
 from qgraph.ir.dtypes import from_numpy
 from qgraph.reference import Interpreter
 
-tvm = pytest.importorskip("tvm")
-qtvm = pytest.importorskip("qgraph.tvm")
+import qgraph.tvm as qtvm
 from qgraph import targets  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,7 +1,9 @@
-"""Evaluate single float-graph nodes on constant inputs (for constant folding).
+"""Evaluate single graph nodes with onnx's reference implementation.
 
-Uses onnx's reference implementation, at the model's opset, so folding computes exactly
-what the spec says the node computes.
+Used by constant folding, by ``lower-qdq`` (lookup tables) and by the reference
+interpreter's fallback for standard ops, so that all three compute exactly what the spec
+says the node computes, at the model's opset. A qgraph-domain op listed in
+``qgraph.onnx.decompose.DECOMPOSITIONS`` is evaluated as the standard nodes it stands for.
 """
 
 from __future__ import annotations
@@ -17,39 +19,73 @@ from qgraph.ir.core import Node
 from qgraph.ir.dtypes import from_numpy
 
 
-def evaluate(node: Node, inputs: Sequence[np.ndarray | None], opsets: Mapping[str, int]) -> list:
-    """The outputs of ``node`` applied to ``inputs`` (None for absent optional inputs).
+class NodeEvaluator:
+    """One node, evaluated by onnx's ``ReferenceEvaluator``.
 
-    Tensor outputs are numpy arrays; sequence outputs are lists (callers folding into
-    initializers must skip those).
+    Building an evaluator costs far more than running a small node, so one is built per
+    input-dtype signature on first use and reused (the reference interpreter keeps a
+    ``NodeEvaluator`` per node across runs).
     """
-    from qgraph.onnx.decompose import DECOMPOSITIONS, decompose
-    from qgraph.onnx.exporter import _Exporter
-    from onnx.reference import ReferenceEvaluator
 
-    if node.op in DECOMPOSITIONS:  # a qgraph-domain op: evaluate the standard nodes it stands for
-        counter = itertools.count()
-        names = [v.name if v is not None and x is not None else "" for v, x in zip(node.inputs, inputs)]
-        outs = [o.name if o is not None else "" for o in node.outputs]
-        protos = decompose(node, opsets.get("", None), lambda hint: f"{hint}#{next(counter)}")
-    else:
-        names = [f"in{i}" if x is not None else "" for i, x in enumerate(inputs)]
-        outs = [f"out{k}" if o is not None else "" for k, o in enumerate(node.outputs)]
-        np_ = onnx.NodeProto()
-        np_.op_type, np_.domain = node.op.op_type, node.op.domain
-        np_.input.extend(names)
-        np_.output.extend(outs)
+    def __init__(self, node: Node, opsets: Mapping[str, int]):
+        from qgraph.onnx.decompose import DECOMPOSITIONS
+
+        self.node = node
+        self.opsets = dict(opsets)
+        self._decomposed = node.op in DECOMPOSITIONS
+        self._evaluators: dict[tuple, object] = {}
+
+    def _protos(self, names: list[str], outs: list[str]) -> list[onnx.NodeProto]:
+        node = self.node
+        if self._decomposed:  # the decomposition reads and writes the node's own value names
+            from qgraph.onnx.decompose import decompose
+
+            counter = itertools.count()
+            return decompose(node, self.opsets.get("", self.opsets.get("ai.onnx")),
+                             lambda hint: f"{hint}#{next(counter)}")
+        from qgraph.onnx.exporter import _Exporter  # the exporter's attribute encoding
+
+        proto = onnx.NodeProto()
+        proto.op_type, proto.domain, proto.name = node.op.op_type, node.op.domain, node.name
+        proto.input.extend(names)
+        proto.output.extend(outs)
         exporter = _Exporter(None)
         for name, a in node.attrs.items():
-            exporter.attr(name, a, np_.attribute.add())
-        protos = [np_]
-    feeds = {n: x for n, x in zip(names, inputs) if x is not None}
-    graph = helper.make_graph(
-        protos, "fold",
-        [helper.make_tensor_value_info(n, int(from_numpy(x.dtype)), list(x.shape)) for n, x in feeds.items()],
-        [helper.make_value_info(o, onnx.TypeProto()) for o in outs if o])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
-                              ir_version=onnx.IR_VERSION)
-    results = ReferenceEvaluator(model).run(None, feeds)
-    it = iter(results)
-    return [next(it) if o else None for o in outs]  # sequences stay lists, optionals may be None
+            exporter.attr(name, a, proto.attribute.add())
+        return [proto]
+
+    def _names(self, inputs: Sequence[np.ndarray | None]) -> tuple[list[str], list[str]]:
+        """Input and output names: the node's own for a decomposition, positional otherwise."""
+        node = self.node
+        if self._decomposed:
+            return ([v.name if v is not None and x is not None else "" for v, x in zip(node.inputs, inputs)],
+                    [o.name if o is not None else "" for o in node.outputs])
+        return ([f"in{i}" if x is not None else "" for i, x in enumerate(inputs)],
+                [f"out{k}" if o is not None else "" for k, o in enumerate(node.outputs)])
+
+    def run(self, inputs: Sequence[np.ndarray | None]) -> list:
+        """The outputs for ``inputs`` (None for absent optional inputs): tensor outputs are
+        numpy arrays, sequence outputs lists, absent outputs None."""
+        from onnx.reference import ReferenceEvaluator
+
+        names, outs = self._names(inputs)
+        key = tuple(None if x is None else x.dtype for x in inputs)
+        ev = self._evaluators.get(key)
+        if ev is None:
+            declared = {}
+            for n, x in zip(names, inputs):
+                if n and x is not None:
+                    declared.setdefault(n, helper.make_tensor_value_info(n, int(from_numpy(x.dtype)), None))
+            graph = helper.make_graph(self._protos(names, outs), "evaluate", list(declared.values()),
+                                      [helper.make_value_info(o, onnx.TypeProto()) for o in outs if o])
+            model = helper.make_model(graph, ir_version=onnx.IR_VERSION,
+                                      opset_imports=[helper.make_opsetid(d, v) for d, v in self.opsets.items()])
+            ev = self._evaluators[key] = ReferenceEvaluator(model)
+        feeds = {n: x for n, x in zip(names, inputs) if n and x is not None}
+        results = iter(ev.run(None, feeds))
+        return [next(results) if o else None for o in outs]  # sequences stay lists, optionals may be None
+
+
+def evaluate(node: Node, inputs: Sequence[np.ndarray | None], opsets: Mapping[str, int]) -> list:
+    """The outputs of ``node`` applied to ``inputs`` once (see ``NodeEvaluator.run``)."""
+    return NodeEvaluator(node, opsets).run(inputs)

@@ -4,24 +4,20 @@ A few data-movement ops that dominate integer graphs have numpy kernels here (th
 semantics are plain indexing: nothing to round). Every other standard op, the float
 fallback regions (Sigmoid, Softmax, LayerNormalization, Resize, float Conv...) and the
 qgraph-domain float ops that ``qgraph.onnx.decompose`` writes as standard ONNX, run through
-onnx's ``ReferenceEvaluator``, as ``qgraph.onnx.evaluate.evaluate`` does; the evaluator of
+onnx's ``ReferenceEvaluator`` through ``qgraph.onnx.evaluate.NodeEvaluator``; the evaluator of
 each node is built once and reused across runs (building one costs far more than running
 a small node).
 """
 
 from __future__ import annotations
 
-import itertools
 import math
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
-import onnx
-from onnx import helper
 
 from qgraph.ir.core import Node
-from qgraph.ir.dtypes import from_numpy
-from qgraph.onnx.decompose import DECOMPOSITIONS, decompose
+from qgraph.onnx.evaluate import NodeEvaluator
 from qgraph.reference.common import InterpreterError
 
 
@@ -106,53 +102,14 @@ def lrn(node: Node, args: list, memo: dict) -> list[np.ndarray]:
 
 # -- onnx's reference evaluator ------------------------------------------------------------------
 class OnnxNodeRunner:
-    """Evaluates one node with onnx's ``ReferenceEvaluator``, one evaluator per input-dtype
-    signature, built on first use."""
+    """Evaluates one node with onnx's ``ReferenceEvaluator`` (``qgraph.onnx.evaluate``),
+    keeping its evaluators across runs."""
 
     def __init__(self, node: Node, opsets: Mapping[str, int]):
         if any(True for _ in node.subgraphs()):
             raise InterpreterError(f"{node.describe()}: nodes with subgraphs (If / Loop / Scan) are not "
                                    "supported by the reference interpreter")
-        self.node = node
-        self.opsets = dict(opsets)
-        self._evaluators: dict[tuple, object] = {}
-
-    def _nodes(self) -> list[onnx.NodeProto]:
-        node = self.node
-        if node.op in DECOMPOSITIONS:
-            counter = itertools.count()
-            return decompose(node, self.opsets.get("", self.opsets.get("ai.onnx")),
-                             lambda hint: f"{hint}#ref{next(counter)}")
-        from qgraph.onnx.exporter import _Exporter  # the exporter's attribute encoding, as evaluate() uses
-
-        proto = onnx.NodeProto()
-        proto.op_type, proto.domain, proto.name = node.op.op_type, node.op.domain, node.name
-        proto.input.extend(v.name if v is not None else "" for v in node.inputs)
-        proto.output.extend(o.name if o is not None else "" for o in node.outputs)
-        exporter = _Exporter(None)
-        for name, a in node.attrs.items():
-            exporter.attr(name, a, proto.attribute.add())
-        return [proto]
-
-    def _evaluator(self, args: Sequence[np.ndarray | None]):
-        from onnx.reference import ReferenceEvaluator
-
-        key = tuple(None if a is None else a.dtype for a in args)
-        ev = self._evaluators.get(key)
-        if ev is None:
-            inputs, seen = [], set()
-            for v, a in zip(self.node.inputs, args):
-                if v is not None and a is not None and v.name not in seen:
-                    seen.add(v.name)
-                    inputs.append(helper.make_tensor_value_info(v.name, int(from_numpy(a.dtype)), None))
-            outputs = [helper.make_value_info(o.name, onnx.TypeProto()) for o in self.node.outputs if o is not None]
-            graph = helper.make_graph(self._nodes(), "reference_node", inputs, outputs)
-            model = helper.make_model(graph, ir_version=onnx.IR_VERSION,
-                                      opset_imports=[helper.make_opsetid(d, v) for d, v in self.opsets.items()])
-            ev = self._evaluators[key] = ReferenceEvaluator(model)
-        return ev
+        self._evaluator = NodeEvaluator(node, opsets)
 
     def __call__(self, node: Node, args: list, memo: dict) -> list:
-        feeds = {v.name: a for v, a in zip(node.inputs, args) if v is not None and a is not None}
-        results = iter(self._evaluator(args).run(None, feeds))
-        return [next(results) if o is not None else None for o in node.outputs]
+        return self._evaluator.run(args)

@@ -81,10 +81,11 @@ class Comparison:
 
     def to_json(self) -> dict:
         """JSON-safe: infinite SQNR (bit-exact) is written as the string "inf"."""
-        return {k: _json_float(v) for k, v in asdict(self).items()}
+        return {k: json_float(v) for k, v in asdict(self).items()}
 
 
-def _json_float(v):
+def json_float(v):
+    """``v``, with an infinite float written as the string "inf" / "-inf" (JSON has no infinity)."""
     if isinstance(v, float) and math.isinf(v):
         return "inf" if v > 0 else "-inf"
     return v

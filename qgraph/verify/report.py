@@ -161,14 +161,14 @@ def build_report(q, calib: Any, samples: int = 8) -> Report:
     """Rows from ``q.qdq``; SQNR from ``q.integer`` (reference interpreter) vs ``q.float_model``."""
     from qgraph.calib.runner import run_observed
     from qgraph.reference import Interpreter
-    from qgraph.verify.metrics import cosine_similarity, topk_agreement
+    from qgraph.verify.metrics import cosine_similarity, json_float, sqnr_db, topk_agreement
 
     rows = layer_rows(q.qdq)
     feeds = _samples(q.float_model, calib, samples)
     float_names = [r["output"]["tensor"] for r in rows if "output" in r]
     out_names = [v.name for v in q.float_model.graph.outputs]
     interp = Interpreter(q.integer)
-    l3_names = {v.name for v in q.integer.graph.values()} if hasattr(q.integer.graph, "values") else set()
+    l3_names = {v.name for v in q.integer.graph.values()}
     keep = [r["output"]["q_tensor"] for r in rows if "output" in r and r["output"]["q_tensor"] in l3_names]
     signal: dict[str, float] = {}
     noise: dict[str, float] = {}
@@ -199,7 +199,7 @@ def build_report(q, calib: Any, samples: int = 8) -> Report:
         if not outs_f[k]:
             continue
         f, g = np.concatenate(outs_f[k]), np.concatenate(outs_q[k])
-        m = {"sqnr_db": _db(float(np.sum(f.astype(np.float64) ** 2)), float(np.sum((f.astype(np.float64) - g) ** 2))),
+        m = {"sqnr_db": sqnr_db(f, g),
              "cosine": cosine_similarity(f, g)}
         if f.ndim >= 2 and f.shape[-1] >= 2:
             m["top1"] = topk_agreement(f, g)
@@ -218,18 +218,15 @@ def build_report(q, calib: Any, samples: int = 8) -> Report:
     meta = getattr(q.ranges, "meta", {}) or {}
     summary = {"method": meta.get("method"), "calibration_samples": meta.get("samples"), "report_samples": len(feeds),
                **counts}
-    return Report(rows, {k: {kk: _json(vv) for kk, vv in v.items()} for k, v in outputs.items()}, summary)
+    return Report(rows, {k: {kk: json_float(vv) for kk, vv in v.items()} for k, v in outputs.items()}, summary)
 
 
 def _db(signal: float, noise: float):
+    """SQNR from signal and noise energies summed over samples (``sqnr_db`` of the
+    concatenation, without holding every sample's tensors), JSON-safe."""
     if noise == 0.0:
         return "inf"
     if signal == 0.0:
         return "-inf"
     return 10.0 * math.log10(signal / noise)
 
-
-def _json(v):
-    if isinstance(v, float) and math.isinf(v):
-        return "inf" if v > 0 else "-inf"
-    return v
