@@ -75,3 +75,24 @@ def test_shared_shift():
     assert abs(mults[0] / 2.0**shift - 0.3) < 0.3 * 2**-29
     assert abs(mults[1] / 2.0**shift - 0.01) < 2.0**-shift
     assert (abs(mults).sum() * 2**16) < 2**62
+
+
+@given(st.lists(st.integers(1, 2**31 - 1), min_size=1, max_size=3), st.integers(17, 46), st.data())
+@settings(max_examples=300, deadline=None)
+def test_int32_sum_plan_is_exact_or_refused(mults, shift, data):
+    """The int32 form of a QAdd's sum equals the int64 formula on every operand in the bounds,
+    or the plan is refused; with 9-bit operands (8-bit storage minus a zero point) and Q31
+    multipliers at shift 31, it is never refused."""
+    from qgraph.quant.fixedpoint import int32_sum, int32_sum_plan, rounding_shift
+
+    signs = data.draw(st.lists(st.sampled_from([1, -1]), min_size=len(mults), max_size=len(mults)))
+    mults = [m * s for m, s in zip(mults, signs)]
+    bounds = data.draw(st.lists(st.integers(1, 2**12), min_size=len(mults), max_size=len(mults)))
+    plan = int32_sum_plan(mults, shift, bounds)
+    if plan is None:
+        assert not (all(b <= 256 for b in bounds) and shift == 31 and len(mults) <= 2)
+        return
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    xs = [np.concatenate([rng.integers(-b, b + 1, 200), [-b, b, 0]]) for b in bounds]
+    want = rounding_shift(sum(x.astype(np.int64) * m for x, m in zip(xs, mults)), shift)
+    np.testing.assert_array_equal(int32_sum(xs, plan), want)

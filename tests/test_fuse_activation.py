@@ -205,6 +205,9 @@ PRODUCERS = {
     "ConvTranspose": ("%x: f32[1,3,4,4]", "init %w: f32[3,2,3,3] = 0.25", "%c = ConvTranspose(%x, %w) @prod"),
     "Gemm": ("%x: f32[2,5]", "init %w: f32[5,4] = 0.25", "%c = Gemm(%x, %w) {alpha=2.0} @prod"),
     "MatMul": ("%x: f32[2,3,5]", "init %w: f32[5,4] = 0.25", "%c = MatMul(%x, %w) @prod"),
+    # a residual sum / a gate: two activations
+    "Add": ("%x: f32[1,3,6,6]", "init %w: f32[1] = 0.25", "%x2 = Mul(%x, %w)\n  %c = Add(%x, %x2) @prod"),
+    "Mul": ("%x: f32[1,3,6,6]", "init %w: f32[1] = 0.25", "%x2 = Add(%x, %w)\n  %c = Mul(%x, %x2) @prod"),
 }
 ACTIVATIONS = {
     "Relu": "%y = Relu(%c) @act",
@@ -291,7 +294,24 @@ def test_batchnorm_producer_is_not_fused():
 }""")
     tracer = MatchTracer()
     assert not apply_marks(m, FuseActivation.rules, tracer=tracer)
-    assert "produced by unnamed BatchNormalization node, not one of Conv, ConvTranspose, Gemm, MatMul" in \
+    assert "produced by unnamed BatchNormalization node, not one of Add, Conv, ConvTranspose, Gemm, MatMul, Mul" in \
+        tracer.closest("ProducerActivation").failure.reason
+
+
+@pytest.mark.parametrize("op", ["Add", "Mul"])
+def test_elementwise_producer_with_a_constant_operand_is_not_fused(op):
+    """A bias Add (or the x + 3 of a decomposed hard-swish) is no producer: only an Add / Mul of
+    two activations takes a fused activation, even before canonicalize folds its constant."""
+    m = model(f"""graph g(%x: f32[1,2,4,4]) -> (%y) {{
+  init %b: f32[2] = [0.5, 1.0]
+  init %shape: i64[3] = [2, 1, 1]
+  %bb = Reshape(%b, %shape)
+  %s = {op}(%x, %bb) @prod
+  %y = Relu(%s) @act
+}}""")
+    tracer = MatchTracer()
+    assert not apply_marks(m, FuseActivation.rules, tracer=tracer)
+    assert f"only an {op} of two activations takes a fused activation" in \
         tracer.closest("ProducerActivation").failure.reason
 
 

@@ -399,3 +399,21 @@ def test_no_qdq_is_unchanged():
     result = run_pipeline(model, "lower-qdq")
     assert not result.records[0].modified
     assert "qgraph" not in model.opset_imports
+
+
+def test_residual_add_relu_is_one_clamping_qadd():
+    """Conv -> Add(x, conv) -> Relu (a ResNet block): qgraph's quantizer fuses the Relu into the
+    Add, so L3 holds one QAdd whose clamp is the Relu (y_qmin == y_zero_point), no Lookup,
+    and the reference equals ORT's simulation of the QDQ model."""
+    from qgraph.api import quantize
+
+    nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Add", ["x", "c"], ["s"], name="add"),
+             helper.make_node("Relu", ["s"], ["y"], name="relu")]
+    proto = make_model(nodes, [("x", [1, 4, 6, 6])], ["y"], {"W": w(4, 4, 3, 3, scale=0.3), "B": w(4)})
+    calib = samples([1, 4, 6, 6], n=4)
+    q = quantize(proto, calib, report=False, show_progress=False)
+    add = node_of(q.integer, l3.QAdd)
+    assert add.attr("y_qmin") == add.attr("y_zero_point")
+    assert l3.Lookup not in ops_of(q.integer) and ops.Relu not in ops_of(q.integer)
+    check_against_ort(qgraph.to_proto(q.qdq), q.integer, samples([1, 4, 6, 6], n=3))

@@ -208,3 +208,50 @@ def test_tiny_layers_keep_the_default_lowering(monkeypatch):
     assert "qdirect_conv" in _kernels(model)
     monkeypatch.setattr(fast, "SMALL_MACS", 16 * 16 * 72 + 1)  # one more than this conv's MACs
     assert _kernels(model) == set()
+
+
+# -- elementwise: QAdd in int32, the scheduled fused loops ------------------------------------------
+@pytest.mark.parametrize("shape, b_shape, shift", [
+    ((1, 4, 8, 16), None, 31),      # rows of whole 16-lane vectors
+    ((1, 3, 5, 28), None, 31),      # 4-lane rows
+    ((2, 3, 7, 7), None, 33),       # no lane divides a row: the fused loop
+    ((1, 8, 4, 6), (1, 8, 1, 1), 30),  # a broadcast operand: parallel rows, no vector schedule
+    ((1, 4, 8, 16), None, 50),      # a shift the int32 plan refuses: the int64 form
+])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+def test_qadd_int32_form_and_schedule_equal_the_reference(shape, b_shape, shift, dtype):
+    from qgraph.quant.fixedpoint import int32_sum_plan
+
+    rng = np.random.default_rng(sum(shape) + shift)
+    info = np.iinfo(dtype)
+    a = rng.integers(info.min, info.max + 1, shape).astype(dtype)
+    b = rng.integers(info.min, info.max + 1, b_shape or shape).astype(dtype)
+    a[0, 0, 0, :2], b.reshape(-1)[:2] = info.min, info.max  # the extremes
+    za, zb, zy = int(rng.integers(info.min, info.max)), int(rng.integers(info.min, info.max)), 0
+    ma, mb = int(rng.integers(1 << 29, 1 << 31)), -int(rng.integers(1 << 29, 1 << 31))
+    attrs = {"a_zero_point": za, "b_zero_point": zb, "a_multiplier": [ma], "b_multiplier": [mb], "shift": [shift],
+             "y_zero_point": zy, "y_qmin": int(info.min) // 2, "y_qmax": int(info.max)}
+    bound = max(abs(int(info.min) - min(za, zb)), abs(int(info.max) - min(za, zb)))
+    assert (int32_sum_plan([ma, mb], shift, [bound, bound]) is None) == (shift == 50)
+    model = _one_node(l3.QAdd, {"a": a, "b": b}, {}, attrs, from_numpy(np.dtype(dtype)))
+    _check(model, {"a": a, "b": b}, set())
+
+
+def test_fused_elementwise_kernels_are_scheduled():
+    """After the pipeline, a fused elementwise kernel is marked scheduled by qgraph's rule
+    (vectorized, parallel), and a hand-written kernel keeps its own schedule."""
+    from qgraph.tvm.schedule import schedule_pass
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    x = np.zeros((1, 4, 128, 128), np.uint8)  # over PARALLEL_MIN elements
+    attrs = {"a_zero_point": 3, "b_zero_point": 5, "a_multiplier": [1 << 30], "b_multiplier": [3 << 28],
+             "shift": [31], "y_zero_point": 0, "y_qmin": 0, "y_qmax": 255}
+    model = _one_node(l3.QAdd, {"a": x, "b": x}, {}, attrs, DType.UINT8)
+    target = targets.resolve("cpu").tvm_target()
+    mod = qtvm.lower(model)
+    with target:
+        mod = tvm.transform.Sequential(cpu.legalize_passes(target) + [schedule_pass(target)])(mod)
+    prims = [f for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert prims and all(int(f.attrs["tirx.is_scheduled"]) for f in prims)
+    text = "\n".join(f.script() for f in prims)
+    assert "T.vectorized(" in text and "T.parallel(" in text

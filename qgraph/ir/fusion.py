@@ -53,8 +53,11 @@ FUSED_PRODUCER_KEY = "qgraph.fused_producer"
 ACTIVATION_GROUP_KEY = "qgraph.activation_group"
 MARK_KEYS = (FUSED_PRODUCER_KEY, ACTIVATION_GROUP_KEY)
 
-#: ops whose output an activation may be fused into
-FUSABLE_PRODUCERS = frozenset({ops.Conv, ops.ConvTranspose, ops.Gemm, ops.MatMul})
+#: ops whose output an activation may be fused into. Add and Mul lower to QAdd / QMul, whose
+#: requantization clamps a fused Relu / Clip away (a residual Add -> Relu in ResNet: no Q/DQ
+#: pair and no 256-entry lookup between them; ORT's QDQ quantizer drops such an activation too),
+#: when both operands are activations (``check_producer_fusion``)
+FUSABLE_PRODUCERS = frozenset({ops.Conv, ops.ConvTranspose, ops.Gemm, ops.MatMul, ops.Add, ops.Mul})
 #: one-op activations
 SINGLE_ACTIVATIONS = frozenset({ops.Relu, ops.Clip, ops.LeakyRelu, ops.HardSwish, ops.HardSigmoid,
                                 ops.Sigmoid, ops.Tanh})
@@ -66,6 +69,8 @@ GROUP_FORMS = (HARD_SIGMOID_SWISH, CLIP_HARD_SWISH, SCALED_CLIP_HARD_SWISH)
 #: the op of each group form's root
 GROUP_ROOTS = {HARD_SIGMOID_SWISH: ops.Mul, CLIP_HARD_SWISH: ops.Div, SCALED_CLIP_HARD_SWISH: ops.Mul}
 
+#: producers that take a fused activation only when no operand is a constant
+_ELEMENTWISE_PRODUCERS = frozenset({ops.Add, ops.Mul})
 _PRODUCER_NAMES = ", ".join(sorted(str(o) for o in FUSABLE_PRODUCERS))
 
 
@@ -235,6 +240,17 @@ def _constant(v: Value | None):
     return None if t is None else np.asarray(t.numpy())
 
 
+def _static(v: Value | None, depth: int = 4) -> bool:
+    """``v`` is known at compile time: a constant, or computed from constants only (a
+    ``Reshape`` of a bias before ``canonicalize`` folds it), looking ``depth`` producers up."""
+    if v is None or _constant(v) is not None:
+        return v is not None
+    p = v.producer()
+    if p is None or depth == 0:
+        return False
+    return all(_static(i, depth - 1) for i in p.inputs if i is not None)
+
+
 def _is_scalar(v: Value | None, k: float) -> bool:
     """``v`` is a one-element constant equal to ``k`` that broadcasting cannot widen."""
     a = _constant(v)
@@ -263,6 +279,9 @@ def check_producer_fusion(act: Activation) -> Node:
     if p.op not in FUSABLE_PRODUCERS:
         raise FusionRefused(f"the input '{x.name}' of {root.describe()} is produced by {p.describe()}, "
                             f"not one of {_PRODUCER_NAMES}", p)
+    if p.op in _ELEMENTWISE_PRODUCERS and any(_static(v) for v in p.inputs):
+        raise FusionRefused(f"{p.describe()} has a constant operand (a bias, or the x + 3 of a hard-swish); "
+                            f"only an {p.op} of two activations takes a fused activation", p)
     if p.graph is not root.graph:
         raise FusionRefused(f"{p.describe()} is in another graph than {root.describe()}", p)
     if x.index != 0:

@@ -135,3 +135,56 @@ def shared_shift_multipliers(reals, *, acc_bound: int, bits: int = 31) -> tuple[
     shift = int(largest.shift)
     mults = np.array([round(r * 2.0 ** shift) for r in reals], np.int64)
     return mults, shift
+
+
+# -- the same sum of products in int32 arithmetic ------------------------------------------------
+#: The split point of ``int32_sum_plan``: ``m = hi * 2**SPLIT + lo``, ``0 <= lo < 2**SPLIT``.
+SPLIT = 16
+
+
+@dataclass(frozen=True)
+class Int32SumPlan:
+    """``(sum_i x_i * m_i + 2**(shift - 1)) >> shift`` evaluated in int32 only (``int32_sum_plan``).
+
+    With ``m_i = hi_i * 2**16 + lo_i`` (``0 <= lo_i < 2**16``) and ``shift >= 17``::
+
+        H = sum_i x_i * hi_i + 2**(shift - 17)
+        L = sum_i x_i * lo_i
+        result = (H + (L >> 16)) >> (shift - 16)
+
+    is exact: the sum is ``2**16 * H + L``, and ``floor(floor(p / 2**16) / 2**(shift - 16))
+    == floor(p / 2**shift)``. Vector units have 32-bit multiplies where 64-bit ones are
+    missing (AVX2): a QAdd in this form vectorizes 8 lanes wide."""
+
+    hi: tuple[int, ...]
+    lo: tuple[int, ...]
+    bias: int  # 2**(shift - 17)
+    shift: int  # shift - 16, the final shift
+
+
+def int32_sum_plan(multipliers, shift: int, bounds) -> Int32SumPlan | None:
+    """The int32 form of ``(sum_i x_i * m_i + 2**(shift-1)) >> shift`` for ``|x_i| <= bounds[i]``,
+    or None when some partial sum could leave int32 (or ``shift < 17``)."""
+    ms = [int(m) for m in np.asarray(multipliers, np.int64).reshape(-1)]
+    bs = [int(b) for b in np.asarray(bounds, np.int64).reshape(-1)]
+    shift = int(shift)
+    if len(ms) != len(bs) or shift < SPLIT + 1 or shift - SPLIT - 1 > 30:
+        return None
+    hi = tuple(m >> SPLIT for m in ms)
+    lo = tuple(m & ((1 << SPLIT) - 1) for m in ms)
+    bias = 1 << (shift - SPLIT - 1)
+    lim = 2**31 - 1
+    low = sum(b * l for b, l in zip(bs, lo))
+    high = sum(b * abs(h) for b, h in zip(bs, hi)) + bias
+    if low > lim or high + (low >> SPLIT) + 1 > lim:
+        return None
+    return Int32SumPlan(hi, lo, bias, shift - SPLIT)
+
+
+def int32_sum(xs, plan: Int32SumPlan) -> np.ndarray:
+    """``plan`` applied to the int arrays ``xs`` in int32 numpy arithmetic (a check of the plan:
+    the generated kernels compute exactly this)."""
+    xs = [np.asarray(x, np.int32) for x in xs]
+    h = np.int32(plan.bias) + sum(x * np.int32(m) for x, m in zip(xs, plan.hi))
+    low = sum(x * np.int32(m) for x, m in zip(xs, plan.lo))
+    return np.right_shift(h + np.right_shift(low, SPLIT), plan.shift).astype(np.int32)

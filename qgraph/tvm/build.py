@@ -184,12 +184,24 @@ def pipeline(tvm_target):
     (``relax.backend.cpu_generic``), which is ``tvm.compile``'s default for CPU targets plus
     ``FoldConstant``, ``FuseOps`` and ``FuseTIR`` (``tvm.compile``'s default runs each Relax op
     as its own kernel with its own intermediate tensor: ~50 kernel calls for the digits CNN,
-    where fused elementwise chains make 9). Fusion keeps the results bit-exact: an integer
+    where fused elementwise chains make 9), then ``qgraph.tvm.schedule`` on the fused
+    elementwise kernels (vectorized, parallel). Both keep the results bit-exact: an integer
     chain is the same arithmetic, and float ops are not contracted (no FMA) by TVM's LLVM
     codegen."""
-    from tvm import relax
+    import tvm
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-    return relax.backend.cpu_generic.get_default_pipeline(tvm_target)
+    from qgraph.tvm.schedule import schedule_pass
+
+    @tvm.transform.module_pass(opt_level=0)
+    def _pipeline(mod, _ctx):
+        with tvm_target:
+            passes = (cpu.library_dispatch_passes(tvm_target) + cpu.legalize_passes(tvm_target)
+                      + [schedule_pass(tvm_target)]
+                      + cpu.dataflow_lower_passes(tvm_target) + cpu.finalize_passes(tvm_target))
+            return tvm.transform.Sequential(passes)(mod)
+
+    return _pipeline
 
 
 def build(model: Model, target: "str | Target" = "cpu", *, input_shapes: Mapping[str, Sequence[int]] | None = None,
