@@ -141,6 +141,10 @@ def _ort(path: str, threads: int):
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
+    # ORT's pool threads spin after each run by default: interleaved with the other runners in
+    # one process on 2 cores, a spinning pool takes the core the next runner's threads need
+    # (TVM at 2 threads measured 1.8x its 1-thread time on rec). Each runner gets the CPU to itself.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
