@@ -80,7 +80,7 @@ def model_spec(name: str) -> dict:
 
 
 # -- worker: quantize, build, export ------------------------------------------------------------
-def prepare(name: str, workdir: str) -> dict:
+def prepare(name: str, workdir: str, reduce_range: bool = False) -> dict:
     """Quantize and build ``name``; write the QDQ model, the TVM library and the input into
     ``workdir``; return the compile times."""
     import qgraph.api
@@ -98,7 +98,8 @@ def prepare(name: str, workdir: str) -> dict:
         source = os.path.join(workdir, "float.opset13.onnx")
         onnx.save(version_converter.convert_version(onnx.load(spec["path"]), 13), source)
     start = time.perf_counter()
-    q = qgraph.api.quantize(source, spec["calib"], report=False, show_progress=False)
+    config = {"reduce_range": True} if reduce_range else None  # 7-bit weights for both runtimes
+    q = qgraph.api.quantize(source, spec["calib"], config, report=False, show_progress=False)
     quantized = time.perf_counter()
     compiled = qtvm.build(q.integer, "cpu", input_shapes={spec["input"]: spec["shape"]})
     built = time.perf_counter()
@@ -115,6 +116,7 @@ def prepare(name: str, workdir: str) -> dict:
     else:
         exact = "; ".join(_agreement(got[k], ref[k]) for k in got)
     return {"model": name, "path": spec["path"], "input": spec["input"], "shape": spec["shape"],
+            "reduce_range": reduce_range,
             "quantize_s": quantized - start, "lower_s": built - quantized - compiled.compile_seconds,
             "tvm_compile_s": compiled.compile_seconds, "first_vm_s": compiled.load_seconds,
             "compile_s": compiled.compile_seconds + compiled.load_seconds, "matches_reference": exact}
@@ -141,14 +143,14 @@ def _ort(path: str, threads: int):
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    # ORT's pool threads spin after each run by default: interleaved with the other runners in
-    # one process on 2 cores, a spinning pool takes the core the next runner's threads need
-    # (TVM at 2 threads measured 1.8x its 1-thread time on rec). Each runner gets the CPU to itself.
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
-def measure(name: str, workdir: str, threads: int, runs: int, warmup: int) -> dict:
+#: Untimed runs of a runner before each of its timed runs (see ``measure``).
+SETTLE = 1
+
+
+def measure(name: str, workdir: str, threads: int, runs: int, warmup: int, settle: int = SETTLE) -> dict:
     """Median latency of the three runners on ``name``, interleaved, with ``threads`` threads."""
     from qgraph import tvm as qtvm
 
@@ -170,6 +172,11 @@ def measure(name: str, workdir: str, threads: int, runs: int, warmup: int) -> di
     order = list(tools)
     for r in range(runs):
         for k in order[r % len(order):] + order[:r % len(order)]:
+            # both runtimes' pool threads spin a while after a run (their defaults, kept): an
+            # untimed run first, so the previous runner's spinning threads do not take the core
+            # this one needs (without it TVM at 2 threads measured 1.8x its 1-thread time on rec)
+            for _ in range(settle):
+                tools[k]()
             t0 = time.perf_counter()
             tools[k]()
             times[k].append(time.perf_counter() - t0)
@@ -213,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="5 rounds after 1 warm-up (default: 30 after 3)")
     ap.add_argument("--runs", type=int, help="timed rounds per thread count (overrides --quick)")
     ap.add_argument("--workdir", help="where builds go (default: a temporary folder)")
+    ap.add_argument("--reduce-range", action="store_true",
+                    help="quantize with 7-bit weights (config reduce_range): the QDQ model ORT runs and the "
+                         "TVM build both use them; qgraph's convs then run the exact VPMADDUBSW form")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     ap.add_argument("--prepare", metavar="MODEL", help=argparse.SUPPRESS)
     ap.add_argument("--measure", metavar="MODEL", help=argparse.SUPPRESS)
@@ -221,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     warmup = 1 if args.quick else 3
 
     if args.prepare:
-        info = prepare(args.prepare, args.workdir)
+        info = prepare(args.prepare, args.workdir, args.reduce_range)
         with open(os.path.join(args.workdir, "prepare.json"), "w") as f:
             json.dump(info, f)
         print(json.dumps(info))
@@ -241,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = os.path.join(workdir, m)
         print(f"{m}: quantize + build ...", file=sys.stderr, flush=True)
         try:
-            p = _worker(["--prepare", m, "--workdir", folder])
+            p = _worker(["--prepare", m, "--workdir", folder] + (["--reduce-range"] if args.reduce_range else []))
         except RuntimeError as e:
             print(f"{m}: {e}", file=sys.stderr)
             continue
@@ -255,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(r)
             print(f"{m}, {t} thread(s): TVM {r['qgraph_tvm_ms']:.2f} ms, ORT int8 {r['ort_int8_ms']:.2f} ms, "
                   f"ORT fp32 {r['ort_fp32_ms']:.2f} ms", file=sys.stderr, flush=True)
-    print(f"{runs} interleaved rounds per row (medians); {os.cpu_count()} CPUs\n")
+    print(f"{runs} interleaved rounds per row (medians); {os.cpu_count()} CPUs"
+          + ("; 7-bit weights (--reduce-range)" if args.reduce_range else "") + "\n")
     print(_table(prep, rows))
     if args.json:
         with open(args.json, "w") as f:

@@ -114,6 +114,45 @@ def test_qconv_fast_kernels_bit_exact(case):
     _check(model, {"x": x}, {kind})
 
 
+U8_CASES = [
+    # (N, C, H, W), (OC, C, KH, KW), strides, pads, dilations: C % 4 != 0, OC % tile != 0, pads, tails
+    ((2, 7, 9, 61), (10, 7, 3, 3), [1, 1], [1, 2, 0, 1], [1, 2]),
+    ((1, 3, 11, 13), (16, 3, 3, 3), [2, 2], [1, 1, 1, 1], [1, 1]),
+    ((1, 16, 6, 17), (21, 16, 1, 1), [1, 1], [0, 0, 0, 0], [1, 1]),
+    ((1, 4, 12, 19), (6, 4, 5, 5), [2, 3], [2, 2, 2, 2], [1, 1]),
+]
+
+
+@pytest.mark.parametrize("case", range(len(U8_CASES)))
+def test_qconv_u8s8_pairs_where_no_pair_can_saturate(case):
+    """7-bit weights (``reduce_range``): every VPMADDUBSW pair sum of uint8 activations stays in
+    int16, so the direct conv runs the u8 x s8 form (raw bytes, zero point in the pads, its
+    share folded into the bias) and equals the reference bit for bit; one 8-bit weight pair
+    that could saturate sends the layer back to the exact int16 form."""
+    from qgraph.tvm import direct as D
+
+    xs, ws, strides, pads, dil = U8_CASES[case]
+    rng = np.random.default_rng(200 + case)
+    x = rng.integers(0, 256, xs).astype(np.uint8)
+    x.reshape(-1)[:8], x.reshape(-1)[8:16] = 0, 255
+    w = rng.integers(-64, 65, ws).astype(np.int8)
+    w[0, :2] = 64  # the worst pair: 255 * (64 + 64) = 32640 < 2**15
+    oc = ws[0]
+    attrs = {"strides": strides, "pads": pads, "dilations": dil, "kernel_shape": list(ws[2:]),
+             "x_zero_point": int(rng.integers(0, 256)), "w_zero_point": [0] * oc, **_requant(rng, oc, "uint8")}
+    bias = rng.integers(-20000, 20000, oc).astype(np.int32)
+    assert D.ubsw_exact(w, 0, 255)
+    model = _one_node(l3.QConv, {"x": x}, {"w": w, "b": bias}, attrs, DType.UINT8)
+    _check(model, {"x": x}, {"qdirect_conv_ubsw"})
+    if ws[1] >= 2:
+        w2 = w.copy()
+        w2[1, 0, 0, 0], w2[1, 1, 0, 0] = 100, 100  # 255 * 200 > 2**15: a pair that can saturate
+        assert not D.ubsw_exact(w2, 0, 255)
+        model = _one_node(l3.QConv, {"x": x}, {"w": w2, "b": bias}, attrs, DType.UINT8)
+        assert "qdirect_conv_ubsw" not in _kernels(model)
+        _check(model, {"x": x}, {"qdirect_conv"})
+
+
 def test_qconv_1x1_on_the_im2col_gemm(monkeypatch):
     from qgraph.tvm import fast
 

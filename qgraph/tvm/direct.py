@@ -32,8 +32,19 @@ from qgraph.tvm.kernels import LANES, ConvGeometry, Requant, _requant_expr, ceil
 DIRECT_TILE = (6, 2)
 
 
-def direct_tile(ow: int) -> tuple[int, int]:
-    """The register tile for ``ow`` output columns: the fewest padded columns, then the widest."""
+#: The u8 x s8 kernel's tile, whatever the width: its ``VPMADDWD`` by ones needs a register
+#: for the ones and one for the int16 products, so 6 x 2 (12 accumulators) spills. Kernel
+#: alone, 1 thread, GMAC/s for 6x2 / 5x2 / 4x2 / 8x1 on resnet50 layers (the kernel
+#: ``direct_conv_u8`` timed on random data): 3x3 256ch 14x14 76.8 / 68.6 / 64.6 / 76.2,
+#: 3x3 64ch 56x56 73.1 / 75.8 / 64.1 / 86.6, 3x3 512ch 7x7 72.4 / 70.6 / 72.9 / 76.8.
+UBSW_TILE = (8, 1)
+
+
+def direct_tile(ow: int, ubsw: bool = False) -> tuple[int, int]:
+    """The register tile for ``ow`` output columns: the fewest padded columns, then the widest
+    (``UBSW_TILE`` for the u8 x s8 kernel)."""
+    if ubsw:
+        return UBSW_TILE
     tiles = {2: DIRECT_TILE, 1: (8, 1)}  # (4, 3) measured 30% slower than both on a 3x3 64-channel conv
     vt = min(tiles, key=lambda v: (ceil_to(ow, LANES * v), -v))
     return tiles[vt]
@@ -344,3 +355,168 @@ def dw_conv(g: ConvGeometry, hq: int, wq: int, rq: Requant, vt: int = 2):
                                         shift[nch // OH % C])
 
     return qdw_pconv
+
+
+# -- u8 x s8 pairs (VPMADDUBSW), where no pair sum can saturate ------------------------------------------
+_PMADDUBSW = "llvm.x86.avx2.pmadd.ub.sw"
+
+
+def ubsw_weights(w: np.ndarray) -> np.ndarray:
+    """int8 weights ``[OC, C, KH, KW]`` as ``[OC, KH * KW * C4]`` (C4: C padded to 4 with 0), the
+    reduction order of ``direct_conv_u8``: adjacent channels at one tap form a pair."""
+    oc, c, kh, kw = w.shape
+    c4 = -(-c // 4) * 4
+    out = np.zeros((oc, kh, kw, c4), np.int64)
+    out[..., :c] = w.transpose(0, 2, 3, 1)
+    return out.reshape(oc, -1)
+
+
+def ubsw_exact(w: np.ndarray, x_lo: int, x_hi: int) -> bool:
+    """Every ``VPMADDUBSW`` pair sum of ``direct_conv_u8`` (unsigned activations in
+    ``[x_lo, x_hi]``, int8 weights ``w``) lies in int16: the instruction cannot saturate and
+    the u8 x s8 form is exact (``qgraph.quant.overflow.pair_sum_bounds``)."""
+    from qgraph.quant.overflow import pair_sum_bounds
+
+    if w.size == 0 or w.min() < -128 or w.max() > 127 or x_lo < 0 or x_hi > 255:
+        return False
+    lo, hi = pair_sum_bounds(ubsw_weights(w), x_lo, x_hi)
+    return bool(lo.min() >= -(2**15) and hi.max() < 2**15)
+
+
+def pack_u8_weights(w: np.ndarray, rt: int) -> np.ndarray:
+    """int8 weights ``[OC, C, KH, KW]`` as int32 ``[OCp/rt, C4, KH, KW, rt]``: 4 channels' bytes per int32."""
+    oc, c, kh, kw = w.shape
+    c4 = -(-c // 4)
+    out = np.zeros((ceil_to(oc, rt), 4 * c4, kh, kw), np.int8)
+    out[:oc, :c] = w
+    out = out.reshape(-1, rt, c4, 4, kh, kw).transpose(0, 2, 4, 5, 1, 3)
+    return np.ascontiguousarray(out).view(np.int32).reshape(-1, c4, kh, kw, rt)
+
+
+def conv_pack_u8(g: ConvGeometry, x_zp: int, hp: int, wq: int):
+    """uint8 ``x [N, C, H, W]`` -> uint8 ``[N, C4, Hp, SW, Wq * 4]``: raw values, 4 channels per
+    column, ``x_zp`` in the pads and the missing channels (``x_zp - x_zp = 0``: the bias
+    correction ``-x_zp * sum(w)`` of ``direct_conv_u8`` then holds at every tap)."""
+    from tvm.script import tirx as T
+
+    N, C, H, W = g.n, g.c, g.h, g.w
+    C4 = -(-C // 4)
+    SW = g.strides[1]
+    PT, PL = g.pads
+    Hp, Wq = hp, wq
+    zp = int(x_zp)
+
+    def lo(ph):
+        return _phase_bounds(T, ph, SW, PL, W, Wq)[0]
+
+    def hi(ph):
+        return _phase_bounds(T, ph, SW, PL, W, Wq)[1]
+
+    def ok(c, ih):
+        return T.And(c < C, T.And(PT <= ih, ih < PT + H))
+
+    def val(x, n, c, ih, iw):
+        return x[n, T.min(c, C - 1), T.max(T.min(ih - PT, H - 1), 0), iw - PL]
+
+    @T.prim_func(check_well_formed=False)
+    def qdirect_pack_u8(x: T.Buffer((N, C, H, W), "uint8"), xp: T.Buffer((N, C4, Hp, SW, Wq * 4), "uint8")):
+        T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+        with T.sblock("root"):
+            for ncr in T.parallel(N * C4 * Hp):
+                for ph in T.serial(SW):
+                    for q in T.serial(lo(ph) * 4):
+                        xp[ncr // (C4 * Hp), ncr // Hp % C4, ncr % Hp, ph, q] = T.uint8(zp)
+                    if T.And(ok(ncr // Hp % C4 * 4, ncr % Hp), ok(ncr // Hp % C4 * 4 + 3, ncr % Hp)):
+                        for q in T.serial(hi(ph) - lo(ph)):
+                            for t in T.unroll(4):
+                                xp[ncr // (C4 * Hp), ncr // Hp % C4, ncr % Hp, ph, (lo(ph) + q) * 4 + t] = val(
+                                    x, ncr // (C4 * Hp), ncr // Hp % C4 * 4 + t, ncr % Hp, (lo(ph) + q) * SW + ph)
+                    else:
+                        for q in T.serial(hi(ph) - lo(ph)):
+                            for t in T.unroll(4):
+                                xp[ncr // (C4 * Hp), ncr // Hp % C4, ncr % Hp, ph, (lo(ph) + q) * 4 + t] = \
+                                    T.if_then_else(ok(ncr // Hp % C4 * 4 + t, ncr % Hp),
+                                                   val(x, ncr // (C4 * Hp), ncr // Hp % C4 * 4 + t, ncr % Hp,
+                                                       (lo(ph) + q) * SW + ph), T.uint8(zp))
+                    for q in T.serial((Wq - hi(ph)) * 4):
+                        xp[ncr // (C4 * Hp), ncr // Hp % C4, ncr % Hp, ph, hi(ph) * 4 + q] = T.uint8(zp)
+
+    return qdirect_pack_u8
+
+
+def direct_conv_u8(g: ConvGeometry, hp: int, wq: int, rq: Requant, tile=DIRECT_TILE):
+    """``direct_conv`` on raw uint8 activations and int8 weights: per 8 output columns,
+    ``VPMADDUBSW`` (4 channels x 8 columns of bytes by one channel's 4 weight bytes) then
+    ``VPMADDWD`` by ones. ``rq.bias`` holds ``bias - x_zp * sum(w)`` (the zero point's share).
+    Exact only where ``ubsw_exact`` holds."""
+    from tvm.script import tirx as T
+
+    RT, VT = tile
+    V = LANES * VT
+    N, C, OC, KH, KW, OH, OW = g.n, g.c, g.oc, g.kh, g.kw, g.oh, g.ow
+    C4 = -(-C // 4)
+    SH, SW = g.strides
+    DH, DW = g.dilations
+    Hp, Wq = hp, wq
+    OT = -(-OW // V)
+    OCB = -(-OC // RT)
+    OCp = OCB * RT
+    mdt = str(rq.multiplier.dtype)
+    odt = rq.out_dtype
+
+    def epi(acc, b, m, h, s):
+        return _requant_expr(T, acc, None, m, h, s, rq)
+
+    def n_(t):
+        return t // (OCB * OT * OH)
+
+    def oh_(t):
+        return t // (OCB * OT) % OH
+
+    def ot_(t):
+        return t // OCB % OT
+
+    def ob_(t):
+        return t % OCB
+
+    @T.prim_func(check_well_formed=False)
+    def qdirect_conv_u8(xp: T.Buffer((N, C4, Hp, SW, Wq * 4), "uint8"), w: T.Buffer((OCB, C4, KH, KW, RT), "int32"),
+                        bias: T.Buffer((OCp,), "int32"), mult: T.Buffer((OCp,), mdt),
+                        half: T.Buffer((OCp,), "int64"), shift: T.Buffer((OCp,), "int64"),
+                        y: T.Buffer((N, OC, OH, OW), odt)):
+        T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+        with T.sblock("root"):
+            for t in T.parallel(N * OH * OT * OCB):
+                acc = T.alloc_buffer((RT * V,), "int32", scope="global")
+                for i in T.unroll(RT * VT):
+                    acc[T.ramp(i * 8, 1, 8)] = T.broadcast(bias[ob_(t) * RT + i // VT], 8)
+                for c4 in T.serial(C4):
+                    for kh in T.unroll(KH):
+                        for kw in T.unroll(KW):
+                            for r in T.unroll(RT):
+                                for v in T.unroll(VT):
+                                    acc[T.ramp((r * VT + v) * 8, 1, 8)] = acc[T.ramp((r * VT + v) * 8, 1, 8)] + \
+                                        T.call_llvm_pure_intrin(
+                                            "int32x8", _PMADDWD,
+                                            T.call_llvm_pure_intrin(
+                                                "int16x16", _PMADDUBSW,
+                                                xp[n_(t), c4, oh_(t) * SH + kh * DH, (kw * DW) % SW,
+                                                   T.ramp((ot_(t) * V + v * 8 + (kw * DW) // SW) * 4, 1, 32)],
+                                                T.reinterpret("int8x32", T.broadcast(w[ob_(t), c4, kh, kw, r], 8))),
+                                            T.broadcast(T.int16(1), 16))
+                for r in T.unroll(RT):
+                    for v in T.unroll(VT):
+                        if ob_(t) * RT + r < OC:
+                            if ot_(t) * V + v * 8 + 8 <= OW:
+                                for l in T.vectorized(8):
+                                    y[n_(t), ob_(t) * RT + r, oh_(t), ot_(t) * V + v * 8 + l] = epi(
+                                        acc[(r * VT + v) * 8 + l], bias[ob_(t) * RT + r], mult[ob_(t) * RT + r],
+                                        half[ob_(t) * RT + r], shift[ob_(t) * RT + r])
+                            else:
+                                for l in T.serial(8):
+                                    if ot_(t) * V + v * 8 + l < OW:
+                                        y[n_(t), ob_(t) * RT + r, oh_(t), ot_(t) * V + v * 8 + l] = epi(
+                                            acc[(r * VT + v) * 8 + l], bias[ob_(t) * RT + r], mult[ob_(t) * RT + r],
+                                            half[ob_(t) * RT + r], shift[ob_(t) * RT + r])
+
+    return qdirect_conv_u8
