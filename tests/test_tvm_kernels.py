@@ -294,3 +294,20 @@ def test_fused_elementwise_kernels_are_scheduled():
     assert prims and all(int(f.attrs["tirx.is_scheduled"]) for f in prims)
     text = "\n".join(f.script() for f in prims)
     assert "T.vectorized(" in text and "T.parallel(" in text
+
+
+@pytest.mark.parametrize("shape, x_dtype, out_dtype", [
+    ((1, 3, 7, 5), np.uint8, np.uint8),
+    ((2, 4100), np.int8, np.int8),          # more than one parallel chunk, a tail
+    ((1, 16, 9, 11), np.uint8, np.int16),   # a wider table
+])
+def test_lookup_kernel_equals_the_reference(shape, x_dtype, out_dtype):
+    rng = np.random.default_rng(len(shape))
+    xi, oi = np.iinfo(x_dtype), np.iinfo(out_dtype)
+    x = rng.integers(xi.min, xi.max + 1, shape).astype(x_dtype)
+    x.reshape(-1)[:2] = xi.min, xi.max
+    table = rng.integers(oi.min, oi.max + 1, xi.max - xi.min + 1)
+    table[0], table[-1] = oi.min, oi.max
+    attrs = {"table": [int(t) for t in table], "x_qmin": int(xi.min)}
+    model = _one_node(l3.Lookup, {"x": x}, {}, attrs, from_numpy(np.dtype(out_dtype)))
+    _check(model, {"x": x}, {"qlookup"})

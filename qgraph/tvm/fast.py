@@ -273,3 +273,30 @@ def qmatmul(ctx: LowerContext):
               [ap, ctx.const(wp)] + [ctx.const(z) for z in rq.arrays()],
               (rows, n), rq.out_dtype)
     return ctx.emit(relax.op.reshape(y, tuple(ash[:-1]) + (n,))) if len(ash) != 2 else y
+
+
+# -- Lookup -----------------------------------------------------------------------------------------
+def lookup(ctx: LowerContext, table: np.ndarray, storage: str):
+    """The Lookup output on ``kernels.lookup`` (a tensor input of static shape), or None."""
+    from tvm import relax
+
+    if not ctx.fast:
+        return None
+    x = ctx.value(0)
+    if isinstance(x, np.ndarray) or not _is_static(ctx.shape(x)) or table.size == 0:
+        return None
+    shape = tuple(int(d) for d in ctx.shape(x))
+    n = int(np.prod(shape))
+    if n == 0:
+        return None
+    flat = ctx.emit(relax.op.reshape(x, (n,)))
+    func = K.lookup(n, ctx.dtype(x), int(_attr_ints(ctx, "x_qmin")[0]), table.size, storage)
+    y = _call(ctx, func, "qlookup", [flat, ctx.const(table.astype(storage), storage)], (n,), storage)
+    return ctx.emit(relax.op.reshape(y, shape))
+
+
+def _is_static(shape) -> bool:
+    try:
+        return all(int(d) >= 0 for d in shape)
+    except Exception:  # a symbolic dim (tir.Var) has no int value
+        return False

@@ -359,9 +359,14 @@ def lookup(ctx: LowerContext):
     """``Lookup(x)``: ``take(table, x - x_qmin)``."""
     from tvm import relax
 
+    from qgraph.tvm import fast
+
     table = _ints(ctx, "table")
     lo, hi = (int(table.min()), int(table.max())) if table.size else (0, 0)
     storage = ctx.storage(lo, hi)
+    y = fast.lookup(ctx, table, storage)
+    if y is not None:
+        return [y]
     idx = shifted(ctx, _int_input(ctx, 0), _int(ctx, "x_qmin"), "int32")
     idx = ctx.const(idx, "int32") if isinstance(idx, np.ndarray) else idx
     return [ctx.emit(relax.op.take(ctx.const(table.astype(storage), storage), idx, axis=0, mode="clip"))]
