@@ -123,9 +123,11 @@ def _conv_plan(ctx: LowerContext):
         kind = "direct"
         padded = None  # the tile depends on the output width
         if UBSW and ctx.dtype(x) == "uint8" and D.ubsw_exact(wd, 0, 255):
-            kind = "direct_u8"  # raw bytes: the zero point's share moves into the bias
-            bias = (np.zeros(oc, np.int64) if bias is None else np.broadcast_to(bias, (oc,))) \
+            # raw bytes: the zero point's share moves into the bias (where that still fits int32)
+            moved = (np.zeros(oc, np.int64) if bias is None else np.broadcast_to(bias, (oc,))) \
                 - x_zp * wd.reshape(oc, -1).sum(axis=1)
+            if K.bias_fits_int32(moved):
+                kind, bias = "direct_u8", moved
     elif group == xs[1] and ws[1] == 1 and oc == group:
         kind = "depthwise"
         padded = oc
