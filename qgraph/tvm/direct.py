@@ -35,7 +35,7 @@ DIRECT_TILE = (6, 2)
 #: The u8 x s8 kernel's tile, whatever the width: its ``VPMADDWD`` by ones needs a register
 #: for the ones and one for the int16 products, so 6 x 2 (12 accumulators) spills. Kernel
 #: alone, 1 thread, GMAC/s for 6x2 / 5x2 / 4x2 / 8x1 on resnet50 layers (the kernel
-#: ``direct_conv_u8`` timed on random data): 3x3 256ch 14x14 76.8 / 68.6 / 64.6 / 76.2,
+#: ``direct_conv(..., ubsw=True)`` timed on random data): 3x3 256ch 14x14 76.8 / 68.6 / 64.6 / 76.2,
 #: 3x3 64ch 56x56 73.1 / 75.8 / 64.1 / 86.6, 3x3 512ch 7x7 72.4 / 70.6 / 72.9 / 76.8.
 UBSW_TILE = (8, 1)
 
@@ -51,6 +51,7 @@ def direct_tile(ow: int, ubsw: bool = False) -> tuple[int, int]:
 
 
 _PMADDWD = "llvm.x86.avx2.pmadd.wd"
+_PMADDUBSW = "llvm.x86.avx2.pmadd.ub.sw"
 
 
 def direct_extent(g: ConvGeometry, vt: int) -> tuple[int, int]:
@@ -61,14 +62,16 @@ def direct_extent(g: ConvGeometry, vt: int) -> tuple[int, int]:
     return hp, wq
 
 
-def pack_direct_weights(wd: np.ndarray, rt: int) -> np.ndarray:
-    """Zero-point-shifted weights ``[OC, C, KH, KW]`` (int16 values) as int32 ``[OCp/rt, C2, KH, KW, rt]``."""
+def pack_direct_weights(wd: np.ndarray, rt: int, ubsw: bool = False) -> np.ndarray:
+    """Zero-point-shifted weights ``[OC, C, KH, KW]`` (int16 values) as int32 ``[OCp/rt, C2, KH, KW, rt]``
+    (a pair of int16 per int32); ``ubsw``: int8 values, 4 channels' bytes per int32 ``[OCp/rt, C4, ...]``."""
+    g, dt = (4, np.int8) if ubsw else (2, np.int16)
     oc, c, kh, kw = wd.shape
-    c2 = -(-c // 2)
-    w = np.zeros((ceil_to(oc, rt), 2 * c2, kh, kw), np.int16)
+    cg = -(-c // g)
+    w = np.zeros((ceil_to(oc, rt), g * cg, kh, kw), dt)
     w[:oc, :c] = wd
-    w = w.reshape(-1, rt, c2, 2, kh, kw).transpose(0, 2, 4, 5, 1, 3)
-    return np.ascontiguousarray(w).view(np.int32).reshape(-1, c2, kh, kw, rt)
+    w = w.reshape(-1, rt, cg, g, kh, kw).transpose(0, 2, 4, 5, 1, 3)
+    return np.ascontiguousarray(w).view(np.int32).reshape(-1, cg, kh, kw, rt)
 
 
 def pack_dw_weights(wd: np.ndarray, aligned: bool) -> np.ndarray:
@@ -93,16 +96,21 @@ def _phase_bounds(T, ph, sw: int, pl: int, w: int, wq: int):
     return lo, hi
 
 
-def conv_pack(g: ConvGeometry, x_dtype: str, x_zp: int, hp: int, wq: int):
-    """``x [N, C, H, W]`` -> int16 ``[N, C2, Hp, SW, Wq * 2]``: ``x - zp`` at channel pairs, 0 around.
+def conv_pack(g: ConvGeometry, x_dtype: str, x_zp: int, hp: int, wq: int, ubsw: bool = False):
+    """``x [N, C, H, W]`` -> int16 ``[N, C2, Hp, SW, Wq * 2]``: ``x - zp`` at channel pairs, 0 around;
+    ``ubsw``: uint8 ``x`` -> uint8 ``[N, C4, Hp, SW, Wq * 4]``: raw bytes of 4 channels per column,
+    ``zp`` around and in the missing channels (``zp - zp = 0``: the bias correction
+    ``-zp * sum(w)`` of the u8 x s8 conv then holds at every tap).
 
-    Per packed row: the left pad, the interior (two channel rows interleaved; where neither is
-    a pad row or a missing channel, a loop without conditions, which LLVM vectorizes reliably)
+    Per packed row: the left pad, the interior (the channel rows interleaved; where none is a
+    pad row or a missing channel, a loop without conditions, which LLVM vectorizes reliably)
     and the right pad are separate loops."""
     from tvm.script import tirx as T
 
+    G = 4 if ubsw else 2
+    ODT = "uint8" if ubsw else "int16"
     N, C, H, W = g.n, g.c, g.h, g.w
-    C2 = -(-C // 2)
+    CG = -(-C // G)
     SW = g.strides[1]
     PT, PL = g.pads
     Hp, Wq = hp, wq
@@ -117,43 +125,54 @@ def conv_pack(g: ConvGeometry, x_dtype: str, x_zp: int, hp: int, wq: int):
     def ok(c, ih):
         return T.And(c < C, T.And(PT <= ih, ih < PT + H))
 
+    def pad():
+        return T.uint8(zp) if ubsw else T.int16(0)
+
     def val(x, n, c, ih, iw):
-        return T.Cast("int16", x[n, T.min(c, C - 1), T.max(T.min(ih - PT, H - 1), 0), iw - PL]) - T.int16(zp)
+        v = x[n, T.min(c, C - 1), T.max(T.min(ih - PT, H - 1), 0), iw - PL]
+        return v if ubsw else T.Cast("int16", v) - T.int16(zp)
 
     @T.prim_func(check_well_formed=False)
-    def qdirect_pack(x: T.Buffer((N, C, H, W), x_dtype), xp: T.Buffer((N, C2, Hp, SW, Wq * 2), "int16")):
+    def qdirect_pack(x: T.Buffer((N, C, H, W), x_dtype), xp: T.Buffer((N, CG, Hp, SW, Wq * G), ODT)):
         T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
         with T.sblock("root"):
-            for ncr in T.parallel(N * C2 * Hp):
+            for ncr in T.parallel(N * CG * Hp):
                 for ph in T.serial(SW):
-                    for q in T.serial(lo(ph) * 2):
-                        xp[ncr // (C2 * Hp), ncr // Hp % C2, ncr % Hp, ph, q] = T.int16(0)
-                    if T.And(ok(ncr // Hp % C2 * 2, ncr % Hp), ok(ncr // Hp % C2 * 2 + 1, ncr % Hp)):
+                    for q in T.serial(lo(ph) * G):
+                        xp[ncr // (CG * Hp), ncr // Hp % CG, ncr % Hp, ph, q] = pad()
+                    if T.And(ok(ncr // Hp % CG * G, ncr % Hp), ok(ncr // Hp % CG * G + G - 1, ncr % Hp)):
                         for q in T.serial(hi(ph) - lo(ph)):  # no pad row or missing channel: no condition
-                            for t in T.unroll(2):
-                                xp[ncr // (C2 * Hp), ncr // Hp % C2, ncr % Hp, ph, (lo(ph) + q) * 2 + t] = val(
-                                    x, ncr // (C2 * Hp), ncr // Hp % C2 * 2 + t, ncr % Hp, (lo(ph) + q) * SW + ph)
+                            for t in T.unroll(G):
+                                xp[ncr // (CG * Hp), ncr // Hp % CG, ncr % Hp, ph, (lo(ph) + q) * G + t] = val(
+                                    x, ncr // (CG * Hp), ncr // Hp % CG * G + t, ncr % Hp, (lo(ph) + q) * SW + ph)
                     else:
                         for q in T.serial(hi(ph) - lo(ph)):
-                            for t in T.unroll(2):
-                                xp[ncr // (C2 * Hp), ncr // Hp % C2, ncr % Hp, ph, (lo(ph) + q) * 2 + t] = \
-                                    T.if_then_else(ok(ncr // Hp % C2 * 2 + t, ncr % Hp),
-                                                   val(x, ncr // (C2 * Hp), ncr // Hp % C2 * 2 + t, ncr % Hp,
-                                                       (lo(ph) + q) * SW + ph), T.int16(0))
-                    for q in T.serial((Wq - hi(ph)) * 2):
-                        xp[ncr // (C2 * Hp), ncr // Hp % C2, ncr % Hp, ph, hi(ph) * 2 + q] = T.int16(0)
+                            for t in T.unroll(G):
+                                xp[ncr // (CG * Hp), ncr // Hp % CG, ncr % Hp, ph, (lo(ph) + q) * G + t] = \
+                                    T.if_then_else(ok(ncr // Hp % CG * G + t, ncr % Hp),
+                                                   val(x, ncr // (CG * Hp), ncr // Hp % CG * G + t, ncr % Hp,
+                                                       (lo(ph) + q) * SW + ph), pad())
+                    for q in T.serial((Wq - hi(ph)) * G):
+                        xp[ncr // (CG * Hp), ncr // Hp % CG, ncr % Hp, ph, hi(ph) * G + q] = pad()
 
     return qdirect_pack
 
 
-def direct_conv(g: ConvGeometry, hp: int, wq: int, rq: Requant, tile=DIRECT_TILE):
-    """``y[n, oc, oh, ow] = requant(sum_{c2, kh, kw} w . xp + bias[oc])`` on the packed input."""
+def direct_conv(g: ConvGeometry, hp: int, wq: int, rq: Requant, tile=DIRECT_TILE, ubsw: bool = False):
+    """``y[n, oc, oh, ow] = requant(sum_{c2, kh, kw} w . xp + bias[oc])`` on the packed input.
+
+    ``ubsw``: the u8 x s8 form on ``conv_pack(..., ubsw=True)``'s raw bytes and
+    ``pack_direct_weights(..., ubsw=True)``: per 8 output columns, ``VPMADDUBSW`` (4 channels x 8 columns of
+    bytes by one channel's 4 weight bytes) then ``VPMADDWD`` by ones; ``rq.bias`` holds
+    ``bias - x_zp * sum(w)``. Exact only where ``ubsw_exact`` holds."""
     from tvm.script import tirx as T
 
     RT, VT = tile
     V = LANES * VT
     N, C, OC, KH, KW, OH, OW = g.n, g.c, g.oc, g.kh, g.kw, g.oh, g.ow
-    C2 = -(-C // 2)
+    G = 4 if ubsw else 2  # channels per packed column
+    XDT = "uint8" if ubsw else "int16"
+    C2 = -(-C // G)
     SH, SW = g.strides
     DH, DW = g.dilations
     Hp, Wq = hp, wq
@@ -179,8 +198,16 @@ def direct_conv(g: ConvGeometry, hp: int, wq: int, rq: Requant, tile=DIRECT_TILE
     def ob_(t):
         return t % OCB
 
+    def product(wv, xv):  # 8 int32 lanes: one output channel's weights . 8 columns
+        if ubsw:
+            return T.call_llvm_pure_intrin(
+                "int32x8", _PMADDWD, T.call_llvm_pure_intrin(
+                    "int16x16", _PMADDUBSW, xv, T.reinterpret("int8x32", T.broadcast(wv, 8))),
+                T.broadcast(T.int16(1), 16))
+        return T.call_llvm_pure_intrin("int32x8", _PMADDWD, T.reinterpret("int16x16", T.broadcast(wv, 8)), xv)
+
     @T.prim_func(check_well_formed=False)
-    def qdirect_conv(xp: T.Buffer((N, C2, Hp, SW, Wq * 2), "int16"), w: T.Buffer((OCB, C2, KH, KW, RT), "int32"),
+    def qdirect_conv(xp: T.Buffer((N, C2, Hp, SW, Wq * G), XDT), w: T.Buffer((OCB, C2, KH, KW, RT), "int32"),
                      bias: T.Buffer((OCp,), "int32"), mult: T.Buffer((OCp,), mdt), half: T.Buffer((OCp,), "int64"),
                      shift: T.Buffer((OCp,), "int64"), y: T.Buffer((N, OC, OH, OW), odt)):
         T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
@@ -195,11 +222,9 @@ def direct_conv(g: ConvGeometry, hp: int, wq: int, rq: Requant, tile=DIRECT_TILE
                             for r in T.unroll(RT):
                                 for v in T.unroll(VT):
                                     acc[T.ramp((r * VT + v) * 8, 1, 8)] = acc[T.ramp((r * VT + v) * 8, 1, 8)] + \
-                                        T.call_llvm_pure_intrin(
-                                            "int32x8", _PMADDWD,
-                                            T.reinterpret("int16x16", T.broadcast(w[ob_(t), c2, kh, kw, r], 8)),
-                                            xp[n_(t), c2, oh_(t) * SH + kh * DH, (kw * DW) % SW,
-                                               T.ramp((ot_(t) * V + v * 8 + (kw * DW) // SW) * 2, 1, 16)])
+                                        product(w[ob_(t), c2, kh, kw, r],
+                                                xp[n_(t), c2, oh_(t) * SH + kh * DH, (kw * DW) % SW,
+                                                   T.ramp((ot_(t) * V + v * 8 + (kw * DW) // SW) * G, 1, 8 * G)])
                 for r in T.unroll(RT):
                     for v in T.unroll(VT):
                         if ob_(t) * RT + r < OC:
@@ -358,12 +383,9 @@ def dw_conv(g: ConvGeometry, hq: int, wq: int, rq: Requant, vt: int = 2):
 
 
 # -- u8 x s8 pairs (VPMADDUBSW), where no pair sum can saturate ------------------------------------------
-_PMADDUBSW = "llvm.x86.avx2.pmadd.ub.sw"
-
-
 def ubsw_weights(w: np.ndarray) -> np.ndarray:
     """int8 weights ``[OC, C, KH, KW]`` as ``[OC, KH * KW * C4]`` (C4: C padded to 4 with 0), the
-    reduction order of ``direct_conv_u8``: adjacent channels at one tap form a pair."""
+    reduction order of ``direct_conv(..., ubsw=True)``: adjacent channels at one tap form a pair."""
     oc, c, kh, kw = w.shape
     c4 = -(-c // 4) * 4
     out = np.zeros((oc, kh, kw, c4), np.int64)
@@ -372,7 +394,7 @@ def ubsw_weights(w: np.ndarray) -> np.ndarray:
 
 
 def ubsw_exact(w: np.ndarray, x_lo: int, x_hi: int) -> bool:
-    """Every ``VPMADDUBSW`` pair sum of ``direct_conv_u8`` (unsigned activations in
+    """Every ``VPMADDUBSW`` pair sum of ``direct_conv(..., ubsw=True)`` (unsigned activations in
     ``[x_lo, x_hi]``, int8 weights ``w``) lies in int16: the instruction cannot saturate and
     the u8 x s8 form is exact (``qgraph.quant.overflow.pair_sum_bounds``)."""
     from qgraph.quant.overflow import pair_sum_bounds
@@ -381,142 +403,3 @@ def ubsw_exact(w: np.ndarray, x_lo: int, x_hi: int) -> bool:
         return False
     lo, hi = pair_sum_bounds(ubsw_weights(w), x_lo, x_hi)
     return bool(lo.min() >= -(2**15) and hi.max() < 2**15)
-
-
-def pack_u8_weights(w: np.ndarray, rt: int) -> np.ndarray:
-    """int8 weights ``[OC, C, KH, KW]`` as int32 ``[OCp/rt, C4, KH, KW, rt]``: 4 channels' bytes per int32."""
-    oc, c, kh, kw = w.shape
-    c4 = -(-c // 4)
-    out = np.zeros((ceil_to(oc, rt), 4 * c4, kh, kw), np.int8)
-    out[:oc, :c] = w
-    out = out.reshape(-1, rt, c4, 4, kh, kw).transpose(0, 2, 4, 5, 1, 3)
-    return np.ascontiguousarray(out).view(np.int32).reshape(-1, c4, kh, kw, rt)
-
-
-def conv_pack_u8(g: ConvGeometry, x_zp: int, hp: int, wq: int):
-    """uint8 ``x [N, C, H, W]`` -> uint8 ``[N, C4, Hp, SW, Wq * 4]``: raw values, 4 channels per
-    column, ``x_zp`` in the pads and the missing channels (``x_zp - x_zp = 0``: the bias
-    correction ``-x_zp * sum(w)`` of ``direct_conv_u8`` then holds at every tap)."""
-    from tvm.script import tirx as T
-
-    N, C, H, W = g.n, g.c, g.h, g.w
-    C4 = -(-C // 4)
-    SW = g.strides[1]
-    PT, PL = g.pads
-    Hp, Wq = hp, wq
-    zp = int(x_zp)
-
-    def lo(ph):
-        return _phase_bounds(T, ph, SW, PL, W, Wq)[0]
-
-    def hi(ph):
-        return _phase_bounds(T, ph, SW, PL, W, Wq)[1]
-
-    def ok(c, ih):
-        return T.And(c < C, T.And(PT <= ih, ih < PT + H))
-
-    def val(x, n, c, ih, iw):
-        return x[n, T.min(c, C - 1), T.max(T.min(ih - PT, H - 1), 0), iw - PL]
-
-    @T.prim_func(check_well_formed=False)
-    def qdirect_pack_u8(x: T.Buffer((N, C, H, W), "uint8"), xp: T.Buffer((N, C4, Hp, SW, Wq * 4), "uint8")):
-        T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
-        with T.sblock("root"):
-            for ncr in T.parallel(N * C4 * Hp):
-                for ph in T.serial(SW):
-                    for q in T.serial(lo(ph) * 4):
-                        xp[ncr // (C4 * Hp), ncr // Hp % C4, ncr % Hp, ph, q] = T.uint8(zp)
-                    if T.And(ok(ncr // Hp % C4 * 4, ncr % Hp), ok(ncr // Hp % C4 * 4 + 3, ncr % Hp)):
-                        for q in T.serial(hi(ph) - lo(ph)):
-                            for t in T.unroll(4):
-                                xp[ncr // (C4 * Hp), ncr // Hp % C4, ncr % Hp, ph, (lo(ph) + q) * 4 + t] = val(
-                                    x, ncr // (C4 * Hp), ncr // Hp % C4 * 4 + t, ncr % Hp, (lo(ph) + q) * SW + ph)
-                    else:
-                        for q in T.serial(hi(ph) - lo(ph)):
-                            for t in T.unroll(4):
-                                xp[ncr // (C4 * Hp), ncr // Hp % C4, ncr % Hp, ph, (lo(ph) + q) * 4 + t] = \
-                                    T.if_then_else(ok(ncr // Hp % C4 * 4 + t, ncr % Hp),
-                                                   val(x, ncr // (C4 * Hp), ncr // Hp % C4 * 4 + t, ncr % Hp,
-                                                       (lo(ph) + q) * SW + ph), T.uint8(zp))
-                    for q in T.serial((Wq - hi(ph)) * 4):
-                        xp[ncr // (C4 * Hp), ncr // Hp % C4, ncr % Hp, ph, hi(ph) * 4 + q] = T.uint8(zp)
-
-    return qdirect_pack_u8
-
-
-def direct_conv_u8(g: ConvGeometry, hp: int, wq: int, rq: Requant, tile=DIRECT_TILE):
-    """``direct_conv`` on raw uint8 activations and int8 weights: per 8 output columns,
-    ``VPMADDUBSW`` (4 channels x 8 columns of bytes by one channel's 4 weight bytes) then
-    ``VPMADDWD`` by ones. ``rq.bias`` holds ``bias - x_zp * sum(w)`` (the zero point's share).
-    Exact only where ``ubsw_exact`` holds."""
-    from tvm.script import tirx as T
-
-    RT, VT = tile
-    V = LANES * VT
-    N, C, OC, KH, KW, OH, OW = g.n, g.c, g.oc, g.kh, g.kw, g.oh, g.ow
-    C4 = -(-C // 4)
-    SH, SW = g.strides
-    DH, DW = g.dilations
-    Hp, Wq = hp, wq
-    OT = -(-OW // V)
-    OCB = -(-OC // RT)
-    OCp = OCB * RT
-    mdt = str(rq.multiplier.dtype)
-    odt = rq.out_dtype
-
-    def epi(acc, b, m, h, s):
-        return _requant_expr(T, acc, None, m, h, s, rq)
-
-    def n_(t):
-        return t // (OCB * OT * OH)
-
-    def oh_(t):
-        return t // (OCB * OT) % OH
-
-    def ot_(t):
-        return t // OCB % OT
-
-    def ob_(t):
-        return t % OCB
-
-    @T.prim_func(check_well_formed=False)
-    def qdirect_conv_u8(xp: T.Buffer((N, C4, Hp, SW, Wq * 4), "uint8"), w: T.Buffer((OCB, C4, KH, KW, RT), "int32"),
-                        bias: T.Buffer((OCp,), "int32"), mult: T.Buffer((OCp,), mdt),
-                        half: T.Buffer((OCp,), "int64"), shift: T.Buffer((OCp,), "int64"),
-                        y: T.Buffer((N, OC, OH, OW), odt)):
-        T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
-        with T.sblock("root"):
-            for t in T.parallel(N * OH * OT * OCB):
-                acc = T.alloc_buffer((RT * V,), "int32", scope="global")
-                for i in T.unroll(RT * VT):
-                    acc[T.ramp(i * 8, 1, 8)] = T.broadcast(bias[ob_(t) * RT + i // VT], 8)
-                for c4 in T.serial(C4):
-                    for kh in T.unroll(KH):
-                        for kw in T.unroll(KW):
-                            for r in T.unroll(RT):
-                                for v in T.unroll(VT):
-                                    acc[T.ramp((r * VT + v) * 8, 1, 8)] = acc[T.ramp((r * VT + v) * 8, 1, 8)] + \
-                                        T.call_llvm_pure_intrin(
-                                            "int32x8", _PMADDWD,
-                                            T.call_llvm_pure_intrin(
-                                                "int16x16", _PMADDUBSW,
-                                                xp[n_(t), c4, oh_(t) * SH + kh * DH, (kw * DW) % SW,
-                                                   T.ramp((ot_(t) * V + v * 8 + (kw * DW) // SW) * 4, 1, 32)],
-                                                T.reinterpret("int8x32", T.broadcast(w[ob_(t), c4, kh, kw, r], 8))),
-                                            T.broadcast(T.int16(1), 16))
-                for r in T.unroll(RT):
-                    for v in T.unroll(VT):
-                        if ob_(t) * RT + r < OC:
-                            if ot_(t) * V + v * 8 + 8 <= OW:
-                                for l in T.vectorized(8):
-                                    y[n_(t), ob_(t) * RT + r, oh_(t), ot_(t) * V + v * 8 + l] = epi(
-                                        acc[(r * VT + v) * 8 + l], bias[ob_(t) * RT + r], mult[ob_(t) * RT + r],
-                                        half[ob_(t) * RT + r], shift[ob_(t) * RT + r])
-                            else:
-                                for l in T.serial(8):
-                                    if ot_(t) * V + v * 8 + l < OW:
-                                        y[n_(t), ob_(t) * RT + r, oh_(t), ot_(t) * V + v * 8 + l] = epi(
-                                            acc[(r * VT + v) * 8 + l], bias[ob_(t) * RT + r], mult[ob_(t) * RT + r],
-                                            half[ob_(t) * RT + r], shift[ob_(t) * RT + r])
-
-    return qdirect_conv_u8

@@ -185,10 +185,10 @@ def qconv(ctx: LowerContext):
     if kind == "direct_u8":
         tile = D.direct_tile(g.ow, ubsw=True)
         hp, wq = D.direct_extent(g, tile[1])
-        xp = _call(ctx, D.conv_pack_u8(g, x_zp, hp, wq), "qdirect_pack_ubsw", [x],
+        xp = _call(ctx, D.conv_pack(g, xdt, x_zp, hp, wq, ubsw=True), "qdirect_pack_ubsw", [x],
                    (g.n, -(-g.c // 4), hp, g.strides[1], wq * 4), "uint8")
-        wp = D.pack_u8_weights(wd.astype(np.int8), tile[0])
-        return _call(ctx, D.direct_conv_u8(g, hp, wq, rq, tile), "qdirect_conv_ubsw", [xp, ctx.const(wp)] + consts,
+        wp = D.pack_direct_weights(wd.astype(np.int8), tile[0], ubsw=True)
+        return _call(ctx, D.direct_conv(g, hp, wq, rq, tile, ubsw=True), "qdirect_conv_ubsw", [xp, ctx.const(wp)] + consts,
                      (g.n, g.oc, g.oh, g.ow), rq.out_dtype)
     if kind == "depthwise":
         vt = 2 if g.ow > K.LANES else 1
