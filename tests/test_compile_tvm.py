@@ -119,3 +119,18 @@ def test_readme_tvm_command_runs(monkeypatch, capsys):
     assert len(lines) == 1
     assert main(shlex.split(lines[0])[1:]) == 0
     assert "TVM cpu" in capsys.readouterr().out
+
+
+def test_compile_names_the_conv_forms(tmp_path, inputs_20, capsys):
+    """With 7-bit weights the digits convs run the exact u8 x s8 kernel, and compile says so
+    (with 8-bit weights it names the int16 form and how to reach the faster one); verify
+    still finds the build bit-exact with the reference."""
+    config = tmp_path / "rr.json"
+    config.write_text('{"reduce_range": true}')
+    out = tmp_path / "rr"
+    assert main(["compile", DIGITS, "--calib", CALIB, "-o", str(out), "--target", "cpu", "--batch-size", "8",
+                 "--config", str(config)]) == 0
+    said = capsys.readouterr().out
+    assert "qdirect_conv_ubsw x2" in said and "exact int16 pairs" not in said, said
+    assert main(["verify", str(out), "--inputs", inputs_20]) == 0
+    assert "reference vs TVM cpu: max 0 LSB, 100.00% exact" in capsys.readouterr().out

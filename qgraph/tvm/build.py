@@ -68,6 +68,7 @@ class Compiled:
     target: Target
     compile_seconds: float = 0.0
     load_seconds: float = 0.0
+    kernels: dict = field(default_factory=dict)  # qgraph kernel name -> call sites (``kernel_calls``)
     _vm: Any = field(default=None, repr=False)
     _call: Any = field(default=None, repr=False)
     _args: Any = field(default=None, repr=False)
@@ -234,7 +235,23 @@ def build(model: Model, target: "str | Target" = "cpu", *, input_shapes: Mapping
     ret = mod["main"].ret_ty
     specs = tuple(TensorSpec(n, str(t.dtype), tuple(int(d) for d in t.shape))
                   for n, t in zip(output_names(model, outputs), ret.fields))
-    return Compiled(executable, inputs, specs, tgt, seconds)
+    return Compiled(executable, inputs, specs, tgt, seconds, kernels=kernel_calls(mod))
+
+
+def kernel_calls(mod) -> dict[str, int]:
+    """``{qgraph kernel: call sites}`` in a lowered module's ``main`` (``qdirect_conv`` int16
+    pairs, ``qdirect_conv_ubsw`` u8 x s8, ``qdw_pconv``, ``qmatmul_gemm``, ``qlookup`` ...)."""
+    from tvm import relax
+
+    counts: dict[str, int] = {}
+    for block in mod["main"].body.blocks:
+        for binding in block.bindings:
+            call = binding.value
+            if isinstance(call, relax.Call) and call.args and isinstance(call.args[0], relax.GlobalVar):
+                name = call.args[0].name_hint.rstrip("0123456789")
+                if name.startswith("q"):
+                    counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def load(outdir: str) -> Compiled:
