@@ -123,8 +123,9 @@ U8_CASES = [
 ]
 
 
+@pytest.mark.parametrize("xdt", [np.uint8, np.int8])
 @pytest.mark.parametrize("case", range(len(U8_CASES)))
-def test_qconv_u8s8_pairs_where_no_pair_can_saturate(case):
+def test_qconv_u8s8_pairs_where_no_pair_can_saturate(case, xdt):
     """7-bit weights (``reduce_range``): every VPMADDUBSW pair sum of uint8 activations stays in
     int16, so the direct conv runs the u8 x s8 form (raw bytes, zero point in the pads, its
     share folded into the bias) and equals the reference bit for bit; one 8-bit weight pair
@@ -133,13 +134,15 @@ def test_qconv_u8s8_pairs_where_no_pair_can_saturate(case):
 
     xs, ws, strides, pads, dil = U8_CASES[case]
     rng = np.random.default_rng(200 + case)
-    x = rng.integers(0, 256, xs).astype(np.uint8)
-    x.reshape(-1)[:8], x.reshape(-1)[8:16] = 0, 255
+    info = np.iinfo(xdt)  # int8 activations run shifted to uint8 (x + 128, zero point + 128)
+    x = rng.integers(info.min, info.max + 1, xs).astype(xdt)
+    x.reshape(-1)[:8], x.reshape(-1)[8:16] = info.min, info.max
     w = rng.integers(-64, 65, ws).astype(np.int8)
     w[0, :2] = 64  # the worst pair: 255 * (64 + 64) = 32640 < 2**15
     oc = ws[0]
     attrs = {"strides": strides, "pads": pads, "dilations": dil, "kernel_shape": list(ws[2:]),
-             "x_zero_point": int(rng.integers(0, 256)), "w_zero_point": [0] * oc, **_requant(rng, oc, "uint8")}
+             "x_zero_point": int(rng.integers(info.min, info.max + 1)), "w_zero_point": [0] * oc,
+             **_requant(rng, oc, "uint8")}
     bias = rng.integers(-20000, 20000, oc).astype(np.int32)
     assert D.ubsw_exact(w, 0, 255)
     model = _one_node(l3.QConv, {"x": x}, {"w": w, "b": bias}, attrs, DType.UINT8)

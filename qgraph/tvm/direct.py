@@ -98,7 +98,8 @@ def _phase_bounds(T, ph, sw: int, pl: int, w: int, wq: int):
 
 def conv_pack(g: ConvGeometry, x_dtype: str, x_zp: int, hp: int, wq: int, ubsw: bool = False):
     """``x [N, C, H, W]`` -> int16 ``[N, C2, Hp, SW, Wq * 2]``: ``x - zp`` at channel pairs, 0 around;
-    ``ubsw``: uint8 ``x`` -> uint8 ``[N, C4, Hp, SW, Wq * 4]``: raw bytes of 4 channels per column,
+    ``ubsw``: uint8 ``x`` -> uint8 ``[N, C4, Hp, SW, Wq * 4]``: raw bytes of 4 channels per column
+    (int8 ``x``: ``x + 128``, with ``x_zp`` given as the int8 zero point + 128),
     ``zp`` around and in the missing channels (``zp - zp = 0``: the bias correction
     ``-zp * sum(w)`` of the u8 x s8 conv then holds at every tap).
 
@@ -130,7 +131,9 @@ def conv_pack(g: ConvGeometry, x_dtype: str, x_zp: int, hp: int, wq: int, ubsw: 
 
     def val(x, n, c, ih, iw):
         v = x[n, T.min(c, C - 1), T.max(T.min(ih - PT, H - 1), 0), iw - PL]
-        return v if ubsw else T.Cast("int16", v) - T.int16(zp)
+        if ubsw:  # int8 as uint8: v + 128 (the caller passes zp + 128)
+            return v if x_dtype == "uint8" else T.Cast("uint8", T.Cast("int32", v) + 128)
+        return T.Cast("int16", v) - T.int16(zp)
 
     @T.prim_func(check_well_formed=False)
     def qdirect_pack(x: T.Buffer((N, C, H, W), x_dtype), xp: T.Buffer((N, CG, Hp, SW, Wq * G), ODT)):

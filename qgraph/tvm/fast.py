@@ -11,7 +11,7 @@ bias. QConv: 2-D, ``group == 1`` (``direct``; ``gemm`` for 1x1 with ``GEMM_1X1``
 depthwise (``depthwise``), at least ``SMALL_MACS`` multiply-adds. QMatMul: a 2-D
 constant ``b`` and an activation of rank >= 2.
 
-A direct conv on uint8 activations whose int8 weights keep every ``VPMADDUBSW`` pair sum
+A direct conv on 8-bit activations (int8 ones shifted to uint8) whose int8 weights keep every ``VPMADDUBSW`` pair sum
 inside int16 for any input byte (``direct.ubsw_exact``; 7-bit weights, ``reduce_range``,
 always do) runs the u8 x s8 form instead (``direct_u8``): raw bytes, half the packed
 activation traffic and two multiplies per 32 products instead of one per 16 with half the
@@ -122,12 +122,14 @@ def _conv_plan(ctx: LowerContext):
     elif group == 1:
         kind = "direct"
         padded = None  # the tile depends on the output width
-        if UBSW and ctx.dtype(x) == "uint8" and D.ubsw_exact(wd, 0, 255):
-            # raw bytes: the zero point's share moves into the bias (where that still fits int32)
+        if UBSW and ctx.dtype(x) in ("uint8", "int8") and D.ubsw_exact(wd, 0, 255):
+            # raw bytes (int8 shifted by 128 to uint8, its zero point with it): the zero
+            # point's share moves into the bias (where that still fits int32)
+            u_zp = x_zp + (128 if ctx.dtype(x) == "int8" else 0)
             moved = (np.zeros(oc, np.int64) if bias is None else np.broadcast_to(bias, (oc,))) \
-                - x_zp * wd.reshape(oc, -1).sum(axis=1)
+                - u_zp * wd.reshape(oc, -1).sum(axis=1)
             if K.bias_fits_int32(moved):
-                kind, bias = "direct_u8", moved
+                kind, bias, x_zp = "direct_u8", moved, u_zp
     elif group == xs[1] and ws[1] == 1 and oc == group:
         kind = "depthwise"
         padded = oc
