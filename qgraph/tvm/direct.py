@@ -17,6 +17,11 @@ output columns read one contiguous 256-bit vector, whatever the stride:
 
 The exactness argument is that of ``qgraph.tvm.kernels``; requantization is the same fused
 epilogue (``kernels._requant_expr``).
+
+The conv has a second form (``ubsw=True``): raw bytes, 4 channels per column, ``VPMADDUBSW``
+then ``VPMADDWD`` by ones. ``VPMADDUBSW`` saturates its int16 pair sums, so it is emitted only
+where ``ubsw_exact`` proves that no pair can (7-bit weights always; 8-bit ones in practice
+never).
 """
 
 from __future__ import annotations
@@ -34,9 +39,9 @@ DIRECT_TILE = (6, 2)
 
 #: The u8 x s8 kernel's tile, whatever the width: its ``VPMADDWD`` by ones needs a register
 #: for the ones and one for the int16 products, so 6 x 2 (12 accumulators) spills. Kernel
-#: alone, 1 thread, GMAC/s for 6x2 / 5x2 / 4x2 / 8x1 on resnet50 layers (the kernel
-#: ``direct_conv(..., ubsw=True)`` timed on random data): 3x3 256ch 14x14 76.8 / 68.6 / 64.6 / 76.2,
-#: 3x3 64ch 56x56 73.1 / 75.8 / 64.1 / 86.6, 3x3 512ch 7x7 72.4 / 70.6 / 72.9 / 76.8.
+#: alone (``direct_conv(..., ubsw=True)`` on random data), 1 thread, GMAC/s for 6x2 / 5x2 /
+#: 4x2 / 8x1 on resnet50 layers: 3x3 256ch 14x14 76.8 / 68.6 / 64.6 / 76.2, 3x3 64ch 56x56
+#: 73.1 / 75.8 / 64.1 / 86.6, 3x3 512ch 7x7 72.4 / 70.6 / 72.9 / 76.8 (noise: about 10%).
 UBSW_TILE = (8, 1)
 
 
@@ -63,8 +68,9 @@ def direct_extent(g: ConvGeometry, vt: int) -> tuple[int, int]:
 
 
 def pack_direct_weights(wd: np.ndarray, rt: int, ubsw: bool = False) -> np.ndarray:
-    """Zero-point-shifted weights ``[OC, C, KH, KW]`` (int16 values) as int32 ``[OCp/rt, C2, KH, KW, rt]``
-    (a pair of int16 per int32); ``ubsw``: int8 values, 4 channels' bytes per int32 ``[OCp/rt, C4, ...]``."""
+    """Zero-point-shifted weights ``[OC, C, KH, KW]`` (int16 values) as int32
+    ``[OCp/rt, C2, KH, KW, rt]`` (a pair of int16 per int32); ``ubsw``: int8 values, 4
+    channels' bytes per int32, ``[OCp/rt, C4, KH, KW, rt]``."""
     g, dt = (4, np.int8) if ubsw else (2, np.int16)
     oc, c, kh, kw = wd.shape
     cg = -(-c // g)
@@ -165,9 +171,9 @@ def direct_conv(g: ConvGeometry, hp: int, wq: int, rq: Requant, tile=DIRECT_TILE
     """``y[n, oc, oh, ow] = requant(sum_{c2, kh, kw} w . xp + bias[oc])`` on the packed input.
 
     ``ubsw``: the u8 x s8 form on ``conv_pack(..., ubsw=True)``'s raw bytes and
-    ``pack_direct_weights(..., ubsw=True)``: per 8 output columns, ``VPMADDUBSW`` (4 channels x 8 columns of
-    bytes by one channel's 4 weight bytes) then ``VPMADDWD`` by ones; ``rq.bias`` holds
-    ``bias - x_zp * sum(w)``. Exact only where ``ubsw_exact`` holds."""
+    ``pack_direct_weights(..., ubsw=True)``: per 8 output columns, ``VPMADDUBSW`` (4 channels
+    x 8 columns of bytes by one channel's 4 weight bytes) then ``VPMADDWD`` by ones;
+    ``rq.bias`` holds ``bias - x_zp * sum(w)``. Exact only where ``ubsw_exact`` holds."""
     from tvm.script import tirx as T
 
     RT, VT = tile

@@ -11,11 +11,12 @@ bias. QConv: 2-D, ``group == 1`` (``direct``; ``gemm`` for 1x1 with ``GEMM_1X1``
 depthwise (``depthwise``), at least ``SMALL_MACS`` multiply-adds. QMatMul: a 2-D
 constant ``b`` and an activation of rank >= 2.
 
-A direct conv on 8-bit activations (int8 ones shifted to uint8) whose int8 weights keep every ``VPMADDUBSW`` pair sum
-inside int16 for any input byte (``direct.ubsw_exact``; 7-bit weights, ``reduce_range``,
-always do) runs the u8 x s8 form instead (``direct_u8``): raw bytes, half the packed
-activation traffic and two multiplies per 32 products instead of one per 16 with half the
-broadcasts; exact by that proof, the only place qgraph uses the saturating instruction.
+A direct conv on 8-bit activations (int8 ones shifted to uint8) whose int8 weights keep
+every ``VPMADDUBSW`` pair sum inside int16 for any input byte (``direct.ubsw_exact``; 7-bit
+weights, ``reduce_range``, always do) runs the u8 x s8 form instead (``direct_u8``): half the
+packed activation bytes, and 32 products per ``VPMADDUBSW`` + ``VPMADDWD`` against 16 per
+``VPMADDWD``, so half the weight broadcasts per product. It is exact by that proof: the only
+place qgraph uses the saturating instruction.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ SMALL_MACS = 65536
 GEMM_1X1 = False
 #: Matmul weights that fit int8 are stored as int8 and widened on load (half the traffic).
 INT8_WEIGHTS = True
-#: Direct convs on uint8 activations whose ``VPMADDUBSW`` pair sums provably stay in int16
+#: Direct convs on 8-bit activations whose ``VPMADDUBSW`` pair sums provably stay in int16
 #: (``direct.ubsw_exact``: 7-bit weights, ``reduce_range``) run the u8 x s8 form.
 UBSW = True
 
@@ -190,8 +191,8 @@ def qconv(ctx: LowerContext):
         xp = _call(ctx, D.conv_pack(g, xdt, x_zp, hp, wq, ubsw=True), "qdirect_pack_ubsw", [x],
                    (g.n, -(-g.c // 4), hp, g.strides[1], wq * 4), "uint8")
         wp = D.pack_direct_weights(wd.astype(np.int8), tile[0], ubsw=True)
-        return _call(ctx, D.direct_conv(g, hp, wq, rq, tile, ubsw=True), "qdirect_conv_ubsw", [xp, ctx.const(wp)] + consts,
-                     (g.n, g.oc, g.oh, g.ow), rq.out_dtype)
+        return _call(ctx, D.direct_conv(g, hp, wq, rq, tile, ubsw=True), "qdirect_conv_ubsw",
+                     [xp, ctx.const(wp)] + consts, (g.n, g.oc, g.oh, g.ow), rq.out_dtype)
     if kind == "depthwise":
         vt = 2 if g.ow > K.LANES else 1
         hq, wq = D.dw_extent(g, vt)
