@@ -292,7 +292,7 @@ def _qadd_int32(ctx: LowerContext, a, b):
     if None in bounds or shift.size != 1:
         return None
     plan = int32_sum_plan([_int(ctx, "a_multiplier"), _int(ctx, "b_multiplier")], int(shift[0]), bounds)
-    if plan is None:
+    if plan is None or not any(plan.hi + plan.lo):  # all-zero multipliers: no tensor term to shape the output
         return None
     xs = []
     for x, zp in ((a, za), (b, zb)):
