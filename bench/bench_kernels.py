@@ -2,9 +2,11 @@
 
     python bench/bench_kernels.py [--runs 21] [--threads 1 2] [--ops NAME ...] [--no-default]
 
-Each op is a one-node model with the shapes of a real layer (PP-OCRv4 rec, the digits CNN);
-random 8-bit data, per-channel int8 weights. Side by side in one process, interleaved
-(one run of each implementation per round, ``--runs`` rounds), medians in microseconds:
+Each op is a one-node model with the shapes of a real layer (PP-OCRv4 rec, light_resnet50,
+the digits CNN); random 8-bit data, per-channel int8 weights (so qgraph's convs take the
+int16-pair form). Side by side in one process, interleaved (per round, each implementation
+runs once untimed, so the previous one's spinning pool threads settle, then once timed;
+``--runs`` rounds), medians in microseconds:
 
     qgraph     the L3 op built by ``qgraph.tvm.build`` (fast kernels, the default here)
     default    the same with ``kernels="default"`` (TVM's default lowering, untuned)
@@ -147,7 +149,6 @@ def ort_session(model, threads):
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as in bench_tvm: no stolen cores
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
     return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
 
@@ -176,6 +177,7 @@ def interleaved(runners: dict, runs: int) -> dict:
         f(), f()
     for _ in range(runs):
         for k, f in runners.items():
+            f()  # untimed, as in bench_tvm: the previous runner's spinning pool threads settle
             t0 = time.perf_counter()
             f()
             times[k].append(time.perf_counter() - t0)
