@@ -217,7 +217,6 @@ def bench_digits(threads, runs, with_default):
         fmodel = onnx.load(os.path.join(REPO, "golden", "models", "digits_cnn.onnx"))
         for bs in (1, 64):
             x = np.ascontiguousarray(data["input"][:bs])
-            feeds = {"input": x}
             import tvm
 
             from qgraph import tvm as qtvm

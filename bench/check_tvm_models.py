@@ -116,19 +116,6 @@ def samples(name: str, path: str, n: int, seed: int) -> list[dict[str, np.ndarra
     return out
 
 
-def _after_float_op(model) -> set[str]:
-    """Values computed from the result of a float fallback op (Dequantize is exact)."""
-    from qgraph.ir import DType, l3
-
-    tainted: set[str] = set()
-    for node in model.graph:
-        float_op = node.op not in l3.INTEGER_OPS and any(
-            o is not None and o.dtype in (DType.FLOAT, DType.FLOAT16, DType.DOUBLE) for o in node.outputs)
-        if float_op or any(v is not None and v.name in tainted for v in node.inputs):
-            tainted.update(o.name for o in node.outputs if o is not None)
-    return tainted
-
-
 def _diff(r: np.ndarray, g: np.ndarray) -> dict:
     if r.dtype.kind in "iu":
         d = np.abs(r.astype(np.int64) - g.astype(np.int64))
@@ -142,6 +129,7 @@ def _diff(r: np.ndarray, g: np.ndarray) -> dict:
 def check_one(name: str, intermediates: str = "always", first: int = 8, static: bool = False) -> dict:
     from qgraph import tvm as qtvm
     from qgraph.api import quantize
+    from qgraph.ir import l3
     from qgraph.reference import Interpreter
 
     path = model_path(name)
@@ -194,7 +182,7 @@ def check_one(name: str, intermediates: str = "always", first: int = 8, static: 
     call = qtvm.build(q.integer, "cpu", input_shapes=shapes, outputs=everything).warm()
     res["all_values_compile_s"] = round(time.perf_counter() - t, 2)
     interp = Interpreter(q.integer)
-    tainted = _after_float_op(q.integer)
+    tainted = l3.after_float_ops(q.integer.graph)
     dtypes = {}
     stats = {"int_values": 0, "int_differ_clean": 0, "int_differ_after_float": 0, "flips_1lsb_after_float": 0,
              "elements_1lsb_after_float": 0, "over_1lsb_after_float": 0, "float_values": 0, "float_differ": 0}

@@ -17,6 +17,29 @@ def run_pipeline(model, text, reg=None):
     return PassManager((reg or registry()).parse(text), PassContext(verify_each=True)).run(model)
 
 
+def one_node_model(op, feeds, consts=(), attrs=None, out_dtype=None, name="n", n_out=1):
+    """A one-node model (opsets "" 21, qgraph 1): ``feeds`` (name -> array) are graph inputs,
+    ``consts`` initializers (None: an absent optional input); outputs ``y``, ``y1``, ...
+    of ``out_dtype`` (default uint8)."""
+    from qgraph.ir import DType, Graph, Model, Node, TensorType, Value
+    from qgraph.ir.dtypes import from_numpy
+
+    g = Graph("g")
+    ins = []
+    for k, a in feeds.items():
+        v = Value(k, TensorType(from_numpy(a.dtype), tuple(a.shape)))
+        g.inputs.append(v)
+        ins.append(v)
+    for k, a in dict(consts).items():
+        ins.append(None if a is None else g.add_initializer(k, a))
+    out_dtype = DType.UINT8 if out_dtype is None else out_dtype
+    outs = [Value(f"y{i}" if i else "y", TensorType(out_dtype, None)) for i in range(n_out)]
+    g.append(Node(op, ins, outs, attrs or {}, name=name))
+    for o in outs:
+        g.outputs.append(o)
+    return Model(g, {"": 21, "qgraph": 1})
+
+
 def graph_text(model) -> str:
     """The model's text without the opset header, for before / expected comparisons."""
     return print_model(model).split("\n", 1)[1]

@@ -17,33 +17,18 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from qgraph.ir import DType, Graph, Model, Node, TensorType, Value, l3, ops
+from qgraph.ir import DType, l3, ops
 from qgraph.quant.fixedpoint import fixed_point_multiplier, shared_shift_multipliers
 from qgraph.quant.params import choose_params, choose_weight_params, quantize, quantize_bias
 from qgraph.reference import AccumulatorOverflowError, Interpreter, InterpreterError, run
+
+from conftest import one_node_model
 from qgraph.testing.ort import session
 
 U8, I8, I32, F32 = DType.UINT8, DType.INT8, DType.INT32, DType.FLOAT
 
 
-def build(op, feeds, consts=(), attrs=None, out_dtype=U8, name="n", n_out=1):
-    """A one-node model: ``feeds`` (name -> array) are graph inputs, ``consts`` initializers."""
-    from qgraph.ir.dtypes import from_numpy
-
-    g = Graph("g")
-    ins = []
-    for k, a in feeds.items():
-        v = Value(k, TensorType(from_numpy(a.dtype), tuple(a.shape)))
-        g.inputs.append(v)
-        ins.append(v)
-    for k, a in dict(consts).items():
-        ins.append(None if a is None else g.add_initializer(k, a))
-    outs = [Value(f"y{i}" if i else "y", TensorType(out_dtype, None)) for i in range(n_out)]
-    node = Node(op, ins, outs, attrs or {}, name=name)
-    g.append(node)
-    for o in outs:
-        g.outputs.append(o)
-    return Model(g, {"": 21, "qgraph": 1})
+build = one_node_model  # tests/conftest.py
 
 
 def rq(acc: int, m: int, s: int) -> int:

@@ -17,9 +17,10 @@ import tarfile
 import numpy as np
 import pytest
 
-from qgraph.ir import DType, Graph, Model, Node, TensorType, Value, l3, ops
-from qgraph.ir.dtypes import from_numpy
+from qgraph.ir import DType, l3, ops
 from qgraph.reference import Interpreter
+
+from conftest import one_node_model
 
 import qgraph.tvm as qtvm
 from qgraph import targets  # noqa: E402
@@ -54,20 +55,9 @@ def _test_feeds(model, stem):
     return {v.name: data[v.name] for v in model.graph.inputs}
 
 
-def _after_float_op(model) -> set[str]:
-    """Values computed from the result of a float fallback op (not Dequantize: it is exact)."""
-    tainted: set[str] = set()
-    for node in model.graph:
-        float_op = node.op not in l3.INTEGER_OPS and any(
-            o is not None and o.dtype in (DType.FLOAT, DType.FLOAT16, DType.DOUBLE) for o in node.outputs)
-        if float_op or any(v is not None and v.name in tainted for v in node.inputs):
-            tainted.update(o.name for o in node.outputs if o is not None)
-    return tainted
-
-
 def _compare(model, got, ref, names):
     """Exact for integer values with no float op upstream; else <= 1 LSB / float tolerance."""
-    tainted = _after_float_op(model)
+    tainted = l3.after_float_ops(model.graph)
     problems = []
     for n in names:
         r, g = ref[n], got[n]
@@ -114,19 +104,7 @@ def test_digits_deployed_form_equals_reference(quantized):
 
 
 # -- single-op models: the forms the golden models do not reach ----------------------------------
-def _one_node(op, feeds, consts=(), attrs=None, out_dtype=DType.UINT8):
-    g = Graph("g")
-    ins = []
-    for k, a in feeds.items():
-        v = Value(k, TensorType(from_numpy(a.dtype), tuple(a.shape)))
-        g.inputs.append(v)
-        ins.append(v)
-    for k, a in dict(consts).items():
-        ins.append(None if a is None else g.add_initializer(k, a))
-    out = Value("y", TensorType(out_dtype, None))
-    g.append(Node(op, ins, [out], attrs or {}, name="n"))
-    g.outputs.append(out)
-    return Model(g, {"": 21, "qgraph": 1})
+_one_node = one_node_model  # tests/conftest.py
 
 
 def _same_as_reference(model, feeds):

@@ -12,9 +12,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qgraph.ir import DType, Graph, Model, Node, TensorType, Value, l3
+from qgraph.ir import DType, l3
 from qgraph.ir.dtypes import from_numpy
 from qgraph.reference import Interpreter
+
+from conftest import one_node_model
 
 tvm = pytest.importorskip("tvm")
 qtvm = pytest.importorskip("qgraph.tvm")
@@ -32,19 +34,7 @@ def _no_small_op_cutoff(monkeypatch):
     monkeypatch.setattr(fast, "SMALL_MACS", 0)
 
 
-def _one_node(op, feeds, consts, attrs, out_dtype):
-    g = Graph("g")
-    ins = []
-    for k, a in feeds.items():
-        v = Value(k, TensorType(from_numpy(a.dtype), tuple(a.shape)))
-        g.inputs.append(v)
-        ins.append(v)
-    for k, a in consts.items():
-        ins.append(g.add_initializer(k, a))
-    out = Value("y", TensorType(out_dtype, None))
-    g.append(Node(op, ins, [out], attrs, name="n"))
-    g.outputs.append(out)
-    return Model(g, {"": 21, "qgraph": 1})
+_one_node = one_node_model  # tests/conftest.py
 
 
 def _kernels(model) -> set[str]:

@@ -24,6 +24,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 import qgraph.tvm as qtvm
+from qgraph.ir import l3
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -56,7 +57,7 @@ def _check(name: str, static: bool = True) -> None:
     names = [o.name for node in q.integer.graph for o in node.outputs if o is not None]
     compiled = qtvm.build(q.integer, "cpu", input_shapes=shapes, outputs=outs + [n for n in names if n not in outs])
     interp = Interpreter(q.integer)
-    tainted = bench._after_float_op(q.integer)
+    tainted = l3.after_float_ops(q.integer.graph)
     problems = []
     for feeds in tests:
         got = compiled.run(feeds)

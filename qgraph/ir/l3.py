@@ -106,3 +106,19 @@ INTEGER_OPS: frozenset[OpId] = frozenset({
 
 #: Attributes every requantizing op carries.
 REQUANT_ATTRS = ("multiplier", "shift", "y_zero_point", "y_qmin", "y_qmax")
+
+
+def after_float_ops(graph) -> set[str]:
+    """Names of the values computed from the result of a float fallback op (any non-L3 op with
+    a float output; not Dequantize, which is exact). A backend's float kernels may differ from
+    numpy's in the last bits, so a Quantize downstream of one may differ by 1 LSB: the values
+    where bit-exactness with the reference is not promised."""
+    from qgraph.ir.dtypes import DType
+
+    floats = (DType.FLOAT, DType.FLOAT16, DType.DOUBLE)
+    tainted: set[str] = set()
+    for node in graph:
+        float_op = node.op not in INTEGER_OPS and any(o is not None and o.dtype in floats for o in node.outputs)
+        if float_op or any(v is not None and v.name in tainted for v in node.inputs):
+            tainted.update(o.name for o in node.outputs if o is not None)
+    return tainted

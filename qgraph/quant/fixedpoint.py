@@ -91,14 +91,20 @@ def fixed_point_multiplier(real, *, acc_bound: int = 2**31 - 1, bits: int = 31) 
     return FixedPointMultiplier(m, s)
 
 
+def rounding_half(shift) -> np.ndarray:
+    """The rounding term ``2**(shift - 1)`` (0 for shift 0) added before ``>> shift``, int64;
+    the kernels that generate the shift take it from here too."""
+    shift = np.asarray(shift, dtype=np.int64)
+    return np.where(shift > 0, np.left_shift(np.int64(1), np.maximum(shift - 1, 0)), 0).astype(np.int64)
+
+
 def rounding_shift(x, shift) -> np.ndarray:
     """``round_half_up(x / 2**shift)`` for int64 ``x`` and ``shift`` in [0, 62] (broadcasting)."""
     x = np.asarray(x, dtype=np.int64)
     shift = np.asarray(shift, dtype=np.int64)
     if shift.size and (shift.min() < 0 or shift.max() > MAX_SHIFT):
         raise ValueError(f"shift must lie in [0, {MAX_SHIFT}]")
-    half = np.where(shift > 0, np.left_shift(np.int64(1), np.maximum(shift - 1, 0)), 0)
-    return np.right_shift(x + half, shift)
+    return np.right_shift(x + rounding_half(shift), shift)
 
 
 def requantize(acc, multiplier, shift) -> np.ndarray:

@@ -334,7 +334,7 @@ def dw_conv(g: ConvGeometry, hq: int, wq: int, rq: Requant, vt: int = 2):
     """Depthwise conv on the pair-packed input: one ``VPMADDWD`` per two vertical taps."""
     from tvm.script import tirx as T
 
-    N, C, KH, KW, OH, OW = g.n, g.c, g.kh, g.kw, g.oh, g.ow
+    N, C, KW, OH, OW = g.n, g.c, g.kw, g.oh, g.ow
     KH2 = dw_kh2(g)
     ALIGNED, RS, _ = dw_pairs(g)
     P = 2 if ALIGNED else 1

@@ -45,10 +45,12 @@ def _range_fits(lo: int, hi: int) -> bool:
 
 
 def _act_range(ctx: LowerContext, x, zp: int) -> tuple[int, int] | None:
-    dt = np.dtype(ctx.dtype(x))
-    if dt.kind not in "iu" or dt.itemsize != 1:
+    """[lo, hi] of ``x - zp`` for an activation of 8-bit integer storage, else None."""
+    from qgraph.tvm.integer import _shifted_range
+
+    if np.dtype(ctx.dtype(x)).kind not in "iu":
         return None
-    return int(np.iinfo(dt).min) - zp, int(np.iinfo(dt).max) - zp
+    return _shifted_range(ctx, x, zp, 1)
 
 
 def _exact_pairs(xr: tuple[int, int], wd: np.ndarray) -> bool:

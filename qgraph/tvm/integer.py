@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 
+from qgraph.quant.fixedpoint import rounding_half
 from qgraph.tvm.context import LowerContext
 
 _INT16 = (-(2**15), 2**15 - 1)
@@ -90,7 +91,7 @@ def requantize(ctx: LowerContext, acc, multiplier: np.ndarray, shift: np.ndarray
     if not (m.size == 1 and int(m.reshape(-1)[0]) == 1):  # QAdd's sum is already multiplied
         y = ctx.emit(relax.op.multiply(y, ctx.const(m, "int64")))
     if s.any():
-        half = np.where(s > 0, np.left_shift(np.int64(1), np.maximum(s - 1, 0)), 0).astype(np.int64)
+        half = rounding_half(s)
         y = ctx.emit(relax.op.add(y, ctx.const(half, "int64")))
         y = ctx.emit(relax.op.right_shift(y, ctx.const(s, "int64")))
     return clip_to(ctx, y, zero_point, qmin, qmax)
@@ -111,18 +112,23 @@ def _requant_attrs(ctx: LowerContext, channels: int | None):
             _int(ctx, "y_zero_point"), _int(ctx, "y_qmin"), _int(ctx, "y_qmax"))
 
 
+def _shifted_range(ctx: LowerContext, x, zero_point, max_itemsize: int) -> tuple[int, int] | None:
+    """[lo, hi] of ``x - zero_point``: from the values of a constant, from the storage type of a
+    tensor (None for a tensor stored wider than ``max_itemsize`` bytes)."""
+    zp = np.asarray(zero_point, np.int64)
+    if isinstance(x, np.ndarray):
+        d = x.astype(np.int64) - zp
+        return (int(d.min()), int(d.max())) if d.size else (0, 0)
+    dt = np.dtype(ctx.dtype(x))
+    if dt.itemsize > max_itemsize:
+        return None
+    return int(np.iinfo(dt).min - zp.max()), int(np.iinfo(dt).max - zp.min())
+
+
 def _operand_dtype(ctx: LowerContext, x, zero_point) -> str:
     """int16 when ``x - zero_point`` provably fits it (8-bit storage), else int32."""
-    if isinstance(x, np.ndarray):
-        d = x.astype(np.int64) - np.asarray(zero_point, np.int64)
-        lo, hi = (int(d.min()), int(d.max())) if d.size else (0, 0)
-    else:
-        dt = np.dtype(ctx.dtype(x))
-        if dt.itemsize > 1:
-            return "int32"
-        zp = np.asarray(zero_point, np.int64)
-        lo, hi = int(np.iinfo(dt).min - zp.max()), int(np.iinfo(dt).max - zp.min())
-    return "int16" if _INT16[0] <= lo and hi <= _INT16[1] else "int32"
+    r = _shifted_range(ctx, x, zero_point, 1)
+    return "int16" if r is not None and _INT16[0] <= r[0] and r[1] <= _INT16[1] else "int32"
 
 
 # -- float boundaries ----------------------------------------------------------------------------
@@ -197,8 +203,6 @@ def pad_spatial(ctx: LowerContext, x, begin, end, value=0.0):
 
 def qconv(ctx: LowerContext):
     """``QConv(x, w, [bias])``: padded, strided, dilated, grouped; per-channel requantization."""
-    from tvm import relax
-
     from qgraph.tvm import fast
 
     y = fast.qconv(ctx)
@@ -266,16 +270,9 @@ def qmatmul(ctx: LowerContext):
 
 # -- elementwise ---------------------------------------------------------------------------------
 def _shifted_bound(ctx: LowerContext, x, zero_point) -> int | None:
-    """A bound on ``|x - zero_point|``: from the values of a constant, from the storage type of
-    a tensor (None for a tensor wider than 16 bits)."""
-    if isinstance(x, np.ndarray):
-        d = x.astype(np.int64) - np.asarray(zero_point, np.int64)
-        return int(np.abs(d).max()) if d.size else 0
-    dt = np.dtype(ctx.dtype(x))
-    if dt.itemsize > 2:
-        return None
-    zp = int(zero_point)
-    return max(abs(int(np.iinfo(dt).min) - zp), abs(int(np.iinfo(dt).max) - zp))
+    """A bound on ``|x - zero_point|`` (``_shifted_range``; None for storage wider than 16 bits)."""
+    r = _shifted_range(ctx, x, zero_point, 2)
+    return None if r is None else max(abs(r[0]), abs(r[1]))
 
 
 def _qadd_int32(ctx: LowerContext, a, b):

@@ -44,6 +44,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from qgraph.quant.fixedpoint import rounding_half
+
 #: int32 lanes of one 256-bit vector.
 LANES = 8
 #: Register tile of the conv GEMM: RT output channels x VT vectors of 8 pixels.
@@ -98,7 +100,7 @@ class Requant:
                     and out_dtype in ("int8", "uint8", "int16", "uint16"))
         if hi32:
             s[channels:] = 32  # padded lanes: a valid shift (their results are never stored)
-        half = np.where(s > 0, np.left_shift(np.int64(1), np.maximum(s - 1, 0)), 0).astype(np.int64)
+        half = rounding_half(s)
         return cls(b.astype(np.int32), m.astype(m_dtype), half, s, int(zero_point), int(qmin), int(qmax), out_dtype,
                    hi32)
 
