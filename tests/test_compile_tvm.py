@@ -131,6 +131,6 @@ def test_compile_names_the_conv_forms(tmp_path, inputs_20, capsys):
     assert main(["compile", DIGITS, "--calib", CALIB, "-o", str(out), "--target", "cpu", "--batch-size", "8",
                  "--config", str(config)]) == 0
     said = capsys.readouterr().out
-    assert "qdirect_conv_ubsw x2" in said and "exact int16 pairs" not in said, said
+    assert "qdirect_conv_ubsw x3" in said and "exact int16 pairs" not in said, said  # all three convs
     assert main(["verify", str(out), "--inputs", inputs_20]) == 0
     assert "reference vs TVM cpu: max 0 LSB, 100.00% exact" in capsys.readouterr().out

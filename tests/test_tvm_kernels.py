@@ -79,6 +79,12 @@ CONV_CASES = [
     ((1, 6, 9, 19), (6, 1, 2, 2), [2, 2], [0, 0, 1, 1], [1, 1], 6, "int8"),
     ((1, 5, 11, 40), (5, 1, 5, 5), [2, 1], [2, 2, 2, 2], [1, 1], 5, "uint8"),    # rec's dw 5x5 (2, 1)
     ((1, 6, 8, 11), (6, 1, 4, 3), [1, 1], [1, 2, 2, 1], [1, 1], 6, "int8"),     # even kernel height, stride 1
+    # direct conv on a folded batch (rows narrower than a vector): the digits CNN's 4x4 and 2x2
+    # layers, a column stride of 3 with row dilation and asymmetric pads, a segment wider than OW + pads
+    ((5, 8, 8, 8), (16, 8, 3, 3), [2, 2], [1, 1, 1, 1], [1, 1], 1, "uint8"),
+    ((3, 6, 4, 4), (10, 6, 3, 3), [2, 2], [1, 1, 1, 1], [1, 1], 1, "int8"),
+    ((4, 5, 7, 5), (7, 5, 2, 3), [1, 3], [0, 2, 1, 1], [2, 1], 1, "uint8"),
+    ((2, 3, 5, 6), (9, 3, 3, 1), [1, 1], [1, 0, 1, 0], [1, 1], 1, "int8"),
 ]
 
 
@@ -110,6 +116,7 @@ U8_CASES = [
     ((1, 3, 11, 13), (16, 3, 3, 3), [2, 2], [1, 1, 1, 1], [1, 1]),
     ((1, 16, 6, 17), (21, 16, 1, 1), [1, 1], [0, 0, 0, 0], [1, 1]),
     ((1, 4, 12, 19), (6, 4, 5, 5), [2, 3], [2, 2, 2, 2], [1, 1]),
+    ((6, 8, 4, 4), (12, 8, 3, 3), [2, 2], [1, 1, 1, 1], [1, 1]),  # a folded batch
 ]
 
 
@@ -144,6 +151,64 @@ def test_qconv_u8s8_pairs_where_no_pair_can_saturate(case, xdt):
         model = _one_node(l3.QConv, {"x": x}, {"w": w2, "b": bias}, attrs, DType.UINT8)
         assert "qdirect_conv_ubsw" not in _kernels(model)
         _check(model, {"x": x}, {"qdirect_conv"})
+
+
+def test_a_batch_of_narrow_rows_folds_into_one_row():
+    """Where an output row is narrower than a vector, the batch's images share one packed row
+    (each in a segment of its padded width over the stride): the digits CNN at batch 64 fills
+    2 of 3 lanes in its 2x2 layer instead of 2 of 8; a single image, or rows that fill whole
+    vectors, do not fold."""
+    from qgraph.tvm import direct as D
+    from qgraph.tvm.kernels import ConvGeometry
+
+    def geom(n, c, h, w, oc, k, oh, ow, s, p):
+        return ConvGeometry(n, c, h, w, oc, k, k, oh, ow, (s, s), (1, 1), (p, p))
+
+    conv3 = geom(64, 16, 4, 4, 32, 3, 2, 2, 2, 1)   # pads 1 + 4 + 1: 6 columns, 3 per phase
+    assert (D.seg_cols(conv3), D.batch_fold(conv3), D.row_cols(conv3, 64)) == (3, 64, 192)
+    conv2 = geom(64, 8, 8, 8, 16, 3, 4, 4, 2, 1)
+    assert (D.seg_cols(conv2), D.batch_fold(conv2)) == (5, 64)
+    assert D.batch_fold(geom(1, 16, 4, 4, 32, 3, 2, 2, 2, 1)) == 1          # one image
+    assert D.batch_fold(geom(8, 64, 16, 16, 64, 3, 16, 16, 1, 1)) == 1      # 16 columns: whole vectors
+    assert D.batch_fold(geom(8, 512, 7, 7, 512, 3, 7, 7, 1, 1)) == 1        # 9 per segment > 8 lanes
+
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 256, (6, 16, 4, 4)).astype(np.uint8)
+    w = rng.integers(-128, 128, (32, 16, 3, 3)).astype(np.int8)
+    attrs = {"strides": [2, 2], "pads": [1, 1, 1, 1], "kernel_shape": [3, 3], "x_zero_point": 7,
+             "w_zero_point": [0], **_requant(rng, 32, "uint8")}
+    model = _one_node(l3.QConv, {"x": x}, {"w": w}, attrs, DType.UINT8)
+    main = qtvm.lower(model)["main"]
+    text = main.script()
+    assert "R.permute_dims" in text and "(1, 32, 2, 18)" in text, text  # one row of 6 segments of 3
+    _check(model, {"x": x}, {"qdirect_conv"})
+
+
+def test_few_channel_convs_fold_their_row_taps_into_channels():
+    """A conv on 1-3 channels (a stem) packs its row taps as channels: the digits CNN's first
+    layer (1 channel, 3x3) fills its u8 x s8 columns 3/4 instead of 1/4. The CONV_CASES and
+    U8_CASES on 3, 5 and 7 channels check the values; here the choice and the layout."""
+    from qgraph.tvm import direct as D
+    from qgraph.tvm.kernels import ConvGeometry
+
+    stem = ConvGeometry(1, 3, 224, 224, 64, 7, 7, 112, 112, (2, 2), (1, 1), (3, 3))
+    assert D.tap_fold_pays(stem)
+    rng = np.random.default_rng(3)
+    w = rng.integers(-9, 10, (64, 3, 7, 7))
+    g, wf = D.fold_taps(stem, w)
+    assert (g.c, g.kh, g.kw, g.w, g.strides, g.pads) == (21, 7, 1, 112, (2, 1), (3, 0))
+    assert np.array_equal(wf[:, 2 * 3 + 1, :, 0], w[:, 1, :, 2])  # tap kw=2 of channel 1
+    assert not D.tap_fold_pays(ConvGeometry(1, 64, 56, 56, 64, 3, 3, 56, 56, (1, 1), (1, 1), (1, 1)))
+    assert not D.tap_fold_pays(ConvGeometry(1, 2, 9, 9, 8, 3, 3, 9, 9, (1, 1), (1, 1), (1, 1)))  # 3 pairs either way
+
+    x = rng.integers(0, 256, (2, 1, 8, 8)).astype(np.uint8)
+    w1 = rng.integers(-60, 61, (8, 1, 3, 3)).astype(np.int8)
+    attrs = {"pads": [1, 1, 1, 1], "kernel_shape": [3, 3], "x_zero_point": 3, "w_zero_point": [0],
+             **_requant(rng, 8, "uint8")}
+    model = _one_node(l3.QConv, {"x": x}, {"w": w1}, attrs, DType.UINT8)
+    text = qtvm.lower(model)["main"].script()
+    assert "qtap_pack" in text and "(2, 3, 8, 8)" in text, text
+    _check(model, {"x": x}, {"qdirect_conv_ubsw"})
 
 
 def test_qconv_1x1_on_the_im2col_gemm(monkeypatch):

@@ -15,6 +15,13 @@ output columns read one contiguous 256-bit vector, whatever the stride:
   rows (``dw_pairs``), so one ``VPMADDWD`` does two taps (weight pairs per row phase, 0
   outside the kernel).
 
+Batch folding (``batch_fold``): where an output row is narrower than a vector (the digits
+CNN's 4x4 and 2x2 layers: 8 lanes for 4 or 2 columns), the images of the batch are packed
+side by side into one wide row, each in a segment of ``Qs`` columns per phase (``seg_cols``:
+its padded width over the stride), and the kernel computes the wide row; columns past ``OW``
+in a segment are computed and not stored. A 2x2 output at stride 2 then fills 2 of every 3
+lanes where it filled 2 of 8, and the tasks are a few long rows, not one per image.
+
 The exactness argument is that of ``qgraph.tvm.kernels``; requantization is the same fused
 epilogue (``kernels._requant_expr``).
 
@@ -30,7 +37,7 @@ import math
 
 import numpy as np
 
-from qgraph.tvm.kernels import LANES, ConvGeometry, Requant, _requant_expr, ceil_to
+from qgraph.tvm.kernels import LANES, ConvGeometry, Requant, _requant_expr, ceil_to, task_loop
 
 #: Register tile of the direct conv: RT output channels x VT vectors of 8 output columns
 #: (at most 16 ymm registers: RT * VT accumulators, VT input vectors, one broadcast weight).
@@ -59,9 +66,74 @@ _PMADDWD = "llvm.x86.avx2.pmadd.wd"
 _PMADDUBSW = "llvm.x86.avx2.pmadd.ub.sw"
 
 
-def direct_extent(g: ConvGeometry, vt: int) -> tuple[int, int]:
+def tap_fold_pays(g: ConvGeometry) -> bool:
+    """Whether a conv with few input channels packs fewer columns (pairs of int16) with its row
+    taps folded into the channels (``fold_taps``): 1 channel x 3 taps is 3 half-empty pairs,
+    and 2 pairs folded; a 7x7 stem on 3 channels is 14 pairs per kernel row, and 11 folded."""
+    return g.kw > 1 and -(-g.c * g.kw // 2) < -(-g.c // 2) * g.kw
+
+
+def fold_taps(g: ConvGeometry, wd: np.ndarray) -> tuple[ConvGeometry, np.ndarray]:
+    """The conv on ``x`` with its row taps as channels: channel ``kw * C + c`` of the input
+    ``[N, KW * C, H, OW]`` holds ``x[c]`` at column ``ow * SW + kw * DW - PL`` (the zero point
+    outside), so the conv becomes ``KH x 1`` at column stride 1, without column pads; its
+    weights ``w'[oc, kw * C + c, kh, 0] = w[oc, c, kh, kw]``."""
+    folded = ConvGeometry(g.n, g.kw * g.c, g.h, g.ow, g.oc, g.kh, 1, g.oh, g.ow, (g.strides[0], 1),
+                          (g.dilations[0], 1), (g.pads[0], 0))
+    oc, c, kh, kw = wd.shape
+    return folded, np.ascontiguousarray(wd.transpose(0, 3, 1, 2).reshape(oc, kw * c, kh, 1))
+
+
+def tap_pack(g: ConvGeometry, x_dtype: str, x_zp: int):
+    """``x [N, C, H, W]`` -> ``[N, KW * C, H, OW]`` of the same dtype (``fold_taps``): channel
+    ``kw * C + c`` at column ``ow`` is ``x[c, ow * SW + kw * DW - PL]``, ``zp`` outside. Its own
+    kernel: fused with the float Quantize before it, TVM recomputed the quantization per tap."""
+    from tvm.script import tirx as T
+
+    N, C, H, W, KW, OW = g.n, g.c, g.h, g.w, g.kw, g.ow
+    SW, DW, PL = g.strides[1], g.dilations[1], g.pads[1]
+    zp = int(x_zp)
+    loop = task_loop(T, N * KW * C * H * OW, macs=False)
+
+    def col(kc, ow):
+        return ow * SW + kc // C * DW - PL
+
+    @T.prim_func(check_well_formed=False)
+    def qtap_pack(x: T.Buffer((N, C, H, W), x_dtype), xt: T.Buffer((N, KW * C, H, OW), x_dtype)):
+        T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+        with T.sblock("root"):
+            for nkh in loop(N * KW * C * H):
+                for ow in T.serial(OW):
+                    xt[nkh // (KW * C * H), nkh // H % (KW * C), nkh % H, ow] = T.if_then_else(
+                        T.And(0 <= col(nkh // H % (KW * C), ow), col(nkh // H % (KW * C), ow) < W),
+                        x[nkh // (KW * C * H), nkh // H % C, nkh % H,
+                          T.max(T.min(col(nkh // H % (KW * C), ow), W - 1), 0)],
+                        T.Cast(x_dtype, zp))
+
+    return qtap_pack
+
+
+def seg_cols(g: ConvGeometry) -> int:
+    """Per-phase columns of one image's segment in a folded row: its padded width (the input
+    with the left pad, or the span the windows read if wider) rounded up to the stride."""
+    span = (g.ow - 1) * g.strides[1] + (g.kw - 1) * g.dilations[1] + 1
+    return ceil_to(max(span, g.pads[1] + g.w), g.strides[1]) // g.strides[1]
+
+
+def batch_fold(g: ConvGeometry) -> int:
+    """Images per packed row: ``N`` where a segment (``seg_cols``) wastes fewer lanes than a
+    row of its own (an output row narrower than a vector), else 1."""
+    return g.n if g.n > 1 and seg_cols(g) < ceil_to(g.ow, LANES) else 1
+
+
+def row_cols(g: ConvGeometry, fold: int) -> int:
+    """Output columns the kernel computes per row: ``OW``, or the folded segments'."""
+    return g.ow if fold == 1 else fold * seg_cols(g)
+
+
+def direct_extent(g: ConvGeometry, vt: int, fold: int = 1) -> tuple[int, int]:
     """(Hp, Wq): the packed rows and per-phase columns the direct conv reads."""
-    ot = -(-g.ow // (LANES * vt))
+    ot = -(-row_cols(g, fold) // (LANES * vt))
     hp = (g.oh - 1) * g.strides[0] + (g.kh - 1) * g.dilations[0] + 1
     wq = ot * LANES * vt + ((g.kw - 1) * g.dilations[1]) // g.strides[1]
     return hp, wq
@@ -102,32 +174,36 @@ def _phase_bounds(T, ph, sw: int, pl: int, w: int, wq: int):
     return lo, hi
 
 
-def conv_pack(g: ConvGeometry, x_dtype: str, x_zp: int, hp: int, wq: int, ubsw: bool = False):
+def conv_pack(g: ConvGeometry, x_dtype: str, x_zp: int, hp: int, wq: int, ubsw: bool = False, fold: int = 1):
     """``x [N, C, H, W]`` -> int16 ``[N, C2, Hp, SW, Wq * 2]``: ``x - zp`` at channel pairs, 0 around;
     ``ubsw``: uint8 ``x`` -> uint8 ``[N, C4, Hp, SW, Wq * 4]``: raw bytes of 4 channels per column
     (int8 ``x``: ``x + 128``, with ``x_zp`` given as the int8 zero point + 128),
     ``zp`` around and in the missing channels (``zp - zp = 0``: the bias correction
-    ``-zp * sum(w)`` of the u8 x s8 conv then holds at every tap).
+    ``-zp * sum(w)`` of the u8 x s8 conv then holds at every tap). ``fold`` images per row
+    (``batch_fold``): ``[N / fold, ...]``, image ``i`` of a row in columns ``[i * Qs, (i + 1) * Qs)``.
 
-    Per packed row: the left pad, the interior (the channel rows interleaved; where none is a
-    pad row or a missing channel, a loop without conditions, which LLVM vectorizes reliably)
-    and the right pad are separate loops."""
+    Per packed row and image: the left pad, the interior (the channel rows interleaved; where
+    none is a pad row or a missing channel, a loop without conditions, which LLVM vectorizes
+    reliably) and the right pad are separate loops."""
     from tvm.script import tirx as T
 
     G = 4 if ubsw else 2
     ODT = "uint8" if ubsw else "int16"
     N, C, H, W = g.n, g.c, g.h, g.w
+    F = fold
+    NB = N // F
     CG = -(-C // G)
     SW = g.strides[1]
     PT, PL = g.pads
     Hp, Wq = hp, wq
+    QS = Wq if F == 1 else seg_cols(g)  # per-phase columns of one image
     zp = int(x_zp)
 
     def lo(ph):
-        return _phase_bounds(T, ph, SW, PL, W, Wq)[0]
+        return _phase_bounds(T, ph, SW, PL, W, QS)[0]
 
     def hi(ph):
-        return _phase_bounds(T, ph, SW, PL, W, Wq)[1]
+        return _phase_bounds(T, ph, SW, PL, W, QS)[1]
 
     def ok(c, ih):
         return T.And(c < C, T.And(PT <= ih, ih < PT + H))
@@ -141,34 +217,43 @@ def conv_pack(g: ConvGeometry, x_dtype: str, x_zp: int, hp: int, wq: int, ubsw: 
             return v if x_dtype == "uint8" else T.Cast("uint8", T.Cast("int32", v) + 128)
         return T.Cast("int16", v) - T.int16(zp)
 
+    loop = task_loop(T, NB * CG * Hp * SW * Wq * G, macs=False)
+
     @T.prim_func(check_well_formed=False)
-    def qdirect_pack(x: T.Buffer((N, C, H, W), x_dtype), xp: T.Buffer((N, CG, Hp, SW, Wq * G), ODT)):
+    def qdirect_pack(x: T.Buffer((N, C, H, W), x_dtype), xp: T.Buffer((NB, CG, Hp, SW, Wq * G), ODT)):
         T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
         with T.sblock("root"):
-            for ncr in T.parallel(N * CG * Hp):
+            for ncr in loop(NB * CG * Hp):
                 for ph in T.serial(SW):
-                    for q in T.serial(lo(ph) * G):
-                        xp[ncr // (CG * Hp), ncr // Hp % CG, ncr % Hp, ph, q] = pad()
-                    if T.And(ok(ncr // Hp % CG * G, ncr % Hp), ok(ncr // Hp % CG * G + G - 1, ncr % Hp)):
-                        for q in T.serial(hi(ph) - lo(ph)):  # no pad row or missing channel: no condition
-                            for t in T.unroll(G):
-                                xp[ncr // (CG * Hp), ncr // Hp % CG, ncr % Hp, ph, (lo(ph) + q) * G + t] = val(
-                                    x, ncr // (CG * Hp), ncr // Hp % CG * G + t, ncr % Hp, (lo(ph) + q) * SW + ph)
-                    else:
-                        for q in T.serial(hi(ph) - lo(ph)):
-                            for t in T.unroll(G):
-                                xp[ncr // (CG * Hp), ncr // Hp % CG, ncr % Hp, ph, (lo(ph) + q) * G + t] = \
-                                    T.if_then_else(ok(ncr // Hp % CG * G + t, ncr % Hp),
-                                                   val(x, ncr // (CG * Hp), ncr // Hp % CG * G + t, ncr % Hp,
-                                                       (lo(ph) + q) * SW + ph), pad())
-                    for q in T.serial((Wq - hi(ph)) * G):
-                        xp[ncr // (CG * Hp), ncr // Hp % CG, ncr % Hp, ph, hi(ph) * G + q] = pad()
+                    for i in T.serial(F):
+                        for q in T.serial(lo(ph) * G):
+                            xp[ncr // (CG * Hp), ncr // Hp % CG, ncr % Hp, ph, i * QS * G + q] = pad()
+                        if T.And(ok(ncr // Hp % CG * G, ncr % Hp), ok(ncr // Hp % CG * G + G - 1, ncr % Hp)):
+                            for q in T.serial(hi(ph) - lo(ph)):  # no pad row or missing channel: no condition
+                                for t in T.unroll(G):
+                                    xp[ncr // (CG * Hp), ncr // Hp % CG, ncr % Hp, ph, (i * QS + lo(ph) + q) * G + t] = \
+                                        val(x, ncr // (CG * Hp) * F + i, ncr // Hp % CG * G + t, ncr % Hp,
+                                            (lo(ph) + q) * SW + ph)
+                        else:
+                            for q in T.serial(hi(ph) - lo(ph)):
+                                for t in T.unroll(G):
+                                    xp[ncr // (CG * Hp), ncr // Hp % CG, ncr % Hp, ph, (i * QS + lo(ph) + q) * G + t] = \
+                                        T.if_then_else(ok(ncr // Hp % CG * G + t, ncr % Hp),
+                                                       val(x, ncr // (CG * Hp) * F + i, ncr // Hp % CG * G + t,
+                                                           ncr % Hp, (lo(ph) + q) * SW + ph), pad())
+                        for q in T.serial((QS - hi(ph)) * G):
+                            xp[ncr // (CG * Hp), ncr // Hp % CG, ncr % Hp, ph, (i * QS + hi(ph)) * G + q] = pad()
+                    for q in T.serial((Wq - F * QS) * G):  # past the last segment
+                        xp[ncr // (CG * Hp), ncr // Hp % CG, ncr % Hp, ph, F * QS * G + q] = pad()
 
     return qdirect_pack
 
 
-def direct_conv(g: ConvGeometry, hp: int, wq: int, rq: Requant, tile=DIRECT_TILE, ubsw: bool = False):
-    """``y[n, oc, oh, ow] = requant(sum_{c2, kh, kw} w . xp + bias[oc])`` on the packed input.
+def direct_conv(g: ConvGeometry, hp: int, wq: int, rq: Requant, tile=DIRECT_TILE, ubsw: bool = False,
+                fold: int = 1):
+    """``y[n, oc, oh, ow] = requant(sum_{c2, kh, kw} w . xp + bias[oc])`` on the packed input
+    (``fold`` images per packed row, ``conv_pack``'s: ``y`` is then ``[N / fold, OC, OH, fold * Qs]``,
+    every segment's ``Qs`` columns, of which the first ``OW`` are image ``i``'s: ``unfold`` slices them).
 
     ``ubsw``: the u8 x s8 form on ``conv_pack(..., ubsw=True)``'s raw bytes and
     ``pack_direct_weights(..., ubsw=True)``: per 8 output columns, ``VPMADDUBSW`` (4 channels
@@ -185,7 +270,9 @@ def direct_conv(g: ConvGeometry, hp: int, wq: int, rq: Requant, tile=DIRECT_TILE
     SH, SW = g.strides
     DH, DW = g.dilations
     Hp, Wq = hp, wq
-    OT = -(-OW // V)
+    NB = N // fold
+    U = row_cols(g, fold)  # output columns per computed row (folded: every segment's, whole)
+    OT = -(-U // V)
     OCB = -(-OC // RT)
     OCp = OCB * RT
     mdt = str(rq.multiplier.dtype)
@@ -195,7 +282,7 @@ def direct_conv(g: ConvGeometry, hp: int, wq: int, rq: Requant, tile=DIRECT_TILE
         return _requant_expr(T, acc, None, m, h, s, rq)  # the bias starts the accumulator
 
     # t = ((n * OH + oh) * OT + ot) * OCB + ob: consecutive tasks share the input window
-    def n_(t):
+    def n_(t):  # the packed row's batch index (images n_ * F ... n_ * F + F - 1)
         return t // (OCB * OT * OH)
 
     def oh_(t):
@@ -207,6 +294,7 @@ def direct_conv(g: ConvGeometry, hp: int, wq: int, rq: Requant, tile=DIRECT_TILE
     def ob_(t):
         return t % OCB
 
+
     def product(wv, xv):  # 8 int32 lanes: one output channel's weights . 8 columns
         if ubsw:
             return T.call_llvm_pure_intrin(
@@ -215,13 +303,15 @@ def direct_conv(g: ConvGeometry, hp: int, wq: int, rq: Requant, tile=DIRECT_TILE
                 T.broadcast(T.int16(1), 16))
         return T.call_llvm_pure_intrin("int32x8", _PMADDWD, T.reinterpret("int16x16", T.broadcast(wv, 8)), xv)
 
+    loop = task_loop(T, N * OC * OH * OW * C * KH * KW)
+
     @T.prim_func(check_well_formed=False)
-    def qdirect_conv(xp: T.Buffer((N, C2, Hp, SW, Wq * G), XDT), w: T.Buffer((OCB, C2, KH, KW, RT), "int32"),
+    def qdirect_conv(xp: T.Buffer((NB, C2, Hp, SW, Wq * G), XDT), w: T.Buffer((OCB, C2, KH, KW, RT), "int32"),
                      bias: T.Buffer((OCp,), "int32"), mult: T.Buffer((OCp,), mdt), half: T.Buffer((OCp,), "int64"),
-                     shift: T.Buffer((OCp,), "int64"), y: T.Buffer((N, OC, OH, OW), odt)):
+                     shift: T.Buffer((OCp,), "int64"), y: T.Buffer((NB, OC, OH, U), odt)):
         T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
         with T.sblock("root"):
-            for t in T.parallel(N * OH * OT * OCB):
+            for t in loop(NB * OH * OT * OCB):
                 acc = T.alloc_buffer((RT * V,), "int32", scope="global")
                 for i in T.unroll(RT * VT):
                     acc[T.ramp(i * 8, 1, 8)] = T.broadcast(bias[ob_(t) * RT + i // VT], 8)
@@ -237,14 +327,14 @@ def direct_conv(g: ConvGeometry, hp: int, wq: int, rq: Requant, tile=DIRECT_TILE
                 for r in T.unroll(RT):
                     for v in T.unroll(VT):
                         if ob_(t) * RT + r < OC:
-                            if ot_(t) * V + v * 8 + 8 <= OW:
+                            if ot_(t) * V + v * 8 + 8 <= U:
                                 for l in T.vectorized(8):
                                     y[n_(t), ob_(t) * RT + r, oh_(t), ot_(t) * V + v * 8 + l] = epi(
                                         acc[(r * VT + v) * 8 + l], bias[ob_(t) * RT + r], mult[ob_(t) * RT + r],
                                         half[ob_(t) * RT + r], shift[ob_(t) * RT + r])
                             else:
                                 for l in T.serial(8):
-                                    if ot_(t) * V + v * 8 + l < OW:
+                                    if ot_(t) * V + v * 8 + l < U:
                                         y[n_(t), ob_(t) * RT + r, oh_(t), ot_(t) * V + v * 8 + l] = epi(
                                             acc[(r * VT + v) * 8 + l], bias[ob_(t) * RT + r], mult[ob_(t) * RT + r],
                                             half[ob_(t) * RT + r], shift[ob_(t) * RT + r])
@@ -304,11 +394,13 @@ def dw_pack(g: ConvGeometry, x_dtype: str, x_zp: int, hq: int, wq: int):
     def val(x, n, c, ih, iw):
         return T.Cast("int16", x[n, c, T.max(T.min(ih - PT, H - 1), 0), iw - PL]) - T.int16(zp)
 
+    loop = task_loop(T, N * C * Hq * SW * Wq * 2, macs=False)
+
     @T.prim_func(check_well_formed=False)
     def qdw_pack(x: T.Buffer((N, C, H, W), x_dtype), xp: T.Buffer((N, C, Hq, SW, Wq * 2), "int16")):
         T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
         with T.sblock("root"):
-            for ncr in T.parallel(N * C * Hq):
+            for ncr in loop(N * C * Hq):
                 for ph in T.serial(SW):
                     for q in T.serial(lo(ph) * 2):
                         xp[ncr // (C * Hq), ncr // Hq % C, ncr % Hq, ph, q] = T.int16(0)
@@ -356,13 +448,15 @@ def dw_conv(g: ConvGeometry, hq: int, wq: int, rq: Requant, vt: int = 2):
     def row(nch, j):  # the packed row of pair j
         return (nch % OH * SH) // 2 + j if ALIGNED else (nch % OH * SH + 2 * j * DH) // RS
 
+    loop = task_loop(T, N * C * OH * OW * g.kh * KW)
+
     @T.prim_func(check_well_formed=False)
     def qdw_pconv(xp: T.Buffer((N, C, Hq, SW, Wq * 2), "int16"), w: T.Buffer((C, P, KH2, KW), "int32"),
                   bias: T.Buffer((C,), "int32"), mult: T.Buffer((C,), mdt), half: T.Buffer((C,), "int64"),
                   shift: T.Buffer((C,), "int64"), y: T.Buffer((N, C, OH, OW), odt)):
         T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
         with T.sblock("root"):
-            for nch in T.parallel(N * C * OH):
+            for nch in loop(N * C * OH):
                 for ot in T.serial(OT):
                     acc = T.alloc_buffer((V,), "int32", scope="global")
                     for i in T.unroll(VT):

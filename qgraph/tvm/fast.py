@@ -28,9 +28,12 @@ from qgraph.tvm import kernels as K
 from qgraph.tvm.context import LowerContext
 
 _I16 = 2**15 - 1
-#: Multiply-adds below which a node keeps the default lowering: a fast kernel is two or three
-#: calls (pack, GEMM) where TVM's default lowering fuses into one; tiny layers pay for the calls.
-SMALL_MACS = 65536
+#: Multiply-adds below which a node keeps the default lowering (a fast kernel is two calls,
+#: pack and GEMM, where the default lowering fuses into one). 0: none does. Measured on the
+#: digits CNN at batch 1 (layers of 1.3k-18k multiply-adds), 1 thread, whole model: 16.9 us
+#: with a cutoff of 65536 (every layer default), 13.0 us with none; TVM's untuned conv runs
+#: about 2 GMAC/s, so its saved call does not pay even there.
+SMALL_MACS = 0
 #: 1x1 convs on the im2col GEMM (pixels flattened across rows) rather than the direct conv.
 GEMM_1X1 = False
 #: Matmul weights that fit int8 are stored as int8 and widened on load (half the traffic).
@@ -119,12 +122,23 @@ def _conv_plan(ctx: LowerContext):
     if ctx.has_input(2) and bias is None:
         return None
     bias = None if bias is None else bias.astype(np.int64).reshape(-1)
+    win = ctx.windows(xs[2:], kernel)
+    g = K.ConvGeometry(xs[0], xs[1], xs[2], xs[3], oc, kernel[0], kernel[1], win.out[0], win.out[1],
+                       tuple(win.strides), tuple(win.dilations), tuple(win.pads_begin))
+    if g.oh <= 0 or g.ow <= 0:
+        return None
+    if g.n * g.oc * g.pixels * g.k < SMALL_MACS:
+        return None
+    taps = None  # the source geometry and storage zero point where the row taps fold into channels
     if group == 1 and kernel == (1, 1) and GEMM_1X1:
         kind = "gemm"
         padded = K.ceil_to(oc, K.CONV_TILE[0])
     elif group == 1:
         kind = "direct"
         padded = None  # the tile depends on the output width
+        if D.tap_fold_pays(g):
+            taps = (g, x_zp)
+            g, wd = D.fold_taps(g, wd)
         if UBSW and ctx.dtype(x) in ("uint8", "int8") and D.ubsw_exact(wd, 0, 255):
             # raw bytes (int8 shifted by 128 to uint8, its zero point with it): the zero
             # point's share moves into the bias (where that still fits int32)
@@ -138,19 +152,12 @@ def _conv_plan(ctx: LowerContext):
         padded = oc
     else:
         return None
-    win = ctx.windows(xs[2:], kernel)
-    g = K.ConvGeometry(xs[0], xs[1], xs[2], xs[3], oc, kernel[0], kernel[1], win.out[0], win.out[1],
-                       tuple(win.strides), tuple(win.dilations), tuple(win.pads_begin))
-    if g.oh <= 0 or g.ow <= 0:
-        return None
-    if g.n * g.oc * g.pixels * g.k < SMALL_MACS:
-        return None
     if padded is None:
-        padded = K.ceil_to(oc, D.direct_tile(g.ow, ubsw=kind == "direct_u8")[0])
+        padded = K.ceil_to(oc, D.direct_tile(D.row_cols(g, D.batch_fold(g)), ubsw=kind == "direct_u8")[0])
     rq = _requant(ctx, oc, padded, bias)
     if rq is None:
         return None
-    return kind, g, wd, rq, x_zp
+    return kind, g, wd, rq, x_zp, taps
 
 
 def _call(ctx: LowerContext, func, name: str, args, shape, dtype):
@@ -160,6 +167,19 @@ def _call(ctx: LowerContext, func, name: str, args, shape, dtype):
     # op_pattern 8 (kOpaque): FuseOps leaves the scheduled kernel as it is (its requant is inside)
     gv = ctx.bb.add_func(func.without_attr("global_symbol").with_attr("op_pattern", 8), name)
     return ctx.emit(relax.call_tir(gv, list(args), relax.TensorType(list(shape), dtype)))
+
+
+def _unfold(ctx: LowerContext, y, g: K.ConvGeometry, fold: int):
+    """A folded conv's ``[N / fold, OC, OH, fold * Qs]`` as ``[N, OC, OH, OW]`` (Relax layout ops:
+    one fused copy, or part of the consumer's elementwise kernel)."""
+    from tvm import relax
+
+    qs = D.seg_cols(g)
+    y = ctx.emit(relax.op.reshape(y, (g.n // fold, g.oc, g.oh, fold, qs)))
+    if qs != g.ow:
+        y = ctx.emit(relax.op.strided_slice(y, axes=[4], begin=[0], end=[g.ow]))
+    y = ctx.emit(relax.op.permute_dims(y, [0, 3, 1, 2, 4]))
+    return ctx.emit(relax.op.reshape(y, (g.n, g.oc, g.oh, g.ow)))
 
 
 def _padded_extent(g: K.ConvGeometry, ow: int | None = None) -> tuple[int, int]:
@@ -175,26 +195,25 @@ def qconv(ctx: LowerContext):
     plan = _conv_plan(ctx)
     if plan is None:
         return None
-    kind, g, wd, rq, x_zp = plan
+    kind, g, wd, rq, x_zp, taps = plan
     x = ctx.value(0)
     xdt = ctx.dtype(x)
+    if taps is not None:  # the row taps as channels (``direct.fold_taps``)
+        src, src_zp = taps
+        x = _call(ctx, D.tap_pack(src, xdt, src_zp), "qtap_pack", [x], (g.n, g.c, g.h, g.w), xdt)
     consts = [ctx.const(a) for a in rq.arrays()]
-    if kind == "direct":
-        tile = D.direct_tile(g.ow)
-        hp, wq = D.direct_extent(g, tile[1])
-        xp = _call(ctx, D.conv_pack(g, xdt, x_zp, hp, wq), "qdirect_pack", [x],
-                   (g.n, -(-g.c // 2), hp, g.strides[1], wq * 2), "int16")
-        wp = D.pack_direct_weights(wd.astype(np.int16), tile[0])
-        return _call(ctx, D.direct_conv(g, hp, wq, rq, tile), "qdirect_conv", [xp, ctx.const(wp)] + consts,
-                     (g.n, g.oc, g.oh, g.ow), rq.out_dtype)
-    if kind == "direct_u8":
-        tile = D.direct_tile(g.ow, ubsw=True)
-        hp, wq = D.direct_extent(g, tile[1])
-        xp = _call(ctx, D.conv_pack(g, xdt, x_zp, hp, wq, ubsw=True), "qdirect_pack_ubsw", [x],
-                   (g.n, -(-g.c // 4), hp, g.strides[1], wq * 4), "uint8")
-        wp = D.pack_direct_weights(wd.astype(np.int8), tile[0], ubsw=True)
-        return _call(ctx, D.direct_conv(g, hp, wq, rq, tile, ubsw=True), "qdirect_conv_ubsw",
-                     [xp, ctx.const(wp)] + consts, (g.n, g.oc, g.oh, g.ow), rq.out_dtype)
+    if kind in ("direct", "direct_u8"):
+        ubsw = kind == "direct_u8"
+        fold = D.batch_fold(g)
+        tile = D.direct_tile(D.row_cols(g, fold), ubsw=ubsw)
+        hp, wq = D.direct_extent(g, tile[1], fold)
+        cg, xpdt, suffix = (4, "uint8", "_ubsw") if ubsw else (2, "int16", "")
+        xp = _call(ctx, D.conv_pack(g, xdt, x_zp, hp, wq, ubsw=ubsw, fold=fold), "qdirect_pack" + suffix, [x],
+                   (g.n // fold, -(-g.c // cg), hp, g.strides[1], wq * cg), xpdt)
+        wp = D.pack_direct_weights(wd.astype(np.int8 if ubsw else np.int16), tile[0], ubsw=ubsw)
+        y = _call(ctx, D.direct_conv(g, hp, wq, rq, tile, ubsw=ubsw, fold=fold), "qdirect_conv" + suffix,
+                  [xp, ctx.const(wp)] + consts, (g.n // fold, g.oc, g.oh, D.row_cols(g, fold)), rq.out_dtype)
+        return y if fold == 1 else _unfold(ctx, y, g, fold)
     if kind == "depthwise":
         vt = 2 if g.ow > K.LANES else 1
         hq, wq = D.dw_extent(g, vt)

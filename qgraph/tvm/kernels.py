@@ -60,6 +60,22 @@ def ceil_to(x: int, m: int) -> int:
     return -(-x // m) * m
 
 
+#: Multiply-adds below which a GEMM / conv kernel's task loop stays serial, and elements below
+#: which a data-movement kernel's does (``schedule.PARALLEL_MIN``, the fused elementwise
+#: kernels' threshold): waking the thread pool costs a few microseconds, as much as such a
+#: kernel's whole work. Digits CNN at batch 1, 2 threads, whole model: 41 us with every
+#: kernel parallel, against 19 us for ORT fp32.
+PARALLEL_MIN_MACS = 1 << 18
+
+
+def task_loop(T, work: int, macs: bool = True):
+    """``T.parallel`` for a kernel of ``work`` multiply-adds (``macs``) or elements moved, where
+    that reaches the threshold; else ``T.serial``."""
+    from qgraph.tvm.schedule import PARALLEL_MIN
+
+    return T.parallel if work >= (PARALLEL_MIN_MACS if macs else PARALLEL_MIN) else T.serial
+
+
 @dataclass(frozen=True)
 class Requant:
     """Per-channel requantization constants of an epilogue (arrays of the padded channel count).
@@ -204,11 +220,13 @@ def im2col(g: ConvGeometry, x_dtype: str, x_zp: int, lanes_pad: int, hp: int, wp
     def kk(nj, t):
         return (nj % K2) * 2 + t
 
+    loop = task_loop(T, N * K2 * 2 * Lp, macs=False)
+
     @T.prim_func(check_well_formed=False)
     def qconv_im2col(x: T.Buffer((N, C, Hp, Wp), x_dtype), xp: T.Buffer((N, K2, Lp * 2), "int16")):
         T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
         with T.sblock("root"):
-            for nj in T.parallel(N * K2):
+            for nj in loop(N * K2):
                 for t in T.serial(2):
                     if kk(nj, t) < K:
                         for oh in T.serial(OH):
@@ -241,13 +259,15 @@ def gemm_rows(n: int, rows: int, k2: int, lanes: int, rq: Requant, tile=CONV_TIL
     def epi(acc, b, m, h, s):
         return _requant_expr(T, acc, None, m, h, s, rq)  # the bias starts the accumulator
 
+    loop = task_loop(T, N * R * K2 * 2 * L)
+
     @T.prim_func(check_well_formed=False)
     def qconv_gemm(xp: T.Buffer((N, K2, Lp * 2), "int16"), w: T.Buffer((RTs, K2, RT), "int32"),
                    bias: T.Buffer((Rp,), "int32"), mult: T.Buffer((Rp,), mdt), half: T.Buffer((Rp,), "int64"),
                    shift: T.Buffer((Rp,), "int64"), y: T.Buffer((N, R, L), odt)):
         T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
         with T.sblock("root"):
-            for nt in T.parallel(N * LT):
+            for nt in loop(N * LT):
                 for rt in T.serial(RTs):
                     acc = T.alloc_buffer((RT * V,), "int32", scope="global")
                     for i in T.unroll(RT * VT):
@@ -286,11 +306,13 @@ def matmul_prep(rows: int, k: int, a_dtype: str, a_zp: int):
     K2 = -(-K // 2)
     zp = int(a_zp)
 
+    loop = task_loop(T, R * K2 * 2, macs=False)
+
     @T.prim_func(check_well_formed=False)
     def qmatmul_prep(a: T.Buffer((R, K), a_dtype), ap: T.Buffer((R, K2 * 2), "int16")):
         T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
         with T.sblock("root"):
-            for r in T.parallel(R):
+            for r in loop(R):
                 for kk in T.vectorized(K2 * 2):
                     ap[r, kk] = T.if_then_else(kk < K, T.Cast("int16", a[r, T.min(kk, K - 1)]) - T.int16(zp), T.int16(0))
 
@@ -321,13 +343,15 @@ def gemm_cols(rows: int, k2: int, cols: int, rq: Requant, tile=MATMUL_TILE, w_dt
     def wvec(w, j, c16):
         return T.Cast("int16x16", w[j, T.ramp(c16, 1, 16)]) if wdt != "int16" else w[j, T.ramp(c16, 1, 16)]
 
+    loop = task_loop(T, R * K2 * 2 * C)
+
     @T.prim_func(check_well_formed=False)
     def qmatmul_gemm(a: T.Buffer((R, K2 * 2), "int16"), w: T.Buffer((K2, Cp * 2), wdt),
                      bias: T.Buffer((Cp,), "int32"), mult: T.Buffer((Cp,), mdt), half: T.Buffer((Cp,), "int64"),
                      shift: T.Buffer((Cp,), "int64"), y: T.Buffer((R, C), odt)):
         T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
         with T.sblock("root"):
-            for t in T.parallel(CT * RTs):
+            for t in loop(CT * RTs):
                 acc = T.alloc_buffer((RT * V,), "int32", scope="global")
                 for i in T.unroll(RT * VT):
                     acc[T.ramp(i * 8, 1, 8)] = bias[T.ramp(((t // RTs) * VT + i % VT) * 8, 1, 8)]
@@ -368,11 +392,13 @@ def depthwise_pad(n: int, c: int, h: int, w: int, hp: int, wp: int, pads: tuple[
     PT, PL = pads
     zp = int(x_zp)
 
+    loop = task_loop(T, N * C * Hp * Wp, macs=False)
+
     @T.prim_func(check_well_formed=False)
     def qdw_pad(x: T.Buffer((N, C, H, W), x_dtype), xp: T.Buffer((N, C, Hp, Wp), "int16")):
         T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
         with T.sblock("root"):
-            for nc in T.parallel(N * C):
+            for nc in loop(N * C):
                 for i in T.serial(Hp):
                     for j in T.serial(Wp):
                         xp[nc // C, nc % C, i, j] = T.if_then_else(
@@ -400,11 +426,13 @@ def lookup(n: int, x_dtype: str, x_qmin: int, table_len: int, out_dtype: str):
     CHUNKS = -(-N // CH)
     qmin = int(x_qmin)
 
+    loop = task_loop(T, N, macs=False)
+
     @T.prim_func(check_well_formed=False)
     def qlookup(x: T.Buffer((N,), x_dtype), table: T.Buffer((L,), out_dtype), y: T.Buffer((N,), out_dtype)):
         T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
         with T.sblock("root"):
-            for o in T.parallel(CHUNKS):
+            for o in loop(CHUNKS):
                 for i in T.serial(T.min(CH, N - o * CH)):
                     y[o * CH + i] = table[T.max(T.min(T.Cast("int32", x[o * CH + i]) - qmin, L - 1), 0)]
 
