@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from qgraph.ir import DType, l3, ops
+from qgraph.ir.dtypes import from_numpy
 from qgraph.reference import Interpreter
 
 from conftest import one_node_model
@@ -184,10 +185,16 @@ def test_quantize_ties_and_saturation():
     _same_as_reference(_one_node(l3.Quantize, {"x": x}, (), attrs, DType.INT8), {"x": x})
 
 
-def test_integer_max_pool_ceil_mode():
-    x = RNG.integers(-128, 128, (1, 2, 7, 7), dtype=np.int8)
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8])
+def test_integer_max_pool_ceil_mode(dtype):
+    """The pool pads integers itself (with the dtype's lowest value): border values at the
+    lowest value and a window that ceil mode puts half outside."""
+    info = np.iinfo(dtype)
+    x = RNG.integers(info.min, info.max + 1, (1, 2, 7, 7)).astype(dtype)
+    x[0, 0, 0, :] = info.min
+    x[0, 1, :, -1] = info.min
     attrs = {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 0, 0], "ceil_mode": 1}
-    _same_as_reference(_one_node(ops.MaxPool, {"x": x}, (), attrs, DType.INT8), {"x": x})
+    _same_as_reference(_one_node(ops.MaxPool, {"x": x}, (), attrs, from_numpy(np.dtype(dtype))), {"x": x})
 
 
 def _onnx_model(nodes, inputs, outputs, inits=(), opset=21):

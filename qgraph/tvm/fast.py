@@ -17,6 +17,11 @@ weights, ``reduce_range``, always do) runs the u8 x s8 form instead (``direct_u8
 packed activation bytes, and 32 products per ``VPMADDUBSW`` + ``VPMADDWD`` against 16 per
 ``VPMADDWD``, so half the weight broadcasts per product. It is exact by that proof: the only
 place qgraph uses the saturating instruction.
+
+Two layout choices of the direct conv, both decided from the geometry alone: a conv on few
+input channels (a stem) packs its row taps as channels (``direct.fold_taps``, one
+``qtap_pack`` kernel before the pack), and a batch whose output rows are narrower than a
+vector shares one packed row (``direct.batch_fold``; Relax layout ops slice the result back).
 """
 
 from __future__ import annotations

@@ -288,8 +288,14 @@ def max_pool(ctx: LowerContext):
         raise ctx.error(f"kernel_shape {kernel} does not fit input {list(xs)} (1 to 3 spatial dims)")
     win = ctx.windows(xs[2:], kernel, ceil_mode=bool(ctx.attr("ceil_mode", 0)))
     dt = np.dtype(ctx.dtype(x))
-    lowest = float(np.iinfo(dt).min) if dt.kind in "iu" else float("-inf")
-    x = pad_spatial(ctx, x, win.pads_begin, [e + extra for e, extra in zip(win.pads_end, win.extra_end)], lowest)
+    end = [e + extra for e, extra in zip(win.pads_end, win.extra_end)]
+    padding = [0] * (2 * nd)
+    if dt.kind in "iu":
+        # the pool pads with the dtype's lowest value itself: no separate pad kernel (on
+        # light_resnet50 that pad of the 112x112 stem output took 0.69 ms, the pool 0.18 ms)
+        padding = list(win.pads_begin) + end
+    else:  # float: ONNX pads with -inf, which a window entirely in the pads would return
+        x = pad_spatial(ctx, x, win.pads_begin, end, float("-inf"))
     layout = {1: "NCW", 2: "NCHW", 3: "NCDHW"}[nd]
-    return [ctx.emit(pools[nd](x, pool_size=win.kernel, strides=win.strides, padding=[0] * (2 * nd),
+    return [ctx.emit(pools[nd](x, pool_size=win.kernel, strides=win.strides, padding=padding,
                                dilation=win.dilations, layout=layout))]
