@@ -354,6 +354,36 @@ def test_fused_elementwise_kernels_are_scheduled():
     assert "T.vectorized(" in text and "T.parallel(" in text
 
 
+def test_float_kernels_are_scheduled_only_when_correctly_rounded():
+    """A Quantize (divide, round, clip: correctly rounded IEEE operations) is vectorized and
+    still equals the reference bit for bit, ties and saturation included; a float kernel that
+    calls a transcendental (Sigmoid's exp) keeps TVM's lowering."""
+    from qgraph.ir import ops
+    from qgraph.tvm.schedule import schedule_pass
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal((2, 4, 32, 32)) * 3).astype(np.float32)
+    x.reshape(-1)[:600] = np.arange(-300, 300, dtype=np.float32) * np.float32(0.5) * np.float32(0.02)  # ties
+    x.reshape(-1)[600:604] = [1e30, -1e30, 3.4e38, 0.0]
+    quant = _one_node(l3.Quantize, {"x": x}, {}, {"scale": 0.02, "zero_point": 3, "qmin": -128, "qmax": 127},
+                      DType.INT8)
+    sigmoid = _one_node(ops.Sigmoid, {"x": x}, {}, {}, DType.FLOAT)
+    target = targets.resolve("cpu").tvm_target()
+
+    def scheduled(model):
+        with target:
+            mod = tvm.transform.Sequential(cpu.legalize_passes(target) + [schedule_pass(target)])(qtvm.lower(model))
+        prims = [f for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+        assert prims
+        return all("tirx.is_scheduled" in f.attrs and int(f.attrs["tirx.is_scheduled"]) for f in prims)
+
+    assert scheduled(quant)
+    assert not scheduled(sigmoid)
+    got = qtvm.build(quant).run({"x": x})["y"]
+    assert np.array_equal(got, Interpreter(quant).run({"x": x})["y"])
+
+
 @pytest.mark.parametrize("shape, x_dtype, out_dtype", [
     ((1, 3, 7, 5), np.uint8, np.uint8),
     ((2, 4100), np.int8, np.int8),          # more than one parallel chunk, a tail

@@ -16,10 +16,12 @@ block and then, by the shape of its loops:
 
 Loops under ``PARALLEL_MIN`` elements stay serial. Functions marked ``tir.is_scheduled``
 (qgraph's hand-written kernels), anything that is not one injective block after inlining
-(reductions: Softmax, LayerNorm, pools) and every function that touches a float tensor keep
-TVM's default lowering: the schedule changes loop structure only, so integer results are the
-same bits, and float fallback kernels are not given a chance to change theirs (a vectorized
-transcendental need not round like the scalar one; the reference's float ops are numpy's).
+(reductions: Softmax, LayerNorm, pools) and every float kernel that calls more than IEEE's
+correctly rounded operations (``EXACT_FLOAT_CALLS``: a Quantize's divide, round and clip is
+scheduled; a Sigmoid is not) keep TVM's default lowering: the schedule changes loop structure
+only, so integer results and correctly rounded float results are the same bits, and float
+fallback kernels are not given a chance to change theirs (a vectorized transcendental need not
+round like the scalar one; the reference's float ops are numpy's).
 """
 
 from __future__ import annotations
@@ -44,19 +46,30 @@ def _extents(sch, loops) -> list[int] | None:
     return out
 
 
-def _touches_float(func) -> bool:
-    """``func`` loads or stores a float tensor."""
+#: Calls a float kernel may make and still be scheduled: correctly rounded in IEEE 754 (or
+#: exact), so a vector lane computes the bits the scalar loop did. Arithmetic, comparisons,
+#: min / max and casts are not calls. Anything else (exp, tanh, erf, pow ...) keeps TVM's lowering.
+EXACT_FLOAT_CALLS = frozenset(f"{ns}.{op}" for ns in ("tir", "tirx") for op in (
+    "round", "nearbyint", "floor", "ceil", "trunc", "fabs", "sqrt", "if_then_else", "isnan", "isinf", "isfinite"))
+
+
+def _inexact_float(func) -> bool:
+    """``func`` touches a float tensor and calls something outside ``EXACT_FLOAT_CALLS``."""
     import tvm_ffi
 
-    found = []
+    floats, calls = [], set()
 
     def visit(node):
         buf = getattr(node, "buffer", None)  # a BufferLoad / BufferStore (tirx.BufferLoad is a function)
         if buf is not None and hasattr(node, "indices") and "float" in str(buf.dtype):
-            found.append(node)
+            floats.append(node)
+        op = getattr(node, "op", None)
+        name = getattr(op, "name", None)
+        if name is not None and hasattr(node, "args"):
+            calls.add(str(name))
 
     tvm_ffi.structural_walk(func.body, visit)
-    return bool(found)
+    return bool(floats) and not calls <= EXACT_FLOAT_CALLS
 
 
 def elementwise_rule():
@@ -70,8 +83,8 @@ def elementwise_rule():
         if not isinstance(func, tirx.PrimFunc) or any(
                 k in func.attrs and int(func.attrs[k]) for k in ("tir.is_scheduled", "tirx.is_scheduled")):
             return None
-        if _touches_float(func):
-            return None  # float fallback ops keep TVM's lowering (see the module doc)
+        if _inexact_float(func):
+            return None  # float ops beyond IEEE's correctly rounded ones keep TVM's lowering
         sch = s_tir.Schedule(func)
         infos = normalize_prim_func(sch)
         if infos is None:
