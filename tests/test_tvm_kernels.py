@@ -185,9 +185,10 @@ def test_a_batch_of_narrow_rows_folds_into_one_row():
 
 
 def test_few_channel_convs_fold_their_row_taps_into_channels():
-    """A conv on 1-3 channels (a stem) packs its row taps as channels: the digits CNN's first
-    layer (1 channel, 3x3) fills its u8 x s8 columns 3/4 instead of 1/4. The CONV_CASES and
-    U8_CASES on 3, 5 and 7 channels check the values; here the choice and the layout."""
+    """A conv on few channels (a stem) whose weights keep it on int16 pairs packs its row taps
+    as channels: 3 channels x 3 taps are 5 pairs instead of 6 half-used ones. One that takes
+    the u8 x s8 form anyway (a 1-channel stem: its pairs are one weight and a 0) does not
+    fold. The CONV_CASES on 3, 5 and 7 channels check the values; here the choice and layout."""
     from qgraph.tvm import direct as D
     from qgraph.tvm.kernels import ConvGeometry
 
@@ -201,14 +202,19 @@ def test_few_channel_convs_fold_their_row_taps_into_channels():
     assert not D.tap_fold_pays(ConvGeometry(1, 64, 56, 56, 64, 3, 3, 56, 56, (1, 1), (1, 1), (1, 1)))
     assert not D.tap_fold_pays(ConvGeometry(1, 2, 9, 9, 8, 3, 3, 9, 9, (1, 1), (1, 1), (1, 1)))  # 3 pairs either way
 
-    x = rng.integers(0, 256, (2, 1, 8, 8)).astype(np.uint8)
-    w1 = rng.integers(-60, 61, (8, 1, 3, 3)).astype(np.int8)
+    x = rng.integers(0, 256, (2, 3, 8, 8)).astype(np.uint8)
+    w3 = rng.integers(-128, 128, (8, 3, 3, 3)).astype(np.int8)
+    w3[:, :2] = 127  # channels 0 and 1 pair up at 255 * 254: not u8 x s8
     attrs = {"pads": [1, 1, 1, 1], "kernel_shape": [3, 3], "x_zero_point": 3, "w_zero_point": [0],
              **_requant(rng, 8, "uint8")}
-    model = _one_node(l3.QConv, {"x": x}, {"w": w1}, attrs, DType.UINT8)
+    model = _one_node(l3.QConv, {"x": x}, {"w": w3}, attrs, DType.UINT8)
     text = qtvm.lower(model)["main"].script()
-    assert "qtap_pack" in text and "(2, 3, 8, 8)" in text, text
-    _check(model, {"x": x}, {"qdirect_conv_ubsw"})
+    assert "qtap_pack" in text and "(2, 9, 8, 8)" in text, text
+    _check(model, {"x": x}, {"qdirect_conv"})
+    w1 = rng.integers(-128, 128, (8, 1, 3, 3)).astype(np.int8)
+    model = _one_node(l3.QConv, {"x": x[:, :1]}, {"w": w1}, attrs, DType.UINT8)
+    assert "qtap_pack" not in qtvm.lower(model)["main"].script()
+    _check(model, {"x": x[:, :1]}, {"qdirect_conv_ubsw"})
 
 
 def test_qconv_1x1_on_the_im2col_gemm(monkeypatch):
