@@ -5,8 +5,8 @@
 Each op is a one-node model with the shapes of a real layer (PP-OCRv4 rec, light_resnet50,
 the digits CNN); random 8-bit data, per-channel int8 weights (so qgraph's convs take the
 int16-pair form). Side by side in one process, interleaved (per round, each implementation
-runs once untimed, so the previous one's spinning pool threads settle, then once timed;
-``--runs`` rounds), medians in microseconds:
+runs untimed for 5 ms, so the previous one's spinning pool threads settle: ``bench_tvm.settle``,
+then once timed; ``--runs`` rounds), medians in microseconds:
 
     qgraph     the L3 op built by ``qgraph.tvm.build`` (fast kernels, the default here)
     default    the same with ``kernels="default"`` (TVM's default lowering, untuned)
@@ -34,6 +34,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_tvm import settle  # noqa: E402
 
 #: name: (kind, x shape, w shape, strides, pads, group)
 OPS = {
@@ -178,7 +180,7 @@ def interleaved(runners: dict, runs: int) -> dict:
         f(), f()
     for _ in range(runs):
         for k, f in runners.items():
-            f()  # untimed, as in bench_tvm: the previous runner's spinning pool threads settle
+            settle(f)  # untimed, as in bench_tvm: the previous runner's spinning pool threads settle
             t0 = time.perf_counter()
             f()
             times[k].append(time.perf_counter() - t0)

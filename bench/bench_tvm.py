@@ -146,11 +146,25 @@ def _ort(path: str, threads: int):
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
-#: Untimed runs of a runner before each of its timed runs (see ``measure``).
-SETTLE = 1
+#: Seconds of untimed runs (at least one) of a runner before each of its timed runs (see ``measure``).
+SETTLE_S = 0.005
 
 
-def measure(name: str, workdir: str, threads: int, runs: int, warmup: int, settle: int = SETTLE) -> dict:
+def settle(fn, seconds: float = SETTLE_S) -> None:
+    """Run ``fn`` untimed, once and then until ``seconds`` have passed.
+
+    Both runtimes' pool threads spin a while after a run (their defaults, kept). On 2 cores the
+    previous runner's spinning thread takes the core this runner's second thread needs, and a
+    parallel region then waits for the OS scheduler: the digits CNN at batch 64, 2 threads, TVM
+    measured 15-20 ms with one untimed run before each timed one and 0.13-0.20 ms with about
+    5 ms of them (rec, 20+ ms per run: 1.8x its 1-thread time with none)."""
+    end = time.perf_counter() + seconds
+    fn()
+    while time.perf_counter() < end:
+        fn()
+
+
+def measure(name: str, workdir: str, threads: int, runs: int, warmup: int, settle_s: float = SETTLE_S) -> dict:
     """Median latency of the three runners on ``name``, interleaved, with ``threads`` threads."""
     from qgraph import tvm as qtvm
 
@@ -172,11 +186,7 @@ def measure(name: str, workdir: str, threads: int, runs: int, warmup: int, settl
     order = list(tools)
     for r in range(runs):
         for k in order[r % len(order):] + order[:r % len(order)]:
-            # both runtimes' pool threads spin a while after a run (their defaults, kept): an
-            # untimed run first, so the previous runner's spinning threads do not take the core
-            # this one needs (without it TVM at 2 threads measured 1.8x its 1-thread time on rec)
-            for _ in range(settle):
-                tools[k]()
+            settle(tools[k], settle_s)  # the previous runner's spinning threads stop first
             t0 = time.perf_counter()
             tools[k]()
             times[k].append(time.perf_counter() - t0)

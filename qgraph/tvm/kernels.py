@@ -64,7 +64,7 @@ def ceil_to(x: int, m: int) -> int:
 #: which a data-movement kernel's does (``schedule.PARALLEL_MIN``, the fused elementwise
 #: kernels' threshold): waking the thread pool costs a few microseconds, as much as such a
 #: kernel's whole work. Digits CNN at batch 1, 2 threads, whole model: 41 us with every
-#: kernel parallel, against 19 us for ORT fp32.
+#: kernel parallel, 16 us with these thresholds (every layer serial), ORT fp32 19 us.
 PARALLEL_MIN_MACS = 1 << 18
 
 

@@ -1,0 +1,109 @@
+"""Per-kernel time of qgraph's TVM build of a bench model: where the latency goes.
+
+    python bench/profile_tvm.py MODEL [--reduce-range] [--top 30]
+
+MODEL is one of ``bench_tvm.py``'s (digits1, digits64, rec, cls, resnet50), quantized and
+built the same way. One run records every kernel the VM calls with its arguments (VM
+instrumentation); each distinct kernel is then called alone on copies of those arguments,
+the best of 7 means of 20 calls (1 thread unless TVM_NUM_THREADS says otherwise). Printed:
+microseconds per call, calls per model run, the output shape, and the sum against a plain
+run of the whole model (the rest is the VM's own work: allocation, argument checks).
+Kernel times are the floor of a noisy machine; compare them within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections import Counter
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+
+def build(name: str, reduce_range: bool):
+    import onnx
+    from onnx import version_converter
+
+    import bench_tvm
+    import qgraph.api
+    from qgraph import tvm as qtvm
+
+    spec = bench_tvm.model_spec(name)
+    source = spec["path"]
+    if name == "resnet50":  # opset 9 -> 13, as bench_tvm does
+        model = version_converter.convert_version(onnx.load(source), 13)
+        source = model
+    q = qgraph.api.quantize(source, spec["calib"], {"reduce_range": True} if reduce_range else None,
+                            report=False, show_progress=False)
+    compiled = qtvm.build(q.integer, "cpu", input_shapes={spec["input"]: spec["shape"]}).warm()
+    return compiled, {spec["input"]: spec["x"]}
+
+
+def profile(compiled, feeds, repeats: int = 7, number: int = 20) -> tuple[list[tuple], float]:
+    """([(seconds per call, calls per run, kernel, output shape)], whole-run seconds)."""
+    import tvm
+
+    compiled.run(feeds)
+    vm = compiled._machine()
+    args: dict[str, list] = {}
+    calls: Counter = Counter()
+
+    def record(func, sym, before, ret, *a):
+        if before and not sym.startswith("vm."):
+            calls[sym] += 1
+            if sym not in args:  # copies: the run frees or reuses its tensors
+                args[sym] = [tvm.runtime.tensor(x.numpy()) if hasattr(x, "numpy") else x for x in a]
+        return 0
+
+    vm.set_instrument(record)
+    compiled.run(feeds)
+    compiled._vm = compiled._call = None  # a fresh VM without the instrument for the whole run
+    compiled.warm()
+    lib = compiled.executable.mod
+    rows = []
+    for sym, a in args.items():
+        fn = lib.get_function(sym, query_imports=True)
+        for _ in range(3):
+            fn(*a)
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(number):
+                fn(*a)
+            best = min(best, (time.perf_counter() - t0) / number)
+        shape = next((tuple(x.shape) for x in reversed(a) if hasattr(x, "shape")), ())
+        rows.append((best, calls[sym], sym, shape))
+    for _ in range(3):
+        compiled.run(feeds)
+    whole = []
+    for _ in range(repeats * 3):
+        t0 = time.perf_counter()
+        compiled.run(feeds)
+        whole.append(time.perf_counter() - t0)
+    return sorted(rows, key=lambda r: -r[0] * r[1]), float(np.min(whole))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("model")
+    ap.add_argument("--reduce-range", action="store_true", help="7-bit weights (the u8 x s8 kernels)")
+    ap.add_argument("--top", type=int, default=30, help="kernels to print (by total time per run)")
+    args = ap.parse_args(argv)
+    compiled, feeds = build(args.model, args.reduce_range)
+    rows, whole = profile(compiled, feeds)
+    total = sum(t * n for t, n, _, _ in rows)
+    print(f"{'us/call':>10} {'calls':>5} {'us/run':>10}  kernel -> output")
+    for t, n, sym, shape in rows[:args.top]:
+        print(f"{t * 1e6:10.1f} {n:5d} {t * n * 1e6:10.1f}  {sym} -> {list(shape)}")
+    print(f"kernels: {total * 1e6:.1f} us per run ({sum(n for _, n, _, _ in rows)} calls); "
+          f"whole run (best of {7 * 3}): {whole * 1e6:.1f} us")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
