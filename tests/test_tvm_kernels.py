@@ -217,17 +217,6 @@ def test_few_channel_convs_fold_their_row_taps_into_channels():
     _check(model, {"x": x[:, :1]}, {"qdirect_conv_ubsw"})
 
 
-def test_qconv_1x1_on_the_im2col_gemm(monkeypatch):
-    from qgraph.tvm import fast
-
-    monkeypatch.setattr(fast, "GEMM_1X1", True)
-    rng = np.random.default_rng(6)
-    x = rng.integers(0, 256, (2, 13, 7, 9)).astype(np.uint8)
-    w = rng.integers(-128, 128, (11, 13, 1, 1)).astype(np.int8)
-    attrs = {"kernel_shape": [1, 1], "x_zero_point": 131, "w_zero_point": [0], **_requant(rng, 11, "uint8")}
-    _check(_one_node(l3.QConv, {"x": x}, {"w": w}, attrs, DType.UINT8), {"x": x}, {"qconv_gemm"})
-
-
 def test_qconv_per_tensor_requant_no_bias_relu_bounds():
     rng = np.random.default_rng(5)
     x = rng.integers(0, 256, (2, 6, 10, 10)).astype(np.uint8)

@@ -7,8 +7,8 @@ covers the node, else None and the default lowering runs. ``conv_kernel`` /
 A fast kernel needs: an x86 target with AVX2 (``LowerContext.fast``), a constant weight,
 a non-constant activation of 8-bit storage, zero-point-shifted operands whose int16 pair
 products are exact (``|x - x_zp| * |w - w_zp| * 2 < 2**31``, both within int16), an int32
-bias. QConv: 2-D, ``group == 1`` (``direct``; ``gemm`` for 1x1 with ``GEMM_1X1``) or
-depthwise (``depthwise``), at least ``SMALL_MACS`` multiply-adds. QMatMul: a 2-D
+bias. QConv: 2-D, ``group == 1`` (``direct``) or depthwise (``depthwise``), at least
+``SMALL_MACS`` multiply-adds. QMatMul: a 2-D
 constant ``b`` and an activation of rank >= 2.
 
 A direct conv on 8-bit activations (int8 ones shifted to uint8) whose int8 weights keep
@@ -39,8 +39,6 @@ _I16 = 2**15 - 1
 #: with a cutoff of 65536 (every layer default), 13.0 us with none; TVM's untuned conv runs
 #: about 2 GMAC/s, so its saved call does not pay even there.
 SMALL_MACS = 0
-#: 1x1 convs on the im2col GEMM (pixels flattened across rows) rather than the direct conv.
-GEMM_1X1 = False
 #: Matmul weights that fit int8 are stored as int8 and widened on load (half the traffic).
 INT8_WEIGHTS = True
 #: Direct convs on 8-bit activations whose ``VPMADDUBSW`` pair sums provably stay in int16
@@ -93,7 +91,7 @@ def _requant(ctx: LowerContext, channels: int, padded: int, bias) -> K.Requant |
 
 # -- QConv ------------------------------------------------------------------------------------------
 def conv_kernel(ctx: LowerContext) -> str:
-    """``"direct"``, ``"direct_u8"``, ``"gemm"``, ``"depthwise"`` or ``"default"``: the kernel
+    """``"direct"``, ``"direct_u8"``, ``"depthwise"`` or ``"default"``: the kernel
     ``qconv`` would emit for ``ctx.node``."""
     plan = _conv_plan(ctx)
     return plan[0] if plan is not None else "default"
@@ -135,10 +133,7 @@ def _conv_plan(ctx: LowerContext):
     if g.n * g.oc * g.pixels * g.k < SMALL_MACS:
         return None
     taps = None  # the source geometry and storage zero point where the row taps fold into channels
-    if group == 1 and kernel == (1, 1) and GEMM_1X1:
-        kind = "gemm"
-        padded = K.ceil_to(oc, K.CONV_TILE[0])
-    elif group == 1:
+    if group == 1:
         kind = "direct"
         padded = None  # the tile depends on the output width
         u8 = UBSW and ctx.dtype(x) in ("uint8", "int8")
@@ -191,14 +186,6 @@ def _unfold(ctx: LowerContext, y, g: K.ConvGeometry, fold: int):
     return ctx.emit(relax.op.reshape(y, (g.n, g.oc, g.oh, g.ow)))
 
 
-def _padded_extent(g: K.ConvGeometry, ow: int | None = None) -> tuple[int, int]:
-    """The padded input extent every window reads (``ow`` output columns: a vector tail)."""
-    ow = g.ow if ow is None else ow
-    span_h = (g.oh - 1) * g.strides[0] + (g.kh - 1) * g.dilations[0] + 1
-    span_w = (ow - 1) * g.strides[1] + (g.kw - 1) * g.dilations[1] + 1
-    return max(span_h, g.pads[0] + g.h), max(span_w, g.pads[1] + g.w)
-
-
 def qconv(ctx: LowerContext):
     """The QConv output on a fast kernel, or None (see the module doc)."""
     plan = _conv_plan(ctx)
@@ -223,30 +210,13 @@ def qconv(ctx: LowerContext):
         y = _call(ctx, D.direct_conv(g, hp, wq, rq, tile, ubsw=ubsw, fold=fold), "qdirect_conv" + suffix,
                   [xp, ctx.const(wp)] + consts, (g.n // fold, g.oc, g.oh, D.row_cols(g, fold)), rq.out_dtype)
         return y if fold == 1 else _unfold(ctx, y, g, fold)
-    if kind == "depthwise":
-        vt = 2 if g.ow > K.LANES else 1
-        hq, wq = D.dw_extent(g, vt)
-        xp = _call(ctx, D.dw_pack(g, xdt, x_zp, hq, wq), "qdw_pack", [x], (g.n, g.c, hq, g.strides[1], wq * 2),
-                   "int16")
-        w32 = ctx.const(D.pack_dw_weights(wd.astype(np.int16), D.dw_pairs(g)[0]))
-        return _call(ctx, D.dw_conv(g, hq, wq, rq, vt), "qdw_pconv", [xp, w32] + consts,
-                     (g.n, g.oc, g.oh, g.ow), rq.out_dtype)
-    rt, vt = K.CONV_TILE
-    lanes = K.LANES * vt
-    k2 = -(-g.k // 2)
-    lp = K.ceil_to(g.pixels, lanes)
-    hp, wp_ = _padded_extent(g)
-    if (hp, wp_) != (g.h, g.w) or any(g.pads):  # pad once (x - zp, 0 around), then gather
-        x = _call(ctx, K.depthwise_pad(g.n, g.c, g.h, g.w, hp, wp_, g.pads, xdt, x_zp), "qconv_pad", [x],
-                  (g.n, g.c, hp, wp_), "int16")
-        xdt, x_zp = "int16", 0
-    xp = _call(ctx, K.im2col(g, xdt, x_zp, lanes, hp, wp_), "qconv_im2col", [x], (g.n, k2, lp * 2), "int16")
-    wp = K.pack_conv_weights(wd.reshape(g.oc, -1).astype(np.int16), rt)
-    y = _call(ctx, K.gemm_rows(g.n, g.oc, k2, g.pixels, rq, K.CONV_TILE), "qconv_gemm", [xp, ctx.const(wp)] + consts,
-              (g.n, g.oc, g.pixels), rq.out_dtype)
-    from tvm import relax
-
-    return ctx.emit(relax.op.reshape(y, (g.n, g.oc, g.oh, g.ow)))
+    # depthwise
+    vt = 2 if g.ow > K.LANES else 1
+    hq, wq = D.dw_extent(g, vt)
+    xp = _call(ctx, D.dw_pack(g, xdt, x_zp, hq, wq), "qdw_pack", [x], (g.n, g.c, hq, g.strides[1], wq * 2), "int16")
+    w32 = ctx.const(D.pack_dw_weights(wd.astype(np.int16), D.dw_pairs(g)[0]))
+    return _call(ctx, D.dw_conv(g, hq, wq, rq, vt), "qdw_pconv", [xp, w32] + consts,
+                 (g.n, g.oc, g.oh, g.ow), rq.out_dtype)
 
 
 # -- QMatMul ----------------------------------------------------------------------------------------

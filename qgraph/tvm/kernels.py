@@ -10,8 +10,8 @@ into 8 int32 lanes. Operands are zero-point-shifted 8-bit values widened to int1
 (``|x - zp| <= 255``), so a pair sum is at most ``2 * 255 * 32767 < 2**31``: the
 instruction is exact and the int32 accumulation wraps only where the contract's int32
 accumulator would overflow anyway (two's complement sums are exact modulo ``2**32``, so a
-final value that fits int32 is right). The saturating u8 x s8 form (``VPMADDUBSW``) is not
-used.
+final value that fits int32 is right). The saturating u8 x s8 form (``VPMADDUBSW``) appears
+only in ``qgraph.tvm.direct``'s conv, where a proof says it cannot saturate.
 
 Layouts (``K2 = ceil(K / 2)``, pairs of the reduction axis; odd ``K`` is padded with a 0):
 
@@ -20,12 +20,10 @@ Layouts (``K2 = ceil(K / 2)``, pairs of the reduction axis; odd ``K`` is padded 
 - the *vector* operand is int16 ``[..., K2, L * 2]``: lane ``l`` of pair ``j`` holds
   ``(v[2j, l], v[2j+1, l])`` adjacent, so one 256-bit load covers 8 lanes.
 
-Conv (``gemm_rows``): weights are the broadcast operand, packed at compile time as
-``[OC / RT, K2, RT]``; pixels are the lanes (an im2col kernel writes them, subtracting the
-zero point and padding with 0). The output is NCHW, so a tile of ``RT`` channels x 8 pixels
-stores contiguous vectors. MatMul (``gemm_cols``): activations are the broadcast operand,
-weight columns the lanes (packed ``[K2, N * 2]``, int8 when the weights fit). Convs go to the
-direct kernels of ``qgraph.tvm.direct`` (no im2col) unless ``fast.GEMM_1X1`` picks the GEMM.
+MatMul (``gemm_cols``): activations are the broadcast operand, weight columns the lanes
+(packed ``[K2, N * 2]``, int8 when the weights fit). Convs have their own direct kernels
+(``qgraph.tvm.direct``, no im2col; the im2col GEMM that was here, off by default since the
+direct conv replaced it, was removed). ``lookup`` is the activations' table lookup.
 
 Accumulator tiles are ``global``-scope buffers of under 1 KiB declared inside the parallel
 loop: TVM makes them stack allocas, which LLVM keeps in registers. ``local`` scope became a
@@ -48,8 +46,6 @@ from qgraph.quant.fixedpoint import rounding_half
 
 #: int32 lanes of one 256-bit vector.
 LANES = 8
-#: Register tile of the conv GEMM: RT output channels x VT vectors of 8 pixels.
-CONV_TILE = (8, 1)
 #: Register tile of the matmul GEMM: RT rows x VT vectors of 8 columns.
 MATMUL_TILE = (2, 4)
 
@@ -151,21 +147,6 @@ def _requant_expr(T, acc, bias, mult, half, shift, rq: Requant):
 
 
 # -- weight packing (compile time, numpy) ----------------------------------------------------------
-def pairs_as_int32(v16: np.ndarray) -> np.ndarray:
-    """int16 ``[..., 2 * K2]`` viewed as int32 ``[..., K2]`` (pair ``(v[2j], v[2j+1])`` per int32)."""
-    return np.ascontiguousarray(v16.astype(np.int16)).view(np.int32)
-
-
-def pack_conv_weights(wd: np.ndarray, rt: int) -> np.ndarray:
-    """Zero-point-shifted weights ``[OC, K]`` (int16 values) as int32 ``[ceil(OC/rt), K2, rt]``."""
-    oc, k = wd.shape
-    k2 = -(-k // 2)
-    w = np.zeros((ceil_to(oc, rt), 2 * k2), np.int16)
-    w[:oc, :k] = wd
-    p = pairs_as_int32(w)  # [OCp, K2]
-    return np.ascontiguousarray(p.reshape(-1, rt, k2).transpose(0, 2, 1))
-
-
 def pack_matmul_weights(bd: np.ndarray, lanes: int) -> np.ndarray:
     """Zero-point-shifted weights ``[K, N]`` (int16 values) as int16 ``[K2, Np * 2]``, pairs interleaved."""
     k, n = bd.shape
@@ -198,104 +179,6 @@ class ConvGeometry:
     @property
     def pixels(self) -> int:
         return self.oh * self.ow
-
-
-def im2col(g: ConvGeometry, x_dtype: str, x_zp: int, lanes_pad: int, hp: int, wp: int):
-    """``x [N, C, Hp, Wp]`` (already padded: ``depthwise_pad``, or unpadded when the conv has
-    no pads) -> int16 ``[N, K2, Lp * 2]``: ``x - zp`` at every tap, pairs of the reduction
-    axis ``k = (c * KH + kh) * KW + kw`` interleaved per pixel, 0 past ``K`` and ``P``."""
-    from tvm.script import tirx as T
-
-    N, C, Hp, Wp = g.n, g.c, hp, wp
-    KH, KW, OH, OW = g.kh, g.kw, g.oh, g.ow
-    SH, SW = g.strides
-    DH, DW = g.dilations
-    K, P = g.k, g.pixels
-    K2 = -(-K // 2)
-    Lp = ceil_to(P, lanes_pad)
-    zp = int(x_zp)
-
-    # index arithmetic as Python helpers: a TVMScript assignment would become a mutable
-    # scalar (a workspace allocation per iteration)
-    def kk(nj, t):
-        return (nj % K2) * 2 + t
-
-    loop = task_loop(T, N * K2 * 2 * Lp, macs=False)
-
-    @T.prim_func(check_well_formed=False)
-    def qconv_im2col(x: T.Buffer((N, C, Hp, Wp), x_dtype), xp: T.Buffer((N, K2, Lp * 2), "int16")):
-        T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
-        with T.sblock("root"):
-            for nj in loop(N * K2):
-                for t in T.serial(2):
-                    if kk(nj, t) < K:
-                        for oh in T.serial(OH):
-                            for ow in T.serial(OW):
-                                xp[nj // K2, nj % K2, (oh * OW + ow) * 2 + t] = T.Cast("int16", x[
-                                    nj // K2, kk(nj, t) // (KH * KW), oh * SH + kk(nj, t) // KW % KH * DH,
-                                    ow * SW + kk(nj, t) % KW * DW]) - T.int16(zp)
-                        for p in T.serial(Lp - P):
-                            xp[nj // K2, nj % K2, (P + p) * 2 + t] = T.int16(0)
-                    else:
-                        for p in T.serial(Lp):
-                            xp[nj // K2, nj % K2, p * 2 + t] = T.int16(0)
-
-    return qconv_im2col
-
-
-def gemm_rows(n: int, rows: int, k2: int, lanes: int, rq: Requant, tile=CONV_TILE):
-    """Conv GEMM: ``y[n, r, l] = requant(sum_j w[r, j] . xp[n, j, l] + bias[r])`` for ``r < rows``,
-    ``l < lanes``; ``w`` packed by ``pack_conv_weights``, per-row requantization."""
-    from tvm.script import tirx as T
-
-    RT, VT = tile
-    V = LANES * VT
-    N, R, K2, L = n, rows, k2, lanes
-    Lp, Rp = ceil_to(L, V), ceil_to(R, RT)
-    LT, RTs = Lp // V, Rp // RT
-    mdt = str(rq.multiplier.dtype)
-    odt = rq.out_dtype
-
-    def epi(acc, b, m, h, s):
-        return _requant_expr(T, acc, None, m, h, s, rq)  # the bias starts the accumulator
-
-    loop = task_loop(T, N * R * K2 * 2 * L)
-
-    @T.prim_func(check_well_formed=False)
-    def qconv_gemm(xp: T.Buffer((N, K2, Lp * 2), "int16"), w: T.Buffer((RTs, K2, RT), "int32"),
-                   bias: T.Buffer((Rp,), "int32"), mult: T.Buffer((Rp,), mdt), half: T.Buffer((Rp,), "int64"),
-                   shift: T.Buffer((Rp,), "int64"), y: T.Buffer((N, R, L), odt)):
-        T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
-        with T.sblock("root"):
-            for nt in loop(N * LT):
-                for rt in T.serial(RTs):
-                    acc = T.alloc_buffer((RT * V,), "int32", scope="global")
-                    for i in T.unroll(RT * VT):
-                        acc[T.ramp(i * 8, 1, 8)] = T.broadcast(bias[rt * RT + i // VT], 8)
-                    for j in T.serial(K2):
-                        for r in T.unroll(RT):
-                            for v in T.unroll(VT):
-                                acc[T.ramp((r * VT + v) * 8, 1, 8)] = acc[T.ramp((r * VT + v) * 8, 1, 8)] + \
-                                    T.call_llvm_pure_intrin(
-                                        "int32x8", _PMADDWD,
-                                        T.reinterpret("int16x16", T.broadcast(w[rt, j, r], 8)),
-                                        xp[nt // LT, j, T.ramp(((nt % LT) * VT + v) * 16, 1, 16)])
-                    for r in T.unroll(RT):
-                        for v in T.unroll(VT):
-                            if rt * RT + r < R:
-                                if ((nt % LT) * VT + v) * 8 + 8 <= L:
-                                    for l in T.vectorized(8):
-                                        y[nt // LT, rt * RT + r, ((nt % LT) * VT + v) * 8 + l] = epi(
-                                            acc[(r * VT + v) * 8 + l], bias[rt * RT + r], mult[rt * RT + r],
-                                            half[rt * RT + r], shift[rt * RT + r])
-                                else:
-                                    for l in T.serial(8):
-                                        if ((nt % LT) * VT + v) * 8 + l < L:
-                                            y[nt // LT, rt * RT + r, ((nt % LT) * VT + v) * 8 + l] = epi(
-                                                acc[(r * VT + v) * 8 + l], bias[rt * RT + r], mult[rt * RT + r],
-                                                half[rt * RT + r], shift[rt * RT + r])
-
-    return qconv_gemm
 
 
 def matmul_prep(rows: int, k: int, a_dtype: str, a_zp: int):
@@ -382,32 +265,6 @@ def gemm_cols(rows: int, k2: int, cols: int, rq: Requant, tile=MATMUL_TILE, w_dt
                                             shift[((t // RTs) * VT + v) * 8 + l])
 
     return qmatmul_gemm
-
-
-def depthwise_pad(n: int, c: int, h: int, w: int, hp: int, wp: int, pads: tuple[int, int], x_dtype: str, x_zp: int):
-    """``x [N, C, H, W]`` -> int16 ``[N, C, Hp, Wp]``: ``x - zp``, 0 around (pads begin at ``pads``)."""
-    from tvm.script import tirx as T
-
-    N, C, H, W, Hp, Wp = n, c, h, w, hp, wp
-    PT, PL = pads
-    zp = int(x_zp)
-
-    loop = task_loop(T, N * C * Hp * Wp, macs=False)
-
-    @T.prim_func(check_well_formed=False)
-    def qdw_pad(x: T.Buffer((N, C, H, W), x_dtype), xp: T.Buffer((N, C, Hp, Wp), "int16")):
-        T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
-        with T.sblock("root"):
-            for nc in loop(N * C):
-                for i in T.serial(Hp):
-                    for j in T.serial(Wp):
-                        xp[nc // C, nc % C, i, j] = T.if_then_else(
-                            PT <= i and i < PT + H and PL <= j and j < PL + W,
-                            T.Cast("int16", x[nc // C, nc % C, T.max(T.min(i - PT, H - 1), 0),
-                                              T.max(T.min(j - PL, W - 1), 0)]) - T.int16(zp),
-                            T.int16(0))
-
-    return qdw_pad
 
 
 # -- table lookup ----------------------------------------------------------------------------------
