@@ -310,7 +310,6 @@ def direct_conv(g: ConvGeometry, hp: int, wq: int, rq: Requant, tile=DIRECT_TILE
     def ob_(t):
         return t % OCB
 
-
     def product(wv, xv):  # 8 int32 lanes: one output channel's weights . 8 columns
         if ubsw:
             return T.call_llvm_pure_intrin(
