@@ -80,6 +80,18 @@ def model_spec(name: str) -> dict:
 
 
 # -- worker: quantize, build, export ------------------------------------------------------------
+def quantize_source(name: str, spec: dict):
+    """The float model ``qgraph.api.quantize`` takes for ``name``: its path, or for resnet50
+    (opset 9: per-channel DequantizeLinear needs 13, and insert-qdq asks for the upgrade) the
+    model converted to opset 13."""
+    if name != "resnet50":
+        return spec["path"]
+    import onnx
+    from onnx import version_converter
+
+    return version_converter.convert_version(onnx.load(spec["path"]), 13)
+
+
 def prepare(name: str, workdir: str, reduce_range: bool = False) -> dict:
     """Quantize and build ``name``; write the QDQ model, the TVM library and the input into
     ``workdir``; return the compile times."""
@@ -89,14 +101,7 @@ def prepare(name: str, workdir: str, reduce_range: bool = False) -> dict:
 
     spec = model_spec(name)
     os.makedirs(workdir, exist_ok=True)
-    source = spec["path"]
-    if name == "resnet50":
-        # opset 9: per-channel DequantizeLinear needs 13, and insert-qdq asks for the upgrade
-        import onnx
-        from onnx import version_converter
-
-        source = os.path.join(workdir, "float.opset13.onnx")
-        onnx.save(version_converter.convert_version(onnx.load(spec["path"]), 13), source)
+    source = quantize_source(name, spec)
     start = time.perf_counter()
     config = {"reduce_range": True} if reduce_range else None  # 7-bit weights for both runtimes
     q = qgraph.api.quantize(source, spec["calib"], config, report=False, show_progress=False)

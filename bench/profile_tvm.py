@@ -26,19 +26,12 @@ sys.path.insert(0, HERE)
 
 
 def build(name: str, reduce_range: bool):
-    import onnx
-    from onnx import version_converter
-
     import bench_tvm
     import qgraph.api
     from qgraph import tvm as qtvm
 
     spec = bench_tvm.model_spec(name)
-    source = spec["path"]
-    if name == "resnet50":  # opset 9 -> 13, as bench_tvm does
-        model = version_converter.convert_version(onnx.load(source), 13)
-        source = model
-    q = qgraph.api.quantize(source, spec["calib"], {"reduce_range": True} if reduce_range else None,
+    q = qgraph.api.quantize(bench_tvm.quantize_source(name, spec), spec["calib"], {"reduce_range": True} if reduce_range else None,
                             report=False, show_progress=False)
     compiled = qtvm.build(q.integer, "cpu", input_shapes={spec["input"]: spec["shape"]}).warm()
     return compiled, {spec["input"]: spec["x"]}

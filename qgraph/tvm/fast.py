@@ -26,6 +26,8 @@ vector shares one packed row (``direct.batch_fold``; Relax layout ops slice the 
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from qgraph.tvm import direct as D
@@ -94,10 +96,21 @@ def conv_kernel(ctx: LowerContext) -> str:
     """``"direct"``, ``"direct_u8"``, ``"depthwise"`` or ``"default"``: the kernel
     ``qconv`` would emit for ``ctx.node``."""
     plan = _conv_plan(ctx)
-    return plan[0] if plan is not None else "default"
+    return plan.kind if plan is not None else "default"
 
 
-def _conv_plan(ctx: LowerContext):
+class _ConvPlan(NamedTuple):
+    kind: str  # "direct", "direct_u8" or "depthwise"
+    g: K.ConvGeometry  # the geometry the kernel runs (after a tap fold)
+    wd: np.ndarray  # zero-point-shifted weights of ``g``
+    rq: K.Requant
+    x_zp: int  # the zero point the pack subtracts (u8 x s8: the uint8 one)
+    taps: tuple | None  # (source geometry, storage zero point) where the row taps fold into channels
+    fold: int = 1  # images per packed row (direct)
+    tile: tuple[int, int] | None = None  # register tile (direct)
+
+
+def _conv_plan(ctx: LowerContext) -> _ConvPlan | None:
     if not ctx.fast:
         return None
     x, w = ctx.value(0), ctx.value(1)
@@ -132,18 +145,19 @@ def _conv_plan(ctx: LowerContext):
         return None
     if g.n * g.oc * g.pixels * g.k < SMALL_MACS:
         return None
-    taps = None  # the source geometry and storage zero point where the row taps fold into channels
+    taps, fold, tile = None, 1, None
     if group == 1:
         kind = "direct"
-        padded = None  # the tile depends on the output width
         u8 = UBSW and ctx.dtype(x) in ("uint8", "int8")
+        exact_u8 = u8 and D.ubsw_exact(wd, 0, 255)
         # fold the row taps where the u8 x s8 form does not already take the conv: on the
         # digits CNN's 1-channel stem (always u8 x s8: its pairs are one weight and a 0) the
-        # fold's int16 form plus its two packs took 43 us at batch 64 against 29 us
-        if D.tap_fold_pays(g) and not (u8 and D.ubsw_exact(wd, 0, 255)):
+        # fold's int16 form plus its two packs took 43 us at batch 64 against 27 us
+        if D.tap_fold_pays(g) and not exact_u8:
             taps = (g, x_zp)
             g, wd = D.fold_taps(g, wd)
-        if u8 and D.ubsw_exact(wd, 0, 255):
+            exact_u8 = u8 and D.ubsw_exact(wd, 0, 255)
+        if exact_u8:
             # raw bytes (int8 shifted by 128 to uint8, its zero point with it): the zero
             # point's share moves into the bias (where that still fits int32)
             u_zp = x_zp + (128 if ctx.dtype(x) == "int8" else 0)
@@ -151,17 +165,18 @@ def _conv_plan(ctx: LowerContext):
                 - u_zp * wd.reshape(oc, -1).sum(axis=1)
             if K.bias_fits_int32(moved):
                 kind, bias, x_zp = "direct_u8", moved, u_zp
+        fold = D.batch_fold(g)
+        tile = D.direct_tile(D.row_cols(g, fold), kind == "direct_u8", oc)
+        padded = K.ceil_to(oc, tile[0])
     elif group == xs[1] and ws[1] == 1 and oc == group:
         kind = "depthwise"
         padded = oc
     else:
         return None
-    if padded is None:
-        padded = K.ceil_to(oc, D.direct_tile(D.row_cols(g, D.batch_fold(g)), kind == "direct_u8", oc)[0])
     rq = _requant(ctx, oc, padded, bias)
     if rq is None:
         return None
-    return kind, g, wd, rq, x_zp, taps
+    return _ConvPlan(kind, g, wd, rq, x_zp, taps, fold, tile)
 
 
 def _call(ctx: LowerContext, func, name: str, args, shape, dtype):
@@ -191,7 +206,7 @@ def qconv(ctx: LowerContext):
     plan = _conv_plan(ctx)
     if plan is None:
         return None
-    kind, g, wd, rq, x_zp, taps = plan
+    kind, g, wd, rq, x_zp, taps, fold, tile = plan
     x = ctx.value(0)
     xdt = ctx.dtype(x)
     if taps is not None:  # the row taps as channels (``direct.fold_taps``)
@@ -200,8 +215,6 @@ def qconv(ctx: LowerContext):
     consts = [ctx.const(a) for a in rq.arrays()]
     if kind in ("direct", "direct_u8"):
         ubsw = kind == "direct_u8"
-        fold = D.batch_fold(g)
-        tile = D.direct_tile(D.row_cols(g, fold), ubsw, g.oc)
         hp, wq = D.direct_extent(g, tile[1], fold)
         cg, xpdt, suffix = (4, "uint8", "_ubsw") if ubsw else (2, "int16", "")
         xp = _call(ctx, D.conv_pack(g, xdt, x_zp, hp, wq, ubsw=ubsw, fold=fold), "qdirect_pack" + suffix, [x],

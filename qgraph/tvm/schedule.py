@@ -1,7 +1,7 @@
 """Schedules for the kernels TVM's CPU pipeline leaves unscheduled: fused elementwise chains.
 
-After ``FuseTIR`` an integer elementwise chain (a QAdd's multiplies, shifts and clamps, a
-Requantize, a pad) is one PrimFunc of nested scalar loops. TVM 0.27's CPU pipeline schedules
+After ``FuseTIR`` an elementwise chain (a QAdd's multiplies, shifts and clamps, a
+Requantize, a pad, a Quantize's divide and round) is one PrimFunc of nested scalar loops. TVM 0.27's CPU pipeline schedules
 none of them, and LLVM did not vectorize the result (resnet50's residual QAdds ran at 3.5 ns
 per element, 1 thread; 0.2-0.4 ns scheduled). ``elementwise_rule`` inlines the chain into one
 block and then, by the shape of its loops:
