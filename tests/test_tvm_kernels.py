@@ -153,35 +153,56 @@ def test_qconv_u8s8_pairs_where_no_pair_can_saturate(case, xdt):
         _check(model, {"x": x}, {"qdirect_conv"})
 
 
-def test_a_batch_of_narrow_rows_folds_into_one_row():
-    """Where an output row is narrower than a vector, the batch's images share one packed row
-    (each in a segment of its padded width over the stride): the digits CNN at batch 64 fills
-    2 of 3 lanes in its 2x2 layer instead of 2 of 8; a single image, or rows that fill whole
-    vectors, do not fold."""
+def test_a_batch_of_narrow_rows_interleaves_into_one_row():
+    """Where an output row is narrower than a vector, the batch's images share one packed row,
+    column by column (``ow * N + n``): the digits CNN at batch 64 computes 128 columns per row
+    of its 2x2 layer, every one wanted (a row per image: 8 lanes for 2). A single image, rows of
+    whole vectors, or a batch that would save under 5% keep a row per image. Two interleaved
+    convs in a row: the second packs the first's ``[C, H, W, N]`` output as it is."""
+    from qgraph.ir import Graph, Model, Node, TensorType, Value
     from qgraph.tvm import direct as D
     from qgraph.tvm.kernels import ConvGeometry
 
     def geom(n, c, h, w, oc, k, oh, ow, s, p):
         return ConvGeometry(n, c, h, w, oc, k, k, oh, ow, (s, s), (1, 1), (p, p))
 
-    conv3 = geom(64, 16, 4, 4, 32, 3, 2, 2, 2, 1)   # pads 1 + 4 + 1: 6 columns, 3 per phase
-    assert (D.seg_cols(conv3), D.batch_fold(conv3), D.row_cols(conv3, 64)) == (3, 64, 192)
-    conv2 = geom(64, 8, 8, 8, 16, 3, 4, 4, 2, 1)
-    assert (D.seg_cols(conv2), D.batch_fold(conv2)) == (5, 64)
+    conv3 = geom(64, 16, 4, 4, 32, 3, 2, 2, 2, 1)
+    assert (D.batch_fold(conv3), D.row_cols(conv3, 64)) == (64, 128)
+    assert D.direct_extent(conv3, 2, 64) == (5, 192)  # 128 columns + 1 more phase column per image
     assert D.batch_fold(geom(1, 16, 4, 4, 32, 3, 2, 2, 2, 1)) == 1          # one image
     assert D.batch_fold(geom(8, 64, 16, 16, 64, 3, 16, 16, 1, 1)) == 1      # 16 columns: whole vectors
-    assert D.batch_fold(geom(8, 512, 7, 7, 512, 3, 7, 7, 1, 1)) == 1        # 9 per segment > 8 lanes
+    assert D.batch_fold(geom(8, 512, 7, 7, 512, 3, 7, 7, 1, 1)) == 8        # 56 columns in 7 vectors, not 8
+    assert D.batch_fold(geom(2, 8, 63, 63, 8, 1, 63, 63, 1, 0)) == 1        # 128 against 128
 
     rng = np.random.default_rng(5)
-    x = rng.integers(0, 256, (6, 16, 4, 4)).astype(np.uint8)
+    x = rng.integers(0, 256, (6, 16, 4, 4)).astype(np.uint8)  # 6 images: 12 columns, a partial vector
     w = rng.integers(-128, 128, (32, 16, 3, 3)).astype(np.int8)
     attrs = {"strides": [2, 2], "pads": [1, 1, 1, 1], "kernel_shape": [3, 3], "x_zero_point": 7,
              "w_zero_point": [0], **_requant(rng, 32, "uint8")}
     model = _one_node(l3.QConv, {"x": x}, {"w": w}, attrs, DType.UINT8)
-    main = qtvm.lower(model)["main"]
-    text = main.script()
-    assert "R.permute_dims" in text and "(1, 32, 2, 18)" in text, text  # one row of 6 segments of 3
+    text = qtvm.lower(model)["main"].script()
+    assert "R.permute_dims" in text and "(1, 32, 2, 12)" in text, text
     _check(model, {"x": x}, {"qdirect_conv"})
+
+    # a chain: 16 -> 24 channels at stride 1 (int16), then 24 -> 8 at stride 2 (u8 x s8, 7-bit
+    # weights) on 5 images of 5 x 3
+    g = Graph("g")
+    xv = Value("x", TensorType(DType.UINT8, (5, 16, 5, 3)))
+    g.inputs.append(xv)
+    h, y = Value("h", TensorType(DType.UINT8, None)), Value("y", TensorType(DType.UINT8, None))
+    w1 = rng.integers(-128, 128, (24, 16, 3, 3)).astype(np.int8)
+    w2 = rng.integers(-64, 64, (8, 24, 3, 2)).astype(np.int8)
+    g.append(Node(l3.QConv, [xv, g.add_initializer("w1", w1)], [h],
+                  {**attrs, "strides": [1, 1], "x_zero_point": 3, **_requant(rng, 24, "uint8")}, name="a"))
+    g.append(Node(l3.QConv, [h, g.add_initializer("w2", w2)], [y],
+                  {**attrs, "kernel_shape": [3, 2], "pads": [1, 0, 0, 1], "x_zero_point": 9,
+                   **_requant(rng, 8, "uint8")}, name="b"))
+    g.outputs.append(y)
+    model = Model(g, {"": 21, "qgraph": 1})
+    feeds = {"x": rng.integers(0, 256, (5, 16, 5, 3)).astype(np.uint8)}
+    text = qtvm.lower(model).script()
+    assert 'x: T.Buffer((24, 5, 3, 5), "uint8")' in text, text  # the second pack reads [C, H, W, N]
+    _check(model, feeds, {"qdirect_conv", "qdirect_conv_ubsw"})
 
 
 def test_few_channel_convs_fold_their_row_taps_into_channels():

@@ -43,6 +43,9 @@ class LowerContext:
         self.fast = fast
         self.env: dict[str, object] = {}
         self.node: Node | None = None
+        #: value name -> the same tensor in another layout a kernel may read instead (an
+        #: interleaved conv's output as ``[C, H, W, N]``: ``qgraph.tvm.fast._unfold``)
+        self.lanes: dict[str, object] = {}
 
     # -- errors ----------------------------------------------------------------------------------
     def error(self, message: str) -> LoweringError:

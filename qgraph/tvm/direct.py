@@ -15,15 +15,18 @@ output columns read one contiguous 256-bit vector, whatever the stride:
   rows (``dw_pairs``), so one ``VPMADDWD`` does two taps (weight pairs per row phase, 0
   outside the kernel).
 
-Batch folding (``batch_fold``): where an output row is narrower than a vector (the digits
-CNN's 4x4 and 2x2 layers: 8 lanes for 4 or 2 columns), the images of the batch are packed
-side by side into one wide row, each in a segment of ``Qs`` columns per phase (``seg_cols``:
-its padded width over the stride), and the kernel computes and stores the wide row with
-whole-vector stores; Relax layout ops after it (``fast._unfold``) drop the columns past ``OW``
-of each segment. A 2x2 output at stride 2 then fills 2 of every 3 lanes where it filled 2 of
-8, and the tasks are a few long rows, not one per image. (Storing only the valid columns from
-the kernel, lane by lane, made the digits CNN's 4x4 layer slower than unfolded: 136 against
-104 us.)
+Batch interleaving (``batch_fold``): where an output row is narrower than a vector (the
+digits CNN's 4x4 and 2x2 layers: 8 lanes for 4 or 2 columns), the batch's images share one
+packed row, interleaved column by column: column ``q * N + n`` of a phase holds image ``n``'s
+column ``q``. An output column ``u = ow * N + n`` then reads ``u + (kw * DW // SW) * N``, so
+the kernel is the same with its tap offsets times ``N``, every lane computes a wanted column
+(the row is ``OW * N`` long, padded once at its end), and a stride or a pad costs nothing
+extra. The output ``[OC, OH, OW, N]`` goes back to ``[N, OC, OH, OW]`` by one Relax transpose
+(``fast._unfold``), or, where the consumer is another interleaved conv, is packed as it is
+(``conv_pack(src_lanes=True)``: contiguous over ``n``, a vectorized copy). The first form
+(segments of the padded width per image, session 4) filled 2 of 3 lanes in the 2x2 layer at
+stride 2; storing only the valid columns from the kernel, lane by lane, made the 4x4 layer
+slower than not folding (136 against 104 us).
 
 The exactness argument is that of ``qgraph.tvm.kernels``; requantization is the same fused
 epilogue (``kernels._requant_expr``).
@@ -129,29 +132,23 @@ def tap_pack(g: ConvGeometry, x_dtype: str, x_zp: int):
     return qtap_pack
 
 
-def seg_cols(g: ConvGeometry) -> int:
-    """Per-phase columns of one image's segment in a folded row: its padded width (the input
-    with the left pad, or the span the windows read if wider) rounded up to the stride."""
-    span = (g.ow - 1) * g.strides[1] + (g.kw - 1) * g.dilations[1] + 1
-    return ceil_to(max(span, g.pads[1] + g.w), g.strides[1]) // g.strides[1]
-
-
 def batch_fold(g: ConvGeometry) -> int:
-    """Images per packed row: ``N`` where a segment (``seg_cols``) wastes fewer lanes than a
-    row of its own (an output row narrower than a vector), else 1."""
-    return g.n if g.n > 1 and seg_cols(g) < ceil_to(g.ow, LANES) else 1
+    """Images per packed row: ``N`` (interleaved, ``OW * N`` columns per row) where that
+    computes 5% fewer columns than a row per image padded to whole vectors, else 1."""
+    return g.n if g.n > 1 and ceil_to(g.n * g.ow, LANES) < 0.95 * g.n * ceil_to(g.ow, LANES) else 1
 
 
 def row_cols(g: ConvGeometry, fold: int) -> int:
-    """Output columns the kernel computes per row: ``OW``, or the folded segments'."""
-    return g.ow if fold == 1 else fold * seg_cols(g)
+    """Output columns the kernel computes per row: ``OW``, or ``OW * N`` interleaved."""
+    return g.ow * fold
 
 
 def direct_extent(g: ConvGeometry, vt: int, fold: int = 1) -> tuple[int, int]:
-    """(Hp, Wq): the packed rows and per-phase columns the direct conv reads."""
+    """(Hp, Wq): the packed rows and per-phase columns the direct conv reads (``Wq`` a multiple
+    of ``fold``: whole interleaved columns)."""
     ot = -(-row_cols(g, fold) // (LANES * vt))
     hp = (g.oh - 1) * g.strides[0] + (g.kh - 1) * g.dilations[0] + 1
-    wq = ot * LANES * vt + ((g.kw - 1) * g.dilations[1]) // g.strides[1]
+    wq = ceil_to(ot * LANES * vt + ((g.kw - 1) * g.dilations[1]) // g.strides[1] * fold, fold)
     return hp, wq
 
 
@@ -190,15 +187,17 @@ def _phase_bounds(T, ph, sw: int, pl: int, w: int, wq: int):
     return lo, hi
 
 
-def conv_pack(g: ConvGeometry, x_dtype: str, x_zp: int, hp: int, wq: int, ubsw: bool = False, fold: int = 1):
+def conv_pack(g: ConvGeometry, x_dtype: str, x_zp: int, hp: int, wq: int, ubsw: bool = False, fold: int = 1,
+              src_lanes: bool = False):
     """``x [N, C, H, W]`` -> int16 ``[N, C2, Hp, SW, Wq * 2]``: ``x - zp`` at channel pairs, 0 around;
     ``ubsw``: uint8 ``x`` -> uint8 ``[N, C4, Hp, SW, Wq * 4]``: raw bytes of 4 channels per column
     (int8 ``x``: ``x + 128``, with ``x_zp`` given as the int8 zero point + 128),
     ``zp`` around and in the missing channels (``zp - zp = 0``: the bias correction
     ``-zp * sum(w)`` of the u8 x s8 conv then holds at every tap). ``fold`` images per row
-    (``batch_fold``): ``[N / fold, ...]``, image ``i`` of a row in columns ``[i * Qs, (i + 1) * Qs)``.
+    (``batch_fold``): ``[N / fold, ...]``, image ``n``'s column ``q`` of a phase at ``q * fold + n``.
+    ``src_lanes``: ``x`` is ``[C, H, W, N]`` (an interleaved conv's output), read along ``n``.
 
-    Per packed row and image: the left pad, the interior (the channel rows interleaved; where
+    Per packed row and phase: the left pad, the interior (the channel rows interleaved; where
     none is a pad row or a missing channel, a loop without conditions, which LLVM vectorizes
     reliably) and the right pad are separate loops."""
     from tvm.script import tirx as T
@@ -212,14 +211,15 @@ def conv_pack(g: ConvGeometry, x_dtype: str, x_zp: int, hp: int, wq: int, ubsw: 
     SW = g.strides[1]
     PT, PL = g.pads
     Hp, Wq = hp, wq
-    QS = Wq if F == 1 else seg_cols(g)  # per-phase columns of one image
+    Q = Wq // F  # per-phase columns of one image
     zp = int(x_zp)
+    x_shape = (C, H, W, N) if src_lanes else (N, C, H, W)
 
     def lo(ph):
-        return _phase_bounds(T, ph, SW, PL, W, QS)[0]
+        return _phase_bounds(T, ph, SW, PL, W, Q)[0]
 
     def hi(ph):
-        return _phase_bounds(T, ph, SW, PL, W, QS)[1]
+        return _phase_bounds(T, ph, SW, PL, W, Q)[1]
 
     def ok(c, ih):
         return T.And(c < C, T.And(PT <= ih, ih < PT + H))
@@ -228,7 +228,8 @@ def conv_pack(g: ConvGeometry, x_dtype: str, x_zp: int, hp: int, wq: int, ubsw: 
         return T.uint8(zp) if ubsw else T.int16(0)
 
     def val(x, n, c, ih, iw):
-        v = x[n, T.min(c, C - 1), T.max(T.min(ih - PT, H - 1), 0), iw - PL]
+        c, ih = T.min(c, C - 1), T.max(T.min(ih - PT, H - 1), 0)
+        v = x[c, ih, iw - PL, n] if src_lanes else x[n, c, ih, iw - PL]
         if ubsw:  # int8 as uint8: v + 128 (the caller passes zp + 128)
             return v if x_dtype == "uint8" else T.Cast("uint8", T.Cast("int32", v) + 128)
         return T.Cast("int16", v) - T.int16(zp)
@@ -236,31 +237,30 @@ def conv_pack(g: ConvGeometry, x_dtype: str, x_zp: int, hp: int, wq: int, ubsw: 
     loop = task_loop(T, NB * CG * Hp * SW * Wq * G, macs=False)
 
     @T.prim_func(check_well_formed=False)
-    def qdirect_pack(x: T.Buffer((N, C, H, W), x_dtype), xp: T.Buffer((NB, CG, Hp, SW, Wq * G), ODT)):
+    def qdirect_pack(x: T.Buffer(x_shape, x_dtype), xp: T.Buffer((NB, CG, Hp, SW, Wq * G), ODT)):
         T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
         with T.sblock("root"):
             for ncr in loop(NB * CG * Hp):
                 for ph in T.serial(SW):
-                    for i in T.serial(F):
-                        for q in T.serial(lo(ph) * G):
-                            xp[ncr // (CG * Hp), ncr // Hp % CG, ncr % Hp, ph, i * QS * G + q] = pad()
-                        if T.And(ok(ncr // Hp % CG * G, ncr % Hp), ok(ncr // Hp % CG * G + G - 1, ncr % Hp)):
-                            for q in T.serial(hi(ph) - lo(ph)):  # no pad row or missing channel: no condition
+                    for q in T.serial(lo(ph) * F * G):
+                        xp[ncr // (CG * Hp), ncr // Hp % CG, ncr % Hp, ph, q] = pad()
+                    if T.And(ok(ncr // Hp % CG * G, ncr % Hp), ok(ncr // Hp % CG * G + G - 1, ncr % Hp)):
+                        for q in T.serial(hi(ph) - lo(ph)):  # no pad row or missing channel: no condition
+                            for i in T.serial(F):
                                 for t in T.unroll(G):
-                                    xp[ncr // (CG * Hp), ncr // Hp % CG, ncr % Hp, ph, (i * QS + lo(ph) + q) * G + t] = \
+                                    xp[ncr // (CG * Hp), ncr // Hp % CG, ncr % Hp, ph, ((lo(ph) + q) * F + i) * G + t] = \
                                         val(x, ncr // (CG * Hp) * F + i, ncr // Hp % CG * G + t, ncr % Hp,
                                             (lo(ph) + q) * SW + ph)
-                        else:
-                            for q in T.serial(hi(ph) - lo(ph)):
+                    else:
+                        for q in T.serial(hi(ph) - lo(ph)):
+                            for i in T.serial(F):
                                 for t in T.unroll(G):
-                                    xp[ncr // (CG * Hp), ncr // Hp % CG, ncr % Hp, ph, (i * QS + lo(ph) + q) * G + t] = \
+                                    xp[ncr // (CG * Hp), ncr // Hp % CG, ncr % Hp, ph, ((lo(ph) + q) * F + i) * G + t] = \
                                         T.if_then_else(ok(ncr // Hp % CG * G + t, ncr % Hp),
                                                        val(x, ncr // (CG * Hp) * F + i, ncr // Hp % CG * G + t,
                                                            ncr % Hp, (lo(ph) + q) * SW + ph), pad())
-                        for q in T.serial((QS - hi(ph)) * G):
-                            xp[ncr // (CG * Hp), ncr // Hp % CG, ncr % Hp, ph, (i * QS + hi(ph)) * G + q] = pad()
-                    for q in T.serial((Wq - F * QS) * G):  # past the last segment
-                        xp[ncr // (CG * Hp), ncr // Hp % CG, ncr % Hp, ph, F * QS * G + q] = pad()
+                    for q in T.serial((Q - hi(ph)) * F * G):
+                        xp[ncr // (CG * Hp), ncr // Hp % CG, ncr % Hp, ph, hi(ph) * F * G + q] = pad()
 
     return qdirect_pack
 
@@ -268,8 +268,8 @@ def conv_pack(g: ConvGeometry, x_dtype: str, x_zp: int, hp: int, wq: int, ubsw: 
 def direct_conv(g: ConvGeometry, hp: int, wq: int, rq: Requant, tile=DIRECT_TILE, ubsw: bool = False,
                 fold: int = 1):
     """``y[n, oc, oh, ow] = requant(sum_{c2, kh, kw} w . xp + bias[oc])`` on the packed input
-    (``fold`` images per packed row, ``conv_pack``'s: ``y`` is then ``[N / fold, OC, OH, fold * Qs]``,
-    every segment's ``Qs`` columns, of which the first ``OW`` are image ``i``'s: ``fast._unfold`` slices them).
+    (``fold`` images per packed row, ``conv_pack``'s: ``y`` is then ``[N / fold, OC, OH, OW * fold]``,
+    column ``ow * fold + n`` image ``n``'s ``ow``: ``fast._unfold`` transposes it back).
 
     ``ubsw``: the u8 x s8 form on ``conv_pack(..., ubsw=True)``'s raw bytes and
     ``pack_direct_weights(..., ubsw=True)``: per 8 output columns, ``VPMADDUBSW`` (4 channels
@@ -287,7 +287,7 @@ def direct_conv(g: ConvGeometry, hp: int, wq: int, rq: Requant, tile=DIRECT_TILE
     DH, DW = g.dilations
     Hp, Wq = hp, wq
     NB = N // fold
-    U = row_cols(g, fold)  # output columns per computed row (folded: every segment's, whole)
+    U = row_cols(g, fold)  # output columns per computed row (interleaved: ow * N + n)
     OT = -(-U // V)
     OCB = -(-OC // RT)
     OCp = OCB * RT
@@ -338,7 +338,7 @@ def direct_conv(g: ConvGeometry, hp: int, wq: int, rq: Requant, tile=DIRECT_TILE
                                     acc[T.ramp((r * VT + v) * 8, 1, 8)] = acc[T.ramp((r * VT + v) * 8, 1, 8)] + \
                                         product(w[ob_(t), c2, kh, kw, r],
                                                 xp[n_(t), c2, oh_(t) * SH + kh * DH, (kw * DW) % SW,
-                                                   T.ramp((ot_(t) * V + v * 8 + (kw * DW) // SW) * G, 1, 8 * G)])
+                                                   T.ramp((ot_(t) * V + v * 8 + (kw * DW) // SW * fold) * G, 1, 8 * G)])
                 for r in T.unroll(RT):
                     for v in T.unroll(VT):
                         if ob_(t) * RT + r < OC:

@@ -21,7 +21,8 @@ place qgraph uses the saturating instruction.
 Two layout choices of the direct conv, both decided from the geometry alone: a conv on few
 input channels (a stem) packs its row taps as channels (``direct.fold_taps``, one
 ``qtap_pack`` kernel before the pack), and a batch whose output rows are narrower than a
-vector shares one packed row (``direct.batch_fold``; Relax layout ops slice the result back).
+vector shares one packed row, its images interleaved column by column (``direct.batch_fold``;
+a Relax transpose puts the result back, or the next interleaved conv packs it as it is).
 """
 
 from __future__ import annotations
@@ -188,17 +189,15 @@ def _call(ctx: LowerContext, func, name: str, args, shape, dtype):
     return ctx.emit(relax.call_tir(gv, list(args), relax.TensorType(list(shape), dtype)))
 
 
-def _unfold(ctx: LowerContext, y, g: K.ConvGeometry, fold: int):
-    """A folded conv's ``[N / fold, OC, OH, fold * Qs]`` as ``[N, OC, OH, OW]`` (Relax layout ops:
-    one fused copy, or part of the consumer's elementwise kernel)."""
+def _unfold(ctx: LowerContext, y, g: K.ConvGeometry):
+    """An interleaved conv's ``[1, OC, OH, OW * N]`` as ``[N, OC, OH, OW]`` (one Relax transpose:
+    a fused copy, or part of the consumer's elementwise kernel); the ``[OC, OH, OW, N]`` view
+    is kept for a consumer conv that packs it as it is (``ctx.lanes``)."""
     from tvm import relax
 
-    qs = D.seg_cols(g)
-    y = ctx.emit(relax.op.reshape(y, (g.n // fold, g.oc, g.oh, fold, qs)))
-    if qs != g.ow:
-        y = ctx.emit(relax.op.strided_slice(y, axes=[4], begin=[0], end=[g.ow]))
-    y = ctx.emit(relax.op.permute_dims(y, [0, 3, 1, 2, 4]))
-    return ctx.emit(relax.op.reshape(y, (g.n, g.oc, g.oh, g.ow)))
+    lanes = ctx.emit(relax.op.reshape(y, (g.oc, g.oh, g.ow, g.n)))
+    ctx.lanes[ctx.node.outputs[0].name] = lanes
+    return ctx.emit(relax.op.permute_dims(lanes, [3, 0, 1, 2]))
 
 
 def qconv(ctx: LowerContext):
@@ -217,12 +216,15 @@ def qconv(ctx: LowerContext):
         ubsw = kind == "direct_u8"
         hp, wq = D.direct_extent(g, tile[1], fold)
         cg, xpdt, suffix = (4, "uint8", "_ubsw") if ubsw else (2, "int16", "")
-        xp = _call(ctx, D.conv_pack(g, xdt, x_zp, hp, wq, ubsw=ubsw, fold=fold), "qdirect_pack" + suffix, [x],
+        # the producer an interleaved conv too: pack its [C, H, W, N] as it is
+        src = ctx.lanes.get(ctx.node.inputs[0].name) if taps is None and fold > 1 else None
+        xp = _call(ctx, D.conv_pack(g, xdt, x_zp, hp, wq, ubsw=ubsw, fold=fold, src_lanes=src is not None),
+                   "qdirect_pack" + suffix, [x if src is None else src],
                    (g.n // fold, -(-g.c // cg), hp, g.strides[1], wq * cg), xpdt)
         wp = D.pack_direct_weights(wd.astype(np.int8 if ubsw else np.int16), tile[0], ubsw=ubsw)
         y = _call(ctx, D.direct_conv(g, hp, wq, rq, tile, ubsw=ubsw, fold=fold), "qdirect_conv" + suffix,
                   [xp, ctx.const(wp)] + consts, (g.n // fold, g.oc, g.oh, D.row_cols(g, fold)), rq.out_dtype)
-        return y if fold == 1 else _unfold(ctx, y, g, fold)
+        return y if fold == 1 else _unfold(ctx, y, g)
     # depthwise
     vt = 2 if g.ow > K.LANES else 1
     hq, wq = D.dw_extent(g, vt)
