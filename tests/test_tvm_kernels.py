@@ -156,8 +156,9 @@ def test_qconv_u8s8_pairs_where_no_pair_can_saturate(case, xdt):
 def test_a_batch_of_narrow_rows_interleaves_into_one_row():
     """Where an output row is narrower than a vector, the batch's images share one packed row,
     column by column (``ow * N + n``): the digits CNN at batch 64 computes 128 columns per row
-    of its 2x2 layer, every one wanted (a row per image: 8 lanes for 2). A single image, rows of
-    whole vectors, or a batch that would save under 5% keep a row per image. Two interleaved
+    of its 2x2 layer, every one wanted (a row per image: 8 lanes for 2); rows of one vector
+    interleave at no loss (the 8x8 stem, so that its consumer reads its output as it is). A
+    single image, or rows wider than a vector where that saves under 5%, keep a row per image. Two interleaved
     convs in a row: the second packs the first's ``[C, H, W, N]`` output as it is."""
     from qgraph.ir import Graph, Model, Node, TensorType, Value
     from qgraph.tvm import direct as D
@@ -173,6 +174,7 @@ def test_a_batch_of_narrow_rows_interleaves_into_one_row():
     assert D.batch_fold(geom(8, 64, 16, 16, 64, 3, 16, 16, 1, 1)) == 1      # 16 columns: whole vectors
     assert D.batch_fold(geom(8, 512, 7, 7, 512, 3, 7, 7, 1, 1)) == 8        # 56 columns in 7 vectors, not 8
     assert D.batch_fold(geom(2, 8, 63, 63, 8, 1, 63, 63, 1, 0)) == 1        # 128 against 128
+    assert D.batch_fold(geom(64, 1, 8, 8, 8, 3, 8, 8, 1, 1)) == 64          # rows of one vector: no loss
 
     rng = np.random.default_rng(5)
     x = rng.integers(0, 256, (6, 16, 4, 4)).astype(np.uint8)  # 6 images: 12 columns, a partial vector

@@ -134,8 +134,12 @@ def tap_pack(g: ConvGeometry, x_dtype: str, x_zp: int):
 
 def batch_fold(g: ConvGeometry) -> int:
     """Images per packed row: ``N`` (interleaved, ``OW * N`` columns per row) where that
-    computes 5% fewer columns than a row per image padded to whole vectors, else 1."""
-    return g.n if g.n > 1 and ceil_to(g.n * g.ow, LANES) < 0.95 * g.n * ceil_to(g.ow, LANES) else 1
+    computes 5% fewer columns than a row per image padded to whole vectors, or as many where
+    a row is one vector (the digits CNN's 8x8 stem: its 4x4 consumer then packs the
+    interleaved output as it is, where it gathered each image's columns), else 1."""
+    if g.n == 1:
+        return 1
+    return g.n if g.ow <= LANES or ceil_to(g.n * g.ow, LANES) < 0.95 * g.n * ceil_to(g.ow, LANES) else 1
 
 
 def row_cols(g: ConvGeometry, fold: int) -> int:
