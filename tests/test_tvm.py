@@ -178,6 +178,28 @@ def test_qadd_qmul_requantize_lookup_broadcasting():
     _same_as_reference(_one_node(l3.Lookup, {"a": a}, (), {"table": table, "x_qmin": 0}, DType.INT8), {"a": a})
 
 
+def test_elementwise_requant_high_half_form_is_exact():
+    """Shifts of at least 32 requantize from the high int32 half of the rounded int64 product
+    (then int32 arithmetic): every pair of byte values through a QMul (its product in int32),
+    multipliers up to 2**31 - 1, a shift of exactly 32 (no second shift), shifts up to 62,
+    int16 operands, and saturation at both ends."""
+    a = np.arange(256, dtype=np.uint8).reshape(256, 1).repeat(256, 1)
+    b = np.arange(-128, 128, dtype=np.int64).astype(np.int8).reshape(1, 256).repeat(256, 0)
+    for mult, shift in ((2**31 - 1, 32), (1518500250, 38), (1 << 30, 45)):
+        model = _one_node(l3.QMul, {"a": a, "b": b}, (), {
+            "a_zero_point": 3, "b_zero_point": -2, "multiplier": [mult], "shift": [shift],
+            "y_zero_point": -7, "y_qmin": -128, "y_qmax": 127}, DType.INT8)
+        text = qtvm.lower(model).script()
+        assert 'R.right_shift(lv' in text and '"int32") = R.multiply' in text, text  # int32 product, high half
+        _same_as_reference(model, {"a": a, "b": b})
+    x = np.arange(-32768, 32768, 7, dtype=np.int64).astype(np.int16)
+    for mult, shift in ((2**31 - 1, 33), (1234567890, 40), (7, 62)):
+        model = _one_node(l3.Requantize, {"x": x}, (), {
+            "x_zero_point": 100, "multiplier": [mult], "shift": [shift], "y_zero_point": 5,
+            "y_qmin": -32768, "y_qmax": 32767}, DType.INT16)
+        _same_as_reference(model, {"x": x})
+
+
 def test_quantize_ties_and_saturation():
     x = np.concatenate([np.arange(-300, 300, dtype=np.float32) * np.float32(0.5) * np.float32(0.02),
                         np.array([1e30, -1e30, 3.4e38, 0.0], np.float32)]).reshape(1, -1)

@@ -115,7 +115,10 @@ class LowerContext:
         from tvm import relax
 
         a = np.asarray(arr, dtype=dtype)
-        return relax.const(np.ascontiguousarray(a), dtype_name(a.dtype))
+        # np.ascontiguousarray would make a scalar [1]: legalization turns only a 0-d constant
+        # into an immediate (a [1] one is a buffer the kernel loads, and an int64 one then
+        # costs 64-bit multiplies and shifts that AVX2 emulates)
+        return relax.const(a if a.flags.c_contiguous else a.copy(order="C"), dtype_name(a.dtype))
 
     @staticmethod
     def shape(x) -> tuple[int, ...]:

@@ -19,6 +19,7 @@ from qgraph.quant.fixedpoint import rounding_half
 from qgraph.tvm.context import LowerContext
 
 _INT16 = (-(2**15), 2**15 - 1)
+_INT32_OR_LESS = ("int8", "uint8", "int16", "uint16", "int32")
 
 
 def _ints(ctx: LowerContext, name: str, default=None) -> np.ndarray:
@@ -87,6 +88,17 @@ def requantize(ctx: LowerContext, acc, multiplier: np.ndarray, shift: np.ndarray
     s = _along(np.asarray(shift, np.int64), axis, ndim)
     if s.size and (s.min() < 0 or s.max() > 62):
         raise ctx.error("shift must lie in [0, 62]")
+    if (s.size and s.min() >= 32 and not isinstance(acc, np.ndarray) and ctx.dtype(acc) in _INT32_OR_LESS
+            and m.min() >= 0 and m.max() < 2**31):
+        # floor(floor(p / 2**32) / 2**(s - 32)) == floor(p / 2**s): the high int32 half of the
+        # rounded product (sext * sext: one vpmuldq per 4 lanes, no 64-bit shift or clamp,
+        # which AVX2 lacks), then int32 arithmetic; p = acc * m + 2**(s-1) fits int64
+        y = ctx.emit(relax.op.multiply(ctx.astype(acc, "int64"), ctx.const(m, "int64")))
+        y = ctx.emit(relax.op.add(y, ctx.const(rounding_half(s), "int64")))
+        y = ctx.astype(ctx.emit(relax.op.right_shift(y, ctx.const(32, "int64"))), "int32")
+        if (s > 32).any():
+            y = ctx.emit(relax.op.right_shift(y, ctx.const(s - 32, "int32")))
+        return clip_to(ctx, y, zero_point, qmin, qmax)
     y = ctx.astype(acc, "int64")
     if not (m.size == 1 and int(m.reshape(-1)[0]) == 1):  # QAdd's sum is already multiplied
         y = ctx.emit(relax.op.multiply(y, ctx.const(m, "int64")))
@@ -335,10 +347,13 @@ def qmul(ctx: LowerContext):
     """``QMul(a, b)``: ``rq((a - a_zp) * (b - b_zp))``."""
     from tvm import relax
 
-    ad = shifted(ctx, _int_input(ctx, 0), _int(ctx, "a_zero_point"), "int64")
-    bd = shifted(ctx, _int_input(ctx, 1), _int(ctx, "b_zero_point"), "int64")
-    ad = ctx.const(ad, "int64") if isinstance(ad, np.ndarray) else ad
-    bd = ctx.const(bd, "int64") if isinstance(bd, np.ndarray) else bd
+    a, b = _int_input(ctx, 0), _int_input(ctx, 1)
+    za, zb = _int(ctx, "a_zero_point"), _int(ctx, "b_zero_point")
+    ba, bb = _shifted_bound(ctx, a, za), _shifted_bound(ctx, b, zb)
+    dt = "int32" if ba is not None and bb is not None and ba * bb < 2**31 else "int64"  # the product exact
+    ad, bd = shifted(ctx, a, za, dt), shifted(ctx, b, zb, dt)
+    ad = ctx.const(ad, dt) if isinstance(ad, np.ndarray) else ad
+    bd = ctx.const(bd, dt) if isinstance(bd, np.ndarray) else bd
     acc = ctx.emit(relax.op.multiply(ad, bd))
     mult, shift, zp, qmin, qmax = _requant_attrs(ctx, None)
     return [requantize(ctx, acc, mult, shift, zp, qmin, qmax)]
