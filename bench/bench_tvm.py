@@ -104,7 +104,9 @@ def prepare(name: str, workdir: str, reduce_range: bool = False) -> dict:
     source = quantize_source(name, spec)
     start = time.perf_counter()
     config = {"reduce_range": True} if reduce_range else None  # 7-bit weights for both runtimes
-    q = qgraph.api.quantize(source, spec["calib"], config, report=False, show_progress=False)
+    # the input's static shape before quantization, as ``qgraph compile --input-shape`` sets it
+    q = qgraph.api.quantize(source, spec["calib"], config, report=False, show_progress=False,
+                            input_shapes={spec["input"]: spec["shape"]})
     quantized = time.perf_counter()
     compiled = qtvm.build(q.integer, "cpu", input_shapes={spec["input"]: spec["shape"]})
     built = time.perf_counter()

@@ -32,7 +32,7 @@ def build(name: str, reduce_range: bool):
 
     spec = bench_tvm.model_spec(name)
     q = qgraph.api.quantize(bench_tvm.quantize_source(name, spec), spec["calib"], {"reduce_range": True} if reduce_range else None,
-                            report=False, show_progress=False)
+                            report=False, show_progress=False, input_shapes={spec["input"]: spec["shape"]})
     compiled = qtvm.build(q.integer, "cpu", input_shapes={spec["input"]: spec["shape"]}).warm()
     return compiled, {spec["input"]: spec["x"]}
 

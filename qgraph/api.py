@@ -54,6 +54,35 @@ def _load(model: Any) -> Model:
     raise QGraphError(f"cannot read a model from {type(model).__name__}; give a path, an onnx.ModelProto or a qgraph Model")
 
 
+def set_input_shapes(model: Model, shapes: Mapping[str, Any]) -> None:
+    """Give the graph inputs named in ``shapes`` those static dims (a declared static dim must
+    agree; a symbolic one takes the given value). Later shape inference refines the graph."""
+    from qgraph.ir import TensorType
+
+    inputs = {v.name: v for v in model.graph.inputs if v.name not in model.graph.initializers}
+    for name, dims in shapes.items():
+        v = inputs.get(name)
+        if v is None:
+            raise QGraphError(f"input shape for '{name}', which is not a graph input; the inputs are "
+                              f"{', '.join(repr(n) for n in inputs)}")
+        try:
+            dims = tuple(int(d) for d in dims)
+        except (TypeError, ValueError):
+            raise QGraphError(f"input shape for '{name}': {dims!r} is not a list of integers") from None
+        if any(d < 1 for d in dims):
+            raise QGraphError(f"input shape for '{name}': {list(dims)} has a dim below 1")
+        declared = v.type.shape if isinstance(v.type, TensorType) else None
+        if declared is not None:
+            if len(declared) != len(dims):
+                raise QGraphError(f"input shape for '{name}': {list(dims)} has rank {len(dims)}; the model "
+                                  f"declares {v.type} (rank {len(declared)})")
+            clash = [i for i, (d, g) in enumerate(zip(declared, dims)) if isinstance(d, int) and d >= 0 and d != g]
+            if clash:
+                raise QGraphError(f"input shape for '{name}': {list(dims)} disagrees with the model's {v.type} "
+                                  f"at dim {clash[0]}")
+        v.type = TensorType(v.type.dtype, dims)
+
+
 def clone(model: Model) -> Model:
     """A deep copy through the ONNX form (lossless: qgraph-domain ops stay as they are),
     keeping the range fields."""
@@ -304,7 +333,8 @@ def run_ort(model: Model, feeds: Mapping[str, np.ndarray], *, simulate: bool = F
 
 def quantize(model: Any, calib: Any, config: Any = None, *, method: str = "minmax",
              method_options: Mapping[str, Any] | None = None, report: bool = True,
-             report_samples: int = 8, show_progress: bool | None = None) -> QuantizedModel:
+             report_samples: int = 8, show_progress: bool | None = None,
+             input_shapes: Mapping[str, Any] | None = None) -> QuantizedModel:
     """Post-training quantization of ``model`` on calibration data ``calib``.
 
     Args:
@@ -317,6 +347,10 @@ def quantize(model: Any, calib: Any, config: Any = None, *, method: str = "minma
         method_options: options of the method (``percentile``, ``num_bins``, ``bits``).
         report: compute the per-layer report (SQNR against float on ``report_samples``
             calibration samples).
+        input_shapes: static shapes of graph inputs (name -> dims) for a model declared with
+            symbolic dims: shapes are inferred through the graph before quantization, so
+            that shape-dependent integer forms apply (a GlobalAveragePool needs its spatial
+            size for its multiplier; with symbolic dims it stays a float op).
     """
     from qgraph.calib.calibrate import calibrate
     from qgraph.passes import registry
@@ -326,6 +360,8 @@ def quantize(model: Any, calib: Any, config: Any = None, *, method: str = "minma
 
     cfg = _config(config)
     float_model = clone(_load(model))
+    if input_shapes:
+        set_input_shapes(float_model, input_shapes)
     PassManager(registry().parse("canonicalize,fuse"), PassContext()).run(float_model)
     ranges = calibrate(float_model, calib, method, show_progress=show_progress, **dict(method_options or {}))
     float_model.calibration = ranges

@@ -92,3 +92,42 @@ def test_compile_errors_name_the_problem(tmp_path, capsys):
     assert "--target npu9" in capsys.readouterr().err
     assert main(["run", str(tmp_path / "nothing"), "--inputs", CALIB, "-o", str(tmp_path / "y.npz")]) == 1
     assert "not a folder written by `qgraph compile`" in capsys.readouterr().err
+
+
+def test_quantize_with_input_shapes_makes_shape_dependent_ops_integer(tmp_path):
+    """A model declared with symbolic dims keeps its GlobalAveragePool in float (its multiplier
+    needs the spatial size); ``input_shapes`` fixes the dims before quantization and it becomes
+    a QGlobalAveragePool. A name that is no input, a wrong rank, or a dim that disagrees with a
+    declared static one is an error naming the input."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import qgraph
+    from qgraph.errors import QGraphError
+    from qgraph.ir import l3
+    from qgraph.ir.types import TensorType
+
+    rng = np.random.default_rng(0)
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+         helper.make_node("GlobalAveragePool", ["r"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
+         helper.make_node("Gemm", ["f", "b"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(rng.normal(size=(8, 3, 3, 3)).astype(np.float32), "w"),
+         numpy_helper.from_array(rng.normal(size=(8, 4)).astype(np.float32), "b")])
+    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    calib = [{"x": rng.normal(size=(1, 3, 6, 10)).astype(np.float32)} for _ in range(4)]
+
+    dynamic = qgraph.quantize(proto, calib, report=False)
+    assert l3.QGlobalAveragePool not in {n.op for n in dynamic.integer.graph}
+    static = qgraph.quantize(proto, calib, report=False, input_shapes={"x": [1, 3, 6, 10]})
+    assert l3.QGlobalAveragePool in {n.op for n in static.integer.graph}
+    assert static.qdq.graph.inputs[0].type == TensorType(static.qdq.graph.inputs[0].type.dtype, (1, 3, 6, 10))
+
+    for shapes, words in (({"z": [1, 3, 6, 10]}, "'z', which is not a graph input"),
+                          ({"x": [1, 3, 6]}, "has rank 3"),
+                          ({"x": [1, 4, 6, 10]}, "disagrees with the model's"),
+                          ({"x": [1, 3, 0, 10]}, "a dim below 1")):
+        with pytest.raises(QGraphError, match=words):
+            qgraph.quantize(proto, calib, report=False, input_shapes=shapes)

@@ -200,6 +200,23 @@ def test_elementwise_requant_high_half_form_is_exact():
         _same_as_reference(model, {"x": x})
 
 
+def test_global_average_pool_sums_in_int32_where_it_fits():
+    """The spatial sum of 8-bit values runs in int32 (then the high-half requant); int16 values
+    over a large window could leave int32 and keep int64. Both equal the reference."""
+    attrs = {"multiplier": [1518500250], "shift": [40], "y_zero_point": 3, "y_qmin": 0, "y_qmax": 255}
+    x = RNG.integers(0, 256, (2, 5, 7, 9), dtype=np.uint8)
+    x[0, 0] = 255  # a full channel: the largest sum
+    model = _one_node(l3.QGlobalAveragePool, {"x": x}, (), {"x_zero_point": 0, **attrs})
+    text = qtvm.lower(model).script()
+    assert 'R.sum(' in text and '"int32") = R.sum' in text, text
+    _same_as_reference(model, {"x": x})
+    x16 = np.full((1, 2, 256, 256), 32767, np.int16)
+    x16[0, 1] = -32768
+    model = _one_node(l3.QGlobalAveragePool, {"x": x16}, (), {"x_zero_point": -5, **attrs, "shift": [52]})
+    assert '"int64") = R.sum' in qtvm.lower(model).script()
+    _same_as_reference(model, {"x": x16})
+
+
 def test_quantize_ties_and_saturation():
     x = np.concatenate([np.arange(-300, 300, dtype=np.float32) * np.float32(0.5) * np.float32(0.02),
                         np.array([1e30, -1e30, 3.4e38, 0.0], np.float32)]).reshape(1, -1)

@@ -101,12 +101,12 @@ def cmd_compile(args: argparse.Namespace) -> int:
         raise QGraphError(f"-o {args.output}: exists and is not a folder")
     if args.batch_size < 1:
         raise QGraphError(f"--batch-size {args.batch_size}: must be at least 1")
-    _input_shapes(args.input_shape)  # a malformed option fails before the minutes of calibration
+    shapes = _input_shapes(args.input_shape)  # a malformed option fails before the minutes of calibration
     options = {"percentile": args.percentile, "num_bins": args.num_bins}
     start = time.perf_counter()
     q = quantize(args.model, args.calib, args.config, method=args.method,
                  method_options={k: v for k, v in options.items() if v is not None},
-                 report_samples=args.report_samples)
+                 report_samples=args.report_samples, input_shapes=shapes)
     q.save(args.output)  # before the build: a stale tvm/ from an earlier compile goes
     s = q.report.summary
     outs = ", ".join(f"{k} SQNR {v['sqnr_db'] if isinstance(v['sqnr_db'], str) else round(v['sqnr_db'], 2)} dB"
@@ -218,7 +218,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--batch-size", type=int, default=1, metavar="N",
                    help="TVM targets: the static batch size of inputs with a symbolic batch dim (default 1)")
     p.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...",
-                   help="TVM targets: the static shape of an input with other symbolic dims (repeatable)")
+                   help="the static shape of an input with symbolic dims (repeatable): set before "
+                   "quantization, so the QDQ model and the TVM build both have it")
     p.add_argument("--report-samples", type=int, default=8, help="calibration samples the SQNR report uses")
     p.set_defaults(func=cmd_compile)
 

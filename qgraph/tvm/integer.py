@@ -428,14 +428,23 @@ def window_sum(ctx: LowerContext, x, channels: int, win):
 
 
 def qglobal_average_pool(ctx: LowerContext):
-    """``QGlobalAveragePool(x)``: the spatial sum of ``x - x_zp`` (int64), requantized."""
+    """``QGlobalAveragePool(x)``: the spatial sum of ``x - x_zp`` (int32 where it provably fits,
+    else int64), requantized."""
     from tvm import relax
 
     x = _int_input(ctx, 0)
-    nd = len(ctx.shape(x))
+    shape = ctx.shape(x)
+    nd = len(shape)
     if nd < 3:
-        raise ctx.error(f"input '{ctx.node.inputs[0].name}' {list(ctx.shape(x))} must be [N, C, spatial...]")
-    xd = shifted(ctx, x, _int(ctx, "x_zero_point"), "int64")
+        raise ctx.error(f"input '{ctx.node.inputs[0].name}' {list(shape)} must be [N, C, spatial...]")
+    zp = _int(ctx, "x_zero_point")
+    bound = _shifted_bound(ctx, x, zp)
+    try:
+        size = int(np.prod([int(d) for d in shape[2:]]))
+    except TypeError:  # a symbolic dim
+        size = None
+    narrow = bound is not None and size is not None and bound * size < 2**31
+    xd = shifted(ctx, x, zp, "int32" if narrow else "int64")
     acc = ctx.emit(relax.op.sum(xd, axis=list(range(2, nd)), keepdims=True))
     mult, shift, zp, qmin, qmax = _requant_attrs(ctx, None)
     return [requantize(ctx, acc, mult, shift, zp, qmin, qmax)]
