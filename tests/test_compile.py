@@ -99,7 +99,6 @@ def test_quantize_with_input_shapes_makes_shape_dependent_ops_integer(tmp_path):
     needs the spatial size); ``input_shapes`` fixes the dims before quantization and it becomes
     a QGlobalAveragePool. A name that is no input, a wrong rank, or a dim that disagrees with a
     declared static one is an error naming the input."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     import qgraph
