@@ -402,18 +402,23 @@ def test_float_kernels_are_scheduled_only_when_correctly_rounded():
     assert np.array_equal(got, Interpreter(quant).run({"x": x})["y"])
 
 
-@pytest.mark.parametrize("shape, x_dtype, out_dtype", [
-    ((1, 3, 7, 5), np.uint8, np.uint8),
-    ((2, 4100), np.int8, np.int8),          # more than one parallel chunk, a tail
-    ((1, 16, 9, 11), np.uint8, np.int16),   # a wider table
+@pytest.mark.parametrize("shape, x_dtype, out_dtype, kernel", [
+    ((1, 3, 7, 5), np.uint8, np.uint8, "qlookup_shuffle"),   # 105: 3 vectors of 32 and a tail of 9
+    ((2, 4100), np.int8, np.int8, "qlookup_shuffle"),        # more than one parallel chunk, a tail
+    ((1, 300), np.int8, np.uint8, "qlookup_shuffle"),
+    ((1, 16, 9, 11), np.uint8, np.int16, "qlookup"),         # a wider table: scalar loads
 ])
-def test_lookup_kernel_equals_the_reference(shape, x_dtype, out_dtype):
+def test_lookup_kernel_equals_the_reference(shape, x_dtype, out_dtype, kernel):
+    """Byte tables over every byte value take the VPSHUFB kernel (every one of the 256 inputs
+    appears), wider ones the scalar loop."""
     rng = np.random.default_rng(len(shape))
     xi, oi = np.iinfo(x_dtype), np.iinfo(out_dtype)
     x = rng.integers(xi.min, xi.max + 1, shape).astype(x_dtype)
     x.reshape(-1)[:2] = xi.min, xi.max
     table = rng.integers(oi.min, oi.max + 1, xi.max - xi.min + 1)
     table[0], table[-1] = oi.min, oi.max
+    if x.size >= 256:
+        x.reshape(-1)[:256] = np.arange(xi.min, xi.max + 1)
     attrs = {"table": [int(t) for t in table], "x_qmin": int(xi.min)}
     model = _one_node(l3.Lookup, {"x": x}, {}, attrs, from_numpy(np.dtype(out_dtype)))
-    _check(model, {"x": x}, {"qlookup"})
+    _check(model, {"x": x}, {kernel})

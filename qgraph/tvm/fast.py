@@ -310,8 +310,13 @@ def lookup(ctx: LowerContext, table: np.ndarray, storage: str):
     if n == 0:
         return None
     flat = ctx.emit(relax.op.reshape(x, (n,)))
-    func = K.lookup(n, ctx.dtype(x), int(_attr_ints(ctx, "x_qmin")[0]), table.size, storage)
-    y = _call(ctx, func, "qlookup", [flat, ctx.const(table.astype(storage), storage)], (n,), storage)
+    xdt, qmin = ctx.dtype(x), int(_attr_ints(ctx, "x_qmin")[0])
+    tabs = K.shuffle_table(table.astype(storage), xdt) if qmin == np.iinfo(xdt).min else None
+    if tabs is not None:  # a byte for every byte value: VPSHUFB lookups (the index is the byte)
+        y = _call(ctx, K.lookup_shuffle(n, xdt, storage), "qlookup_shuffle", [flat, ctx.const(tabs)], (n,), storage)
+    else:
+        func = K.lookup(n, xdt, qmin, table.size, storage)
+        y = _call(ctx, func, "qlookup", [flat, ctx.const(table.astype(storage), storage)], (n,), storage)
     return ctx.emit(relax.op.reshape(y, shape))
 
 
