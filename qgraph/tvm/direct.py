@@ -23,8 +23,8 @@ the kernel is the same with its tap offsets times ``N``, every lane computes a w
 (the row is ``OW * N`` long, padded once at its end), and a stride or a pad costs nothing
 extra. The output ``[OC, OH, OW, N]`` goes back to ``[N, OC, OH, OW]`` by one Relax transpose
 (``fast._unfold``), or, where the consumer is another interleaved conv, is packed as it is
-(``conv_pack(src_lanes=True)``: contiguous over ``n``, a vectorized copy). The first form
-(segments of the padded width per image, session 4) filled 2 of 3 lanes in the 2x2 layer at
+(``conv_pack(src_lanes=True)``: contiguous over ``n``, a vectorized copy). The earlier form
+(segments of the padded width per image) filled 2 of 3 lanes in the 2x2 layer at
 stride 2; storing only the valid columns from the kernel, lane by lane, made the 4x4 layer
 slower than not folding (136 against 104 us).
 
