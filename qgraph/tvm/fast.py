@@ -311,7 +311,8 @@ def lookup(ctx: LowerContext, table: np.ndarray, storage: str):
         return None
     flat = ctx.emit(relax.op.reshape(x, (n,)))
     xdt, qmin = ctx.dtype(x), int(_attr_ints(ctx, "x_qmin")[0])
-    tabs = K.shuffle_table(table.astype(storage), xdt) if qmin == np.iinfo(xdt).min else None
+    byte = xdt in ("uint8", "int8") and qmin == np.iinfo(xdt).min
+    tabs = K.shuffle_table(table.astype(storage), xdt) if byte else None
     if tabs is not None:  # a byte for every byte value: VPSHUFB lookups (the index is the byte)
         y = _call(ctx, K.lookup_shuffle(n, xdt, storage), "qlookup_shuffle", [flat, ctx.const(tabs)], (n,), storage)
     else:
