@@ -43,7 +43,7 @@ import math
 
 import numpy as np
 
-from qgraph.tvm.kernels import LANES, ConvGeometry, Requant, _requant_expr, ceil_to, task_loop
+from qgraph.tvm.kernels import _PMADDUBSW, _PMADDWD, LANES, ConvGeometry, Requant, _requant_expr, ceil_to, task_loop
 
 #: Register tile of the direct conv: RT output channels x VT vectors of 8 output columns
 #: (at most 16 ymm registers: RT * VT accumulators, VT input vectors, one broadcast weight).
@@ -79,10 +79,6 @@ def direct_tile(ow: int, ubsw: bool = False, oc: int | None = None) -> tuple[int
         if work(t) < 0.95 * work(best):
             best = t
     return best
-
-
-_PMADDWD = "llvm.x86.avx2.pmadd.wd"
-_PMADDUBSW = "llvm.x86.avx2.pmadd.ub.sw"
 
 
 def tap_fold_pays(g: ConvGeometry) -> bool:

@@ -49,7 +49,11 @@ LANES = 8
 #: Register tile of the matmul GEMM: RT rows x VT vectors of 8 columns.
 MATMUL_TILE = (2, 4)
 
+#: The AVX2 instructions the kernels call by name (here and in ``qgraph.tvm.direct``).
 _PMADDWD = "llvm.x86.avx2.pmadd.wd"
+_PMADDUBSW = "llvm.x86.avx2.pmadd.ub.sw"
+_PSHUFB = "llvm.x86.avx2.pshuf.b"
+_PBLENDVB = "llvm.x86.avx2.pblendvb"
 
 
 def ceil_to(x: int, m: int) -> int:
@@ -348,8 +352,3 @@ def lookup_shuffle(n: int, x_dtype: str, out_dtype: str):
                         x, tabs, o * CH + T.min(CH, N - o * CH) // 32 * 32 + i)
 
     return qlookup_shuffle
-
-
-_PSHUFB = "llvm.x86.avx2.pshuf.b"
-_PBLENDVB = "llvm.x86.avx2.pblendvb"
-
