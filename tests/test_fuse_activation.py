@@ -570,6 +570,22 @@ def random_chains(draw):
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(random_chains(), st.integers(0, 2**31 - 1))
 def test_fusion_passes_keep_outputs_on_random_chains(proto, seed):
+    check_fusion_keeps_outputs(proto, seed)
+
+
+def test_fusion_keeps_outputs_of_relu_then_negative_clip():
+    # Once found by the property test: Clip(Relu(x), -2, -1) is -1 everywhere; ONNX Runtime's
+    # own Relu+Clip fusion makes it Clip(x, 0, -1) and refuses to load it, so the oracle runs
+    # with ORT's optimizations off (qgraph.testing.ort.run).
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Clip", ["r"], ["y"], min=-2.0, max=-1.0)],
+        "relu_clip", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 10)], ir_version=7)
+    check_fusion_keeps_outputs(proto, 0)
+
+
+def check_fusion_keeps_outputs(proto, seed):
     m = qgraph.load(proto)
     run_pipeline(m, "fuse-pad,fuse-activation,cleanup")
     new = qgraph.to_proto(m)

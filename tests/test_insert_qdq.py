@@ -56,7 +56,7 @@ def sqnr(ref, got):
 
 
 def run_qdq(proto, feeds):
-    """ORT with its QDQ fusions off (the u8 x s8 AVX2 kernel saturates; DESIGN.md)."""
+    """ORT with its QDQ fusions off (the u8 x s8 AVX2 kernel saturates on CPUs without VNNI)."""
     return session(proto, **{"session.disable_quant_qdq": "1"}).run(None, feeds)
 
 

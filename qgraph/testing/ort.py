@@ -8,11 +8,20 @@ import numpy as np
 import onnx
 
 
-def session(model: "onnx.ModelProto | bytes | str", **options: str):
-    """A CPU ONNX Runtime session with the given session config entries."""
+def session(model: "onnx.ModelProto | bytes | str", *, optimize: bool = True, **options: str):
+    """A CPU ONNX Runtime session with the given session config entries.
+
+    Args:
+        optimize: ONNX Runtime's default graph optimizations; off, every node runs as
+            written (what an oracle for qgraph's own rewrites needs: ORT's fusions have
+            preconditions of their own, e.g. its Relu+Clip fusion raises Clip's min to 0
+            and then refuses a Clip whose max is below 0).
+    """
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     so.log_severity_level = 4
     ort.set_default_logger_severity(4)
     for k, v in options.items():
@@ -23,7 +32,9 @@ def session(model: "onnx.ModelProto | bytes | str", **options: str):
 
 
 def run(model, feeds: dict[str, Any]) -> list[Any]:
-    sess = session(model)
+    """The model's outputs from ONNX Runtime with graph optimizations off: the ops as written
+    are the semantics qgraph's passes must keep, not what ORT's own rewrites make of them."""
+    sess = session(model, optimize=False)
     return sess.run(None, feeds)
 
 
