@@ -106,7 +106,7 @@ def test_model_sets_found():
 def test_passes_lists_every_builtin_with_summary(capsys):
     rc, out, err = cli(capsys, "passes")
     assert rc == 0 and err == ""
-    rows = {line.split()[0]: line.split(None, 1)[1] for line in out.splitlines() if line.strip()}
+    rows = {line.split()[0]: line.split(None, 1)[1] for line in out.splitlines() if line.strip() and line[0] != " "}
     for cls in BUILTIN_PASSES:
         summary = cls.summary()
         assert summary, f"{cls.__name__} has no one-line docstring summary"
@@ -468,8 +468,30 @@ def test_subprocess_errors(tmp_path):
     assert_clean_error(p.returncode, p.stderr, "cleanup")
     p = cli_subprocess("opt", EXAMPLE, "--passes", "cleanup", "-o", tmp_path)
     assert_clean_error(p.returncode, p.stderr, "directory")
-    p = cli_subprocess()  # no command: argparse usage error
-    assert p.returncode == 2 and "Traceback" not in p.stderr and "usage" in p.stderr
+    p = cli_subprocess()  # no command: one line, rc 1, like every other error a user can make
+    assert_clean_error(p.returncode, p.stderr, "COMMAND", "qgraph --help")
+
+
+@pytest.mark.parametrize("argv, words", [
+    (("compile", "m.onnx", "--calib", "c.npz", "-o", "out", "--method", "kl"), ("--method", "'kl'", "minmax")),
+    (("compile", "m.onnx"), ("required", "--calib", "qgraph compile --help")),
+    (("bogus",), ("'bogus'", "compile")),
+    (("calibrate", "m.onnx", "--calib", "c.npz", "-o", "r.json", "--batch-size", "two"), ("--batch-size", "'two'")),
+])
+def test_argument_errors_are_one_line_rc_1(capsys, argv, words):
+    rc, out, err = cli(capsys, *argv)
+    assert_clean_error(rc, err, *words)
+    assert out == "" and "usage" not in err
+
+
+def test_passes_lists_options_with_defaults(capsys):
+    rc, out, _ = cli(capsys, "passes")
+    lines = out.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("fold-constants "))
+    assert lines[at + 1].split() == ["max-size:", "int", "=", "16777216"]
+    at = next(i for i, line in enumerate(lines) if line.startswith("calibrate "))
+    block = "\n".join(lines[at + 1:at + 8])
+    assert "method: minmax|percentile|entropy|mse = 'minmax'" in block and "percentile: float (optional) = None" in block
 
 
 def test_subprocess_debug_shows_traceback(tmp_path):

@@ -21,10 +21,12 @@ log = logging.getLogger("qgraph")
 def _cmd_passes(args: argparse.Namespace) -> int:
     from qgraph.passes import registry
 
-    rows = registry().describe()
-    width = max(len(n) for n, _ in rows)
-    for name, summary in rows:
+    rows = registry().describe_options()
+    width = max(len(n) for n, _, _ in rows)
+    for name, summary, options in rows:
         print(f"{name:{width}s}  {summary}")
+        for option in options:
+            print(f"{'':{width}s}    {option}")
     return 0
 
 
@@ -141,8 +143,20 @@ def _cmd_opt(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with qgraph's error contract: one line, ``qgraph: error: ...``, exit code 1
+    (argparse itself prints its usage block and exits 2). Subcommand parsers are of this
+    class too (``add_subparsers`` uses the parent's class)."""
+
+    def error(self, message: str):
+        command = self.prog.split(" ", 1)[1] if " " in self.prog else ""
+        hint = f"`qgraph {command} --help`" if command else "`qgraph --help`"
+        print(f"qgraph: error: {command + ': ' if command else ''}{message} (see {hint})", file=sys.stderr)
+        sys.exit(1)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="qgraph", description="Quantization compiler for ONNX models.")
+    ap = _Parser(prog="qgraph", description="Quantization compiler for ONNX models.")
     ap.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
     ap.add_argument("-v", "--verbose", action="store_true", help="log progress")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -73,6 +73,9 @@ class OptionSpec:
 def _type_name(t: Any) -> str:
     if typing.get_origin(t) is Literal:
         return "|".join(str(a) for a in typing.get_args(t))
+    args = typing.get_args(t)
+    if type(None) in args:  # Optional[X]: "X or unset"
+        return " | ".join(_type_name(a) for a in args if a is not type(None)) + " (optional)"
     return getattr(t, "__name__", str(t))
 
 

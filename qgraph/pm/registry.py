@@ -62,8 +62,18 @@ class PassRegistry:
 
     def describe(self) -> list[tuple[str, str]]:
         """(name, one-line summary) for every pass and alias."""
-        rows = [(n, c.summary()) for n, c in sorted(self._passes.items())]
-        rows += [(n, f"alias for {text}" + (f": {doc}" if doc else "")) for n, (text, doc) in sorted(self._aliases.items())]
+        return [(n, s) for n, s, _ in self.describe_options()]
+
+    def describe_options(self) -> list[tuple[str, str, list[str]]]:
+        """(name, one-line summary, its options as ``name: type = default``) for every pass
+        and alias (aliases and groups have no options of their own)."""
+        rows = [(n, c.summary(), [o.describe() for o in c.option_specs().values()])
+                for n, c in sorted(self._passes.items())]
+        rows += [(n, s, []) for n, s in self._alias_rows()]
+        return rows
+
+    def _alias_rows(self) -> list[tuple[str, str]]:
+        rows = [(n, f"alias for {text}" + (f": {doc}" if doc else "")) for n, (text, doc) in sorted(self._aliases.items())]
         rows.append((FixedPoint.name, "fixed-point(p1,p2,...) reruns its passes until none changes the IR"))
         return rows
 
