@@ -46,6 +46,7 @@ class Progress:
         self.done = 0
         self.start = time.perf_counter()
         self._bar = None
+        self._format: str | None = None  # tqdm's bar_format; None: its default bar
 
     def advance(self, n: int = 1) -> None:
         self.done += n
@@ -61,7 +62,8 @@ class Progress:
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=self.total, desc=self.label, unit=f" {self.unit}" if self.unit else "it",
-                             file=self.stream, leave=True, dynamic_ncols=True, mininterval=0.1)
+                             file=self.stream, leave=True, dynamic_ncols=True, mininterval=0.1,
+                             bar_format=self._format)
         self.start = time.perf_counter()
         return self
 
@@ -90,10 +92,10 @@ class _Ticker(threading.Thread):
 def stage(label: str, stream: TextIO | None = None, enabled: bool | None = None) -> Iterator[Progress]:
     """Time one step without a count (see the module doc); yields its ``Progress``."""
     progress = Progress(label, None, unit="", stream=stream, enabled=enabled)
+    progress._format = "{desc}: {elapsed}"
     with progress:
         ticker = None
         if progress._bar is not None:
-            progress._bar.bar_format = "{desc}: {elapsed}"
             ticker = _Ticker(progress._bar)
             ticker.start()
         try:

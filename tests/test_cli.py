@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -501,3 +502,15 @@ def test_subprocess_debug_shows_traceback(tmp_path):
     p = cli_subprocess("--debug", "inspect", cut)
     assert p.returncode != 0
     assert "Traceback" in p.stderr and "ModelLoadError" in p.stderr, p.stderr
+
+
+def test_verbose_logs_each_stage_with_its_time(capsys, tmp_path):
+    rc, out, err = cli(capsys, "-v", "compile", os.path.join(REPO, "golden/models/digits_cnn.onnx"), "--calib",
+                       os.path.join(REPO, "golden/data/digits_calib.npz"), "-o", tmp_path / "o", "--target", "cpu")
+    assert rc == 0, err
+    stages = [line.split(": in ")[0] for line in err.splitlines() if ": in " in line]
+    assert stages[-3:] == ["qgraph: lower to TVM Relax", "qgraph: tvm.compile (cpu)", "qgraph: export the TVM library"]
+    assert re.search(r"^qgraph: calibrate: 128 samples in \d+\.\d\d s$", err, re.M), err
+    rc, _, err = cli(capsys, "compile", os.path.join(REPO, "golden/models/digits_cnn.onnx"), "--calib",
+                     os.path.join(REPO, "golden/data/digits_calib.npz"), "-o", tmp_path / "o")
+    assert rc == 0 and "in 0." not in err and "calibrate:" not in err  # quiet without -v

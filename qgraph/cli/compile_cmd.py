@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import sys
 import tempfile
@@ -28,19 +29,40 @@ BACKENDS = ("reference", "ort", "ort-sim", "tvm")
 def _native_stderr_captured():
     """Keep what TVM's C++ runtime writes to file descriptor 2 (e.g. a "Scope Saving" warning
     per function on export and load) out of the command's output; replay it if the block
-    fails, so that nothing that explains an error is lost."""
+    fails, so that nothing that explains an error is lost. Python's own stderr (progress
+    bars, ``-v`` log lines, warnings) still reaches the terminal: ``sys.stderr`` and the log
+    handlers that wrote to it write to a copy of the original descriptor meanwhile."""
     sys.stderr.flush()
     saved = os.dup(2)
+    python_stderr = sys.stderr
+    try:
+        on_fd2 = python_stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # a captured or in-memory stderr: not fd 2, left alone
+        on_fd2 = False
+    visible = (os.fdopen(os.dup(saved), "w", buffering=1, errors="replace",
+                         encoding=getattr(python_stderr, "encoding", None) or "utf-8") if on_fd2 else python_stderr)
+    handlers = [h for h in logging.getLogger().handlers + logging.getLogger("qgraph").handlers
+                if on_fd2 and isinstance(h, logging.StreamHandler) and h.stream is python_stderr]
     with tempfile.TemporaryFile() as sink:
         os.dup2(sink.fileno(), 2)
+        sys.stderr = visible
+        for h in handlers:
+            h.setStream(visible)
         try:
             yield
         except BaseException:
+            visible.flush()
             os.dup2(saved, 2)
             sink.seek(0)
-            sys.stderr.write(sink.read().decode(errors="replace"))
+            python_stderr.write(sink.read().decode(errors="replace"))
             raise
         finally:
+            visible.flush()
+            sys.stderr = python_stderr
+            for h in handlers:
+                h.setStream(python_stderr)
+            if visible is not python_stderr:
+                visible.close()
             os.dup2(saved, 2)
             os.close(saved)
 

@@ -7,6 +7,7 @@ shows the traceback. A qgraph bug prints ``qgraph: internal error`` and exits 3.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -204,8 +205,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.verbose or args.debug:
-        logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="qgraph: %(message)s")
+    with _logging(logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING):
+        return _run(args)
+
+
+class _Formatter(logging.Formatter):
+    """``qgraph: warning: ...`` for warnings and worse, ``qgraph: ...`` for progress lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        kind = f"{record.levelname.lower()}: " if record.levelno >= logging.WARNING else ""
+        return f"qgraph: {kind}{record.getMessage()}"
+
+
+@contextlib.contextmanager
+def _logging(level: int):
+    """The ``qgraph`` logger's lines on stderr (``qgraph: ...``) for one command: warnings
+    always, each stage with its time under ``-v``, everything under ``--debug``. Set up here,
+    not on import, and taken down after, so that in-process callers keep their own logging."""
+    logger = logging.getLogger("qgraph")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter())
+    saved = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return args.func(args)
     except QGraphError as e:

@@ -20,6 +20,7 @@ import numpy as np
 
 from qgraph.errors import QGraphError
 from qgraph.ir.core import Model
+from qgraph.progress import stage
 from qgraph.targets import Target, resolve
 from qgraph.tvm.lower import input_dtype, lower, output_names, static_input_shapes
 
@@ -171,7 +172,8 @@ class Compiled:
                 kwargs["fcompile"] = cc.cross_compiler(cross)
             else:
                 lib = os.path.join(outdir, OBJECTS_FILE)
-        self.executable.export_library(lib, **kwargs)
+        with stage("export the TVM library"):
+            self.executable.export_library(lib, **kwargs)
         meta = {"format": "qgraph.tvm/1", "library": os.path.basename(lib), "target": self.target.name,
                 "tvm_target": dict(self.target.tvm_dict), "inputs": [s.to_json() for s in self.inputs],
                 "outputs": [s.to_json() for s in self.outputs]}
@@ -226,10 +228,12 @@ def build(model: Model, target: "str | Target" = "cpu", *, input_shapes: Mapping
 
     tgt = resolve(target)
     shapes = static_input_shapes(model, input_shapes, batch_size)
-    mod = lower(model, shapes, outputs=outputs, target=tgt, kernels=kernels)
+    with stage("lower to TVM Relax"):
+        mod = lower(model, shapes, outputs=outputs, target=tgt, kernels=kernels)
     start = time.perf_counter()
     tvm_target = tgt.tvm_target()
-    executable = tvm.compile(mod, tvm_target, relax_pipeline=pipeline(tvm_target))
+    with stage(f"tvm.compile ({tgt.name})"):
+        executable = tvm.compile(mod, tvm_target, relax_pipeline=pipeline(tvm_target))
     seconds = time.perf_counter() - start
     inputs = tuple(TensorSpec(n, input_dtype(model, n), s) for n, s in shapes.items())
     ret = mod["main"].ret_ty
