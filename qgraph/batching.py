@@ -228,8 +228,10 @@ def fixed_batch(shapes: Mapping[str, Sequence | None], axes: Mapping[str, int | 
     sizes = {name: int(shapes[name][k]) for name, k in axes.items()
              if k is not None and shapes.get(name) is not None and is_fixed(shapes[name][k])}
     if len(set(sizes.values())) > 1:
-        raise BatchingError(f"the inputs' batch dims disagree: {sizes} (input: dim at its sample axis); "
-                            "check the batch axes (--batch-axis NAME=K) and the input shapes")
+        detail = ", ".join(f"'{n}' {b} (axis {axes[n]})" for n, b in sizes.items())
+        raise BatchingError(f"the model's batch dims disagree: {detail} (each input's dim at its sample axis); "
+                            "set the batch axes (--batch-axis NAME=K, none for an input that is the same for every "
+                            "sample) or the input shapes")
     return next(iter(sizes.values()), None)
 
 
