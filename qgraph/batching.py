@@ -104,10 +104,12 @@ def combine(config: Mapping[str, int | None] | None, file: Mapping[str, int | No
 
 def source_axes(source: Any) -> Axes:
     """The batch axes a data source declares: the ``__batch_axes__`` entry of a ``.npz``,
-    of the ``.npz`` files of a folder (they must agree), or of a dict; {} otherwise (an
-    iterable's batches are checked as they come)."""
+    of the ``.npz`` files of a folder (they must agree), of a dict or of the first dict of a
+    list; {} otherwise (the batches of other iterables are checked as they come)."""
     import os
 
+    if isinstance(source, (list, tuple)) and source and isinstance(source[0], Mapping):
+        source = source[0]  # a list of batches: the first says how they are laid out
     if isinstance(source, Mapping):
         return parse_mapping(source[FILE_KEY], FILE_KEY) if FILE_KEY in source else {}
     if not isinstance(source, (str, os.PathLike)):
@@ -354,9 +356,9 @@ def check_feeds(feeds: Mapping[str, np.ndarray], shapes: Mapping[str, Sequence |
             shown = "[" + ",".join(str(d) if is_fixed(d) else "?" for d in declared) + "]"
             layout = f"samples on axis {k}" if k is not None else "no sample axis: the same for every sample"
             if a.ndim != len(declared):
-                raise BatchingError(f"{what}: input '{name}' has shape {list(a.shape)} (rank {a.ndim}); the model takes "
-                                    f"{shown} ({layout}); give an array of rank {len(declared)}, or set its batch "
-                                    f"axis (--batch-axis {name}=K, none for no sample axis)")
+                raise BatchingError(f"{what}: input '{name}' has shape {list(a.shape)} (rank {a.ndim}); the model "
+                                    f"takes {shown} ({layout}); give an array of rank {len(declared)}, or set its "
+                                    f"batch axis (--batch-axis {name}=K, none for no sample axis)")
             bad = [i for i, d in enumerate(declared) if i != k and is_fixed(d) and a.shape[i] != d]
             if bad:
                 raise BatchingError(f"{what}: input '{name}' has shape {list(a.shape)}; the model takes {shown} "

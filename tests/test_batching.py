@@ -20,6 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 from qgraph import batching
 from qgraph.api import CompiledDir, quantize
 from qgraph.calib.calibrate import calibrate
+from qgraph.errors import QGraphError
 from qgraph.cli.main import main
 from qgraph.onnx import from_proto
 
@@ -215,6 +216,21 @@ def test_symbolic_batch_runs_in_chunks_along_each_outputs_axis(tmp_path):
                                       output_axes=batching.probe_output_axes(q.float_model, RECURRENT_AXES))
     assert batching.probe_output_axes(q.float_model, RECURRENT_AXES) == RECURRENT_OUT
     assert all(np.array_equal(whole[k], chunked[k]) for k in whole)
+
+
+def test_python_api_layouts_from_the_config_and_from_the_batches(tmp_path):
+    feeds = _recurrent_data(tmp_path / "calib.npz", 6, RNG_CALIB)
+    by_config = quantize(recurrent(1), feeds, config={"batch_axes": {"state": 1}}, report=False, show_progress=False)
+    layout = json.dumps({"state": 1})
+    batches = [{**batching.take(feeds, RECURRENT_AXES, i, i + 3), batching.FILE_KEY: layout} for i in (0, 3)]
+    by_batches = quantize(recurrent(1), batches, report=True, show_progress=False)
+    assert by_batches.config.batch_axes == {"state": 1} and by_batches.report.summary["report_samples"] == 6
+    a, b = by_config.run(feeds), by_batches.run(feeds)
+    assert a["new_state"].shape == (2, 6, 16) and all(np.array_equal(a[k], b[k]) for k in a)
+    bad = [batches[0], {**batches[1], batching.FILE_KEY: json.dumps({"state": 0})}]
+    with pytest.raises(QGraphError, match="batch starting at sample 3: __batch_axes__ puts the samples of input "
+                                          "'state' on axis 0, but the batch axes in use say axis 1"):
+        quantize(recurrent(1), bad, report=False, show_progress=False)
 
 
 # -- (c) a fixed batch of 2 ---------------------------------------------------------------------

@@ -23,7 +23,7 @@ the sample.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
@@ -198,7 +198,8 @@ def _agree(given: Mapping[str, int | None], specs: list[InputSpec], origin: str)
         if s.name in given and given[s.name] != s.batch_axis:
             raise CalibrationDataError(
                 f"{origin}: {batching.FILE_KEY} puts the samples of input '{s.name}' on "
-                f"{batching.axis_words(given[s.name])}, but the batch axes in use say {batching.axis_words(s.batch_axis)}; "
+                f"{batching.axis_words(given[s.name])}, but the batch axes in use say "
+                f"{batching.axis_words(s.batch_axis)}; "
                 "make the data files and --batch-axis / the config's batch_axes agree")
 
 
