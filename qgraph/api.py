@@ -378,6 +378,21 @@ def _with_batch_axes(cfg, model: Model, calib: Any, batch_axes: Mapping[str, Any
     return replace(cfg, batch_axes=axes) if axes != cfg.batch_axes else cfg
 
 
+def _saved_batch_axes(path: str) -> dict:
+    """The ``batch_axes`` of the folder's ``config.json`` (the models record the same in their
+    metadata; the file wins, so that editing it is enough)."""
+    config = os.path.join(path, CONFIG_FILE)
+    if not os.path.exists(config):
+        return {}
+    try:
+        with open(config) as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as e:
+        raise QGraphError(f"{config}: not readable JSON ({e}); rerun `qgraph compile` into {path}") from e
+    axes = saved.get("batch_axes") if isinstance(saved, dict) else None
+    return batching.parse_mapping(axes, f"{config}: batch_axes") if axes else {}
+
+
 @dataclass
 class CompiledDir:
     """A folder written by ``qgraph compile`` / ``QuantizedModel.save``, read back.
@@ -406,8 +421,10 @@ class CompiledDir:
         if os.path.exists(os.path.join(path, REPORT_JSON)):
             with open(os.path.join(path, REPORT_JSON)) as f:
                 report = json.load(f)
-        return cls(path, load(os.path.join(path, FLOAT_FILE)), load(os.path.join(path, QDQ_FILE)),
-                   load(os.path.join(path, L3_FILE)), report)
+        c = cls(path, load(os.path.join(path, FLOAT_FILE)), load(os.path.join(path, QDQ_FILE)),
+                load(os.path.join(path, L3_FILE)), report)
+        c.set_batch_axes(_saved_batch_axes(path))
+        return c
 
     @property
     def has_build(self) -> bool:
