@@ -28,6 +28,7 @@ dropping their outputs, and concatenates each output along its own sample axis.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -106,8 +107,6 @@ def source_axes(source: Any) -> Axes:
     """The batch axes a data source declares: the ``__batch_axes__`` entry of a ``.npz``,
     of the ``.npz`` files of a folder (they must agree), of a dict or of the first dict of a
     list; {} otherwise (the batches of other iterables are checked as they come)."""
-    import os
-
     if isinstance(source, (list, tuple)) and source and isinstance(source[0], Mapping):
         source = source[0]  # a list of batches: the first says how they are laid out
     if isinstance(source, Mapping):
