@@ -23,6 +23,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from qgraph import batching
 from qgraph.errors import QGraphError
 from qgraph.ir.core import Model
 
@@ -158,31 +159,33 @@ class QuantizedModel:
         return self.compiled
 
     def run(self, feeds: Mapping[str, np.ndarray], backend: str = "reference") -> dict[str, np.ndarray]:
-        """Run the quantized model.
+        """Run the quantized model on any number of samples.
 
         Args:
-            feeds: one array per model input, samples on axis 0.
+            feeds: one array per model input, samples on each input's sample axis (axis 0
+                unless the model's batch axes say otherwise; see ``qgraph.batching``).
             backend: ``reference`` (L3, numpy integer interpreter), ``ort`` (the QDQ export
                 in ONNX Runtime as it runs by default), ``ort-sim`` (the QDQ export with
                 ``session.disable_quant_qdq``: float simulation of the quantization) or
-                ``tvm`` (the TVM build of ``build``, in batches of its batch size: see
-                ``run_batched``).
+                ``tvm`` (the TVM build of ``build``). Every backend runs in batches of the
+                size the model (or build) takes: ``qgraph.batching.run_in_batches``.
 
         Raises:
-            QGraphError: unknown backend, or ``tvm`` without a build.
+            QGraphError: unknown backend, ``tvm`` without a build, or feeds that do not fit.
         """
         if backend == "reference":
             from qgraph.reference import Interpreter
 
             if self._interpreter is None:
                 self._interpreter = Interpreter(self.integer)
-            return self._interpreter.run(dict(feeds))
+            return batching.run_model(self.integer, self._interpreter.run, feeds, what="backend 'reference'",
+                                      probe=self.float_model)
         if backend in ("ort", "ort-sim"):
-            return run_ort(self.qdq, feeds, simulate=backend == "ort-sim")
+            return run_ort(self.qdq, feeds, simulate=backend == "ort-sim", probe=self.float_model)
         if backend == "tvm":
             if self.compiled is None:
                 raise QGraphError("backend 'tvm': this model has no TVM build; call build(target='cpu') first")
-            return run_batched(self.compiled, feeds)
+            return run_batched(self.compiled, feeds, model=self.integer, probe=self.float_model)
         raise QGraphError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
 
     def export_qdq(self, path: str) -> None:
@@ -250,68 +253,45 @@ def remove_build(outdir: str) -> None:
         os.rmdir(folder)
 
 
-def run_batched(compiled, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def run_batched(compiled, feeds: Mapping[str, np.ndarray], model: Model | None = None,
+                probe: Model | None = None) -> dict[str, np.ndarray]:
     """Run a TVM build (static shapes) on feeds of any number of samples.
 
-    The samples (axis 0 of every input) are split into batches of the compiled batch size B
-    (the leading dim of the compiled inputs). When their number N is not a multiple of B,
-    the last batch is padded to B by repeating its last sample, and the outputs of the
-    padding are dropped: the result has N samples. Samples are computed independently, so
-    the padding changes none of the kept outputs. Outputs are concatenated on axis 0.
+    The samples (on each input's sample axis, as ``model`` records them; axis 0 without a
+    model) are split into batches of the compiled batch size B (the compiled dim at the
+    sample axes): ``qgraph.batching.run_in_batches``, which pads a short last batch and drops
+    the padding's outputs.
 
     Args:
         compiled: a ``qgraph.tvm.Compiled`` that runs on this machine.
-        feeds: one array per compiled input, all with the same number of samples, each
-            sample of the compiled per-sample shape and dtype.
+        feeds: one array per compiled input, each of the compiled shape but for the sample axis.
+        model: the model the build was made from (its batch axes); default: axis 0 for every
+            input of rank >= 1.
+        probe: the float model whose outputs tell their sample axes (``probe_output_axes``).
 
     Raises:
         QGraphError: feeds that do not match the compiled inputs (names the input, its
-            expected and given shapes), or N != B for a model whose outputs are not batched
-            on axis 0.
+            expected and given shapes), or outputs whose sample axis cannot be told.
     """
-    specs = compiled.inputs
-    if not specs:
+    shapes = {s.name: tuple(s.shape) for s in compiled.inputs}
+    if not shapes:
         return compiled.run({})
-    missing = [s.name for s in specs if s.name not in feeds]
-    if missing:
-        raise QGraphError(f"backend 'tvm': no feed for input '{missing[0]}'; the compiled inputs are "
-                          f"{', '.join(repr(s.name) for s in specs)}")
-    arrays = {s.name: np.asarray(feeds[s.name]) for s in specs}
-    for s in specs:
-        a = arrays[s.name]
-        if a.ndim != len(s.shape) or tuple(a.shape[1:]) != tuple(s.shape[1:]):
-            raise QGraphError(f"backend 'tvm': input '{s.name}' has shape {list(a.shape)}; the build takes "
-                              f"{s.dtype}{list(s.shape)} (any number of samples, each {list(s.shape[1:])}); "
-                              "rebuild with other input shapes for other sizes")
-    batch = specs[0].shape[0]
-    counts = {s.name: arrays[s.name].shape[0] for s in specs}
-    if len(set(counts.values())) != 1 or any(s.shape[0] != batch for s in specs):
-        raise QGraphError(f"backend 'tvm': inputs {counts} (samples per input) do not share one batch axis; "
-                          f"the build takes {', '.join(f'{s.name}{list(s.shape)}' for s in specs)}")
-    n = counts[specs[0].name]
-    if n == batch:
-        return compiled.run(arrays)
-    unbatched = [o.name for o in compiled.outputs if not o.shape or o.shape[0] != batch]
-    if unbatched or n == 0:
-        raise QGraphError(f"backend 'tvm': {n} samples given, the build takes exactly {batch} "
-                          + (f"(output '{unbatched[0]}' is not batched on axis 0)" if unbatched else ""))
-    parts: dict[str, list[np.ndarray]] = {o.name: [] for o in compiled.outputs}
-    for start in range(0, n, batch):
-        chunk = {}
-        for name, a in arrays.items():
-            c = a[start:start + batch]
-            if len(c) < batch:
-                c = np.concatenate([c, np.repeat(c[-1:], batch - len(c), axis=0)])
-            chunk[name] = c
-        outs = compiled.run(chunk)
-        for name, y in outs.items():
-            parts[name].append(y[:min(batch, n - start)])
-    return {name: np.concatenate(ys) for name, ys in parts.items()}
+    axes = batching.resolve(shapes, batching.declared_axes(model) if model is not None else None)
+    extra = [k for k in feeds if k not in shapes]
+    if extra:
+        raise QGraphError(f"backend 'tvm': unknown input '{extra[0]}'; the compiled inputs are "
+                          f"{', '.join(repr(n) for n in shapes)}")
+
+    def probed() -> dict:
+        return batching.probe_output_axes(probe, axes) if probe is not None else {}
+
+    return batching.run_in_batches(compiled.run, feeds, shapes, axes, output_axes=probed, what="backend 'tvm'")
 
 
 def run_ort(model: Model, feeds: Mapping[str, np.ndarray], *, simulate: bool = False,
-            threads: int | None = None) -> dict[str, np.ndarray]:
-    """Run ``model`` in ONNX Runtime's CPU EP; ``simulate`` turns off its QDQ fusion
+            threads: int | None = None, probe: Model | None = None) -> dict[str, np.ndarray]:
+    """Run ``model`` in ONNX Runtime's CPU EP on any number of samples, in batches of the
+    size it takes (``qgraph.batching.run_model``); ``simulate`` turns off its QDQ fusion
     (``session.disable_quant_qdq``), so Q/DQ run as written: the float simulation."""
     import onnxruntime as ort
 
@@ -325,16 +305,24 @@ def run_ort(model: Model, feeds: Mapping[str, np.ndarray], *, simulate: bool = F
         so.intra_op_num_threads = threads
     try:
         sess = ort.InferenceSession(to_proto(model).SerializeToString(), so, providers=["CPUExecutionProvider"])
-        names = [o.name for o in sess.get_outputs()]
-        return dict(zip(names, sess.run(None, dict(feeds))))
     except Exception as e:
-        raise QGraphError(f"ONNX Runtime failed on the QDQ model: {str(e).splitlines()[0]}") from e
+        raise QGraphError(f"ONNX Runtime cannot load the model: {str(e).splitlines()[0]}") from e
+    names = [o.name for o in sess.get_outputs()]
+
+    def run(batch: dict) -> dict:
+        try:
+            return dict(zip(names, sess.run(None, batch)))
+        except Exception as e:
+            raise QGraphError(f"ONNX Runtime failed on the QDQ model: {str(e).splitlines()[0]}") from e
+
+    return batching.run_model(model, run, feeds, what="ONNX Runtime", probe=probe)
 
 
 def quantize(model: Any, calib: Any, config: Any = None, *, method: str = "minmax",
              method_options: Mapping[str, Any] | None = None, report: bool = True,
              report_samples: int = 8, show_progress: bool | None = None,
-             input_shapes: Mapping[str, Any] | None = None) -> QuantizedModel:
+             input_shapes: Mapping[str, Any] | None = None,
+             batch_axes: Mapping[str, Any] | None = None) -> QuantizedModel:
     """Post-training quantization of ``model`` on calibration data ``calib``.
 
     Args:
@@ -362,6 +350,7 @@ def quantize(model: Any, calib: Any, config: Any = None, *, method: str = "minma
     float_model = clone(_load(model))
     if input_shapes:
         set_input_shapes(float_model, input_shapes)
+    cfg = _with_batch_axes(cfg, float_model, calib, batch_axes)
     PassManager(registry().parse("canonicalize,fuse"), PassContext()).run(float_model)
     ranges = calibrate(float_model, calib, method, show_progress=show_progress, **dict(method_options or {}))
     float_model.calibration = ranges
@@ -376,6 +365,32 @@ def quantize(model: Any, calib: Any, config: Any = None, *, method: str = "minma
 
         result.report = build_report(result, calib, samples=report_samples)
     return result
+
+
+def _with_batch_axes(cfg, model: Model, calib: Any, batch_axes: Mapping[str, Any] | None):
+    """Record the batch axes (config, then the data's ``__batch_axes__``, then ``batch_axes``)
+    in ``model``'s metadata; return the config holding them (for ``config.json``)."""
+    from dataclasses import replace
+
+    given = {k: batching.parse_axis(v, f"batch_axes['{k}']") for k, v in (batch_axes or {}).items()}
+    axes = batching.combine(cfg.batch_axes, batching.source_axes(calib), given)
+    batching.set_model_axes(model, axes)
+    return replace(cfg, batch_axes=axes) if axes != cfg.batch_axes else cfg
+
+
+def _saved_batch_axes(path: str) -> dict:
+    """The ``batch_axes`` of the folder's ``config.json`` (the models record the same in their
+    metadata; the file wins, so that editing it is enough)."""
+    config = os.path.join(path, CONFIG_FILE)
+    if not os.path.exists(config):
+        return {}
+    try:
+        with open(config) as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as e:
+        raise QGraphError(f"{config}: not readable JSON ({e}); rerun `qgraph compile` into {path}") from e
+    axes = saved.get("batch_axes") if isinstance(saved, dict) else None
+    return batching.parse_mapping(axes, f"{config}: batch_axes") if axes else {}
 
 
 @dataclass
@@ -406,8 +421,10 @@ class CompiledDir:
         if os.path.exists(os.path.join(path, REPORT_JSON)):
             with open(os.path.join(path, REPORT_JSON)) as f:
                 report = json.load(f)
-        return cls(path, load(os.path.join(path, FLOAT_FILE)), load(os.path.join(path, QDQ_FILE)),
-                   load(os.path.join(path, L3_FILE)), report)
+        c = cls(path, load(os.path.join(path, FLOAT_FILE)), load(os.path.join(path, QDQ_FILE)),
+                load(os.path.join(path, L3_FILE)), report)
+        c.set_batch_axes(_saved_batch_axes(path))
+        return c
 
     @property
     def has_build(self) -> bool:
@@ -459,15 +476,22 @@ class CompiledDir:
                                   "run on this machine; recompile with --target cpu")
         return self._compiled
 
+    def set_batch_axes(self, axes: Mapping[str, int | None] | None) -> None:
+        """Run with these sample axes (input name -> axis, or None: no sample axis) over the
+        ones the folder's models record (``qgraph run --batch-axis``)."""
+        for m in (self.float_model, self.qdq, self.integer):
+            batching.set_model_axes(m, axes)
+
     def run(self, feeds: Mapping[str, np.ndarray], backend: str = "reference") -> dict[str, np.ndarray]:
-        """Run the folder's models; ``backend`` as in ``QuantizedModel.run`` (``tvm`` runs
-        the exported build)."""
+        """Run the folder's models on any number of samples; ``backend`` as in
+        ``QuantizedModel.run`` (``tvm`` runs the exported build)."""
         if backend == "tvm":
-            return run_batched(self.tvm_build(), feeds)
+            return run_batched(self.tvm_build(), feeds, model=self.integer, probe=self.float_model)
         q = QuantizedModel(self.float_model, self.qdq, self.integer, None, None)
         return q.run(feeds, backend)
 
     def run_float(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The float model in ONNX Runtime, on any number of samples."""
         return run_ort(self.float_model, feeds)
 
 

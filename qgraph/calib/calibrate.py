@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
+from qgraph import batching
 from qgraph.calib.data import CalibrationDataError, input_specs, iter_samples
 from qgraph.calib.ranges import Interval, RangeMap
 from qgraph.calib.runner import observed_values, run_observed
@@ -17,24 +18,33 @@ from qgraph.progress import Progress
 METHODS = ("minmax", "percentile", "entropy", "mse")
 
 
-def _count_samples(data: Any) -> int | None:
+def _count_samples(data: Any, specs) -> int | None:
     """Samples in a .npz path (for the progress bar); None when not cheap to know."""
     if isinstance(data, (str, os.PathLike)) and os.fspath(data).endswith(".npz") and os.path.isfile(data):
         try:
             with np.load(data, allow_pickle=False) as z:
-                return int(z[z.files[0]].shape[0]) if z.files else None
+                for s in specs:
+                    if s.batch_axis is not None and s.name in z.files:
+                        shape = z[s.name].shape
+                        return int(shape[s.batch_axis]) if s.batch_axis < len(shape) else None
         except (OSError, ValueError):
             return None
     return None
 
 
 def calibrate(model: Model, data: Any, method: str = "minmax", *, batch_size: int = 1,
-              show_progress: bool | None = None, **options: Any) -> RangeMap:
+              show_progress: bool | None = None, batch_axes: Mapping[str, int | None] | None = None,
+              **options: Any) -> RangeMap:
     """Observed ranges of every float tensor of ``model`` on ``data``.
 
     Args:
         data: a ``.npz`` path, a folder of ``.npz`` / ``.npy`` files, or an iterable of
-            ``{input name: array}`` batches (samples on axis 0). See ``qgraph.calib.data``.
+            ``{input name: array}`` batches (samples on each input's sample axis, see
+            ``qgraph.batching``). See ``qgraph.calib.data``.
+        batch_axes: input name -> sample axis (None: no sample axis, the same for every
+            sample), over what ``model`` records and the data's ``__batch_axes__``.
+        batch_size: samples per run where the model's batch dim is symbolic (a fixed batch
+            dim B runs B at a time).
         method: ``minmax``, ``percentile``, ``entropy`` (KL divergence, as TensorRT) or ``mse``.
         options: method options (``percentile``, ``num_bins``, ``bits``, ``symmetric``).
 
@@ -48,7 +58,12 @@ def calibrate(model: Model, data: Any, method: str = "minmax", *, batch_size: in
 
     if method not in METHODS:
         raise QGraphError(f"unknown calibration method '{method}'; choose one of {', '.join(METHODS)}")
-    specs = input_specs(model)
+    try:
+        specs = input_specs(model, batching.combine(None, batching.source_axes(data), batch_axes))
+    except CalibrationDataError:
+        raise
+    except QGraphError as e:
+        raise CalibrationDataError(str(e)) from e
     if any(o is not None and o.type is None for n in model.graph for o in n.outputs):
         from qgraph.passes.canonicalize import InferShapes  # which tensors are float is a type question
 
@@ -56,8 +71,8 @@ def calibrate(model: Model, data: Any, method: str = "minmax", *, batch_size: in
     names = observed_values(model)
     collector = make_collector(method, **options)
     seen = 0
-    with Progress("calibrate", total=_count_samples(data), enabled=show_progress) as progress:
-        for count, observed in run_observed(model, iter_samples(data, specs), names, batch_size):
+    with Progress("calibrate", total=_count_samples(data, specs), enabled=show_progress) as progress:
+        for count, observed in run_observed(model, iter_samples(data, specs), names, batch_size, specs):
             for name, array in observed.items():
                 try:
                     collector.update(name, array)

@@ -1,10 +1,18 @@
 """Calibration data: where it comes from, checked against the model's inputs.
 
 Accepted sources:
-  * a ``.npz`` file: one array per graph input, keyed by input name, samples on axis 0;
+  * a ``.npz`` file: one array per graph input, keyed by input name, samples on the input's
+    sample axis (axis 0 unless the batch axes say otherwise, none for rank-0 inputs; see
+    ``qgraph.batching``); an optional ``__batch_axes__`` entry (a JSON string
+    ``{"NAME": K}``) says how the file is laid out;
   * a folder of ``.npz`` files (each as above) and / or ``.npy`` files (single-input models:
-    samples on axis 0), read in file-name order;
-  * in Python, any iterable of ``{input name: array}`` batches (samples on axis 0).
+    samples on the sample axis), read in file-name order;
+  * in Python, any iterable of ``{input name: array}`` batches, laid out the same way (a
+    ``__batch_axes__`` key, a dict or JSON string, is read as in a file).
+
+The samples are handed on in the units the model takes: single samples where the batch dim
+is symbolic, batches of B where it is fixed at B (B samples of the data); an input without
+a sample axis goes whole into every unit.
 
 Every batch is checked before it is used: unknown or missing input names, wrong rank or
 static dims, a dtype that is not the input's (float64 for a float32 input is converted),
@@ -20,6 +28,7 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
+from qgraph import batching
 from qgraph.errors import QGraphError
 from qgraph.ir.core import Model
 from qgraph.ir.dtypes import to_numpy
@@ -35,23 +44,23 @@ class InputSpec:
     name: str
     dtype: np.dtype
     shape: tuple  # dims: int, str (symbolic) or None
+    batch_axis: int | None = 0  # where the data holds its samples; None: the same for every sample
 
     def describe(self) -> str:
         dims = ",".join("?" if d is None else str(d) for d in self.shape)
         return f"'{self.name}' ({self.dtype}[{dims}])"
 
 
-def input_specs(model: Model) -> list[InputSpec]:
-    """The model's fed inputs (graph inputs that are not initializers)."""
-    specs = []
+def input_specs(model: Model, batch_axes: Mapping[str, int | None] | None = None) -> list[InputSpec]:
+    """The model's fed inputs (graph inputs that are not initializers), with their sample
+    axes: the model's recorded ones (``qgraph.batching.model_axes``) overridden by ``batch_axes``."""
     for v in model.graph.inputs:
-        if v.is_initializer():
-            continue
-        if not isinstance(v.type, TensorType) or v.type.shape is None:
+        if not v.is_initializer() and (not isinstance(v.type, TensorType) or v.type.shape is None):
             raise CalibrationDataError(f"graph input '{v.name}' has no tensor type with a known rank; "
                                        "calibration needs one (fix the model's input declaration)")
-        specs.append(InputSpec(v.name, to_numpy(v.type.dtype), tuple(v.type.shape)))
-    return specs
+    axes = batching.model_axes(model, batch_axes)
+    return [InputSpec(v.name, to_numpy(v.type.dtype), tuple(v.type.shape), axes[v.name])
+            for v in model.graph.inputs if not v.is_initializer()]
 
 
 def _read_npz(path: str) -> dict[str, np.ndarray]:
@@ -125,34 +134,85 @@ def _npy_batches(paths: list[str], specs: list[InputSpec]) -> Iterator[Mapping[s
 
 
 def iter_samples(source: Any, specs: list[InputSpec]) -> Iterator[dict[str, np.ndarray]]:
-    """Checked single samples (each array with a leading axis of 1), in order."""
-    by_name = {s.name: s for s in specs}
+    """Checked feeds in the units the model takes, in order: single samples (each input's
+    sample axis of size 1) where the batch dim is symbolic, batches of B samples where it is
+    fixed at B; inputs without a sample axis whole in each.
+
+    Raises:
+        CalibrationDataError: data that does not fit the model (names the input and the
+            sample), or a sample count that is not a multiple of a fixed batch B.
+    """
+    axes = {s.name: s.batch_axis for s in specs}
+    try:
+        unit = batching.fixed_batch({s.name: s.shape for s in specs}, axes) or 1
+    except QGraphError as e:
+        raise CalibrationDataError(str(e)) from e
+    seen = 0
+    for count, feeds in batching.regroup(_checked(source, specs), axes, unit, "calibration data"):
+        if count != unit:
+            raise CalibrationDataError(f"the model's batch dimension is fixed at {unit}; {count} calibration "
+                                       f"sample(s) are left over after {seen} (give a multiple of {unit})")
+        seen += count
+        yield feeds
+
+
+def _checked(source: Any, specs: list[InputSpec]) -> Iterator[dict[str, np.ndarray]]:
+    """The source's batches, each checked (names, dtypes, shapes, sample counts, NaN / Inf)."""
     index = 0
     for batch in open_source(source, specs):
         origin = getattr(batch, "origin", "") or f"batch starting at sample {index}"
         if not isinstance(batch, Mapping):
             raise CalibrationDataError(f"{origin}: expected a mapping of input name to array, got {type(batch).__name__}")
-        unknown = [k for k in batch if k not in by_name]
+        if batching.FILE_KEY in batch:
+            _agree(_file_axes(batch[batching.FILE_KEY], origin), specs, origin)
+        by_name = {s.name: s for s in specs}
+        unknown = [k for k in batch if k not in by_name and k != batching.FILE_KEY]
         if unknown:
             raise CalibrationDataError(f"{origin}: unknown input name(s) {unknown}; the model's inputs are "
                                        + ", ".join(s.describe() for s in specs))
         missing = [s.name for s in specs if s.name not in batch]
         if missing:
             raise CalibrationDataError(f"{origin}: no data for input(s) {missing}")
-        arrays = {k: _check_array(by_name[k], np.asarray(v), origin, index) for k, v in batch.items()}
-        counts = {k: a.shape[0] for k, a in arrays.items()}
-        if len(set(counts.values())) > 1:
-            raise CalibrationDataError(f"{origin}: inputs hold different sample counts {counts}")
-        n = next(iter(counts.values()))
-        for i in range(n):
-            sample = {k: a[i:i + 1] for k, a in arrays.items()}
-            for k, a in sample.items():
-                if a.dtype.kind == "f" and not np.isfinite(a).all():
-                    bad = "NaN" if np.isnan(a).any() else "Inf"
-                    raise CalibrationDataError(f"{origin}: input '{k}' sample {index + i} contains {bad}; "
-                                               "remove or fix that sample")
-            yield sample
-        index += n
+        arrays = {s.name: _check_array(s, np.asarray(batch[s.name]), origin, index) for s in specs}
+        try:
+            n = batching.count(arrays, {s.name: s.batch_axis for s in specs}, origin)
+        except QGraphError as e:
+            raise CalibrationDataError(str(e)) from e
+        for s in specs:
+            _check_finite(s, arrays[s.name], origin, index)
+        yield arrays
+        index += 1 if n is None else n
+
+
+def _file_axes(value: Any, origin: str) -> dict:
+    try:
+        return batching.parse_mapping(value, f"{origin}: {batching.FILE_KEY}")
+    except QGraphError as e:
+        raise CalibrationDataError(str(e)) from e
+
+
+def _agree(given: Mapping[str, int | None], specs: list[InputSpec], origin: str) -> None:
+    """A batch's own ``__batch_axes__`` must say what the model's batch axes say (those were
+    resolved from the options, the source's first file and the config before calibrating)."""
+    for s in specs:
+        if s.name in given and given[s.name] != s.batch_axis:
+            raise CalibrationDataError(
+                f"{origin}: {batching.FILE_KEY} puts the samples of input '{s.name}' on "
+                f"{batching.axis_words(given[s.name])}, but the batch axes in use say "
+                f"{batching.axis_words(s.batch_axis)}; "
+                "make the data files and --batch-axis / the config's batch_axes agree")
+
+
+def _check_finite(spec: InputSpec, a: np.ndarray, origin: str, index: int) -> None:
+    if a.dtype.kind != "f" or np.isfinite(a).all():
+        return
+    bad = "NaN" if np.isnan(a).any() else "Inf"
+    if spec.batch_axis is None:
+        raise CalibrationDataError(f"{origin}: input '{spec.name}' (the same for every sample) contains {bad}; fix it")
+    other = tuple(i for i in range(a.ndim) if i != spec.batch_axis)
+    first = int(np.argmax(~np.isfinite(a).all(axis=other)))
+    raise CalibrationDataError(f"{origin}: input '{spec.name}' sample {index + first} contains {bad}; "
+                               "remove or fix that sample")
 
 
 def _check_array(spec: InputSpec, a: np.ndarray, origin: str, index: int) -> np.ndarray:
@@ -163,13 +223,16 @@ def _check_array(spec: InputSpec, a: np.ndarray, origin: str, index: int) -> np.
             a = a.astype(np.float32)
         else:
             raise CalibrationDataError(f"{origin}: input '{spec.name}' is {a.dtype}, the model expects {spec.dtype}")
+    k = spec.batch_axis
+    layout = f"samples on axis {k}" if k is not None else "no sample axis: the same for every sample"
     if a.ndim != len(spec.shape):
         raise CalibrationDataError(
             f"{origin}: input '{spec.name}' has shape {list(a.shape)} (rank {a.ndim}); the model expects "
-            f"{spec.describe()} with samples on axis 0")
-    for axis, (got, want) in enumerate(zip(a.shape[1:], spec.shape[1:]), start=1):
-        if isinstance(want, int) and want > 0 and got != want:  # exporters write -1 for "any"
+            f"{spec.describe()} with {layout} (set it with --batch-axis {spec.name}=K, none for no sample axis)")
+    for axis, (got, want) in enumerate(zip(a.shape, spec.shape)):
+        if axis != k and isinstance(want, int) and want > 0 and got != want:  # exporters write -1 for "any"
+            where = f"; samples {index}..{index + a.shape[k] - 1}" if k is not None else ""
             raise CalibrationDataError(
                 f"{origin}: input '{spec.name}' axis {axis} is {got}, the model expects {want} "
-                f"({spec.describe()}); samples {index}..{index + a.shape[0] - 1}")
+                f"({spec.describe()}, {layout}){where}")
     return a

@@ -6,6 +6,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from qgraph import batching
 from qgraph.errors import QGraphError
 from qgraph.ir.core import Model
 from qgraph.ir.dtypes import DType
@@ -50,35 +51,32 @@ def _session(model: Model, names: list[str]):
         raise QGraphError(f"ONNX Runtime cannot load the model for calibration: {str(e).splitlines()[0]}") from e
 
 
-def batches(samples: Iterator[dict[str, np.ndarray]], model: Model, batch_size: int) -> Iterator[tuple[int, dict]]:
-    """Group single samples into batches the model accepts: ``batch_size`` along a symbolic
-    first axis, the fixed size otherwise. A first dim <= 0 counts as symbolic: PP-OCR's cls
-    model declares a literal -1 for "any batch". Yields (sample count, feeds)."""
-    fixed = None
-    for v in model.graph.inputs:
-        if not v.is_initializer() and v.shape and isinstance(v.shape[0], int) and v.shape[0] > 0:
-            fixed = v.shape[0]
-    size = fixed or max(1, batch_size)
-    pending: list[dict[str, np.ndarray]] = []
-    for s in samples:
-        pending.append(s)
-        if len(pending) == size:
-            yield size, {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
-            pending = []
-    if pending:
-        if fixed is not None and len(pending) != fixed:
-            raise QGraphError(f"the model's batch dimension is fixed at {fixed}; {len(pending)} calibration "
+def batches(samples: Iterator[dict[str, np.ndarray]], model: Model, batch_size: int,
+            specs=None) -> Iterator[tuple[int, dict]]:
+    """Group feeds (single samples, or the fixed-size units of ``iter_samples``) into batches
+    the model takes: ``batch_size`` samples along a symbolic batch dim, the fixed size
+    otherwise, each input on its own sample axis (``specs``, default ``input_specs(model)``).
+    A batch dim <= 0 counts as symbolic: PP-OCR's cls model declares a literal -1 for "any
+    batch". Yields (sample count, feeds)."""
+    from qgraph.calib.data import input_specs
+
+    specs = input_specs(model) if specs is None else specs
+    axes = {s.name: s.batch_axis for s in specs}
+    fixed = batching.fixed_batch({s.name: s.shape for s in specs}, axes)
+    for count, feeds in batching.regroup(samples, axes, fixed or max(1, batch_size), "calibration data"):
+        if fixed is not None and count != fixed:
+            raise QGraphError(f"the model's batch dimension is fixed at {fixed}; {count} calibration "
                               f"sample(s) are left over (give a multiple of {fixed})")
-        yield len(pending), {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
+        yield count, feeds
 
 
 def run_observed(model: Model, samples: Iterator[dict[str, np.ndarray]], names: list[str],
-                 batch_size: int = 1) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (samples in this batch, {tensor name: array}) for every batch."""
+                 batch_size: int = 1, specs=None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (samples in this batch, {tensor name: array}) for every batch (``batches``)."""
     sess = _session(model, names)
     out_names = [o.name for o in sess.get_outputs()]
     wanted = set(names)
-    for count, feeds in batches(samples, model, batch_size):
+    for count, feeds in batches(samples, model, batch_size, specs):
         try:
             results = sess.run(None, feeds)
         except Exception as e:

@@ -85,8 +85,28 @@ def _input_shapes(items: list[str] | None) -> dict[str, list[int]] | None:
     return shapes
 
 
+def _batch_axes(items: list[str] | None) -> dict | None:
+    """``--batch-axis NAME=K`` options (``qgraph.batching``) as ``{name: axis or None}``."""
+    from qgraph import batching
+
+    return batching.parse_options(items) or None
+
+
+def _laid_out(c, path: str, items: list[str] | None) -> dict[str, np.ndarray]:
+    """``--inputs`` read for the folder ``c``, whose models then run with the batch axes of
+    the file's ``__batch_axes__`` and the ``--batch-axis`` options over the ones they record."""
+    from qgraph import batching
+
+    explicit = _batch_axes(items)
+    feeds = _read_inputs(path, c.float_model)
+    file_axes = batching.source_axes(path)
+    c.set_batch_axes(batching.combine(None, file_axes, explicit, f"--inputs {path}"))
+    return feeds
+
+
 def _read_inputs(path: str, model) -> dict[str, np.ndarray]:
-    """Arrays keyed by the model's input names from a .npz (other keys, e.g. labels, are ignored)."""
+    """Arrays keyed by the model's input names from a .npz (other keys, e.g. labels or the
+    ``__batch_axes__`` layout entry, are ignored)."""
     if not os.path.isfile(path):
         raise QGraphError(f"--inputs {path}: no such file")
     try:
@@ -124,11 +144,12 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise QGraphError(f"--batch-size {args.batch_size}: must be at least 1")
     shapes = _input_shapes(args.input_shape)  # a malformed option fails before the minutes of calibration
+    axes = _batch_axes(args.batch_axis)
     options = {"percentile": args.percentile, "num_bins": args.num_bins}
     start = time.perf_counter()
     q = quantize(args.model, args.calib, args.config, method=args.method,
                  method_options={k: v for k, v in options.items() if v is not None},
-                 report_samples=args.report_samples, input_shapes=shapes)
+                 report_samples=args.report_samples, input_shapes=shapes, batch_axes=axes)
     q.save(args.output)  # before the build: a stale tvm/ from an earlier compile goes
     s = q.report.summary
     outs = ", ".join(f"{k} SQNR {v['sqnr_db'] if isinstance(v['sqnr_db'], str) else round(v['sqnr_db'], 2)} dB"
@@ -171,38 +192,41 @@ def cmd_run(args: argparse.Namespace) -> int:
     from qgraph.api import CompiledDir
 
     c = CompiledDir.load(args.outdir)
-    feeds = _read_inputs(args.inputs, c.float_model)
+    feeds = _laid_out(c, args.inputs, args.batch_axis)
     how = args.backend
     if args.backend == "tvm":
         with _native_stderr_captured():
             build = c.tvm_build()
-        how = f"tvm ({build.target.name}{_batching(build, feeds)})"
+        how = f"tvm ({build.target.name}{_batching(build, feeds, c)})"
     outs = c.run(feeds, args.backend)
     np.savez(args.output, **outs)
     print(f"{args.outdir}: ran {how} on {args.inputs}; wrote {args.output} ({', '.join(outs)})")
     return 0
 
 
-def _batching(build, feeds) -> str:
+def _batching(build, feeds, c) -> str:
     """How ``run_batched`` splits ``feeds`` for ``build``, in words."""
+    from qgraph import batching
+
     if not build.inputs or not feeds:
         return ""
-    b = build.inputs[0].shape[0]
-    n = next(iter(feeds.values())).shape[0]
-    if n == b:
-        return f", batch {b}"
-    batches, pad = -(-n // b), -n % b
-    return f", batch {b}: {n} samples in {batches} runs" + (f", the last padded with {pad} copies of its "
-                                                           "last sample, dropped from the outputs" if pad else "")
+    shapes = {s.name: s.shape for s in build.inputs}
+    try:
+        axes = batching.resolve(shapes, batching.declared_axes(c.integer))
+        return ", " + batching.describe(shapes, axes, batching.sample_count(c.integer, feeds))
+    except QGraphError:
+        return ""  # the run itself says what does not fit
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from qgraph.api import CompiledDir
     from qgraph.verify.outputs import format_verify, verify_outputs
 
+    from qgraph import batching
+
     c = CompiledDir.load(args.outdir)
-    feeds = _read_inputs(args.inputs, c.float_model)
-    n = next(iter(feeds.values())).shape[0] if feeds else 0
+    feeds = _laid_out(c, args.inputs, args.batch_axis)
+    n = batching.sample_count(c.float_model, feeds) if feeds else 0
     backends, tvm_label, skipped = ("ort-sim", "ort"), None, None
     if c.has_build:
         info = c.build_info()
@@ -243,6 +267,7 @@ def add_parsers(sub) -> None:
                    help="the static shape of an input with symbolic dims (repeatable): set before "
                    "quantization, so the QDQ model and the TVM build both have it")
     p.add_argument("--report-samples", type=int, default=8, help="calibration samples the SQNR report uses")
+    add_batch_axis_option(p)
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("run", help="run a compiled model on inputs")
@@ -251,10 +276,21 @@ def add_parsers(sub) -> None:
     p.add_argument("-o", "--output", required=True, metavar="Y.npz")
     p.add_argument("--backend", default="reference", choices=list(BACKENDS),
                    help="reference (L3 in numpy), ort / ort-sim (the QDQ model in ONNX Runtime), tvm (the build in "
-                   "OUTDIR/tvm/, in batches of its batch size; a short last batch is padded and the padding dropped)")
+                   "OUTDIR/tvm/); every backend runs in batches of the model's batch size (a short last batch is "
+                   "padded and the padding dropped)")
+    add_batch_axis_option(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("verify", help="compare a compiled model with its float original and ONNX Runtime")
     p.add_argument("outdir")
     p.add_argument("--inputs", required=True, metavar="X.npz")
+    add_batch_axis_option(p)
     p.set_defaults(func=cmd_verify)
+
+
+def add_batch_axis_option(p) -> None:
+    """``--batch-axis NAME=K`` (``qgraph compile / calibrate / run / verify``)."""
+    p.add_argument("--batch-axis", action="append", metavar="NAME=K",
+                   help="the axis of input NAME that holds its samples (and its batch in the model; default 0, "
+                   "rank-0 inputs none), or none (-1): no sample axis, the same value for every sample (repeatable; "
+                   "compile records it in OUTDIR for run / verify)")

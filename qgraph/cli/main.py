@@ -95,8 +95,10 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         PassManager(pipeline, PassContext()).run(model)
     options = {"percentile": args.percentile, "num_bins": args.num_bins, "bits": args.bits}
     start = time.perf_counter()
+    from qgraph.cli.compile_cmd import _batch_axes
+
     ranges = calibrate(model, args.calib, args.method, batch_size=args.batch_size,
-                       **{k: v for k, v in options.items() if v is not None})
+                       batch_axes=_batch_axes(args.batch_axis), **{k: v for k, v in options.items() if v is not None})
     ranges.save(args.output)
     print(f"{args.model}: {args.method} ranges of {len(ranges)} tensors from {ranges.meta['samples']} samples "
           f"in {time.perf_counter() - start:.2f} s; wrote {args.output}")
@@ -176,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("calibrate", help="observed ranges of every float tensor on calibration data")
     p.add_argument("model")
     p.add_argument("--calib", required=True, metavar="DATA",
-                   help=".npz (arrays keyed by input name, samples on axis 0) or a folder of .npz / .npy files")
+                   help=".npz (arrays keyed by input name, samples on axis 0 or --batch-axis) or a folder of .npz / "
+                   ".npy files")
     p.add_argument("--method", default="minmax", choices=["minmax", "percentile", "entropy", "mse"])
     p.add_argument("--percentile", type=float, help="percentile method: the percentile kept (default 99.999)")
     p.add_argument("--num-bins", type=int, help="histogram bins (percentile / entropy / mse)")
@@ -184,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1, help="samples per ONNX Runtime run (default 1: every intermediate tensor of a run is held at once)")
     p.add_argument("--passes", help="pipeline to run before calibrating (ranges are keyed by the result's names)")
     p.add_argument("-o", "--output", required=True, help="ranges .json")
+    from qgraph.cli.compile_cmd import add_batch_axis_option
+
+    add_batch_axis_option(p)
     p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("opt", help="run a pass pipeline on a model")

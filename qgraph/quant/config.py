@@ -31,7 +31,8 @@ JSON form (every key optional; unknown keys are errors naming the key)::
       "exclude": ["Softmax", "head/conv_out"],
       "op_types": {"MatMul": {"activation": {"dtype": "int16"}}},
       "nodes": {"conv1": {"weight": {"dtype": "int4"}, "activation": {"dtype": "uint16"}}},
-      "tensors": {"input": {"dtype": "int8", "symmetric": true}}
+      "tensors": {"input": {"dtype": "int8", "symmetric": true}},
+      "batch_axes": {"state": 1, "sr": null}
     }
 
 - ``dtype``: one of int8, uint8, int16, uint16, int4, uint4 (16- and 4-bit types need
@@ -47,6 +48,10 @@ JSON form (every key optional; unknown keys are errors naming the key)::
 - ``op_types`` / ``nodes``: ``{"activation": partial scheme, "weight": partial scheme}``;
   ``tensors``: a partial scheme (``per_channel`` only for weights). A partial scheme changes
   only the keys it names.
+- ``batch_axes``: input name -> the axis that holds its samples in the data and its batch in
+  the model (default 0; rank-0 inputs none), or ``null`` / ``-1``: no sample axis, the same
+  value for every sample (see ``qgraph.batching``). Not a quantization choice, but kept here
+  so that one file describes how a model is fed, and saved with the compiled folder.
 """
 
 from __future__ import annotations
@@ -122,6 +127,7 @@ class QuantConfig:
         op_types: overrides by op type (``"Conv"``).
         nodes: overrides by node name.
         tensors: partial schemes by tensor name.
+        batch_axes: input name -> sample axis, or None for an input without one.
     """
 
     activation: TensorScheme = field(default_factory=lambda: TensorScheme(int_type("uint8")))
@@ -132,6 +138,7 @@ class QuantConfig:
     op_types: dict[str, Override] = field(default_factory=dict)
     nodes: dict[str, Override] = field(default_factory=dict)
     tensors: dict[str, Mapping[str, Any]] = field(default_factory=dict)
+    batch_axes: dict[str, int | None] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.activation.per_channel:
@@ -179,7 +186,7 @@ class QuantConfig:
     def from_json(cls, data: Mapping[str, Any], where: str = "quantization config") -> "QuantConfig":
         """Parse the JSON form (a dict); errors name the bad key as a path, e.g. ``nodes.conv1.weight.dtype``."""
         obj = _object(data, where)
-        known = {"activation", "weight", "pow2_scales", "reduce_range", "exclude", "op_types", "nodes", "tensors"}
+        known = {"activation", "weight", "pow2_scales", "reduce_range", "exclude", "op_types", "nodes", "tensors", "batch_axes"}
         _no_unknown(obj, known, where)
         kw: dict[str, Any] = {}
         defaults = cls()
@@ -202,6 +209,16 @@ class QuantConfig:
         if "tensors" in obj:
             kw["tensors"] = {name: _partial(p, f"{where}: tensors.{name}")
                              for name, p in _object(obj["tensors"], f"{where}: tensors").items()}
+        if "batch_axes" in obj:
+            from qgraph import batching
+
+            try:
+                kw["batch_axes"] = batching.parse_mapping(_object(obj["batch_axes"], f"{where}: batch_axes"),
+                                                          f"{where}: batch_axes")
+            except QuantConfigError:
+                raise
+            except QGraphError as e:
+                raise QuantConfigError(str(e)) from e
         try:
             return cls(**kw)
         except QuantConfigError as e:
@@ -218,6 +235,7 @@ class QuantConfig:
             "op_types": {k: v.to_json() for k, v in self.op_types.items()},
             "nodes": {k: v.to_json() for k, v in self.nodes.items()},
             "tensors": {k: _partial_to_json(v) for k, v in self.tensors.items()},
+            "batch_axes": dict(self.batch_axes),
         }
 
     @classmethod

@@ -113,7 +113,8 @@ LOWERINGS: Mapping[OpId, Lowering] = MappingProxyType({
 def static_input_shapes(model: Model, shapes: Mapping[str, Sequence[int]] | None = None,
                  batch_size: int | None = None) -> dict[str, tuple[int, ...]]:
     """The static shape of every graph input: ``shapes[name]`` where given, else the declared
-    shape with a symbolic leading dim set to ``batch_size``.
+    shape with a symbolic batch dim set to ``batch_size`` (the leading dim, or the one at the
+    input's sample axis where the model records one: ``qgraph.batching``).
 
     Raises:
         LoweringError: an input has an unknown rank or a symbolic dim left unresolved.
@@ -125,6 +126,9 @@ def static_input_shapes(model: Model, shapes: Mapping[str, Sequence[int]] | None
     if unknown:
         raise LoweringError(f"input_shapes names '{unknown[0]}', which is not a graph input; the inputs are "
                             f"{', '.join(repr(n) for n in names)}")
+    from qgraph import batching
+
+    axes = batching.model_axes(model)
     out: dict[str, tuple[int, ...]] = {}
     for v in model.graph.inputs:
         if v.name in consts and v.name not in shapes:
@@ -136,8 +140,9 @@ def static_input_shapes(model: Model, shapes: Mapping[str, Sequence[int]] | None
             raise LoweringError(f"graph input '{v.name}' has an unknown shape; pass input_shapes={{'{v.name}': "
                                 "[...]}")
         dims = [d if isinstance(d, int) and d >= 0 else None for d in v.shape]
-        if dims and dims[0] is None and batch_size is not None:
-            dims[0] = int(batch_size)
+        k = axes.get(v.name, 0)
+        if k is not None and k < len(dims) and dims[k] is None and batch_size is not None:
+            dims[k] = int(batch_size)
         if any(d is None for d in dims):
             raise LoweringError(f"graph input '{v.name}' has shape {v.type}; TVM kernels need static shapes: pass "
                                 f"batch_size=... or input_shapes={{'{v.name}': [...]}}")
