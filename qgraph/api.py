@@ -181,7 +181,8 @@ class QuantizedModel:
             return batching.run_model(self.integer, self._interpreter.run, feeds, what="backend 'reference'",
                                       probe=self.float_model)
         if backend in ("ort", "ort-sim"):
-            return run_ort(self.qdq, feeds, simulate=backend == "ort-sim", probe=self.float_model)
+            return run_ort(self.qdq, feeds, simulate=backend == "ort-sim", probe=self.float_model,
+                           what=f"backend '{backend}'")
         if backend == "tvm":
             if self.compiled is None:
                 raise QGraphError("backend 'tvm': this model has no TVM build; call build(target='cpu') first")
@@ -289,10 +290,12 @@ def run_batched(compiled, feeds: Mapping[str, np.ndarray], model: Model | None =
 
 
 def run_ort(model: Model, feeds: Mapping[str, np.ndarray], *, simulate: bool = False,
-            threads: int | None = None, probe: Model | None = None) -> dict[str, np.ndarray]:
+            threads: int | None = None, probe: Model | None = None,
+            what: str = "ONNX Runtime") -> dict[str, np.ndarray]:
     """Run ``model`` in ONNX Runtime's CPU EP on any number of samples, in batches of the
     size it takes (``qgraph.batching.run_model``); ``simulate`` turns off its QDQ fusion
-    (``session.disable_quant_qdq``), so Q/DQ run as written: the float simulation."""
+    (``session.disable_quant_qdq``), so Q/DQ run as written: the float simulation. ``what``
+    names the run in errors and progress (e.g. ``backend 'ort'``, ``the float model``)."""
     import onnxruntime as ort
 
     from qgraph.onnx import to_proto
@@ -306,16 +309,16 @@ def run_ort(model: Model, feeds: Mapping[str, np.ndarray], *, simulate: bool = F
     try:
         sess = ort.InferenceSession(to_proto(model).SerializeToString(), so, providers=["CPUExecutionProvider"])
     except Exception as e:
-        raise QGraphError(f"ONNX Runtime cannot load the model: {str(e).splitlines()[0]}") from e
+        raise QGraphError(f"{what}: ONNX Runtime cannot load the model: {str(e).splitlines()[0]}") from e
     names = [o.name for o in sess.get_outputs()]
 
     def run(batch: dict) -> dict:
         try:
             return dict(zip(names, sess.run(None, batch)))
         except Exception as e:
-            raise QGraphError(f"ONNX Runtime failed on the QDQ model: {str(e).splitlines()[0]}") from e
+            raise QGraphError(f"{what}: ONNX Runtime failed: {str(e).splitlines()[0]}") from e
 
-    return batching.run_model(model, run, feeds, what="ONNX Runtime", probe=probe)
+    return batching.run_model(model, run, feeds, what=what, probe=probe)
 
 
 def quantize(model: Any, calib: Any, config: Any = None, *, method: str = "minmax",
@@ -492,7 +495,7 @@ class CompiledDir:
 
     def run_float(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The float model in ONNX Runtime, on any number of samples."""
-        return run_ort(self.float_model, feeds)
+        return run_ort(self.float_model, feeds, what="the float model (ONNX Runtime)")
 
 
 def golden_integer_outputs(model_path: str, calib_path: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

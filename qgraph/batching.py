@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from qgraph.errors import QGraphError
+from qgraph.progress import Progress
 
 #: The model metadata key (``Model.metadata_props``) holding the non-default sample axes, JSON.
 META_KEY = "qgraph.batch_axes"
@@ -405,15 +406,17 @@ def run_in_batches(run: Callable[[dict], Mapping[str, np.ndarray]], feeds: Mappi
     known = (output_axes() if callable(output_axes) else output_axes) or {}
     parts: dict[str, list[np.ndarray]] = {}
     out_axes: dict[str, int] = {}
-    for start in range(0, n, size):
-        stop = min(start + size, n)
-        outs = run(take(arrays, axes, start, stop, pad_to=batch))
-        ran = batch or stop - start
-        for name, y in outs.items():
-            y = np.asarray(y)
-            if name not in out_axes:
-                out_axes[name] = _output_axis(name, y, ran, known.get(name), axes, n, what)
-            parts.setdefault(name, []).append(_slice(y, out_axes[name], 0, stop - start))
+    with Progress(what, total=n) as progress:
+        for start in range(0, n, size):
+            stop = min(start + size, n)
+            outs = run(take(arrays, axes, start, stop, pad_to=batch))
+            ran = batch or stop - start
+            for name, y in outs.items():
+                y = np.asarray(y)
+                if name not in out_axes:
+                    out_axes[name] = _output_axis(name, y, ran, known.get(name), axes, n, what)
+                parts.setdefault(name, []).append(_slice(y, out_axes[name], 0, stop - start))
+            progress.advance(stop - start)
     return {name: np.concatenate(ys, axis=out_axes[name]) for name, ys in parts.items()}
 
 
