@@ -52,15 +52,19 @@ class QuantWarning:
         message: one line for the user: what, where (node / tensor), what to do.
         node: the node concerned, if any.
         tensor: the tensor concerned, if any.
+        inputs: other tensors it concerns (``mixed-ranges``: the inputs that lose resolution).
     """
 
     kind: str
     message: str
     node: str | None = None
     tensor: str | None = None
+    inputs: tuple[str, ...] = ()
 
     def to_json(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["inputs"] = list(self.inputs)
+        return d
 
 
 def _limited(found: list[QuantWarning], kind: str, what: str) -> list[QuantWarning]:
@@ -127,8 +131,15 @@ def check_ranges(ranges, qdq: Model, float_model: Model) -> list[QuantWarning]:
     return _limited(found, "constant-range", "tensors with zero-width ranges")
 
 
-def check_layers(rows: Sequence[Mapping[str, Any]]) -> list[QuantWarning]:
-    """``low-sqnr`` and ``sqnr-drop`` over the report's layer rows, in graph order."""
+def check_layers(rows: Sequence[Mapping[str, Any]], explained: Sequence[QuantWarning] = ()) -> list[QuantWarning]:
+    """``low-sqnr`` and ``sqnr-drop`` over the report's layer rows, in graph order.
+
+    Args:
+        rows: the report's layer rows (``sqnr_db``, ``node``, ``op``, ``output.tensor``).
+        explained: ``mixed-ranges`` warnings: a layer whose tensor lost its resolution to
+            one of their shared scales points at that node instead of at itself.
+    """
+    causes = {t: w.node for w in explained for t in w.inputs}
     out, before = [], []
     for r in rows:
         s = r.get("sqnr_db")
@@ -139,6 +150,8 @@ def check_layers(rows: Sequence[Mapping[str, Any]]) -> list[QuantWarning]:
         who = f"{r['op']} node '{r['node']}'" if r.get("node") else f"{r['op']} node"
         fix = (f"check its calibrated range and scale in report.md, or keep it float with "
                f"{{\"exclude\": [\"{r.get('node') or r['op']}\"]}} in the config")
+        if tensor in causes:
+            fix = f"it shares the output scale of node '{causes[tensor]}' (see the mixed-ranges warning)"
         if db <= 0:
             out.append(QuantWarning("low-sqnr", f"{who} (tensor '{tensor}') is at {_db(db)} vs float: its quantized "
                                     f"output is no better than zero; {fix}", r.get("node"), tensor))
@@ -192,7 +205,7 @@ def check_mixed_ranges(float_model: Model, ranges, config) -> list[QuantWarning]
             f"{narrow[1].hi:.4g}]): under {how} {', '.join(repr(n) for n in lost)} keep{'s' * (len(lost) == 1)} "
             f"almost no resolution (a detector's class scores become 0); keep the node float with "
             f"{{\"exclude\": [{json.dumps(name)}]}} in the config, or give its inputs separate scales "
-            "(e.g. separate model outputs)", name, tensor))
+            "(e.g. separate model outputs)", name, tensor, tuple(lost)))
     return out
 
 

@@ -90,8 +90,8 @@ def scatter(name: str, f: np.ndarray, q: np.ndarray) -> str:
     return _img(fig, f"output {name}: quantized vs float")
 
 
-def _table(head: list[str], rows: list[list[Any]]) -> str:
-    out = ["<table><tr>" + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr>"]
+def _table(head: list[str] | None, rows: list[list[Any]]) -> str:
+    out = ["<table>" + ("<tr>" + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr>" if head else "")]
     out += ["<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in r) + "</tr>" for r in rows]
     return "".join(out) + "</table>"
 
@@ -107,7 +107,7 @@ def render_html(report) -> str:
                      + "</ul></div>")
     else:
         parts.append("<p class='ok'>No warnings.</p>")
-    parts.append(_table(["", ""], [[k, v] for k, v in header_lines(s)]))
+    parts.append(_table(None, [[k, v] for k, v in header_lines(s)]))
 
     parts.append(f"<h2>Outputs (quantized vs float, {escape(str(s.get('measured_on')))})</h2>")
     parts.append(_table(["output", "SQNR dB", "cosine", "top-1 agreement", "accuracy float", "accuracy quantized"],
