@@ -91,6 +91,26 @@ def test_detector_output_gets_no_top1_and_a_mixed_ranges_warning():
     assert any(r["node"] == "head_concat" and "excluded by the config" in r["reason"] for r in fixed.report.stayed_float)
 
 
+def test_add_of_very_different_ranges_warns_with_a_config_that_parses():
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(6, 5)).astype(np.float32)
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "wbig"], ["big"], name="mm_big"),
+                           helper.make_node("MatMul", ["x", "wsmall"], ["small"], name="mm_small"),
+                           helper.make_node("Add", ["big", "small"], ["y"], name="residual")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])],
+                          [numpy_helper.from_array(w * 100, "wbig"), numpy_helper.from_array(w * 0.1, "wsmall")])
+    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    calib = {"x": rng.normal(size=(20, 6)).astype(np.float32)}
+    q = qgraph.quantize(proto, calib)
+    mixed = [w for w in q.report.warnings if w.kind == "mixed-ranges"]
+    assert len(mixed) == 1 and mixed[0].node == "residual" and mixed[0].inputs == ("small",)
+    suggested = json.loads(re.search(r'(\{"nodes": .*\}\}\}) in the config', mixed[0].message).group(1))
+    fixed = qgraph.quantize(proto, calib, config=suggested)
+    assert "mixed-ranges" not in kinds(fixed.report)  # 16 bits keep ~65 steps of 'small'
+    assert next(r for r in fixed.report.layers if r["node"] == "residual")["output"]["dtype"] == "int16"
+
+
 def test_declared_output_shape_that_the_model_does_not_return():
     rng = np.random.default_rng(0)
     g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["m"], name="mm"),

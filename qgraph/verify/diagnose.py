@@ -104,30 +104,20 @@ def check_calibration(ranges, float_model: Model, first_samples: Sequence[Mappin
     return out
 
 
-def _quantized_tensors(qdq: Model) -> dict[str, str]:
-    """Float tensor name -> its producer's name (or the tensor's), for tensors a QuantizeLinear reads."""
-    names = {}
-    for n in qdq.graph:
-        if n.op is ops.QuantizeLinear and n.inputs[0].const_value is None:
-            v = n.inputs[0]
-            p = v.producer()
-            names[v.name] = p.name if p is not None and p.name else ""
-    return names
-
-
-def check_ranges(ranges, qdq: Model, float_model: Model) -> list[QuantWarning]:
-    """``constant-range``: quantized activation tensors whose calibrated range is one value
-    (graph inputs are ``check_calibration``'s)."""
-    inputs = {v.name for v in float_model.graph.inputs}
+def check_ranges(rows: Sequence[Mapping[str, Any]]) -> list[QuantWarning]:
+    """``constant-range``: layers whose quantized output's calibrated range (the report
+    rows' ``output.range``) is a single value."""
     found = []
-    for name, producer in _quantized_tensors(qdq).items():
-        r = ranges.get(name)
-        if name in inputs or r is None or r.lo != r.hi:
+    for r in rows:
+        out = r.get("output") or {}
+        rng = out.get("range")
+        if not rng or rng[0] != rng[1]:
             continue
-        where = f" (output of node '{producer}')" if producer else ""
-        found.append(QuantWarning("constant-range", f"tensor '{name}'{where} took the single value {r.lo:.4g} on all "
-                                  "calibration data (a zero-width range): its scale is a guess; calibrate on data "
-                                  "that exercises it, or exclude its node in the config", producer or None, name))
+        node, tensor = r.get("node") or None, out.get("tensor")
+        where = f" (output of {r['op']} node '{node}')" if node else ""
+        found.append(QuantWarning("constant-range", f"tensor '{tensor}'{where} took the single value {rng[0]:.4g} on "
+                                  "all calibration data (a zero-width range): its scale is a guess; calibrate on data "
+                                  "that exercises it, or exclude its node in the config", node, tensor))
     return _limited(found, "constant-range", "tensors with zero-width ranges")
 
 
@@ -175,12 +165,28 @@ def _span(r) -> float:
     return max(r.hi, 0.0) - min(r.lo, 0.0)
 
 
-def check_mixed_ranges(float_model: Model, ranges, config) -> list[QuantWarning]:
-    """``mixed-ranges``: Concat / Add / Sum nodes (not excluded) whose non-constant inputs'
-    calibrated spans differ more than ``SPAN_RATIO`` times."""
+def check_mixed_ranges(float_model: Model, ranges, config, quantized: Mapping[str, str] | None = None
+                       ) -> list[QuantWarning]:
+    """``mixed-ranges``: Concat / Add / Sum nodes whose non-constant inputs' calibrated spans
+    differ more than ``SPAN_RATIO`` times (at 8 bits; at ``b`` bits, more than
+    ``SPAN_RATIO * (2**b - 1) / 255``: the narrow input is left fewer than 2.55 steps).
+
+    A Concat puts its inputs under its output's one scale, so the narrow ones keep
+    ``255 / ratio`` steps or fewer (a YOLO head's class scores next to box coordinates in
+    pixels: all 0). An Add reads each input at its own scale, but its 8-bit output's scale
+    follows the widest, so a narrow input moves the sum by a few steps at most.
+
+    Args:
+        quantized: the quantized float tensors and their dtype names (``uint8``; None: all,
+            8-bit); a node whose output is not quantized is skipped, as are nodes the config
+            excludes.
+    """
+    keep = None if quantized is None else dict(quantized)
     out = []
     for node in float_model.graph:
         if node.op not in (ops.Concat, ops.Add, ops.Sum) or config.excludes(node):
+            continue
+        if keep is not None and node.outputs[0].name not in keep:
             continue
         spans = []
         for v in node.inputs:
@@ -192,20 +198,31 @@ def check_mixed_ranges(float_model: Model, ranges, config) -> list[QuantWarning]
         wide = max(spans, key=lambda p: _span(p[1]))
         narrow = min(spans, key=lambda p: _span(p[1]))
         ratio = _span(wide[1]) / _span(narrow[1])
-        if ratio <= SPAN_RATIO:
+        dtype = "uint8" if keep is None else keep[node.outputs[0].name]
+        levels = 2 ** int("".join(c for c in dtype if c.isdigit()) or 8) - 1
+        if ratio <= SPAN_RATIO * levels / 255:
             continue
         name = node.name or node.outputs[0].name
         tensor = node.outputs[0].name
-        lost = [n for n, r in spans if _span(wide[1]) / _span(r) > SPAN_RATIO]
-        how = ("one scale for the whole output" if node.op is ops.Concat else "a sum whose scale follows the widest")
+        lost = [n for n, r in spans if _span(wide[1]) / _span(r) > SPAN_RATIO * levels / 255]
+        names = ", ".join(repr(n) for n in lost)
+        steps = levels / ratio
+        exclude = f"{{\"exclude\": [{json.dumps(name)}]}}"
+        if node.op is ops.Concat:
+            effect = (f"under the one {dtype} scale of its output {names} keep{'s' * (len(lost) == 1)} at most "
+                      f"{steps:.1f} of {levels} steps (a detector's class scores next to its boxes become 0)")
+            fix = (f"keep the node float with {exclude} in the config, or give its inputs separate scales "
+                   "(e.g. separate model outputs)")
+        else:
+            effect = (f"its output's {dtype} scale follows the widest input, so {names} move{'s' * (len(lost) == 1)} "
+                      f"the sum by at most {steps:.1f} steps")
+            fix = (f"keep the node float with {exclude}, or give its output 16 bits with "
+                   f"{{\"nodes\": {{{json.dumps(name)}: {{\"activation\": {{\"dtype\": \"int16\"}}}}}}}} in the config")
         out.append(QuantWarning(
             "mixed-ranges",
             f"{node.op_type} node '{name}' (tensor '{tensor}') joins inputs whose calibrated ranges differ {ratio:.0f}x "
             f"('{wide[0]}' [{wide[1].lo:.4g}, {wide[1].hi:.4g}] vs '{narrow[0]}' [{narrow[1].lo:.4g}, "
-            f"{narrow[1].hi:.4g}]): under {how} {', '.join(repr(n) for n in lost)} keep{'s' * (len(lost) == 1)} "
-            f"almost no resolution (a detector's class scores become 0); keep the node float with "
-            f"{{\"exclude\": [{json.dumps(name)}]}} in the config, or give its inputs separate scales "
-            "(e.g. separate model outputs)", name, tensor, tuple(lost)))
+            f"{narrow[1].hi:.4g}]): {effect}; {fix}", name, tensor, tuple(lost)))
     return out
 
 

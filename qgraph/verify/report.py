@@ -276,9 +276,10 @@ def build_report(q, calib: Any, samples: int = 8, *, eval: Any = None, model_pat
         outputs = {k: output_metrics(flt[k], ref[k], len(feeds)) for k in flt}
         measured_on = f"on calibration data (in-sample), {len(feeds)} samples"
 
-    mixed = diagnose.check_mixed_ranges(q.float_model, q.ranges, q.config)
+    mixed = diagnose.check_mixed_ranges(q.float_model, q.ranges, q.config,
+                                        {r["output"]["tensor"]: r["output"]["dtype"] for r in rows if "output" in r})
     found = (diagnose.check_calibration(q.ranges, q.float_model, calib_first)
-             + diagnose.check_ranges(q.ranges, q.qdq, q.float_model)
+             + diagnose.check_ranges(rows)
              + mixed
              + diagnose.check_layers(rows, mixed)
              + diagnose.check_output_shapes(declared_outputs or {}, shapes)
