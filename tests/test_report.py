@@ -266,3 +266,17 @@ def test_markdown_header_float_list_and_counts_agree(tmp_path, capsys):
     assert "excluded by the config" in why["conv2"] and "conv2" in why["relu2"]
     fc = next(r for r in report["layers"] if r["node"] == "fc")
     assert f"| {fc['output']['scale']:.4g} |" in md  # 4 significant digits, not 2 decimals
+
+
+def test_eval_data_errors_and_labels_that_fit_nothing(tmp_path, capsys, digits_test):
+    x, labels = digits_test
+    with pytest.raises(qgraph.QGraphError, match="no array for model input"):
+        qgraph.quantize(DIGITS, CALIB, eval={"image": x[:8]})
+    with pytest.raises(qgraph.QGraphError, match="labels of shape \\[5\\] for 8 samples"):
+        qgraph.quantize(DIGITS, CALIB, eval={"input": x[:8], "labels": labels[:5]})
+    q = qgraph.quantize(DIGITS, CALIB, eval={"input": x[:8], "labels": np.zeros((8, 3), np.int64)})
+    assert "accuracy_float" not in q.report.outputs["logits"] and kinds(q.report) == ["unused-labels"]
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, input=x[:8])
+    assert main(["compile", DIGITS, "--calib", CALIB, "-o", str(tmp_path / "o"), "--eval", str(bad) + "x"]) == 1
+    assert "no such file" in capsys.readouterr().err

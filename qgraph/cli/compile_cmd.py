@@ -201,8 +201,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         except QGraphError as e:
             skipped = f"TVM build not compared: {e}"
     from qgraph.verify.data import read_labels
+    from qgraph.verify.diagnose import check_labels
 
-    result = verify_outputs(c, feeds, backends, labels=read_labels(args.inputs))
+    labels = read_labels(args.inputs)
+    result = verify_outputs(c, feeds, backends, labels=labels)
     lines = [f"{n} samples"]
     for name, m in result.items():
         lines += format_verify({name: m}, n).splitlines()[1:]
@@ -213,6 +215,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if skipped:
         lines.append(skipped)
     print("\n".join(lines))
+    for w in check_labels(result, labels, args.inputs):
+        print(f"qgraph: warning: {w.message}", file=sys.stderr)
     return 0
 
 

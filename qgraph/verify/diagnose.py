@@ -16,7 +16,8 @@ The checks and their thresholds:
 - ``mixed-ranges``: a Concat or Add whose inputs' calibrated spans differ more than
   ``SPAN_RATIO`` times (one scale for box coordinates and class scores zeroes the scores);
 - ``output-shape``: an output the float model returns in another shape than it declares;
-- ``unused-exclude``: a config ``exclude`` entry that matches no node name or op type.
+- ``unused-exclude``: a config ``exclude`` entry that matches no node name or op type;
+- ``unused-labels``: held-out data with labels that fit no classifier-shaped output.
 """
 
 from __future__ import annotations
@@ -263,3 +264,12 @@ def check_excludes(config, models: Iterable[Model]) -> list[QuantWarning]:
                                 f"model after canonicalize/fuse, so nothing was kept float for it; {hint}"
                                 "report.md lists the node names (Layers, Stayed float)", entry))
     return out
+
+
+def check_labels(outputs: Mapping[str, Mapping[str, Any]], labels, source: str) -> list[QuantWarning]:
+    """``unused-labels``: ``labels`` were given but no output got an accuracy from them."""
+    if labels is None or any("accuracy_float" in m for m in outputs.values()):
+        return []
+    return [QuantWarning("unused-labels", f"the labels in {source} (shape {list(np.shape(labels))}) fit no "
+                         "classifier-shaped output (one label per row of an [N, C] output, or per row of a "
+                         "softmax-like last axis), so no accuracy was computed; check which output they are for")]

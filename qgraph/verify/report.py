@@ -283,7 +283,8 @@ def build_report(q, calib: Any, samples: int = 8, *, eval: Any = None, model_pat
              + mixed
              + diagnose.check_layers(rows, mixed)
              + diagnose.check_output_shapes(declared_outputs or {}, shapes)
-             + diagnose.check_excludes(q.config, [q.float_model]))
+             + diagnose.check_excludes(q.config, [q.float_model])
+             + (diagnose.check_labels(outputs, eval.labels, eval.source) if eval is not None else []))
     meta = getattr(q.ranges, "meta", {}) or {}
     summary = {"model": model_path, "qgraph_version": qgraph.__version__, "method": meta.get("method"),
                "calibration_samples": meta.get("samples"), "config": config_text(q.config), "target": None,
