@@ -73,7 +73,7 @@ def _limited(found: list[QuantWarning], kind: str, what: str) -> list[QuantWarni
         return found
     rest = found[MAX_LINES:]
     names = ", ".join(f"'{w.tensor}'" for w in rest[:3]) + (", ..." if len(rest) > 3 else "")
-    return found[:MAX_LINES] + [QuantWarning(kind, f"{len(rest)} more {what} ({names}); see report.json")]
+    return found[:MAX_LINES] + [QuantWarning(kind, f"{len(rest)} more {what} ({names}); see the calibrated ranges in report.md's Layers table")]
 
 
 def check_calibration(ranges, float_model: Model, first_samples: Sequence[Mapping[str, np.ndarray]] = ()
@@ -85,8 +85,8 @@ def check_calibration(ranges, float_model: Model, first_samples: Sequence[Mappin
     n = meta.get("samples")
     if isinstance(n, int) and n < MIN_SAMPLES:
         out.append(QuantWarning("few-samples", f"calibration used {n} sample{'s' * (n != 1)}: ranges from fewer than "
-                                f"{MIN_SAMPLES} clip the next input's values; calibrate on a few hundred "
-                                "representative samples"))
+                                f"{MIN_SAMPLES} samples miss values that other inputs take, and those saturate; "
+                                "calibrate on a few hundred representative samples"))
     for v in float_model.graph.inputs:
         if v.is_initializer():
             continue
