@@ -119,7 +119,8 @@ class QuantizedModel:
         integer: L3, integer ops in the qgraph domain (what the reference and TVM run).
         ranges: the calibrated ranges the scales came from.
         config: the quantization config used.
-        report: per-layer dtypes, scales and SQNR (``qgraph.verify.report``), when computed.
+        report: per-layer dtypes, scales and SQNR, output metrics, warnings and the float ops
+            left (``qgraph.verify.report``), when computed.
         compiled: the last TVM build (``build``), a ``qgraph.tvm.Compiled``, or None.
     """
 

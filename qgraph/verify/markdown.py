@@ -29,7 +29,8 @@ def header_lines(s: dict[str, Any]) -> list[tuple[str, str]]:
         ("config", str(s.get("config"))),
         ("target", str(s.get("target") or "not given (the QDQ model and the integer reference)")),
         ("eval data", f"{ev['samples']} samples from {ev['source']}" + (" with labels" if ev.get("labels") else "")
-         if ev else "none: output metrics are on calibration data (in-sample); pass --eval DATA.npz"),
+         if ev else ("none: output metrics are on calibration data (in-sample); "
+                     "give held-out data with --eval DATA.npz (eval= in Python)")),
         ("ops", f"{s.get('integer_ops')} integer, {s.get('lookups', 0)} table lookups, {s.get('float_ops')} float"),
     ]
 
