@@ -128,9 +128,11 @@ def test_declared_output_shape_that_the_model_does_not_return():
 
 def test_layer_checks_flag_zero_db_and_a_drop_below_the_median():
     rows = [{"node": f"n{i}", "op": "Conv", "output": {"tensor": f"t{i}"}, "sqnr_db": db}
-            for i, db in enumerate([40.0, 38.0, 41.0, 15.0, -2.0, "inf", 39.0])]
+            for i, db in enumerate([40.0, 38.0, 41.0, 15.0, -2.0, "inf", 39.0, "-inf"])]
     found = check_layers(rows)
-    assert [(w.kind, w.node, w.tensor) for w in found] == [("sqnr-drop", "n3", "t3"), ("low-sqnr", "n4", "t4")]
+    assert [(w.kind, w.node, w.tensor) for w in found] == [("sqnr-drop", "n3", "t3"), ("low-sqnr", "n4", "t4"),
+                                                           ("low-sqnr", "n7", "t7")]
+    assert "-2.0 dB" in found[1].message and "all zero in float" in found[2].message
     assert "25.0 dB under the median" in found[0].message and '{"exclude": ["n3"]}' in found[0].message
 
 

@@ -143,7 +143,10 @@ def check_layers(rows: Sequence[Mapping[str, Any]], explained: Sequence[QuantWar
                f"{{\"exclude\": [\"{r.get('node') or r['op']}\"]}} in the config")
         if tensor in causes:
             fix = f"it shares the output scale of node '{causes[tensor]}' (see the mixed-ranges warning)"
-        if db <= 0:
+        if db == -math.inf:
+            out.append(QuantWarning("low-sqnr", f"{who} (tensor '{tensor}') is all zero in float on these samples but "
+                                    f"not once quantized (-inf dB); {fix}", r.get("node"), tensor))
+        elif db <= 0:
             out.append(QuantWarning("low-sqnr", f"{who} (tensor '{tensor}') is at {_db(db)} vs float: its quantized "
                                     f"output is no better than zero; {fix}", r.get("node"), tensor))
         elif len(before) >= 2 and math.isfinite(db):
