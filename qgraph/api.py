@@ -33,6 +33,7 @@ QDQ_FILE = "model.qdq.onnx"
 L3_FILE = "model.qgraph.onnx"
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
 RANGES_FILE = "ranges.json"
 CONFIG_FILE = "config.json"
 #: The subfolder ``save`` exports a TVM build into (``qgraph.tvm.load`` reads it).
@@ -119,7 +120,8 @@ class QuantizedModel:
         integer: L3, integer ops in the qgraph domain (what the reference and TVM run).
         ranges: the calibrated ranges the scales came from.
         config: the quantization config used.
-        report: per-layer dtypes, scales and SQNR (``qgraph.verify.report``), when computed.
+        report: per-layer dtypes, scales and SQNR, output metrics, warnings and the float ops
+            left (``qgraph.verify.report``), when computed.
         compiled: the last TVM build (``build``), a ``qgraph.tvm.Compiled``, or None.
     """
 
@@ -233,6 +235,8 @@ class QuantizedModel:
                 json.dump(self.report.to_json(), f, indent=2)
             with open(os.path.join(outdir, REPORT_MD), "w") as f:
                 f.write(self.report.markdown())
+            with open(os.path.join(outdir, REPORT_HTML), "w") as f:
+                f.write(self.report.html())
         if self.compiled is not None:
             self.export_build(outdir)
         else:
@@ -325,7 +329,7 @@ def quantize(model: Any, calib: Any, config: Any = None, *, method: str = "minma
              method_options: Mapping[str, Any] | None = None, report: bool = True,
              report_samples: int = 8, show_progress: bool | None = None,
              input_shapes: Mapping[str, Any] | None = None,
-             batch_axes: Mapping[str, Any] | None = None) -> QuantizedModel:
+             batch_axes: Mapping[str, Any] | None = None, eval: Any = None) -> QuantizedModel:
     """Post-training quantization of ``model`` on calibration data ``calib``.
 
     Args:
@@ -336,8 +340,11 @@ def quantize(model: Any, calib: Any, config: Any = None, *, method: str = "minma
             uint8 activations per tensor, int8 symmetric per-channel weights, int32 bias).
         method: calibration method (``minmax``, ``percentile``, ``entropy``, ``mse``).
         method_options: options of the method (``percentile``, ``num_bins``, ``bits``).
-        report: compute the per-layer report (SQNR against float on ``report_samples``
-            calibration samples).
+        report: compute the report (``qgraph.verify.report``): per-layer SQNR against float
+            on ``report_samples`` samples, output metrics, warnings (``report.warnings``).
+        eval: held-out data (an .npz path or ``{input name: array}``, optionally with
+            ``labels``): the report's output metrics are measured on it, as ``qgraph verify``
+            measures them; without it they are in-sample, on calibration data.
         input_shapes: static shapes of graph inputs (name -> dims) for a model declared with
             symbolic dims: shapes are inferred through the graph before quantization, so
             that shape-dependent integer forms apply (a GlobalAveragePool needs its spatial
@@ -354,6 +361,12 @@ def quantize(model: Any, calib: Any, config: Any = None, *, method: str = "minma
     if input_shapes:
         set_input_shapes(float_model, input_shapes)
     cfg = _with_batch_axes(cfg, float_model, calib, batch_axes)
+    declared = {v.name: v.shape for v in float_model.graph.outputs}  # before shape inference refines them
+    held_out = None
+    if report and eval is not None:  # bad eval data fails before the minutes of calibration
+        from qgraph.verify.data import load_eval
+
+        held_out = load_eval(eval, float_model)
     PassManager(registry().parse("canonicalize,fuse"), PassContext()).run(float_model)
     ranges = calibrate(float_model, calib, method, show_progress=show_progress, **dict(method_options or {}))
     float_model.calibration = ranges
@@ -361,12 +374,15 @@ def quantize(model: Any, calib: Any, config: Any = None, *, method: str = "minma
     qdq = clone(float_model)
     PassManager([InsertQDQ.from_config(cfg)], PassContext()).run(qdq)
     integer = clone(qdq)
-    PassManager([LowerQDQ()], PassContext()).run(integer)
+    lower = LowerQDQ()
+    PassManager([lower], PassContext()).run(integer)
     result = QuantizedModel(float_model, qdq, integer, ranges, cfg)
     if report:
         from qgraph.verify.report import build_report
 
-        result.report = build_report(result, calib, samples=report_samples)
+        result.report = build_report(result, calib, samples=report_samples, eval=held_out,
+                                     model_path=os.fspath(model) if isinstance(model, (str, os.PathLike)) else None,
+                                     declared_outputs=declared, fallback_reasons=lower.fallback_reasons)
     return result
 
 

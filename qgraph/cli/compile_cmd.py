@@ -21,6 +21,8 @@ import numpy as np
 from qgraph.errors import QGraphError
 from qgraph.targets import NAMES as TVM_TARGETS
 
+log = logging.getLogger("qgraph")
+
 TARGETS = ("qdq",) + TVM_TARGETS
 BACKENDS = ("reference", "ort", "ort-sim", "tvm")
 
@@ -149,18 +151,28 @@ def cmd_compile(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     q = quantize(args.model, args.calib, args.config, method=args.method,
                  method_options={k: v for k, v in options.items() if v is not None},
-                 report_samples=args.report_samples, input_shapes=shapes, batch_axes=axes)
+                 report_samples=args.report_samples, input_shapes=shapes, batch_axes=axes, eval=args.eval)
+    q.report.summary["target"] = args.target
     q.save(args.output)  # before the build: a stale tvm/ from an earlier compile goes
-    s = q.report.summary
-    outs = ", ".join(f"{k} SQNR {v['sqnr_db'] if isinstance(v['sqnr_db'], str) else round(v['sqnr_db'], 2)} dB"
-                     + (f", top-1 agreement {v['top1'] * 100:.2f}%" if v.get("top1") is not None else "")
-                     for k, v in q.report.outputs.items())
-    print(f"{args.model}: {s['integer_ops']} integer ops, {s['lookups']} lookups, {s['float_ops']} float ops; "
-          f"{outs} (vs float, {s['report_samples']} calibration samples); "
-          f"wrote {args.output}/ in {time.perf_counter() - start:.2f} s")
+    _print_summary(q.report, args, time.perf_counter() - start)
+    if q.report.warnings and args.strict:
+        raise QGraphError(f"--strict: {len(q.report.warnings)} warning(s) above; {args.output}/report.md and "
+                          "report.html show them in context")
     if args.target in TVM_TARGETS:
         _compile_tvm(q, args)
     return 0
+
+
+def _print_summary(report, args: argparse.Namespace, seconds: float) -> None:
+    """The summary line on stdout, each warning as a ``qgraph: warning:`` line on stderr."""
+    from qgraph.verify.outputs import format_metrics
+
+    s = report.summary
+    outs = "; ".join(f"{k} {format_metrics(m)}" for k, m in report.outputs.items())
+    print(f"{args.model}: {s['integer_ops']} integer ops, {s['lookups']} lookups, {s['float_ops']} float ops; "
+          f"{outs} (vs float, {s['measured_on']}); wrote {args.output}/ in {seconds:.2f} s")
+    for w in report.warnings:
+        log.warning("%s", w.message)
 
 
 def _compile_tvm(q, args: argparse.Namespace) -> None:
@@ -219,10 +231,9 @@ def _batching(build, feeds, c) -> str:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from qgraph import batching
     from qgraph.api import CompiledDir
     from qgraph.verify.outputs import format_verify, verify_outputs
-
-    from qgraph import batching
 
     c = CompiledDir.load(args.outdir)
     feeds = _laid_out(c, args.inputs, args.batch_axis)
@@ -236,7 +247,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
             backends, tvm_label = backends + ("tvm",), f"TVM {info.get('target')}"
         except QGraphError as e:
             skipped = f"TVM build not compared: {e}"
-    result = verify_outputs(c, feeds, backends)
+    from qgraph.verify.data import read_labels
+    from qgraph.verify.diagnose import check_labels
+
+    labels = read_labels(args.inputs)
+    result = verify_outputs(c, feeds, backends, labels=labels)
     lines = [f"{n} samples"]
     for name, m in result.items():
         lines += format_verify({name: m}, n).splitlines()[1:]
@@ -247,6 +262,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if skipped:
         lines.append(skipped)
     print("\n".join(lines))
+    for w in check_labels(result, labels, args.inputs):
+        log.warning("%s", w.message)
     return 0
 
 
@@ -266,8 +283,14 @@ def add_parsers(sub) -> None:
     p.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...",
                    help="the static shape of an input with symbolic dims (repeatable): set before "
                    "quantization, so the QDQ model and the TVM build both have it")
-    p.add_argument("--report-samples", type=int, default=8, help="calibration samples the SQNR report uses")
     add_batch_axis_option(p)
+    p.add_argument("--report-samples", type=int, default=8,
+                   help="samples the per-layer SQNR runs (of the --eval data if given, else of the calibration data)")
+    p.add_argument("--eval", metavar="DATA.npz", help="held-out data (inputs by name, optionally 'labels'): the "
+                   "summary and report measure the outputs on it, as `qgraph verify` does; without it they are "
+                   "in-sample, on calibration data")
+    p.add_argument("--strict", action="store_true", help="warnings (few or constant calibration data, a layer at or "
+                   "below 0 dB, inputs of very different ranges under one scale, ...) are errors: exit 1")
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("run", help="run a compiled model on inputs")

@@ -8,6 +8,8 @@
   same, or whose reference arg-max is in the test's top k.
 - ``lsb_distance``: ``max |a - b| / scale`` in units of the output's quantization step,
   the measure for two integer implementations that should agree (0 = bit-exact).
+- ``output_metrics``: what ``qgraph compile``'s summary, the report and ``qgraph verify``
+  all say about one model output (one function, so that they agree to the last digit).
 """
 
 from __future__ import annotations
@@ -96,3 +98,67 @@ def compare(ref, test, *, classes: bool = False) -> Comparison:
     r, t = _pair(ref, test)
     return Comparison(sqnr_db(r, t), cosine_similarity(r, t), float(np.max(np.abs(r - t))) if r.size else 0.0,
                       topk_agreement(r, t) if classes else None)
+
+
+#: rows whose values lie in [0, 1] and sum to 1 within this are probability distributions
+_SOFTMAX_TOL = 1e-3
+
+
+def classifier_shaped(ref, samples: int) -> bool:
+    """Whether an output reads as class scores, so that top-1 agreement (and accuracy against
+    labels) means something.
+
+    The rule: the output is ``[N, C]`` with ``N`` the number of samples and ``C >= 2`` (one
+    row of logits or probabilities per sample), or an output of rank >= 2 whose last axis is
+    softmax-like (every row non-negative and summing to 1 within 1e-3, e.g. an OCR
+    recognizer's ``[N, T, C]``). Not classifier-shaped: detector heads (``[1, 84, 2100]``,
+    box coordinates and class scores on one axis), boxes and masks of other row counts,
+    feature maps, and rank-0/1 outputs. A per-sample ``[N, 4]`` box output passes the shape
+    rule; nothing in a shape tells it from four logits.
+
+    Args:
+        ref: the float (reference) output, samples on axis 0.
+        samples: how many samples produced it.
+    """
+    ref = np.asarray(ref)
+    if ref.ndim < 2 or ref.shape[-1] < 2 or ref.size == 0:
+        return False
+    if ref.ndim == 2 and ref.shape[0] == samples:
+        return True
+    if ref.dtype.kind != "f":
+        return False
+    rows = ref.reshape(-1, ref.shape[-1]).astype(np.float64)
+    return bool(rows.min() >= 0.0 and np.all(np.abs(rows.sum(axis=1) - 1.0) <= _SOFTMAX_TOL))
+
+
+def labels_fit(ref, labels) -> bool:
+    """Whether ``labels`` give one class index per row of ``ref``'s last axis
+    (``labels.shape == ref.shape[:-1]``, integer-valued)."""
+    labels = np.asarray(labels)
+    return (labels.shape == np.shape(ref)[:-1] and labels.size > 0
+            and (labels.dtype.kind in "iu" or bool(np.all(labels == np.round(labels)))))
+
+
+def output_metrics(ref, test, samples: int, labels=None) -> dict:
+    """What quantized-vs-float means for one model output: ``sqnr_db``, ``cosine``, and for a
+    classifier-shaped output (``classifier_shaped``) ``top1`` agreement; with ``labels`` that
+    fit it (``labels_fit``) also ``accuracy_float`` and ``accuracy_quantized``.
+
+    Args:
+        ref: the float model's output, samples on axis 0.
+        test: the quantized model's output, same shape.
+        samples: the number of samples behind them.
+        labels: class indices (e.g. the ``labels`` array of an .npz), or None.
+
+    Returns:
+        Plain floats (infinite SQNR stays ``inf``: see ``json_float`` for JSON).
+    """
+    r, t = _pair(ref, test)
+    m: dict = {"sqnr_db": sqnr_db(r, t), "cosine": cosine_similarity(r, t)}
+    if classifier_shaped(ref, samples):
+        m["top1"] = topk_agreement(r, t)
+        if labels is not None and labels_fit(r, labels):
+            want = np.asarray(labels).astype(np.int64)
+            m["accuracy_float"] = float(np.mean(r.argmax(axis=-1) == want))
+            m["accuracy_quantized"] = float(np.mean(t.argmax(axis=-1) == want))
+    return m

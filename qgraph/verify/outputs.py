@@ -1,7 +1,9 @@
 """``qgraph verify``: a compiled model's outputs against its float original and against ONNX Runtime.
 
 - quantized (reference interpreter, L3) vs float (ONNX Runtime on the float model):
-  SQNR, cosine and top-1 agreement per output;
+  SQNR, cosine, top-1 agreement for classifier-shaped outputs and accuracy against the
+  labels when the data holds them (``qgraph.verify.metrics.output_metrics``), computed by
+  ``quantized_vs_float``, which ``qgraph compile --eval`` uses too: same data, same numbers;
 - reference vs the QDQ export in ONNX Runtime, both as ORT simulates it
   (``session.disable_quant_qdq``: should be within 1 LSB) and as ORT runs it by default
   (its fused integer kernels: on AVX2 without VNNI the u8 x s8 kernel can saturate, and the
@@ -16,7 +18,7 @@ import numpy as np
 
 from qgraph.ir import ops
 from qgraph.ir.core import Model
-from qgraph.verify.metrics import cosine_similarity, sqnr_db, topk_agreement
+from qgraph.verify.metrics import output_metrics
 
 
 def output_scales(qdq: Model) -> dict[str, float]:
@@ -31,20 +33,40 @@ def output_scales(qdq: Model) -> dict[str, float]:
     return scales
 
 
-def verify_outputs(compiled, feeds: Mapping[str, np.ndarray], backends=("ort-sim", "ort")) -> dict[str, Any]:
-    """Metrics per output (see the module doc); ``compiled`` is a ``CompiledDir`` or ``QuantizedModel``."""
+def _samples(feeds: Mapping[str, np.ndarray]) -> int:
+    return int(next(iter(feeds.values())).shape[0]) if feeds else 0
+
+
+def quantized_vs_float(compiled, feeds: Mapping[str, np.ndarray], labels=None):
+    """The float model (ONNX Runtime) and the L3 model (reference interpreter) on ``feeds``,
+    in one batch each, and ``output_metrics`` per output.
+
+    Args:
+        compiled: a ``CompiledDir`` or ``QuantizedModel``.
+        feeds: one array per model input, samples on axis 0.
+        labels: class indices for accuracy, or None.
+
+    Returns:
+        ``(float outputs, quantized outputs, {output name: metrics})``.
+    """
     from qgraph.api import run_ort
 
     ref = compiled.run(feeds, "reference")
     flt = run_ort(compiled.float_model, feeds)
+    n = _samples(feeds)
+    return flt, ref, {name: output_metrics(f, ref[name], n, labels) for name, f in flt.items()}
+
+
+def verify_outputs(compiled, feeds: Mapping[str, np.ndarray], backends=("ort-sim", "ort"),
+                   labels=None) -> dict[str, Any]:
+    """Metrics per output (see the module doc); ``compiled`` is a ``CompiledDir`` or ``QuantizedModel``."""
+    _, ref, metrics = quantized_vs_float(compiled, feeds, labels)
     scales = output_scales(compiled.qdq)
     others = {b: compiled.run(feeds, b) for b in backends}
     result: dict[str, Any] = {}
-    for name, f in flt.items():
+    for name, m in metrics.items():
         q = ref[name]
-        m: dict[str, Any] = {"sqnr_db": sqnr_db(f, q), "cosine": cosine_similarity(f, q)}
-        if f.ndim >= 2 and f.shape[-1] >= 2:
-            m["top1"] = topk_agreement(f, q)
+        m = dict(m)
         for b, outs in others.items():
             diff = np.abs(outs[name].astype(np.float64) - q.astype(np.float64))
             entry = {"max_abs": float(diff.max()) if diff.size else 0.0}
@@ -57,11 +79,24 @@ def verify_outputs(compiled, feeds: Mapping[str, np.ndarray], backends=("ort-sim
     return result
 
 
+def format_metrics(m: Mapping[str, Any]) -> str:
+    """``SQNR 31.20 dB, cosine 0.999621, top-1 agreement 99.40%, accuracy 97.20% float / 97.00%
+    quantized``: one output's ``output_metrics`` (or their JSON form) as ``qgraph verify`` and
+    ``qgraph compile`` print them."""
+    sqnr = m["sqnr_db"]
+    text = f"SQNR {sqnr if isinstance(sqnr, str) else format(sqnr, '.2f')} dB, cosine {m['cosine']:.6f}"
+    if m.get("top1") is not None:
+        text += f", top-1 agreement {m['top1'] * 100:.2f}%"
+    if m.get("accuracy_float") is not None:
+        text += (f", accuracy {m['accuracy_float'] * 100:.2f}% float / {m['accuracy_quantized'] * 100:.2f}% "
+                 "quantized")
+    return text
+
+
 def format_verify(result: Mapping[str, Any], samples: int) -> str:
     lines = [f"{samples} samples"]
     for name, m in result.items():
-        top1 = f", top-1 agreement {m['top1'] * 100:.2f}%" if "top1" in m else ""
-        lines.append(f"{name}: quantized vs float: SQNR {m['sqnr_db']:.2f} dB, cosine {m['cosine']:.6f}{top1}")
+        lines.append(f"{name}: quantized vs float: {format_metrics(m)}")
         for b, label in (("ort-sim", "ONNX Runtime, QDQ simulated (disable_quant_qdq)"),
                          ("ort", "ONNX Runtime, default CPU kernels")):
             if b in m:

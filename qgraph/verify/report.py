@@ -3,8 +3,13 @@
 One row per op of the QDQ model (L2) that reads or writes quantized tensors: its input
 and weight types and scales, its output's type, scale and zero point, and the SQNR of the
 quantized output (taken from the integer model, L3, run by the reference interpreter and
-dequantized) against the float model's same tensor, over a few calibration samples.
-The model outputs get SQNR, cosine and top-1 agreement.
+dequantized) against the float model's same tensor, over a few samples (of the held-out
+data when there is some, else of the calibration data). The model outputs get
+``qgraph.verify.metrics.output_metrics`` (SQNR, cosine; top-1 agreement and accuracy where
+they mean something) on all the held-out data (or, labelled in-sample, on those
+calibration samples). The warnings come from ``qgraph.verify.diagnose``, the float ops
+and their reasons from ``qgraph.verify.float_ops``; report.md and report.html are
+rendered by ``qgraph.verify.markdown`` and ``qgraph.verify.html``.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -69,48 +74,41 @@ def _float_name(q: Node) -> str:
 
 @dataclass
 class Report:
-    """Per-layer rows and model-output metrics (see the module doc)."""
+    """Per-layer rows, model-output metrics, warnings and the float ops left (see the module doc).
+
+    Attributes:
+        layers: one row per quantized op (``layer_rows``) with its SQNR and calibrated range.
+        outputs: ``output_metrics`` per model output (JSON-safe), measured on what
+            ``summary["measured_on"]`` says.
+        summary: the header (model, qgraph version, method, config, target, eval data) and
+            the op counts (``qgraph.verify.float_ops.op_counts``).
+        warnings: ``qgraph.verify.diagnose.QuantWarning``s.
+        stayed_float: the L3 model's float ops and why (``qgraph.verify.float_ops.stayed_float``).
+        plots: data for report.html only (float and quantized samples of each output).
+    """
 
     layers: list[dict] = field(default_factory=list)
     outputs: dict[str, dict] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
+    stayed_float: list[dict] = field(default_factory=list)
+    plots: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def to_json(self) -> dict:
-        return {"summary": self.summary, "outputs": self.outputs, "layers": self.layers}
+        return {"summary": self.summary, "warnings": [w.to_json() for w in self.warnings], "outputs": self.outputs,
+                "stayed_float": self.stayed_float, "layers": self.layers}
 
     def markdown(self) -> str:
-        s = self.summary
-        lines = ["# qgraph quantization report", ""]
-        lines.append(f"- calibration: {s.get('method')} on {s.get('calibration_samples')} samples; "
-                     f"SQNR measured on {s.get('report_samples')} of them")
-        lines.append(f"- ops: {s.get('integer_ops')} integer, {s.get('lookups', 0)} table lookups, "
-                     f"{s.get('float_ops')} float")
-        lines += ["", "## Outputs (quantized vs float)", "", "| output | SQNR dB | cosine | top-1 agreement |",
-                  "|---|---|---|---|"]
-        for name, m in self.outputs.items():
-            top1 = "" if m.get("top1") is None else f"{m['top1']:.4f}"
-            lines.append(f"| {name} | {_fmt(m.get('sqnr_db'))} | {m.get('cosine', 0):.6f} | {top1} |")
-        lines += ["", "## Layers", "",
-                  "| node | op | inputs | weight | output | scale | zero point | SQNR dB |", "|---|---|---|---|---|---|---|---|"]
-        for r in self.layers:
-            w = r.get("weight")
-            wtext = ""
-            if w:
-                wtext = (f"{w['dtype']} per-channel ({w['channels']}) {w['scale_min']:.3g}..{w['scale_max']:.3g}"
-                         if w.get("per_channel") else f"{w['dtype']} {w.get('scale', 0):.3g}")
-            out = r.get("output") or {}
-            lines.append(f"| {r['node']} | {r['op']} | {', '.join(r['inputs'])} | {wtext} | "
-                         f"{out.get('dtype', 'float')} | {_fmt(out.get('scale'))} | {out.get('zero_point', '')} | "
-                         f"{_fmt(r.get('sqnr_db'))} |")
-        return "\n".join(lines) + "\n"
+        """report.md (``qgraph.verify.markdown``)."""
+        from qgraph.verify.markdown import render_markdown
 
+        return render_markdown(self)
 
-def _fmt(x) -> str:
-    if x is None:
-        return ""
-    if isinstance(x, str):
-        return x
-    return f"{x:.3g}" if abs(x) < 1e-2 or abs(x) >= 1e4 else f"{x:.2f}"
+    def html(self) -> str:
+        """report.html: one self-contained file with the plots (``qgraph.verify.html``)."""
+        from qgraph.verify.html import render_html
+
+        return render_html(self)
 
 
 def layer_rows(qdq: Model) -> list[dict]:
@@ -157,14 +155,46 @@ def _samples(model: Model, calib: Any, n: int):
     return list(itertools.islice(iter_samples(calib, input_specs(model)), n))
 
 
-def build_report(q, calib: Any, samples: int = 8) -> Report:
-    """Rows from ``q.qdq``; SQNR from ``q.integer`` (reference interpreter) vs ``q.float_model``."""
+#: points of each output kept for report.html's scatter plot
+SCATTER_POINTS = 4000
+
+
+def _scatter(f: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    f, g = np.asarray(f, np.float64).reshape(-1), np.asarray(g, np.float64).reshape(-1)
+    if f.size > SCATTER_POINTS:  # a fixed subset: the same report for the same model and data
+        pick = np.random.default_rng(0).choice(f.size, SCATTER_POINTS, replace=False)
+        f, g = f[pick], g[pick]
+    return f, g
+
+
+def config_text(config) -> str:
+    """The quantization config in one line for the report's header."""
+    if config is None:
+        return "?"
+    a, w = config.activation, config.weight
+    parts = [f"activations {a.dtype.name} {'symmetric' if a.symmetric else 'asymmetric'}",
+             f"weights {w.dtype.name} {'symmetric' if w.symmetric else 'asymmetric'}"
+             f"{' per-channel' if w.per_channel else ' per-tensor'}"]
+    if config.pow2_scales:
+        parts.append("power-of-two scales")
+    if config.reduce_range:
+        parts.append("reduced (7-bit) weight range")
+    overrides = [f"{len(getattr(config, k))} {k.replace('_', ' ')}" for k in ("nodes", "op_types", "tensors")
+                 if getattr(config, k)]
+    if overrides:
+        parts.append("overrides: " + ", ".join(overrides))
+    parts.append("exclude: " + (", ".join(config.exclude) if config.exclude else "none"))
+    return "; ".join(parts)
+
+
+def _layer_sqnr(q, rows: list[dict], feeds: list[dict]) -> tuple[dict, dict, dict]:
+    """Run ``feeds`` one by one through the float model (ONNX Runtime, every tensor exposed)
+    and the L3 model (reference interpreter); set each row's ``sqnr_db``. Returns the
+    float and quantized outputs per output name (lists, one array per sample) and the
+    float outputs' shapes of the first sample."""
     from qgraph.calib.runner import run_observed
     from qgraph.reference import Interpreter
-    from qgraph.verify.metrics import cosine_similarity, json_float, sqnr_db, topk_agreement
 
-    rows = layer_rows(q.qdq)
-    feeds = _samples(q.float_model, calib, samples)
     float_names = [r["output"]["tensor"] for r in rows if "output" in r]
     out_names = [v.name for v in q.float_model.graph.outputs]
     interp = Interpreter(q.integer)
@@ -174,14 +204,14 @@ def build_report(q, calib: Any, samples: int = 8) -> Report:
     noise: dict[str, float] = {}
     outs_f: dict[str, list] = {k: [] for k in out_names}
     outs_q: dict[str, list] = {k: [] for k in out_names}
+    shapes: dict[str, tuple] = {}
     by_q = {r["output"]["q_tensor"]: r for r in rows if "output" in r}
     for sample, (_, observed) in zip(feeds, run_observed(q.float_model, iter(feeds), float_names + out_names)):
         got = interp.run(sample, keep=keep)
         for qname in keep:
             if qname not in got:
                 continue
-            r = by_q[qname]
-            o = r["output"]
+            o = by_q[qname]["output"]
             ref = observed.get(o["tensor"])
             if ref is None:
                 continue
@@ -189,36 +219,82 @@ def build_report(q, calib: Any, samples: int = 8) -> Report:
             signal[qname] = signal.get(qname, 0.0) + float(np.sum(np.asarray(ref, np.float64) ** 2))
             noise[qname] = noise.get(qname, 0.0) + float(np.sum((np.asarray(ref, np.float64) - deq) ** 2))
         for k in out_names:
+            shapes.setdefault(k, tuple(np.shape(observed[k])))
             outs_f[k].append(np.asarray(observed[k]))
             outs_q[k].append(np.asarray(got[k]))
     for qname, r in by_q.items():
         if qname in noise:
             r["sqnr_db"] = _db(signal[qname], noise[qname])
-    outputs = {}
-    for k in out_names:
-        if not outs_f[k]:
-            continue
-        f, g = np.concatenate(outs_f[k]), np.concatenate(outs_q[k])
-        m = {"sqnr_db": sqnr_db(f, g),
-             "cosine": cosine_similarity(f, g)}
-        if f.ndim >= 2 and f.shape[-1] >= 2:
-            m["top1"] = topk_agreement(f, g)
-        outputs[k] = m
-    from qgraph.ir import l3
+    return outs_f, outs_q, shapes
 
-    counts = {"integer_ops": 0, "lookups": 0, "float_ops": 0}
-    for n in q.integer.graph:
-        if n.op is l3.Lookup:
-            counts["lookups"] += 1
-        elif n.op in l3.INTEGER_OPS and n.op not in (l3.Quantize, l3.Dequantize):
-            counts["integer_ops"] += 1
-        elif n.op.domain == "" and any(v is not None and v.dtype is not None and v.dtype.name == "FLOAT"
-                                       for v in n.outputs):
-            counts["float_ops"] += 1
+
+def build_report(q, calib: Any, samples: int = 8, *, eval: Any = None, model_path: str | None = None,
+                 declared_outputs: Mapping[str, Any] | None = None,
+                 fallback_reasons: Mapping[str, str] | None = None) -> Report:
+    """The report of quantized model ``q`` (a ``QuantizedModel``).
+
+    Args:
+        q: rows come from ``q.qdq``, SQNR from ``q.integer`` (reference interpreter) vs
+            ``q.float_model``, ranges from ``q.ranges``.
+        calib: the calibration data (its first ``samples`` samples are measured when there is
+            no ``eval``; they are checked for identical samples either way).
+        samples: how many samples the per-layer SQNR runs (one by one, every tensor kept).
+        eval: held-out data (``qgraph.verify.data.EvalSet``): the output metrics are
+            ``quantized_vs_float`` on all of it, the numbers ``qgraph verify`` prints for the
+            same data; the layers use its first ``samples``. None: both on calibration data,
+            labelled in-sample.
+        model_path: the model's path, for the header.
+        declared_outputs: output name -> declared shape, as the model was given (before shape
+            inference), for the ``output-shape`` check.
+        fallback_reasons: ``LowerQDQ.fallback_reasons`` of the run that made ``q.integer``.
+    """
+    import qgraph
+    from qgraph.verify import diagnose
+    from qgraph.verify.float_ops import op_counts, stayed_float
+    from qgraph.verify.metrics import json_float, output_metrics
+    from qgraph.verify.outputs import quantized_vs_float
+
+    rows = layer_rows(q.qdq)
+    for r in rows:
+        rng = q.ranges.get(r["output"]["tensor"]) if "output" in r and q.ranges is not None else None
+        if rng is not None:
+            r["output"]["range"] = [json_float(rng.lo), json_float(rng.hi)]
+    calib_first = _samples(q.float_model, calib, samples)
+    if eval is not None:
+        feeds = eval.first(samples)
+        layers_on = f"the first {len(feeds)} of {eval.describe()}"
+    else:
+        feeds = calib_first
+        layers_on = f"{len(feeds)} calibration samples (in-sample)"
+    outs_f, outs_q, shapes = _layer_sqnr(q, rows, feeds)
+    if eval is not None:
+        flt, ref, outputs = quantized_vs_float(q, eval.feeds, eval.labels)
+        measured_on = f"on {eval.describe()}"
+    else:
+        flt = {k: np.concatenate(v) for k, v in outs_f.items() if v}
+        ref = {k: np.concatenate(outs_q[k]) for k in flt}
+        outputs = {k: output_metrics(flt[k], ref[k], len(feeds)) for k in flt}
+        measured_on = f"on calibration data (in-sample), {len(feeds)} samples"
+
+    mixed = diagnose.check_mixed_ranges(q.float_model, q.ranges, q.config,
+                                        {r["output"]["tensor"]: r["output"]["dtype"] for r in rows if "output" in r})
+    found = (diagnose.check_calibration(q.ranges, q.float_model, calib_first)
+             + diagnose.check_ranges(rows)
+             + mixed
+             + diagnose.check_layers(rows, mixed)
+             + diagnose.check_output_shapes(declared_outputs or {}, shapes)
+             + diagnose.check_excludes(q.config, [q.float_model])
+             + (diagnose.check_labels(outputs, eval.labels, eval.source) if eval is not None else []))
     meta = getattr(q.ranges, "meta", {}) or {}
-    summary = {"method": meta.get("method"), "calibration_samples": meta.get("samples"), "report_samples": len(feeds),
-               **counts}
-    return Report(rows, {k: {kk: json_float(vv) for kk, vv in v.items()} for k, v in outputs.items()}, summary)
+    summary = {"model": model_path, "qgraph_version": qgraph.__version__, "method": meta.get("method"),
+               "calibration_samples": meta.get("samples"), "config": config_text(q.config), "target": None,
+               "eval": None if eval is None else {"source": eval.source, "samples": eval.samples,
+                                                   "labels": eval.labels is not None},
+               "measured_on": measured_on, "report_samples": len(feeds), "layers_measured_on": layers_on,
+               **op_counts(q.integer)}
+    plots = {"outputs": {k: _scatter(flt[k], ref[k]) for k in flt if k in ref}}
+    return Report(rows, {k: {kk: json_float(vv) for kk, vv in v.items()} for k, v in outputs.items()}, summary,
+                  found, stayed_float(q.integer, q.qdq, q.config, fallback_reasons), plots)
 
 
 def _db(signal: float, noise: float):
@@ -229,4 +305,3 @@ def _db(signal: float, noise: float):
     if signal == 0.0:
         return "-inf"
     return 10.0 * math.log10(signal / noise)
-

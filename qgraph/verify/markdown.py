@@ -1,0 +1,82 @@
+"""report.md: the header, the warnings, the outputs, what stayed float and why, the layers.
+
+Numbers print with 4 significant digits (``num``); the op counts are the report's summary
+(``qgraph.verify.float_ops.op_counts``), so they agree with report.json and with the
+"Stayed float" list.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def num(x) -> str:
+    """A number with 4 significant digits (``%.4g``); strings (``inf``) as they are; None as ''."""
+    if x is None:
+        return ""
+    if isinstance(x, str):
+        return x
+    return f"{x:.4g}"
+
+
+def header_lines(s: dict[str, Any]) -> list[tuple[str, str]]:
+    """(label, text) pairs of the report header, shared by report.md and report.html."""
+    ev = s.get("eval")
+    return [
+        ("model", str(s.get("model") or "(in memory)")),
+        ("qgraph", str(s.get("qgraph_version"))),
+        ("calibration", f"{s.get('method')} on {s.get('calibration_samples')} samples"),
+        ("config", str(s.get("config"))),
+        ("target", str(s.get("target") or "not given (the QDQ model and the integer reference)")),
+        ("eval data", f"{ev['samples']} samples from {ev['source']}" + (" with labels" if ev.get("labels") else "")
+         if ev else ("none: output metrics are on calibration data (in-sample); "
+                     "give held-out data with --eval DATA.npz (eval= in Python)")),
+        ("ops", f"{s.get('integer_ops')} integer, {s.get('lookups', 0)} table lookups, {s.get('float_ops')} float"),
+    ]
+
+
+def weight_text(w: dict | None) -> str:
+    if not w:
+        return ""
+    if w.get("per_channel"):
+        return f"{w['dtype']} per-channel ({w['channels']}) {num(w['scale_min'])}..{num(w['scale_max'])}"
+    return f"{w['dtype']} {num(w.get('scale'))}"
+
+
+def range_text(out: dict) -> str:
+    r = out.get("range")
+    return f"[{num(r[0])}, {num(r[1])}]" if r else ""
+
+
+def render_markdown(report) -> str:
+    """The report as Markdown (``Report.markdown``)."""
+    s = report.summary
+    lines = ["# qgraph quantization report", ""]
+    lines += [f"- {k}: {v}" for k, v in header_lines(s)]
+    lines += ["", f"## Warnings ({len(report.warnings)})", ""]
+    lines += [f"- **{w.kind}**: {w.message}" for w in report.warnings] or ["none"]
+    lines += ["", f"## Outputs (quantized vs float, {s.get('measured_on')})", "",
+              "| output | SQNR dB | cosine | top-1 agreement | accuracy float | accuracy quantized |",
+              "|---|---|---|---|---|---|"]
+    for name, m in report.outputs.items():
+        pct = {k: "" if m.get(k) is None else f"{m[k] * 100:.2f}%" for k in ("top1", "accuracy_float",
+                                                                            "accuracy_quantized")}
+        lines.append(f"| {name} | {num(m.get('sqnr_db'))} | {m.get('cosine', 0):.6f} | {pct['top1']} | "
+                     f"{pct['accuracy_float']} | {pct['accuracy_quantized']} |")
+    lines += ["", "top-1 agreement is given for classifier-shaped outputs only (`[N, C]`, or a softmax-like "
+              "last axis; see `qgraph.verify.metrics.classifier_shaped`); accuracy where the data has `labels`."]
+    lines += ["", f"## Stayed float ({len(report.stayed_float)})", ""]
+    if report.stayed_float:
+        lines += ["| node | op | why |", "|---|---|---|"]
+        lines += [f"| {r['node']} | {r['op']} | {r['reason']} |" for r in report.stayed_float]
+    else:
+        lines.append("none: every op runs on integers")
+    lines += ["", f"## Layers (SQNR on {s.get('layers_measured_on')})", "",
+              "| node | op | inputs | weight | output | calibrated range | scale | zero point | SQNR dB |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in report.layers:
+        out = r.get("output") or {}
+        lines.append(f"| {r['node']} | {r['op']} | {', '.join(r['inputs'])} | {weight_text(r.get('weight'))} | "
+                     f"{out.get('dtype', 'float')} | {range_text(out)} | {num(out.get('scale'))} | "
+                     f"{out.get('zero_point', '')} | {num(r.get('sqnr_db'))} |")
+    return "\n".join(lines) + "\n"
