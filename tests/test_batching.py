@@ -324,3 +324,37 @@ def test_config_batch_axes_round_trip_and_errors():
         QuantConfig.from_json({"batch_axes": {"state": -2}})
     with pytest.raises(QuantConfigError, match="batch_axes: expected a JSON object"):
         QuantConfig.from_json({"batch_axes": [1]})
+
+
+# -- --eval on every layout -------------------------------------------------------------------------
+def _headline(said: str) -> list[str]:
+    """`qgraph verify`'s lines about quantized vs float (the numbers --eval must repeat)."""
+    return [line for line in said.splitlines() if "quantized vs float" in line]
+
+
+@pytest.mark.parametrize("layout", ["fixed batch 2", "rank-0 input and state on axis 1"])
+def test_eval_numbers_equal_verify_on_every_layout(tmp_path, capsys, layout):
+    if layout == "fixed batch 2":
+        model = save(cnn(2), tmp_path / "m.onnx")
+        np.savez(tmp_path / "calib.npz", x=images(N, RNG_CALIB))
+        np.savez(tmp_path / "test.npz", x=images(N, RNG_TEST))
+        extra = []
+    else:
+        model = save(recurrent(1), tmp_path / "m.onnx")
+        _recurrent_data(tmp_path / "calib.npz", N, RNG_CALIB)
+        _recurrent_data(tmp_path / "test.npz", N, RNG_TEST)
+        extra = ["--batch-axis", "state=1"]
+    out = tmp_path / "q"
+    compiled = run_cli(["compile", model, "--calib", str(tmp_path / "calib.npz"), "-o", str(out), "--eval",
+                        str(tmp_path / "test.npz"), "--report-samples", "5"] + extra, capsys)
+    with open(out / "report.json") as f:
+        summary = json.load(f)["summary"]
+    assert summary["measured_on"] == f"on {N} held-out samples from test.npz"
+    # whole runs of the model's batch: 5 samples take 3 runs of 2 (the last padded), counted as samples
+    assert summary["report_samples"] == (6 if layout == "fixed batch 2" else 5)
+    said = run_cli(["verify", str(out), "--inputs", str(tmp_path / "test.npz")], capsys)
+    assert said.startswith(f"{N} samples")
+    assert _headline(said)
+    for line in _headline(said):  # the same numbers, to the digit, in compile's summary
+        name, numbers = line.split(": quantized vs float: ")
+        assert f"{name} {numbers}" in compiled, (line, compiled)

@@ -107,33 +107,11 @@ def _laid_out(c, path: str, items: list[str] | None) -> dict[str, np.ndarray]:
 
 
 def _read_inputs(path: str, model) -> dict[str, np.ndarray]:
-    """Arrays keyed by the model's input names from a .npz (other keys, e.g. labels or the
-    ``__batch_axes__`` layout entry, are ignored)."""
-    if not os.path.isfile(path):
-        raise QGraphError(f"--inputs {path}: no such file")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise QGraphError(f"--inputs {path}: not a readable .npz ({e})") from e
-    names = [v.name for v in model.graph.inputs if not v.is_initializer()]
-    missing = [n for n in names if n not in arrays]
-    if missing:
-        raise QGraphError(f"--inputs {path}: no array for model input(s) {', '.join(missing)} "
-                          f"(the file holds {', '.join(arrays) or 'nothing'})")
-    from qgraph.ir.dtypes import to_numpy
+    """Arrays keyed by the model's input names from a .npz (labels and the ``__batch_axes__``
+    layout entry are not inputs)."""
+    from qgraph.verify.data import read_feeds
 
-    feeds = {}
-    for v in model.graph.inputs:
-        if v.name in arrays:
-            a = arrays[v.name]
-            want = to_numpy(v.dtype) if v.dtype is not None else a.dtype
-            if a.dtype == np.float64 and want == np.float32:  # numpy's default float: accept it
-                a = a.astype(np.float32)
-            if a.dtype != want:
-                raise QGraphError(f"--inputs {path}: '{v.name}' has dtype {a.dtype}, the model expects {want}")
-            feeds[v.name] = a
-    return feeds
+    return read_feeds(path, model, f"--inputs {path}")[0]
 
 
 def cmd_compile(args: argparse.Namespace) -> int:

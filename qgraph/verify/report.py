@@ -14,7 +14,6 @@ rendered by ``qgraph.verify.markdown`` and ``qgraph.verify.html``.
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -149,10 +148,25 @@ def layer_rows(qdq: Model) -> list[dict]:
     return rows
 
 
-def _samples(model: Model, calib: Any, n: int):
+def _samples(model: Model, calib: Any, n: int) -> list[dict[str, np.ndarray]]:
+    """Runs of the first ``n`` calibration samples (at least one run): single samples, or
+    whole batches of a model with a fixed batch size."""
     from qgraph.calib.data import input_specs, iter_samples
 
-    return list(itertools.islice(iter_samples(calib, input_specs(model)), n))
+    runs, seen = [], 0
+    for feeds in iter_samples(calib, input_specs(model)):
+        runs.append(feeds)
+        seen += _count(model, [feeds])
+        if seen >= n:
+            break
+    return runs
+
+
+def _count(model: Model, runs: list[dict[str, np.ndarray]]) -> int:
+    """Samples in ``runs`` (a run of a fixed-batch model holds several)."""
+    from qgraph import batching
+
+    return sum(batching.sample_count(model, feeds) for feeds in runs)
 
 
 #: points of each output kept for report.html's scatter plot
@@ -262,10 +276,11 @@ def build_report(q, calib: Any, samples: int = 8, *, eval: Any = None, model_pat
     calib_first = _samples(q.float_model, calib, samples)
     if eval is not None:
         feeds = eval.first(samples)
-        layers_on = f"the first {len(feeds)} of {eval.describe()}"
+        layers_on = f"the first {_count(q.float_model, feeds)} of {eval.describe()}"
     else:
         feeds = calib_first
-        layers_on = f"{len(feeds)} calibration samples (in-sample)"
+        layers_on = f"{_count(q.float_model, feeds)} calibration samples (in-sample)"
+    measured = _count(q.float_model, feeds)
     outs_f, outs_q, shapes = _layer_sqnr(q, rows, feeds)
     if eval is not None:
         flt, ref, outputs = quantized_vs_float(q, eval.feeds, eval.labels)
@@ -273,8 +288,8 @@ def build_report(q, calib: Any, samples: int = 8, *, eval: Any = None, model_pat
     else:
         flt = {k: np.concatenate(v) for k, v in outs_f.items() if v}
         ref = {k: np.concatenate(outs_q[k]) for k in flt}
-        outputs = {k: output_metrics(flt[k], ref[k], len(feeds)) for k in flt}
-        measured_on = f"on calibration data (in-sample), {len(feeds)} samples"
+        outputs = {k: output_metrics(flt[k], ref[k], measured) for k in flt}
+        measured_on = f"on calibration data (in-sample), {measured} samples"
 
     mixed = diagnose.check_mixed_ranges(q.float_model, q.ranges, q.config,
                                         {r["output"]["tensor"]: r["output"]["dtype"] for r in rows if "output" in r})
@@ -290,7 +305,7 @@ def build_report(q, calib: Any, samples: int = 8, *, eval: Any = None, model_pat
                "calibration_samples": meta.get("samples"), "config": config_text(q.config), "target": None,
                "eval": None if eval is None else {"source": eval.source, "samples": eval.samples,
                                                    "labels": eval.labels is not None},
-               "measured_on": measured_on, "report_samples": len(feeds), "layers_measured_on": layers_on,
+               "measured_on": measured_on, "report_samples": measured, "layers_measured_on": layers_on,
                **op_counts(q.integer)}
     plots = {"outputs": {k: _scatter(flt[k], ref[k]) for k in flt if k in ref}}
     return Report(rows, {k: {kk: json_float(vv) for kk, vv in v.items()} for k, v in outputs.items()}, summary,
