@@ -82,7 +82,10 @@ class Interpreter:
         model: an L3 (or L2 QDQ, or float) model whose nodes are in topological order.
 
     Raises:
-        InterpreterError: a node uses an op with no kernel, or a subgraph (If / Loop / Scan).
+        InterpreterError: a node uses an op with no kernel.
+
+    If / Loop / Scan nodes run in float through onnx's evaluator, bodies included (their
+    bodies are never quantized); the outer values a body reads are passed in by name.
     """
 
     def __init__(self, model: Model):
@@ -94,8 +97,11 @@ class Interpreter:
             kernel = KERNELS.get(node.op)
             # standard ops keep onnx's evaluator for the forms their numpy kernel leaves out
             runner = _fallback(node, opsets) if kernel is None or node.op.domain in STANDARD_DOMAINS else None
+            # an If / Loop / Scan also reads the outer values its bodies use: planning must
+            # keep them alive until the node runs
+            captured = tuple(v.name for v in runner.captured) if runner is not None else ()
             self._steps.append(_Step(node, kernel, runner,
-                                     tuple(v.name if v is not None else None for v in node.inputs),
+                                     tuple(v.name if v is not None else None for v in node.inputs) + captured,
                                      tuple(o.name if o is not None else None for o in node.outputs)))
         self._inputs: list[Value] = list(graph.inputs)
         self._consts = {name: v.const_value for name, v in graph.initializers.items()}
