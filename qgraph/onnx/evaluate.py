@@ -104,13 +104,14 @@ class NodeEvaluator:
                              + (f" (its inputs, then the outer values its subgraphs read: "
                                 f"{', '.join(repr(v.name) for v in self.captured)})" if self.captured else ""))
         names, outs = self._names(inputs)
-        key = tuple(None if x is None else x.dtype for x in inputs)
+        key = tuple(None if x is None else getattr(x, "dtype", type(x)) for x in inputs)
         ev = self._evaluators.get(key)
         if ev is None:
             declared = {}
             for n, x in zip(names, inputs):
-                if n and x is not None:
-                    declared.setdefault(n, helper.make_tensor_value_info(n, int(from_numpy(x.dtype)), None))
+                if n and x is not None:  # a sequence (a list) is declared untyped: the evaluator needs no type
+                    declared.setdefault(n, helper.make_tensor_value_info(n, int(from_numpy(x.dtype)), None)
+                                        if isinstance(x, np.ndarray) else helper.make_value_info(n, onnx.TypeProto()))
             graph = helper.make_graph(self._protos(names, outs), "evaluate", list(declared.values()),
                                       [helper.make_value_info(o, onnx.TypeProto()) for o in outs if o])
             model = helper.make_model(graph, ir_version=onnx.IR_VERSION,
