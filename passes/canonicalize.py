@@ -497,8 +497,8 @@ def _inline_branch(g: Graph, node: Node, branch: Graph) -> None:
     for o, v in zip(node.outputs, outs):
         if o is None:
             continue
-        if v.type is None:
-            v.type = o.type
+        if v.type is None or v.shape is None and o.shape is not None and v.dtype == o.dtype:
+            v.type = o.type  # bodies often declare outputs without shapes; the If output knows more
         if o.is_graph_output():
             g.replace_value(o, v)
             continue
