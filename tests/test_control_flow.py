@@ -328,3 +328,33 @@ def test_interpreter_on_onnx_control_flow_cases(case):
             else:
                 assert np.asarray(y).dtype == want.dtype and np.asarray(y).shape == want.shape, o.name
                 np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-6)
+
+
+def test_if_on_a_static_shape_is_inlined_by_the_tvm_lowering():
+    """``If(Shape(x)[0] == 1)`` with a symbolic batch stays an If through quantization; the
+    TVM build for batch 1 knows the condition and lowers the branch taken."""
+    pytest.importorskip("tvm")
+    rng = np.random.default_rng(9)
+    then_g = h.make_graph([h.make_node("Mul", ["r", "two"], ["r_twice"])], "then", [],
+                          [h.make_tensor_value_info("r_twice", T.FLOAT, None)])
+    else_g = h.make_graph([h.make_node("Neg", ["r"], ["r_neg"])], "else", [],
+                          [h.make_tensor_value_info("r_neg", T.FLOAT, None)])
+    proto = _model([h.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv1"),
+                    h.make_node("Relu", ["c"], ["r"], name="relu1"),
+                    h.make_node("Shape", ["x"], ["shape"], name="shape"),
+                    h.make_node("Gather", ["shape", "zero"], ["batch"], axis=0, name="batch"),
+                    h.make_node("Equal", ["batch", "one"], ["single"], name="single"),
+                    h.make_node("If", ["single"], ["y_if"], then_branch=then_g, else_branch=else_g, name="branch"),
+                    h.make_node("Conv", ["y_if", "w2"], ["y"], name="conv2")],
+                   "shapeif", ["N", 3, 8, 8], ["N", 4, 8, 8],
+                   [nh.from_array(rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32), "w"),
+                    nh.from_array(rng.normal(0, 0.3, (4, 4, 1, 1)).astype(np.float32), "w2"),
+                    nh.from_array(np.float32(2), "two"), nh.from_array(np.int64(0), "zero"),
+                    nh.from_array(np.int64(1), "one")])
+    x = _inputs((3, 8, 8), 3)
+    q = quantize(proto, [{"x": x[i:i + 1]} for i in range(8)], report=False, show_progress=False)
+    assert any(n.op is ops.If for n in q.integer.graph)
+    q.build("cpu", batch_size=1)
+    for i in range(3):
+        one = {"x": x[i:i + 1]}
+        np.testing.assert_array_equal(q.run(one, "tvm")["y"], q.run(one, "reference")["y"])
