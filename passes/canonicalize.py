@@ -448,19 +448,25 @@ class FoldConstantIf(Pass):
 
     def run(self, model: Model, analyses) -> PassResult:
         folded = 0
-        for g in list(model.graph.all_graphs()):
-            for node in g:
-                if node.op is not ops.If or not node.inputs or node.graph is not g:
-                    continue
-                cond = constant_tensor(node.inputs[0])
-                if cond is None or cond.size != 1:
-                    continue
-                branch = node.attr("then_branch" if bool(np.asarray(cond.numpy()).reshape(-1)[0]) else "else_branch")
-                if branch is None or len(branch.outputs) != len(node.outputs):
-                    continue
-                _inline_branch(g, node, branch)
-                folded += 1
-        return PassResult.of(bool(folded), folded=folded)
+        while True:  # afresh after each fold: an inlined branch may hold a foldable If of its own
+            found = next(((node, branch) for node in model.graph.all_nodes()
+                          for branch in [_taken_branch(node)] if branch is not None), None)
+            if found is None:
+                return PassResult.of(bool(folded), folded=folded)
+            node, branch = found
+            _inline_branch(node.graph, node, branch)
+            folded += 1
+
+
+def _taken_branch(node: Node) -> Graph | None:
+    """The branch ``node`` takes if it is an If with a constant one-element condition."""
+    if node.op is not ops.If or not node.inputs:
+        return None
+    cond = constant_tensor(node.inputs[0])
+    if cond is None or cond.size != 1:
+        return None
+    branch = node.attr("then_branch" if bool(np.asarray(cond.numpy()).reshape(-1)[0]) else "else_branch")
+    return branch if isinstance(branch, Graph) and len(branch.outputs) == len(node.outputs) else None
 
 
 def _inline_branch(g: Graph, node: Node, branch: Graph) -> None:

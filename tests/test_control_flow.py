@@ -251,7 +251,8 @@ def test_fold_constant_if_keeps_graph_output_and_outer_value():
     (onnx's checker and ONNX Runtime refuse a subgraph output defined outside it, qgraph reads
     it; folded, the model is valid.)"""
     then_g = h.make_graph([], "then", [], [h.make_tensor_value_info("r", T.FLOAT, None)])
-    else_g = h.make_graph([h.make_node("Neg", ["r"], ["n"])], "else", [], [h.make_tensor_value_info("n", T.FLOAT, None)])
+    else_g = h.make_graph([h.make_node("Neg", ["r"], ["n"])], "else", [],
+                          [h.make_tensor_value_info("n", T.FLOAT, None)])
     proto = _model([h.make_node("Relu", ["x"], ["r"]),
                     h.make_node("If", ["cond"], ["y"], then_branch=then_g, else_branch=else_g)],
                    "g", ["N", 3], ["N", 3], [nh.from_array(np.array(True), "cond")], check=False)
@@ -358,3 +359,24 @@ def test_if_on_a_static_shape_is_inlined_by_the_tvm_lowering():
     for i in range(3):
         one = {"x": x[i:i + 1]}
         np.testing.assert_array_equal(q.run(one, "tvm")["y"], q.run(one, "reference")["y"])
+
+
+def test_fold_constant_if_folds_nested_ifs_in_one_run():
+    inner_then = h.make_graph([h.make_node("Neg", ["r"], ["r_neg"])], "it", [],
+                              [h.make_tensor_value_info("r_neg", T.FLOAT, None)])
+    inner_else = h.make_graph([h.make_node("Abs", ["r"], ["r_abs"])], "ie", [],
+                              [h.make_tensor_value_info("r_abs", T.FLOAT, None)])
+    outer_then = h.make_graph([h.make_node("If", ["no"], ["inner"], then_branch=inner_then, else_branch=inner_else)],
+                              "ot", [], [h.make_tensor_value_info("inner", T.FLOAT, None)])
+    outer_else = h.make_graph([h.make_node("Identity", ["r"], ["r_id"])], "oe", [],
+                              [h.make_tensor_value_info("r_id", T.FLOAT, None)])
+    proto = _model([h.make_node("Sin", ["x"], ["r"]),
+                    h.make_node("If", ["yes"], ["y"], then_branch=outer_then, else_branch=outer_else)],
+                   "g", ["N", 3], ["N", 3],
+                   [nh.from_array(np.array(True), "yes"), nh.from_array(np.array(False), "no")])
+    model = from_proto(proto)
+    run_pipeline(model, "fold-constant-if")
+    assert not any(n.op is ops.If for n in model.graph.all_nodes())
+    assert [n.op for n in model.graph] == [ops.op("Sin"), ops.op("Abs")]
+    x = np.linspace(-3, 3, 6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(_ort(to_proto(model), x), _ort(proto, x))
