@@ -22,18 +22,11 @@ from qgraph.ir import ops
 from qgraph.ir.core import Graph, Model, Node, Value
 from qgraph.ir.dtypes import to_numpy
 from qgraph.ir.ops import OpId
+from qgraph.onnx.evaluate import captured_values
 from qgraph.reference.common import InterpreterError
 
 #: The control-flow ops ``ControlFlowRunner`` runs.
 CONTROL_FLOW: frozenset[OpId] = frozenset({ops.If, ops.Loop, ops.Scan})
-
-
-def captured_values(node: Node) -> list[Value]:
-    """The values of enclosing graphs that ``node``'s subgraphs (nested ones included) read,
-    in first-use order: the implicit inputs of ``node``."""
-    from qgraph.onnx.evaluate import captured_values as captured
-
-    return captured(node)
 
 
 class ControlFlowRunner:
