@@ -427,6 +427,96 @@ class UpgradeOps(RewritePass):
     rules = RuleSet([SumToAdd()])
 
 
+class FoldConstantIf(Pass):
+    """Inline the branch an If takes when its condition is a constant.
+
+    before => after::
+
+        c = initializer true; y = If(c, then={t = Mul(r, k) -> t}, else={...}); z = Conv(y, w)
+            =>  y = Mul(r, k); z = Conv(y, w)
+
+    The branch's nodes and initializers move into the graph that holds the If, right before
+    it; they keep reading the outer values they read (the IR holds those as direct uses).
+    A moved value whose name another value of the model uses is renamed; the branch
+    outputs take the If outputs' names (a graph output keeps its name, through an Identity
+    where the branch returns an outer value). Runs in subgraphs too. Constant folding
+    usually makes the condition constant first (``Greater`` of constants, ``Shape`` of a
+    static shape), hence its place in ``canonicalize``'s fixed point.
+    """
+
+    name = "fold-constant-if"
+
+    def run(self, model: Model, analyses) -> PassResult:
+        folded = 0
+        while True:  # afresh after each fold: an inlined branch may hold a foldable If of its own
+            found = next(((node, branch) for node in model.graph.all_nodes()
+                          for branch in [_taken_branch(node)] if branch is not None), None)
+            if found is None:
+                return PassResult.of(bool(folded), folded=folded)
+            node, branch = found
+            _inline_branch(node.graph, node, branch)
+            folded += 1
+
+
+def _taken_branch(node: Node) -> Graph | None:
+    """The branch ``node`` takes if it is an If with a constant one-element condition."""
+    if node.op is not ops.If or not node.inputs:
+        return None
+    cond = constant_tensor(node.inputs[0])
+    if cond is None or cond.size != 1:
+        return None
+    branch = node.attr("then_branch" if bool(np.asarray(cond.numpy()).reshape(-1)[0]) else "else_branch")
+    return branch if isinstance(branch, Graph) and len(branch.outputs) == len(node.outputs) else None
+
+
+def _inline_branch(g: Graph, node: Node, branch: Graph) -> None:
+    """Move ``branch``'s nodes and initializers before ``node`` in ``g``, make ``node``'s readers
+    read the branch outputs, and remove ``node``."""
+    moved_graphs = {id(sub) for sub in branch.all_graphs()}
+    # names of the model outside the branch (the other branch goes with the If: its names are free)
+    others = {id(inner) for sub in node.subgraphs() for inner in sub.all_graphs()} - moved_graphs
+    taken = {v.name for sub in g.root.all_graphs() if id(sub) not in moved_graphs | others for v in sub.values()}
+    outs = list(branch.outputs)
+    branch.outputs.clear()  # the branch outputs stop counting as graph outputs, so they can take names
+
+    def fresh(v: Value) -> None:
+        if v.name in taken or not v.name:
+            v.name = g.unique_name(v.name or "v")
+        taken.add(v.name)
+
+    for init in list(branch.initializers.values()):
+        branch.remove_initializer(init)
+        fresh(init)
+        g.register_initializer(init)
+    for inner in list(branch):
+        inputs = inner.inputs
+        nested = [(n, n.inputs) for sub in inner.subgraphs() for n in sub.all_nodes()]
+        branch.remove(inner, safe=False)  # detaches every input use, those of nested bodies too
+        inner.set_inputs(inputs)
+        for n, ins in nested:
+            n.set_inputs(ins)
+        for o in inner.outputs:
+            if o is not None:
+                fresh(o)
+        g.insert_before(node, inner)
+    renamed: set[int] = set()
+    for o, v in zip(node.outputs, outs):
+        if o is None:
+            continue
+        if v.type is None or v.shape is None and o.shape is not None and v.dtype == o.dtype:
+            v.type = o.type  # bodies often declare outputs without shapes; the If output knows more
+        if o.is_graph_output():
+            g.replace_value(o, v)
+            continue
+        if id(v) not in renamed and g.can_take_output_name(v):
+            name = o.name  # the If output's name is the one later passes and ranges know
+            o.name = g.unique_name(name + "_replaced")
+            v.name = name
+            renamed.add(id(v))
+        o.replace_all_uses_with(v)
+    g.remove(node)
+
+
 class RemoveInitializerInputs(Pass):
     """Stop listing initializers as graph inputs (as IR version < 4 required).
 
@@ -450,11 +540,12 @@ class RemoveInitializerInputs(Pass):
         return PassResult.of(bool(moved), moved=len(moved))
 
 
-PASSES = (RemoveInitializerInputs, FoldConstants, InferShapes, UpgradeOps)
+PASSES = (RemoveInitializerInputs, FoldConstants, FoldConstantIf, InferShapes, UpgradeOps)
 
 ALIASES = {
-    "canonicalize": ("remove-initializer-inputs,fixed-point(upgrade-ops,fold-constants,eliminate-identity,"
-                     "dead-code-elimination,infer-shapes)",
-                     "fold constants, infer shapes, current op forms, no identities or dead code"),
+    "canonicalize": ("remove-initializer-inputs,fixed-point(upgrade-ops,fold-constants,fold-constant-if,"
+                     "eliminate-identity,dead-code-elimination,infer-shapes)",
+                     "fold constants and constant-condition Ifs, infer shapes, current op forms, no identities or "
+                     "dead code"),
 }
 

@@ -106,7 +106,9 @@ class InsertQDQ(Pass):
     - The default-domain opset is raised to 13 for per-channel (``axis``) and to 21 for
       int16 / uint16 / int4 / uint4 (``upgrade-opset``, which adapts ops whose form changed:
       Squeeze axes ...); an op it cannot adapt is refused before anything changes.
-    - Subgraphs (If / Loop bodies) stay float.
+    - Control flow (If / Loop / Scan) stays float, bodies and all: a value a body reads from
+      outside is read through its DQ where it has one (the IR holds that read as a use of the
+      outer value), and a control-flow output gets a pair only where a quantized op reads it.
 
     Every quantized op therefore forms a canonical group for ``lower-qdq``: DQ inputs -> op
     [-> fused Relu / Clip, or the nodes of a hard-swish group] -> Q.

@@ -59,9 +59,10 @@ class LowerQDQ(Pass):
     it: constant scales and zero points, constant integer weights and biases behind
     DequantizeLinear (weights per tensor or per channel on the output-channel axis),
     activations quantized per tensor (a per-channel or block-quantized activation is an
-    error). Subgraphs (If / Loop bodies) are not lowered. Graph inputs and outputs stay
-    float and keep their names; dead QDQ nodes and initializers are removed. The model
-    imports the ``qgraph`` domain afterwards.
+    error). Control flow (If / Loop / Scan) stays a float op, its bodies not lowered (a DQ a
+    body reads becomes a Dequantize). Graph inputs and outputs stay float and keep their
+    names; dead QDQ nodes and initializers are removed. The model imports the ``qgraph``
+    domain afterwards.
 
     Stats: ``integer_ops`` (QConv, QMatMul, QAdd, QMul, pooling), ``lookups``,
     ``integer_data_movement``, ``requantizes``, ``float_fallbacks`` (float ops left),

@@ -20,7 +20,7 @@ from qgraph.ir.core import Model, Node, Value
 from qgraph.ir.dtypes import DType, to_numpy
 from qgraph.ir.ops import OpId, STANDARD_DOMAINS
 from qgraph.onnx.decompose import DECOMPOSITIONS
-from qgraph.reference import linear, onnx_ops, pointwise, pool
+from qgraph.reference import control_flow, linear, onnx_ops, pointwise, pool
 from qgraph.reference.common import InterpreterError, NotNative
 
 #: ``kernel(node, inputs, memo) -> outputs``; ``memo`` is a per-node dict kept across runs.
@@ -60,7 +60,9 @@ class _Step:
     memo: dict = field(default_factory=dict)
 
 
-def _fallback(node: Node, opsets: Mapping[str, int]) -> onnx_ops.OnnxNodeRunner:
+def _fallback(node: Node, opsets: Mapping[str, int]):
+    if node.op in control_flow.CONTROL_FLOW:
+        return control_flow.ControlFlowRunner(node, opsets)
     if node.op.domain in STANDARD_DOMAINS:
         try:
             onnx.defs.get_schema(node.op.op_type, opsets.get(node.op.domain, 1_000), node.op.domain)
@@ -78,15 +80,21 @@ class Interpreter:
     Build one per model and call ``run`` for each sample: kernels keep per-node state
     (shifted weights, onnx evaluators) across runs. The model must not change meanwhile.
 
+    If / Loop / Scan nodes run in float (``qgraph.reference.control_flow``): their bodies run
+    in nested interpreters, which read the outer values a body uses by name.
+
     Args:
         model: an L3 (or L2 QDQ, or float) model whose nodes are in topological order.
+        outer_scope: for a subgraph run on its own (an If / Loop / Scan body): the names of
+            enclosing-graph values it reads, given to each ``run_body``.
 
     Raises:
-        InterpreterError: a node uses an op with no kernel, or a subgraph (If / Loop / Scan).
+        InterpreterError: a node uses an op with no kernel.
     """
 
-    def __init__(self, model: Model):
+    def __init__(self, model: Model, *, outer_scope: Iterable[str] = ()):
         self.model = model
+        self._outer = frozenset(outer_scope)
         graph = model.graph
         opsets = {("" if d == "ai.onnx" else d): v for d, v in model.opset_imports.items()}
         self._steps: list[_Step] = []
@@ -94,8 +102,11 @@ class Interpreter:
             kernel = KERNELS.get(node.op)
             # standard ops keep onnx's evaluator for the forms their numpy kernel leaves out
             runner = _fallback(node, opsets) if kernel is None or node.op.domain in STANDARD_DOMAINS else None
+            # an If / Loop / Scan also reads the outer values its bodies use: planning must
+            # keep them alive until the node runs (and run them before it)
+            captured = tuple(v.name for v in runner.captured) if runner is not None else ()
             self._steps.append(_Step(node, kernel, runner,
-                                     tuple(v.name if v is not None else None for v in node.inputs),
+                                     tuple(v.name if v is not None else None for v in node.inputs) + captured,
                                      tuple(o.name if o is not None else None for o in node.outputs)))
         self._inputs: list[Value] = list(graph.inputs)
         self._consts = {name: v.const_value for name, v in graph.initializers.items()}
@@ -137,7 +148,7 @@ class Interpreter:
         plan = self._plans.get(key)
         if plan is not None:
             return plan
-        known = set(self._produced) | set(self._consts) | {v.name for v in self._inputs}
+        known = set(self._produced) | set(self._consts) | {v.name for v in self._inputs} | self._outer
         kept = set() if keep in (None, False) else set(self._produced) if keep is True else set(keep)
         for name in (*wanted, *kept):
             if name not in known:
@@ -190,7 +201,21 @@ class Interpreter:
         wanted = tuple(outputs) if outputs is not None else tuple(v.name for v in self.model.graph.outputs)
         keep = True if keep is True else (None if not keep else tuple(keep))
         order, drop, retain = self._plan(wanted, keep)
-        env = self._check_feeds(feeds)
+        return self._execute(self._check_feeds(feeds), wanted, order, drop, retain)
+
+    def run_body(self, feeds: Mapping[str, np.ndarray], outer: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run a subgraph (an If / Loop / Scan body) once: ``feeds`` for its inputs, ``outer``
+        for the enclosing-graph values it reads (``outer_scope``). Feeds are not checked
+        against the declared input types: bodies often declare looser or stale ones, and
+        the caller builds the feeds. Returns the graph outputs by name."""
+        wanted = tuple(v.name for v in self.model.graph.outputs)
+        order, drop, retain = self._plan(wanted, None)
+        env = dict(outer)
+        env.update(feeds)
+        return self._execute(env, wanted, order, drop, retain)
+
+    def _execute(self, env: dict, wanted: tuple[str, ...], order: list[int], drop: dict[int, list[str]],
+                 retain: frozenset[str]) -> dict[str, np.ndarray]:
         for i in order:
             step = self._steps[i]
             args = [None if n is None else self._value(env, n, step) for n in step.inputs]

@@ -16,7 +16,7 @@ from typing import Mapping
 
 import numpy as np
 
-from qgraph.ir.core import Node
+from qgraph.ir.core import Node, Value
 from qgraph.onnx.evaluate import NodeEvaluator
 from qgraph.reference.common import InterpreterError
 
@@ -103,13 +103,19 @@ def lrn(node: Node, args: list, memo: dict) -> list[np.ndarray]:
 # -- onnx's reference evaluator ------------------------------------------------------------------
 class OnnxNodeRunner:
     """Evaluates one node with onnx's ``ReferenceEvaluator`` (``qgraph.onnx.evaluate``),
-    keeping its evaluators across runs."""
+    keeping its evaluators across runs.
+
+    Control flow (If / Loop / Scan) runs here too, bodies and all, in float: its ``args`` are
+    the node's inputs followed by the outer values its bodies read (``captured``).
+    """
 
     def __init__(self, node: Node, opsets: Mapping[str, int]):
-        if any(True for _ in node.subgraphs()):
-            raise InterpreterError(f"{node.describe()}: nodes with subgraphs (If / Loop / Scan) are not "
-                                   "supported by the reference interpreter")
         self._evaluator = NodeEvaluator(node, opsets)
+
+    @property
+    def captured(self) -> list[Value]:
+        """The outer values the node's subgraphs read (empty for a node without subgraphs)."""
+        return self._evaluator.captured
 
     def __call__(self, node: Node, args: list, memo: dict) -> list:
         return self._evaluator.run(args)

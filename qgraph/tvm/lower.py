@@ -257,10 +257,23 @@ def lower(model: Model, input_shapes: Mapping[str, Sequence[int]] | None = None,
     return bb.get()
 
 
+#: what to do with control flow TVM does not lower (the tail of its error)
+CONTROL_FLOW_ADVICE = ("control flow stays float in a quantized model, and TVM lowering of If / Loop / Scan is not "
+                       "built; compile with --target qdq and run the QDQ export (model.qdq.onnx) in ONNX Runtime or "
+                       "the L3 model in the reference interpreter (`qgraph run --backend reference`); an If whose "
+                       "condition is a constant is folded by canonicalize (fold-constant-if) and then lowers")
+
+
 def _lower_node(ctx: LowerContext, fold: _Folder, node: Node) -> None:
     ctx.node = node
+    if node.op is ops.If and node.inputs and node.inputs[0] is not None \
+            and isinstance(ctx.env.get(node.inputs[0].name), np.ndarray):
+        _inline_if(ctx, fold, node)
+        return
     if any(True for _ in node.subgraphs()):
-        raise ctx.error("nodes with subgraphs (If / Loop / Scan) are not supported")
+        why = ("its condition is computed at run time" if node.op is ops.If
+               else "it has subgraphs" if node.op not in (ops.Loop, ops.Scan) else "it loops at run time")
+        raise ctx.error(f"cannot lower to TVM: {why}; {CONTROL_FLOW_ADVICE}")
     present = [v for v in node.inputs if v is not None]
     for v in present:
         if v.name not in ctx.env:
@@ -287,3 +300,28 @@ def _lower_node(ctx: LowerContext, fold: _Folder, node: Node) -> None:
     for o, r in zip(outs, results):
         if o is not None:
             ctx.env[o.name] = r
+
+
+def _inline_if(ctx: LowerContext, fold: _Folder, node: Node) -> None:
+    """An If whose condition is known at lowering time (e.g. computed from static shapes):
+    lower the nodes of the branch it takes in place of the If.
+
+    Branch nodes read outer values by name and their own names are unique in the model, so
+    they share the environment of the main graph.
+    """
+    cond = ctx.env[node.inputs[0].name]
+    if cond.size != 1:
+        raise ctx.error(f"the condition '{node.inputs[0].name}' has {cond.size} elements; If needs one")
+    branch = node.attr("then_branch" if bool(cond.reshape(-1)[0]) else "else_branch")
+    if branch is None:
+        raise ctx.error("missing then_branch / else_branch attribute")
+    for inner in branch:
+        _lower_node(ctx, fold, inner)
+    ctx.node = node
+    for o, v in zip(node.outputs, branch.outputs):
+        if o is None:
+            continue
+        x = ctx.env.get(v.name)
+        if x is None:
+            raise ctx.error(f"branch output '{v.name}' is defined by no node of the branch nor an outer value")
+        ctx.env[o.name] = x
