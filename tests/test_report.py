@@ -148,6 +148,14 @@ def test_all_zero_calibration_warns_and_held_out_data_tells_the_truth(digits_tes
     assert q.report.summary["measured_on"] == "on 64 held-out samples from eval data"
     m = q.report.outputs["logits"]
     assert m["sqnr_db"] < 10 and m["accuracy_quantized"] < m["accuracy_float"] - 0.2  # in-sample: ~45 dB, 100%
+    low = q.report.warnings[k.index("low-output")]  # the headline itself, first among the warnings
+    assert k[0] == "low-output" and low.tensor == "logits"
+    assert low.message.startswith("output 'logits' is at ") and "on 64 held-out samples" in low.message
+
+
+def test_a_good_output_gets_no_low_output_warning():
+    q = qgraph.quantize(DIGITS, CALIB)
+    assert "low-output" not in kinds(q.report) and q.report.outputs["logits"]["sqnr_db"] > 30
 
 
 def test_constant_calibrated_range_warns():

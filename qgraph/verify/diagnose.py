@@ -11,6 +11,8 @@ The checks and their thresholds:
 - ``constant-input``: a calibration input that is all zero or one constant value, or whose
   first samples are all identical;
 - ``constant-range``: a quantized tensor whose calibrated range has zero width;
+- ``low-output``: a model output under ``LOW_OUTPUT_DB`` against float (the headline
+  number itself says it, but one line among many is easy to miss);
 - ``low-sqnr``: a layer at or below 0 dB; ``sqnr-drop``: a layer ``DROP_DB`` or more under
   the median of the layers before it;
 - ``mixed-ranges``: a Concat or Add whose inputs' calibrated spans differ more than
@@ -40,6 +42,9 @@ MIN_SAMPLES = 16
 DROP_DB = 20.0
 #: inputs of one shared-scale op whose spans differ more than this lose the narrow ones
 SPAN_RATIO = 100.0
+#: a model output under this SQNR against float is far from usable (a classifier at 10 dB
+#: already disagrees with float on a few percent of its top-1 answers)
+LOW_OUTPUT_DB = 10.0
 #: per-tensor lines of one kind before the rest is summed up in one line
 MAX_LINES = 5
 
@@ -120,6 +125,25 @@ def check_ranges(rows: Sequence[Mapping[str, Any]]) -> list[QuantWarning]:
                                   "all calibration data (a zero-width range): its scale is a guess; calibrate on data "
                                   "that exercises it, or exclude its node in the config", node, tensor))
     return _limited(found, "constant-range", "tensors with zero-width ranges")
+
+
+def check_outputs(outputs: Mapping[str, Mapping[str, Any]], measured_on: str) -> list[QuantWarning]:
+    """``low-output``: model outputs under ``LOW_OUTPUT_DB`` against float.
+
+    Args:
+        outputs: output name -> metrics (``sqnr_db``) as the report holds them.
+        measured_on: what data they were measured on, for the message.
+    """
+    out = []
+    for name, m in outputs.items():
+        s = m.get("sqnr_db")
+        db = float(s) if not isinstance(s, str) else (math.inf if s == "inf" else -math.inf)
+        if db < LOW_OUTPUT_DB:
+            out.append(QuantWarning("low-output", f"output '{name}' is at {_db(db)} vs float ({measured_on}): far "
+                                    "from usable; the layer warnings and report.html show where the error starts; "
+                                    "try --method percentile or entropy, more calibration data, or keep the worst "
+                                    "layers float with \"exclude\" in the config", tensor=name))
+    return out
 
 
 def check_layers(rows: Sequence[Mapping[str, Any]], explained: Sequence[QuantWarning] = ()) -> list[QuantWarning]:

@@ -52,7 +52,7 @@ def quantized_vs_float(compiled, feeds: Mapping[str, np.ndarray], labels=None):
     from qgraph.api import run_ort
 
     ref = compiled.run(feeds, "reference")
-    flt = run_ort(compiled.float_model, feeds)
+    flt = run_ort(compiled.float_model, feeds, what="the float model (ONNX Runtime)")
     n = _samples(feeds)
     return flt, ref, {name: output_metrics(f, ref[name], n, labels) for name, f in flt.items()}
 

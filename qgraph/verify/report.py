@@ -293,7 +293,8 @@ def build_report(q, calib: Any, samples: int = 8, *, eval: Any = None, model_pat
 
     mixed = diagnose.check_mixed_ranges(q.float_model, q.ranges, q.config,
                                         {r["output"]["tensor"]: r["output"]["dtype"] for r in rows if "output" in r})
-    found = (diagnose.check_calibration(q.ranges, q.float_model, calib_first)
+    found = (diagnose.check_outputs(outputs, measured_on)
+             + diagnose.check_calibration(q.ranges, q.float_model, calib_first)
              + diagnose.check_ranges(rows)
              + mixed
              + diagnose.check_layers(rows, mixed)
