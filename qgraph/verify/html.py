@@ -62,9 +62,11 @@ def sqnr_chart(layers: list[dict], flagged: set[str]) -> str:
     top, bottom = max(finite + [0.0]) + 5, min(finite + [0.0]) - 5
     values = [min(max(v, bottom), top) for _, v in rows]
     colors = ["#c0392b" if n in flagged or v <= 0 else "#2e86c1" for (n, v) in rows]
-    fig = Figure(figsize=(8, max(2.5, 0.22 * len(rows) + 1)))
+    # constrained layout: fixed fractional margins left a band of empty inches above a tall chart
+    fig = Figure(figsize=(8, max(2.5, 0.16 * len(rows) + 1)), layout="constrained")
     ax = fig.add_subplot()
     ax.barh(range(len(rows)), values, color=colors)
+    ax.margins(y=0.005)
     ax.set_yticks(range(len(rows)), [n for n, _ in rows], fontsize=7)
     ax.invert_yaxis()
     ax.axvline(0, color="black", linewidth=0.8)
@@ -78,7 +80,7 @@ def scatter(name: str, f: np.ndarray, q: np.ndarray) -> str:
     """Quantized against float values of one output, with the diagonal."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(4.2, 4.2))
+    fig = Figure(figsize=(4.2, 4.2), layout="constrained")
     ax = fig.add_subplot()
     ax.scatter(f, q, s=3, alpha=0.4)
     if f.size:
