@@ -232,11 +232,34 @@ def lower(model: Model, input_shapes: Mapping[str, Sequence[int]] | None = None,
 
     shapes = static_input_shapes(model, input_shapes, batch_size)
     opsets = {("" if d == "ai.onnx" else d): v for d, v in model.opset_imports.items()}
-    graph = model.graph
+    check_lowerable(model)  # all missing lowerings in one error, before any Relax is built
     bb = relax.BlockBuilder()
     params = [relax.Var(name, relax.TensorType(shape, input_dtype(model, name))) for name, shape in shapes.items()]
     ctx = LowerContext(bb, opsets, fast=fast_kernels(target, kernels))
     fold = _Folder(opsets)
+    try:
+        return _lower_main(model, bb, params, ctx, fold, shapes, outputs)
+    except BaseException:
+        _close(bb)
+        raise
+
+
+def _close(bb) -> None:
+    """End the block and scope an error left open in ``bb`` (what ``emit_func_output`` does
+    on success): TVM warns "BlockBuilder destroyed with remaining blocks!" on stderr when it
+    is freed, after the one-line error the user was given."""
+    try:
+        bb._end_block()
+        bb.end_scope()
+    except Exception:  # nothing was left open
+        pass
+
+
+def _lower_main(model: Model, bb, params, ctx: LowerContext, fold, shapes, outputs):
+    """The body of ``lower``: ``main`` built in ``bb``."""
+    from tvm import relax
+
+    graph = model.graph
     with bb.function("main", params):
         with bb.dataflow():
             for name, tensor in graph.initializers.items():
@@ -262,6 +285,33 @@ CONTROL_FLOW_ADVICE = ("control flow stays float in a quantized model, and TVM l
                        "built; compile with --target qdq and run the QDQ export (model.qdq.onnx) in ONNX Runtime or "
                        "the L3 model in the reference interpreter (`qgraph run --backend reference`); an If whose "
                        "condition is a constant is folded by canonicalize (fold-constant-if) and then lowers")
+
+
+def check_lowerable(model: Model) -> None:
+    """Refuse, in one error that names them all, the nodes of ``model`` that have no TVM
+    lowering and run on values known only at run time (a node of constants, shapes
+    included, is folded instead). Control flow is left to ``_lower_node``, which inlines an If whose condition
+    lowering finds constant.
+
+    Raises:
+        LoweringError: lists each such op with its nodes, and what to do.
+    """
+    known = set(model.graph.initializers)
+    missing: dict[str, list[str]] = {}
+    for node in model.graph:
+        present = [v for v in node.inputs if v is not None]
+        if (present and all(v.name in known for v in present) or not present and node.op is ops.Constant
+                or node.op in (ops.Shape, ops.Size)):  # every shape is static when lowering
+            known.update(o.name for o in node.outputs if o is not None)
+        elif node.op not in LOWERINGS and not any(True for _ in node.subgraphs()):
+            missing.setdefault(str(node.op), []).append(node.name or "unnamed")
+    if missing:
+        listed = "; ".join(f"{op} ({', '.join(repr(n) for n in names[:3])}{', ...' if len(names) > 3 else ''})"
+                           for op, names in missing.items())
+        raise LoweringError(f"no TVM lowering for {listed}: these ops stay float in the quantized model and TVM "
+                            "lowering of them is not built; compile with --target qdq and run the QDQ export "
+                            "(model.qdq.onnx) in ONNX Runtime or the L3 model in the reference interpreter "
+                            "(`qgraph run --backend reference`)")
 
 
 def _lower_node(ctx: LowerContext, fold: _Folder, node: Node) -> None:
