@@ -50,3 +50,13 @@ def test_tensor_byte_count_mismatch_is_refused():
     model.graph.initializer[0].data_type = 200
     with pytest.raises(InvalidModelError, match="unknown element type code 200"):
         qgraph.load(model)
+
+
+def test_graph_input_of_undefined_element_type_is_refused():
+    # fuzz finding (mutated:33): elem_type 0 on a fed input reached calibration as KeyError: 0 (rc 3)
+    import onnx
+
+    model = onnx.load(EXAMPLE)
+    model.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.UNDEFINED
+    with pytest.raises(InvalidModelError, match=r"graph input 'input' declares element type UNDEFINED \(0\); set its elem_type"):
+        qgraph.load(model)

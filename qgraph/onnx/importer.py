@@ -233,6 +233,11 @@ class _Importer:
 
         for vi in gp.input:
             v = Value(_name(vi.name), self._type(vi) if vi.HasField("type") else None, doc_string=_text(vi.doc_string))
+            if (outer is None and vi.name not in init_by_name and isinstance(v.type, TensorType)
+                    and v.type.dtype == DType.UNDEFINED):  # fed data needs a dtype: calibration, ORT, the reference
+                raise InvalidModelError(
+                    f"{self.source}: graph input '{vi.name}' declares element type UNDEFINED (0); "
+                    "set its elem_type to the type of the data it takes (e.g. 1 for FLOAT)")
             v.metadata_props = {_text(p.key): _text(p.value) for p in getattr(vi, "metadata_props", ())}
             t = init_by_name.get(vi.name)
             if t is not None:
