@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import io
 import json
 import os
@@ -96,6 +97,7 @@ def run_isolated(fn, *args, time_limit: float = TIME_LIMIT_S, memory_limit: int 
             code = 0
             try:
                 os.dup2(err.fileno(), 2)  # what native code writes to fd 2 is kept, not printed
+                faulthandler.enable(file=err)  # a segfault's Python stack goes with it (pytest's handler wrote elsewhere)
                 with contextlib.suppress(ValueError, OSError):
                     resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
                 out = fn(*args)
