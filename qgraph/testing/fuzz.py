@@ -416,7 +416,127 @@ def _m_input_becomes_initializer(r: random.Random, m: onnx.ModelProto) -> str:
     return f"initializer shadows input {vi.name}"
 
 
-STRUCTURAL = [_m_delete_node, _m_duplicate_node, _m_rewire, _m_inputs_count, _m_attr_value, _m_attr_type,
+_UNARY = ["Relu", "Sigmoid", "Tanh", "Abs", "Neg", "Floor", "Ceil", "Round", "Sign", "Cos", "Sin", "Exp", "Log",
+          "Sqrt", "Reciprocal", "Softsign", "Identity", "Erf", "Selu", "Elu", "Softplus", "HardSigmoid", "HardSwish",
+          "Mish", "Celu", "ThresholdedRelu", "Shrink", "LeakyRelu", "Dropout", "IsNaN"]
+_SELF_BINARY = ["Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Sum", "Mean"]
+
+
+def _float_values(m: onnx.ModelProto) -> list[str]:
+    """Names of values the model's declared types or node outputs suggest hold float data."""
+    inits = {t.name for t in m.graph.initializer}
+    names = [v.name for v in m.graph.input if v.name not in inits and v.type.tensor_type.elem_type == 1]
+    for n in m.graph.node:
+        if n.op_type not in ("Shape", "Size", "Equal", "Greater", "Less", "NonZero", "ArgMax"):
+            names += [o for o in n.output[:1] if o]
+    return names
+
+
+def _m_insert_op(r: random.Random, m: onnx.ModelProto) -> str:
+    """A valid op between a value and its readers (ONNX Runtime accepts it; qgraph's passes see new shapes)."""
+    x = r.choice(_float_values(m))
+    y = x + "_ins"
+    how = r.random()
+    extra = []
+    if how < 0.5:
+        op = r.choice(_UNARY)
+        node = helper.make_node(op, [x], [y], name=f"ins_{op}")
+        if op == "IsNaN":  # bool: back to float with a Where
+            node = helper.make_node("IsNaN", [x], [y + "_b"], name="ins_isnan")
+            extra = [helper.make_node("Where", [y + "_b", x, x], [y], name="ins_where")]
+    elif how < 0.75:
+        op = r.choice(_SELF_BINARY)
+        node = helper.make_node(op, [x, x], [y], name=f"ins_{op}")
+    elif how < 0.85:
+        k = numpy_helper.from_array(np.array(r.choice([0.0, 1e-30, 1e30, -1.0, float("nan"), float("inf")]), np.float32),
+                                    x + "_k")
+        m.graph.initializer.append(k)
+        op = r.choice(["Add", "Mul", "Div", "Max", "Min"])
+        node = helper.make_node(op, [x, k.name], [y], name=f"ins_{op}_const")
+    else:  # a round trip through another dtype
+        op = "Cast"
+        node = helper.make_node("Cast", [x], [y + "_c"], to=r.choice([TensorProto.FLOAT16, TensorProto.DOUBLE,
+                                                                       TensorProto.INT32, TensorProto.UINT8]),
+                                name="ins_cast")
+        extra = [helper.make_node("Cast", [y + "_c"], [y], to=TensorProto.FLOAT, name="ins_cast_back")]
+    for n in m.graph.node:
+        for k in range(len(n.input)):
+            if n.input[k] == x:
+                n.input[k] = y
+    for o in m.graph.output:
+        if o.name == x:
+            o.name = y
+    pos = next((i + 1 for i, n in enumerate(m.graph.node) if x in n.output), 0)
+    for n in reversed([node] + extra):
+        m.graph.node.insert(pos, n)
+    return f"insert {op} after '{x}'"
+
+
+def _m_weights(r: random.Random, m: onnx.ModelProto) -> str:
+    """Legal but hostile weight values: all zero, one value, NaN / Inf, huge, denormal."""
+    floats = [t for t in m.graph.initializer if t.data_type == TensorProto.FLOAT]
+    if not floats:
+        return _m_initializer(r, m)
+    t = r.choice(floats)
+    a = numpy_helper.to_array(t).copy()
+    how = r.choice(["zero", "const", "nan", "inf", "huge", "denormal", "neg"])
+    if how == "zero":
+        a[...] = 0
+    elif how == "const":
+        a[...] = 0.75
+    elif how == "nan" and a.size:
+        a.flat[r.randrange(a.size)] = np.nan
+    elif how == "inf" and a.size:
+        a.flat[r.randrange(a.size)] = np.inf
+    elif how == "huge":
+        a *= 1e30
+    elif how == "denormal":
+        a *= 1e-40
+    else:
+        a = -np.abs(a) - 1  # e.g. a negative BatchNormalization variance
+    t.CopyFrom(numpy_helper.from_array(a.astype(np.float32), t.name))
+    return f"weights {t.name}: {how}"
+
+
+def _m_output_alias(r: random.Random, m: onnx.ModelProto) -> str:
+    """A graph output that is a graph input, an initializer, a duplicate, or an inner value."""
+    how = r.randrange(4)
+    if how == 0:
+        name = m.graph.input[0].name
+    elif how == 1 and len(m.graph.initializer):
+        name = r.choice(list(m.graph.initializer)).name
+    elif how == 2 and len(m.graph.output):
+        name = m.graph.output[0].name
+    else:
+        name = r.choice(_value_names(m.graph))
+    m.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    return f"graph output '{name}' added"
+
+
+def _m_symbolic_dims(r: random.Random, m: onnx.ModelProto) -> str:
+    vi = r.choice(list(m.graph.input))
+    dims = vi.type.tensor_type.shape.dim
+    if not len(dims):
+        return "no dims"
+    k = r.randrange(len(dims))
+    dims[k].dim_param = r.choice(["H", "W", "N", "batch"])
+    return f"{vi.name} dim {k} symbolic"
+
+
+def _m_constant_node(r: random.Random, m: onnx.ModelProto) -> str:
+    """An initializer moved into a Constant node (or a Constant feeding an Add)."""
+    if not len(m.graph.initializer):
+        return _m_insert_op(r, m)
+    i = r.randrange(len(m.graph.initializer))
+    t = m.graph.initializer[i]
+    node = helper.make_node("Constant", [], [t.name], value=t, name="const_" + t.name)
+    del m.graph.initializer[i]
+    m.graph.node.insert(0, node)
+    return f"initializer {node.output[0]} -> Constant node"
+
+
+STRUCTURAL = [_m_insert_op, _m_insert_op, _m_insert_op, _m_weights, _m_weights, _m_output_alias, _m_symbolic_dims,
+              _m_constant_node, _m_delete_node, _m_duplicate_node, _m_rewire, _m_inputs_count, _m_attr_value, _m_attr_type,
               _m_remove_attr, _m_add_attr, _m_io_dtype, _m_io_shape, _m_value_info, _m_outputs,
               _m_drop_initializer, _m_initializer, _m_opset, _m_ir_version, _m_op_type, _m_reorder,
               _m_rename_output, _m_input_becomes_initializer]
@@ -468,7 +588,7 @@ def random_graph(seed: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """A random valid NCHW model (opset 13 or 17) and calibration data for it."""
     r = random.Random(seed)
     rng = np.random.default_rng(seed)
-    opset = r.choice([13, 17])
+    opset = r.choice([13, 17, 17, 21])
     c, h, w = r.randint(1, 4), r.randint(4, 12), r.randint(4, 12)
     batch = r.choice(["N", 1])
     nodes, inits = [], []
@@ -487,7 +607,8 @@ def random_graph(seed: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
 
     for _ in range(r.randint(1, 7)):
         c, h, w = values[cur]
-        kind = r.choice(["conv", "conv", "act", "act", "binary", "pool", "concat", "bn", "gap_end"])
+        kind = r.choice(["conv", "conv", "act", "act", "binary", "pool", "concat", "bn", "gap_end",
+                         "shape", "shape", "reduce", "norm"])
         out = new("v")
         if kind == "conv":
             group = r.choice([1, 1, c]) if c > 1 else 1
@@ -502,7 +623,10 @@ def random_graph(seed: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
                                           strides=[stride, stride], group=group, name=new("conv")))
             values[out] = (co, oh, ow)
         elif kind == "act":
-            act = r.choice(["Relu", "Sigmoid", "Tanh", "LeakyRelu", "Clip", "HardSigmoid", "HardSwish", "Exp", "Neg"])
+            act = r.choice(["Relu", "Sigmoid", "Tanh", "LeakyRelu", "Clip", "HardSigmoid", "HardSwish", "Exp", "Neg",
+                            "Elu", "Softplus", "Abs", "Erf"])
+            if act == "HardSwish" and opset < 14:
+                act = "HardSigmoid"
             if act == "Clip":
                 lo = r.choice([0.0, -1.0, -6.0])
                 ins = [cur, const(new("lo"), np.float32(lo)), const(new("hi"), np.float32(lo + r.choice([1, 6])))]
@@ -532,6 +656,92 @@ def random_graph(seed: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
             parts = [cur] + [r.choice(same) for _ in range(r.randint(1, 2))]
             nodes.append(helper.make_node("Concat", parts, [out], axis=1, name=new("cat")))
             values[out] = (sum(values[p][0] for p in parts), h, w)
+        elif kind == "shape":  # data movement that keeps NCHW: pad, crop, resize, transpose there and back
+            how = r.choice(["pad", "slice", "resize", "transpose", "reshape", "split", "convt", "identity"])
+            if how == "pad":
+                p = [0, 0, r.randint(0, 2), r.randint(0, 2), 0, 0, r.randint(0, 2), r.randint(0, 2)]
+                mode = r.choice(["constant", "reflect", "edge"]) if min(h, w) > 2 else "constant"
+                nodes.append(helper.make_node("Pad", [cur, const(new("pads"), np.array(p, np.int64))], [out], mode=mode,
+                                              name=new("pad")))
+                values[out] = (c, h + p[2] + p[6], w + p[3] + p[7])
+            elif how == "slice" and h > 1 and w > 1:
+                y0, x0 = r.randint(0, h - 1), r.randint(0, w - 1)
+                y1, x1 = r.randint(y0 + 1, h), r.randint(x0 + 1, w)
+                ins = [cur] + [const(new(n), np.array(a, np.int64)) for n, a in
+                               (("st", [y0, x0]), ("en", [y1, x1]), ("ax", [2, 3]))]
+                nodes.append(helper.make_node("Slice", ins, [out], name=new("slice")))
+                values[out] = (c, y1 - y0, x1 - x0)
+            elif how == "resize":
+                scales = const(new("scales"), np.array([1, 1, 2, 2], np.float32))
+                nodes.append(helper.make_node("Resize", [cur, "", scales], [out], mode=r.choice(["nearest", "linear"]),
+                                              name=new("resize")))
+                values[out] = (c, 2 * h, 2 * w)
+            elif how == "transpose":
+                t = new("t")
+                nodes.append(helper.make_node("Transpose", [cur], [t], perm=[0, 2, 3, 1], name=new("nhwc")))
+                if r.random() < 0.5:  # a per-channel op in NHWC
+                    t2 = new("t")
+                    nodes.append(helper.make_node("Mul", [t, const(new("k"), rng.standard_normal(c).astype(np.float32))],
+                                                  [t2], name=new("bin")))
+                    t = t2
+                nodes.append(helper.make_node("Transpose", [t], [out], perm=[0, 3, 1, 2], name=new("nchw")))
+                values[out] = (c, h, w)
+            elif how == "reshape":
+                f = new("flat")
+                nodes.append(helper.make_node("Reshape", [cur, const(new("sh"), np.array([0, c, h * w], np.int64))], [f],
+                                              name=new("reshape")))
+                nodes.append(helper.make_node("Reshape", [f, const(new("sh"), np.array([0, c, h, w], np.int64))], [out],
+                                              name=new("reshape")))
+                values[out] = (c, h, w)
+            elif how == "split" and c > 1:
+                a, b = new("s"), new("s")
+                nodes.append(helper.make_node("Split", [cur, const(new("sp"), np.array([1, c - 1], np.int64))], [a, b],
+                                              axis=1, name=new("split")))
+                nodes.append(helper.make_node("Concat", [b, a], [out], axis=1, name=new("cat")))
+                values[a], values[b], values[out] = (1, h, w), (c - 1, h, w), (c, h, w)
+            elif how == "convt":
+                co = r.randint(1, 4)
+                wt = const(new("w"), rng.standard_normal((c, co, 2, 2)).astype(np.float32))
+                nodes.append(helper.make_node("ConvTranspose", [cur, wt], [out], strides=[2, 2], name=new("convt")))
+                values[out] = (co, 2 * h, 2 * w)
+            else:
+                nodes.append(helper.make_node(r.choice(["Identity", "Dropout"]), [cur], [out], name=new("id")))
+                values[out] = (c, h, w)
+        elif kind == "reduce":
+            op = r.choice(["ReduceMean", "ReduceMax", "Softmax", "MaxMin", "PRelu", "Div"])
+            if op in ("ReduceMean", "ReduceMax"):
+                axes = np.array([2, 3], np.int64)
+                if opset >= 18 or op == "ReduceMax" and opset >= 18:
+                    nodes.append(helper.make_node(op, [cur, const(new("axes"), axes)], [out], keepdims=1, name=new("red")))
+                else:
+                    nodes.append(helper.make_node(op, [cur], [out], axes=[2, 3], keepdims=1, name=new("red")))
+                values[out] = (c, 1, 1)
+            elif op == "Softmax":
+                nodes.append(helper.make_node(op, [cur], [out], axis=1, name=new("softmax")))
+                values[out] = (c, h, w)
+            elif op == "MaxMin":
+                other = const(new("k"), rng.standard_normal((c, 1, 1)).astype(np.float32))
+                nodes.append(helper.make_node(r.choice(["Max", "Min"]), [cur, other], [out], name=new("mm")))
+                values[out] = (c, h, w)
+            elif op == "PRelu":
+                slope = const(new("slope"), rng.uniform(0, 0.5, (c, 1, 1)).astype(np.float32))
+                nodes.append(helper.make_node(op, [cur, slope], [out], name=new("prelu")))
+                values[out] = (c, h, w)
+            else:
+                nodes.append(helper.make_node(op, [cur, const(new("k"), np.float32(r.choice([2, 6, 0.5])))], [out],
+                                              name=new("div")))
+                values[out] = (c, h, w)
+        elif kind == "norm" and opset >= 17:  # LayerNormalization over W, a MatMul over W
+            if r.random() < 0.5:
+                ins = [cur, const(new("g"), rng.uniform(0.5, 2, w).astype(np.float32)),
+                       const(new("beta"), rng.standard_normal(w).astype(np.float32))]
+                nodes.append(helper.make_node("LayerNormalization", ins, [out], axis=-1, name=new("ln")))
+                values[out] = (c, h, w)
+            else:
+                units = r.randint(1, 8)
+                wt = const(new("wm"), rng.standard_normal((w, units)).astype(np.float32))
+                nodes.append(helper.make_node("MatMul", [cur, wt], [out], name=new("mm")))
+                values[out] = (c, h, units)
         elif kind == "bn":
             scale, bias = rng.uniform(0.5, 2, c), rng.standard_normal(c)
             mean, var = rng.standard_normal(c), rng.uniform(0.5, 2, c)
@@ -560,7 +770,7 @@ def random_graph(seed: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     graph = helper.make_graph(
         nodes, f"random{seed}", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch] + list(values["x"]))],
         [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in dict.fromkeys(outputs)], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10 if opset > 19 else 8)
     n = r.choice([1, 4, 16]) if batch == "N" else 1
     samples = r.choice([2, 8, 16]) if batch == "N" else r.choice([1, 4])
     x = rng.standard_normal((samples * n,) + values["x"]).astype(np.float32) * r.choice([0.1, 1, 10])
@@ -616,10 +826,25 @@ class Summary:
     seconds: float = 0.0
     kinds: dict = field(default_factory=dict)
     findings: list = field(default_factory=list)  # (target, seed, Outcome)
+    notes: list = field(default_factory=list)  # (target, seed, Outcome): refusals of valid random graphs
+
+
+def _warm() -> None:
+    """Import what every case imports once, in the parent: each forked child inherits it."""
+    import onnxruntime  # noqa: F401
+
+    import qgraph.api  # noqa: F401
+    import qgraph.cli.main  # noqa: F401
+    import qgraph.passes  # noqa: F401
 
 
 def fuzz(targets, seeds, *, seconds: float | None = None, time_limit: float = TIME_LIMIT_S, log=None) -> Summary:
-    """Run each seed of ``seeds`` through each target (isolated), until ``seconds`` pass."""
+    """Run each seed of ``seeds`` through each target (isolated), until ``seconds`` pass.
+
+    A clear error on a random *valid* graph is not a finding but is worth a look (a
+    legitimate model qgraph refuses): it is kept in ``Summary.notes`` and logged.
+    """
+    _warm()
     summary = Summary()
     start = time.perf_counter()
     for seed in seeds:
@@ -634,6 +859,10 @@ def fuzz(targets, seeds, *, seconds: float | None = None, time_limit: float = TI
                 summary.findings.append((target, seed, out))
                 if log:
                     log(f"FINDING {target}:{seed} [{out.kind}] {describe(target, seed)}\n    {out.detail.strip()[-1500:]}")
+            elif target == "random" and out.kind == "error":
+                summary.notes.append((target, seed, out))
+                if log:
+                    log(f"NOTE {target}:{seed} refused: {describe(target, seed)}\n    {out.detail.strip()}")
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -658,7 +887,8 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, flush=True)
 
     s = fuzz(targets, range(args.start, 2**62), seconds=args.seconds, time_limit=args.time_limit, log=log)
-    print(f"{s.cases} cases in {s.seconds:.0f} s: {json.dumps(s.kinds, sort_keys=True)}; {len(s.findings)} findings")
+    print(f"{s.cases} cases in {s.seconds:.0f} s: {json.dumps(s.kinds, sort_keys=True)}; {len(s.findings)} findings, "
+          f"{len(s.notes)} valid random graphs refused")
     return int(bool(s.findings))
 
 
