@@ -138,14 +138,22 @@ def compile_outcome(model_path: str, calib: str, outdir: str) -> Outcome:
     from qgraph.cli.main import main
 
     stderr, stdout = io.StringIO(), io.StringIO()
-    try:
-        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(stdout):
-            rc = main(["compile", model_path, "--calib", calib, "-o", outdir])
-    except SystemExit as e:  # argparse
-        rc = e.code
-    except MemoryError:
-        return Outcome("internal", "MemoryError escaped main()")
-    text = stderr.getvalue()
+    with tempfile.TemporaryFile() as native:  # what native code (ONNX Runtime's log) writes to fd 2 counts too
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(native.fileno(), 2)
+        try:
+            with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(stdout):
+                rc = main(["compile", model_path, "--calib", calib, "-o", outdir])
+        except SystemExit as e:  # argparse
+            rc = e.code
+        except MemoryError:
+            return Outcome("internal", "MemoryError escaped main()")
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        native.seek(0)
+        text = native.read().decode(errors="replace") + stderr.getvalue()
     lines = text.strip().splitlines()
     if rc == 0:
         return Outcome("ok", stdout.getvalue().strip())

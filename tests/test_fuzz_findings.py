@@ -1,0 +1,68 @@
+"""What fuzzing ``qgraph compile`` found (``qgraph.testing.fuzz``), one case each, through the CLI.
+
+The contract: success (rc 0), or one line ``qgraph: error: ...`` and rc 1, on the process's
+stderr (file descriptor 2: native code's writes count). Findings whose fix belongs to a
+module under other work are kept as strict xfails: each fails the day it is fixed, so
+that its marker goes then.
+"""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from qgraph.cli.main import main
+
+
+def _model(nodes, outputs, inits=(), x_shape=("N", 3, 8, 8), opset=17):
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
+                          [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
+                          [numpy_helper.from_array(np.asarray(a), k) for k, a in dict(inits).items()])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+
+
+def _compile(tmp_path, model, capfd):
+    path, calib = tmp_path / "m.onnx", tmp_path / "calib.npz"
+    onnx.save(model, path)
+    x = model.graph.input[0].type.tensor_type.shape.dim
+    np.savez(calib, x=np.random.default_rng(0).standard_normal([4] + [d.dim_value for d in x][1:]).astype(np.float32))
+    rc = main(["compile", str(path), "--calib", str(calib), "-o", str(tmp_path / "out")])
+    return rc, capfd.readouterr().err
+
+
+def _weights(*shape):
+    return np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+
+
+def test_failed_ort_run_during_calibration_is_one_line(tmp_path, capfd):
+    # ONNX Runtime refuses dilations with SAME padding only when it runs the Conv; its session
+    # logger printed the error (a colored second line) before qgraph's own one-line error
+    m = _model([helper.make_node("Conv", ["x", "w"], ["y"], dilations=[2, 2], auto_pad="SAME_UPPER", name="conv")],
+               ["y"], {"w": _weights(2, 3, 3, 3)})
+    rc, err = _compile(tmp_path, m, capfd)
+    assert rc == 1
+    assert err.count("\n") == 1 and err.startswith("qgraph: error: ONNX Runtime failed on a calibration batch"), err
+    assert "Dilation not supported" in err
+
+
+@pytest.mark.xfail(strict=True, reason="qgraph/verify/report.py concatenates 0-d outputs (np.concatenate of "
+                   "scalars): a scalar model output is an internal error; fix there (np.stack or atleast_1d)")
+def test_scalar_output_compiles(tmp_path, capfd):
+    # MatMul of two 1-D tensors: a 0-d output. `qgraph: internal error: ValueError: zero-dimensional
+    # arrays cannot be concatenated` from build_report
+    m = _model([helper.make_node("Reshape", ["x", "s"], ["r"]), helper.make_node("MatMul", ["r", "w"], ["y"])],
+               ["y"], {"s": np.array([-1], np.int64), "w": _weights(192)}, x_shape=(1, 3, 8, 8))
+    rc, err = _compile(tmp_path, m, capfd)
+    assert rc == 0, err
+
+
+@pytest.mark.xfail(strict=True, reason="the integer reference runs a float ConvTranspose with onnx.reference, "
+                   "whose grouped ConvTranspose reshapes W wrongly; ONNX Runtime ran it in calibration. Fix in "
+                   "qgraph/reference (an own grouped ConvTranspose, or a per-group split)")
+def test_grouped_conv_transpose_compiles(tmp_path, capfd):
+    # rc 1 `unnamed ConvTranspose node failed: ValueError: cannot reshape array of size 36 into
+    # shape (1,1,18)`: a qgraph bug worded as a user error
+    m = _model([helper.make_node("ConvTranspose", ["x", "w"], ["y"], strides=[2, 2], group=3)],
+               ["y"], {"w": _weights(3, 2, 3, 3)})
+    rc, err = _compile(tmp_path, m, capfd)
+    assert rc == 0, err
