@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 
 from qgraph.errors import PipelineError, QGraphError
 
@@ -193,7 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.verbose or args.debug:
         logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="qgraph: %(message)s")
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            if not (args.verbose or args.debug):  # numpy's "invalid value in divide" and kin: a second line
+                warnings.simplefilter("ignore", RuntimeWarning)  # beside the error they lead to; shown with -v
+            return args.func(args)
     except QGraphError as e:
         if args.debug:
             raise
