@@ -111,6 +111,14 @@ def _gc_paused():
 
 _DTYPE_CODES = frozenset(int(d) for d in DType)
 
+# where a tensor without raw_data keeps its values, and how many entries one element takes;
+# every other type of 8 to 16 bits keeps one element per int32_data entry
+_DATA_FIELDS = {
+    DType.FLOAT: ("float_data", 1), DType.COMPLEX64: ("float_data", 2), DType.DOUBLE: ("double_data", 1),
+    DType.COMPLEX128: ("double_data", 2), DType.INT64: ("int64_data", 1), DType.INT32: ("int32_data", 1),
+    DType.UINT32: ("uint64_data", 1), DType.UINT64: ("uint64_data", 1), DType.STRING: ("string_data", 1),
+}
+
 
 class _Scope:
     """Names visible in a graph: its own values, then the enclosing graphs'."""
@@ -147,7 +155,12 @@ class _Importer:
                                     "the file is corrupt or needs a newer onnx")
         if t.data_location != onnx.TensorProto.EXTERNAL:
             if t.HasField("raw_data"):
+                if t.data_type == onnx.TensorProto.STRING:
+                    raise InvalidModelError(f"{self.source}: {where} '{t.name}' is a STRING tensor with raw_data, which "
+                                            "ONNX does not allow (strings go in string_data); the file is corrupt")
                 self._check_bytes(t, len(t.raw_data), where)
+            else:
+                self._check_count(t, where)
             return Tensor.from_proto(t)
         info = {e.key: e.value for e in t.external_data}
         loc = info.get("location", "")
@@ -182,6 +195,18 @@ class _Importer:
             raise InvalidModelError(
                 f"{self.source}: {where} '{t.name}' has dims {list(t.dims)} of {DType(t.data_type).name} "
                 f"({want} bytes) but holds {got} bytes; the file is corrupt")
+
+    def _check_count(self, t: onnx.TensorProto, where: str) -> None:
+        """A typed data field (``float_data``, ``int32_data``, ...) must hold one entry per element."""
+        dtype = DType(t.data_type)
+        field, per = _DATA_FIELDS.get(dtype, ("int32_data", 1))
+        if field == "int32_data" and not 8 <= bit_width(dtype) <= 16 or dtype == DType.UNDEFINED:
+            return  # sub-byte types pack several elements per entry; UNDEFINED has no data
+        want, got = math.prod(t.dims) * per, len(getattr(t, field))
+        if got != want:
+            raise InvalidModelError(
+                f"{self.source}: {where} '{t.name}' has dims {list(t.dims)} of {dtype.name}, {want} values in "
+                f"{field}, but holds {got} there; the file is corrupt (or its data_type was changed)")
 
     # -- attributes -----------------------------------------------------------------------
     def attr(self, a: onnx.AttributeProto, scope: _Scope, node_name: str) -> Attr:
