@@ -100,3 +100,12 @@ def test_quantized_output_that_is_infinite_compiles(tmp_path, capfd):
                 helper.make_node("Reciprocal", ["c"], ["y"], name="recip")], ["y"], {"w": _weights(2, 3, 3, 3)})
     rc, err = _compile(tmp_path, m, capfd)
     assert rc in (0, 1) and "internal error" not in err, err
+
+
+def test_control_characters_in_names_do_not_break_the_error_line(tmp_path, capfd):
+    # fuzz mutated:10931: a flipped byte made a node name end in a form feed (\x0c), which the
+    # error message quoted as is; a newline in a name would split the line just the same
+    m = _model([helper.make_node("NoSuchOp", ["x"], ["y"], name="bad\nname\x0c\x1b[31m")], ["y"])
+    rc, err = _compile(tmp_path, m, capfd)
+    assert rc == 1 and err.count("\n") == 1 and err.isprintable() is False and err[:-1].isprintable(), repr(err)
+    assert "node 'bad\\nname\\x0c\\x1b[31m' uses unknown op 'NoSuchOp'" in err

@@ -19,6 +19,13 @@ from qgraph.errors import PipelineError, QGraphError
 log = logging.getLogger("qgraph")
 
 
+def _one_line(text: object) -> str:
+    """``text`` with control characters escaped: a name read from a corrupt file (a newline, a form
+    feed, an escape sequence) must not break the one-line error or drive the terminal."""
+    text = str(text)
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _cmd_passes(args: argparse.Namespace) -> int:
     from qgraph.passes import registry
 
@@ -201,13 +208,13 @@ def main(argv: list[str] | None = None) -> int:
     except QGraphError as e:
         if args.debug:
             raise
-        print(f"qgraph: error: {e}", file=sys.stderr)
+        print(f"qgraph: error: {_one_line(e)}", file=sys.stderr)
         return 1
     except OSError as e:  # the file system refused: unwritable output, a file where a folder should be, disk full
         if args.debug:
             raise
         where = f"{e.filename}: " if e.filename else ""
-        print(f"qgraph: error: {where}{e.strerror or e}", file=sys.stderr)
+        print(f"qgraph: error: {_one_line(where)}{_one_line(e.strerror or e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("qgraph: interrupted", file=sys.stderr)
@@ -215,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a bug in qgraph, not the user's input
         if args.debug:
             raise
-        print(f"qgraph: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
+        print(f"qgraph: internal error: {type(e).__name__}: {_one_line(e)} (rerun with --debug for the traceback)",
+              file=sys.stderr)
         return 3
 
 
