@@ -624,11 +624,13 @@ def random_graph(seed: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
             kh, kw = r.randint(1, min(3, h)), r.randint(1, min(3, w))
             stride = r.choice([1, 1, 2])
             pads = [r.randint(0, 1) for _ in range(4)]
-            oh, ow = (h + pads[0] + pads[2] - kh) // stride + 1, (w + pads[1] + pads[3] - kw) // stride + 1
+            dil = 2 if min(h, w) >= 5 and r.random() < 0.2 else 1
+            oh = (h + pads[0] + pads[2] - (kh - 1) * dil - 1) // stride + 1
+            ow = (w + pads[1] + pads[3] - (kw - 1) * dil - 1) // stride + 1
             wt = const(new("w"), rng.standard_normal((co, c // group, kh, kw)).astype(np.float32) * r.choice([0.1, 1, 5]))
             b = [const(new("b"), rng.standard_normal(co).astype(np.float32))] if r.random() < 0.7 else []
             nodes.append(helper.make_node("Conv", [cur, wt] + b, [out], kernel_shape=[kh, kw], pads=pads,
-                                          strides=[stride, stride], group=group, name=new("conv")))
+                                          strides=[stride, stride], dilations=[dil, dil], group=group, name=new("conv")))
             values[out] = (co, oh, ow)
         elif kind == "act":
             act = r.choice(["Relu", "Sigmoid", "Tanh", "LeakyRelu", "Clip", "HardSigmoid", "HardSwish", "Exp", "Neg",
@@ -657,8 +659,19 @@ def random_graph(seed: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
             op = r.choice(["MaxPool", "AveragePool"])
             kh, kw = r.randint(1, min(3, h)), r.randint(1, min(3, w))
             s = r.choice([1, 2])
-            nodes.append(helper.make_node(op, [cur], [out], kernel_shape=[kh, kw], strides=[s, s], name=new("pool")))
-            values[out] = (c, (h - kh) // s + 1, (w - kw) // s + 1)
+            attrs = {}
+            if r.random() < 0.3:  # padded (a pad is less than the kernel)
+                attrs["pads"] = [r.randint(0, kh - 1), r.randint(0, kw - 1), r.randint(0, kh - 1), r.randint(0, kw - 1)]
+                if op == "AveragePool":
+                    attrs["count_include_pad"] = r.randint(0, 1)
+            elif r.random() < 0.3:  # ceil mode, unpadded: the last window still starts inside
+                attrs["ceil_mode"] = 1
+            p = attrs.get("pads", [0, 0, 0, 0])
+            ceil = attrs.get("ceil_mode", 0)
+            nodes.append(helper.make_node(op, [cur], [out], kernel_shape=[kh, kw], strides=[s, s], name=new("pool"),
+                                          **attrs))
+            values[out] = (c, -(-(h + p[0] + p[2] - kh) // s) + 1 if ceil else (h + p[0] + p[2] - kh) // s + 1,
+                           -(-(w + p[1] + p[3] - kw) // s) + 1 if ceil else (w + p[1] + p[3] - kw) // s + 1)
         elif kind == "concat":
             same = [v for v, s in values.items() if s[1:] == (h, w)]
             parts = [cur] + [r.choice(same) for _ in range(r.randint(1, 2))]
@@ -775,6 +788,8 @@ def random_graph(seed: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
             break
         cur = out
     outputs = [cur] + ([r.choice(list(values))] if r.random() < 0.2 and len(values) > 1 else [])
+    if r.random() < 0.05:  # the input itself is also an output
+        outputs.append("x")
     graph = helper.make_graph(
         nodes, f"random{seed}", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch] + list(values["x"]))],
         [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in dict.fromkeys(outputs)], inits)
@@ -828,6 +843,20 @@ def describe(target: str, seed: int) -> str:
     return f"{len(model.graph.node)} nodes ({', '.join(n.op_type for n in model.graph.node)}), calib {calib['x'].shape}"
 
 
+# Findings whose fix belongs to a module under other work, each kept as a strict xfail in
+# tests/test_fuzz_findings.py: the CI budget reports them as known instead of failing. A
+# pattern here that nothing matches any more is one to delete.
+KNOWN = {
+    "math domain error": "verify/metrics.py sqnr_db: log10(0) when the quantized output is infinite",
+    "zero-dimensional arrays cannot be concatenated": "verify/report.py: a scalar (0-d) model output",
+}
+
+
+def known_issue(out: Outcome) -> str | None:
+    """The known finding ``out`` is, if any."""
+    return next((why for pattern, why in KNOWN.items() if pattern in out.detail), None) if out.finding else None
+
+
 @dataclass
 class Summary:
     cases: int = 0
@@ -835,6 +864,7 @@ class Summary:
     kinds: dict = field(default_factory=dict)
     findings: list = field(default_factory=list)  # (target, seed, Outcome)
     notes: list = field(default_factory=list)  # (target, seed, Outcome): refusals of valid random graphs
+    known: list = field(default_factory=list)  # (target, seed, Outcome): findings in KNOWN
 
 
 def _warm() -> None:
@@ -863,7 +893,11 @@ def fuzz(targets, seeds, *, seconds: float | None = None, time_limit: float = TI
             out = run_isolated(TARGETS[target], seed, time_limit=time_limit)
             summary.cases += 1
             summary.kinds[out.kind] = summary.kinds.get(out.kind, 0) + 1
-            if out.finding:
+            if known_issue(out):
+                summary.known.append((target, seed, out))
+                if log:
+                    log(f"KNOWN {target}:{seed} ({known_issue(out)}): {describe(target, seed)}")
+            elif out.finding:
                 summary.findings.append((target, seed, out))
                 if log:
                     log(f"FINDING {target}:{seed} [{out.kind}] {describe(target, seed)}\n    {out.detail.strip()[-1500:]}")
@@ -896,7 +930,7 @@ def main(argv: list[str] | None = None) -> int:
 
     s = fuzz(targets, range(args.start, 2**62), seconds=args.seconds, time_limit=args.time_limit, log=log)
     print(f"{s.cases} cases in {s.seconds:.0f} s: {json.dumps(s.kinds, sort_keys=True)}; {len(s.findings)} findings, "
-          f"{len(s.notes)} valid random graphs refused")
+          f"{len(s.known)} known, {len(s.notes)} valid random graphs refused")
     return int(bool(s.findings))
 
 
