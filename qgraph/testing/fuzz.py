@@ -892,6 +892,8 @@ def fuzz(targets, seeds, *, seconds: float | None = None, time_limit: float = TI
                 return summary
             out = run_isolated(TARGETS[target], seed, time_limit=time_limit)
             summary.cases += 1
+            if log and summary.cases % 200 == 0:
+                log(f"... {summary.cases} cases in {time.perf_counter() - start:.0f} s: {json.dumps(summary.kinds, sort_keys=True)}")
             summary.kinds[out.kind] = summary.kinds.get(out.kind, 0) + 1
             if known_issue(out):
                 summary.known.append((target, seed, out))
