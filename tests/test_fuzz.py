@@ -1,6 +1,6 @@
 """Fuzzing ``qgraph compile`` (``qgraph.testing.fuzz``): a fixed budget in CI, a longer one on demand.
 
-The CI budget is a fixed range of seeds (the same cases every run, about 45 s on a
+The CI budget is a fixed range of seeds (the same cases every run, about 50 s on a
 2-core machine); ``-m slow`` runs a deeper range, and ``python -m qgraph.testing.fuzz
 --seconds N`` runs for as long as asked. A failure lists each finding with its seed:
 ``python -m qgraph.testing.fuzz --replay mutated:SEED`` reruns it in-process.
@@ -10,8 +10,8 @@ import pytest
 
 from qgraph.testing import fuzz
 
-CI_MUTATED = range(0, 90)
-CI_RANDOM = range(0, 24)
+CI_MUTATED = range(0, 150)
+CI_RANDOM = range(0, 36)
 
 
 def _assert_no_findings(summary: fuzz.Summary) -> None:
