@@ -664,14 +664,20 @@ def random_graph(seed: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
                 attrs["pads"] = [r.randint(0, kh - 1), r.randint(0, kw - 1), r.randint(0, kh - 1), r.randint(0, kw - 1)]
                 if op == "AveragePool":
                     attrs["count_include_pad"] = r.randint(0, 1)
-            elif r.random() < 0.3:  # ceil mode, unpadded: the last window still starts inside
+            elif r.random() < 0.3:  # ceil mode, unpadded
                 attrs["ceil_mode"] = 1
             p = attrs.get("pads", [0, 0, 0, 0])
             ceil = attrs.get("ceil_mode", 0)
+
+            def pooled(n, k, before, after):
+                if not ceil:
+                    return (n + before + after - k) // s + 1
+                out_n = -(-(n + before + after - k) // s) + 1
+                return out_n - 1 if (out_n - 1) * s >= n + before else out_n  # no window starts past the input
+
             nodes.append(helper.make_node(op, [cur], [out], kernel_shape=[kh, kw], strides=[s, s], name=new("pool"),
                                           **attrs))
-            values[out] = (c, -(-(h + p[0] + p[2] - kh) // s) + 1 if ceil else (h + p[0] + p[2] - kh) // s + 1,
-                           -(-(w + p[1] + p[3] - kw) // s) + 1 if ceil else (w + p[1] + p[3] - kw) // s + 1)
+            values[out] = (c, pooled(h, kh, p[0], p[2]), pooled(w, kw, p[1], p[3]))
         elif kind == "concat":
             same = [v for v, s in values.items() if s[1:] == (h, w)]
             parts = [cur] + [r.choice(same) for _ in range(r.randint(1, 2))]
@@ -892,9 +898,9 @@ def fuzz(targets, seeds, *, seconds: float | None = None, time_limit: float = TI
                 return summary
             out = run_isolated(TARGETS[target], seed, time_limit=time_limit)
             summary.cases += 1
+            summary.kinds[out.kind] = summary.kinds.get(out.kind, 0) + 1
             if log and summary.cases % 200 == 0:
                 log(f"... {summary.cases} cases in {time.perf_counter() - start:.0f} s: {json.dumps(summary.kinds, sort_keys=True)}")
-            summary.kinds[out.kind] = summary.kinds.get(out.kind, 0) + 1
             if known_issue(out):
                 summary.known.append((target, seed, out))
                 if log:
