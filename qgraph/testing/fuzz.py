@@ -543,7 +543,42 @@ def _m_constant_node(r: random.Random, m: onnx.ModelProto) -> str:
     return f"initializer {node.output[0]} -> Constant node"
 
 
-STRUCTURAL = [_m_insert_op, _m_insert_op, _m_insert_op, _m_weights, _m_weights, _m_output_alias, _m_symbolic_dims,
+def _m_subgraph(r: random.Random, m: onnx.ModelProto) -> str:
+    """A node moved into both branches of an If on a constant condition; the branches read the
+    outer graph's values (sometimes one defined later, a missing one, or a nested If)."""
+    i = r.randrange(len(m.graph.node))
+    n = m.graph.node[i]
+    if not len(n.output) or not n.output[0]:
+        return _m_delete_node(r, m)
+    out = n.output[0]
+    branches = []
+    how = r.randrange(5)
+    for b in ("then", "else"):
+        inner = onnx.NodeProto()
+        inner.CopyFrom(n)
+        inner.name = f"{n.name}_{b}"
+        del inner.output[:]
+        inner.output.append(f"{out}_{b}")
+        if how == 1 and b == "else" and len(inner.input):
+            inner.input[0] = r.choice(_value_names(m.graph) + ["no_such_value"])  # maybe defined later, or not at all
+        nodes = [inner]
+        if how == 2 and b == "then":  # nested
+            sub = helper.make_graph([inner], "nested", [], [helper.make_tensor_value_info(f"{out}_{b}", TensorProto.FLOAT, None)])
+            cond2 = numpy_helper.from_array(np.array(True), f"cond2_{out}")
+            nodes = [helper.make_node("Constant", [], [cond2.name], value=cond2, name="cond2"),
+                     helper.make_node("If", [cond2.name], [f"{out}_{b}"], then_branch=sub, else_branch=sub, name="if2")]
+        outs = [helper.make_tensor_value_info(f"{out}_{b}" if how != 3 else "no_such_output", TensorProto.FLOAT, None)]
+        branches.append(helper.make_graph(nodes, f"{b}_branch", [], outs))
+    cond = numpy_helper.from_array(np.array(r.random() < 0.5), f"cond_{out}")
+    m.graph.initializer.append(cond)
+    extra = list(n.output[1:]) if how != 4 else []
+    del m.graph.node[i]
+    m.graph.node.insert(i, helper.make_node("If", [cond.name], [out], then_branch=branches[0],
+                                            else_branch=branches[1], name=f"if_{n.name}"))
+    return f"node {n.name} into an If ({how}){'; its other outputs dropped' if extra else ''}"
+
+
+STRUCTURAL = [_m_subgraph, _m_subgraph, _m_insert_op, _m_insert_op, _m_insert_op, _m_weights, _m_weights, _m_output_alias, _m_symbolic_dims,
               _m_constant_node, _m_delete_node, _m_duplicate_node, _m_rewire, _m_inputs_count, _m_attr_value, _m_attr_type,
               _m_remove_attr, _m_add_attr, _m_io_dtype, _m_io_shape, _m_value_info, _m_outputs,
               _m_drop_initializer, _m_initializer, _m_opset, _m_ir_version, _m_op_type, _m_reorder,
