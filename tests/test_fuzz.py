@@ -10,8 +10,8 @@ import pytest
 
 from qgraph.testing import fuzz
 
-CI_MUTATED = range(0, 150)
-CI_RANDOM = range(0, 36)
+CI_MUTATED = range(0, 280)
+CI_RANDOM = range(0, 48)
 
 
 def _assert_no_findings(summary: fuzz.Summary) -> None:
