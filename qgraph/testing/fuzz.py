@@ -5,24 +5,29 @@ Two targets, each case fully determined by an integer seed (``replay`` reruns on
 * ``mutated``: a bundled model (``golden/models``) with one to three structural mutations
   (a node deleted, duplicated or rewired, an attribute's value or type changed, an input's
   dtype or shape changed, an initializer dropped or resized, the opset changed, an unknown
-  op, the serialized bytes truncated or flipped, ...), compiled with the model's own
+  op, a node moved into an If, an op inserted that ONNX Runtime accepts but the passes
+  may not expect, hostile weights (NaN, huge, denormal), the serialized bytes truncated or
+  flipped, ...), compiled with the model's own
   calibration data. The contract of ``qgraph.cli.main``: success (rc 0) or a clear error
   (rc 1, one line ``qgraph: error: ...``). Anything else is a finding: an internal error
   (rc 3), a traceback, several lines, a hang, a crash of the process, a memory blow-up.
-* ``random``: a random small valid graph (Conv / pooling / activations / Add / Mul /
-  Concat / BatchNormalization / Gemm chains) with random calibration data. It must compile
+* ``random``: a random small valid graph (Conv / ConvTranspose / pooling / activations /
+  Add / Mul / Concat / Split / Pad / Slice / Resize / Transpose / Reshape / reductions /
+  BatchNormalization / LayerNormalization / MatMul / Gemm, opsets 13 to 21) with random
+  calibration data. It must compile
   (or fail with a clear error); where it compiles, the QDQ export must load and run in
   ONNX Runtime and the integer reference must give finite outputs of the float model's
   shapes.
 
-Every case runs in a forked child (about 10 ms on top of a compile of 0.3 to 1 s, where a
-fresh interpreter would cost 2 s of imports), so that a segfault in native code, a hang or a
-runaway allocation is a finding and not the end of the run: the child has an address-space
-limit and the parent kills it at the time bound.
+Every case runs in a forked child of a parent that has imported qgraph and ONNX Runtime
+once: the fork costs about 25 ms a case, where a fresh interpreter would pay 2 to 4 s of
+imports (measured here on a loaded 2-core machine; a case is 0.1 to 1 s). So a segfault in
+native code, a hang or a runaway allocation is a finding and not the end of the run: the
+child has an address-space limit and the parent kills it at the time bound.
 
-Coverage-guided fuzzing (atheris) was tried and left out: its coverage feedback lives in the
-fuzzed process, which the per-case fork isolation gives up, and in-process a single
-ONNX Runtime segfault ends the run.
+atheris installs and imports on Python 3.11 here, but is not used: its coverage feedback
+lives in the fuzzed process, which the per-case fork gives up, and in-process one ONNX
+Runtime segfault would end the run. The mutations are structure-aware instead.
 
 Usage::
 
