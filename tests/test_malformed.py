@@ -93,3 +93,19 @@ def test_typed_data_fields_of_every_kind_load():
         model.graph.initializer.append(helper.make_tensor(f"t{dtype}", dtype, [2], values))
     m = qgraph.load(model)
     assert m.graph.initializers[f"t{onnx.TensorProto.UINT32}"].const_value.numpy().tolist() == [1, 2]
+
+
+def test_node_reading_a_sparse_initializer_is_refused_by_that_name():
+    # found by hand beside the fuzzing: the message said 's' was defined by nothing
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(EXAMPLE)
+    sp = onnx.SparseTensorProto()
+    sp.values.CopyFrom(numpy_helper.from_array(np.array([1.0], np.float32), "s"))
+    sp.indices.CopyFrom(numpy_helper.from_array(np.array([0], np.int64), "s_indices"))
+    sp.dims.extend([1])
+    model.graph.sparse_initializer.append(sp)
+    model.graph.node.append(helper.make_node("Add", [model.graph.output[0].name, "s"], ["z"], name="add_s"))
+    with pytest.raises(InvalidModelError, match=r"node 'add_s' \(Add\) reads 's', a sparse initializer of graph"):
+        qgraph.load(model)

@@ -324,6 +324,11 @@ class _Importer:
                 inputs.append(None)
                 continue
             v = scope.lookup(name)
+            if v is None and any(sp.values.name == name for sp in gp.sparse_initializer):
+                raise InvalidModelError(
+                    f"{self.source}: node '{label}' ({op}) reads '{name}', a sparse initializer of graph "
+                    f"'{gp.name}'; qgraph reads dense initializers only: store it dense (e.g. onnx.numpy_helper."
+                    "from_array of its values scattered into zeros) and rerun")
             if v is None:
                 raise InvalidModelError(
                     f"{self.source}: node '{label}' ({op}) reads '{name}', which no node, input or "
