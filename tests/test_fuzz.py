@@ -6,9 +6,13 @@ The CI budget is a fixed range of seeds (the same cases every run, about 50 s on
 ``python -m qgraph.testing.fuzz --replay mutated:SEED`` reruns it in-process.
 """
 
+import os
+
 import pytest
 
 from qgraph.testing import fuzz
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="each case runs in a forked child")
 
 CI_MUTATED = range(0, 280)
 CI_RANDOM = range(0, 48)
@@ -40,7 +44,6 @@ def test_fuzz_deeper(target):
 
 def test_a_crash_a_hang_and_an_internal_error_are_findings():
     # the harness itself: what the child does is judged, and the parent survives it
-    import os
     import signal
     import time
 
