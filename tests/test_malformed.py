@@ -109,3 +109,16 @@ def test_node_reading_a_sparse_initializer_is_refused_by_that_name():
     model.graph.node.append(helper.make_node("Add", [model.graph.output[0].name, "s"], ["z"], name="add_s"))
     with pytest.raises(InvalidModelError, match=r"node 'add_s' \(Add\) reads 's', a sparse initializer of graph"):
         qgraph.load(model)
+
+
+def test_attribute_given_twice_is_refused():
+    # found beside the fuzzing: the last of two 'alpha's silently won, and calibration ran qgraph's
+    # re-export, so a model ONNX Runtime itself refuses ("appeared multiple times") compiled
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(EXAMPLE)
+    node = next(n for n in model.graph.node if n.op_type == "MaxPool")
+    node.attribute.append(helper.make_attribute("kernel_shape", [1, 1]))
+    with pytest.raises(InvalidModelError, match=rf"node '{node.name}' \(MaxPool\) has attribute 'kernel_shape' more than once"):
+        qgraph.load(model)

@@ -355,7 +355,14 @@ class _Importer:
                     overload=_name(getattr(np_, "overload", "")))
         node.metadata_props = {_text(p.key): _text(p.value) for p in getattr(np_, "metadata_props", ())}
         if np_.attribute:
-            node._attrs = MappingProxyType({_name(a.name): self.attr(a, scope, label) for a in np_.attribute})
+            attrs = {}
+            for a in np_.attribute:
+                if _name(a.name) in attrs:  # which one holds is undefined: the checker and ONNX Runtime refuse it
+                    raise InvalidModelError(
+                        f"{self.source}: node '{label}' ({op}) has attribute '{a.name}' more than once; "
+                        "keep the one you mean")
+                attrs[a.name] = self.attr(a, scope, label)
+            node._attrs = MappingProxyType(attrs)
         g.append(node)
 
     def _check_op(self, op: OpId, label: str) -> None:
