@@ -44,7 +44,7 @@ def _session(model: Model, names: list[str]):
             out.name = name
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # observe the graph as written
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # fatal only: a failed run's error is raised below, in one line; ORT's own log of it was a second
     try:
         return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
     except Exception as e:

@@ -13,10 +13,18 @@ import logging
 import os
 import sys
 import time
+import warnings
 
 from qgraph.errors import PipelineError, QGraphError
 
 log = logging.getLogger("qgraph")
+
+
+def _one_line(text: object) -> str:
+    """``text`` with control characters escaped: a name read from a corrupt file (a newline, a form
+    feed, an escape sequence) must not break the one-line error or drive the terminal."""
+    text = str(text)
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _cmd_passes(args: argparse.Namespace) -> int:
@@ -245,17 +253,20 @@ def _logging(level: int):
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            if not (args.verbose or args.debug):  # numpy's "invalid value in divide" and kin: a second line
+                warnings.simplefilter("ignore", RuntimeWarning)  # beside the error they lead to; shown with -v
+            return args.func(args)
     except QGraphError as e:
         if args.debug:
             raise
-        print(f"qgraph: error: {e}", file=sys.stderr)
+        print(f"qgraph: error: {_one_line(e)}", file=sys.stderr)
         return 1
     except OSError as e:  # the file system refused: unwritable output, a file where a folder should be, disk full
         if args.debug:
             raise
         where = f"{e.filename}: " if e.filename else ""
-        print(f"qgraph: error: {where}{e.strerror or e}", file=sys.stderr)
+        print(f"qgraph: error: {_one_line(where)}{_one_line(e.strerror or e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("qgraph: interrupted", file=sys.stderr)
@@ -263,7 +274,8 @@ def _run(args: argparse.Namespace) -> int:
     except Exception as e:  # a bug in qgraph, not the user's input
         if args.debug:
             raise
-        print(f"qgraph: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
+        print(f"qgraph: internal error: {type(e).__name__}: {_one_line(e)} (rerun with --debug for the traceback)",
+              file=sys.stderr)
         return 3
 
 

@@ -111,6 +111,14 @@ def _gc_paused():
 
 _DTYPE_CODES = frozenset(int(d) for d in DType)
 
+# where a tensor without raw_data keeps its values, and how many entries one element takes;
+# every other type of 8 to 16 bits keeps one element per int32_data entry
+_DATA_FIELDS = {
+    DType.FLOAT: ("float_data", 1), DType.COMPLEX64: ("float_data", 2), DType.DOUBLE: ("double_data", 1),
+    DType.COMPLEX128: ("double_data", 2), DType.INT64: ("int64_data", 1), DType.INT32: ("int32_data", 1),
+    DType.UINT32: ("uint64_data", 1), DType.UINT64: ("uint64_data", 1), DType.STRING: ("string_data", 1),
+}
+
 
 class _Scope:
     """Names visible in a graph: its own values, then the enclosing graphs'."""
@@ -147,7 +155,12 @@ class _Importer:
                                     "the file is corrupt or needs a newer onnx")
         if t.data_location != onnx.TensorProto.EXTERNAL:
             if t.HasField("raw_data"):
+                if t.data_type == onnx.TensorProto.STRING:
+                    raise InvalidModelError(f"{self.source}: {where} '{t.name}' is a STRING tensor with raw_data, which "
+                                            "ONNX does not allow (strings go in string_data); the file is corrupt")
                 self._check_bytes(t, len(t.raw_data), where)
+            else:
+                self._check_count(t, where)
             return Tensor.from_proto(t)
         info = {e.key: e.value for e in t.external_data}
         loc = info.get("location", "")
@@ -182,6 +195,18 @@ class _Importer:
             raise InvalidModelError(
                 f"{self.source}: {where} '{t.name}' has dims {list(t.dims)} of {DType(t.data_type).name} "
                 f"({want} bytes) but holds {got} bytes; the file is corrupt")
+
+    def _check_count(self, t: onnx.TensorProto, where: str) -> None:
+        """A typed data field (``float_data``, ``int32_data``, ...) must hold one entry per element."""
+        dtype = DType(t.data_type)
+        field, per = _DATA_FIELDS.get(dtype, ("int32_data", 1))
+        if field == "int32_data" and not 8 <= bit_width(dtype) <= 16 or dtype == DType.UNDEFINED:
+            return  # sub-byte types pack several elements per entry; UNDEFINED has no data
+        want, got = math.prod(t.dims) * per, len(getattr(t, field))
+        if got != want:
+            raise InvalidModelError(
+                f"{self.source}: {where} '{t.name}' has dims {list(t.dims)} of {dtype.name}, {want} values in "
+                f"{field}, but holds {got} there; the file is corrupt (or its data_type was changed)")
 
     # -- attributes -----------------------------------------------------------------------
     def attr(self, a: onnx.AttributeProto, scope: _Scope, node_name: str) -> Attr:
@@ -233,6 +258,11 @@ class _Importer:
 
         for vi in gp.input:
             v = Value(_name(vi.name), self._type(vi) if vi.HasField("type") else None, doc_string=_text(vi.doc_string))
+            if (outer is None and vi.name not in init_by_name and isinstance(v.type, TensorType)
+                    and v.type.dtype == DType.UNDEFINED):  # fed data needs a dtype: calibration, ORT, the reference
+                raise InvalidModelError(
+                    f"{self.source}: graph input '{vi.name}' declares element type UNDEFINED (0); "
+                    "set its elem_type to the type of the data it takes (e.g. 1 for FLOAT)")
             v.metadata_props = {_text(p.key): _text(p.value) for p in getattr(vi, "metadata_props", ())}
             t = init_by_name.get(vi.name)
             if t is not None:
@@ -294,6 +324,11 @@ class _Importer:
                 inputs.append(None)
                 continue
             v = scope.lookup(name)
+            if v is None and any(sp.values.name == name for sp in gp.sparse_initializer):
+                raise InvalidModelError(
+                    f"{self.source}: node '{label}' ({op}) reads '{name}', a sparse initializer of graph "
+                    f"'{gp.name}'; qgraph reads dense initializers only: store it dense (e.g. onnx.numpy_helper."
+                    "from_array of its values scattered into zeros) and rerun")
             if v is None:
                 raise InvalidModelError(
                     f"{self.source}: node '{label}' ({op}) reads '{name}', which no node, input or "
@@ -320,7 +355,14 @@ class _Importer:
                     overload=_name(getattr(np_, "overload", "")))
         node.metadata_props = {_text(p.key): _text(p.value) for p in getattr(np_, "metadata_props", ())}
         if np_.attribute:
-            node._attrs = MappingProxyType({_name(a.name): self.attr(a, scope, label) for a in np_.attribute})
+            attrs = {}
+            for a in np_.attribute:
+                if _name(a.name) in attrs:  # which one holds is undefined: the checker and ONNX Runtime refuse it
+                    raise InvalidModelError(
+                        f"{self.source}: node '{label}' ({op}) has attribute '{a.name}' more than once; "
+                        "keep the one you mean")
+                attrs[a.name] = self.attr(a, scope, label)
+            node._attrs = MappingProxyType(attrs)
         g.append(node)
 
     def _check_op(self, op: OpId, label: str) -> None:
