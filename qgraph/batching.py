@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from qgraph.errors import QGraphError
+from qgraph.errors import NPZ_READ_ERRORS, QGraphError
 from qgraph.progress import Progress
 
 #: The model metadata key (``Model.metadata_props``) holding the non-default sample axes, JSON.
@@ -126,7 +126,7 @@ def source_axes(source: Any) -> Axes:
                 if FILE_KEY not in z.files:
                     continue
                 given = parse_mapping(z[FILE_KEY], f"{f}: {FILE_KEY}")
-        except (OSError, ValueError):
+        except NPZ_READ_ERRORS:
             continue  # an unreadable file is reported, with its name, where its data is read
         for name, k in given.items():
             if name in found and found[name] != k:

@@ -7,6 +7,13 @@ chained traceback.
 
 from __future__ import annotations
 
+import zipfile
+
+#: what numpy's ``np.load`` raises for a file that is not a readable .npy / .npz: missing or
+#: unreadable, not numpy's format, a pickled object, or a damaged zip (not a zip, a bad CRC,
+#: truncated). Catch these, not ``Exception``, where a user's data file is read.
+NPZ_READ_ERRORS = (OSError, ValueError, zipfile.BadZipFile, EOFError)
+
 
 class QGraphError(Exception):
     """Base class of every error qgraph raises on purpose."""

@@ -48,8 +48,6 @@ def test_failed_ort_run_during_calibration_is_one_line(tmp_path, capfd):
     assert "Dilation not supported" in err
 
 
-@pytest.mark.xfail(strict=True, reason="qgraph/verify/report.py concatenates 0-d outputs (np.concatenate of "
-                   "scalars): a scalar model output is an internal error; fix there (np.stack or atleast_1d)")
 def test_scalar_output_compiles(tmp_path, capfd):
     # MatMul of two 1-D tensors: a 0-d output. `qgraph: internal error: ValueError: zero-dimensional
     # arrays cannot be concatenated` from build_report
@@ -59,9 +57,6 @@ def test_scalar_output_compiles(tmp_path, capfd):
     assert rc == 0, err
 
 
-@pytest.mark.xfail(strict=True, reason="the integer reference runs a float ConvTranspose with onnx.reference, "
-                   "whose grouped ConvTranspose reshapes W wrongly; ONNX Runtime ran it in calibration. Fix in "
-                   "qgraph/reference (an own grouped ConvTranspose, or a per-group split)")
 def test_grouped_conv_transpose_compiles(tmp_path, capfd):
     # rc 1 `unnamed ConvTranspose node failed: ValueError: cannot reshape array of size 36 into
     # shape (1,1,18)`: a qgraph bug worded as a user error
@@ -91,8 +86,6 @@ def test_numpy_runtime_warning_is_not_a_second_line(tmp_path):
                                  and r.stderr.startswith("qgraph: error: ")), r.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="qgraph/verify/metrics.py sqnr_db takes log10(signal / noise) where an "
-                   "infinite noise makes the ratio 0: math domain error, an internal error; fix there (0 -> -inf)")
 def test_quantized_output_that_is_infinite_compiles(tmp_path, capfd):
     # fuzz mutated:10751: Reciprocal of a Conv: finite in float, but a Conv output that quantizes
     # to 0 gives inf in the integer model; the report's SQNR fails with `ValueError: math domain error`
@@ -111,9 +104,6 @@ def test_control_characters_in_names_do_not_break_the_error_line(tmp_path, capfd
     assert "node 'bad\\nname\\x0c\\x1b[31m' uses unknown op 'NoSuchOp'" in err
 
 
-@pytest.mark.xfail(strict=True, reason="the integer reference runs a float Pad with onnx.reference, which hands "
-                   "negative pads (a crop, legal since opset 11) to np.pad; ONNX Runtime ran it in calibration. "
-                   "Fix in qgraph/reference (slice for the negative part)")
 def test_pad_with_negative_pads_compiles(tmp_path, capfd):
     # rc 1 `unnamed Pad node failed: ValueError: index can't contain negative values`: a qgraph
     # bug worded as a user error (the interpreter wraps every failure of a float op in InterpreterError)
@@ -123,9 +113,6 @@ def test_pad_with_negative_pads_compiles(tmp_path, capfd):
     assert rc == 0, err
 
 
-@pytest.mark.xfail(strict=True, reason="qgraph/calib/data.py _read_npz catches OSError and ValueError, but a "
-                   "corrupt zip raises zipfile.BadZipFile (neither): an internal error; fix there (and in "
-                   "compile_cmd._read_inputs, same pattern for --inputs)")
 def test_corrupt_npz_calibration_file_is_a_clear_error(tmp_path, capfd):
     # found beside the fuzzing: `qgraph: internal error: BadZipFile: File is not a zip file`
     bad = tmp_path / "calib.npz"
@@ -134,6 +121,19 @@ def test_corrupt_npz_calibration_file_is_a_clear_error(tmp_path, capfd):
                "-o", str(tmp_path / "out")])
     err = capfd.readouterr().err
     assert rc == 1 and err.startswith("qgraph: error: ") and str(bad) in err, err
+    # the same file as held-out data and as verify's inputs
+    calib = os.path.join(REPO, "golden", "data", "op_conv_calib.npz")
+    assert os.path.exists(calib)
+    rc = main(["compile", os.path.join(REPO, "golden", "models", "op_conv.onnx"), "--calib", calib, "--eval", str(bad),
+               "-o", str(tmp_path / "out")])
+    err = capfd.readouterr().err
+    assert rc == 1 and err.startswith(f"qgraph: error: eval data {bad}: ") and len(err.splitlines()) == 1, err
+    assert main(["compile", os.path.join(REPO, "golden", "models", "op_conv.onnx"), "--calib", calib,
+                 "-o", str(tmp_path / "out")]) == 0
+    capfd.readouterr()
+    rc = main(["verify", str(tmp_path / "out"), "--inputs", str(bad)])
+    err = capfd.readouterr().err
+    assert rc == 1 and err.startswith(f"qgraph: error: --inputs {bad}: ") and len(err.splitlines()) == 1, err
 
 
 @pytest.mark.xfail(strict=True, reason="passes/canonicalize.py merges inferred types with 'old wins on conflict': "

@@ -510,3 +510,40 @@ def test_lrn_across_channels_like_ort(size):
     got = run(from_proto(proto), {"x": x})["y"]
     want = session(proto).run(None, {"x": x})[0]
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("case", ["conv_transpose_group3", "pad_crop_constant", "pad_crop_reflect", "pad_crop_axes"])
+def test_float_ops_onnx_evaluator_gets_wrong_equal_onnx_runtime(case):
+    """Ops that onnx 1.23's evaluator fails on run natively (fuzz findings): a grouped
+    ConvTranspose (it reshaped the weights wrongly) and Pad with negative pads (a crop)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from qgraph.onnx import from_proto
+    from qgraph.reference import Interpreter
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 6, 5, 7)).astype(np.float32)
+    inits, opset = [], 18
+    if case == "conv_transpose_group3":
+        inits = [numpy_helper.from_array(rng.standard_normal((6, 2, 3, 3)).astype(np.float32), "w"),
+                 numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "b")]
+        node = helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], strides=[2, 2], pads=[1, 0, 1, 1], group=3)
+    else:
+        pads = {"pad_crop_constant": [0, 0, -2, 1, 0, 1, -1, -3], "pad_crop_reflect": [0, -1, 2, -2, 0, 0, -1, 1],
+                "pad_crop_axes": [-1, 2, 1, -3]}[case]
+        inits = [numpy_helper.from_array(np.array(pads, np.int64), "p")]
+        ins = ["x", "p"]
+        if case == "pad_crop_constant":
+            inits.append(numpy_helper.from_array(np.array(1.5, np.float32), "v"))
+            ins.append("v")
+        if case == "pad_crop_axes":
+            inits.append(numpy_helper.from_array(np.array([2, -1], np.int64), "a"))
+            ins += ["", "a"]
+        node = helper.make_node("Pad", ins, ["y"], mode="reflect" if case == "pad_crop_reflect" else "constant")
+    g = helper.make_graph([node], case, [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    want = session(proto).run(None, {"x": x})[0]
+    got = Interpreter(from_proto(proto)).run({"x": x})["y"]
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

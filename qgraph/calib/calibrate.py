@@ -11,7 +11,7 @@ from qgraph import batching
 from qgraph.calib.data import CalibrationDataError, input_specs, iter_samples
 from qgraph.calib.ranges import Interval, RangeMap
 from qgraph.calib.runner import observed_values, run_observed
-from qgraph.errors import QGraphError
+from qgraph.errors import NPZ_READ_ERRORS, QGraphError
 from qgraph.ir.core import Model
 from qgraph.progress import Progress
 
@@ -27,7 +27,7 @@ def _count_samples(data: Any, specs) -> int | None:
                     if s.batch_axis is not None and s.name in z.files:
                         shape = z[s.name].shape
                         return int(shape[s.batch_axis]) if s.batch_axis < len(shape) else None
-        except (OSError, ValueError):
+        except NPZ_READ_ERRORS:
             return None
     return None
 

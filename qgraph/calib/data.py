@@ -29,7 +29,7 @@ from typing import Any, Iterable, Iterator, Mapping
 import numpy as np
 
 from qgraph import batching
-from qgraph.errors import QGraphError
+from qgraph.errors import NPZ_READ_ERRORS, QGraphError
 from qgraph.ir.core import Model
 from qgraph.ir.dtypes import to_numpy
 from qgraph.ir.types import TensorType
@@ -63,18 +63,23 @@ def input_specs(model: Model, batch_axes: Mapping[str, int | None] | None = None
             for v in model.graph.inputs if not v.is_initializer()]
 
 
-def _read_npz(path: str) -> dict[str, np.ndarray]:
+def read_npz(path: str) -> dict[str, np.ndarray]:
+    """Every array of an .npz file.
+
+    Raises:
+        CalibrationDataError: the file cannot be read as one (names it and why).
+    """
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
+    except NPZ_READ_ERRORS as e:
         raise CalibrationDataError(f"{path}: not a readable .npz file ({e})") from e
 
 
 def _read_npy(path: str) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
+    except NPZ_READ_ERRORS as e:
         raise CalibrationDataError(f"{path}: not a readable .npy file ({e})") from e
 
 
@@ -91,7 +96,7 @@ def open_source(source: Any, specs: list[InputSpec]) -> Iterable[Mapping[str, np
             return _folder(path, files, specs)
         if path.endswith(".npy"):
             return _npy_batches([path], specs)
-        return [_labelled(_read_npz(path), path)]
+        return [_labelled(read_npz(path), path)]
     if isinstance(source, Mapping):
         return [source]
     try:
@@ -119,7 +124,7 @@ def _folder(path: str, files: list[str], specs: list[InputSpec]) -> Iterator[Map
     for f in files:
         full = os.path.join(path, f)
         if f.endswith(".npz"):
-            yield _labelled(_read_npz(full), full)
+            yield _labelled(read_npz(full), full)
         else:
             yield from _npy_batches([full], specs)
 

@@ -68,14 +68,10 @@ def _split_labels(arrays: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarra
 
 def read_labels(path: str) -> np.ndarray | None:
     """The labels array of an .npz (``labels`` or ``label``), or None when it holds none."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            for key in LABEL_KEYS:
-                if key in z.files:
-                    return z[key]
-    except (OSError, ValueError) as e:
-        raise QGraphError(f"{path}: not a readable .npz ({e})") from e
-    return None
+    from qgraph.calib.data import read_npz
+
+    arrays = read_npz(path)
+    return next((arrays[key] for key in LABEL_KEYS if key in arrays), None)
 
 
 def read_feeds(source: Any, model: Model, where: str) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
@@ -95,11 +91,12 @@ def read_feeds(source: Any, model: Model, where: str) -> tuple[dict[str, np.ndar
         path = os.fspath(source)
         if not os.path.isfile(path):
             raise QGraphError(f"{where}: no such file")
+        from qgraph.calib.data import CalibrationDataError, read_npz
+
         try:
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as e:
-            raise QGraphError(f"{where}: not a readable .npz ({e})") from e
+            arrays = read_npz(path)
+        except CalibrationDataError as e:
+            raise QGraphError(f"{where}: {e}") from e
     elif isinstance(source, Mapping):
         arrays = {k: np.asarray(v) for k, v in source.items()}
     else:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from qgraph.verify.markdown import header_lines, num, range_text, weight_text
+from qgraph.verify.metrics import fmt
 
 #: layers shown in the "worst layers" table
 WORST = 10
@@ -113,7 +114,7 @@ def render_html(report) -> str:
 
     parts.append(f"<h2>Outputs (quantized vs float, {escape(str(s.get('measured_on')))})</h2>")
     parts.append(_table(["output", "SQNR dB", "cosine", "top-1 agreement", "accuracy float", "accuracy quantized"],
-                        [[k, num(m.get("sqnr_db")), f"{m.get('cosine', 0):.6f}",
+                        [[k, num(m.get("sqnr_db")), fmt(m.get('cosine', 0), '.6f'),
                           *("" if m.get(x) is None else f"{m[x] * 100:.2f}%"
                             for x in ("top1", "accuracy_float", "accuracy_quantized"))]
                          for k, m in report.outputs.items()]))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from qgraph.verify.metrics import fmt
+
 
 def num(x) -> str:
     """A number with 4 significant digits (``%.4g``); strings (``inf``) as they are; None as ''."""
@@ -61,7 +63,7 @@ def render_markdown(report) -> str:
     for name, m in report.outputs.items():
         pct = {k: "" if m.get(k) is None else f"{m[k] * 100:.2f}%" for k in ("top1", "accuracy_float",
                                                                             "accuracy_quantized")}
-        lines.append(f"| {name} | {num(m.get('sqnr_db'))} | {m.get('cosine', 0):.6f} | {pct['top1']} | "
+        lines.append(f"| {name} | {num(m.get('sqnr_db'))} | {fmt(m.get('cosine', 0), '.6f')} | {pct['top1']} | "
                      f"{pct['accuracy_float']} | {pct['accuracy_quantized']} |")
     lines += ["", "top-1 agreement is given for classifier-shaped outputs only (`[N, C]`, or a softmax-like "
               "last axis; see `qgraph.verify.metrics.classifier_shaped`); accuracy where the data has `labels`."]

@@ -29,14 +29,22 @@ def _pair(ref, test) -> tuple[np.ndarray, np.ndarray]:
 
 
 def sqnr_db(ref, test) -> float:
-    """``10 log10(|ref|^2 / |ref - test|^2)`` in dB; ``inf`` when equal, ``-inf`` for a zero reference."""
+    """``10 log10(|ref|^2 / |ref - test|^2)`` in dB (``energy_db``)."""
     ref, test = _pair(ref, test)
-    noise = float(np.sum((ref - test) ** 2))
-    signal = float(np.sum(ref ** 2))
+    with np.errstate(over="ignore", invalid="ignore"):
+        return energy_db(float(np.sum(ref ** 2)), float(np.sum((ref - test) ** 2)))
+
+
+def energy_db(signal: float, noise: float) -> float:
+    """SQNR from signal and noise energies: ``inf`` when the noise is zero; ``-inf`` for a zero
+    reference, and where the noise is infinite or NaN (a quantized output that overflowed
+    to inf, e.g. the reciprocal of a value that quantized to 0: unusable, not a crash)."""
     if noise == 0.0:
         return math.inf
-    if signal == 0.0:
+    if signal == 0.0 or not math.isfinite(noise):
         return -math.inf
+    if not math.isfinite(signal):
+        return math.nan
     return 10.0 * math.log10(signal / noise)
 
 
@@ -87,10 +95,22 @@ class Comparison:
 
 
 def json_float(v):
-    """``v``, with an infinite float written as the string "inf" / "-inf" (JSON has no infinity)."""
+    """``v``, with an infinite or NaN float written as the string "inf" / "-inf" / "nan" (JSON
+    has neither)."""
     if isinstance(v, float) and math.isinf(v):
         return "inf" if v > 0 else "-inf"
+    if isinstance(v, float) and math.isnan(v):
+        return "nan"
     return v
+
+
+def fmt(v, spec: str) -> str:
+    """``format(v, spec)`` for a finite number; an infinite or NaN one, or its JSON string
+    form (``json_float``), as it is ("inf", "-inf", "nan")."""
+    if isinstance(v, str):
+        return v
+    v = float(v)
+    return format(v, spec) if math.isfinite(v) else str(v)
 
 
 def compare(ref, test, *, classes: bool = False) -> Comparison:

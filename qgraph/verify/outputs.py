@@ -18,7 +18,7 @@ import numpy as np
 
 from qgraph.ir import ops
 from qgraph.ir.core import Model
-from qgraph.verify.metrics import output_metrics
+from qgraph.verify.metrics import fmt, output_metrics
 
 
 def output_scales(qdq: Model) -> dict[str, float]:
@@ -84,7 +84,7 @@ def format_metrics(m: Mapping[str, Any]) -> str:
     quantized``: one output's ``output_metrics`` (or their JSON form) as ``qgraph verify`` and
     ``qgraph compile`` print them."""
     sqnr = m["sqnr_db"]
-    text = f"SQNR {sqnr if isinstance(sqnr, str) else format(sqnr, '.2f')} dB, cosine {m['cosine']:.6f}"
+    text = f"SQNR {sqnr if isinstance(sqnr, str) else fmt(sqnr, '.2f')} dB, cosine {fmt(m['cosine'], '.6f')}"
     if m.get("top1") is not None:
         text += f", top-1 agreement {m['top1'] * 100:.2f}%"
     if m.get("accuracy_float") is not None:

@@ -286,8 +286,8 @@ def build_report(q, calib: Any, samples: int = 8, *, eval: Any = None, model_pat
         flt, ref, outputs = quantized_vs_float(q, eval.feeds, eval.labels)
         measured_on = f"on {eval.describe()}"
     else:
-        flt = {k: np.concatenate(v) for k, v in outs_f.items() if v}
-        ref = {k: np.concatenate(outs_q[k]) for k in flt}
+        flt = {k: np.concatenate([np.atleast_1d(a) for a in v]) for k, v in outs_f.items() if v}  # 0-d outputs too
+        ref = {k: np.concatenate([np.atleast_1d(a) for a in outs_q[k]]) for k in flt}
         outputs = {k: output_metrics(flt[k], ref[k], measured) for k in flt}
         measured_on = f"on calibration data (in-sample), {measured} samples"
 
@@ -316,8 +316,6 @@ def build_report(q, calib: Any, samples: int = 8, *, eval: Any = None, model_pat
 def _db(signal: float, noise: float):
     """SQNR from signal and noise energies summed over samples (``sqnr_db`` of the
     concatenation, without holding every sample's tensors), JSON-safe."""
-    if noise == 0.0:
-        return "inf"
-    if signal == 0.0:
-        return "-inf"
-    return 10.0 * math.log10(signal / noise)
+    from qgraph.verify.metrics import energy_db, json_float
+
+    return json_float(energy_db(signal, noise))
