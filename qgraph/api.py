@@ -173,8 +173,11 @@ class QuantizedModel:
                 size the model (or build) takes: ``qgraph.batching.run_in_batches``.
 
         Raises:
-            QGraphError: unknown backend, ``tvm`` without a build, or feeds that do not fit.
+            QGraphError: unknown backend, ``tvm`` without a build, or feeds that do not fit
+                (NaN / Inf included: ``batching.check_finite``).
         """
+        if backend in BACKENDS:
+            batching.check_finite(feeds, batching.model_axes(self.integer), f"backend '{backend}'")
         if backend == "reference":
             from qgraph.reference import Interpreter
 
@@ -505,6 +508,7 @@ class CompiledDir:
         """Run the folder's models on any number of samples; ``backend`` as in
         ``QuantizedModel.run`` (``tvm`` runs the exported build)."""
         if backend == "tvm":
+            batching.check_finite(feeds, batching.model_axes(self.integer), "backend 'tvm'")
             return run_batched(self.tvm_build(), feeds, model=self.integer, probe=self.float_model)
         q = QuantizedModel(self.float_model, self.qdq, self.integer, None, None)
         return q.run(feeds, backend)

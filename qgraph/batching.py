@@ -367,6 +367,30 @@ def check_feeds(feeds: Mapping[str, np.ndarray], shapes: Mapping[str, Sequence |
     return arrays
 
 
+def check_finite(arrays: Mapping[str, np.ndarray], axes: Mapping[str, int | None], where: str,
+                 first: int = 0) -> None:
+    """Refuse NaN / Inf in float inputs, naming the input and the first sample that holds one
+    (``first`` numbers the arrays' first sample): a quantized model has no code for them
+    (QuantizeLinear makes NaN 0 in ONNX Runtime, silently), and the error would otherwise
+    name the internal Quantize node that met it.
+
+    Raises:
+        BatchingError: ``where: input 'x' sample 17 contains NaN; ...``.
+    """
+    for name, a in arrays.items():
+        a = np.asarray(a)
+        if a.dtype.kind != "f" or np.isfinite(a).all():
+            continue
+        bad = "NaN" if np.isnan(a).any() else "Inf"
+        k = axes.get(name, default_axis(a.shape))
+        if k is None or k >= a.ndim:
+            raise BatchingError(f"{where}: input '{name}' (the same for every sample) contains {bad}; fix it")
+        other = tuple(i for i in range(a.ndim) if i != k)
+        sample = first + int(np.argmax(~np.isfinite(a).all(axis=other)))
+        raise BatchingError(f"{where}: input '{name}' sample {sample} contains {bad}; a quantized model cannot take "
+                            "it: remove or fix that sample")
+
+
 def run_in_batches(run: Callable[[dict], Mapping[str, np.ndarray]], feeds: Mapping[str, np.ndarray],
                    shapes: Mapping[str, Sequence | None], axes: Mapping[str, int | None], *,
                    output_axes: Mapping[str, int] | Callable[[], Mapping[str, int]] | None = None,

@@ -358,3 +358,25 @@ def test_eval_numbers_equal_verify_on_every_layout(tmp_path, capsys, layout):
     for line in _headline(said):  # the same numbers, to the digit, in compile's summary
         name, numbers = line.split(": quantized vs float: ")
         assert f"{name} {numbers}" in compiled, (line, compiled)
+
+
+def test_nan_in_run_inputs_names_the_input_and_sample(tmp_path, capsys):
+    model = save(recurrent(1), tmp_path / "rec.onnx")
+    _recurrent_data(tmp_path / "calib.npz", N, RNG_CALIB)
+    feeds = _recurrent_data(tmp_path / "test.npz", N, RNG_TEST)
+    run_cli(["compile", model, "--calib", str(tmp_path / "calib.npz"), "-o", str(tmp_path / "q"),
+             "--batch-axis", "state=1"], capsys)
+    feeds["state"][1, 5, 3] = np.nan  # sample 5 of a state batched on axis 1
+    np.savez(tmp_path / "nan.npz", **feeds)
+    nan = str(tmp_path / "nan.npz")
+    for args in (["run", str(tmp_path / "q"), "--inputs", nan, "-o", str(tmp_path / "y.npz"), "--backend", "ort"],
+                 ["verify", str(tmp_path / "q"), "--inputs", nan]):
+        assert f"--inputs {nan}: input 'state' sample 5 contains NaN" in fails(args, capsys)
+    err = fails(["compile", model, "--calib", str(tmp_path / "calib.npz"), "-o", str(tmp_path / "q2"),
+                 "--batch-axis", "state=1", "--eval", nan], capsys)
+    assert f"eval data {nan}: input 'state' sample 5 contains NaN" in err
+    c = CompiledDir.load(str(tmp_path / "q"))
+    for backend in ("reference", "ort-sim"):  # the Python API names it too, not the Quantize node that met it
+        with pytest.raises(QGraphError, match=f"backend '{backend}': input 'state' sample 5 contains NaN"):
+            c.run(feeds, backend)
+    assert np.isnan(c.run_float(feeds)["new_state"][:, 5]).any()  # the float model takes NaN as ONNX does

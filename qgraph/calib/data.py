@@ -209,15 +209,10 @@ def _agree(given: Mapping[str, int | None], specs: list[InputSpec], origin: str)
 
 
 def _check_finite(spec: InputSpec, a: np.ndarray, origin: str, index: int) -> None:
-    if a.dtype.kind != "f" or np.isfinite(a).all():
-        return
-    bad = "NaN" if np.isnan(a).any() else "Inf"
-    if spec.batch_axis is None:
-        raise CalibrationDataError(f"{origin}: input '{spec.name}' (the same for every sample) contains {bad}; fix it")
-    other = tuple(i for i in range(a.ndim) if i != spec.batch_axis)
-    first = int(np.argmax(~np.isfinite(a).all(axis=other)))
-    raise CalibrationDataError(f"{origin}: input '{spec.name}' sample {index + first} contains {bad}; "
-                               "remove or fix that sample")
+    try:
+        batching.check_finite({spec.name: a}, {spec.name: spec.batch_axis}, origin, index)
+    except QGraphError as e:
+        raise CalibrationDataError(str(e)) from e
 
 
 def _check_array(spec: InputSpec, a: np.ndarray, origin: str, index: int) -> np.ndarray:

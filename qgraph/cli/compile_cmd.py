@@ -103,6 +103,7 @@ def _laid_out(c, path: str, items: list[str] | None) -> dict[str, np.ndarray]:
     feeds = _read_inputs(path, c.float_model)
     file_axes = batching.source_axes(path)
     c.set_batch_axes(batching.combine(None, file_axes, explicit, f"--inputs {path}"))
+    batching.check_finite(feeds, batching.model_axes(c.integer), f"--inputs {path}")
     return feeds
 
 

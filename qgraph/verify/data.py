@@ -136,6 +136,7 @@ def load_eval(source: Any, model: Model, axes: Mapping[str, Any] | None = None) 
     shapes = batching.input_shapes(model)
     resolved = batching.model_axes(model, batching.combine(axes, batching.source_axes(source), None, where))
     n = batching.count(feeds, resolved, where)
+    batching.check_finite(feeds, resolved, where)
     if not n:
         raise QGraphError(f"{where}: the inputs hold no samples")
     if labels is not None and (labels.ndim == 0 or labels.shape[0] != n):
