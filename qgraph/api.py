@@ -26,6 +26,7 @@ import numpy as np
 from qgraph import batching
 from qgraph.errors import QGraphError
 from qgraph.ir.core import Model
+from qgraph.progress import stage
 
 #: Files ``QuantizedModel.save`` writes into its folder.
 FLOAT_FILE = "model.float.onnx"
@@ -370,22 +371,25 @@ def quantize(model: Any, calib: Any, config: Any = None, *, method: str = "minma
         from qgraph.verify.data import load_eval
 
         held_out = load_eval(eval, float_model)
-    PassManager(registry().parse("canonicalize,fuse"), PassContext()).run(float_model)
+    with stage("canonicalize,fuse", enabled=show_progress):
+        PassManager(registry().parse("canonicalize,fuse"), PassContext()).run(float_model)
     ranges = calibrate(float_model, calib, method, show_progress=show_progress, **dict(method_options or {}))
     float_model.calibration = ranges
 
-    qdq = clone(float_model)
-    PassManager([InsertQDQ.from_config(cfg)], PassContext()).run(qdq)
-    integer = clone(qdq)
-    lower = LowerQDQ()
-    PassManager([lower], PassContext()).run(integer)
+    with stage("insert-qdq, lower-qdq", enabled=show_progress):
+        qdq = clone(float_model)
+        PassManager([InsertQDQ.from_config(cfg)], PassContext()).run(qdq)
+        integer = clone(qdq)
+        lower = LowerQDQ()
+        PassManager([lower], PassContext()).run(integer)
     result = QuantizedModel(float_model, qdq, integer, ranges, cfg)
     if report:
         from qgraph.verify.report import build_report
 
-        result.report = build_report(result, calib, samples=report_samples, eval=held_out,
-                                     model_path=os.fspath(model) if isinstance(model, (str, os.PathLike)) else None,
-                                     declared_outputs=declared, fallback_reasons=lower.fallback_reasons)
+        with stage("report", enabled=show_progress):
+            result.report = build_report(result, calib, samples=report_samples, eval=held_out,
+                                         model_path=os.fspath(model) if isinstance(model, (str, os.PathLike)) else None,
+                                         declared_outputs=declared, fallback_reasons=lower.fallback_reasons)
     return result
 
 
