@@ -234,6 +234,20 @@ def test_labels_give_accuracy(digits_test):
     assert m["accuracy_quantized"] == float(np.mean(q.run({"input": x[:100]})["logits"].argmax(1) == labels[:100]))
 
 
+def test_verify_gives_each_backends_accuracy_against_labels(tmp_path, capsys, digits_test):
+    x, labels = digits_test
+    np.savez(tmp_path / "held.npz", input=x[:64], labels=labels[:64])
+    assert main(["compile", DIGITS, "--calib", CALIB, "-o", str(tmp_path / "q")]) == 0
+    capsys.readouterr()
+    assert main(["verify", str(tmp_path / "q"), "--inputs", str(tmp_path / "held.npz")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    q = qgraph.api.CompiledDir.load(str(tmp_path / "q"))
+    for backend, label in (("ort-sim", "QDQ simulated"), ("ort", "default CPU kernels")):
+        acc = float(np.mean(q.run({"input": x[:64]}, backend)["logits"].argmax(1) == labels[:64]))
+        line = next(line for line in lines if label in line)
+        assert line.endswith(f", accuracy {acc * 100:.2f}%"), line
+
+
 def test_without_eval_the_numbers_say_in_sample(tmp_path, capsys):
     out = tmp_path / "o"
     assert main(["compile", DIGITS, "--calib", CALIB, "-o", str(out)]) == 0

@@ -212,7 +212,7 @@ def _batching(build, feeds, c) -> str:
 def cmd_verify(args: argparse.Namespace) -> int:
     from qgraph import batching
     from qgraph.api import CompiledDir
-    from qgraph.verify.outputs import format_verify, verify_outputs
+    from qgraph.verify.outputs import backend_line, format_verify, verify_outputs
 
     c = CompiledDir.load(args.outdir)
     feeds = _laid_out(c, args.inputs, args.batch_axis)
@@ -235,9 +235,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     for name, m in result.items():
         lines += format_verify({name: m}, n).splitlines()[1:]
         if tvm_label:
-            e = m["tvm"]
-            lines.append(f"  reference vs {tvm_label}: max {e['max_lsb']} LSB, {e['exact'] * 100:.2f}% exact"
-                         if "max_lsb" in e else f"  reference vs {tvm_label}: max |diff| {e['max_abs']:.4g} (float output)")
+            lines.append(backend_line(tvm_label, m["tvm"]))
     if skipped:
         lines.append(skipped)
     print("\n".join(lines))

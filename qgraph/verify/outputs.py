@@ -33,10 +33,6 @@ def output_scales(qdq: Model) -> dict[str, float]:
     return scales
 
 
-def _samples(feeds: Mapping[str, np.ndarray]) -> int:
-    return int(next(iter(feeds.values())).shape[0]) if feeds else 0
-
-
 def quantized_vs_float(compiled, feeds: Mapping[str, np.ndarray], labels=None):
     """The float model (ONNX Runtime) and the L3 model (reference interpreter) on ``feeds``,
     in one batch each, and ``output_metrics`` per output.
@@ -53,7 +49,9 @@ def quantized_vs_float(compiled, feeds: Mapping[str, np.ndarray], labels=None):
 
     ref = compiled.run(feeds, "reference")
     flt = run_ort(compiled.float_model, feeds, what="the float model (ONNX Runtime)")
-    n = _samples(feeds)
+    from qgraph import batching
+
+    n = batching.sample_count(compiled.float_model, feeds) if feeds else 0
     return flt, ref, {name: output_metrics(f, ref[name], n, labels) for name, f in flt.items()}
 
 
@@ -74,6 +72,9 @@ def verify_outputs(compiled, feeds: Mapping[str, np.ndarray], backends=("ort-sim
                 lsb = np.rint(diff / scales[name])
                 entry.update(max_lsb=int(lsb.max()) if lsb.size else 0,
                              exact=float(np.mean(lsb == 0)) if lsb.size else 1.0)
+            if "accuracy_quantized" in m:  # labels fit this output: each backend's own accuracy
+                entry["accuracy"] = float(np.mean(np.asarray(outs[name]).argmax(axis=-1)
+                                                  == np.asarray(labels).astype(np.int64)))
             m[b] = entry
         result[name] = m
     return result
@@ -100,9 +101,13 @@ def format_verify(result: Mapping[str, Any], samples: int) -> str:
         for b, label in (("ort-sim", "ONNX Runtime, QDQ simulated (disable_quant_qdq)"),
                          ("ort", "ONNX Runtime, default CPU kernels")):
             if b in m:
-                e = m[b]
-                if "max_lsb" in e:
-                    lines.append(f"  reference vs {label}: max {e['max_lsb']} LSB, {e['exact'] * 100:.2f}% exact")
-                else:
-                    lines.append(f"  reference vs {label}: max |diff| {e['max_abs']:.4g} (float output)")
+                lines.append(backend_line(label, m[b]))
     return "\n".join(lines)
+
+
+def backend_line(label: str, e: Mapping[str, Any]) -> str:
+    """``  reference vs LABEL: max 0 LSB, 100.00% exact[, accuracy 97.00%]``: one backend of
+    ``verify_outputs`` against the reference."""
+    text = (f"  reference vs {label}: max {e['max_lsb']} LSB, {e['exact'] * 100:.2f}% exact" if "max_lsb" in e
+            else f"  reference vs {label}: max |diff| {e['max_abs']:.4g} (float output)")
+    return text + (f", accuracy {e['accuracy'] * 100:.2f}%" if "accuracy" in e else "")
