@@ -719,15 +719,18 @@ def random_graph(seed: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
             p = attrs.get("pads", [0, 0, 0, 0])
             ceil = attrs.get("ceil_mode", 0)
 
-            def pooled(n, k, before, after):
-                if not ceil:
-                    return (n + before + after - k) // s + 1
-                out_n = -(-(n + before + after - k) // s) + 1
-                return out_n - 1 if (out_n - 1) * s >= n + before else out_n  # no window starts past the input
+            def pooled(n, k, before, after, ceil):
+                return -(-(n + before + after - k) // s) + 1 if ceil else (n + before + after - k) // s + 1
+
+            if ceil and any((pooled(n, k, 0, 0, 1) - 1) * s >= n for n, k in ((h, kh), (w, kw))):
+                # a last window starting past the input: ONNX shape inference counts it, ONNX Runtime's
+                # kernel drops it; a model on that edge is refused either way, so stay off it
+                del attrs["ceil_mode"]
+                ceil = 0
 
             nodes.append(helper.make_node(op, [cur], [out], kernel_shape=[kh, kw], strides=[s, s], name=new("pool"),
                                           **attrs))
-            values[out] = (c, pooled(h, kh, p[0], p[2]), pooled(w, kw, p[1], p[3]))
+            values[out] = (c, pooled(h, kh, p[0], p[2], ceil), pooled(w, kw, p[1], p[3], ceil))
         elif kind == "concat":
             same = [v for v, s in values.items() if s[1:] == (h, w)]
             parts = [cur] + [r.choice(same) for _ in range(r.randint(1, 2))]
