@@ -388,7 +388,7 @@ def quantize(model: Any, calib: Any, config: Any = None, *, method: str = "minma
 
         with stage("report", enabled=show_progress):
             result.report = build_report(result, calib, samples=report_samples, eval=held_out,
-                                         model_path=os.fspath(model) if isinstance(model, (str, os.PathLike)) else None,
+                                         model_path=os.path.abspath(model) if isinstance(model, (str, os.PathLike)) else None,
                                          declared_outputs=declared, fallback_reasons=lower.fallback_reasons)
     return result
 

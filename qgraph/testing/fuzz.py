@@ -907,8 +907,6 @@ def describe(target: str, seed: int) -> str:
 # pattern here that nothing matches any more is one to delete.
 # Keys: substrings that must all occur in the finding's detail.
 KNOWN = {
-    ("math domain error",): "verify/metrics.py sqnr_db: log10(0) when the quantized output is infinite",
-    ("zero-dimensional arrays cannot be concatenated",): "verify/report.py: a scalar (0-d) model output",
     ("cannot load the QDQ export", "ShapeInferenceError"):
         "passes/canonicalize.py: a declared shape that contradicts the graph wins over the inferred one and "
         "reaches the QDQ export's value_info",
