@@ -12,6 +12,11 @@ from typing import Any
 from qgraph.verify.metrics import fmt
 
 
+def samples(n) -> str:
+    """``1 sample``, ``8 samples``."""
+    return f"{n} sample{'' if n == 1 else 's'}"
+
+
 def num(x) -> str:
     """A number with 4 significant digits (``%.4g``); strings (``inf``) as they are; None as ''."""
     if x is None:
@@ -27,10 +32,10 @@ def header_lines(s: dict[str, Any]) -> list[tuple[str, str]]:
     return [
         ("model", str(s.get("model") or "(in memory)")),
         ("qgraph", str(s.get("qgraph_version"))),
-        ("calibration", f"{s.get('method')} on {s.get('calibration_samples')} samples"),
+        ("calibration", f"{s.get('method')} on {samples(s.get('calibration_samples'))}"),
         ("config", str(s.get("config"))),
         ("target", str(s.get("target") or "not given (the QDQ model and the integer reference)")),
-        ("eval data", f"{ev['samples']} samples from {ev['source']}" + (" with labels" if ev.get("labels") else "")
+        ("eval data", f"{samples(ev['samples'])} from {ev['source']}" + (" with labels" if ev.get("labels") else "")
          if ev else ("none: output metrics are on calibration data (in-sample); "
                      "give held-out data with --eval DATA.npz (eval= in Python)")),
         ("ops", f"{s.get('integer_ops')} integer, {s.get('lookups', 0)} table lookups, {s.get('float_ops')} float"),

@@ -264,6 +264,7 @@ def build_report(q, calib: Any, samples: int = 8, *, eval: Any = None, model_pat
     """
     import qgraph
     from qgraph.verify import diagnose
+    from qgraph.verify.markdown import samples as n_samples
     from qgraph.verify.float_ops import op_counts, stayed_float
     from qgraph.verify.metrics import json_float, output_metrics
     from qgraph.verify.outputs import quantized_vs_float
@@ -279,7 +280,7 @@ def build_report(q, calib: Any, samples: int = 8, *, eval: Any = None, model_pat
         layers_on = f"the first {_count(q.float_model, feeds)} of {eval.describe()}"
     else:
         feeds = calib_first
-        layers_on = f"{_count(q.float_model, feeds)} calibration samples (in-sample)"
+        layers_on = f"{n_samples(_count(q.float_model, feeds)).replace('sample', 'calibration sample')} (in-sample)"
     measured = _count(q.float_model, feeds)
     outs_f, outs_q, shapes = _layer_sqnr(q, rows, feeds)
     if eval is not None:
@@ -289,7 +290,7 @@ def build_report(q, calib: Any, samples: int = 8, *, eval: Any = None, model_pat
         flt = {k: np.concatenate([np.atleast_1d(a) for a in v]) for k, v in outs_f.items() if v}  # 0-d outputs too
         ref = {k: np.concatenate([np.atleast_1d(a) for a in outs_q[k]]) for k in flt}
         outputs = {k: output_metrics(flt[k], ref[k], measured) for k in flt}
-        measured_on = f"on calibration data (in-sample), {measured} samples"
+        measured_on = f"on calibration data (in-sample), {n_samples(measured)}"
 
     mixed = diagnose.check_mixed_ranges(q.float_model, q.ranges, q.config,
                                         {r["output"]["tensor"]: r["output"]["dtype"] for r in rows if "output" in r})
