@@ -182,7 +182,7 @@ def test_single_calibration_sample_warns(digits_test):
     q = qgraph.quantize(DIGITS, {"input": x[:1]})
     few = [w for w in q.report.warnings if w.kind == "few-samples"]
     assert len(few) == 1 and "1 sample:" in few[0].message
-    assert q.report.summary["measured_on"] == "on calibration data (in-sample), 1 samples"
+    assert q.report.summary["measured_on"] == "on calibration data (in-sample), 1 sample"
 
 
 def test_exclude_that_matches_nothing_warns():
