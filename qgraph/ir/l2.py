@@ -9,7 +9,8 @@ are written once:
   (``Value.constant``: an initializer that is also a graph input is not one).
 - The integer type is the zero point's type. Without a zero point it is, for
   ``QuantizeLinear``, the ``output_dtype`` attribute (opset 21) or else uint8, and for
-  ``DequantizeLinear`` the type of its input; the zero point is then 0.
+  ``DequantizeLinear`` the type of its input (of the QuantizeLinear producing it when the
+  input is untyped); the zero point is then 0.
 - The granularity follows the scale: one element is per tensor (``axis`` None, scale and
   zero point of shape ``()``), a 1-D scale is per axis along ``axis`` (default 1; shape
   ``(C,)``), and a ``block_size`` attribute > 0 is block quantization (the scale has the
@@ -150,7 +151,8 @@ def _constant(node: Node, v: Value | None, what: str):
         raise QDQParamsError(f"{node.describe()} has no {what} input")
     t = v.constant()
     if t is None:
-        why = " (an initializer that is also a graph input may be overridden by a feed)" if v.is_graph_input() else ""
+        overridable = v.is_graph_input() and v.const_value is not None
+        why = " (an initializer that is also a graph input may be overridden by a feed)" if overridable else ""
         raise QDQParamsError(f"{node.describe()}: the {what} '{v.name}' is not a constant{why}; "
                              f"qgraph reads Q/DQ parameters only from initializers or Constant nodes")
     return t
@@ -164,6 +166,9 @@ def _type_without_zero_point(node: Node) -> DType:
     t = x.dtype if x is not None else None
     if t is None and x is not None and x.constant() is not None:
         t = x.constant().dtype
+    q = x.producer() if x is not None else None
+    if t is None and q is not None and q.op in QUANTIZE:  # an untyped Q -> DQ edge: the Q's type
+        t = read_qdq(q).dtype
     if t is None:
         raise QDQParamsError(f"{node.describe()} has no zero point and the type of its input "
                              f"'{x.name if x is not None else '?'}' is unknown")
