@@ -7,7 +7,7 @@ whose behaviour changed when they moved onto it (report, overflow analysis, lowe
 import numpy as np
 import pytest
 
-from qgraph.ir import DType, ops
+from qgraph.ir import DType
 from qgraph.ir.l2 import QDQParamsError, int_range, read_qdq
 from qgraph.ir.text import parse_model
 from qgraph.quant import QuantParams
