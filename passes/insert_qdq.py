@@ -11,6 +11,7 @@ from qgraph.errors import PassError
 from qgraph.ir import fusion, ops
 from qgraph.ir.core import Model, Node, Value
 from qgraph.ir.dtypes import DType
+from qgraph.ir.l2 import QDQParamsError, read_qdq
 from qgraph.ir.types import TensorType
 from qgraph.passes.opset import OpsetUpgradeError, check_upgrade, upgrade_opset
 from qgraph.pm.base import Pass, PassResult
@@ -457,11 +458,14 @@ class _Inserter:
     def _input_scale(self, v: Value) -> np.ndarray:
         if v in self.params:
             return self.params[v].scale
-        dq = _existing_dq(v) or v
-        t = constant_tensor(dq.producer().inputs[1]) if dq.producer() is not None else None
-        if t is None:
-            raise InsertQDQError(f"insert-qdq: cannot read the scale of the quantized tensor '{v.name}'")
-        return np.asarray(t.numpy(), np.float32)
+        dq = (_existing_dq(v) or v).producer()
+        if dq is None or dq.op is not ops.DequantizeLinear:
+            raise InsertQDQError(f"insert-qdq: cannot read the scale of the quantized tensor '{v.name}': "
+                                 "no DequantizeLinear produces it")
+        try:
+            return read_qdq(dq).scale
+        except QDQParamsError as e:
+            raise InsertQDQError(f"insert-qdq: cannot read the scale of the quantized tensor '{v.name}': {e}") from e
 
     def _quantize_weights(self, unit: _Unit) -> None:
         node = unit.node

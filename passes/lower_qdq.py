@@ -13,11 +13,12 @@ from qgraph.ir import l3
 from qgraph.ir.core import Graph, Model, Node, Value
 from qgraph.ir.ops import QGRAPH_DOMAIN
 from qgraph.ir.dtypes import DType
+from qgraph.ir.l2 import QDQParamsError
 from qgraph.ir.types import TensorType
 from qgraph.passes.canonicalize import InferShapes
 from qgraph.passes.cleanup import DeadCodeElimination
 from qgraph.passes.lower_qdq_common import (DEQUANTIZE, QUANTIZE, Fallback, LoweringError, const_array,
-                                            int_value, qdq_params, take_place)
+                                            int_value, read_params, take_place)
 from qgraph.passes.lower_qdq_rules import rules_for
 from qgraph.pm.base import Pass, PassResult
 from qgraph.quant.params import dequantize, quantize
@@ -136,12 +137,13 @@ def _rewrite_boundaries(g: Graph, counts: Counter) -> None:
     for node in list(g):
         if node.op not in _QDQ or node.graph is not g or not _live(node):
             continue
-        params = qdq_params(node)
         x, y = node.inputs[0], node.outputs[0]
+        try:
+            params = read_params(node)
+        except QDQParamsError as e:
+            raise LoweringError(f"{node.describe()}: cannot read the quantization parameters of '{x.name}' "
+                                f"({e}); lower-qdq needs constant per-tensor or per-axis parameters") from e
         data = const_array(x)
-        if params is None:
-            raise LoweringError(f"{node.describe()}: the scale / zero point of '{x.name}' are not constants "
-                                "(or block-quantized); lower-qdq needs constant quantization parameters")
         if data is not None:  # a constant: fold it
             folded = quantize(data, params) if node.op in QUANTIZE else dequantize(data, params)
             take_place(g, y, g.add_initializer(y.name + "_const", folded))

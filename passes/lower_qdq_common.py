@@ -16,9 +16,10 @@ from qgraph.errors import PassError
 from qgraph.ir import l3, ops
 from qgraph.ir.core import Graph, Node, Value
 from qgraph.ir.dtypes import from_numpy
+from qgraph.ir.l2 import DEQUANTIZE, QUANTIZE, QDQParamsError, read_qdq
 from qgraph.ir.types import TensorType
 from qgraph.quant.fixedpoint import fixed_point_multiplier
-from qgraph.quant.params import IntType, QuantParams, int_type, quantize
+from qgraph.quant.params import QuantParams, quantize
 from qgraph.rewrite import constant_tensor
 
 
@@ -34,13 +35,6 @@ class Fallback(Exception):
         self.reason = reason
 
 
-#: ONNX QuantizeLinear, and ONNX Runtime's com.microsoft one (same semantics; its quantizer writes it
-#: for 16-bit and 4-bit types below opset 21)
-QUANTIZE = frozenset({ops.QuantizeLinear, ops.op("QuantizeLinear", "com.microsoft")})
-#: ONNX DequantizeLinear and ONNX Runtime's com.microsoft one
-DEQUANTIZE = frozenset({ops.DequantizeLinear, ops.op("DequantizeLinear", "com.microsoft")})
-
-
 def const_array(v: Value | None) -> np.ndarray | None:
     """The compile-time data of ``v`` (initializer or Constant), else None."""
     t = constant_tensor(v)
@@ -49,51 +43,26 @@ def const_array(v: Value | None) -> np.ndarray | None:
 
 # -- quantization parameters of Q / DQ nodes ------------------------------------------------------
 
-def qdq_params(node: Node) -> QuantParams | None:
-    """The parameters of a QuantizeLinear / DequantizeLinear, when constant (else None).
+def read_params(node: Node) -> QuantParams:
+    """The parameters of a QuantizeLinear / DequantizeLinear (``qgraph.ir.l2.read_qdq``).
 
-    A missing zero point means uint8 0 for QuantizeLinear and the input's type for
-    DequantizeLinear, as ONNX says; block quantization (``block_size``) is not read.
+    Raises:
+        QDQParamsError: they are not constants, block-quantized, or not a type the
+            quantization math knows (the message says which and names the node).
     """
-    if node.attr("block_size", 0):
-        return None
-    scale = const_array(node.inputs[1]) if len(node.inputs) > 1 else None
-    if scale is None:
-        return None
-    zp_value = node.inputs[2] if len(node.inputs) > 2 else None
-    zp = const_array(zp_value)
-    if zp_value is not None and zp is None:
-        return None
-    if zp is not None:
-        t = _int_type_of(zp.dtype, zp_value)
-    elif node.op in DEQUANTIZE:
-        x = node.inputs[0]
-        if x is None or x.dtype is None:
-            return None
-        try:
-            t = int_type(x.dtype)
-        except ValueError:
-            return None
-    else:
-        t = int_type(node.attr("output_dtype", 0) or "uint8")
-    scale = np.asarray(scale, np.float32)
-    zp = np.zeros(scale.shape, np.int64) if zp is None else np.asarray(zp).astype(np.int64)
+    p = read_qdq(node)
     try:
-        if scale.size == 1:
-            return QuantParams(scale.reshape(()), zp.reshape(()), t)
-        axis = int(node.attr("axis", 1))
-        return QuantParams(scale.reshape(-1), zp.reshape(-1), t, axis)
-    except ValueError:
+        return QuantParams.from_qdq(p)
+    except ValueError as e:
+        raise QDQParamsError(f"{node.describe()}: {e}") from e
+
+
+def qdq_params(node: Node) -> QuantParams | None:
+    """``read_params``, or None where it raises (the node is then not quantized for lowering)."""
+    try:
+        return read_params(node)
+    except QDQParamsError:
         return None
-
-
-def _int_type_of(dtype: np.dtype, v: Value | None) -> IntType:
-    if v is not None and v.dtype is not None:
-        try:
-            return int_type(v.dtype)  # the ONNX type names int4 / uint4 (numpy storage cannot)
-        except ValueError:
-            pass
-    return int_type(dtype)
 
 
 def value_range(p: QuantParams) -> int:

@@ -22,6 +22,7 @@ import onnx
 
 from qgraph.errors import QGraphError
 from qgraph.ir.dtypes import DType
+from qgraph.ir import ops
 from qgraph.ir.ops import OpId
 from qgraph.ir.tensor import Tensor
 from qgraph.ir.types import Shape, TensorType, Type
@@ -168,6 +169,24 @@ class Value:
     def is_initializer(self) -> bool:
         g = self._graph
         return g is not None and g.initializers.get(self._name) is self
+
+    def constant(self) -> Tensor | None:
+        """The data of this value when it is fixed at compile time, else None.
+
+        A value is constant when it is an initializer that is not also a graph input, or
+        the output of a ``Constant`` node holding a tensor (``value``). An initializer that
+        is also a graph input is *not* constant: ONNX makes it a default that a feed may
+        override, so folding it would change what the model computes for that feed.
+        This is the one definition qgraph uses (the rewrite engine's ``Const``, the Q/DQ
+        parameter reader ``qgraph.ir.l2``, the overflow analysis and the report).
+        """
+        if self.const_value is not None:
+            return None if self._is_input else self.const_value
+        p = self._producer
+        if p is not None and p.op is ops.Constant:
+            t = p.attr("value")
+            return t if isinstance(t, Tensor) else None
+        return None
 
     def replace_all_uses_with(self, other: "Value", *, outputs: bool = False) -> None:
         """Make every reader of this value read ``other`` instead.

@@ -49,6 +49,7 @@ import numpy as np
 
 from qgraph.ir import ops
 from qgraph.ir.core import Model, Node, Value
+from qgraph.ir.l2 import QDQParamsError, read_qdq
 from qgraph.pm.analysis import Analysis, AnalysisManager
 from qgraph.quant.params import (
     INT32, IntType, QuantParams, choose_params, choose_weight_params, int_type, quantize, quantize_bias,
@@ -163,31 +164,17 @@ def pair_sum_bounds(w: np.ndarray, x_lo: int, x_hi: int) -> tuple[np.ndarray, np
 # -- reading the graph ----------------------------------------------------------------------------
 
 def _const(v: Value | None) -> np.ndarray | None:
-    if v is None:
-        return None
-    if v.const_value is not None:
-        return v.const_value.numpy()
-    p = v.producer()
-    if p is not None and p.op is ops.Constant:
-        t = p.attr("value")
-        return t.numpy() if t is not None else None
-    return None
+    """The data of ``v`` when it is a constant (``Value.constant``), else None."""
+    t = v.constant() if v is not None else None
+    return None if t is None else t.numpy()
 
 
-def _dq_params(dq: Node, q: np.ndarray) -> QuantParams | None:
-    """QuantParams of a DequantizeLinear whose scale and zero point are constant, reading ``q``."""
-    scale = _const(dq.inputs[1])
-    zp_value = dq.inputs[2] if len(dq.inputs) > 2 else None
-    zp = _const(zp_value)
-    if scale is None or (zp_value is not None and zp is None):
+def _dq_params(dq: Node) -> QuantParams | None:
+    """QuantParams of a DequantizeLinear whose scale and zero point are constant (``read_qdq``)."""
+    try:
+        return QuantParams.from_qdq(read_qdq(dq))
+    except (QDQParamsError, ValueError):
         return None
-    t = int_type(zp.dtype if zp is not None else q.dtype)
-    scale = np.asarray(scale)
-    zp = np.zeros(scale.shape, np.int64) if zp is None else np.asarray(zp).astype(np.int64)
-    if scale.size == 1:
-        return QuantParams(scale.reshape(()), zp.reshape(()), t)
-    axis = int(dq.attr("axis", 1))
-    return QuantParams(scale.reshape(-1), zp.reshape(-1), t, axis + q.ndim if axis < 0 else axis)
 
 
 def _weight(node: Node, scheme: OverflowScheme) -> tuple[np.ndarray, QuantParams] | None:
@@ -198,7 +185,7 @@ def _weight(node: Node, scheme: OverflowScheme) -> tuple[np.ndarray, QuantParams
         q = _const(p.inputs[0])
         if q is None or q.dtype.kind not in "iuV" or q.ndim < 2:
             return None
-        params = _dq_params(p, q)
+        params = _dq_params(p)
         return (np.asarray(q).astype(np.int64), params) if params is not None else None
     w = _const(v)
     if w is None or w.dtype.kind != "f" or w.ndim < 2:
@@ -221,12 +208,9 @@ def _activation(v: Value, ranges, scale_ranges, scheme: OverflowScheme):
     """(float value name, interval or None, QuantParams) of the activation input, or a reason string."""
     p = v.producer()
     if p is not None and p.op is ops.DequantizeLinear:  # already quantized (L2): its parameters rule
-        zp = _const(p.inputs[2]) if len(p.inputs) > 2 and p.inputs[2] is not None else None
-        scale = _const(p.inputs[1])
-        if scale is None or np.asarray(scale).size != 1:
+        params = _dq_params(p)
+        if params is None or params.axis is not None:
             return f"activation '{v.name}' has no constant per-tensor DequantizeLinear parameters"
-        params = QuantParams(np.asarray(scale).reshape(()), 0 if zp is None else np.asarray(zp).reshape(()),
-                             "uint8" if zp is None else int_type(np.asarray(zp).dtype))
         src = p.inputs[0].producer() if p.inputs[0] is not None else None
         name = src.inputs[0].name if src is not None and src.op is ops.QuantizeLinear else p.inputs[0].name
         return name, _interval(ranges, name) or _interval(ranges, v.name), params

@@ -28,11 +28,14 @@ use before packing).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
 from qgraph.ir.dtypes import DType
+
+if TYPE_CHECKING:
+    from qgraph.ir.l2 import QDQParams
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,18 @@ class QuantParams:
                              f"[{self.dtype.qmin}, {self.dtype.qmax}]")
         self.scale.flags.writeable = False
         self.zero_point.flags.writeable = False
+
+    @classmethod
+    def from_qdq(cls, p: "QDQParams") -> "QuantParams":
+        """The parameters a Q / DQ node holds (``qgraph.ir.l2.read_qdq``), per tensor or per axis.
+
+        Raises:
+            ValueError: block quantization (no ``QuantParams`` form), a type the quantization
+                math does not know (int2 / uint2), or values it refuses (a scale <= 0).
+        """
+        if p.block_size:
+            raise ValueError(f"block quantization (block_size {p.block_size}) has no per-tensor or per-axis form")
+        return cls(p.scale, p.zero_point, p.dtype, p.axis)
 
     @property
     def per_channel(self) -> bool:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from qgraph.ir.core import Model, Node, Value
-from qgraph.ir.ops import Constant, OpId
+from qgraph.ir.ops import OpId
 from qgraph.ir.tensor import Tensor
 
 
@@ -64,15 +64,9 @@ class NodePattern:
 
 
 def constant_tensor(v: Value | None) -> Tensor | None:
-    """The compile-time data of ``v``: a non-overridable initializer or a Constant's tensor."""
-    if v is None:
-        return None
-    if v.const_value is not None and not v.is_graph_input():
-        return v.const_value
-    p = v.producer()
-    if p is not None and p.op is Constant:
-        return p.attr("value") if "value" in p.attrs and isinstance(p.attr("value"), Tensor) else None
-    return None
+    """The compile-time data of ``v`` (``Value.constant``: a non-overridable initializer or a
+    Constant's tensor), or None for a missing input."""
+    return None if v is None else v.constant()
 
 
 @dataclass

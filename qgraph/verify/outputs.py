@@ -18,6 +18,7 @@ import numpy as np
 
 from qgraph.ir import ops
 from qgraph.ir.core import Model
+from qgraph.ir.l2 import QDQParamsError, read_qdq
 from qgraph.verify.metrics import fmt, output_metrics
 
 
@@ -26,10 +27,14 @@ def output_scales(qdq: Model) -> dict[str, float]:
     scales = {}
     for v in qdq.graph.outputs:
         p = v.producer()
-        if p is not None and p.op is ops.DequantizeLinear and p.inputs[1].const_value is not None:
-            s = p.inputs[1].const_value.numpy()
-            if s.size == 1:
-                scales[v.name] = float(s.reshape(-1)[0])
+        if p is None or p.op is not ops.DequantizeLinear:
+            continue
+        try:
+            params = read_qdq(p)
+        except QDQParamsError:
+            continue  # not constant: the distances stay in float units
+        if params.axis is None:
+            scales[v.name] = float(params.scale)
     return scales
 
 

@@ -21,26 +21,33 @@ from typing import Any, Mapping
 import numpy as np
 
 from qgraph.ir import ops
-from qgraph.ir.core import Model, Node, Value
+from qgraph.ir.core import Model, Node
+from qgraph.ir.l2 import QDQParams, QDQParamsError, read_qdq
 
 
-def _const(v: Value | None) -> np.ndarray | None:
-    if v is None or v.const_value is None:
+def _params(node: Node) -> QDQParams | None:
+    """The Q / DQ parameters of ``node``, or None where they are not constants (left unreported)."""
+    try:
+        return read_qdq(node)
+    except QDQParamsError:
         return None
-    return v.const_value.numpy()
 
 
 def _dq_info(dq: Node) -> dict:
     """dtype / scale / zero point of a DequantizeLinear's input."""
-    scale = _const(dq.inputs[1])
-    zp = _const(dq.inputs[2]) if len(dq.inputs) > 2 else None
-    dtype = (dq.inputs[2].dtype if len(dq.inputs) > 2 and dq.inputs[2] is not None else dq.inputs[0].dtype)
-    info: dict[str, Any] = {"dtype": dtype.name.lower() if dtype is not None else "?"}
-    if scale is not None and scale.size > 1:
-        info.update(per_channel=True, axis=int(dq.attr("axis", 1)), scale_min=float(scale.min()),
-                    scale_max=float(scale.max()), channels=int(scale.size))
-    elif scale is not None:
-        info.update(scale=float(scale.reshape(-1)[0]), zero_point=int(zp.reshape(-1)[0]) if zp is not None else 0)
+    p = _params(dq)
+    if p is None:  # the type still shows: the zero point's, else the input's
+        zp = dq.inputs[2] if len(dq.inputs) > 2 else None
+        dtype = zp.dtype if zp is not None else dq.inputs[0].dtype
+        return {"dtype": dtype.name.lower() if dtype is not None else "?"}
+    info: dict[str, Any] = {"dtype": p.dtype.name.lower()}
+    if p.axis is not None:
+        info.update(per_channel=True, axis=p.axis, scale_min=float(p.scale.min()),
+                    scale_max=float(p.scale.max()), channels=int(p.scale.size))
+        if p.block_size:
+            info["block_size"] = p.block_size
+    else:
+        info.update(scale=float(p.scale), zero_point=int(p.zero_point))
     return info
 
 
@@ -122,11 +129,12 @@ def layer_rows(qdq: Model) -> list[dict]:
             p = v.producer() if v is not None else None
             if p is not None and p.op is ops.DequantizeLinear:
                 info = _dq_info(p)
-                if p.inputs[0].const_value is not None and weight is None and info["dtype"] != "int32":
+                const = p.inputs[0].constant() is not None
+                if const and weight is None and info["dtype"] != "int32":
                     weight = info
-                elif p.inputs[0].const_value is None:
+                elif not const:
                     inputs.append(info["dtype"])
-            elif v is not None and v.const_value is None:
+            elif v is not None and v.constant() is None:
                 inputs.append("float")
         q, act = _quantized_output(node)
         if act is not None:
@@ -137,12 +145,15 @@ def layer_rows(qdq: Model) -> list[dict]:
                                "inputs": inputs}
         if weight:
             row["weight"] = weight
-        if q is not None:
-            scale, zp = _const(q.inputs[1]), _const(q.inputs[2]) if len(q.inputs) > 2 else None
+        qp = _params(q) if q is not None else None
+        if qp is not None and qp.axis is not None:
+            qp = None  # the SQNR dequantizes with one scale: a per-axis output is not reported
+        if qp is None:
+            q = None
+        else:
             row["output"] = {"tensor": _float_name(q), "q_tensor": q.outputs[0].name,
-                             "dtype": (q.inputs[2].dtype.name.lower() if zp is not None else "uint8"),
-                             "scale": float(scale.reshape(-1)[0]),
-                             "zero_point": int(zp.reshape(-1)[0]) if zp is not None else 0}
+                             "dtype": qp.dtype.name.lower(), "scale": float(qp.scale),
+                             "zero_point": int(qp.zero_point)}
         row["integer"] = q is not None and bool(inputs) and all(i != "float" for i in inputs)
         rows.append(row)
     return rows
