@@ -14,8 +14,8 @@ from qgraph.ir.core import Graph, Model, Node, Value
 from qgraph.ir.ops import QGRAPH_DOMAIN
 from qgraph.ir.dtypes import DType
 from qgraph.ir.types import TensorType
-from qgraph.passes.canonicalize import InferShapes
-from qgraph.passes.cleanup import DeadCodeElimination
+from qgraph.passes.canonicalize import infer_shapes
+from qgraph.passes.cleanup import remove_dead_code
 from qgraph.passes.lower_qdq_common import (DEQUANTIZE, QUANTIZE, Fallback, LoweringError, const_array,
                                             int_value, qdq_params, take_place)
 from qgraph.passes.lower_qdq_rules import rules_for
@@ -71,6 +71,7 @@ class LowerQDQ(Pass):
     """
 
     name = "lower-qdq"
+    requires = ("insert-qdq",)  # when the pipeline quantizes too, it lowers what insert-qdq wrote
 
     def __init__(self) -> None:
         self.fallback_reasons: dict[str, str] = {}
@@ -82,17 +83,18 @@ class LowerQDQ(Pass):
         if model.opset(QGRAPH_DOMAIN) is None:
             model.opset_imports[QGRAPH_DOMAIN] = 1
         self.fallback_reasons = {}
-        # GlobalAveragePool, act x act MatMul and SAME padding need static shapes
-        InferShapes().run(model, analyses)
+        # GlobalAveragePool, act x act MatMul and SAME padding need static shapes: complete them here
+        # (the graph utility of infer-shapes), since an L2 model from another quantizer often has none
+        infer_shapes(model)
         originals = [n for n in g if n.op not in _QDQ]
         for node in originals:
             if node.graph is not g or not _live(node):
                 continue
             self._lower(g, node, model)
-        DeadCodeElimination().run(model, analyses)
+        remove_dead_code(g)  # the groups the rules replaced: the boundaries left are the live ones
         counts: Counter[str] = Counter()
         _rewrite_boundaries(g, counts)
-        DeadCodeElimination().run(model, analyses)
+        remove_dead_code(g)  # folded constants' DQ nodes, the replaced Q / DQ's scales and zero points
         original = set(originals)
         for n in g:
             if n.op in _INTEGER_COMPUTE:
