@@ -62,7 +62,9 @@ class LowerQDQ(Pass):
     error). Control flow (If / Loop / Scan) stays a float op, its bodies not lowered (a DQ a
     body reads becomes a Dequantize). Graph inputs and outputs stay float and keep their
     names; dead QDQ nodes and initializers are removed. The model imports the ``qgraph``
-    domain afterwards.
+    domain afterwards. Missing shapes are completed first (``canonicalize.infer_shapes``, the
+    utility behind ``infer-shapes``: an L2 model from another quantizer often has none) and
+    the groups it replaced pruned (``cleanup.remove_dead_code``); it runs no other pass.
 
     Stats: ``integer_ops`` (QConv, QMatMul, QAdd, QMul, pooling), ``lookups``,
     ``integer_data_movement``, ``requantizes``, ``float_fallbacks`` (float ops left),

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from qgraph import batching
 from qgraph.errors import QGraphError
 from qgraph.ir.core import Model
 from qgraph.progress import stage
+
+if TYPE_CHECKING:
+    from qgraph.pm import PassContext
 
 #: Files ``QuantizedModel.save`` writes into its folder.
 FLOAT_FILE = "model.float.onnx"
@@ -336,7 +339,7 @@ def quantize(model: Any, calib: Any, config: Any = None, *, method: str = "minma
              report_samples: int = 8, show_progress: bool | None = None,
              input_shapes: Mapping[str, Any] | None = None,
              batch_axes: Mapping[str, Any] | None = None, eval: Any = None,
-             context: Any = None) -> QuantizedModel:
+             context: "PassContext | None" = None) -> QuantizedModel:
     """Post-training quantization of ``model`` on calibration data ``calib``.
 
     Args:
