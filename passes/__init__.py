@@ -29,10 +29,26 @@ ALIASES["fuse"] = (
     "fuse-activation,dead-code-elimination)",
     "every float fusion, rerun until nothing changes (run canonicalize first)")
 
+#: ``qgraph.quantize`` step by step: (the model a step works on, its pipeline). Every step runs
+#: through the pass manager under the caller's context; the model is cloned where the level
+#: changes, so that all three are kept: the float model L1 (canonicalized, fused, calibrated),
+#: the QDQ model L2, the integer model L3. ``lower-qdq`` completes shapes and prunes what it
+#: replaced itself: an L2 model from another quantizer needs both too.
+QUANTIZE_STAGES = (
+    ("float", "canonicalize,fuse"),
+    ("float", "calibrate"),
+    ("qdq", "insert-qdq"),
+    ("integer", "lower-qdq"),
+)
+ALIASES["quantize"] = (
+    ",".join(text for _, text in QUANTIZE_STAGES),
+    "post-training quantization on one model, float to integer ops (needs calibrate's data: "
+    "`qgraph opt --calib`); `qgraph compile` runs the same passes and keeps the float, QDQ and integer models")
+
 
 def registry() -> PassRegistry:
     """A fresh registry holding the built-in passes and aliases; register your own on it."""
     return PassRegistry(BUILTIN_PASSES, ALIASES)
 
 
-__all__ = ["BUILTIN_PASSES", "DeadCodeElimination", "EliminateIdentity", "registry"]
+__all__ = ["BUILTIN_PASSES", "DeadCodeElimination", "EliminateIdentity", "QUANTIZE_STAGES", "registry"]

@@ -24,6 +24,10 @@ class Calibrate(Pass):
     """
 
     name = "calibrate"
+    #: Set from Python, not pipeline options: the progress line (None: on a terminal) and
+    #: method options passed on as given (``with_options``).
+    show_progress: Optional[bool] = None
+    given_options: Optional[dict] = None
 
     def __init__(self, method: Literal["minmax", "percentile", "entropy", "mse"] = "minmax",
                  data: Optional[str] = None, percentile: Optional[float] = None, num_bins: Optional[int] = None,
@@ -32,7 +36,20 @@ class Calibrate(Pass):
         self.percentile, self.num_bins, self.bits, self.symmetric = percentile, num_bins, bits, symmetric
         self.batch_size = batch_size
 
+    @classmethod
+    def with_options(cls, method: str, data: Any, options: Optional[dict] = None, *,
+                     show_progress: Optional[bool] = None) -> "Calibrate":
+        """The pass as ``qgraph.quantize`` runs it: ``data`` a path or an iterable of batches,
+        ``options`` passed to the method as given (an unknown method or option is its error)."""
+        p = cls(data=data)
+        p.method = method  # type: ignore[assignment]  # checked by qgraph.calib.calibrate
+        p.given_options = dict(options or {})
+        p.show_progress = show_progress
+        return p
+
     def method_options(self) -> dict[str, Any]:
+        if self.given_options is not None:
+            return dict(self.given_options)
         relevant = {"minmax": (), "percentile": ("percentile", "num_bins"), "entropy": ("num_bins",),
                     "mse": ("bits", "symmetric", "num_bins")}[self.method]
         return {k: getattr(self, k) for k in relevant if getattr(self, k) is not None}
@@ -46,7 +63,7 @@ class Calibrate(Pass):
         from qgraph.calib.calibrate import calibrate
 
         model.calibration = calibrate(model, self.data, self.method, batch_size=self.batch_size,
-                                      **self.method_options())
+                                      show_progress=self.show_progress, **self.method_options())
         from qgraph.calib.intervals import RangeAnalysis
 
         return PassResult.changed(AllAnalysesExcept({RangeAnalysis}), tensors=len(model.calibration))

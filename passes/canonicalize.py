@@ -213,33 +213,41 @@ class InferShapes(Pass):
         self.max_rounds = max_rounds
 
     def run(self, model: Model, analyses) -> PassResult:
-        from qgraph.onnx._types import type_from_proto
-        from qgraph.onnx.exporter import to_proto
-
-        changed = 0
-        for _ in range(self.max_rounds):
-            round_changed = 0
-            try:
-                proto = to_proto(model, keep_data=_shape_like)
-                inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
-                found = {vi.name: vi.type for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
-            except Exception as e:  # onnx gives up on the whole model (unknown ops, bad shapes)
-                log.debug("onnx shape inference failed: %s", e)
-                found = {}
-            for n in model.graph:
-                for o in n.outputs:
-                    if o is None or o.name not in found:
-                        continue
-                    t = type_from_proto(found[o.name])
-                    merged = _merge(o.type, t)
-                    if merged != o.type:
-                        o.type = merged
-                        round_changed += 1
-            round_changed += _complete(model.graph)
-            changed += round_changed
-            if not round_changed:
-                break
+        changed = infer_shapes(model, self.max_rounds)
         return PassResult.of(bool(changed), typed=changed)
+
+
+def infer_shapes(model: Model, max_rounds: int = 4) -> int:
+    """Refine ``model``'s value types in place (what ``infer-shapes`` does); return how many
+    changed. The graph utility behind the pass, for code that needs types (a pass does not
+    run another pass)."""
+    from qgraph.onnx._types import type_from_proto
+    from qgraph.onnx.exporter import to_proto
+
+    changed = 0
+    for _ in range(max_rounds):
+        round_changed = 0
+        try:
+            proto = to_proto(model, keep_data=_shape_like)
+            inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+            found = {vi.name: vi.type for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
+        except Exception as e:  # onnx gives up on the whole model (unknown ops, bad shapes)
+            log.debug("onnx shape inference failed: %s", e)
+            found = {}
+        for n in model.graph:
+            for o in n.outputs:
+                if o is None or o.name not in found:
+                    continue
+                t = type_from_proto(found[o.name])
+                merged = _merge(o.type, t)
+                if merged != o.type:
+                    o.type = merged
+                    round_changed += 1
+        round_changed += _complete(model.graph)
+        changed += round_changed
+        if not round_changed:
+            break
+    return changed
 
 
 def _shape_like(tensor: Tensor) -> bool:

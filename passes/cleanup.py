@@ -87,7 +87,7 @@ class DeadCodeElimination(Pass):
     name = "dead-code-elimination"
 
     def run(self, model: Model, analyses) -> PassResult:
-        nodes, inits = _sweep(model.graph)
+        nodes, inits = remove_dead_code(model.graph)
         return PassResult.of(bool(nodes or inits), removed_nodes=nodes, removed_initializers=inits)
 
 
@@ -95,7 +95,10 @@ def _live(n: Node) -> bool:
     return any(o is not None and (o.has_uses() or o.is_graph_output()) for o in n.outputs)
 
 
-def _sweep(g: Graph) -> tuple[int, int]:
+def remove_dead_code(g: Graph) -> tuple[int, int]:
+    """Remove ``g``'s dead nodes (subgraphs included) and unused initializers; return how many
+    of each. The graph utility behind ``dead-code-elimination``, for passes that prune what
+    their own rewrites left dead (a pass does not run another pass)."""
     nodes = inits = 0
     for n in reversed(g):  # consumers before producers: one sweep frees whole dead chains
         if not _live(n):
@@ -103,7 +106,7 @@ def _sweep(g: Graph) -> tuple[int, int]:
             nodes += 1
             continue
         for sub in n.subgraphs():
-            dn, di = _sweep(sub)
+            dn, di = remove_dead_code(sub)
             nodes += dn
             inits += di
     for v in list(g.initializers.values()):

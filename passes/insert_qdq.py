@@ -123,6 +123,7 @@ class InsertQDQ(Pass):
     """
 
     name = "insert-qdq"
+    requires = ("calibrate",)  # when the pipeline calibrates, it does so first (else model.calibration)
 
     def __init__(self, config: Optional[str] = None, pow2_scales: Optional[bool] = None,
                  reduce_range: Optional[bool] = None, per_channel: Optional[bool] = None,

@@ -15,8 +15,8 @@ from qgraph.ir.ops import QGRAPH_DOMAIN
 from qgraph.ir.dtypes import DType
 from qgraph.ir.l2 import QDQParamsError
 from qgraph.ir.types import TensorType
-from qgraph.passes.canonicalize import InferShapes
-from qgraph.passes.cleanup import DeadCodeElimination
+from qgraph.passes.canonicalize import infer_shapes
+from qgraph.passes.cleanup import remove_dead_code
 from qgraph.passes.lower_qdq_common import (DEQUANTIZE, QUANTIZE, Fallback, LoweringError, const_array,
                                             int_value, read_params, take_place)
 from qgraph.passes.lower_qdq_rules import rules_for
@@ -63,7 +63,9 @@ class LowerQDQ(Pass):
     error). Control flow (If / Loop / Scan) stays a float op, its bodies not lowered (a DQ a
     body reads becomes a Dequantize). Graph inputs and outputs stay float and keep their
     names; dead QDQ nodes and initializers are removed. The model imports the ``qgraph``
-    domain afterwards.
+    domain afterwards. Missing shapes are completed first (``canonicalize.infer_shapes``, the
+    utility behind ``infer-shapes``: an L2 model from another quantizer often has none) and
+    the groups it replaced pruned (``cleanup.remove_dead_code``); it runs no other pass.
 
     Stats: ``integer_ops`` (QConv, QMatMul, QAdd, QMul, pooling), ``lookups``,
     ``integer_data_movement``, ``requantizes``, ``float_fallbacks`` (float ops left),
@@ -72,6 +74,7 @@ class LowerQDQ(Pass):
     """
 
     name = "lower-qdq"
+    requires = ("insert-qdq",)  # when the pipeline quantizes too, it lowers what insert-qdq wrote
 
     def __init__(self) -> None:
         self.fallback_reasons: dict[str, str] = {}
@@ -83,17 +86,18 @@ class LowerQDQ(Pass):
         if model.opset(QGRAPH_DOMAIN) is None:
             model.opset_imports[QGRAPH_DOMAIN] = 1
         self.fallback_reasons = {}
-        # GlobalAveragePool, act x act MatMul and SAME padding need static shapes
-        InferShapes().run(model, analyses)
+        # GlobalAveragePool, act x act MatMul and SAME padding need static shapes: complete them here
+        # (the graph utility of infer-shapes), since an L2 model from another quantizer often has none
+        infer_shapes(model)
         originals = [n for n in g if n.op not in _QDQ]
         for node in originals:
             if node.graph is not g or not _live(node):
                 continue
             self._lower(g, node, model)
-        DeadCodeElimination().run(model, analyses)
+        remove_dead_code(g)  # the groups the rules replaced: the boundaries left are the live ones
         counts: Counter[str] = Counter()
         _rewrite_boundaries(g, counts)
-        DeadCodeElimination().run(model, analyses)
+        remove_dead_code(g)  # folded constants' DQ nodes, the replaced Q / DQ's scales and zero points
         original = set(originals)
         for n in g:
             if n.op in _INTEGER_COMPUTE:

@@ -10,8 +10,10 @@
     q.save("out/")                     # ... and tvm/model.so + tvm/model.json
 
 The steps: import the float model, ``canonicalize,fuse`` (L1), ``calibrate`` on the data,
-``insert-qdq`` from the config (L2: standard QDQ), ``lower-qdq`` (L3: integer ops). The
-float L1 model is kept: a quantized model is always judged against its float original.
+``insert-qdq`` from the config (L2: standard QDQ), ``lower-qdq`` (L3: integer ops), each run
+by the pass manager under one ``PassContext`` (``quantize(..., context=)``; the steps are
+``qgraph.passes.QUANTIZE_STAGES``). The float L1 model is kept: a quantized model is always
+judged against its float original.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
@@ -27,6 +29,9 @@ from qgraph import batching
 from qgraph.errors import QGraphError
 from qgraph.ir.core import Model
 from qgraph.progress import stage
+
+if TYPE_CHECKING:
+    from qgraph.pm import PassContext
 
 #: Files ``QuantizedModel.save`` writes into its folder.
 FLOAT_FILE = "model.float.onnx"
@@ -333,7 +338,8 @@ def quantize(model: Any, calib: Any, config: Any = None, *, method: str = "minma
              method_options: Mapping[str, Any] | None = None, report: bool = True,
              report_samples: int = 8, show_progress: bool | None = None,
              input_shapes: Mapping[str, Any] | None = None,
-             batch_axes: Mapping[str, Any] | None = None, eval: Any = None) -> QuantizedModel:
+             batch_axes: Mapping[str, Any] | None = None, eval: Any = None,
+             context: "PassContext | None" = None) -> QuantizedModel:
     """Post-training quantization of ``model`` on calibration data ``calib``.
 
     Args:
@@ -353,10 +359,11 @@ def quantize(model: Any, calib: Any, config: Any = None, *, method: str = "minma
             symbolic dims: shapes are inferred through the graph before quantization, so
             that shape-dependent integer forms apply (a GlobalAveragePool needs its spatial
             size for its multiplier; with symbolic dims it stays a float op).
+        context: the ``qgraph.pm.PassContext`` every step runs under (instruments such as
+            ``PassTimings`` / ``DumpIR``, ``verify_each``); default: a plain one. The steps are
+            ``qgraph.passes.QUANTIZE_STAGES`` (``quantize_pipelines``), each run by the pass manager.
     """
-    from qgraph.calib.calibrate import calibrate
-    from qgraph.passes import registry
-    from qgraph.passes.insert_qdq import InsertQDQ
+    from qgraph.passes.calibrate import Calibrate
     from qgraph.passes.lower_qdq import LowerQDQ
     from qgraph.pm import PassContext, PassManager
 
@@ -371,18 +378,22 @@ def quantize(model: Any, calib: Any, config: Any = None, *, method: str = "minma
         from qgraph.verify.data import load_eval
 
         held_out = load_eval(eval, float_model)
-    with stage("canonicalize,fuse", enabled=show_progress):
-        PassManager(registry().parse("canonicalize,fuse"), PassContext()).run(float_model)
-    ranges = calibrate(float_model, calib, method, show_progress=show_progress, **dict(method_options or {}))
-    float_model.calibration = ranges
-
-    with stage("insert-qdq, lower-qdq", enabled=show_progress):
-        qdq = clone(float_model)
-        PassManager([InsertQDQ.from_config(cfg)], PassContext()).run(qdq)
-        integer = clone(qdq)
-        lower = LowerQDQ()
-        PassManager([lower], PassContext()).run(integer)
-    result = QuantizedModel(float_model, qdq, integer, ranges, cfg)
+    ctx = context if context is not None else PassContext()
+    steps = quantize_pipelines(cfg, calib, method, method_options, show_progress=show_progress)
+    lower = _find_pass(steps, LowerQDQ)  # its fallback_reasons feed the report's "Stayed float" list
+    levels = {"float": float_model}
+    current = "float"
+    for level, text, pipeline in steps:
+        if level != current:  # the next level starts from a copy: the one before is kept
+            levels[level] = clone(levels[current])
+            current = level
+        if _find_pass([(level, text, pipeline)], Calibrate) is not None:  # calibrate shows its own progress
+            PassManager(pipeline, ctx).run(levels[level])
+            continue
+        with stage(text, enabled=show_progress):
+            PassManager(pipeline, ctx).run(levels[level])
+    ranges = float_model.calibration
+    result = QuantizedModel(float_model, levels["qdq"], levels["integer"], ranges, cfg)
     if report:
         from qgraph.verify.report import build_report
 
@@ -391,6 +402,38 @@ def quantize(model: Any, calib: Any, config: Any = None, *, method: str = "minma
                                          model_path=os.path.abspath(model) if isinstance(model, (str, os.PathLike)) else None,
                                          declared_outputs=declared, fallback_reasons=lower.fallback_reasons)
     return result
+
+
+def quantize_pipelines(config: Any, calib: Any, method: str = "minmax",
+                       method_options: Mapping[str, Any] | None = None, *,
+                       show_progress: bool | None = None) -> list[tuple[str, str, Any]]:
+    """The steps of ``quantize``: ``qgraph.passes.QUANTIZE_STAGES`` parsed, with ``calibrate``
+    given the data, method and options, and ``insert-qdq`` the config.
+
+    Returns:
+        (level, pipeline text, ``qgraph.pm.Pipeline``) in order; the level (``float``, ``qdq``,
+        ``integer``) names the model the pipeline runs on (``quantize`` clones where it changes).
+    """
+    from qgraph.passes import QUANTIZE_STAGES, registry
+    from qgraph.passes.calibrate import Calibrate
+    from qgraph.passes.insert_qdq import InsertQDQ
+    from qgraph.pm import Pipeline
+
+    reg = registry()
+
+    def configured(p):
+        if isinstance(p, Calibrate):
+            return Calibrate.with_options(method, calib, dict(method_options or {}), show_progress=show_progress)
+        if isinstance(p, InsertQDQ):
+            return InsertQDQ.from_config(_config(config))
+        return p
+
+    return [(level, text, Pipeline([configured(p) for p in reg.parse(text)])) for level, text in QUANTIZE_STAGES]
+
+
+def _find_pass(steps, cls):
+    """The first pass of class ``cls`` at the top level of ``steps``' pipelines, or None."""
+    return next((p for _, _, pipeline in steps for p in pipeline if isinstance(p, cls)), None)
 
 
 def _with_batch_axes(cfg, model: Model, calib: Any, batch_axes: Mapping[str, Any] | None):

@@ -127,19 +127,35 @@ def cmd_compile(args: argparse.Namespace) -> int:
     shapes = _input_shapes(args.input_shape)  # a malformed option fails before the minutes of calibration
     axes = _batch_axes(args.batch_axis)
     options = {"percentile": args.percentile, "num_bins": args.num_bins}
+    context, timings = _pass_context(args)
     start = time.perf_counter()
     q = quantize(args.model, args.calib, args.config, method=args.method,
                  method_options={k: v for k, v in options.items() if v is not None},
-                 report_samples=args.report_samples, input_shapes=shapes, batch_axes=axes, eval=args.eval)
+                 report_samples=args.report_samples, input_shapes=shapes, batch_axes=axes, eval=args.eval,
+                 context=context)
     q.report.summary["target"] = args.target
     q.save(args.output)  # before the build: a stale tvm/ from an earlier compile goes
     _print_summary(q.report, args, time.perf_counter() - start)
+    if timings is not None:
+        print(timings.report())
     if q.report.warnings and args.strict:
         raise QGraphError(f"--strict: {len(q.report.warnings)} warning(s) above; {args.output}/report.md and "
                           "report.html show them in context")
     if args.target in TVM_TARGETS:
         _compile_tvm(q, args)
     return 0
+
+
+def _pass_context(args: argparse.Namespace):
+    """The ``PassContext`` of ``--verify-each`` / ``--time-passes`` / ``--dump-ir`` (as ``qgraph opt``
+    gives them), and the ``PassTimings`` to print (None without ``--time-passes``)."""
+    from qgraph.pm import DumpIR, PassContext, PassTimings
+
+    if args.dump_ir and os.path.exists(args.dump_ir) and not os.path.isdir(args.dump_ir):
+        raise QGraphError(f"--dump-ir {args.dump_ir}: exists and is not a directory")
+    timings = PassTimings() if args.time_passes else None
+    instruments = [i for i in (timings, DumpIR(args.dump_ir) if args.dump_ir else None) if i is not None]
+    return PassContext(verify_each=args.verify_each, instruments=instruments), timings
 
 
 def _print_summary(report, args: argparse.Namespace, seconds: float) -> None:
@@ -268,6 +284,10 @@ def add_parsers(sub) -> None:
                    "in-sample, on calibration data")
     p.add_argument("--strict", action="store_true", help="warnings (few or constant calibration data, a layer at or "
                    "below 0 dB, inputs of very different ranges under one scale, ...) are errors: exit 1")
+    p.add_argument("--time-passes", action="store_true", help="print the time of every pass of the quantize "
+                   "pipeline (canonicalize, fuse, calibrate, insert-qdq, lower-qdq)")
+    p.add_argument("--verify-each", action="store_true", help="verify the IR after every pass (debug)")
+    p.add_argument("--dump-ir", metavar="DIR", help="write the IR before and after every pass into DIR")
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("run", help="run a compiled model on inputs")

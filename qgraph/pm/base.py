@@ -89,7 +89,10 @@ class Pass:
     """
 
     name: ClassVar[str] = ""
-    #: names of passes that must appear earlier in the same pipeline
+    #: names of passes that must run before this one: a pipeline that runs one of them only
+    #: after this pass is refused. One the pipeline does not run at all is a precondition on
+    #: the input (e.g. ``insert-qdq`` alone reads ``model.calibration`` set by the caller), which
+    #: ``check_preconditions`` or the pass itself reports.
     requires: ClassVar[tuple[str, ...]] = ()
 
     def run(self, model: Model, analyses: "AnalysisManagerLike") -> PassResult:

@@ -50,9 +50,11 @@ class Pipeline:
         self._check_requires()
 
     def _check_requires(self) -> None:
+        names = _flat_names(self.passes)
         seen: set[str] = set()
-        for name, p in zip(_flat_names(self.passes), _flat_passes(self.passes)):
-            missing = [r for r in p.requires if r not in seen]
+        for i, (name, p) in enumerate(zip(names, _flat_passes(self.passes))):
+            later = set(names[i:])
+            missing = [r for r in p.requires if r not in seen and r in later]
             if missing:
                 raise PipelineError(f"pass '{name}' requires {', '.join(repr(m) for m in missing)} earlier in the pipeline")
             seen.add(name)
