@@ -44,7 +44,8 @@ def test_failed_ort_run_during_calibration_is_one_line(tmp_path, capfd):
                ["y"], {"w": _weights(2, 3, 3, 3)})
     rc, err = _compile(tmp_path, m, capfd)
     assert rc == 1
-    assert err.count("\n") == 1 and err.startswith("qgraph: error: ONNX Runtime failed on a calibration batch"), err
+    assert err.count("\n") == 1 and err.startswith("qgraph: error: pass 'calibrate' failed: ONNX Runtime failed on a "
+                                                "calibration batch"), err
     assert "Dilation not supported" in err
 
 
