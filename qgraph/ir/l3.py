@@ -7,7 +7,9 @@ attribute of the node (or a constant integer input: weights and biases), so two
 implementations of this document agree bit for bit.
 
 Integer tensors hold their values in the storage type of their integer type (uint8, int8,
-int16, uint16; 4-bit values in int8 / uint8 storage). Scales appear only in ``Quantize`` /
+int16, uint16; 4-bit values in int8 / uint8 storage); an integer output with no declared
+type is stored in the smallest of int8, uint8, int16, uint16, int32 holding its range
+(``storage_dtype``). Where conv and pool windows lie is ``qgraph.ir.l3_geometry``. Scales appear only in ``Quantize`` /
 ``Dequantize`` at float boundaries; inside an integer region an op knows its operands only
 through zero points and requantization multipliers.
 
