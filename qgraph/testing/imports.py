@@ -7,7 +7,8 @@ folder: see ``package-dir`` in pyproject.toml) or top-level module (``qgraph.err
 ``qgraph.api``) it lives in; ``qgraph/__init__.py`` is the unit ``qgraph``.
 
 ``python -m qgraph.testing.imports`` prints the unit-level graph (``a -> b  count``), the
-count being the number of import statements of ``a`` that name something in ``b``;
+count being the number of modules of ``b`` named by import statements of ``a`` (one per
+statement and module: ``from qgraph.ir import l3, ops`` counts 2);
 ``--edges`` prints each of them with its file:line. ``tests/test_imports.py`` holds the rules.
 """
 
@@ -120,7 +121,8 @@ def unit_edges(all_edges: Iterable[ImportEdge]) -> list[ImportEdge]:
 
 
 def unit_graph(all_edges: Iterable[ImportEdge]):
-    """A ``networkx.DiGraph`` of units; each edge has ``count`` and its ``imports`` (``ImportEdge`` s)."""
+    """A ``networkx.DiGraph`` of units; each edge has ``count`` and its ``imports`` (the ``ImportEdge``
+    behind it)."""
     import networkx as nx
 
     g = nx.DiGraph()
