@@ -7,7 +7,9 @@ attribute of the node (or a constant integer input: weights and biases), so two
 implementations of this document agree bit for bit.
 
 Integer tensors hold their values in the storage type of their integer type (uint8, int8,
-int16, uint16; 4-bit values in int8 / uint8 storage). Scales appear only in ``Quantize`` /
+int16, uint16; 4-bit values in int8 / uint8 storage); an integer output with no declared
+type is stored in the smallest of int8, uint8, int16, uint16, int32 holding its range
+(``storage_dtype``). Where conv and pool windows lie is ``qgraph.ir.l3_geometry``. Scales appear only in ``Quantize`` /
 ``Dequantize`` at float boundaries; inside an integer region an op knows its operands only
 through zero points and requantization multipliers.
 
@@ -86,6 +88,10 @@ model's original float ops between ``Dequantize`` and ``Quantize``.
 
 from __future__ import annotations
 
+import numpy as np
+
+from qgraph.errors import InvalidModelError
+from qgraph.ir.dtypes import DType, to_numpy
 from qgraph.ir.ops import QGRAPH_DOMAIN, OpId, op
 
 Quantize = op("Quantize", QGRAPH_DOMAIN)
@@ -113,8 +119,6 @@ def after_float_ops(graph) -> set[str]:
     a float output; not Dequantize, which is exact). A backend's float kernels may differ from
     numpy's in the last bits, so a Quantize downstream of one may differ by 1 LSB: the values
     where bit-exactness with the reference is not promised."""
-    from qgraph.ir.dtypes import DType
-
     floats = (DType.FLOAT, DType.FLOAT16, DType.DOUBLE)
     tainted: set[str] = set()
     for node in graph:
@@ -122,3 +126,50 @@ def after_float_ops(graph) -> set[str]:
         if float_op or any(v is not None and v.name in tainted for v in node.inputs):
             tainted.update(o.name for o in node.outputs if o is not None)
     return tainted
+
+
+class ContractError(InvalidModelError):
+    """A node breaks a rule of this contract (an integer output declared a float type, a range
+    its declared type cannot hold, window attributes that do not fit the input); the message
+    names the node. The reference and the TVM lowering re-raise it as their own error."""
+
+
+# -- storage types -------------------------------------------------------------------------------
+#: The integer storage types an integer output may be declared with.
+_INT_DTYPES = (np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int16), np.dtype(np.uint16),
+               np.dtype(np.int32), np.dtype(np.uint32), np.dtype(np.int64))
+#: Storage types tried, in order, for an integer output whose value has no declared type.
+_STORAGE_ORDER = (np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int16), np.dtype(np.uint16),
+                  np.dtype(np.int32))
+#: 4-bit values live in int8 / uint8 arrays (see the module doc, and qgraph.quant.params).
+_SUB_BYTE_STORAGE = {DType.INT4: np.dtype(np.int8), DType.UINT4: np.dtype(np.uint8)}
+_SUB_BYTE_RANGE = {DType.INT4: (-8, 7), DType.UINT4: (0, 15)}
+
+
+def storage_dtype(node, lo: int, hi: int, index: int = 0) -> np.dtype:
+    """The numpy storage type of integer output ``index`` of ``node`` whose values lie in
+    ``[lo, hi]``: its declared type (4-bit types in int8 / uint8), else the smallest of int8,
+    uint8, int16, uint16, int32 holding ``[lo, hi]``.
+
+    Raises:
+        ContractError: the declared type is not an integer type or cannot hold ``[lo, hi]``,
+            or no storage type holds it.
+    """
+    out = node.outputs[index]
+    declared = out.dtype if out is not None else None
+    if declared is not None and declared != DType.UNDEFINED:
+        dt = _SUB_BYTE_STORAGE.get(declared) or to_numpy(declared)
+        if dt not in _INT_DTYPES:
+            raise ContractError(f"{node.describe()}: output '{out.name}' is declared {declared.name}, "
+                                "not an integer type")
+        info = np.iinfo(dt)
+        info_lo, info_hi = _SUB_BYTE_RANGE.get(declared, (info.min, info.max))
+        if lo < info_lo or hi > info_hi:
+            raise ContractError(f"{node.describe()}: output range [{lo}, {hi}] does not fit the declared "
+                                f"type {declared.name} of '{out.name}'")
+        return dt
+    for dt in _STORAGE_ORDER:
+        info = np.iinfo(dt)
+        if info.min <= lo and hi <= info.max:
+            return dt
+    raise ContractError(f"{node.describe()}: output range [{lo}, {hi}] fits no integer storage type")

@@ -14,7 +14,8 @@ import numpy as np
 
 from qgraph.errors import QGraphError
 from qgraph.ir.core import Node
-from qgraph.reference.common import InterpreterError, Windows, storage_dtype, windows
+from qgraph.ir import l3, l3_geometry
+from qgraph.ir.l3_geometry import Windows
 
 
 class LoweringError(QGraphError):
@@ -150,17 +151,18 @@ class LowerContext:
     # -- node helpers ----------------------------------------------------------------------------
     def storage(self, lo: int, hi: int, index: int = 0) -> str:
         """The output's integer storage type (its declared type, else the smallest holding
-        ``[lo, hi]``): the same rule as the reference interpreter."""
+        ``[lo, hi]``): the L3 contract's rule (``qgraph.ir.l3.storage_dtype``)."""
         try:
-            return dtype_name(storage_dtype(self.node, lo, hi, index))
-        except InterpreterError as e:
+            return dtype_name(l3.storage_dtype(self.node, lo, hi, index))
+        except l3.ContractError as e:
             raise self.error(str(e).split(": ", 1)[-1]) from e
 
     def windows(self, spatial: Sequence[int], kernel: Sequence[int], *, ceil_mode: bool = False) -> Windows:
-        """Window geometry of a conv / pool over ``spatial`` (the reference's rule)."""
+        """Window geometry of a conv / pool over ``spatial`` (the L3 contract's rule:
+        ``qgraph.ir.l3_geometry.windows``)."""
         try:
-            return windows(self.node, spatial, kernel, ceil_mode=ceil_mode)
-        except InterpreterError as e:
+            return l3_geometry.windows(self.node, spatial, kernel, ceil_mode=ceil_mode)
+        except l3.ContractError as e:
             raise self.error(str(e).split(": ", 1)[-1]) from e
 
 

@@ -168,22 +168,26 @@ def output_names(model: Model, outputs: Sequence[str] | None = None) -> list[str
 
 
 class _Folder:
-    """Evaluates nodes on constant inputs with the reference interpreter's kernels."""
+    """Evaluates nodes on constant inputs (shape arithmetic, values computed from initializers)
+    with onnx's reference implementation (``qgraph.onnx.evaluate``, as canonicalize's constant
+    folding does).
+
+    The L3 integer ops are not folded here (``folds``): their own lowering computes them, and
+    TVM's ``FoldConstant`` evaluates the result at build time. The TVM side never borrows the
+    reference interpreter's kernels, so a constant L3 node is judged like any other.
+    """
 
     def __init__(self, opsets: Mapping[str, int]):
         self.opsets = dict(opsets)
 
+    @staticmethod
+    def folds(node: Node) -> bool:
+        """Whether ``node``, once its inputs are all constants, is folded (else lowered)."""
+        return node.op not in l3.INTEGER_OPS
+
     def __call__(self, node: Node, args: list) -> list:
         from qgraph.onnx.evaluate import evaluate
-        from qgraph.reference import KERNELS
-        from qgraph.reference.common import NotNative
 
-        kernel = KERNELS.get(node.op)
-        if kernel is not None:
-            try:
-                return list(kernel(node, args, {}))
-            except NotNative:
-                pass
         return list(evaluate(node, args, self.opsets))
 
 
@@ -328,7 +332,7 @@ def _lower_node(ctx: LowerContext, fold: _Folder, node: Node) -> None:
     for v in present:
         if v.name not in ctx.env:
             raise ctx.error(f"input '{v.name}' is defined by no input, initializer or earlier node")
-    if all(isinstance(ctx.env[v.name], np.ndarray) for v in present):
+    if all(isinstance(ctx.env[v.name], np.ndarray) for v in present) and fold.folds(node):
         try:
             results = fold(node, [None if v is None else ctx.env[v.name] for v in node.inputs])
         except Exception as e:

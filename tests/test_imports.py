@@ -1,0 +1,110 @@
+"""The import rules of the architecture, checked on the import graph read from the source
+(``qgraph.testing.imports``: every import statement, function-local ones included).
+
+The judged (qgraph.tvm) and the judge (qgraph.reference) never import each other: what both
+need is the L3 contract (``qgraph.ir.l3``, ``qgraph.ir.l3_geometry``) and the numerics
+(``qgraph.quant.fixedpoint``), so a bug in a shared helper cannot pass the bit-exact test on
+both sides. The rules that do not hold yet are strict xfails: each fails the day it holds,
+and its marker goes. ``python -m qgraph.testing.imports`` prints the graph.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from qgraph.testing import imports
+
+EDGES = imports.edges()
+
+#: The units the IR sits below: it may import none of them.
+ABOVE_IR = ("qgraph.rewrite", "qgraph.pm", "qgraph.passes", "qgraph.calib", "qgraph.verify", "qgraph.api",
+            "qgraph.tvm", "qgraph.reference", "qgraph.cli", "qgraph.testing", "qgraph")
+
+
+def _imports(sources: str | tuple[str, ...], targets: str | tuple[str, ...]) -> list[imports.ImportEdge]:
+    """The imports by a module of unit(s) ``sources`` of a module of unit(s) ``targets``."""
+    sources = (sources,) if isinstance(sources, str) else sources
+    targets = (targets,) if isinstance(targets, str) else targets
+    return [e for e in EDGES if imports.unit(e.source) in sources and imports.unit(e.target) in targets]
+
+
+def _fail_if(found: list[imports.ImportEdge], message: str) -> None:
+    """Fail with ``message`` and each import of ``found`` (file:line), if there is any."""
+    if found:
+        pytest.fail(message + "\n" + "\n".join(f"  {e}" for e in found), pytrace=False)
+
+
+def test_tvm_never_imports_reference():
+    found = _imports("qgraph.tvm", "qgraph.reference")
+    _fail_if(found, "qgraph.tvm (the judged) imports qgraph.reference (the judge); move what both need into "
+                    "the L3 contract (qgraph/ir/l3*.py) or qgraph.quant:")
+
+
+def test_reference_never_imports_tvm():
+    found = _imports("qgraph.reference", "qgraph.tvm")
+    _fail_if(found, "qgraph.reference (the judge) imports qgraph.tvm (the judged):")
+
+
+@pytest.mark.xfail(strict=True, reason="qgraph.ir imports qgraph.rewrite: qgraph/ir/ops.py (its op groups) and "
+                                       "qgraph/ir/fusion.py")
+def test_ir_imports_nothing_above_it():
+    found = _imports("qgraph.ir", ABOVE_IR)
+    _fail_if(found, "qgraph.ir imports a package above it:")
+
+
+@pytest.mark.xfail(strict=True, reason="qgraph/quant/params.py imports qgraph.ir; qgraph/quant/overflow.py imports "
+                                       "qgraph.ir and qgraph.pm")
+def test_quant_imports_neither_ir_nor_pm():
+    found = _imports("qgraph.quant", ("qgraph.ir", "qgraph.pm"))
+    _fail_if(found, "qgraph.quant (the numerics) imports the IR or the pass manager:")
+
+
+@pytest.mark.xfail(strict=True, reason="cycles: qgraph.ir -> qgraph.rewrite -> qgraph.pm -> qgraph.ir; "
+                                       "qgraph.calib <-> qgraph.passes; qgraph.api <-> qgraph.verify (and "
+                                       "qgraph.verify -> the qgraph facade -> qgraph.api)")
+def test_no_cycle_between_packages():
+    graph = imports.unit_graph(EDGES)
+    comps = imports.cycles(graph)
+    lines = []
+    for comp in comps:
+        lines.append(f"cycle {' <-> '.join(comp)}:")
+        lines += [f"  {e}" for a, b, d in sorted(graph.subgraph(comp).edges(data=True)) for e in d["imports"]]
+    if comps:
+        pytest.fail("the top-level packages import one another in a cycle:\n" + "\n".join(lines), pytrace=False)
+
+
+# -- the reader itself ---------------------------------------------------------------------------
+def test_reader_sees_local_relative_and_mapped_imports(tmp_path):
+    """Function-local and relative imports count, ``from pkg import module`` names the module,
+    and a folder mapped to ``qgraph.passes`` is read under that name, not as its parent's."""
+    pkg, passes = tmp_path / "pkg", tmp_path / "pkg" / "passes"
+    (pkg / "ir").mkdir(parents=True)
+    passes.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "errors.py").write_text("")
+    (pkg / "ir" / "__init__.py").write_text("from .core import Node\nfrom . import text\n")
+    (pkg / "ir" / "core.py").write_text("import os\n\ndef f():\n    from qgraph.passes.fold import Fold\n")
+    (pkg / "ir" / "text.py").write_text("from ..errors import ParseError\n")
+    (passes / "__init__.py").write_text("")
+    (passes / "fold.py").write_text("from qgraph import errors\nimport qgraph.ir.core\n")
+    found = imports.edges({"qgraph": pkg, "qgraph.passes": passes})
+    got = {(e.source, e.target, e.line) for e in found}
+    assert got == {
+        ("qgraph.ir", "qgraph.ir.core", 1), ("qgraph.ir", "qgraph.ir.text", 2),
+        ("qgraph.ir.core", "qgraph.passes.fold", 4),
+        ("qgraph.ir.text", "qgraph.errors", 1),
+        ("qgraph.passes.fold", "qgraph.errors", 1), ("qgraph.passes.fold", "qgraph.ir.core", 2),
+    }, got
+    graph = imports.unit_graph(found)
+    assert imports.cycles(graph) == [["qgraph.ir", "qgraph.passes"]]
+    assert "qgraph.ir -> qgraph.passes" in imports.format_graph(graph)
+
+
+def test_the_real_graph_is_read():
+    """The graph of this repository has the edges everyone knows (a reader that found nothing
+    would pass every rule above)."""
+    graph = imports.unit_graph(EDGES)
+    assert graph.has_edge("qgraph.passes", "qgraph.ir") and graph.has_edge("qgraph.tvm", "qgraph.ir")
+    assert graph.has_edge("qgraph.reference", "qgraph.quant")  # the one rounding rule
+    local = [e for e in EDGES if e.path.name == "lower.py" and e.target == "qgraph.onnx.evaluate"]
+    assert local, "the function-local import in qgraph/tvm/lower.py was not seen"
