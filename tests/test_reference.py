@@ -547,3 +547,25 @@ def test_float_ops_onnx_evaluator_gets_wrong_equal_onnx_runtime(case):
     got = Interpreter(from_proto(proto)).run({"x": x})["y"]
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_constant_folding_gets_the_same_corrections():
+    """Canonicalize's constant folding (and TVM lowering's) evaluates through the same
+    ``NodeEvaluator``: a constant Pad with negative pads folds to what ONNX Runtime computes."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from qgraph.onnx import from_proto, to_proto
+    from tests.conftest import run_pipeline
+
+    c = np.arange(2 * 3 * 5, dtype=np.float32).reshape(1, 2, 3, 5)
+    g = helper.make_graph(
+        [helper.make_node("Pad", ["c", "p"], ["cp"]), helper.make_node("Add", ["x", "cp"], ["y"])], "fold",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(c, "c"), numpy_helper.from_array(np.array([0, 0, 2, -1, 0, 0, -1, -1], np.int64), "p")])
+    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m = from_proto(proto)
+    run_pipeline(m, "fold-constants")
+    assert [n.op_type for n in m.graph] == ["Add"]
+    x = np.random.default_rng(0).standard_normal((1, 2, 4, 3)).astype(np.float32)
+    np.testing.assert_array_equal(session(to_proto(m)).run(None, {"x": x})[0], session(proto).run(None, {"x": x})[0])

@@ -2,7 +2,8 @@
 
 Used by constant folding, by ``lower-qdq`` (lookup tables) and by the reference
 interpreter's fallback for standard ops, so that all three compute exactly what the spec
-says the node computes, at the model's opset. A qgraph-domain op listed in
+says the node computes, at the model's opset (with ``qgraph.onnx.evaluator_fixes`` for the
+ops onnx's own implementation gets wrong). A qgraph-domain op listed in
 ``qgraph.onnx.decompose.DECOMPOSITIONS`` is evaluated as the standard nodes it stands for.
 """
 
@@ -17,6 +18,7 @@ from onnx import helper
 
 from qgraph.ir.core import Node, Value
 from qgraph.ir.dtypes import from_numpy
+from qgraph.onnx.evaluator_fixes import FIXES
 
 
 def captured_values(node: Node) -> list[Value]:
@@ -116,7 +118,7 @@ class NodeEvaluator:
                                       [helper.make_value_info(o, onnx.TypeProto()) for o in outs if o])
             model = helper.make_model(graph, ir_version=onnx.IR_VERSION,
                                       opset_imports=[helper.make_opsetid(d, v) for d, v in self.opsets.items()])
-            ev = self._evaluators[key] = ReferenceEvaluator(model)
+            ev = self._evaluators[key] = ReferenceEvaluator(model, new_ops=list(FIXES))
         feeds = {n: x for n, x in zip(names, inputs) if n and x is not None}
         results = iter(ev.run(None, feeds))
         return [next(results) if o else None for o in outs]  # sequences stay lists, optionals may be None

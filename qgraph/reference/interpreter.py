@@ -46,9 +46,6 @@ KERNELS: Mapping[OpId, Kernel] = MappingProxyType({
     ops.Transpose: onnx_ops.transpose,
     ops.Flatten: onnx_ops.flatten,
     ops.Concat: onnx_ops.concat,
-    ops.Pad: onnx_ops.pad,
-    ops.ConvTranspose: onnx_ops.conv_transpose,
-    ops.op("LRN"): onnx_ops.lrn,
 })
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from qgraph.ir.core import Node, Value
 from qgraph.onnx.evaluate import NodeEvaluator
-from qgraph.reference.common import InterpreterError, NotNative
+from qgraph.reference.common import InterpreterError
 
 
 # -- numpy data movement -------------------------------------------------------------------------
@@ -67,102 +67,6 @@ def concat(node: Node, args: list, memo: dict) -> list[np.ndarray]:
     except ValueError as e:
         shapes = ", ".join(f"'{v.name}' {a.shape}" for v, a in zip(node.inputs, args) if a is not None)
         raise InterpreterError(f"{node.describe()}: cannot concatenate {shapes} on axis {axis}") from e
-
-
-def lrn(node: Node, args: list, memo: dict) -> list[np.ndarray]:
-    """ONNX LRN across channels (axis 1):
-    ``Y = X / (bias + alpha / size * square_sum) ** beta``, ``square_sum[c]`` the sum of ``X[c'] ** 2``
-    for ``c'`` in ``[c - floor((size - 1) / 2), c + ceil((size - 1) / 2)]`` clipped to the channels,
-    added in channel order.
-
-    Native because onnx's ``ReferenceEvaluator`` (1.23) loops over the batch axis instead of the
-    channels: for a batch of N it sums the window only for channels ``< N`` and leaves
-    ``square_sum`` 0 for the others, unlike the spec and ONNX Runtime. The float arithmetic
-    is the evaluator's otherwise (float32 throughout, ``alpha / size`` rounded to float32).
-    """
-    x = args[0]
-    if x.ndim < 3:
-        raise InterpreterError(f"{node.describe()}: LRN needs an input of rank >= 3, got {list(x.shape)}")
-    size = node.attr("size")
-    if size is None:
-        raise InterpreterError(f"{node.describe()}: missing attribute 'size'")
-    size = int(size)
-    alpha, beta, bias = float(node.attr("alpha", 1e-4)), float(node.attr("beta", 0.75)), float(node.attr("bias", 1.0))
-    before, after = (size - 1) // 2, math.ceil((size - 1) / 2)
-    channels = x.shape[1]
-    sq = x * x
-    padded = np.zeros((x.shape[0], channels + before + after) + x.shape[2:], x.dtype)
-    padded[:, before:before + channels] = sq
-    total = padded[:, 0:channels].copy()  # window terms in channel order; the zero padding adds exactly
-    for k in range(1, size):
-        total = total + padded[:, k:k + channels]
-    dt = x.dtype.type
-    return [(x / ((dt(bias) + dt(alpha / size) * total) ** dt(beta))).astype(x.dtype)]
-
-
-def pad(node: Node, args: list, memo: dict) -> list[np.ndarray]:
-    """ONNX Pad where some pads are negative (a crop, legal since opset 11): the negative
-    parts are sliced off, then the positive ones padded as ``np.pad`` does (what onnx's
-    evaluator does for them too). Others go to onnx's evaluator (``NotNative``), which hands
-    negative pads to ``np.pad`` and fails."""
-    x = args[0]
-    if len(args) > 1 and args[1] is not None:
-        pads = [int(p) for p in np.asarray(args[1]).reshape(-1)]
-        value = args[2] if len(args) > 2 and args[2] is not None else None
-        axes = [int(a) for a in np.asarray(args[3]).reshape(-1)] if len(args) > 3 and args[3] is not None else None
-    else:
-        pads, value, axes = list(node.attr("pads") or []), node.attr("value", 0.0), None
-    if min(pads, default=0) >= 0:
-        raise NotNative("no negative pads")
-    axes = list(range(x.ndim)) if axes is None else [a + x.ndim if a < 0 else a for a in axes]
-    if len(pads) != 2 * len(axes):
-        raise InterpreterError(f"{node.describe()}: {len(pads)} pads for {len(axes)} axes (need two per axis)")
-    begin, end = pads[:len(axes)], pads[len(axes):]
-    crop = [slice(None)] * x.ndim
-    widths = [(0, 0)] * x.ndim
-    for a, b, e in zip(axes, begin, end):
-        crop[a] = slice(max(-b, 0), x.shape[a] - max(-e, 0))
-        widths[a] = (max(b, 0), max(e, 0))
-    x = x[tuple(crop)]
-    mode = node.attr("mode", "constant")
-    mode = mode.decode() if isinstance(mode, bytes) else mode
-    if mode == "constant":
-        fill = 0 if value is None else np.asarray(value).reshape(-1)[0]
-        return [np.pad(x, widths, mode="constant", constant_values=fill).astype(x.dtype)]
-    return [np.pad(x, widths, mode={"reflect": "reflect", "edge": "edge", "wrap": "wrap"}[mode])]
-
-
-def conv_transpose(node: Node, args: list, memo: dict) -> list[np.ndarray]:
-    """ONNX ConvTranspose with ``group`` > 1, one group at a time through onnx's evaluator
-    (whose own grouped ConvTranspose reshapes the weights wrongly in onnx 1.23: a 3-group
-    ConvTranspose failed with "cannot reshape array"). Ungrouped ones go to the evaluator
-    directly (``NotNative``)."""
-    group = int(node.attr("group", 1))
-    if group == 1:
-        raise NotNative("ungrouped")
-    x, w = args[0], args[1]
-    b = args[2] if len(args) > 2 else None
-    if x.shape[1] % group or w.shape[0] != x.shape[1]:
-        raise InterpreterError(f"{node.describe()}: input channels {x.shape[1]} and weight {list(w.shape)} do not "
-                               f"split into {group} groups")
-    if "evaluator" not in memo:
-        from onnx import helper
-        from onnx.reference import ReferenceEvaluator
-
-        attrs = {k: a.value for k, a in node.attrs.items() if k != "group"}
-        one = helper.make_node("ConvTranspose", ["x", "w"] + (["b"] if b is not None else []), ["y"], **attrs)
-        names = list(one.input)
-        graph = helper.make_graph([one], "group", [helper.make_tensor_value_info(n, 0, None) for n in names],
-                                  [helper.make_tensor_value_info("y", 0, None)])
-        memo["evaluator"] = ReferenceEvaluator(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)]))
-    cin, cout = x.shape[1] // group, w.shape[1]
-    outs = []
-    for g in range(group):
-        feeds = {"x": x[:, g * cin:(g + 1) * cin], "w": w[g * cin:(g + 1) * cin]}
-        if b is not None:
-            feeds["b"] = b[g * cout:(g + 1) * cout]
-        outs.append(memo["evaluator"].run(None, feeds)[0])
-    return [np.concatenate(outs, axis=1).astype(x.dtype)]
 
 
 # -- onnx's reference evaluator ------------------------------------------------------------------
