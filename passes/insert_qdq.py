@@ -12,6 +12,10 @@ from qgraph.ir import fusion, ops
 from qgraph.ir.core import Model, Node, Value
 from qgraph.ir.dtypes import DType
 from qgraph.ir.l2 import QDQParamsError, read_qdq
+# the op groups insert-qdq shares with lower-qdq (qgraph.ir.op_groups says what each means)
+from qgraph.ir.op_groups import (
+    CLAMPING_ACTIVATIONS, PASS_THROUGH_OPS, QUANTIZED_OPS, SHARED_SCALE_OPS, UNARY_ACTIVATIONS,  # noqa: F401
+)
 from qgraph.ir.types import TensorType
 from qgraph.passes.opset import OpsetUpgradeError, check_upgrade, upgrade_opset
 from qgraph.pm.base import Pass, PassResult
@@ -21,24 +25,6 @@ from qgraph.quant.params import (
 )
 from qgraph.rewrite import constant_tensor
 
-#: ops quantized whenever their float inputs have ranges (inputs DQ, output Q)
-QUANTIZED_OPS = frozenset({ops.Conv, ops.ConvTranspose, ops.Gemm, ops.MatMul, ops.Add, ops.Mul,
-                           ops.AveragePool, ops.GlobalAveragePool, ops.MaxPool, ops.Concat})
-#: data-movement ops: quantized when their data input is, sharing its scale
-PASS_THROUGH_OPS = frozenset({ops.Reshape, ops.Transpose, ops.Flatten, ops.Squeeze, ops.Unsqueeze})
-#: ops whose output shares the parameters of their inputs (one scale for the whole op)
-SHARED_SCALE_OPS = PASS_THROUGH_OPS | {ops.MaxPool, ops.Concat}
-#: activations a requantizing op clamps to (y_qmin / y_qmax): fused, they need no pair between
-#: the op and themselves (the Q follows the activation, with its range)
-CLAMPING_ACTIVATIONS = frozenset({ops.Relu, ops.Clip})
-#: single-input elementwise activations: quantized (input DQ, output Q) whenever their input is,
-#: so that lower-qdq can tabulate an 8-bit one as a Lookup (a wider one stays float between
-#: Dequantize and Quantize)
-UNARY_ACTIVATIONS = frozenset({
-    ops.LeakyRelu, ops.HardSigmoid, ops.HardSwish, ops.Sigmoid, ops.Tanh, ops.Gelu, ops.Elu, ops.Selu,
-    ops.Softplus, ops.Mish, ops.op("Celu"), ops.op("ThresholdedRelu"), ops.op("Softsign"),
-    ops.QGraphHardSwish, ops.QGraphGelu,
-})
 #: ops whose input 1 is a weight (input 2 a bias where present)
 _LINEAR = frozenset({ops.Conv, ops.ConvTranspose, ops.Gemm, ops.MatMul})
 _FLOAT = (DType.FLOAT,)

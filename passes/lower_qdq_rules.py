@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from qgraph.ir import l3, ops
+from qgraph.ir import l3, op_groups, ops
 from qgraph.ir.core import Graph, Model, Node, Value
 from qgraph.onnx.evaluate import evaluate
 from qgraph.quant.fixedpoint import fixed_point_multiplier, shared_shift_multipliers
@@ -26,17 +26,11 @@ from qgraph.passes.lower_qdq_common import (Fallback, LoweringError, QIn, QOut, 
 
 ACC_BOUND = INT32.qmax  # QConv / QMatMul accumulate in int32
 
-#: ops that move data without arithmetic: run on the integers as they are
-DATA_MOVEMENT = frozenset({ops.MaxPool, ops.Reshape, ops.Transpose, ops.Flatten, ops.Squeeze, ops.Unsqueeze,
-                           ops.Concat, ops.Slice, ops.Split, ops.Gather, ops.Identity})
-#: elementwise ops with one float operand, tabulated as Lookup on an <= 8-bit input
-UNARY = frozenset({ops.Relu, ops.Clip, ops.LeakyRelu, ops.HardSigmoid, ops.HardSwish, ops.Sigmoid, ops.Tanh,
-                   ops.Exp, ops.Gelu, ops.Elu, ops.Selu, ops.Softplus, ops.Mish, ops.Neg, ops.Abs, ops.Sqrt,
-                   ops.Reciprocal, ops.Erf, ops.op("Log"), ops.op("Softsign"), ops.op("Sin"), ops.op("Cos"),
-                   ops.op("Floor"), ops.op("Ceil"), ops.op("Round"), ops.op("ThresholdedRelu"),
-                   ops.op("Celu"), ops.op("Shrink"), ops.QGraphHardSwish, ops.QGraphGelu})
-#: elementwise binary ops tabulated when the other operand is a one-element constant
-SCALAR_BINARY = frozenset({ops.Add, ops.Sub, ops.Mul, ops.Div, ops.Pow, ops.Max, ops.Min})
+# the op groups lower-qdq lowers; each is a superset of the insert-qdq group it must agree with
+# (qgraph.ir.op_groups)
+DATA_MOVEMENT = op_groups.DATA_MOVEMENT
+UNARY = op_groups.UNARY_ELEMENTWISE
+SCALAR_BINARY = op_groups.SCALAR_BINARY
 
 LOOKUP_MAX_BITS = 8
 

@@ -51,7 +51,7 @@ import numpy as np
 
 from qgraph.calib.ranges import ChannelIntervals, Interval, RangeMap
 from qgraph.errors import QGraphError
-from qgraph.ir import ops
+from qgraph.ir import op_groups, ops
 from qgraph.ir.core import Model, Node, Value
 from qgraph.ir.dtypes import DType
 from qgraph.pm.analysis import Analysis, AnalysisManager
@@ -610,8 +610,7 @@ def _where(p, node, ins):
 # Interval arithmetic forgets that both factors come from the same element, so x * Clip(x + 3, 0, 6)
 # on [-a, b] would get [-6a, 6b]. Splitting x's interval into pieces and bounding each piece's
 # product separately stays sound (every x lies in some piece) and is tight: [-2.25 - d, 6b].
-_CHAIN_OPS = frozenset({ops.Relu, ops.Clip, ops.HardSigmoid, ops.Sigmoid, ops.Tanh, ops.LeakyRelu, ops.Neg,
-                        ops.Add, ops.Sub, ops.Mul, ops.Div})
+_CHAIN_OPS = op_groups.CHAIN_ELEMENTWISE
 _PIECES = 48
 
 

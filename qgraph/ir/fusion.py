@@ -45,7 +45,7 @@ from typing import Iterator
 import numpy as np
 
 from qgraph.errors import QGraphError
-from qgraph.ir import ops
+from qgraph.ir import op_groups, ops
 from qgraph.ir.core import Node, Value
 from qgraph.ir.ops import OpId
 
@@ -53,14 +53,10 @@ FUSED_PRODUCER_KEY = "qgraph.fused_producer"
 ACTIVATION_GROUP_KEY = "qgraph.activation_group"
 MARK_KEYS = (FUSED_PRODUCER_KEY, ACTIVATION_GROUP_KEY)
 
-#: ops whose output an activation may be fused into. Add and Mul lower to QAdd / QMul, whose
-#: requantization clamps a fused Relu / Clip away (a residual Add -> Relu in ResNet: no Q/DQ
-#: pair and no 256-entry lookup between them; ORT's QDQ quantizer drops such an activation too),
-#: when both operands are activations (``check_producer_fusion``)
-FUSABLE_PRODUCERS = frozenset({ops.Conv, ops.ConvTranspose, ops.Gemm, ops.MatMul, ops.Add, ops.Mul})
-#: one-op activations
-SINGLE_ACTIVATIONS = frozenset({ops.Relu, ops.Clip, ops.LeakyRelu, ops.HardSwish, ops.HardSigmoid,
-                                ops.Sigmoid, ops.Tanh})
+# FUSABLE_PRODUCERS: ops an activation may be fused into; SINGLE_ACTIVATIONS: one-op activations
+# (qgraph.ir.op_groups says why Add and Mul are producers)
+FUSABLE_PRODUCERS = op_groups.FUSABLE_PRODUCERS
+SINGLE_ACTIVATIONS = op_groups.SINGLE_ACTIVATIONS
 
 HARD_SIGMOID_SWISH = "x*HardSigmoid(x)"
 CLIP_HARD_SWISH = "x*Clip(x+3,0,6)/6"
