@@ -26,26 +26,39 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 
 from qgraph import batching
+from qgraph.backends import BACKENDS, run_backend, run_batched
+from qgraph.compiled import (
+    CONFIG_FILE,
+    FLOAT_FILE,
+    L3_FILE,
+    QDQ_FILE,
+    RANGES_FILE,
+    REPORT_HTML,
+    REPORT_JSON,
+    REPORT_MD,
+    TVM_DIR,
+    CompiledDir,
+    remove_build,
+)
 from qgraph.errors import QGraphError
 from qgraph.ir.core import Model
+from qgraph.ort import run_ort
 from qgraph.progress import stage
 
 if TYPE_CHECKING:
     from qgraph.pm import PassContext
 
-#: Files ``QuantizedModel.save`` writes into its folder.
-FLOAT_FILE = "model.float.onnx"
-QDQ_FILE = "model.qdq.onnx"
-L3_FILE = "model.qgraph.onnx"
-REPORT_JSON = "report.json"
-REPORT_MD = "report.md"
-REPORT_HTML = "report.html"
-RANGES_FILE = "ranges.json"
-CONFIG_FILE = "config.json"
-#: The subfolder ``save`` exports a TVM build into (``qgraph.tvm.load`` reads it).
-TVM_DIR = "tvm"
+#: The names this module re-exports from where they are defined (``qgraph.compiled``: the
+#: folder format; ``qgraph.backends``: the dispatch; ``qgraph.ort``: ONNX Runtime), so that
+#: ``from qgraph.api import CompiledDir, run_ort, FLOAT_FILE`` keeps working.
+__all__ = [
+    "BACKENDS", "CONFIG_FILE", "FLOAT_FILE", "L3_FILE", "QDQ_FILE", "RANGES_FILE", "REPORT_HTML",
+    "REPORT_JSON", "REPORT_MD", "TVM_DIR", "CompiledDir", "QGraphError", "QuantizedModel", "clone",
+    "golden_integer_outputs", "quantize", "quantize_pipelines", "remove_build", "run_batched", "run_ort",
+    "set_input_shapes",
+]
 
-BACKENDS = ("reference", "ort", "ort-sim", "tvm")
+
 
 
 def _load(model: Any) -> Model:
@@ -92,14 +105,8 @@ def set_input_shapes(model: Model, shapes: Mapping[str, Any]) -> None:
 
 
 def clone(model: Model) -> Model:
-    """A deep copy through the ONNX form (lossless: qgraph-domain ops stay as they are),
-    keeping the range fields."""
-    from qgraph.onnx import from_proto, to_proto
-
-    copy = from_proto(to_proto(model, decompose=False))
-    copy.input_ranges = dict(model.input_ranges)
-    copy.calibration = model.calibration
-    return copy
+    """``model.clone()`` (kept for callers of the old name)."""
+    return model.clone()
 
 
 def _config(config: Any):
@@ -182,23 +189,12 @@ class QuantizedModel:
             QGraphError: unknown backend, ``tvm`` without a build, or feeds that do not fit
                 (NaN / Inf included: ``batching.check_finite``).
         """
-        if backend in BACKENDS:
-            batching.check_finite(feeds, batching.model_axes(self.integer), f"backend '{backend}'")
-        if backend == "reference":
-            from qgraph.reference import Interpreter
+        if backend == "reference" and self._interpreter is None:
+            from qgraph.backends import interpreter
 
-            if self._interpreter is None:
-                self._interpreter = Interpreter(self.integer)
-            return batching.run_model(self.integer, self._interpreter.run, feeds, what="backend 'reference'",
-                                      probe=self.float_model)
-        if backend in ("ort", "ort-sim"):
-            return run_ort(self.qdq, feeds, simulate=backend == "ort-sim", probe=self.float_model,
-                           what=f"backend '{backend}'")
-        if backend == "tvm":
-            if self.compiled is None:
-                raise QGraphError("backend 'tvm': this model has no TVM build; call build(target='cpu') first")
-            return run_batched(self.compiled, feeds, model=self.integer, probe=self.float_model)
-        raise QGraphError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
+            self._interpreter = interpreter(self.integer)
+        return run_backend(backend, feeds, float_model=self.float_model, qdq=self.qdq, integer=self.integer,
+                           compiled=self.compiled, reference=self._interpreter)
 
     def export_qdq(self, path: str) -> None:
         from qgraph.onnx import save
@@ -252,88 +248,6 @@ class QuantizedModel:
             remove_build(outdir)
 
 
-def remove_build(outdir: str) -> None:
-    """Delete the files a TVM export wrote into ``outdir/tvm/`` (and the folder, if left empty)."""
-    from qgraph.tvm.build import LIBRARY_FILE, META_FILE, OBJECTS_FILE
-
-    folder = os.path.join(outdir, TVM_DIR)
-    if not os.path.isdir(folder):
-        return
-    for name in (LIBRARY_FILE, OBJECTS_FILE, META_FILE):
-        path = os.path.join(folder, name)
-        if os.path.exists(path):
-            os.remove(path)
-    if not os.listdir(folder):
-        os.rmdir(folder)
-
-
-def run_batched(compiled, feeds: Mapping[str, np.ndarray], model: Model | None = None,
-                probe: Model | None = None) -> dict[str, np.ndarray]:
-    """Run a TVM build (static shapes) on feeds of any number of samples.
-
-    The samples (on each input's sample axis, as ``model`` records them; axis 0 without a
-    model) are split into batches of the compiled batch size B (the compiled dim at the
-    sample axes): ``qgraph.batching.run_in_batches``, which pads a short last batch and drops
-    the padding's outputs.
-
-    Args:
-        compiled: a ``qgraph.tvm.Compiled`` that runs on this machine.
-        feeds: one array per compiled input, each of the compiled shape but for the sample axis.
-        model: the model the build was made from (its batch axes); default: axis 0 for every
-            input of rank >= 1.
-        probe: the float model whose outputs tell their sample axes (``probe_output_axes``).
-
-    Raises:
-        QGraphError: feeds that do not match the compiled inputs (names the input, its
-            expected and given shapes), or outputs whose sample axis cannot be told.
-    """
-    shapes = {s.name: tuple(s.shape) for s in compiled.inputs}
-    if not shapes:
-        return compiled.run({})
-    axes = batching.resolve(shapes, batching.declared_axes(model) if model is not None else None)
-    extra = [k for k in feeds if k not in shapes]
-    if extra:
-        raise QGraphError(f"backend 'tvm': unknown input '{extra[0]}'; the compiled inputs are "
-                          f"{', '.join(repr(n) for n in shapes)}")
-
-    def probed() -> dict:
-        return batching.probe_output_axes(probe, axes) if probe is not None else {}
-
-    return batching.run_in_batches(compiled.run, feeds, shapes, axes, output_axes=probed, what="backend 'tvm'")
-
-
-def run_ort(model: Model, feeds: Mapping[str, np.ndarray], *, simulate: bool = False,
-            threads: int | None = None, probe: Model | None = None,
-            what: str = "ONNX Runtime") -> dict[str, np.ndarray]:
-    """Run ``model`` in ONNX Runtime's CPU EP on any number of samples, in batches of the
-    size it takes (``qgraph.batching.run_model``); ``simulate`` turns off its QDQ fusion
-    (``session.disable_quant_qdq``), so Q/DQ run as written: the float simulation. ``what``
-    names the run in errors and progress (e.g. ``backend 'ort'``, ``the float model``)."""
-    import onnxruntime as ort
-
-    from qgraph.onnx import to_proto
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if simulate:
-        so.add_session_config_entry("session.disable_quant_qdq", "1")
-    if threads:
-        so.intra_op_num_threads = threads
-    try:
-        sess = ort.InferenceSession(to_proto(model).SerializeToString(), so, providers=["CPUExecutionProvider"])
-    except Exception as e:
-        raise QGraphError(f"{what}: ONNX Runtime cannot load the model: {str(e).splitlines()[0]}") from e
-    names = [o.name for o in sess.get_outputs()]
-
-    def run(batch: dict) -> dict:
-        try:
-            return dict(zip(names, sess.run(None, batch)))
-        except Exception as e:
-            raise QGraphError(f"{what}: ONNX Runtime failed: {str(e).splitlines()[0]}") from e
-
-    return batching.run_model(model, run, feeds, what=what, probe=probe)
-
-
 def quantize(model: Any, calib: Any, config: Any = None, *, method: str = "minmax",
              method_options: Mapping[str, Any] | None = None, report: bool = True,
              report_samples: int = 8, show_progress: bool | None = None,
@@ -368,7 +282,7 @@ def quantize(model: Any, calib: Any, config: Any = None, *, method: str = "minma
     from qgraph.pm import PassContext, PassManager
 
     cfg = _config(config)
-    float_model = clone(_load(model))
+    float_model = _load(model).clone()
     if input_shapes:
         set_input_shapes(float_model, input_shapes)
     cfg = _with_batch_axes(cfg, float_model, calib, batch_axes)
@@ -385,7 +299,7 @@ def quantize(model: Any, calib: Any, config: Any = None, *, method: str = "minma
     current = "float"
     for level, text, pipeline in steps:
         if level != current:  # the next level starts from a copy: the one before is kept
-            levels[level] = clone(levels[current])
+            levels[level] = levels[current].clone()
             current = level
         if _find_pass([(level, text, pipeline)], Calibrate) is not None:  # calibrate shows its own progress
             PassManager(pipeline, ctx).run(levels[level])
@@ -445,124 +359,6 @@ def _with_batch_axes(cfg, model: Model, calib: Any, batch_axes: Mapping[str, Any
     axes = batching.combine(cfg.batch_axes, batching.source_axes(calib), given)
     batching.set_model_axes(model, axes)
     return replace(cfg, batch_axes=axes) if axes != cfg.batch_axes else cfg
-
-
-def _saved_batch_axes(path: str) -> dict:
-    """The ``batch_axes`` of the folder's ``config.json`` (the models record the same in their
-    metadata; the file wins, so that editing it is enough)."""
-    config = os.path.join(path, CONFIG_FILE)
-    if not os.path.exists(config):
-        return {}
-    try:
-        with open(config) as f:
-            saved = json.load(f)
-    except (OSError, ValueError) as e:
-        raise QGraphError(f"{config}: not readable JSON ({e}); rerun `qgraph compile` into {path}") from e
-    axes = saved.get("batch_axes") if isinstance(saved, dict) else None
-    return batching.parse_mapping(axes, f"{config}: batch_axes") if axes else {}
-
-
-@dataclass
-class CompiledDir:
-    """A folder written by ``qgraph compile`` / ``QuantizedModel.save``, read back.
-
-    The TVM build (``tvm/``, written by ``qgraph compile --target cpu``) is loaded on first
-    use (``tvm_build``).
-    """
-
-    path: str
-    float_model: Model
-    qdq: Model
-    integer: Model
-    report: dict | None
-    _compiled: Any = field(default=None, repr=False)
-
-    @classmethod
-    def load(cls, path: str) -> "CompiledDir":
-        from qgraph.onnx import load
-
-        if not os.path.isdir(path):
-            raise QGraphError(f"{path}: not a folder written by `qgraph compile`")
-        missing = [f for f in (FLOAT_FILE, QDQ_FILE, L3_FILE) if not os.path.exists(os.path.join(path, f))]
-        if missing:
-            raise QGraphError(f"{path}: missing {', '.join(missing)}; rerun `qgraph compile` into this folder")
-        report = None
-        if os.path.exists(os.path.join(path, REPORT_JSON)):
-            with open(os.path.join(path, REPORT_JSON)) as f:
-                report = json.load(f)
-        c = cls(path, load(os.path.join(path, FLOAT_FILE)), load(os.path.join(path, QDQ_FILE)),
-                load(os.path.join(path, L3_FILE)), report)
-        c.set_batch_axes(_saved_batch_axes(path))
-        return c
-
-    @property
-    def has_build(self) -> bool:
-        """Whether the folder holds a TVM build (``tvm/model.json``)."""
-        from qgraph.tvm.build import META_FILE
-
-        return os.path.exists(os.path.join(self.path, TVM_DIR, META_FILE))
-
-    def build_info(self) -> dict:
-        """The TVM build's description (``tvm/model.json``: target, inputs, outputs, library)."""
-        from qgraph.tvm.build import META_FILE
-
-        if not self.has_build:
-            raise QGraphError(self._no_build())
-        with open(os.path.join(self.path, TVM_DIR, META_FILE)) as f:
-            return json.load(f)
-
-    def _no_build(self) -> str:
-        return (f"{self.path}: no TVM build (no {TVM_DIR}/model.json); recompile with "
-                f"`qgraph compile MODEL --calib DATA -o {self.path} --target cpu` to run backend 'tvm'")
-
-    def tvm_build(self):
-        """The TVM build, loaded (``qgraph.tvm.load``) once.
-
-        Raises:
-            QGraphError: no build in the folder, or one for a target that does not run here.
-        """
-        if self._compiled is None:
-            if not self.has_build:
-                raise QGraphError(self._no_build())
-            from qgraph import tvm as qtvm
-            from qgraph.tvm.build import LIBRARY_FILE
-
-            info = self.build_info()
-            if info.get("library") != LIBRARY_FILE:
-                raise QGraphError(f"{self.path}: the TVM build is for target '{info.get('target')}' "
-                                  f"({info.get('library')}: object files to link on the device); it does not run "
-                                  "here; recompile with --target cpu to run it on this machine")
-            if info.get("target") == "cpu":
-                from qgraph.targets import get
-
-                here = json.loads(json.dumps(dict(get("cpu").tvm_dict)))
-                if info.get("tvm_target") != here:
-                    raise QGraphError(f"{self.path}: the TVM build is for another CPU ({info.get('tvm_target')}; this "
-                                      f"one is {here}); recompile here with --target cpu")
-            self._compiled = qtvm.load(os.path.join(self.path, TVM_DIR))
-            if not self._compiled.target.runnable:
-                raise QGraphError(f"{self.path}: the TVM build is for target '{info.get('target')}', which does not "
-                                  "run on this machine; recompile with --target cpu")
-        return self._compiled
-
-    def set_batch_axes(self, axes: Mapping[str, int | None] | None) -> None:
-        """Run with these sample axes (input name -> axis, or None: no sample axis) over the
-        ones the folder's models record (``qgraph run --batch-axis``)."""
-        for m in (self.float_model, self.qdq, self.integer):
-            batching.set_model_axes(m, axes)
-
-    def run(self, feeds: Mapping[str, np.ndarray], backend: str = "reference") -> dict[str, np.ndarray]:
-        """Run the folder's models on any number of samples; ``backend`` as in
-        ``QuantizedModel.run`` (``tvm`` runs the exported build)."""
-        if backend == "tvm":
-            batching.check_finite(feeds, batching.model_axes(self.integer), "backend 'tvm'")
-            return run_batched(self.tvm_build(), feeds, model=self.integer, probe=self.float_model)
-        q = QuantizedModel(self.float_model, self.qdq, self.integer, None, None)
-        return q.run(feeds, backend)
-
-    def run_float(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The float model in ONNX Runtime, on any number of samples."""
-        return run_ort(self.float_model, feeds, what="the float model (ONNX Runtime)")
 
 
 def golden_integer_outputs(model_path: str, calib_path: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -11,6 +11,7 @@ from qgraph.errors import QGraphError
 from qgraph.ir.core import Model
 from qgraph.ir.dtypes import DType
 from qgraph.ir.types import TensorType
+from qgraph.ort import cpu_session
 
 FLOAT_TYPES = (DType.FLOAT, DType.FLOAT16, DType.DOUBLE, DType.BFLOAT16)
 
@@ -26,8 +27,6 @@ def observed_values(model: Model) -> list[str]:
 
 
 def _session(model: Model, names: list[str]):
-    import onnxruntime as ort
-
     from qgraph.onnx.exporter import to_proto
 
     proto = to_proto(model)
@@ -42,11 +41,9 @@ def _session(model: Model, names: list[str]):
             out.CopyFrom(typed[name])
         else:
             out.name = name
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # observe the graph as written
-    so.log_severity_level = 4  # fatal only: a failed run's error is raised below, in one line; ORT's own log of it was a second
     try:
-        return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        # the graph as written is observed; fatal only: a failed run's error is raised below, in one line
+        return cpu_session(proto, optimize=False, log_severity=4)
     except Exception as e:
         raise QGraphError(f"ONNX Runtime cannot load the model for calibration: {str(e).splitlines()[0]}") from e
 

@@ -18,13 +18,13 @@ import time
 
 import numpy as np
 
+from qgraph.backends import BACKENDS
 from qgraph.errors import QGraphError
 from qgraph.targets import NAMES as TVM_TARGETS
 
 log = logging.getLogger("qgraph")
 
 TARGETS = ("qdq",) + TVM_TARGETS
-BACKENDS = ("reference", "ort", "ort-sim", "tvm")
 
 
 @contextlib.contextmanager
@@ -172,7 +172,7 @@ def _print_summary(report, args: argparse.Namespace, seconds: float) -> None:
 
 def _compile_tvm(q, args: argparse.Namespace) -> None:
     """Build L3 with TVM for ``args.target`` and export it into ``OUTDIR/tvm/``."""
-    from qgraph.api import TVM_DIR
+    from qgraph.compiled import TVM_DIR
 
     start = time.perf_counter()
     with _native_stderr_captured():
@@ -196,7 +196,7 @@ def _compile_tvm(q, args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from qgraph.api import CompiledDir
+    from qgraph.compiled import CompiledDir
 
     c = CompiledDir.load(args.outdir)
     feeds = _laid_out(c, args.inputs, args.batch_axis)
@@ -227,7 +227,7 @@ def _batching(build, feeds, c) -> str:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from qgraph import batching
-    from qgraph.api import CompiledDir
+    from qgraph.compiled import CompiledDir
     from qgraph.verify.outputs import backend_line, format_verify, verify_outputs
 
     c = CompiledDir.load(args.outdir)

@@ -624,7 +624,7 @@ def mutated_case(seed: int) -> tuple[str, bytes, str, list[str]]:
 def check_mutated(seed: int) -> Outcome:
     """Compile mutated case ``seed`` (call it in a child: ``run_isolated``); what compiles must
     give a QDQ export that ONNX Runtime loads."""
-    from qgraph.api import QDQ_FILE
+    from qgraph.compiled import QDQ_FILE
     from qgraph.testing.ort import session
 
     name, data, calib, _ = mutated_case(seed)
@@ -864,7 +864,7 @@ def random_graph(seed: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
 def check_random(seed: int) -> Outcome:
     """Compile random graph ``seed``; on success run the QDQ export in ONNX Runtime and the
     integer reference, and check their outputs against the float model's shapes."""
-    from qgraph.api import QDQ_FILE, CompiledDir
+    from qgraph.compiled import QDQ_FILE, CompiledDir
     from qgraph.testing.ort import session
 
     model, calib = random_graph(seed)

@@ -19,16 +19,10 @@ def session(model: "onnx.ModelProto | bytes | str", *, optimize: bool = True, **
     """
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    if not optimize:
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 4
+    from qgraph.ort import cpu_session
+
     ort.set_default_logger_severity(4)
-    for k, v in options.items():
-        so.add_session_config_entry(k, v)
-    if isinstance(model, onnx.ModelProto):
-        model = model.SerializeToString()
-    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    return cpu_session(model, optimize=optimize, log_severity=4, config=options)
 
 
 def run(model, feeds: dict[str, Any]) -> list[Any]:

@@ -50,7 +50,7 @@ def quantized_vs_float(compiled, feeds: Mapping[str, np.ndarray], labels=None):
     Returns:
         ``(float outputs, quantized outputs, {output name: metrics})``.
     """
-    from qgraph.api import run_ort
+    from qgraph.ort import run_ort
 
     ref = compiled.run(feeds, "reference")
     flt = run_ort(compiled.float_model, feeds, what="the float model (ONNX Runtime)")
