@@ -105,8 +105,10 @@ def set_input_shapes(model: Model, shapes: Mapping[str, Any]) -> None:
 
 
 def clone(model: Model) -> Model:
-    """``model.clone()`` (kept for callers of the old name)."""
-    return model.clone()
+    """``qgraph.onnx.clone`` (kept for callers of the old name)."""
+    from qgraph.onnx import clone as onnx_clone
+
+    return onnx_clone(model)
 
 
 def _config(config: Any):
@@ -282,7 +284,7 @@ def quantize(model: Any, calib: Any, config: Any = None, *, method: str = "minma
     from qgraph.pm import PassContext, PassManager
 
     cfg = _config(config)
-    float_model = _load(model).clone()
+    float_model = clone(_load(model))
     if input_shapes:
         set_input_shapes(float_model, input_shapes)
     cfg = _with_batch_axes(cfg, float_model, calib, batch_axes)
@@ -299,7 +301,7 @@ def quantize(model: Any, calib: Any, config: Any = None, *, method: str = "minma
     current = "float"
     for level, text, pipeline in steps:
         if level != current:  # the next level starts from a copy: the one before is kept
-            levels[level] = levels[current].clone()
+            levels[level] = clone(levels[current])
             current = level
         if _find_pass([(level, text, pipeline)], Calibrate) is not None:  # calibrate shows its own progress
             PassManager(pipeline, ctx).run(levels[level])

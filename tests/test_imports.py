@@ -60,9 +60,7 @@ def test_quant_imports_neither_ir_nor_pm():
 
 
 @pytest.mark.xfail(strict=True, reason="cycles: qgraph.ir -> qgraph.rewrite -> qgraph.pm -> qgraph.ir; "
-                                       "qgraph.ir <-> qgraph.onnx (Model.clone's local import); "
-                                       "qgraph.calib <-> qgraph.passes; qgraph.verify -> the qgraph facade "
-                                       "(qgraph.__version__ in report.py) -> qgraph.api -> qgraph.verify")
+                                       "qgraph.calib <-> qgraph.passes")
 def test_no_cycle_between_packages():
     graph = imports.unit_graph(EDGES)
     comps = imports.cycles(graph)

@@ -746,20 +746,5 @@ class Model:
                 return v
         return None
 
-    def clone(self) -> "Model":
-        """A deep copy of the graph, keeping the range fields (``input_ranges`` as a new dict
-        of the same intervals; ``calibration`` the same object).
-
-        The copy goes through the ONNX form, which is lossless (qgraph-domain ops stay as
-        they are). The import is local because the IR sits below ``qgraph.onnx``; a pure-IR
-        copy would remove this upward edge.
-        """
-        from qgraph.onnx import from_proto, to_proto
-
-        copy = from_proto(to_proto(self, decompose=False))
-        copy.input_ranges = dict(self.input_ranges)
-        copy.calibration = self.calibration
-        return copy
-
     def __repr__(self) -> str:
         return f"Model({self.graph!r}, opsets={self.opset_imports})"

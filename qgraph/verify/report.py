@@ -273,7 +273,7 @@ def build_report(q, calib: Any, samples: int = 8, *, eval: Any = None, model_pat
             inference), for the ``output-shape`` check.
         fallback_reasons: ``LowerQDQ.fallback_reasons`` of the run that made ``q.integer``.
     """
-    import qgraph
+    from qgraph.version import VERSION
     from qgraph.verify import diagnose
     from qgraph.verify.markdown import samples as n_samples
     from qgraph.verify.float_ops import op_counts, stayed_float
@@ -314,7 +314,7 @@ def build_report(q, calib: Any, samples: int = 8, *, eval: Any = None, model_pat
              + diagnose.check_excludes(q.config, [q.float_model])
              + (diagnose.check_labels(outputs, eval.labels, eval.source) if eval is not None else []))
     meta = getattr(q.ranges, "meta", {}) or {}
-    summary = {"model": model_path, "qgraph_version": qgraph.__version__, "method": meta.get("method"),
+    summary = {"model": model_path, "qgraph_version": VERSION, "method": meta.get("method"),
                "calibration_samples": meta.get("samples"), "config": config_text(q.config), "target": None,
                "eval": None if eval is None else {"source": eval.source, "samples": eval.samples,
                                                    "labels": eval.labels is not None},
