@@ -45,8 +45,6 @@ def test_reference_never_imports_tvm():
     _fail_if(found, "qgraph.reference (the judge) imports qgraph.tvm (the judged):")
 
 
-@pytest.mark.xfail(strict=True, reason="qgraph.ir imports qgraph.rewrite: qgraph/ir/ops.py (its op groups) and "
-                                       "qgraph/ir/fusion.py")
 def test_ir_imports_nothing_above_it():
     found = _imports("qgraph.ir", ABOVE_IR)
     _fail_if(found, "qgraph.ir imports a package above it:")
