@@ -50,8 +50,6 @@ def test_ir_imports_nothing_above_it():
     _fail_if(found, "qgraph.ir imports a package above it:")
 
 
-@pytest.mark.xfail(strict=True, reason="qgraph/quant/params.py imports qgraph.ir; qgraph/quant/overflow.py imports "
-                                       "qgraph.ir and qgraph.pm")
 def test_quant_imports_neither_ir_nor_pm():
     found = _imports("qgraph.quant", ("qgraph.ir", "qgraph.pm"))
     _fail_if(found, "qgraph.quant (the numerics) imports the IR or the pass manager:")
