@@ -55,8 +55,7 @@ def test_quant_imports_neither_ir_nor_pm():
     _fail_if(found, "qgraph.quant (the numerics) imports the IR or the pass manager:")
 
 
-@pytest.mark.xfail(strict=True, reason="cycles: qgraph.ir -> qgraph.rewrite -> qgraph.pm -> qgraph.ir; "
-                                       "qgraph.calib <-> qgraph.passes; qgraph.api <-> qgraph.verify (and "
+@pytest.mark.xfail(strict=True, reason="cycles: qgraph.calib <-> qgraph.passes; qgraph.api <-> qgraph.verify (and "
                                        "qgraph.verify -> the qgraph facade -> qgraph.api)")
 def test_no_cycle_between_packages():
     graph = imports.unit_graph(EDGES)

@@ -163,3 +163,15 @@ graph main(%c: bool[], %x: f32[1]) -> (%y) {
     %r = Relu(%x)
   }}
 }"""), graph_text(m)
+
+
+def test_patterns_are_built_by_pat_not_by_calling_an_op():
+    """The IR knows nothing of patterns: ``pat`` builds them, a called OpId says where to go."""
+    p = pat.Relu(pat[ops.Conv](Var("x"), Const("w"), bind="conv"))
+    assert p.op is ops.Relu and p.inputs[0].op is ops.Conv and p.inputs[0].bind == "conv" and p.size() == 2
+    with pytest.raises(TypeError, match=r"pat\.Relu"):
+        ops.Relu(Var("x"))
+    with pytest.raises(AttributeError, match="no op identity 'NotAnOp'"):
+        pat.NotAnOp
+    with pytest.raises(TypeError, match="takes an OpId"):
+        pat["Relu"]
