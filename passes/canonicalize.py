@@ -18,7 +18,7 @@ from qgraph.ir.dtypes import DType, from_numpy
 from qgraph.ir.tensor import Tensor
 from qgraph.ir.types import TensorType
 from qgraph.pm.base import Pass, PassResult
-from qgraph.rewrite import Match, RewritePass, RewriteRule, RuleSet, Var, constant_tensor
+from qgraph.rewrite import Match, RewritePass, RewriteRule, RuleSet, Var, constant_tensor, pat
 
 log = logging.getLogger("qgraph.canonicalize")
 
@@ -403,7 +403,7 @@ def _complete(g: Graph) -> int:
 class SumToAdd(RewriteRule):
     """Sum(a, b, c, ...) -> Add(Add(a, b), c) ...; Sum(a) -> a"""
 
-    pattern = ops.Sum(Var("first"), allow_extra_inputs=True)
+    pattern = pat.Sum(Var("first"), allow_extra_inputs=True)
 
     def check(self, m: Match) -> None:
         opset = m.model.opset("") if m.model is not None else None

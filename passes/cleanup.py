@@ -7,7 +7,7 @@ import numpy as np
 from qgraph.ir import ops
 from qgraph.ir.core import Graph, Model, Node
 from qgraph.pm.base import Pass, PassResult
-from qgraph.rewrite import Match, RewritePass, RewriteRule, RuleSet, Var, constant_tensor
+from qgraph.rewrite import Match, RewritePass, RewriteRule, RuleSet, Var, constant_tensor, pat
 
 
 def _check_output_rename(rule: RewriteRule, m: Match, x_name: str = "x") -> None:
@@ -24,7 +24,7 @@ def _check_output_rename(rule: RewriteRule, m: Match, x_name: str = "x") -> None
 class IdentityRule(RewriteRule):
     """Identity(x) -> x"""
 
-    pattern = ops.Identity(Var("x"))
+    pattern = pat.Identity(Var("x"))
 
     def check(self, m: Match) -> None:
         _check_output_rename(self, m)
@@ -36,7 +36,7 @@ class IdentityRule(RewriteRule):
 class InferenceDropoutRule(RewriteRule):
     """Dropout(x) -> x, when it runs in inference mode and its mask is unread."""
 
-    pattern = ops.Dropout(Var("x"), allow_extra_inputs=True)
+    pattern = pat.Dropout(Var("x"), allow_extra_inputs=True)
 
     def check(self, m: Match) -> None:
         node = m.root

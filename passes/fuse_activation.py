@@ -15,7 +15,7 @@ from qgraph.ir.core import Model, Node, Value
 from qgraph.ir.fusion import FusionRefused
 from qgraph.pm.base import ALL_ANALYSES, Pass, PassResult
 from qgraph.rewrite import (Match, MatchFailure, MatchTracer, RewritePass, RewriteRule, RuleSet, Var,
-                            constant_tensor, match)
+                            constant_tensor, match, pat)
 from qgraph.rewrite.pattern import MatchFailed
 
 
@@ -26,7 +26,7 @@ class PadIntoConv(RewriteRule):
     Only zero constant padding of the spatial axes folds; the Pad stays for its other readers.
     """
 
-    pattern = ops.Conv(ops.Pad(Var("x"), bind="pad", allow_extra_inputs=True), Var("w"), Var("b", optional=True))
+    pattern = pat.Conv(pat.Pad(Var("x"), bind="pad", allow_extra_inputs=True), Var("w"), Var("b", optional=True))
 
     def check(self, m: Match) -> None:
         conv, pad = m.root, m.nodes["pad"]
@@ -179,7 +179,7 @@ class ProducerActivation(MarkRule):
     """
 
     def __init__(self, act: ops.OpId):
-        self.pattern = act(Var("x"), allow_extra_inputs=act is ops.Clip)
+        self.pattern = pat[act](Var("x"), allow_extra_inputs=act is ops.Clip)
 
     def check(self, m: Match) -> None:
         try:
@@ -204,7 +204,7 @@ class HardSwishGroup(MarkRule):
 
     def __init__(self, form: str):
         self.form = form
-        self.pattern = fusion.GROUP_ROOTS[form](Var("a"), Var("b"))
+        self.pattern = pat[fusion.GROUP_ROOTS[form]](Var("a"), Var("b"))
 
     def check(self, m: Match) -> None:
         try:

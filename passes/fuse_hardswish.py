@@ -16,7 +16,7 @@ from qgraph.ir import ops
 from qgraph.ir.core import Node, Value
 from qgraph.ir.dtypes import DType
 from qgraph.pm.base import PassResult
-from qgraph.rewrite import Const, Match, RewritePass, RewriteRule, RuleSet, Var, apply_rules, constant_tensor
+from qgraph.rewrite import Const, Match, RewritePass, RewriteRule, RuleSet, Var, apply_rules, constant_tensor, pat
 from qgraph.rewrite.pattern import NodePattern
 from qgraph.passes.fuse_transformer import (CONST_RTOL, _const_rank_fits, _consumers_first,
                                             _declare_qgraph_domain, _escape, _result_type, _scalar)
@@ -34,13 +34,13 @@ def _close(value: float | None, target: float) -> bool:
 
 
 def _binary(op: ops.OpId, a, b, swap: bool, bind: str | None = None) -> NodePattern:
-    return op(b, a, bind=bind) if swap else op(a, b, bind=bind)
+    return pat[op](b, a, bind=bind) if swap else pat[op](a, b, bind=bind)
 
 
 def _clip_gates(x: Var) -> Iterator[NodePattern]:
     """Clip(x + 3, 0, 6) (6 * hard-sigmoid), either Add operand order; bounds checked later."""
     for swap in (False, True):
-        yield ops.Clip(_binary(ops.Add, x, Const("three"), swap, bind="add"), bind="clip", allow_extra_inputs=True)
+        yield pat.Clip(_binary(ops.Add, x, Const("three"), swap, bind="add"), bind="clip", allow_extra_inputs=True)
 
 
 def _hard_swish_patterns() -> Iterator[NodePattern]:
@@ -49,13 +49,13 @@ def _hard_swish_patterns() -> Iterator[NodePattern]:
     for gate in _clip_gates(x):
         for swap in (False, True):
             prod = _binary(ops.Mul, x, gate, swap, bind="prod")
-            yield ops.Div(prod, Const("six"))  # (x * Clip(x + 3, 0, 6)) / 6
-            yield _binary(ops.Mul, x, ops.Div(gate, Const("six"), bind="scale"), swap)  # x * (Clip(.) / 6)
+            yield pat.Div(prod, Const("six"))  # (x * Clip(x + 3, 0, 6)) / 6
+            yield _binary(ops.Mul, x, pat.Div(gate, Const("six"), bind="scale"), swap)  # x * (Clip(.) / 6)
             for swap2 in (False, True):
                 yield _binary(ops.Mul, prod, Const("sixth"), swap2)  # (x * Clip(.)) * (1/6)
                 yield _binary(ops.Mul, x, _binary(ops.Mul, gate, Const("sixth"), swap2, bind="scale"), swap)
     for swap in (False, True):
-        yield _binary(ops.Mul, x, ops.HardSigmoid(x, bind="hsig"), swap)  # x * HardSigmoid(x)
+        yield _binary(ops.Mul, x, pat.HardSigmoid(x, bind="hsig"), swap)  # x * HardSigmoid(x)
 
 
 def _clip_bounds(clip: Node) -> tuple[float | None, float | None]:

@@ -25,7 +25,7 @@ from qgraph.ir.core import Node, Value
 from qgraph.ir.dtypes import DType, to_numpy
 from qgraph.ir.ops import OpId
 from qgraph.ir.tensor import Tensor
-from qgraph.rewrite import Builder, Const, Match, RewritePass, RewriteRule, RuleSet, Var, constant_tensor
+from qgraph.rewrite import Builder, Const, Match, RewritePass, RewriteRule, RuleSet, Var, constant_tensor, pat
 
 FLOAT_DTYPES = frozenset({DType.FLOAT, DType.DOUBLE, DType.FLOAT16, DType.BFLOAT16})
 
@@ -293,13 +293,13 @@ class FoldedLinear:
 def _linear_pattern(op: OpId, x, *, bias: str = "const"):
     """``op(x, w, b)`` with a constant weight; the bias is a constant (``const``) or anything (``any``)."""
     if op is ops.MatMul:
-        return ops.MatMul(x, Const("w"), bind="linear")
+        return pat.MatMul(x, Const("w"), bind="linear")
     b = Const("b", optional=True) if bias == "const" else Var("b", optional=True)
-    return op(x, Const("w"), b, bind="linear")
+    return pat[op](x, Const("w"), b, bind="linear")
 
 
 def _binary(op: OpId, a, b, *, const_first: bool, bind: str | None = None):
-    return op(b, a, bind=bind) if const_first else op(a, b, bind=bind)
+    return pat[op](b, a, bind=bind) if const_first else pat[op](a, b, bind=bind)
 
 
 # -- fuse-conv-bn -----------------------------------------------------------------------------------
@@ -323,7 +323,7 @@ class BatchNormIntoLinear(RewriteRule):
     s = gamma / sqrt(var + epsilon); likewise for ConvTranspose and Gemm (channel = output column)."""
 
     def __init__(self, linear: OpId):
-        self.pattern = ops.BatchNormalization(_linear_pattern(linear, Var("x")), Const("gamma"), Const("beta"),
+        self.pattern = pat.BatchNormalization(_linear_pattern(linear, Var("x")), Const("gamma"), Const("beta"),
                                               Const("mean"), Const("var"))
 
     def check(self, m: Match) -> None:
@@ -417,7 +417,7 @@ class BatchNormToAffine(RewriteRule):
     """BatchNormalization(x, gamma, beta, mean, var) -> Add(Mul(x, s), t) per channel,
     s = gamma / sqrt(var + epsilon), t = beta - mean * s (no linear op to fold into)."""
 
-    pattern = ops.BatchNormalization(Var("x"), Const("gamma"), Const("beta"), Const("mean"), Const("var"))
+    pattern = pat.BatchNormalization(Var("x"), Const("gamma"), Const("beta"), Const("mean"), Const("var"))
 
     def check(self, m: Match) -> None:
         bn = m.root
@@ -474,7 +474,7 @@ class MatMulAddToGemm(RewriteRule):
 
     def __init__(self, *, const_first: bool = False):
         self.add_index = 0 if const_first else 1
-        self.pattern = _binary(ops.Add, ops.MatMul(Var("a"), Const("w"), bind="matmul"), Const("c"),
+        self.pattern = _binary(ops.Add, pat.MatMul(Var("a"), Const("w"), bind="matmul"), Const("c"),
                                const_first=const_first)
 
     def check(self, m: Match) -> None:

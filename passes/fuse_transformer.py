@@ -21,7 +21,7 @@ from qgraph.ir.ops import OpId
 from qgraph.ir.tensor import Tensor
 from qgraph.ir.types import TensorType
 from qgraph.pm.base import PassResult
-from qgraph.rewrite import Const, Match, RewritePass, RewriteRule, RuleSet, Var, apply_rules, constant_tensor
+from qgraph.rewrite import Const, Match, RewritePass, RewriteRule, RuleSet, Var, apply_rules, constant_tensor, pat
 
 #: element types LayerNormalization-17 and Gelu-20 accept
 FLOAT_TYPES = frozenset({DType.FLOAT, DType.DOUBLE, DType.FLOAT16, DType.BFLOAT16})
@@ -123,14 +123,14 @@ def _reduce_axes(node: Node) -> tuple[int, ...] | None:
 def _layer_norm_patterns():
     """Every spelling of (x - mean(x)) / sqrt(mean((x - mean(x))^2) + eps) the rule accepts."""
     x, d = Var("x"), Var("d")
-    center = ops.Sub(x, ops.ReduceMean(x, Var("mean_axes", optional=True, const=True), bind="mean"), bind="center")
-    for square in (ops.Pow(d, Const("two"), bind="square"), ops.Mul(d, d, bind="square")):
-        var = ops.ReduceMean(square, Var("var_axes", optional=True, const=True), bind="var")
-        for var_eps in (ops.Add(var, Const("eps")), ops.Add(Const("eps"), var)):
-            std = ops.Sqrt(var_eps)
-            yield ops.Div(center, std)
-            yield ops.Mul(center, ops.Reciprocal(std))
-            yield ops.Mul(ops.Reciprocal(std), center)
+    center = pat.Sub(x, pat.ReduceMean(x, Var("mean_axes", optional=True, const=True), bind="mean"), bind="center")
+    for square in (pat.Pow(d, Const("two"), bind="square"), pat.Mul(d, d, bind="square")):
+        var = pat.ReduceMean(square, Var("var_axes", optional=True, const=True), bind="var")
+        for var_eps in (pat.Add(var, Const("eps")), pat.Add(Const("eps"), var)):
+            std = pat.Sqrt(var_eps)
+            yield pat.Div(center, std)
+            yield pat.Mul(center, pat.Reciprocal(std))
+            yield pat.Mul(pat.Reciprocal(std), center)
 
 
 class LayerNormCore(RewriteRule):
@@ -214,10 +214,10 @@ class _FoldIntoLayerNorm(RewriteRule):
     mul: bool  # Mul by gamma (scale) or Add of beta (bias)
 
     def __init__(self, ln_op: OpId, const_first: bool):
-        ln = ln_op(Var("x"), Var("scale", optional=True, const=True), Var("bias", optional=True, const=True),
+        ln = pat[ln_op](Var("x"), Var("scale", optional=True, const=True), Var("bias", optional=True, const=True),
                    bind="ln")
         root = ops.Mul if self.mul else ops.Add
-        self.pattern = root(Const("c"), ln) if const_first else root(ln, Const("c"))
+        self.pattern = pat[root](Const("c"), ln) if const_first else pat[root](ln, Const("c"))
 
     def check(self, m: Match) -> None:
         root, ln, c = m.root, m.nodes["ln"], m["c"]
@@ -420,7 +420,7 @@ class GeluRule(RewriteRule):
     def __init__(self, root_op: OpId, activation_input: int):
         a, b = Var("a"), Var("b")
         (a, b)[activation_input].predicate = _reaches_activation
-        self.pattern = root_op(a, b)
+        self.pattern = pat[root_op](a, b)
 
     def check(self, m: Match) -> None:
         root = m.root

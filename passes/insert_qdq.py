@@ -414,7 +414,7 @@ class _Inserter:
         if root not in self.class_inits:
             self.class_inits[root] = self._param_inits(root.name, params)
         scale, zp = self.class_inits[root]
-        q = Value(g.unique_name(base + "_quantized"), TensorType(params.dtype.onnx, v.shape))
+        q = Value(g.unique_name(base + "_quantized"), TensorType(DType(params.dtype.onnx), v.shape))
         dq = Value(g.unique_name(base + "_dequantized"), v.type)
         qn = Node(ops.QuantizeLinear, [v, scale, zp], [q], name=g.unique_name(base + "_QuantizeLinear"))
         dqn = Node(ops.DequantizeLinear, [q, scale, zp], [dq], name=g.unique_name(base + "_DequantizeLinear"))
@@ -550,7 +550,7 @@ def _existing_dq(v: Value) -> Value | None:
 def _int_tensor(a: np.ndarray, params: QuantParams):
     from qgraph.ir.tensor import Tensor
 
-    return Tensor(np.asarray(a).astype(params.dtype.storage), params.dtype.onnx)
+    return Tensor(np.asarray(a).astype(params.dtype.storage), DType(params.dtype.onnx))
 
 
 def _channel_axis(node: Node, i: int, ndim: int) -> int | None:

@@ -45,22 +45,17 @@ def test_reference_never_imports_tvm():
     _fail_if(found, "qgraph.reference (the judge) imports qgraph.tvm (the judged):")
 
 
-@pytest.mark.xfail(strict=True, reason="qgraph.ir imports qgraph.rewrite: qgraph/ir/ops.py (its op groups) and "
-                                       "qgraph/ir/fusion.py")
 def test_ir_imports_nothing_above_it():
     found = _imports("qgraph.ir", ABOVE_IR)
     _fail_if(found, "qgraph.ir imports a package above it:")
 
 
-@pytest.mark.xfail(strict=True, reason="qgraph/quant/params.py imports qgraph.ir; qgraph/quant/overflow.py imports "
-                                       "qgraph.ir and qgraph.pm")
 def test_quant_imports_neither_ir_nor_pm():
     found = _imports("qgraph.quant", ("qgraph.ir", "qgraph.pm"))
     _fail_if(found, "qgraph.quant (the numerics) imports the IR or the pass manager:")
 
 
-@pytest.mark.xfail(strict=True, reason="cycles: qgraph.ir -> qgraph.rewrite -> qgraph.pm -> qgraph.ir; "
-                                       "qgraph.calib <-> qgraph.passes")
+@pytest.mark.xfail(strict=True, reason="cycle: qgraph.calib <-> qgraph.passes")
 def test_no_cycle_between_packages():
     graph = imports.unit_graph(EDGES)
     comps = imports.cycles(graph)

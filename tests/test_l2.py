@@ -279,7 +279,7 @@ def test_output_scales_read_constant_per_tensor_dequantize():
 
 
 def test_overflow_reads_a_dequantize_without_zero_point_as_its_input_type():
-    from qgraph.quant.overflow import analyze_node
+    from qgraph.analysis.overflow import analyze_node
 
     m = _model("""  init %s: f32[] = 0.5
   init %wq: i8[3,2] = [1, 2, 3, 4, 5, 6]

@@ -25,9 +25,8 @@ import qgraph
 from qgraph.calib import Interval, RangeMap
 from qgraph.pm.analysis import AnalysisManager
 from qgraph.quant import QuantParams, quantize
-from qgraph.quant.overflow import (
-    OverflowAnalysis, OverflowScheme, accumulator_bounds, overflow_report, pair_sum_bounds,
-)
+from qgraph.analysis.overflow import OverflowAnalysis, overflow_report
+from qgraph.quant.overflow import OverflowScheme, accumulator_bounds, pair_sum_bounds
 
 
 def _cpu_flags() -> set[str]:

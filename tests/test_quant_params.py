@@ -76,6 +76,15 @@ def test_int_types():
         int_type("int7")
     with pytest.raises(ValueError, match="not a quantized integer type"):
         int_type(np.float32)
+    # ONNX codes at the boundary: a plain int, the IR's DType (an IntEnum over the same codes)
+    assert type(INT8.onnx) is int and INT8.onnx == TensorProto.INT8
+    from qgraph.ir.dtypes import DType
+
+    assert int_type(DType.UINT8) is UINT8
+    with pytest.raises(ValueError, match="FLOAT is not a quantized integer type"):
+        int_type(DType.FLOAT)
+    with pytest.raises(ValueError, match="not an ONNX data type code"):
+        int_type(999)
 
 
 def test_params_validation():

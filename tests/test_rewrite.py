@@ -7,14 +7,14 @@ from qgraph.errors import RewriteCycleError
 from qgraph.ir import ops
 from qgraph.ir.text import parse_model
 from qgraph.ir.verify import verify
-from qgraph.rewrite import Const, MatchFailure, MatchTracer, RewriteRule, RuleSet, Var, apply_rules, match
+from qgraph.rewrite import Const, MatchFailure, MatchTracer, RewriteRule, RuleSet, Var, apply_rules, match, pat
 from tests.conftest import graph_text, same_ir
 
 
 class AddZero(RewriteRule):
     """Add(x, 0) -> x"""
 
-    pattern = ops.Add(Var("x"), Const("zero"))
+    pattern = pat.Add(Var("x"), Const("zero"))
 
     def check(self, m):
         if np.any(m["zero"].const_value.numpy() != 0):
@@ -29,7 +29,7 @@ class AddZero(RewriteRule):
 class MulAddToGemmLike(RewriteRule):
     """Add(MatMul(x, w), c) -> Gemm(x, w, c) (for this test: 2-D x only)."""
 
-    pattern = ops.Add(ops.MatMul(Var("x"), Const("w"), bind="mm"), Const("c"))
+    pattern = pat.Add(pat.MatMul(Var("x"), Const("w"), bind="mm"), Const("c"))
 
     def rewrite(self, m, b):
         return b.op(ops.Gemm, [m["x"], m["w"], m["c"]])
@@ -50,14 +50,14 @@ def test_pattern_matches_and_binds():
 
 
 def test_same_var_must_bind_same_value():
-    pat = ops.Mul(Var("x"), Var("x"))
+    pattern = pat.Mul(Var("x"), Var("x"))
     m = parse_model("""graph g(%a: f32[2], %b: f32[2]) -> (%y, %z) {
       %y = Mul(%a, %a)
       %z = Mul(%a, %b)
     }""")
     y, z = list(m.graph)
-    assert not isinstance(match(pat, y), MatchFailure)
-    f = match(pat, z)
+    assert not isinstance(match(pattern, y), MatchFailure)
+    f = match(pattern, z)
     assert isinstance(f, MatchFailure) and "same value" in f.reason
 
 
@@ -65,7 +65,7 @@ def test_const_var_rejects_overridable_initializer():
     m = parse_model("""graph g(%x: f32[2]) -> (%y) {
       %y = Add(%x, %x)
     }""")
-    f = match(ops.Add(Var("a"), Const("c")), next(iter(m.graph)))
+    f = match(pat.Add(Var("a"), Const("c")), next(iter(m.graph)))
     assert isinstance(f, MatchFailure) and "not a constant" in f.reason
 
 
@@ -121,7 +121,7 @@ def test_rule_sets_compose():
 class ReluToAbsRelu(RewriteRule):
     """Relu(x) -> Abs(x) (nonsense, to make a cycle with the next rule)"""
 
-    pattern = ops.Relu(Var("x"))
+    pattern = pat.Relu(Var("x"))
 
     def rewrite(self, m, b):
         return b.op(ops.op("Abs"), [m["x"]])
@@ -130,7 +130,7 @@ class ReluToAbsRelu(RewriteRule):
 class AbsToRelu(RewriteRule):
     """Abs(x) -> Relu(x)"""
 
-    pattern = ops.op("Abs")(Var("x"))
+    pattern = pat[ops.op("Abs")](Var("x"))
 
     def rewrite(self, m, b):
         return b.op(ops.Relu, [m["x"]])
@@ -163,3 +163,15 @@ graph main(%c: bool[], %x: f32[1]) -> (%y) {
     %r = Relu(%x)
   }}
 }"""), graph_text(m)
+
+
+def test_patterns_are_built_by_pat_not_by_calling_an_op():
+    """The IR knows nothing of patterns: ``pat`` builds them, a called OpId says where to go."""
+    p = pat.Relu(pat[ops.Conv](Var("x"), Const("w"), bind="conv"))
+    assert p.op is ops.Relu and p.inputs[0].op is ops.Conv and p.inputs[0].bind == "conv" and p.size() == 2
+    with pytest.raises(TypeError, match=r"pat\.Relu"):
+        ops.Relu(Var("x"))
+    with pytest.raises(AttributeError, match="no op identity 'NotAnOp'"):
+        pat.NotAnOp
+    with pytest.raises(TypeError, match="takes an OpId"):
+        pat["Relu"]

@@ -230,9 +230,7 @@ def _producer(v: Value | None, op: OpId) -> Node | None:
 
 
 def _constant(v: Value | None):
-    from qgraph.rewrite.pattern import constant_tensor  # the one definition of "known at compile time"
-
-    t = constant_tensor(v)
+    t = None if v is None else v.constant()  # the one definition of "known at compile time"
     return None if t is None else np.asarray(t.numpy())
 
 

@@ -4,7 +4,8 @@ Passes compare ``node.op is ops.Conv``, never ``node.op_type == "Conv"``. An ``O
 interned per (domain, op_type), so identity comparison is exact. ``"ai.onnx"`` and ``""``
 name the same (default) domain.
 
-Calling an ``OpId`` builds a rewrite pattern: ``ops.Relu(ops.Conv(x, w, b))``.
+Rewrite patterns are built with ``qgraph.rewrite.pat`` (``pat.Relu(pat.Conv(x, w, b))``),
+not by calling an ``OpId``: the IR imports nothing of the rewrite engine above it.
 """
 
 from __future__ import annotations
@@ -53,10 +54,9 @@ class OpId:
         return f"OpId({self})"
 
     def __call__(self, *inputs: Any, **kwargs: Any):
-        """Build a rewrite pattern node matching this op (see ``qgraph.rewrite``)."""
-        from qgraph.rewrite.pattern import NodePattern
-
-        return NodePattern(self, inputs, **kwargs)
+        # An OpId used to build a rewrite pattern when called; say where that builder went.
+        raise TypeError(f"OpId {self} is not callable: build a rewrite pattern with "
+                        f"qgraph.rewrite.pat.{self.op_type}(...) or pat[op](...)")
 
 
 def op(op_type: str, domain: str = DEFAULT_DOMAIN) -> OpId:

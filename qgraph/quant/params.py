@@ -28,24 +28,24 @@ use before packing).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Union
+from typing import Any, Union
 
 import numpy as np
-
-from qgraph.ir.dtypes import DType
-
-if TYPE_CHECKING:
-    from qgraph.ir.l2 import QDQParams
+from onnx import TensorProto
 
 
 @dataclass(frozen=True)
 class IntType:
-    """An integer element type: its width, signedness, ONNX code and numpy storage dtype."""
+    """An integer element type: its width, signedness, ONNX code and numpy storage dtype.
+
+    ``onnx`` is the plain ONNX ``TensorProto`` code (an int): the numerics know nothing of
+    the IR, whose ``DType`` is an ``IntEnum`` over the same codes (``DType(t.onnx)``).
+    """
 
     name: str
     bits: int
     signed: bool
-    onnx: DType
+    onnx: int  # TensorProto.DataType code
     storage: np.dtype  # numpy dtype holding the values (int8 / uint8 for 4-bit types)
 
     @property
@@ -74,13 +74,13 @@ class IntType:
         return self.name
 
 
-INT4 = IntType("int4", 4, True, DType.INT4, np.dtype(np.int8))
-UINT4 = IntType("uint4", 4, False, DType.UINT4, np.dtype(np.uint8))
-INT8 = IntType("int8", 8, True, DType.INT8, np.dtype(np.int8))
-UINT8 = IntType("uint8", 8, False, DType.UINT8, np.dtype(np.uint8))
-INT16 = IntType("int16", 16, True, DType.INT16, np.dtype(np.int16))
-UINT16 = IntType("uint16", 16, False, DType.UINT16, np.dtype(np.uint16))
-INT32 = IntType("int32", 32, True, DType.INT32, np.dtype(np.int32))
+INT4 = IntType("int4", 4, True, TensorProto.INT4, np.dtype(np.int8))
+UINT4 = IntType("uint4", 4, False, TensorProto.UINT4, np.dtype(np.uint8))
+INT8 = IntType("int8", 8, True, TensorProto.INT8, np.dtype(np.int8))
+UINT8 = IntType("uint8", 8, False, TensorProto.UINT8, np.dtype(np.uint8))
+INT16 = IntType("int16", 16, True, TensorProto.INT16, np.dtype(np.int16))
+UINT16 = IntType("uint16", 16, False, TensorProto.UINT16, np.dtype(np.uint16))
+INT32 = IntType("int32", 32, True, TensorProto.INT32, np.dtype(np.int32))
 
 INT_TYPES: dict[str, IntType] = {t.name: t for t in (INT4, UINT4, INT8, UINT8, INT16, UINT16, INT32)}
 
@@ -89,11 +89,12 @@ _REDUCED_RANGE = {
     "int4": (-4, 3), "uint4": (0, 7),
 }
 
-IntTypeLike = Union[IntType, str, DType, np.dtype, type]
+IntTypeLike = Union[IntType, str, int, np.dtype, type]  # int: an ONNX code (the IR's DType is one)
 
 
 def int_type(t: IntTypeLike) -> IntType:
-    """The ``IntType`` named by ``t``: an IntType, a name ("int8", "u8"), an ONNX type code or a numpy dtype."""
+    """The ``IntType`` named by ``t``: an IntType, a name ("int8", "u8"), an ONNX type code (an int,
+    the IR's ``DType`` included) or a numpy dtype."""
     if isinstance(t, IntType):
         return t
     if isinstance(t, str):
@@ -104,15 +105,13 @@ def int_type(t: IntTypeLike) -> IntType:
             return INT_TYPES[key]
         raise ValueError(f"unknown integer type '{t}'; choose one of {', '.join(INT_TYPES)}")
     if isinstance(t, (int, np.integer)) and not isinstance(t, bool):
-        try:
-            t = DType(int(t))
-        except ValueError as e:
-            raise ValueError(f"{t} is not an ONNX data type code") from e
-    if isinstance(t, DType):
+        code = int(t)
+        if code not in TensorProto.DataType.values():
+            raise ValueError(f"{t} is not an ONNX data type code")
         for it in INT_TYPES.values():
-            if it.onnx == t:
+            if it.onnx == code:
                 return it
-        raise ValueError(f"{t.name} is not a quantized integer type")
+        raise ValueError(f"{TensorProto.DataType.Name(code)} is not a quantized integer type")
     try:
         dt = np.dtype(t)
     except TypeError as e:
@@ -165,8 +164,11 @@ class QuantParams:
         self.zero_point.flags.writeable = False
 
     @classmethod
-    def from_qdq(cls, p: "QDQParams") -> "QuantParams":
+    def from_qdq(cls, p: Any) -> "QuantParams":
         """The parameters a Q / DQ node holds (``qgraph.ir.l2.read_qdq``), per tensor or per axis.
+
+        ``p`` is read by its fields (``scale``, ``zero_point``, ``dtype`` an ONNX code,
+        ``axis``, ``block_size``), so the numerics need not import the IR that defines it.
 
         Raises:
             ValueError: block quantization (no ``QuantParams`` form), a type the quantization

@@ -4,7 +4,9 @@ A pattern is a tree of ``NodePattern`` (an op and its input patterns) with ``Var
 leaves. Build one by calling op identities:
 
     x, w, b = Var("x"), Const("w"), Var("b", optional=True)
-    pattern = ops.Relu(ops.Conv(x, w, b, bind="conv"))
+    pattern = pat.Relu(pat.Conv(x, w, b, bind="conv"))
+
+``pat.Conv`` names the op identity ``ops.Conv``; ``pat[op]`` takes one held in a variable.
 
 A ``Var`` used twice must bind the same value. A pattern producer must live in the
 same graph as the root (rewrites never reach across subgraph boundaries).
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from qgraph.ir.core import Model, Node, Value
+from qgraph.ir import ops
 from qgraph.ir.ops import OpId
 from qgraph.ir.tensor import Tensor
 
@@ -61,6 +64,34 @@ class NodePattern:
 
     def __repr__(self) -> str:
         return f"{self.op}({', '.join(map(repr, self.inputs))})"
+
+
+class PatternOps:
+    """The op identities of ``qgraph.ir.ops``, called as pattern nodes.
+
+    ``pat.Relu(x)`` is ``NodePattern(ops.Relu, [x])``. The builder lives here, not on
+    ``OpId``, so the IR knows nothing of the rewrite engine built on it.
+    """
+
+    def __getitem__(self, op: OpId) -> Callable[..., NodePattern]:
+        if not isinstance(op, OpId):
+            raise TypeError(f"pat[...] takes an OpId, got {op!r}")
+
+        def build(*inputs: Any, **kwargs: Any) -> NodePattern:
+            return NodePattern(op, inputs, **kwargs)
+
+        build.__name__ = build.__qualname__ = op.op_type
+        return build
+
+    def __getattr__(self, name: str) -> Callable[..., NodePattern]:
+        found = getattr(ops, name, None)
+        if not isinstance(found, OpId):
+            raise AttributeError(f"qgraph.ir.ops has no op identity {name!r}; for another op use pat[ops.op(...)]")
+        return self[found]
+
+
+#: Build pattern nodes: ``pat.Relu(pat.Conv(x, w, b))``.
+pat = PatternOps()
 
 
 def constant_tensor(v: Value | None) -> Tensor | None:
