@@ -15,7 +15,7 @@ from qgraph.ir.ops import QGRAPH_DOMAIN
 from qgraph.ir.dtypes import DType
 from qgraph.ir.l2 import QDQParamsError
 from qgraph.ir.types import TensorType
-from qgraph.passes.canonicalize import infer_shapes
+from qgraph.analysis.shapes import infer_shapes
 from qgraph.passes.cleanup import remove_dead_code
 from qgraph.passes.lower_qdq_common import (DEQUANTIZE, QUANTIZE, Fallback, LoweringError, const_array,
                                             int_value, read_params, take_place)

@@ -4,8 +4,9 @@
 The judged (qgraph.tvm) and the judge (qgraph.reference) never import each other: what both
 need is the L3 contract (``qgraph.ir.l3``, ``qgraph.ir.l3_geometry``) and the numerics
 (``qgraph.quant.fixedpoint``), so a bug in a shared helper cannot pass the bit-exact test on
-both sides. The rules that do not hold yet are strict xfails: each fails the day it holds,
-and its marker goes. ``python -m qgraph.testing.imports`` prints the graph.
+both sides. The IR imports nothing above it, the numerics neither the IR nor the pass
+manager, and no two packages import each other in a cycle. ``python -m qgraph.testing.imports``
+prints the graph.
 """
 
 from __future__ import annotations
@@ -55,7 +56,6 @@ def test_quant_imports_neither_ir_nor_pm():
     _fail_if(found, "qgraph.quant (the numerics) imports the IR or the pass manager:")
 
 
-@pytest.mark.xfail(strict=True, reason="cycle: qgraph.calib <-> qgraph.passes")
 def test_no_cycle_between_packages():
     graph = imports.unit_graph(EDGES)
     comps = imports.cycles(graph)

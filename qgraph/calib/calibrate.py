@@ -65,7 +65,7 @@ def calibrate(model: Model, data: Any, method: str = "minmax", *, batch_size: in
     except QGraphError as e:
         raise CalibrationDataError(str(e)) from e
     if any(o is not None and o.type is None for n in model.graph for o in n.outputs):
-        from qgraph.passes.canonicalize import infer_shapes  # which tensors are float is a type question
+        from qgraph.analysis.shapes import infer_shapes  # which tensors are float is a type question
 
         infer_shapes(model)
     names = observed_values(model)
