@@ -19,7 +19,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from qgraph import batching
-from qgraph.backends import run_backend, run_batched
+from qgraph.backends import run_backend
 from qgraph.errors import QGraphError
 from qgraph.ir.core import Model
 from qgraph.ort import run_ort
@@ -159,10 +159,8 @@ class CompiledDir:
     def run(self, feeds: Mapping[str, np.ndarray], backend: str = "reference") -> dict[str, np.ndarray]:
         """Run the folder's models on any number of samples; ``backend`` as in
         ``QuantizedModel.run`` (``tvm`` runs the exported build)."""
-        if backend == "tvm":
-            batching.check_finite(feeds, batching.model_axes(self.integer), "backend 'tvm'")
-            return run_batched(self.tvm_build(), feeds, model=self.integer, probe=self.float_model)
-        return run_backend(backend, feeds, float_model=self.float_model, qdq=self.qdq, integer=self.integer)
+        return run_backend(backend, feeds, float_model=self.float_model, qdq=self.qdq, integer=self.integer,
+                           compiled=self.tvm_build() if backend == "tvm" else None)
 
     def run_float(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The float model in ONNX Runtime, on any number of samples."""

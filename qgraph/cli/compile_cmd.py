@@ -94,25 +94,19 @@ def _batch_axes(items: list[str] | None) -> dict | None:
     return batching.parse_options(items) or None
 
 
-def _laid_out(c, path: str, items: list[str] | None) -> dict[str, np.ndarray]:
-    """``--inputs`` read for the folder ``c``, whose models then run with the batch axes of
-    the file's ``__batch_axes__`` and the ``--batch-axis`` options over the ones they record."""
+def _laid_out(c, path: str, items: list[str] | None) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """``--inputs`` read for the folder ``c`` (``verify.data.read_feeds``: the model's inputs
+    and the labels, if any), whose models then run with the batch axes of the file's
+    ``__batch_axes__`` and the ``--batch-axis`` options over the ones they record."""
     from qgraph import batching
+    from qgraph.verify.data import read_feeds
 
     explicit = _batch_axes(items)
-    feeds = _read_inputs(path, c.float_model)
+    feeds, labels = read_feeds(path, c.float_model, f"--inputs {path}")
     file_axes = batching.source_axes(path)
     c.set_batch_axes(batching.combine(None, file_axes, explicit, f"--inputs {path}"))
     batching.check_finite(feeds, batching.model_axes(c.integer), f"--inputs {path}")
-    return feeds
-
-
-def _read_inputs(path: str, model) -> dict[str, np.ndarray]:
-    """Arrays keyed by the model's input names from a .npz (labels and the ``__batch_axes__``
-    layout entry are not inputs)."""
-    from qgraph.verify.data import read_feeds
-
-    return read_feeds(path, model, f"--inputs {path}")[0]
+    return feeds, labels
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -199,7 +193,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from qgraph.compiled import CompiledDir
 
     c = CompiledDir.load(args.outdir)
-    feeds = _laid_out(c, args.inputs, args.batch_axis)
+    feeds, _ = _laid_out(c, args.inputs, args.batch_axis)
     how = args.backend
     if args.backend == "tvm":
         with _native_stderr_captured():
@@ -231,7 +225,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from qgraph.verify.outputs import backend_line, format_verify, verify_outputs
 
     c = CompiledDir.load(args.outdir)
-    feeds = _laid_out(c, args.inputs, args.batch_axis)
+    feeds, labels = _laid_out(c, args.inputs, args.batch_axis)
     n = batching.sample_count(c.float_model, feeds) if feeds else 0
     backends, tvm_label, skipped = ("ort-sim", "ort"), None, None
     if c.has_build:
@@ -242,10 +236,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
             backends, tvm_label = backends + ("tvm",), f"TVM {info.get('target')}"
         except QGraphError as e:
             skipped = f"TVM build not compared: {e}"
-    from qgraph.verify.data import read_labels
     from qgraph.verify.diagnose import check_labels
 
-    labels = read_labels(args.inputs)
     result = verify_outputs(c, feeds, backends, labels=labels)
     lines = [f"{n} samples"]
     for name, m in result.items():

@@ -1,11 +1,11 @@
 """Held-out evaluation data: the model's inputs and, optionally, class labels.
 
 An evaluation ``.npz`` holds one array per model input (keyed by input name, samples on
-axis 0), like ``qgraph verify --inputs``, and may hold ``labels`` (or ``label``): one class
-index per sample (or per row of a classifier-shaped output, see
-``qgraph.verify.metrics.classifier_shaped``). ``qgraph compile --eval`` and
-``qgraph.quantize(eval=...)`` read it with ``load_eval``; ``qgraph verify`` reads the same
-labels with ``read_labels``.
+each input's sample axis, ``qgraph.batching``), like ``qgraph verify --inputs``, and may hold
+``labels`` (or ``label``): one class index per sample (or per row of a classifier-shaped
+output, see ``qgraph.verify.metrics.classifier_shaped``). ``read_feeds`` reads both for
+``qgraph run`` / ``verify``; ``load_eval`` lays them out for ``qgraph compile --eval`` and
+``qgraph.quantize(eval=...)``.
 """
 
 from __future__ import annotations
@@ -64,14 +64,6 @@ def _split_labels(arrays: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarra
         if key in arrays:
             return {k: v for k, v in arrays.items() if k not in LABEL_KEYS}, np.asarray(arrays[key])
     return arrays, None
-
-
-def read_labels(path: str) -> np.ndarray | None:
-    """The labels array of an .npz (``labels`` or ``label``), or None when it holds none."""
-    from qgraph.calib.data import read_npz
-
-    arrays = read_npz(path)
-    return next((arrays[key] for key in LABEL_KEYS if key in arrays), None)
 
 
 def read_feeds(source: Any, model: Model, where: str) -> tuple[dict[str, np.ndarray], np.ndarray | None]:

@@ -14,7 +14,6 @@ rendered by ``qgraph.verify.markdown`` and ``qgraph.verify.html``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -286,13 +285,10 @@ def build_report(q, calib: Any, samples: int = 8, *, eval: Any = None, model_pat
         if rng is not None:
             r["output"]["range"] = [json_float(rng.lo), json_float(rng.hi)]
     calib_first = _samples(q.float_model, calib, samples)
-    if eval is not None:
-        feeds = eval.first(samples)
-        layers_on = f"the first {_count(q.float_model, feeds)} of {eval.describe()}"
-    else:
-        feeds = calib_first
-        layers_on = f"{n_samples(_count(q.float_model, feeds)).replace('sample', 'calibration sample')} (in-sample)"
+    feeds = eval.first(samples) if eval is not None else calib_first
     measured = _count(q.float_model, feeds)
+    layers_on = (f"the first {measured} of {eval.describe()}" if eval is not None
+                 else f"{n_samples(measured).replace('sample', 'calibration sample')} (in-sample)")
     outs_f, outs_q, shapes = _layer_sqnr(q, rows, feeds)
     if eval is not None:
         flt, ref, outputs = quantized_vs_float(q, eval.feeds, eval.labels)
