@@ -1,8 +1,9 @@
 """``lower-qdq``: the L2 QDQ graph to the L3 integer IR (``qgraph.ir.l3``).
 
-The rules live in ``lower_qdq_rules`` (one function per group) and what they read and
-write in ``lower_qdq_common``; this module drives them and rewrites what is left of the
-QuantizeLinear / DequantizeLinear nodes at the float boundaries.
+The rules live in ``lower_qdq_rules`` (rewrite rules, one per group) and what they read and
+write in ``lower_qdq_common``; this module drives them once over the float nodes (through
+the rewrite engine, whose tracer keeps why no rule fired on a node) and rewrites what is
+left of the QuantizeLinear / DequantizeLinear nodes at the float boundaries.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from qgraph.ir.l2 import QDQParamsError
 from qgraph.ir.types import TensorType
 from qgraph.analysis.shapes import infer_shapes
 from qgraph.passes.cleanup import remove_dead_code
-from qgraph.passes.lower_qdq_common import (DEQUANTIZE, QUANTIZE, Fallback, LoweringError, const_array,
-                                            int_value, read_params, take_place)
-from qgraph.passes.lower_qdq_rules import rules_for
+from qgraph.passes.lower_qdq_common import (DEQUANTIZE, QUANTIZE, LoweringError, const_array, int_value,
+                                            read_params, take_place)
+from qgraph.passes.lower_qdq_rules import RULES
 from qgraph.pm.base import Pass, PassResult
 from qgraph.quant.params import dequantize, quantize
+from qgraph.rewrite import MatchTracer, try_rule
 
 _QDQ = QUANTIZE | DEQUANTIZE
 _INTEGER_COMPUTE = frozenset({l3.QConv, l3.QMatMul, l3.QAdd, l3.QMul, l3.QAveragePool, l3.QGlobalAveragePool})
@@ -69,15 +71,14 @@ class LowerQDQ(Pass):
 
     Stats: ``integer_ops`` (QConv, QMatMul, QAdd, QMul, pooling), ``lookups``,
     ``integer_data_movement``, ``requantizes``, ``float_fallbacks`` (float ops left),
-    ``quantizes`` / ``dequantizes`` (float boundaries). ``fallback_reasons`` (on the pass
-    object, after a run) says, per float node, why no rule applied.
+    ``quantizes`` / ``dequantizes`` (float boundaries). Each float node left that had a
+    rule to try keeps why none fired (the rewrite tracer's reasons, one per rule) in its
+    ``metadata_props[qgraph.ir.l3.STAYED_FLOAT]``, which travels with the model and which the report's
+    "Stayed float" list shows; ``fallback_reasons(model)`` reads them back.
     """
 
     name = "lower-qdq"
     requires = ("insert-qdq",)  # when the pipeline quantizes too, it lowers what insert-qdq wrote
-
-    def __init__(self) -> None:
-        self.fallback_reasons: dict[str, str] = {}
 
     def run(self, model: Model, analyses) -> PassResult:
         g = model.graph
@@ -85,15 +86,15 @@ class LowerQDQ(Pass):
             return PassResult.unchanged()
         if model.opset(QGRAPH_DOMAIN) is None:
             model.opset_imports[QGRAPH_DOMAIN] = 1
-        self.fallback_reasons = {}
         # GlobalAveragePool, act x act MatMul and SAME padding need static shapes: complete them here
         # (the graph utility of infer-shapes), since an L2 model from another quantizer often has none
         infer_shapes(model)
         originals = [n for n in g if n.op not in _QDQ]
+        tracer = MatchTracer()
         for node in originals:
             if node.graph is not g or not _live(node):
                 continue
-            self._lower(g, node, model)
+            _lower(node, model, tracer)
         remove_dead_code(g)  # the groups the rules replaced: the boundaries left are the live ones
         counts: Counter[str] = Counter()
         _rewrite_boundaries(g, counts)
@@ -110,26 +111,32 @@ class LowerQDQ(Pass):
                 counts["float_fallbacks"] += 1
             elif n.op.domain != QGRAPH_DOMAIN:
                 counts["integer_data_movement"] += 1
-        self.fallback_reasons = {k: v for k, v in self.fallback_reasons.items()
-                                 if any((n.name or n.outputs[0].name) == k for n in g if n in original)}
         return PassResult.changed(**{k: counts[k] for k in (
             "integer_ops", "lookups", "integer_data_movement", "requantizes", "float_fallbacks",
             "quantizes", "dequantizes")})
 
-    def _lower(self, g: Graph, node: Node, model: Model) -> None:
-        reasons = []
-        for rule in rules_for(node):
-            try:
-                rule(g, node, model)
+
+
+def _lower(node: Node, model: Model, tracer: MatchTracer) -> None:
+    """Fire the first rule for ``node`` that applies, else note on it why it stays float."""
+    node.metadata_props.pop(l3.STAYED_FLOAT, None)
+    for rule in RULES.for_op(node.op):
+        try:
+            if try_rule(rule, node, model, tracer):
                 return
-            except Fallback as e:
-                reasons.append(e.reason)
-            except LoweringError:
-                raise
-            except (ValueError, OverflowError) as e:
-                raise LoweringError(f"{node.describe()}: cannot lower to integer ops: {e}") from e
-        key = node.name or node.outputs[0].name
-        self.fallback_reasons[key] = "; ".join(reasons) or "no integer rule for this op"
+        except LoweringError:
+            raise
+        except (ValueError, OverflowError) as e:
+            raise LoweringError(f"{node.describe()}: cannot lower to integer ops: {e}") from e
+    reasons = tracer.reasons(node)
+    if reasons:  # an op with no rule at all needs no explaining
+        node.metadata_props[l3.STAYED_FLOAT] = "; ".join(reasons)
+
+
+def fallback_reasons(model: Model) -> dict[str, str]:
+    """{node name (or first output's name): why lower-qdq left it float} over ``model``'s graph."""
+    return {n.name or n.outputs[0].name: n.metadata_props[l3.STAYED_FLOAT]
+            for n in model.graph if l3.STAYED_FLOAT in n.metadata_props}
 
 
 def _live(n: Node) -> bool:
@@ -172,4 +179,4 @@ def _rewrite_boundaries(g: Graph, counts: Counter) -> None:
 
 PASSES = (LowerQDQ,)
 
-__all__ = ["LowerQDQ", "LoweringError"]
+__all__ = ["LowerQDQ", "LoweringError", "fallback_reasons"]

@@ -27,14 +27,6 @@ class LoweringError(PassError):
     """``lower-qdq`` met a group it must lower but cannot do so safely (names node and tensor)."""
 
 
-class Fallback(Exception):
-    """A lowering rule does not apply to a node; ``reason`` says why (the node stays float)."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-
 def const_array(v: Value | None) -> np.ndarray | None:
     """The compile-time data of ``v`` (initializer or Constant), else None."""
     t = constant_tensor(v)

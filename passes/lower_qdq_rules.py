@@ -1,15 +1,19 @@
-"""The lowering rules of ``lower-qdq``: one function per L2 group, each building one L3 op.
+"""The lowering rules of ``lower-qdq``: one rewrite rule per L2 group, each building one L3 op.
 
-A rule reads a float node whose operands are ``DequantizeLinear`` outputs and whose result
-goes into ``QuantizeLinear`` nodes, builds the integer node (inserted before the float
-node) and rewires the QuantizeLinear outputs to it. It raises ``Fallback`` (the node stays
-float) when the group does not have the shape it lowers, and ``LoweringError`` when it
-does but the integer op would be wrong (an int32 accumulator that can overflow).
+A rule is a ``qgraph.rewrite.RewriteRule`` rooted at a float node whose operands are
+``DequantizeLinear`` outputs and whose result goes into ``QuantizeLinear`` nodes. Its
+check is a ``plan_*`` function: it only reads the graph, calls ``fail(reason)`` when the
+group does not have the shape the rule lowers (the node stays float, and the rewrite
+engine's tracer keeps the reason), raises ``LoweringError`` when it does but the integer op
+would be wrong (an int32 accumulator that can overflow), and returns the build: a function
+of the graph that inserts the integer node before the float node and rewires the
+QuantizeLinear outputs to it.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 
@@ -19,8 +23,9 @@ from qgraph.onnx.evaluate import evaluate
 from qgraph.quant.fixedpoint import fixed_point_multiplier, shared_shift_multipliers
 from qgraph.quant.overflow import accumulator_bounds
 from qgraph.quant.params import INT32, dequantize, quantize, quantize_bias
+from qgraph.rewrite import Match, NodePattern, RewriteRule, RuleSet
 
-from qgraph.passes.lower_qdq_common import (Fallback, LoweringError, QIn, QOut, bind_outputs, const_array,
+from qgraph.passes.lower_qdq_common import (LoweringError, QIn, QOut, bind_outputs, const_array,
                                             int_value, quantized_input, quantized_output, requant_attrs,
                                             requantize_node, static_shape, value_range)
 
@@ -34,11 +39,16 @@ SCALAR_BINARY = op_groups.SCALAR_BINARY
 
 LOOKUP_MAX_BITS = 8
 
+#: What a plan returns: inserts the integer node into the graph and returns it.
+Build = Callable[[Graph], Node]
+
+fail = RewriteRule.fail  # the group is not one this rule lowers: the node stays float, for this reason
+
 
 def _require_out(node: Node, allow_act: bool = True) -> QOut:
     out = quantized_output(node.outputs[0], allow_act=allow_act)
     if out is None:
-        raise Fallback(f"the result '{node.outputs[0].name}' is not read only by QuantizeLinear nodes")
+        fail(f"the result '{node.outputs[0].name}' is not read only by QuantizeLinear nodes")
     return out
 
 
@@ -46,7 +56,7 @@ def _require_act(node: Node, i: int) -> QIn:
     v = node.inputs[i] if i < len(node.inputs) else None
     q = quantized_input(v)
     if q is None or not q.per_tensor:
-        raise Fallback(f"input {i} '{v.name if v is not None else ''}' is not a per-tensor DequantizeLinear output")
+        fail(f"input {i} '{v.name if v is not None else ''}' is not a per-tensor DequantizeLinear output")
     return q
 
 
@@ -55,6 +65,15 @@ def _finish(g: Graph, node: Node, new: Node, out: QOut) -> Node:
     g.insert_before(node, new)
     bind_outputs(g, new, new.output, out.params, out.qs)
     return new
+
+
+def _result(node: Node, out: QOut, op, inputs: Callable[[Graph], list], attrs: dict) -> Build:
+    """The build of a one-output integer op: ``op(inputs(g))`` with ``attrs``, bound to ``out``."""
+    def build(g: Graph) -> Node:
+        ins = inputs(g)
+        y = int_value(g, out.qs[0].outputs[0].name + "_int", out.params, out.value)
+        return _finish(g, node, Node(op, ins, [y], attrs, name=node.name), out)
+    return build
 
 
 def _y_attrs(out: QOut) -> dict:
@@ -78,13 +97,23 @@ def _check_acc(node: Node, lo: np.ndarray, hi: np.ndarray, what: str) -> None:
             "quantize the weights or activations narrower (e.g. 8-bit) or leave this node in float")
 
 
-def _bias(g: Graph, node: Node, v: Value | None, x: QIn, w_scale: np.ndarray, rows: int,
-          factor: float = 1.0) -> Value | None:
-    """The int32 bias [rows] in accumulator units ``x.scale * w_scale``, as an initializer.
+class _Bias:
+    """An int32 bias [rows] in accumulator units, to become an initializer (``value``)."""
+
+    def __init__(self, name: str, ints: np.ndarray, reuse: Value | None = None):
+        self.name, self.ints, self.reuse = name, ints, reuse
+
+    def value(self, g: Graph) -> Value:
+        return _initializer(g, self.name, self.ints, self.reuse)
+
+
+def _bias(node: Node, v: Value | None, x: QIn, w_scale: np.ndarray, rows: int,
+          factor: float = 1.0) -> _Bias | None:
+    """The int32 bias [rows] in accumulator units ``x.scale * w_scale``.
 
     An int32 DequantizeLinear bias whose scale is already ``x.scale * w_scale`` is used as
-    is; anything else (float constant, other scale, ``factor`` != 1) is re-quantized with
-    ``quantize_bias``.
+    is (its initializer reused when it has the shape); anything else (float constant, other
+    scale, ``factor`` != 1) is re-quantized with ``quantize_bias``.
     """
     if v is None:
         return None
@@ -92,24 +121,24 @@ def _bias(g: Graph, node: Node, v: Value | None, x: QIn, w_scale: np.ndarray, ro
     w_scale = np.broadcast_to(np.asarray(w_scale, np.float32).reshape(-1), (rows,))
     if qb is not None and qb.const is not None:
         if qb.const.size not in (1, rows):
-            raise Fallback(f"bias '{v.name}' has {qb.const.size} values for {rows} channels")
+            fail(f"bias '{v.name}' has {qb.const.size} values for {rows} channels")
         acc_scale = np.asarray(x.params.scale, np.float32) * w_scale
         scale = np.broadcast_to(qb.params.scale.reshape(-1), (rows,)) if qb.params.scale.size > 1 \
             else np.full(rows, qb.params.scale, np.float32)
         if (factor == 1.0 and qb.params.dtype == INT32 and np.array_equal(scale, acc_scale)
                 and not np.any(qb.params.zero_point)):
             ints = np.broadcast_to(qb.const.reshape(-1), (rows,)).astype(np.int32)
-            return _initializer(g, f"{v.name}_int32", ints, qb.value if qb.const.shape == (rows,) else None)
+            return _Bias(f"{v.name}_int32", ints, qb.value if qb.const.shape == (rows,) else None)
         real = dequantize(qb.const, qb.params)
     else:
         real = const_array(v)
         if real is None or real.dtype.kind != "f":
-            raise Fallback(f"bias '{v.name}' is neither a constant nor a DequantizeLinear of one")
+            fail(f"bias '{v.name}' is neither a constant nor a DequantizeLinear of one")
         if real.size not in (1, rows):
-            raise Fallback(f"bias '{v.name}' has {real.size} values for {rows} channels")
+            fail(f"bias '{v.name}' has {real.size} values for {rows} channels")
     real = np.broadcast_to(np.asarray(real, np.float64).reshape(-1), (rows,)) * factor
     ints, _ = quantize_bias(real, x.params.scale, w_scale)
-    return g.add_initializer(f"{v.name}_int32", ints.astype(np.int32))
+    return _Bias(f"{v.name}_int32", ints.astype(np.int32))
 
 
 def _explicit_pads(node: Node, x: Value, kernel: list[int], strides: list[int], dilations: list[int]) -> list[int]:
@@ -123,7 +152,7 @@ def _explicit_pads(node: Node, x: Value, kernel: list[int], strides: list[int], 
         return [0] * (2 * n)
     shape = static_shape(x)
     if shape is None or len(shape) != n + 2 or not all(isinstance(d, int) for d in shape[2:]):
-        raise Fallback(f"auto_pad={auto} needs the static spatial shape of '{x.name}'")
+        fail(f"auto_pad={auto} needs the static spatial shape of '{x.name}'")
     begin, end = [], []
     for d, k, s, dl in zip(shape[2:], kernel, strides, dilations):
         total = max((math.ceil(d / s) - 1) * s + (k - 1) * dl + 1 - d, 0)
@@ -135,14 +164,14 @@ def _explicit_pads(node: Node, x: Value, kernel: list[int], strides: list[int], 
 
 # -- QConv ------------------------------------------------------------------------------------------
 
-def lower_conv(g: Graph, node: Node, model: Model) -> Node:
+def plan_conv(node: Node, model: Model) -> Build:
     """DQ(x), DQ(w) [, DQ(b)] -> Conv [-> Relu/Clip] -> Q  =>  QConv(x, w, b)."""
     x = _require_act(node, 0)
     w = quantized_input(node.inputs[1])
     if w is None or w.const is None:
-        raise Fallback("the weight is not a DequantizeLinear of a constant")
+        fail("the weight is not a DequantizeLinear of a constant")
     if w.const.ndim < 3 or (w.params.axis is not None and w.params.axis != 0):
-        raise Fallback(f"weight '{w.value.name}' of shape {w.const.shape} is not per-tensor or per-channel on axis 0")
+        fail(f"weight '{w.value.name}' of shape {w.const.shape} is not per-tensor or per-channel on axis 0")
     out = _require_out(node)
     m_out = w.const.shape[0]
     n = w.const.ndim - 2
@@ -153,60 +182,61 @@ def lower_conv(g: Graph, node: Node, model: Model) -> Node:
     w_scale = np.broadcast_to(w.params.scale.reshape(-1), (m_out,)) if w.params.axis is not None \
         else np.full(m_out, w.params.scale, np.float32)
     w_zp = w.params.zero_point.reshape(-1)
-    bias = _bias(g, node, node.inputs[2] if len(node.inputs) > 2 else None, x, w_scale, m_out)
+    bias = _bias(node, node.inputs[2] if len(node.inputs) > 2 else None, x, w_scale, m_out)
     rows = w.const.reshape(m_out, -1)
     t = x.params.dtype  # padding reads the zero point, inside the type's range
     lo, hi = accumulator_bounds(rows, np.broadcast_to(w_zp, (m_out,)), t.qmin, t.qmax, int(x.params.zero_point),
-                                bias.const_value.numpy() if bias is not None else None)
+                                bias.ints if bias is not None else None)
     _check_acc(node, lo, hi, f"weight '{node.inputs[1].name}' and input '{node.inputs[0].name}'")
-    w_int = _initializer(g, f"{node.inputs[1].name}_int", w.const.astype(w.params.dtype.storage), w.value)
     real = np.float64(x.params.scale) * w_scale.astype(np.float64) / np.float64(out.params.scale)
     if w.params.axis is None:
         real = real[:1]
     attrs = {"strides": strides, "pads": pads, "dilations": dilations, "group": int(node.attr("group", 1)),
              "kernel_shape": kernel, "x_zero_point": int(x.params.zero_point), "w_zero_point": [int(z) for z in w_zp],
              **fixed_point_multiplier(real, acc_bound=ACC_BOUND).to_attrs(), **_y_attrs(out)}
-    y = int_value(g, out.qs[0].outputs[0].name + "_int", out.params, out.value)
-    new = Node(l3.QConv, [x.value, w_int] + ([bias] if bias is not None else []), [y], attrs, name=node.name)
-    return _finish(g, node, new, out)
+
+    def inputs(g: Graph) -> list:
+        w_int = _initializer(g, f"{node.inputs[1].name}_int", w.const.astype(w.params.dtype.storage), w.value)
+        return [x.value, w_int] + ([bias.value(g)] if bias is not None else [])
+    return _result(node, out, l3.QConv, inputs, attrs)
 
 
 # -- QMatMul ----------------------------------------------------------------------------------------
 
-def lower_matmul(g: Graph, node: Node, model: Model) -> Node:
+def plan_matmul(node: Node, model: Model) -> Build:
     """DQ(a), DQ(b) -> MatMul [-> Relu/Clip] -> Q  =>  QMatMul(a, b) (b a weight or an activation)."""
     a = _require_act(node, 0)
     b = quantized_input(node.inputs[1])
     if b is None:
-        raise Fallback(f"input 1 '{node.inputs[1].name}' is not a DequantizeLinear output")
+        fail(f"input 1 '{node.inputs[1].name}' is not a DequantizeLinear output")
     out = _require_out(node)
-    return _qmatmul(g, node, a, b, out, alpha=1.0, trans_b=False, c=None, beta=1.0)
+    return _qmatmul(node, a, b, out, alpha=1.0, trans_b=False, c=None, beta=1.0)
 
 
-def lower_gemm(g: Graph, node: Node, model: Model) -> Node:
+def plan_gemm(node: Node, model: Model) -> Build:
     """DQ(a), DQ(w) [, DQ(C)] -> Gemm [-> Relu/Clip] -> Q  =>  QMatMul(a, w', bias).
 
     ``transB`` is applied to the constant, ``alpha`` goes into the multiplier and
     ``beta * C`` into the int32 bias. ``transA`` or a C that is not a constant row stays float.
     """
     if node.attr("transA", 0):
-        raise Fallback("transA=1 (the activation would need a transpose)")
+        fail("transA=1 (the activation would need a transpose)")
     a = _require_act(node, 0)
     b = quantized_input(node.inputs[1])
     if b is None or b.const is None:
-        raise Fallback("the weight is not a DequantizeLinear of a constant")
+        fail("the weight is not a DequantizeLinear of a constant")
     c = node.inputs[2] if len(node.inputs) > 2 else None
     if c is not None and const_array(c) is None and (quantized_input(c) is None or quantized_input(c).const is None):
-        raise Fallback(f"C '{c.name}' is not a constant")
+        fail(f"C '{c.name}' is not a constant")
     out = _require_out(node)
-    return _qmatmul(g, node, a, b, out, alpha=float(node.attr("alpha", 1.0)), trans_b=bool(node.attr("transB", 0)),
+    return _qmatmul(node, a, b, out, alpha=float(node.attr("alpha", 1.0)), trans_b=bool(node.attr("transB", 0)),
                     c=c, beta=float(node.attr("beta", 1.0)))
 
 
-def _qmatmul(g: Graph, node: Node, a: QIn, b: QIn, out: QOut, *, alpha: float, trans_b: bool,
-             c: Value | None, beta: float) -> Node:
+def _qmatmul(node: Node, a: QIn, b: QIn, out: QOut, *, alpha: float, trans_b: bool,
+             c: Value | None, beta: float) -> Build:
     if alpha <= 0:
-        raise Fallback(f"alpha={alpha} (a requantization multiplier must be positive)")
+        fail(f"alpha={alpha} (a requantization multiplier must be positive)")
     bias = None
     if b.const is not None and b.const.ndim == 2:
         w, params = b.const, b.params
@@ -215,7 +245,7 @@ def _qmatmul(g: Graph, node: Node, a: QIn, b: QIn, out: QOut, *, alpha: float, t
             w = w.T
             axis = None if axis is None else 1 - axis
         if axis is not None and axis != 1:
-            raise Fallback(f"weight '{b.value.name}' is per-channel along the reduction axis")
+            fail(f"weight '{b.value.name}' is per-channel along the reduction axis")
         k, n = w.shape
         b_scale = np.broadcast_to(params.scale.reshape(-1), (n,)) if axis is not None \
             else np.full(n, params.scale, np.float32)
@@ -227,38 +257,39 @@ def _qmatmul(g: Graph, node: Node, a: QIn, b: QIn, out: QOut, *, alpha: float, t
                 qc = quantized_input(c)
                 c_data = dequantize(qc.const, qc.params)
             if c_data.size not in (1, n) or (c_data.ndim == 2 and c_data.shape[0] != 1) or c_data.ndim > 2:
-                raise Fallback(f"C '{c.name}' of shape {c_data.shape} is not a row of {n} values")
-            bias = _bias(g, node, c, a, b_scale, n, factor=beta / alpha)
+                fail(f"C '{c.name}' of shape {c_data.shape} is not a row of {n} values")
+            bias = _bias(node, c, a, b_scale, n, factor=beta / alpha)
         t = a.params.dtype
         lo, hi = accumulator_bounds(w.T, b_zp, t.qmin, t.qmax, int(a.params.zero_point),
-                                    bias.const_value.numpy() if bias is not None else None)
+                                    bias.ints if bias is not None else None)
         _check_acc(node, lo, hi, f"weight '{node.inputs[1].name}' and input '{node.inputs[0].name}'")
-        b_value = _initializer(g, f"{node.inputs[1].name}_int", np.ascontiguousarray(w).astype(params.dtype.storage),
-                               None if trans_b else b.value)
+        w_ints, w_reuse = np.ascontiguousarray(w).astype(params.dtype.storage), None if trans_b else b.value
         b_zp_attr = [int(z) for z in (b_zp if axis is not None else b_zp[:1])]
         real = alpha * np.float64(a.params.scale) * b_scale.astype(np.float64) / np.float64(out.params.scale)
         if axis is None:
             real = real[:1]
     else:
         if not b.per_tensor:
-            raise Fallback(f"input 1 '{node.inputs[1].name}' is quantized per channel")
+            fail(f"input 1 '{node.inputs[1].name}' is quantized per channel")
         k = _reduction_size(node)
         if k is None:
-            raise Fallback(f"the reduction size of '{node.inputs[0].name}' is not static, so the int32 "
+            fail(f"the reduction size of '{node.inputs[0].name}' is not static, so the int32 "
                            "accumulator cannot be bounded")
         bound = k * value_range(a.params) * value_range(b.params)
         _check_acc(node, np.array([-bound]), np.array([bound]),
                    f"inputs '{node.inputs[0].name}' x '{node.inputs[1].name}'")
-        b_value = b.value if b.const is None else _initializer(
-            g, f"{node.inputs[1].name}_int", b.const.astype(b.params.dtype.storage), b.value)
+        w_ints = None if b.const is None else b.const.astype(b.params.dtype.storage)
+        w_reuse = b.value
         b_zp_attr = [int(b.params.zero_point)]
         real = np.array([alpha * np.float64(a.params.scale) * np.float64(b.params.scale)
                          / np.float64(out.params.scale)])
     attrs = {"a_zero_point": int(a.params.zero_point), "b_zero_point": b_zp_attr,
              **fixed_point_multiplier(real, acc_bound=ACC_BOUND).to_attrs(), **_y_attrs(out)}
-    y = int_value(g, out.qs[0].outputs[0].name + "_int", out.params, out.value)
-    new = Node(l3.QMatMul, [a.value, b_value] + ([bias] if bias is not None else []), [y], attrs, name=node.name)
-    return _finish(g, node, new, out)
+
+    def inputs(g: Graph) -> list:
+        b_value = b.value if w_ints is None else _initializer(g, f"{node.inputs[1].name}_int", w_ints, w_reuse)
+        return [a.value, b_value] + ([bias.value(g)] if bias is not None else [])
+    return _result(node, out, l3.QMatMul, inputs, attrs)
 
 
 def _reduction_size(node: Node) -> int | None:
@@ -271,7 +302,7 @@ def _reduction_size(node: Node) -> int | None:
 
 # -- QAdd / QMul ------------------------------------------------------------------------------------
 
-def lower_add(g: Graph, node: Node, model: Model) -> Node:
+def plan_add(node: Node, model: Model) -> Build:
     """DQ(a), DQ(b) -> Add [-> Relu/Clip] -> Q  =>  QAdd(a, b) (one rounding, shared shift)."""
     a, b = _operands(node)
     out = _require_out(node)
@@ -282,11 +313,10 @@ def lower_add(g: Graph, node: Node, model: Model) -> Node:
     attrs = {"a_zero_point": int(a.params.zero_point), "b_zero_point": int(b.params.zero_point),
              "a_multiplier": [int(mults[0])], "b_multiplier": [int(mults[1])], "shift": [int(shift)],
              **_y_attrs(out)}
-    y = int_value(g, out.qs[0].outputs[0].name + "_int", out.params, out.value)
-    return _finish(g, node, Node(l3.QAdd, [a.value, _operand_value(g, node, b)], [y], attrs, name=node.name), out)
+    return _result(node, out, l3.QAdd, lambda g: [a.value, _operand_value(g, node, b)], attrs)
 
 
-def lower_mul(g: Graph, node: Node, model: Model) -> Node:
+def plan_mul(node: Node, model: Model) -> Build:
     """DQ(a), DQ(b) -> Mul [-> Relu/Clip] -> Q  =>  QMul(a, b)."""
     a, b = _operands(node)
     out = _require_out(node)
@@ -294,19 +324,18 @@ def lower_mul(g: Graph, node: Node, model: Model) -> Node:
     real = np.float64(a.params.scale) * np.float64(b.params.scale) / np.float64(out.params.scale)
     attrs = {"a_zero_point": int(a.params.zero_point), "b_zero_point": int(b.params.zero_point),
              **requant_attrs(real, out.params, out.qmin, out.qmax, bound)}
-    y = int_value(g, out.qs[0].outputs[0].name + "_int", out.params, out.value)
-    return _finish(g, node, Node(l3.QMul, [a.value, _operand_value(g, node, b)], [y], attrs, name=node.name), out)
+    return _result(node, out, l3.QMul, lambda g: [a.value, _operand_value(g, node, b)], attrs)
 
 
 def _operands(node: Node) -> tuple[QIn, QIn]:
     if len(node.inputs) != 2:
-        raise Fallback(f"{len(node.inputs)} inputs")
+        fail(f"{len(node.inputs)} inputs")
     a, b = (quantized_input(v) for v in node.inputs)
     for i, q in enumerate((a, b)):
         if q is None or not q.per_tensor:
-            raise Fallback(f"input {i} '{node.inputs[i].name}' is not a per-tensor DequantizeLinear output")
+            fail(f"input {i} '{node.inputs[i].name}' is not a per-tensor DequantizeLinear output")
     if a.const is not None and b.const is None:
-        raise Fallback("the constant is the first operand")  # QAdd / QMul keep a as the activation
+        fail("the constant is the first operand")  # QAdd / QMul keep a as the activation
     return a, b
 
 
@@ -318,14 +347,14 @@ def _operand_value(g: Graph, node: Node, b: QIn) -> Value:
 
 # -- pooling ----------------------------------------------------------------------------------------
 
-def lower_average_pool(g: Graph, node: Node, model: Model) -> Node:
+def plan_average_pool(node: Node, model: Model) -> Build:
     """DQ(x) -> AveragePool -> Q  =>  QAveragePool(x), one multiplier per window size."""
     x = _require_act(node, 0)
     out = _require_out(node, allow_act=False)
     kernel = [int(k) for k in node.attr("kernel_shape")]
     n = len(kernel)
     if any(int(d) != 1 for d in (node.attr("dilations") or [1] * n)):
-        raise Fallback("dilated AveragePool")
+        fail("dilated AveragePool")
     strides = [int(s) for s in (node.attr("strides") or [1] * n)]
     pads = _explicit_pads(node, node.inputs[0], kernel, strides, [1] * n)
     taps = math.prod(kernel)
@@ -335,28 +364,26 @@ def lower_average_pool(g: Graph, node: Node, model: Model) -> Node:
     attrs = {"kernel_shape": kernel, "strides": strides, "pads": pads,
              "count_include_pad": int(node.attr("count_include_pad", 0)), "ceil_mode": int(node.attr("ceil_mode", 0)),
              "x_zero_point": int(x.params.zero_point), **fp.to_attrs(), **_y_attrs(out)}
-    y = int_value(g, out.qs[0].outputs[0].name + "_int", out.params, out.value)
-    return _finish(g, node, Node(l3.QAveragePool, [x.value], [y], attrs, name=node.name), out)
+    return _result(node, out, l3.QAveragePool, lambda g: [x.value], attrs)
 
 
-def lower_global_average_pool(g: Graph, node: Node, model: Model) -> Node:
+def plan_global_average_pool(node: Node, model: Model) -> Build:
     """DQ(x) -> GlobalAveragePool -> Q  =>  QGlobalAveragePool(x) (static spatial size)."""
     x = _require_act(node, 0)
     out = _require_out(node, allow_act=False)
     shape = static_shape(node.inputs[0])
     if shape is None or len(shape) < 3 or not all(isinstance(d, int) for d in shape[2:]):
-        raise Fallback(f"the spatial shape of '{node.inputs[0].name}' is not static")
+        fail(f"the spatial shape of '{node.inputs[0].name}' is not static")
     size = math.prod(int(d) for d in shape[2:])
     real = np.float64(x.params.scale) / (size * np.float64(out.params.scale))
     attrs = {"x_zero_point": int(x.params.zero_point),
              **requant_attrs(real, out.params, out.qmin, out.qmax, size * value_range(x.params))}
-    y = int_value(g, out.qs[0].outputs[0].name + "_int", out.params, out.value)
-    return _finish(g, node, Node(l3.QGlobalAveragePool, [x.value], [y], attrs, name=node.name), out)
+    return _result(node, out, l3.QGlobalAveragePool, lambda g: [x.value], attrs)
 
 
 # -- data movement ----------------------------------------------------------------------------------
 
-def lower_data_movement(g: Graph, node: Node, model: Model) -> Node:
+def plan_data_movement(node: Node, model: Model) -> Build:
     """DQ(q) -> Reshape/Transpose/MaxPool/... -> Q  =>  the same op on q.
 
     Inputs of a Concat with other parameters than its output are requantized first; an
@@ -368,16 +395,20 @@ def lower_data_movement(g: Graph, node: Node, model: Model) -> Node:
         ins.append(_require_act(node, i))
     if node.op is ops.MaxPool and len(node.outputs) > 1 and node.outputs[1] is not None \
             and (node.outputs[1].has_uses() or node.outputs[1].is_graph_output()):
-        raise Fallback("the MaxPool indices are read")
+        fail("the MaxPool indices are read")
     live = [o for o in node.outputs if o is not None and (o.has_uses() or o.is_graph_output())]
     outs = {id(o): quantized_output(o, allow_act=False) for o in live}
     if not live or any(q is None for q in outs.values()):
-        raise Fallback("a result is not read only by QuantizeLinear nodes")
+        fail("a result is not read only by QuantizeLinear nodes")
     src = ins[0].params
     if node.op is ops.Concat:
         src = next(iter(outs.values())).params  # the output's: inputs are brought to it
     if node.op is ops.Gather and ins[0].const is not None:
-        raise Fallback("Gather of a constant (left to constant folding)")
+        fail("Gather of a constant (left to constant folding)")
+    return lambda g: _move(g, node, data_idx, ins, outs, src)
+
+
+def _move(g: Graph, node: Node, data_idx: list[int], ins: list[QIn], outs: dict, src) -> Node:
     new_inputs = list(node.inputs)
     made: list[Node] = []
     for i, q in zip(data_idx, ins):
@@ -404,7 +435,7 @@ def lower_data_movement(g: Graph, node: Node, model: Model) -> Node:
 
 # -- Lookup -----------------------------------------------------------------------------------------
 
-def lower_lookup(g: Graph, node: Node, model: Model) -> Node:
+def plan_lookup(node: Node, model: Model) -> Build:
     """DQ(x) -> f [-> Relu/Clip] -> Q  =>  Lookup(x), table[q - qmin] = Q(f(DQ(q))) for every q.
 
     ``f`` is a unary elementwise op, or a binary one whose other operand is a one-element
@@ -412,11 +443,11 @@ def lower_lookup(g: Graph, node: Node, model: Model) -> Node:
     """
     act_idx = [i for i, v in enumerate(node.inputs) if v is not None and not _is_constant(v)]
     if len(act_idx) != 1:
-        raise Fallback("not exactly one non-constant operand")
+        fail("not exactly one non-constant operand")
     i = act_idx[0]
     x = _require_act(node, i)
     if x.params.dtype.bits > LOOKUP_MAX_BITS:
-        raise Fallback(f"input '{node.inputs[i].name}' is {x.params.dtype.name}; Lookup tables take <= "
+        fail(f"input '{node.inputs[i].name}' is {x.params.dtype.name}; Lookup tables take <= "
                        f"{LOOKUP_MAX_BITS}-bit inputs")
     feeds: list[np.ndarray | None] = []
     t = x.params.dtype
@@ -429,7 +460,7 @@ def lower_lookup(g: Graph, node: Node, model: Model) -> Node:
         else:
             c = _constant_float(v)
             if node.op in SCALAR_BINARY and (c.size != 1 or c.ndim > 1):
-                raise Fallback(f"operand '{v.name}' is not a one-element constant")
+                fail(f"operand '{v.name}' is not a one-element constant")
             feeds.append(c)
     out = _require_out(node)
     try:
@@ -438,14 +469,13 @@ def lower_lookup(g: Graph, node: Node, model: Model) -> Node:
             rest = [const_array(v) for v in out.act.inputs[1:]]
             y = evaluate(out.act, [np.asarray(y, np.float32)] + rest, model.opset_imports)[0]
     except Exception as e:  # the reference evaluator raises many kinds
-        raise Fallback(f"cannot tabulate: {e}") from e
+        fail(f"cannot tabulate: {e}")
     y = np.asarray(y, np.float32)
     if y.shape != qs.shape or np.isnan(y).any():
-        raise Fallback("the op is not elementwise on this input or gives NaN")
+        fail("the op is not elementwise on this input or gives NaN")
     table = np.clip(quantize(y, out.params).astype(np.int64), out.qmin, out.qmax)
     attrs = {"table": [int(v) for v in table], "x_qmin": int(t.qmin)}
-    yv = int_value(g, out.qs[0].outputs[0].name + "_int", out.params, out.value)
-    return _finish(g, node, Node(l3.Lookup, [x.value], [yv], attrs, name=node.name), out)
+    return _result(node, out, l3.Lookup, lambda g: [x.value], attrs)
 
 
 def _is_constant(v: Value) -> bool:
@@ -462,27 +492,43 @@ def _constant_float(v: Value) -> np.ndarray:
     return const_array(v)
 
 
-RULES = {
-    ops.Conv: lower_conv,
-    ops.MatMul: lower_matmul,
-    ops.Gemm: lower_gemm,
-    ops.Add: lower_add,
-    ops.Mul: lower_mul,
-    ops.AveragePool: lower_average_pool,
-    ops.GlobalAveragePool: lower_global_average_pool,
-    **{op: lower_data_movement for op in DATA_MOVEMENT},
-    **{op: lower_lookup for op in UNARY},
+class LoweringRule(RewriteRule):
+    """A ``lower-qdq`` rule: rooted at one float op (any inputs), its ``plan`` is the check.
+
+    The rewrite rewires the QuantizeLinear readers of the root to the integer op; the float
+    root and its Q / DQ nodes are left for ``remove_dead_code``.
+    """
+
+    def __init__(self, op: ops.OpId, plan: Callable[[Node, Model], Build]):
+        self.pattern = NodePattern(op, [], allow_extra_inputs=True)
+        self.plan = plan
+
+    def rule_name(self) -> str:  # one rule per (plan, op): "plan_conv" -> "lower-conv"
+        return self.plan.__name__.replace("plan_", "lower-").replace("_", "-")
+
+    def check(self, m: Match) -> None:
+        m.facts["build"] = self.plan(m.root, m.model)
+
+    def rewrite(self, m: Match, b) -> list:
+        m.facts["build"](b.graph)
+        return list(m.root.outputs)
+
+
+_PLANS = {
+    ops.Conv: plan_conv,
+    ops.MatMul: plan_matmul,
+    ops.Gemm: plan_gemm,
+    ops.Add: plan_add,
+    ops.Mul: plan_mul,
+    ops.AveragePool: plan_average_pool,
+    ops.GlobalAveragePool: plan_global_average_pool,
+    **{op: plan_data_movement for op in DATA_MOVEMENT},
+    **{op: plan_lookup for op in UNARY},
 }
 
-
-def rules_for(node: Node) -> list:
-    """The rules to try on ``node``, best first (a scalar-constant Add / Mul tabulates)."""
-    rules = []
-    if node.op in SCALAR_BINARY:
-        rules.append(lower_lookup)
-    if node.op in RULES:
-        rules.append(RULES[node.op])
-    return rules
+#: The rules, best first per op: an Add / Mul with a one-element constant tabulates (Lookup).
+RULES = RuleSet([LoweringRule(op, plan_lookup) for op in SCALAR_BINARY]
+                + [LoweringRule(op, plan) for op, plan in _PLANS.items()])
 
 
-__all__ = ["RULES", "DATA_MOVEMENT", "UNARY", "rules_for"]
+__all__ = ["DATA_MOVEMENT", "RULES", "UNARY", "LoweringRule"]

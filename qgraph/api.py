@@ -280,7 +280,6 @@ def quantize(model: Any, calib: Any, config: Any = None, *, method: str = "minma
             ``qgraph.passes.QUANTIZE_STAGES`` (``quantize_pipelines``), each run by the pass manager.
     """
     from qgraph.passes.calibrate import Calibrate
-    from qgraph.passes.lower_qdq import LowerQDQ
     from qgraph.pm import PassContext, PassManager
 
     cfg = _config(config)
@@ -296,7 +295,6 @@ def quantize(model: Any, calib: Any, config: Any = None, *, method: str = "minma
         held_out = load_eval(eval, float_model)
     ctx = context if context is not None else PassContext()
     steps = quantize_pipelines(cfg, calib, method, method_options, show_progress=show_progress)
-    lower = _find_pass(steps, LowerQDQ)  # its fallback_reasons feed the report's "Stayed float" list
     levels = {"float": float_model}
     current = "float"
     for level, text, pipeline in steps:
@@ -316,7 +314,7 @@ def quantize(model: Any, calib: Any, config: Any = None, *, method: str = "minma
         with stage("report", enabled=show_progress):
             result.report = build_report(result, calib, samples=report_samples, eval=held_out,
                                          model_path=os.path.abspath(model) if isinstance(model, (str, os.PathLike)) else None,
-                                         declared_outputs=declared, fallback_reasons=lower.fallback_reasons)
+                                         declared_outputs=declared)
     return result
 
 

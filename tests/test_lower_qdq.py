@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import qgraph
 from qgraph.ir import l3, ops
-from qgraph.passes.lower_qdq import LowerQDQ, LoweringError
+from qgraph.passes.lower_qdq import LowerQDQ, LoweringError, fallback_reasons
 from qgraph.reference import Interpreter
 
 from conftest import REPO, run_pipeline
@@ -361,7 +361,9 @@ def test_gemm_with_trans_a_stays_float():
     gemm_node = node_of(model, ops.Gemm)
     assert gemm_node.inputs[0].producer().op is l3.Dequantize
     assert gemm_node.inputs[1].const_value is not None  # the weight folded to a float constant
-    assert "transA" in p.fallback_reasons["gemm"]
+    reasons = fallback_reasons(model)  # the rewrite tracer's reason, kept on the node
+    assert reasons["gemm"] == "lower-gemm: transA=1 (the activation would need a transpose)"
+    assert gemm_node.metadata_props[l3.STAYED_FLOAT] == reasons["gemm"]
     check_against_ort(proto, model, samples([6, 3], n=2))
 
 

@@ -42,7 +42,7 @@ def test_insert_qdq_shared_scale_ops_lower_as_data_movement():
     # an op insert-qdq quantizes with its input's scale must run on the integers in lower-qdq
     assert op_groups.PASS_THROUGH_OPS <= op_groups.SHARED_SCALE_OPS <= op_groups.DATA_MOVEMENT
     for op in op_groups.SHARED_SCALE_OPS:
-        assert lower_qdq_rules.RULES[op] is lower_qdq_rules.lower_data_movement, op
+        assert [r.plan for r in lower_qdq_rules.RULES.for_op(op)] == [lower_qdq_rules.plan_data_movement], op
 
 
 def test_insert_qdq_activations_lower_as_lookup():
@@ -50,7 +50,7 @@ def test_insert_qdq_activations_lower_as_lookup():
     acts = op_groups.CLAMPING_ACTIVATIONS | op_groups.UNARY_ACTIVATIONS
     assert acts <= op_groups.UNARY_ELEMENTWISE
     for op in acts:
-        assert lower_qdq_rules.RULES[op] is lower_qdq_rules.lower_lookup, op
+        assert [r.plan for r in lower_qdq_rules.RULES.for_op(op)] == [lower_qdq_rules.plan_lookup], op
     assert not op_groups.UNARY_ELEMENTWISE & op_groups.DATA_MOVEMENT
 
 

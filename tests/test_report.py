@@ -304,3 +304,26 @@ def test_eval_data_errors_and_labels_that_fit_nothing(tmp_path, capsys, digits_t
     np.savez(bad, input=x[:8])
     assert main(["compile", DIGITS, "--calib", CALIB, "-o", str(tmp_path / "o"), "--eval", str(bad) + "x"]) == 1
     assert "no such file" in capsys.readouterr().err
+
+
+def test_a_lowering_fallback_reason_reaches_report_md_and_the_saved_model(tmp_path, capsys):
+    """16-bit activations leave Sigmoid / HardSwish float (a Lookup table takes <= 8-bit inputs):
+    the rewrite tracer's reason is in report.md and on the node of the saved integer model."""
+    model = os.path.join(REPO, "golden", "models", "op_fallback.onnx")
+    calib = os.path.join(REPO, "golden", "data", "op_fallback_calib.npz")
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"activation": {"dtype": "uint16"}}))
+    out = tmp_path / "o"
+    assert main(["compile", model, "--calib", calib, "-o", str(out), "--config", str(cfg)]) == 0
+    capsys.readouterr()
+    md = (out / "report.md").read_text()
+    why = "lower-lookup: input 'c1_dequantized' is uint16; Lookup tables take <= 8-bit inputs"
+    assert f"no lower-qdq rule fits ({why})" in md
+    assert "no integer form for op Softmax" in md  # no rule at all: said so, not a tracer reason
+    from qgraph.passes.lower_qdq import fallback_reasons
+
+    saved = fallback_reasons(qgraph.load(str(out / "model.qgraph.onnx")))
+    assert saved["sigmoid"] == why and set(saved) == {"sigmoid", "hardswish"}
+    cfg.write_text(json.dumps({}))  # 8-bit: both tabulate, nothing to explain
+    assert main(["compile", model, "--calib", calib, "-o", str(tmp_path / "p"), "--config", str(cfg)]) == 0
+    assert "no lower-qdq rule fits" not in (tmp_path / "p" / "report.md").read_text()

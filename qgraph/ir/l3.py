@@ -113,6 +113,10 @@ INTEGER_OPS: frozenset[OpId] = frozenset({
 #: Attributes every requantizing op carries.
 REQUANT_ATTRS = ("multiplier", "shift", "y_zero_point", "y_qmin", "y_qmax")
 
+#: ``Node.metadata_props`` key: on a float op of an L3 model, why ``lower-qdq``'s rules did not
+#: lower it ("rule: reason; rule: reason"). Informative only: no backend reads it.
+STAYED_FLOAT = "qgraph.stayed_float"
+
 
 def after_float_ops(graph) -> set[str]:
     """Names of the values computed from the result of a float fallback op (any non-L3 op with

@@ -41,9 +41,10 @@ class RewriteRule:
     """One rewrite: a ``pattern``, a ``check`` and a ``rewrite``.
 
     ``check(match)`` returns nothing (or True) to accept, or calls ``self.fail(reason,
-    node)``. ``rewrite(match, builder)`` returns the values that replace the root's
-    outputs (one per output; None for an output nobody reads). Matched nodes left
-    without readers are then removed.
+    node)``; it only reads the graph, and may leave what it computed in ``match.facts``.
+    ``rewrite(match, builder)`` returns the values that replace the root's outputs (one
+    per output; None for an output nobody reads; the output itself where the rule rewired
+    the root's readers instead). Matched nodes left without readers are then removed.
     """
 
     name: ClassVar[str] = ""
@@ -103,6 +104,10 @@ class MatchTracer:
         cands = [e for e in self.entries if e.rule == rule]
         return max(cands, key=lambda e: e.failure.depth, default=None)
 
+    def reasons(self, node: Node) -> list[str]:
+        """Why each rule tried at root ``node`` did not fire, in the order they were tried."""
+        return [f"{e.rule}: {e.failure.reason}" for e in self.entries if e.root is node]
+
     def report(self) -> str:
         lines = []
         for rule in dict.fromkeys(e.rule for e in self.entries):
@@ -128,7 +133,7 @@ def apply_rules(model: Model, rules: RuleSet, *, max_sweeps: int = 64,
                 for rule in rules.for_op(node.op):
                     if node.graph is not g:
                         break
-                    if _try(rule, node, g, model, tracer):
+                    if try_rule(rule, node, model, tracer):
                         fired[rule.rule_name()] += 1
                         break
         if not fired:
@@ -142,7 +147,12 @@ def apply_rules(model: Model, rules: RuleSet, *, max_sweeps: int = 64,
     raise RewriteCycleError(f"rewrite rules did not converge in {max_sweeps} sweeps; still firing: {dict(fired)}")
 
 
-def _try(rule: RewriteRule, node: Node, g: Graph, model: Model, tracer: MatchTracer | None) -> bool:
+def try_rule(rule: RewriteRule, node: Node, model: Model, tracer: MatchTracer | None = None) -> bool:
+    """Match, check and apply ``rule`` at ``node`` once; True when it fired.
+
+    A failed match or check is recorded in ``tracer`` (when given) and changes nothing.
+    """
+    g = node.graph
     m = match(rule.pattern, node, model)
     if isinstance(m, MatchFailure):
         if tracer is not None:

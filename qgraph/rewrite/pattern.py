@@ -109,6 +109,7 @@ class Match:
     values: dict[str, Value | None] = field(default_factory=dict)
     nodes: dict[str, Node] = field(default_factory=dict)
     matched: list[Node] = field(default_factory=list)  # root first, then producers
+    facts: dict[str, Any] = field(default_factory=dict)  # what ``check`` found, for ``rewrite``
 
     def __getitem__(self, name: str) -> Any:
         if name in self.values:

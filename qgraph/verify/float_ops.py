@@ -7,14 +7,9 @@ its float ops are exactly the rows of ``stayed_float``.
 
 from __future__ import annotations
 
-from typing import Mapping
-
 from qgraph.ir import l3, ops
 from qgraph.ir.core import Model, Node
 from qgraph.ir.dtypes import DType
-
-_NO_RULE = "no integer rule for this op"
-
 
 def _key(node: Node) -> str:
     return node.name or node.outputs[0].name
@@ -39,21 +34,19 @@ def op_counts(integer: Model) -> dict[str, int]:
     return counts
 
 
-def stayed_float(integer: Model, qdq: Model, config, fallback_reasons: Mapping[str, str] | None = None
-                 ) -> list[dict]:
+def stayed_float(integer: Model, qdq: Model, config) -> list[dict]:
     """One row per float op of ``integer`` (``float_nodes``): ``node``, ``op`` and ``reason``.
 
     The reason, first that applies: the config excludes it (by name or op type); insert-qdq
     left it unquantized because it reads the float output of another node, or because its op
-    has no quantized form; lower-qdq found no integer rule that fits (its recorded reason,
-    see ``LowerQDQ.fallback_reasons``).
+    has no quantized form; lower-qdq's rules for the op did not fit (the reasons its rewrite
+    tracer recorded on the node, ``metadata_props[qgraph.ir.l3.STAYED_FLOAT]``).
     """
-    reasons = dict(fallback_reasons or {})
     in_qdq = {_key(n): n for n in qdq.graph}
     rows = []
     for node in float_nodes(integer):
         key = _key(node)
-        rows.append({"node": key, "op": node.op_type, "reason": _reason(node, in_qdq.get(key), config, reasons.get(key))})
+        rows.append({"node": key, "op": node.op_type, "reason": _reason(node, in_qdq.get(key), config, node.metadata_props.get(l3.STAYED_FLOAT))})
     return rows
 
 
@@ -72,6 +65,6 @@ def _reason(node: Node, q: Node | None, config, lowered: str | None) -> str:
                 return (f"reads the float output '{floats[0].name}' of {p.op_type} node '{_key(p)}', "
                         "which stayed float")
             return f"insert-qdq does not quantize op {node.op_type} here (no quantized input)"
-    if lowered is None or lowered == _NO_RULE:
+    if lowered is None:
         return f"no integer form for op {node.op_type}"
-    return f"lower-qdq: {lowered}"
+    return f"no lower-qdq rule fits ({lowered})"

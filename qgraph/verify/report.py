@@ -253,8 +253,7 @@ def _layer_sqnr(q, rows: list[dict], feeds: list[dict]) -> tuple[dict, dict, dic
 
 
 def build_report(q, calib: Any, samples: int = 8, *, eval: Any = None, model_path: str | None = None,
-                 declared_outputs: Mapping[str, Any] | None = None,
-                 fallback_reasons: Mapping[str, str] | None = None) -> Report:
+                 declared_outputs: Mapping[str, Any] | None = None) -> Report:
     """The report of quantized model ``q`` (a ``QuantizedModel``).
 
     Args:
@@ -270,7 +269,6 @@ def build_report(q, calib: Any, samples: int = 8, *, eval: Any = None, model_pat
         model_path: the model's path, for the header.
         declared_outputs: output name -> declared shape, as the model was given (before shape
             inference), for the ``output-shape`` check.
-        fallback_reasons: ``LowerQDQ.fallback_reasons`` of the run that made ``q.integer``.
     """
     from qgraph.version import VERSION
     from qgraph.verify import diagnose
@@ -318,7 +316,7 @@ def build_report(q, calib: Any, samples: int = 8, *, eval: Any = None, model_pat
                **op_counts(q.integer)}
     plots = {"outputs": {k: _scatter(flt[k], ref[k]) for k in flt if k in ref}}
     return Report(rows, {k: {kk: json_float(vv) for kk, vv in v.items()} for k, v in outputs.items()}, summary,
-                  found, stayed_float(q.integer, q.qdq, q.config, fallback_reasons), plots)
+                  found, stayed_float(q.integer, q.qdq, q.config), plots)
 
 
 def _db(signal: float, noise: float):
