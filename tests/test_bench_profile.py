@@ -8,12 +8,13 @@ import sys
 import pytest
 
 pytest.importorskip("tvm")
-from qgraph.tvm.lower import fast_kernels  # noqa: E402
+from qgraph.tvm import x86  # noqa: E402
+from qgraph.tvm.kernel_packages import kernel_package  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
 
 
-@pytest.mark.skipif(not fast_kernels(None), reason="the fast kernels need an x86-64 host with AVX2")
+@pytest.mark.skipif(kernel_package(None) is not x86, reason="the x86 kernels need an x86-64 host with AVX2")
 def test_profile_times_each_kernel_of_a_run():
     import profile_tvm
 

@@ -5,8 +5,10 @@ The judged (qgraph.tvm) and the judge (qgraph.reference) never import each other
 need is the L3 contract (``qgraph.ir.l3``, ``qgraph.ir.l3_geometry``) and the numerics
 (``qgraph.quant.fixedpoint``), so a bug in a shared helper cannot pass the bit-exact test on
 both sides. The IR imports nothing above it, the numerics neither the IR nor the pass
-manager, and no two packages import each other in a cycle. ``python -m qgraph.testing.imports``
-prints the graph.
+manager, and no two packages import each other in a cycle. Inside qgraph.tvm the
+target-independent lowering imports no kernel package (``qgraph.tvm.x86``) but through the one
+mapping of ``qgraph.tvm.kernel_packages``, and no modules import one another in a cycle.
+``python -m qgraph.testing.imports`` prints the graph.
 """
 
 from __future__ import annotations
@@ -65,6 +67,58 @@ def test_no_cycle_between_packages():
         lines += [f"  {e}" for a, b, d in sorted(graph.subgraph(comp).edges(data=True)) for e in d["imports"]]
     if comps:
         pytest.fail("the top-level packages import one another in a cycle:\n" + "\n".join(lines), pytrace=False)
+
+
+# -- inside qgraph.tvm: target-independent lowering, per-target kernel packages ------------------
+#: The one module that maps a target to its kernel package, and so the one outside the kernel
+#: packages that imports one (lazily, when a target chooses it).
+KERNEL_PACKAGE_MAP = "qgraph.tvm.kernel_packages"
+
+
+def _kernel_packages() -> list[str]:
+    """The kernel packages: the subpackages of qgraph.tvm (``qgraph.tvm.x86``)."""
+    return sorted(m for m, path in imports.modules().items()
+                  if m.startswith("qgraph.tvm.") and m.count(".") == 2 and path.name == "__init__.py")
+
+
+def _within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def test_target_independent_tvm_never_imports_a_kernel_package():
+    """The lowering of qgraph.tvm reaches a target's kernels only through the hook
+    (``LowerContext.kernels``) that ``qgraph.tvm.kernel_packages`` fills in."""
+    packages = _kernel_packages()
+    assert "qgraph.tvm.x86" in packages, packages
+
+    def in_a_package(module: str) -> bool:
+        return any(_within(module, p) for p in packages)
+
+    found = [e for e in EDGES if imports.unit(e.source) == "qgraph.tvm" and e.source != KERNEL_PACKAGE_MAP
+             and not in_a_package(e.source) and in_a_package(e.target)]
+    _fail_if(found, f"a target-independent module of qgraph.tvm imports a kernel package; give the kernels "
+                    f"through the target's KernelPackage hook, chosen in {KERNEL_PACKAGE_MAP}:")
+    assert any(e.source == KERNEL_PACKAGE_MAP and _within(e.target, "qgraph.tvm.x86") for e in EDGES), \
+        f"{KERNEL_PACKAGE_MAP} no longer imports qgraph.tvm.x86: is the exemption above still where the mapping is?"
+
+
+def test_kernel_packages_never_import_one_another():
+    packages = _kernel_packages()
+    found = [e for e in EDGES for p in packages for q in packages
+             if p != q and _within(e.source, p) and _within(e.target, q)]
+    _fail_if(found, "a kernel package imports another; share through the target-independent modules:")
+
+
+def test_no_module_cycle_in_tvm():
+    graph = imports.module_graph(EDGES, "qgraph.tvm")
+    assert graph.has_edge("qgraph.tvm.x86.select", "qgraph.tvm.relax_integer")  # the graph is read
+    comps = imports.cycles(graph)
+    lines = []
+    for comp in comps:
+        lines.append(f"cycle {' <-> '.join(comp)}:")
+        lines += [f"  {e}" for a, b, d in sorted(graph.subgraph(comp).edges(data=True)) for e in d["imports"]]
+    if comps:
+        pytest.fail("modules of qgraph.tvm import one another in a cycle:\n" + "\n".join(lines), pytrace=False)
 
 
 # -- the reader itself ---------------------------------------------------------------------------

@@ -21,17 +21,16 @@ from conftest import one_node_model
 tvm = pytest.importorskip("tvm")
 qtvm = pytest.importorskip("qgraph.tvm")
 from qgraph import targets  # noqa: E402
-from qgraph.tvm.lower import fast_kernels  # noqa: E402
+from qgraph.tvm import x86  # noqa: E402
+from qgraph.tvm.kernel_packages import kernel_package  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not fast_kernels(None), reason="the fast kernels need an x86-64 host with AVX2")
+pytestmark = pytest.mark.skipif(kernel_package(None) is not x86, reason="the x86 kernels need an x86-64 host with AVX2")
 
 
 @pytest.fixture(autouse=True)
 def _no_small_op_cutoff(monkeypatch):
     """The cases are small on purpose (fast tests): check the kernels, not the size cutoff."""
-    from qgraph.tvm import fast
-
-    monkeypatch.setattr(fast, "SMALL_MACS", 0)
+    monkeypatch.setattr(x86.select, "SMALL_MACS", 0)
 
 
 _one_node = one_node_model  # tests/conftest.py
@@ -127,7 +126,7 @@ def test_qconv_u8s8_pairs_where_no_pair_can_saturate(case, xdt):
     int16, so the direct conv runs the u8 x s8 form (raw bytes, zero point in the pads, its
     share folded into the bias) and equals the reference bit for bit; one 8-bit weight pair
     that could saturate sends the layer back to the exact int16 form."""
-    from qgraph.tvm import direct as D
+    from qgraph.tvm.x86 import conv as D
 
     xs, ws, strides, pads, dil = U8_CASES[case]
     rng = np.random.default_rng(200 + case)
@@ -161,8 +160,8 @@ def test_a_batch_of_narrow_rows_interleaves_into_one_row():
     single image, or rows wider than a vector where that saves under 5%, keep a row per image. Two interleaved
     convs in a row: the second packs the first's ``[C, H, W, N]`` output as it is."""
     from qgraph.ir import Graph, Model, Node, TensorType, Value
-    from qgraph.tvm import direct as D
-    from qgraph.tvm.kernels import ConvGeometry
+    from qgraph.tvm.x86 import conv as D
+    from qgraph.tvm.x86.gemm import ConvGeometry
 
     def geom(n, c, h, w, oc, k, oh, ow, s, p):
         return ConvGeometry(n, c, h, w, oc, k, k, oh, ow, (s, s), (1, 1), (p, p))
@@ -212,8 +211,8 @@ def test_few_channel_convs_fold_their_row_taps_into_channels():
     as channels: 3 channels x 3 taps are 5 pairs instead of 6 half-used ones. One that takes
     the u8 x s8 form anyway (a 1-channel stem: its pairs are one weight and a 0) does not
     fold. The CONV_CASES on 3, 5 and 7 channels check the values; here the choice and layout."""
-    from qgraph.tvm import direct as D
-    from qgraph.tvm.kernels import ConvGeometry
+    from qgraph.tvm.x86 import conv as D
+    from qgraph.tvm.x86.gemm import ConvGeometry
 
     stem = ConvGeometry(1, 3, 224, 224, 64, 7, 7, 112, 112, (2, 2), (1, 1), (3, 3))
     assert D.tap_fold_pays(stem)
@@ -312,8 +311,6 @@ def test_kernels_default_and_non_x86_targets_keep_the_default_lowering():
 
 
 def test_tiny_layers_keep_the_default_lowering(monkeypatch):
-    from qgraph.tvm import fast
-
     rng = np.random.default_rng(12)
     x = rng.integers(0, 256, (1, 8, 4, 4)).astype(np.uint8)
     w = rng.integers(-127, 128, (16, 8, 3, 3)).astype(np.int8)
@@ -321,7 +318,7 @@ def test_tiny_layers_keep_the_default_lowering(monkeypatch):
              "multiplier": [1 << 30], "shift": [38], "y_zero_point": 0, "y_qmin": 0, "y_qmax": 255}
     model = _one_node(l3.QConv, {"x": x}, {"w": w}, attrs, DType.UINT8)
     assert "qdirect_conv" in _kernels(model)
-    monkeypatch.setattr(fast, "SMALL_MACS", 16 * 16 * 72 + 1)  # one more than this conv's MACs
+    monkeypatch.setattr(x86.select, "SMALL_MACS", 16 * 16 * 72 + 1)  # one more than this conv's MACs
     assert _kernels(model) == set()
 
 
@@ -355,7 +352,7 @@ def test_qadd_int32_form_and_schedule_equal_the_reference(shape, b_shape, shift,
 def test_fused_elementwise_kernels_are_scheduled():
     """After the pipeline, a fused elementwise kernel is marked scheduled by qgraph's rule
     (vectorized, parallel), and a hand-written kernel keeps its own schedule."""
-    from qgraph.tvm.schedule import schedule_pass
+    from qgraph.tvm.elementwise_schedule import schedule_pass
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     x = np.zeros((1, 4, 128, 128), np.uint8)  # over PARALLEL_MIN elements
@@ -377,7 +374,7 @@ def test_float_kernels_are_scheduled_only_when_correctly_rounded():
     still equals the reference bit for bit, ties and saturation included; a float kernel that
     calls a transcendental (Sigmoid's exp) keeps TVM's lowering."""
     from qgraph.ir import ops
-    from qgraph.tvm.schedule import schedule_pass
+    from qgraph.tvm.elementwise_schedule import schedule_pass
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     rng = np.random.default_rng(11)

@@ -135,9 +135,26 @@ def unit_graph(all_edges: Iterable[ImportEdge]):
     return g
 
 
+def module_graph(all_edges: Iterable[ImportEdge], within: str):
+    """A ``networkx.DiGraph`` of the modules of package ``within`` (``qgraph.tvm``: it and its
+    submodules) and the imports between them; each edge has its ``imports``."""
+    import networkx as nx
+
+    def inside(module: str) -> bool:
+        return module == within or module.startswith(within + ".")
+
+    g = nx.DiGraph()
+    for e in all_edges:
+        if inside(e.source) and inside(e.target) and e.source != e.target:
+            if not g.has_edge(e.source, e.target):
+                g.add_edge(e.source, e.target, imports=[])
+            g[e.source][e.target]["imports"].append(e)
+    return g
+
+
 def cycles(graph) -> list[list[str]]:
-    """The strongly connected components of more than one unit: each is a set of units that
-    import one another, directly or not (sorted, largest first)."""
+    """The strongly connected components of more than one node (unit or module): each is a set
+    that import one another, directly or not (sorted, largest first)."""
     import networkx as nx
 
     comps = [sorted(c) for c in nx.strongly_connected_components(graph) if len(c) > 1]

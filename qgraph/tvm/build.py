@@ -187,14 +187,14 @@ def pipeline(tvm_target):
     (``relax.backend.cpu_generic``), which is ``tvm.compile``'s default for CPU targets plus
     ``FoldConstant``, ``FuseOps`` and ``FuseTIR`` (``tvm.compile``'s default runs each Relax op
     as its own kernel with its own intermediate tensor: ~50 kernel calls for the digits CNN,
-    where fused elementwise chains make 9), then ``qgraph.tvm.schedule`` on the fused
+    where fused elementwise chains make 9), then ``qgraph.tvm.elementwise_schedule`` on the fused
     elementwise kernels (vectorized, parallel). Both keep the results bit-exact: an integer
     chain is the same arithmetic, and float ops are not contracted (no FMA) by TVM's LLVM
     codegen."""
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-    from qgraph.tvm.schedule import schedule_pass
+    from qgraph.tvm.elementwise_schedule import schedule_pass
 
     @tvm.transform.module_pass(opt_level=0)
     def _pipeline(mod, _ctx):
@@ -218,8 +218,8 @@ def build(model: Model, target: "str | Target" = "cpu", *, input_shapes: Mapping
         input_shapes: static shapes for inputs whose declared shape has symbolic dims.
         batch_size: the leading dim of inputs whose declared leading dim is symbolic.
         outputs: the values to return, by name (default: the graph outputs).
-        kernels: ``"auto"`` (hand-scheduled integer kernels where they apply) or ``"default"``
-            (``qgraph.tvm.lower``).
+        kernels: ``"auto"`` (the target's kernel package, hand-scheduled integer kernels, where
+            they apply: ``qgraph.tvm.kernel_packages``) or ``"default"`` (``qgraph.tvm.lower``).
 
     Raises:
         LoweringError: the model cannot be lowered (names the node and op).

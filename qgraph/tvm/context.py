@@ -4,11 +4,18 @@ name the node in every error.
 
 A lowering is ``fn(ctx) -> [output, ...]`` for the node ``ctx.node``; an output is a Relax
 expression or a numpy array (a constant: shapes, folded arithmetic).
+
+The lowerings here are target-independent (standard Relax ops). A target with kernels of its
+own gives them through ``ctx.kernels``, its *kernel package* (``KernelPackage``: the x86 AVX2
+one is ``qgraph.tvm.x86``), which ``qgraph.tvm.kernel_packages`` chooses from the target when
+lowering starts; a lowering asks it first with ``target_kernel`` and falls back to its own
+Relax ops where the package does not cover the node. So the target-independent modules never
+import a kernel package.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -28,24 +35,43 @@ def dtype_name(dt) -> str:
     return np.dtype(dt).name
 
 
+class KernelPackage(Protocol):
+    """A target's hand-written kernels, as the target-independent lowerings ask for them.
+
+    Each hook takes the context of the node being lowered and returns the node's output (a
+    Relax expression) when one of the package's kernels covers the node, else None (the
+    default Relax lowering runs). A package may leave a hook out (``target_kernel`` treats
+    a missing one as None). ``qgraph.tvm.x86`` is one.
+    """
+
+    def qconv(self, ctx: "LowerContext"):
+        """A QConv node's output, or None."""
+
+    def qmatmul(self, ctx: "LowerContext"):
+        """A QMatMul node's output, or None."""
+
+    def lookup(self, ctx: "LowerContext", table: np.ndarray, storage: str):
+        """A Lookup node's output (``table`` already read, in ``storage``), or None."""
+
+
 class LowerContext:
     """Values and helpers for lowering one node at a time.
 
     Args:
         bb: the Relax block builder, inside the dataflow block of ``main``.
         opsets: the model's opsets (``""`` for the default domain).
-        fast: whether the hand-scheduled AVX2 kernels (``qgraph.tvm.kernels``) may replace
-            the default lowering of QConv / QMatMul where they apply.
+        kernels: the target's kernel package (``KernelPackage``), whose kernels replace the
+            default lowering of the ops it covers; None: the default lowering everywhere.
     """
 
-    def __init__(self, bb, opsets: Mapping[str, int], fast: bool = False):
+    def __init__(self, bb, opsets: Mapping[str, int], kernels: KernelPackage | None = None):
         self.bb = bb
         self.opsets = dict(opsets)
-        self.fast = fast
+        self.kernels = kernels
         self.env: dict[str, object] = {}
         self.node: Node | None = None
         #: value name -> the same tensor in another layout a kernel may read instead (an
-        #: interleaved conv's output as ``[C, H, W, N]``: ``qgraph.tvm.fast._unfold``)
+        #: interleaved conv's output as ``[C, H, W, N]``: ``qgraph.tvm.x86.select._unfold``)
         self.lanes: dict[str, object] = {}
 
     # -- errors ----------------------------------------------------------------------------------
@@ -168,3 +194,10 @@ class LowerContext:
 
 #: ``fn(ctx) -> outputs``.
 Lowering = Callable[[LowerContext], Sequence[object]]
+
+
+def target_kernel(ctx: LowerContext, hook: str, *args):
+    """The current node's output from hook ``hook`` of the target's kernel package
+    (``ctx.kernels``), or None: no package, no such hook, or no kernel of it covers the node."""
+    fn = getattr(ctx.kernels, hook, None) if ctx.kernels is not None else None
+    return None if fn is None else fn(ctx, *args)

@@ -23,90 +23,91 @@ from qgraph.ir import l3, ops
 from qgraph.ir.core import Model, Node
 from qgraph.ir.dtypes import DType, to_numpy
 from qgraph.ir.ops import QGRAPH_DOMAIN, OpId, op
-from qgraph.tvm import floating, integer, movement
+from qgraph.tvm import relax_float, relax_integer, relax_movement
 from qgraph.tvm.context import LowerContext, Lowering, LoweringError
+from qgraph.tvm.kernel_packages import kernel_package
 
 #: The lowering of each op (standard ops in the default domain).
 LOWERINGS: Mapping[OpId, Lowering] = MappingProxyType({
     # L3 integer ops
-    l3.Quantize: integer.quantize,
-    l3.Dequantize: integer.dequantize,
-    l3.QConv: integer.qconv,
-    l3.QMatMul: integer.qmatmul,
-    l3.QAdd: integer.qadd,
-    l3.QMul: integer.qmul,
-    l3.QAveragePool: integer.qaverage_pool,
-    l3.QGlobalAveragePool: integer.qglobal_average_pool,
-    l3.Requantize: integer.requantize_op,
-    l3.Lookup: integer.lookup,
+    l3.Quantize: relax_integer.quantize,
+    l3.Dequantize: relax_integer.dequantize,
+    l3.QConv: relax_integer.qconv,
+    l3.QMatMul: relax_integer.qmatmul,
+    l3.QAdd: relax_integer.qadd,
+    l3.QMul: relax_integer.qmul,
+    l3.QAveragePool: relax_integer.qaverage_pool,
+    l3.QGlobalAveragePool: relax_integer.qglobal_average_pool,
+    l3.Requantize: relax_integer.requantize_op,
+    l3.Lookup: relax_integer.lookup,
     # data movement and shapes
-    ops.Identity: movement.identity,
-    ops.Dropout: movement.identity,
-    ops.Reshape: movement.reshape,
-    ops.Flatten: movement.flatten,
-    ops.Squeeze: movement.squeeze,
-    ops.Unsqueeze: movement.unsqueeze,
-    ops.Transpose: movement.transpose,
-    ops.Concat: movement.concat,
-    ops.Slice: movement.slice_,
-    ops.Split: movement.split,
-    ops.Gather: movement.gather,
-    ops.Shape: movement.shape,
-    ops.Size: movement.size,
-    ops.Expand: movement.expand,
-    ops.Tile: movement.tile,
-    ops.Pad: movement.pad,
-    ops.MaxPool: movement.max_pool,
+    ops.Identity: relax_movement.identity,
+    ops.Dropout: relax_movement.identity,
+    ops.Reshape: relax_movement.reshape,
+    ops.Flatten: relax_movement.flatten,
+    ops.Squeeze: relax_movement.squeeze,
+    ops.Unsqueeze: relax_movement.unsqueeze,
+    ops.Transpose: relax_movement.transpose,
+    ops.Concat: relax_movement.concat,
+    ops.Slice: relax_movement.slice_,
+    ops.Split: relax_movement.split,
+    ops.Gather: relax_movement.gather,
+    ops.Shape: relax_movement.shape,
+    ops.Size: relax_movement.size,
+    ops.Expand: relax_movement.expand,
+    ops.Tile: relax_movement.tile,
+    ops.Pad: relax_movement.pad,
+    ops.MaxPool: relax_movement.max_pool,
     # float fallback
-    ops.Add: floating.add,
-    ops.Sub: floating.sub,
-    ops.Mul: floating.mul,
-    ops.Div: floating.div,
-    ops.Equal: floating.equal,
-    op("Less"): floating.less,
-    op("Greater"): floating.greater,
-    ops.Sum: floating.sum_,
-    ops.Max: floating.max_,
-    ops.Min: floating.min_,
-    ops.Relu: floating.relu,
-    ops.Tanh: floating.tanh,
-    ops.Exp: floating.exp,
-    ops.Erf: floating.erf,
-    ops.Sqrt: floating.sqrt,
-    ops.Neg: floating.neg,
-    ops.Abs: floating.abs_,
-    op("Log"): floating.log,
-    op("Floor"): floating.floor,
-    op("Ceil"): floating.ceil,
-    ops.Reciprocal: floating.reciprocal,
-    ops.Sigmoid: floating.sigmoid,
-    ops.HardSigmoid: floating.hard_sigmoid,
-    ops.HardSwish: floating.hard_swish,
-    op("HardSwish", QGRAPH_DOMAIN): floating.hard_swish,
-    ops.LeakyRelu: floating.leaky_relu,
-    ops.Clip: floating.clip,
-    ops.Cast: floating.cast,
-    ops.Pow: floating.pow_,
-    ops.Where: floating.where,
-    ops.Softmax: floating.softmax,
-    op("LogSoftmax"): floating.log_softmax,
-    ops.ReduceMean: floating.reduce_mean,
-    op("ReduceSum"): floating.reduce_sum,
-    op("ReduceMax"): floating.reduce_max,
-    op("ReduceMin"): floating.reduce_min,
-    ops.GlobalAveragePool: floating.global_average_pool,
-    ops.AveragePool: floating.average_pool,
-    ops.Conv: floating.conv,
-    ops.ConvTranspose: floating.conv_transpose,
-    ops.MatMul: floating.matmul,
-    ops.Gemm: floating.gemm,
-    ops.BatchNormalization: floating.batch_norm,
-    ops.LayerNormalization: floating.layer_norm,
-    ops.QGraphLayerNormalization: floating.layer_norm,
-    ops.Gelu: floating.gelu,
-    ops.QGraphGelu: floating.gelu,
-    ops.Resize: floating.resize,
-    op("LRN"): floating.lrn,
+    ops.Add: relax_float.add,
+    ops.Sub: relax_float.sub,
+    ops.Mul: relax_float.mul,
+    ops.Div: relax_float.div,
+    ops.Equal: relax_float.equal,
+    op("Less"): relax_float.less,
+    op("Greater"): relax_float.greater,
+    ops.Sum: relax_float.sum_,
+    ops.Max: relax_float.max_,
+    ops.Min: relax_float.min_,
+    ops.Relu: relax_float.relu,
+    ops.Tanh: relax_float.tanh,
+    ops.Exp: relax_float.exp,
+    ops.Erf: relax_float.erf,
+    ops.Sqrt: relax_float.sqrt,
+    ops.Neg: relax_float.neg,
+    ops.Abs: relax_float.abs_,
+    op("Log"): relax_float.log,
+    op("Floor"): relax_float.floor,
+    op("Ceil"): relax_float.ceil,
+    ops.Reciprocal: relax_float.reciprocal,
+    ops.Sigmoid: relax_float.sigmoid,
+    ops.HardSigmoid: relax_float.hard_sigmoid,
+    ops.HardSwish: relax_float.hard_swish,
+    op("HardSwish", QGRAPH_DOMAIN): relax_float.hard_swish,
+    ops.LeakyRelu: relax_float.leaky_relu,
+    ops.Clip: relax_float.clip,
+    ops.Cast: relax_float.cast,
+    ops.Pow: relax_float.pow_,
+    ops.Where: relax_float.where,
+    ops.Softmax: relax_float.softmax,
+    op("LogSoftmax"): relax_float.log_softmax,
+    ops.ReduceMean: relax_float.reduce_mean,
+    op("ReduceSum"): relax_float.reduce_sum,
+    op("ReduceMax"): relax_float.reduce_max,
+    op("ReduceMin"): relax_float.reduce_min,
+    ops.GlobalAveragePool: relax_float.global_average_pool,
+    ops.AveragePool: relax_float.average_pool,
+    ops.Conv: relax_float.conv,
+    ops.ConvTranspose: relax_float.conv_transpose,
+    ops.MatMul: relax_float.matmul,
+    ops.Gemm: relax_float.gemm,
+    ops.BatchNormalization: relax_float.batch_norm,
+    ops.LayerNormalization: relax_float.layer_norm,
+    ops.QGraphLayerNormalization: relax_float.layer_norm,
+    ops.Gelu: relax_float.gelu,
+    ops.QGraphGelu: relax_float.gelu,
+    ops.Resize: relax_float.resize,
+    op("LRN"): relax_float.lrn,
 })
 
 
@@ -191,23 +192,6 @@ class _Folder:
         return list(evaluate(node, args, self.opsets))
 
 
-#: ``kernels=`` choices of ``lower`` / ``build``.
-KERNEL_CHOICES = ("auto", "default")
-
-
-def fast_kernels(target, kernels: str = "auto") -> bool:
-    """Whether the hand-scheduled integer kernels apply: ``kernels="auto"`` on an x86-64 target
-    with AVX2 (a ``qgraph.targets.Target`` or name; None: this host)."""
-    from qgraph.targets import resolve
-
-    if kernels not in KERNEL_CHOICES:
-        raise LoweringError(f"unknown kernels='{kernels}'; choose one of {', '.join(KERNEL_CHOICES)}")
-    if kernels == "default":
-        return False
-    t = resolve("cpu" if target is None else target)
-    return str(t.tvm_dict.get("mtriple", "")).startswith("x86_64") and "avx2" in t.features
-
-
 def lower(model: Model, input_shapes: Mapping[str, Sequence[int]] | None = None, *,
           batch_size: int | None = None, outputs: Sequence[str] | None = None, target=None,
           kernels: str = "auto"):
@@ -221,9 +205,9 @@ def lower(model: Model, input_shapes: Mapping[str, Sequence[int]] | None = None,
             of the graph may be asked for (per-layer comparisons).
         target: the ``qgraph.targets`` target (or name) the module is for (None: this host);
             it decides which kernels apply.
-        kernels: ``"auto"``: QConv / QMatMul on the hand-scheduled kernels of
-            ``qgraph.tvm.kernels`` where they apply (x86 AVX2), the default lowering elsewhere;
-            ``"default"``: the default lowering everywhere.
+        kernels: ``"auto"``: the ops the target's kernel package covers on its hand-scheduled
+            kernels (``qgraph.tvm.kernel_packages``: ``qgraph.tvm.x86`` on x86 AVX2), the
+            default lowering elsewhere; ``"default"``: the default lowering everywhere.
 
     Returns:
         ``tvm.IRModule`` with ``main(inputs...) -> (outputs...)``.
@@ -239,7 +223,7 @@ def lower(model: Model, input_shapes: Mapping[str, Sequence[int]] | None = None,
     check_lowerable(model)  # all missing lowerings in one error, before any Relax is built
     bb = relax.BlockBuilder()
     params = [relax.Var(name, relax.TensorType(shape, input_dtype(model, name))) for name, shape in shapes.items()]
-    ctx = LowerContext(bb, opsets, fast=fast_kernels(target, kernels))
+    ctx = LowerContext(bb, opsets, kernels=kernel_package(target, kernels))
     fold = _Folder(opsets)
     try:
         return _lower_main(model, bb, params, ctx, fold, shapes, outputs)

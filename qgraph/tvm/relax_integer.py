@@ -16,7 +16,7 @@ import math
 import numpy as np
 
 from qgraph.quant.fixedpoint import rounding_half
-from qgraph.tvm.context import LowerContext
+from qgraph.tvm.context import LowerContext, target_kernel
 
 _INT16 = (-(2**15), 2**15 - 1)
 _INT32_OR_LESS = ("int8", "uint8", "int16", "uint16", "int32")
@@ -124,9 +124,10 @@ def _requant_attrs(ctx: LowerContext, channels: int | None):
             _int(ctx, "y_zero_point"), _int(ctx, "y_qmin"), _int(ctx, "y_qmax"))
 
 
-def _shifted_range(ctx: LowerContext, x, zero_point, max_itemsize: int) -> tuple[int, int] | None:
+def shifted_range(ctx: LowerContext, x, zero_point, max_itemsize: int) -> tuple[int, int] | None:
     """[lo, hi] of ``x - zero_point``: from the values of a constant, from the storage type of a
-    tensor (None for a tensor stored wider than ``max_itemsize`` bytes)."""
+    tensor (None for a tensor stored wider than ``max_itemsize`` bytes). Kernel packages read
+    it too, to prove their narrower products exact."""
     zp = np.asarray(zero_point, np.int64)
     if isinstance(x, np.ndarray):
         d = x.astype(np.int64) - zp
@@ -139,7 +140,7 @@ def _shifted_range(ctx: LowerContext, x, zero_point, max_itemsize: int) -> tuple
 
 def _operand_dtype(ctx: LowerContext, x, zero_point) -> str:
     """int16 when ``x - zero_point`` provably fits it (8-bit storage), else int32."""
-    r = _shifted_range(ctx, x, zero_point, 1)
+    r = shifted_range(ctx, x, zero_point, 1)
     return "int16" if r is not None and _INT16[0] <= r[0] and r[1] <= _INT16[1] else "int32"
 
 
@@ -215,9 +216,7 @@ def pad_spatial(ctx: LowerContext, x, begin, end, value=0.0):
 
 def qconv(ctx: LowerContext):
     """``QConv(x, w, [bias])``: padded, strided, dilated, grouped; per-channel requantization."""
-    from qgraph.tvm import fast
-
-    y = fast.qconv(ctx)
+    y = target_kernel(ctx, "qconv")
     if y is not None:
         return [y]
     x, w = _int_input(ctx, 0), _int_input(ctx, 1)
@@ -255,9 +254,7 @@ def qmatmul(ctx: LowerContext):
     """``QMatMul(a, b, [bias])``: numpy matmul of shifted operands, per-column requantization."""
     from tvm import relax
 
-    from qgraph.tvm import fast
-
-    y = fast.qmatmul(ctx)
+    y = target_kernel(ctx, "qmatmul")
     if y is not None:
         return [y]
     a, b = _int_input(ctx, 0), _int_input(ctx, 1)
@@ -282,8 +279,8 @@ def qmatmul(ctx: LowerContext):
 
 # -- elementwise ---------------------------------------------------------------------------------
 def _shifted_bound(ctx: LowerContext, x, zero_point) -> int | None:
-    """A bound on ``|x - zero_point|`` (``_shifted_range``; None for storage wider than 16 bits)."""
-    r = _shifted_range(ctx, x, zero_point, 2)
+    """A bound on ``|x - zero_point|`` (``shifted_range``; None for storage wider than 16 bits)."""
+    r = shifted_range(ctx, x, zero_point, 2)
     return None if r is None else max(abs(r[0]), abs(r[1]))
 
 
@@ -371,12 +368,10 @@ def lookup(ctx: LowerContext):
     """``Lookup(x)``: ``take(table, x - x_qmin)``."""
     from tvm import relax
 
-    from qgraph.tvm import fast
-
     table = _ints(ctx, "table")
     lo, hi = (int(table.min()), int(table.max())) if table.size else (0, 0)
     storage = ctx.storage(lo, hi)
-    y = fast.lookup(ctx, table, storage)
+    y = target_kernel(ctx, "lookup", table, storage)
     if y is not None:
         return [y]
     idx = shifted(ctx, _int_input(ctx, 0), _int(ctx, "x_qmin"), "int32")

@@ -245,7 +245,7 @@ def conv(ctx: LowerContext):
     """Float ONNX Conv (1-3 spatial dims, grouped), bias added after."""
     from tvm import relax
 
-    from qgraph.tvm.integer import pad_spatial
+    from qgraph.tvm.relax_integer import pad_spatial
 
     x, w = ctx.expr(0), ctx.expr(1)
     xs, ws = ctx.shape(x), ctx.shape(w)

@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from qgraph.tvm.context import LowerContext
-from qgraph.tvm.integer import pad_spatial
+from qgraph.tvm.relax_integer import pad_spatial
 
 
 def _axis(ctx: LowerContext, axis: int, rank: int) -> int:

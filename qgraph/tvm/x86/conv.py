@@ -22,14 +22,14 @@ column ``q``. An output column ``u = ow * N + n`` then reads ``u + (kw * DW // S
 the kernel is the same with its tap offsets times ``N``, every lane computes a wanted column
 (the row is ``OW * N`` long, padded once at its end), and a stride or a pad costs nothing
 extra. The output ``[OC, OH, OW, N]`` goes back to ``[N, OC, OH, OW]`` by one Relax transpose
-(``fast._unfold``), or, where the consumer is another interleaved conv, is packed as it is
+(``select._unfold``), or, where the consumer is another interleaved conv, is packed as it is
 (``conv_pack(src_lanes=True)``: contiguous over ``n``, a vectorized copy). The earlier form
 (segments of the padded width per image) filled 2 of 3 lanes in the 2x2 layer at
 stride 2; storing only the valid columns from the kernel, lane by lane, made the 4x4 layer
 slower than not folding (136 against 104 us).
 
-The exactness argument is that of ``qgraph.tvm.kernels``; requantization is the same fused
-epilogue (``kernels._requant_expr``).
+The exactness argument is that of ``qgraph.tvm.x86.gemm``; requantization is the same fused
+epilogue (``gemm.requant_expr``).
 
 The conv has a second form (``ubsw=True``): raw bytes, 4 channels per column, ``VPMADDUBSW``
 then ``VPMADDWD`` by ones. ``VPMADDUBSW`` saturates its int16 pair sums, so it is emitted only
@@ -43,7 +43,7 @@ import math
 
 import numpy as np
 
-from qgraph.tvm.kernels import _PMADDUBSW, _PMADDWD, LANES, ConvGeometry, Requant, _requant_expr, ceil_to, task_loop
+from qgraph.tvm.x86.gemm import LANES, PMADDUBSW, PMADDWD, ConvGeometry, Requant, ceil_to, requant_expr, task_loop
 
 #: Register tile of the direct conv: RT output channels x VT vectors of 8 output columns
 #: (at most 16 ymm registers: RT * VT accumulators, VT input vectors, one broadcast weight).
@@ -269,7 +269,7 @@ def direct_conv(g: ConvGeometry, hp: int, wq: int, rq: Requant, tile=DIRECT_TILE
                 fold: int = 1):
     """``y[n, oc, oh, ow] = requant(sum_{c2, kh, kw} w . xp + bias[oc])`` on the packed input
     (``fold`` images per packed row, ``conv_pack``'s: ``y`` is then ``[N / fold, OC, OH, OW * fold]``,
-    column ``ow * fold + n`` image ``n``'s ``ow``: ``fast._unfold`` transposes it back).
+    column ``ow * fold + n`` image ``n``'s ``ow``: ``select._unfold`` transposes it back).
 
     ``ubsw``: the u8 x s8 form on ``conv_pack(..., ubsw=True)``'s raw bytes and
     ``pack_direct_weights(..., ubsw=True)``: per 8 output columns, ``VPMADDUBSW`` (4 channels
@@ -295,7 +295,7 @@ def direct_conv(g: ConvGeometry, hp: int, wq: int, rq: Requant, tile=DIRECT_TILE
     odt = rq.out_dtype
 
     def epi(acc, b, m, h, s):
-        return _requant_expr(T, acc, None, m, h, s, rq)  # the bias starts the accumulator
+        return requant_expr(T, acc, None, m, h, s, rq)  # the bias starts the accumulator
 
     # t = ((n * OH + oh) * OT + ot) * OCB + ob: consecutive tasks share the input window
     def n_(t):  # the packed row's batch index (images n_ * F ... n_ * F + F - 1)
@@ -313,10 +313,10 @@ def direct_conv(g: ConvGeometry, hp: int, wq: int, rq: Requant, tile=DIRECT_TILE
     def product(wv, xv):  # 8 int32 lanes: one output channel's weights . 8 columns
         if ubsw:
             return T.call_llvm_pure_intrin(
-                "int32x8", _PMADDWD, T.call_llvm_pure_intrin(
-                    "int16x16", _PMADDUBSW, xv, T.reinterpret("int8x32", T.broadcast(wv, 8))),
+                "int32x8", PMADDWD, T.call_llvm_pure_intrin(
+                    "int16x16", PMADDUBSW, xv, T.reinterpret("int8x32", T.broadcast(wv, 8))),
                 T.broadcast(T.int16(1), 16))
-        return T.call_llvm_pure_intrin("int32x8", _PMADDWD, T.reinterpret("int16x16", T.broadcast(wv, 8)), xv)
+        return T.call_llvm_pure_intrin("int32x8", PMADDWD, T.reinterpret("int16x16", T.broadcast(wv, 8)), xv)
 
     loop = task_loop(T, N * OC * OH * OW * C * KH * KW)
 
@@ -455,7 +455,7 @@ def dw_conv(g: ConvGeometry, hq: int, wq: int, rq: Requant, vt: int = 2):
     odt = rq.out_dtype
 
     def epi(acc, b, m, h, s):
-        return _requant_expr(T, acc, None, m, h, s, rq)  # the bias starts the accumulator
+        return requant_expr(T, acc, None, m, h, s, rq)  # the bias starts the accumulator
 
     def phase(nch):  # the weights' row phase: the first tap row is odd (aligned pairs)
         return nch % OH * SH % 2 if ALIGNED else 0
@@ -480,7 +480,7 @@ def dw_conv(g: ConvGeometry, hq: int, wq: int, rq: Requant, vt: int = 2):
                         for kw in T.unroll(KW):
                             for v in T.unroll(VT):
                                 acc[T.ramp(v * 8, 1, 8)] = acc[T.ramp(v * 8, 1, 8)] + T.call_llvm_pure_intrin(
-                                    "int32x8", _PMADDWD,
+                                    "int32x8", PMADDWD,
                                     T.reinterpret("int16x16", T.broadcast(w[nch // OH % C, phase(nch), j, kw], 8)),
                                     xp[nch // (C * OH), nch // OH % C, row(nch, j), (kw * DW) % SW,
                                        T.ramp((ot * V + v * 8 + (kw * DW) // SW) * 2, 1, 16)])

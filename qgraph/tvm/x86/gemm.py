@@ -2,7 +2,7 @@
 
 No tuning happens at compile time: every kernel is written for the vector width, with
 fixed register tiles, and built once per shape by ``tvm.compile``. The lowering
-(``qgraph.tvm.fast``) calls them through ``relax.call_tir``; shapes and ops they do not
+(``qgraph.tvm.x86.select``) calls them through ``relax.call_tir``; shapes and ops they do not
 cover keep the default lowering.
 
 The dot-product core is ``VPMADDWD``: 16 int16 x int16 products added in adjacent pairs
@@ -11,7 +11,7 @@ into 8 int32 lanes. Operands are zero-point-shifted 8-bit values widened to int1
 instruction is exact and the int32 accumulation wraps only where the contract's int32
 accumulator would overflow anyway (two's complement sums are exact modulo ``2**32``, so a
 final value that fits int32 is right). The saturating u8 x s8 form (``VPMADDUBSW``) appears
-only in ``qgraph.tvm.direct``'s conv, where a proof says it cannot saturate.
+only in ``qgraph.tvm.x86.conv``'s conv, where a proof says it cannot saturate.
 
 Layouts (``K2 = ceil(K / 2)``, pairs of the reduction axis; odd ``K`` is padded with a 0):
 
@@ -22,7 +22,7 @@ Layouts (``K2 = ceil(K / 2)``, pairs of the reduction axis; odd ``K`` is padded 
 
 MatMul (``gemm_cols``): activations are the broadcast operand, weight columns the lanes
 (packed ``[K2, N * 2]``, int8 when the weights fit). Convs have their own direct kernels
-(``qgraph.tvm.direct``, no im2col; the im2col GEMM that was here, off by default since the
+(``qgraph.tvm.x86.conv``, no im2col; the im2col GEMM that was here, off by default since the
 direct conv replaced it, was removed). ``lookup`` is the activations' table lookup.
 
 Accumulator tiles are ``global``-scope buffers of under 1 KiB declared inside the parallel
@@ -49,11 +49,11 @@ LANES = 8
 #: Register tile of the matmul GEMM: RT rows x VT vectors of 8 columns.
 MATMUL_TILE = (2, 4)
 
-#: The AVX2 instructions the kernels call by name (here and in ``qgraph.tvm.direct``).
-_PMADDWD = "llvm.x86.avx2.pmadd.wd"
-_PMADDUBSW = "llvm.x86.avx2.pmadd.ub.sw"
-_PSHUFB = "llvm.x86.avx2.pshuf.b"
-_PBLENDVB = "llvm.x86.avx2.pblendvb"
+#: The AVX2 instructions the kernels call by name (here and in ``qgraph.tvm.x86.conv``).
+PMADDWD = "llvm.x86.avx2.pmadd.wd"
+PMADDUBSW = "llvm.x86.avx2.pmadd.ub.sw"
+PSHUFB = "llvm.x86.avx2.pshuf.b"
+PBLENDVB = "llvm.x86.avx2.pblendvb"
 
 
 def ceil_to(x: int, m: int) -> int:
@@ -61,7 +61,7 @@ def ceil_to(x: int, m: int) -> int:
 
 
 #: Multiply-adds below which a GEMM / conv kernel's task loop stays serial, and elements below
-#: which a data-movement kernel's does (``schedule.PARALLEL_MIN``, the fused elementwise
+#: which a data-movement kernel's does (``elementwise_schedule.PARALLEL_MIN``, the fused elementwise
 #: kernels' threshold): waking the thread pool costs a few microseconds, as much as such a
 #: kernel's whole work. Digits CNN at batch 1, 2 threads, whole model: 41 us with every
 #: kernel parallel, 16 us with these thresholds (every layer serial), ORT fp32 19 us.
@@ -71,7 +71,7 @@ PARALLEL_MIN_MACS = 1 << 18
 def task_loop(T, work: int, macs: bool = True):
     """``T.parallel`` for a kernel of ``work`` multiply-adds (``macs``) or elements moved, where
     that reaches the threshold; else ``T.serial``."""
-    from qgraph.tvm.schedule import PARALLEL_MIN
+    from qgraph.tvm.elementwise_schedule import PARALLEL_MIN
 
     return T.parallel if work >= (PARALLEL_MIN_MACS if macs else PARALLEL_MIN) else T.serial
 
@@ -129,7 +129,7 @@ def bias_fits_int32(bias) -> bool:
     return bool(b.size == 0 or (b.min() >= -(2**31) and b.max() < 2**31))
 
 
-def _requant_expr(T, acc, bias, mult, half, shift, rq: Requant):
+def requant_expr(T, acc, bias, mult, half, shift, rq: Requant):
     """The epilogue on int32 ``acc`` (scalar or vector; the parameters of the same lanes).
 
     ``bias`` None: the kernel started the accumulator at the bias (the same int32 sum), so
@@ -223,7 +223,7 @@ def gemm_cols(rows: int, k2: int, cols: int, rq: Requant, tile=MATMUL_TILE, w_dt
     odt = rq.out_dtype
 
     def epi(acc, b, m, h, s):
-        return _requant_expr(T, acc, None, m, h, s, rq)  # the bias starts the accumulator
+        return requant_expr(T, acc, None, m, h, s, rq)  # the bias starts the accumulator
 
     wdt = w_dtype
 
@@ -247,7 +247,7 @@ def gemm_cols(rows: int, k2: int, cols: int, rq: Requant, tile=MATMUL_TILE, w_dt
                         for v in T.unroll(VT):
                             acc[T.ramp((r * VT + v) * 8, 1, 8)] = acc[T.ramp((r * VT + v) * 8, 1, 8)] + \
                                 T.call_llvm_pure_intrin(
-                                    "int32x8", _PMADDWD,
+                                    "int32x8", PMADDWD,
                                     T.reinterpret("int16x16", T.broadcast(T.reinterpret("int32", a[
                                         T.min((t % RTs) * RT + r, R - 1), T.ramp(j * 2, 1, 2)]), 8)),
                                     wvec(w, j, ((t // RTs) * VT + v) * 16))
@@ -328,12 +328,12 @@ def lookup_shuffle(n: int, x_dtype: str, out_dtype: str):
     def step(x, tabs, base):
         idx = T.reinterpret("int8x32", x[T.ramp(base, 1, 32)])
         lo = idx & T.broadcast(T.int8(15), 32)
-        r = [T.call_llvm_pure_intrin("int8x32", _PSHUFB, T.reinterpret("int8x32", tabs[T.ramp(h * 32, 1, 32)]), lo)
+        r = [T.call_llvm_pure_intrin("int8x32", PSHUFB, T.reinterpret("int8x32", tabs[T.ramp(h * 32, 1, 32)]), lo)
              for h in range(16)]
         for k in range(4):  # bit 4 + k of the byte to its sign bit
             mask = T.reinterpret("int8x32", T.shift_left(T.reinterpret("int16x16", idx), T.broadcast(T.int16(3 - k), 16))) \
                 if k < 3 else idx
-            r = [T.call_llvm_pure_intrin("int8x32", _PBLENDVB, r[2 * j], r[2 * j + 1], mask) for j in range(len(r) // 2)]
+            r = [T.call_llvm_pure_intrin("int8x32", PBLENDVB, r[2 * j], r[2 * j + 1], mask) for j in range(len(r) // 2)]
         return T.reinterpret(f"{out_dtype}x32", r[0])
 
     def scalar(x, tabs, i):  # the same table: row = high nibble, column = low nibble

@@ -1,27 +1,28 @@
-"""Kernel selection: QConv / QMatMul on the hand-scheduled AVX2 kernels of ``qgraph.tvm.kernels``.
+"""Kernel selection: QConv / QMatMul / Lookup on the hand-scheduled AVX2 kernels of
+``qgraph.tvm.x86.conv`` and ``qgraph.tvm.x86.gemm`` (the hooks of this kernel package).
 
 ``qconv`` / ``qmatmul`` return the node's output (a Relax expression) when a fast kernel
 covers the node, else None and the default lowering runs. ``conv_kernel`` /
 ``matmul_kernel`` name the choice without emitting anything (tests and reports).
 
-A fast kernel needs: an x86 target with AVX2 (``LowerContext.fast``), a constant weight,
-a non-constant activation of 8-bit storage, zero-point-shifted operands whose int16 pair
-products are exact (``|x - x_zp| * |w - w_zp| * 2 < 2**31``, both within int16), an int32
-bias. QConv: 2-D, ``group == 1`` (``direct``) or depthwise (``depthwise``), at least
-``SMALL_MACS`` multiply-adds. QMatMul: a 2-D
-constant ``b`` and an activation of rank >= 2.
+A fast kernel needs: an x86 target with AVX2 (``qgraph.tvm.kernel_packages`` chooses this
+package for it), a constant weight, a non-constant activation of 8-bit storage,
+zero-point-shifted operands whose int16 pair products are exact
+(``|x - x_zp| * |w - w_zp| * 2 < 2**31``, both within int16), an int32 bias. QConv: 2-D,
+``group == 1`` (``direct``) or depthwise (``depthwise``), at least ``SMALL_MACS``
+multiply-adds. QMatMul: a 2-D constant ``b`` and an activation of rank >= 2.
 
 A direct conv on 8-bit activations (int8 ones shifted to uint8) whose int8 weights keep
-every ``VPMADDUBSW`` pair sum inside int16 for any input byte (``direct.ubsw_exact``; 7-bit
+every ``VPMADDUBSW`` pair sum inside int16 for any input byte (``conv.ubsw_exact``; 7-bit
 weights, ``reduce_range``, always do) runs the u8 x s8 form instead (``direct_u8``): half the
 packed activation bytes, and 32 products per ``VPMADDUBSW`` + ``VPMADDWD`` against 16 per
 ``VPMADDWD``, so half the weight broadcasts per product. It is exact by that proof: the only
 place qgraph uses the saturating instruction.
 
 Two layout choices of the direct conv, both decided from the geometry alone: a conv on few
-input channels (a stem) packs its row taps as channels (``direct.fold_taps``, one
+input channels (a stem) packs its row taps as channels (``conv.fold_taps``, one
 ``qtap_pack`` kernel before the pack), and a batch whose output rows are narrower than a
-vector shares one packed row, its images interleaved column by column (``direct.batch_fold``;
+vector shares one packed row, its images interleaved column by column (``conv.batch_fold``;
 a Relax transpose puts the result back, or the next interleaved conv packs it as it is).
 """
 
@@ -31,9 +32,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from qgraph.tvm import direct as D
-from qgraph.tvm import kernels as K
 from qgraph.tvm.context import LowerContext
+from qgraph.tvm.relax_integer import shifted_range
+from qgraph.tvm.x86 import conv as D
+from qgraph.tvm.x86 import gemm as K
 
 _I16 = 2**15 - 1
 #: Multiply-adds below which a node keeps the default lowering (a fast kernel is two calls,
@@ -45,7 +47,7 @@ SMALL_MACS = 0
 #: Matmul weights that fit int8 are stored as int8 and widened on load (half the traffic).
 INT8_WEIGHTS = True
 #: Direct convs on 8-bit activations whose ``VPMADDUBSW`` pair sums provably stay in int16
-#: (``direct.ubsw_exact``: 7-bit weights, ``reduce_range``) run the u8 x s8 form.
+#: (``conv.ubsw_exact``: 7-bit weights, ``reduce_range``) run the u8 x s8 form.
 UBSW = True
 
 
@@ -55,11 +57,9 @@ def _range_fits(lo: int, hi: int) -> bool:
 
 def _act_range(ctx: LowerContext, x, zp: int) -> tuple[int, int] | None:
     """[lo, hi] of ``x - zp`` for an activation of 8-bit integer storage, else None."""
-    from qgraph.tvm.integer import _shifted_range
-
     if np.dtype(ctx.dtype(x)).kind not in "iu":
         return None
-    return _shifted_range(ctx, x, zp, 1)
+    return shifted_range(ctx, x, zp, 1)
 
 
 def _exact_pairs(xr: tuple[int, int], wd: np.ndarray) -> bool:
@@ -112,8 +112,6 @@ class _ConvPlan(NamedTuple):
 
 
 def _conv_plan(ctx: LowerContext) -> _ConvPlan | None:
-    if not ctx.fast:
-        return None
     x, w = ctx.value(0), ctx.value(1)
     if isinstance(x, np.ndarray) or not isinstance(w, np.ndarray):
         return None
@@ -208,7 +206,7 @@ def qconv(ctx: LowerContext):
     kind, g, wd, rq, x_zp, taps, fold, tile = plan
     x = ctx.value(0)
     xdt = ctx.dtype(x)
-    if taps is not None:  # the row taps as channels (``direct.fold_taps``)
+    if taps is not None:  # the row taps as channels (``conv.fold_taps``)
         src, src_zp = taps
         x = _call(ctx, D.tap_pack(src, xdt, src_zp), "qtap_pack", [x], (g.n, g.c, g.h, g.w), xdt)
     consts = [ctx.const(a) for a in rq.arrays()]
@@ -241,8 +239,6 @@ def matmul_kernel(ctx: LowerContext) -> str:
 
 
 def _matmul_plan(ctx: LowerContext):
-    if not ctx.fast:
-        return None
     a, b = ctx.value(0), ctx.value(1)
     if isinstance(a, np.ndarray) or not isinstance(b, np.ndarray) or b.ndim != 2:
         return None
@@ -297,11 +293,9 @@ def qmatmul(ctx: LowerContext):
 
 # -- Lookup -----------------------------------------------------------------------------------------
 def lookup(ctx: LowerContext, table: np.ndarray, storage: str):
-    """The Lookup output on ``kernels.lookup`` (a tensor input of static shape), or None."""
+    """The Lookup output on ``gemm.lookup`` (a tensor input of static shape), or None."""
     from tvm import relax
 
-    if not ctx.fast:
-        return None
     x = ctx.value(0)
     if isinstance(x, np.ndarray) or not _is_static(ctx.shape(x)) or table.size == 0:
         return None
