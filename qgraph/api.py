@@ -105,10 +105,8 @@ def set_input_shapes(model: Model, shapes: Mapping[str, Any]) -> None:
 
 
 def clone(model: Model) -> Model:
-    """``qgraph.onnx.clone`` (kept for callers of the old name)."""
-    from qgraph.onnx import clone as onnx_clone
-
-    return onnx_clone(model)
+    """``model.clone()``: a copy sharing nothing mutable (``qgraph.ir.Model.clone``)."""
+    return model.clone()
 
 
 def _config(config: Any):

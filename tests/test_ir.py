@@ -238,3 +238,46 @@ def test_fingerprint_sees_data_changes():
 
     m.graph.initializers["b"].const_value = Tensor(np.array([1.0, 3.0], np.float32))
     assert fingerprint(m) != before
+
+
+
+def _clone_cases():
+    import glob
+    import os
+
+    from qgraph.testing.conformance import cases
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    flow = {"test_if", "test_if_seq", "test_loop11", "test_loop13_seq", "test_scan9_sum"}  # subgraphs, captures
+    return (sorted(glob.glob(os.path.join(repo, "golden", "models", "*.onnx")))
+            + [pytest.param(c.model, id=c.name) for c in cases() if c.name in flow])
+
+
+@pytest.mark.parametrize("src", _clone_cases(), ids=lambda p: p.split("/")[-1] if isinstance(p, str) else None)
+def test_model_clone_is_the_same_model_sharing_nothing_mutable(src):
+    import qgraph
+    from qgraph.onnx import to_proto
+
+    m = qgraph.load(src)
+    m.input_ranges["x"] = object()
+    c = m.clone()
+    assert to_proto(c, decompose=False).SerializeToString() == to_proto(m, decompose=False).SerializeToString()
+    assert fingerprint(c) == fingerprint(m) and c.input_ranges == m.input_ranges
+    for g, gc in zip(m.graph.all_graphs(), c.graph.all_graphs(), strict=True):
+        assert gc is not g and len(list(gc)) == len(list(g))
+        for n, nc in zip(g, gc):
+            assert nc is not n and nc.graph is gc
+            assert not {id(v) for v in nc.outputs if v is not None} & {id(v) for v in n.outputs if v is not None}
+        if g.parent is not None:  # a subgraph's copy belongs to the copied node
+            assert gc.parent is not None and gc.parent is not g.parent and gc.parent.graph is not g.parent.graph
+    originals = {id(v) for g in m.graph.all_graphs() for n in g for v in n.outputs + n.inputs if v is not None}
+    originals |= {id(v) for g in m.graph.all_graphs() for v in list(g.inputs) + list(g.initializers.values())}
+    assert not any(id(v) in originals for g in c.graph.all_graphs() for n in g for v in n.inputs)  # captures too
+    before = fingerprint(m)
+    node = next(iter(c.graph))  # edit the copy: the original does not change
+    node.metadata_props["edited"] = "1"
+    node.outputs[0].name = node.outputs[0].name + "_renamed"
+    c.opset_imports["edited"] = 1
+    c.input_ranges.clear()
+    assert fingerprint(m) == before and "edited" not in m.opset_imports and "x" in m.input_ranges
+    assert "edited" not in next(iter(m.graph)).metadata_props

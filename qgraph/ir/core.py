@@ -705,8 +705,50 @@ class Graph:
                 self.append(ident)
             self.outputs.replace(old, keep)
 
+    def clone(self, outer: Mapping[Value, Value] | None = None) -> "Graph":
+        """A copy of this graph: new values, nodes and subgraphs, the same (immutable) tensors.
+
+        ``outer`` maps the values of enclosing graphs that this graph (a subgraph) reads to
+        their copies; a value read here that is defined neither here nor in ``outer`` is
+        kept as it is (a subgraph copied on its own still reads its outer scope).
+        """
+        vmap: dict[Value, Value] = dict(outer or {})
+
+        def fresh(v: Value) -> Value:
+            c = Value(v.name, v.type, v.const_value, v.doc_string)
+            c.metadata_props = dict(v.metadata_props)
+            vmap[v] = c
+            return c
+
+        g = Graph(self.name, doc_string=self.doc_string)
+        g.metadata_props = dict(self.metadata_props)
+        g.quantization_annotation = list(self.quantization_annotation)
+        g.sparse_initializers = list(self.sparse_initializers)
+        for v in self.inputs:
+            g.inputs.append(fresh(v))
+        for v in self.initializers.values():
+            g.register_initializer(vmap[v] if v in vmap else fresh(v))
+        for n in self:
+            outs = [None if o is None else fresh(o) for o in n.outputs]
+            attrs = {k: _clone_attr(a, vmap) for k, a in n.attrs.items()}
+            c = Node(n.op, [None if v is None else vmap.get(v, v) for v in n.inputs], outs, attrs,
+                     name=n.name, doc_string=n.doc_string, overload=n.overload)
+            c.metadata_props = dict(n.metadata_props)
+            g.append(c)
+        for v in self.outputs:
+            g.outputs.append(vmap.get(v, v))
+        return g
+
     def __repr__(self) -> str:
         return f"Graph({self.name!r}, {self._len} nodes)"
+
+
+def _clone_attr(a: Attr, vmap: Mapping[Value, Value]) -> Attr:
+    if a.type == AttrType.GRAPH:
+        return Attr(a.type, a.value.clone(vmap), a.ref_attr_name, a.doc_string)
+    if a.type == AttrType.GRAPHS:
+        return Attr(a.type, tuple(sg.clone(vmap) for sg in a.value), a.ref_attr_name, a.doc_string)
+    return a  # frozen, and its tensors immutable: shared
 
 
 class Model:
@@ -736,6 +778,21 @@ class Model:
         self.functions: list[onnx.FunctionProto] = []
         self.training_info: list[onnx.TrainingInfoProto] = []
         self.configuration: list[Any] = []
+
+    def clone(self) -> "Model":
+        """A copy that shares nothing mutable with this model (``Graph.clone``); tensors are
+        immutable and shared. ``input_ranges`` is a new dict of the same intervals;
+        ``calibration`` (read-only once made) is the same object; the ONNX fields kept
+        verbatim (functions, training info) are new lists of the same protos."""
+        m = Model(self.graph.clone(), self.opset_imports, self.ir_version, self.producer_name,
+                  self.producer_version, self.domain, self.model_version, self.doc_string)
+        m.metadata_props = dict(self.metadata_props)
+        m.input_ranges = dict(self.input_ranges)
+        m.calibration = self.calibration
+        m.functions = list(self.functions)
+        m.training_info = list(self.training_info)
+        m.configuration = list(self.configuration)
+        return m
 
     def opset(self, domain: str = "") -> int | None:
         """The imported version of ``domain`` ("" = the default ONNX domain)."""
