@@ -127,7 +127,7 @@ def _lower(node: Node, model: Model, tracer: MatchTracer) -> None:
         except LoweringError:
             raise
         except (ValueError, OverflowError) as e:
-            raise LoweringError(f"{node.describe()}: cannot lower to integer ops: {e}") from e
+            raise LoweringError(f"{node.describe()}: cannot lower to integer ops: {e}", node.name) from e
     reasons = tracer.reasons(node)
     if reasons:  # an op with no rule at all needs no explaining
         node.metadata_props[l3.STAYED_FLOAT] = "; ".join(reasons)

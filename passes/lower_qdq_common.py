@@ -24,7 +24,12 @@ from qgraph.rewrite import constant_tensor
 
 
 class LoweringError(PassError):
-    """``lower-qdq`` met a group it must lower but cannot do so safely (names node and tensor)."""
+    """``lower-qdq`` met a group it must lower but cannot do so safely (names node and tensor;
+    ``node``: the node's name, for callers that repair, e.g. mixed precision)."""
+
+    def __init__(self, message: str, node: str | None = None):
+        super().__init__(message)
+        self.node = node
 
 
 def const_array(v: Value | None) -> np.ndarray | None:

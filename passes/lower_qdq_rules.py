@@ -94,7 +94,7 @@ def _check_acc(node: Node, lo: np.ndarray, hi: np.ndarray, what: str) -> None:
     if worst_lo < INT32.qmin or worst_hi > INT32.qmax:
         raise LoweringError(
             f"{node.describe()}: the int32 accumulator of {what} can reach [{worst_lo}, {worst_hi}], beyond int32; "
-            "quantize the weights or activations narrower (e.g. 8-bit) or leave this node in float")
+            "quantize the weights or activations narrower (e.g. 8-bit) or leave this node in float", node.name)
 
 
 class _Bias:

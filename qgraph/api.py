@@ -136,6 +136,8 @@ class QuantizedModel:
         report: per-layer dtypes, scales and SQNR, output metrics, warnings and the float ops
             left (``qgraph.verify.report``), when computed.
         compiled: the last TVM build (``build``), a ``qgraph.tvm.Compiled``, or None.
+        precision: the mixed-precision search (``qgraph.precision.PrecisionResult``) when
+            ``quantize(precision="auto")`` chose the config, else None.
     """
 
     float_model: Model
@@ -145,6 +147,7 @@ class QuantizedModel:
     config: Any
     report: Any = None
     compiled: Any = None
+    precision: Any = None
     _interpreter: Any = field(default=None, repr=False)
 
     def build(self, target: str = "cpu", batch_size: int = 1,
@@ -253,7 +256,9 @@ def quantize(model: Any, calib: Any, config: Any = None, *, method: str = "minma
              report_samples: int = 8, show_progress: bool | None = None,
              input_shapes: Mapping[str, Any] | None = None,
              batch_axes: Mapping[str, Any] | None = None, eval: Any = None,
-             context: "PassContext | None" = None) -> QuantizedModel:
+             context: "PassContext | None" = None, precision: str | None = None, accuracy: Any = None,
+             budget: Any = None, executor: Any = None,
+             precision_options: Mapping[str, Any] | None = None) -> QuantizedModel:
     """Post-training quantization of ``model`` on calibration data ``calib``.
 
     Args:
@@ -276,6 +281,20 @@ def quantize(model: Any, calib: Any, config: Any = None, *, method: str = "minma
         context: the ``qgraph.pm.PassContext`` every step runs under (instruments such as
             ``PassTimings`` / ``DumpIR``, ``verify_each``); default: a plain one. The steps are
             ``qgraph.passes.QUANTIZE_STAGES`` (``quantize_pipelines``), each run by the pass manager.
+        precision: None (the config decides every layer's types) or ``"auto"``: each layer's
+            format (W8A8, W8A16, W4A8 or float) chosen from measured sensitivity on the
+            calibration data (``qgraph.precision.choose_precision``), between calibration and
+            insert-qdq; the chosen config replaces ``config`` (``result.config``) and the search
+            is ``result.precision``.
+        accuracy: the floor for ``precision="auto"``: ``"top1>=0.998"``, ``"sqnr>=30"``,
+            ``"cosine>=0.999"``, a callable ``(float_outputs, quantized_outputs) -> bool``, or
+            None (``auto``).
+        budget: ``"bytes=N"`` / ``"bops=N"``: instead of a floor, the most accurate assignment
+            within this cost.
+        executor: where the sensitivity probes run: None (this process), ``"ray"``,
+            ``"ray=ADDRESS"``.
+        precision_options: further ``choose_precision`` keywords (``formats``, ``samples``,
+            ``verify_samples``, ``cost_kind``, ``cache``).
     """
     from qgraph.passes.calibrate import Calibrate
     from qgraph.pm import PassContext, PassManager
@@ -291,11 +310,21 @@ def quantize(model: Any, calib: Any, config: Any = None, *, method: str = "minma
         from qgraph.verify.data import load_eval
 
         held_out = load_eval(eval, float_model)
+    if precision not in (None, "auto"):
+        raise QGraphError(f"precision '{precision}': use 'auto', or leave it out and set types in the config")
     ctx = context if context is not None else PassContext()
     steps = quantize_pipelines(cfg, calib, method, method_options, show_progress=show_progress)
     levels = {"float": float_model}
     current = "float"
-    for level, text, pipeline in steps:
+    chosen = None
+    for k, (level, text, pipeline) in enumerate(steps):
+        if level != "float" and precision == "auto" and chosen is None:
+            chosen = _choose_precision(float_model, cfg, calib, accuracy, budget, executor, precision_options,
+                                       show_progress)
+            cfg = chosen.config
+            steps[k:] = [s for s in quantize_pipelines(cfg, calib, method, method_options,
+                                                       show_progress=show_progress) if s[0] != "float"]
+            level, text, pipeline = steps[k]
         if level != current:  # the next level starts from a copy: the one before is kept
             levels[level] = clone(levels[current])
             current = level
@@ -306,6 +335,7 @@ def quantize(model: Any, calib: Any, config: Any = None, *, method: str = "minma
             PassManager(pipeline, ctx).run(levels[level])
     ranges = float_model.calibration
     result = QuantizedModel(float_model, levels["qdq"], levels["integer"], ranges, cfg)
+    result.precision = chosen
     if report:
         from qgraph.verify.report import build_report
 
@@ -314,6 +344,17 @@ def quantize(model: Any, calib: Any, config: Any = None, *, method: str = "minma
                                          model_path=os.path.abspath(model) if isinstance(model, (str, os.PathLike)) else None,
                                          declared_outputs=declared)
     return result
+
+
+def _choose_precision(float_model: Model, cfg, calib: Any, accuracy: Any, budget: Any, executor: Any,
+                      options: Mapping[str, Any] | None, show_progress: bool | None):
+    """``qgraph.precision.choose_precision`` on the calibration data as arrays."""
+    from qgraph.precision import choose_precision
+    from qgraph.verify.data import read_feeds
+
+    feeds, _ = read_feeds(calib, float_model, "the calibration data")
+    return choose_precision(float_model, cfg, feeds, accuracy=accuracy, budget=budget, executor=executor,
+                            show_progress=show_progress, **dict(options or {}))
 
 
 def quantize_pipelines(config: Any, calib: Any, method: str = "minmax",

@@ -123,13 +123,16 @@ def cmd_compile(args: argparse.Namespace) -> int:
     options = {"percentile": args.percentile, "num_bins": args.num_bins}
     context, timings = _pass_context(args)
     start = time.perf_counter()
+    precision = _precision_options(args)  # bad --accuracy / --budget fail before calibration
     q = quantize(args.model, args.calib, args.config, method=args.method,
                  method_options={k: v for k, v in options.items() if v is not None},
                  report_samples=args.report_samples, input_shapes=shapes, batch_axes=axes, eval=args.eval,
-                 context=context)
+                 context=context, **precision)
     q.report.summary["target"] = args.target
     q.save(args.output)  # before the build: a stale tvm/ from an earlier compile goes
     _print_summary(q.report, args, time.perf_counter() - start)
+    if q.precision is not None:
+        print(_precision_line(q, args))
     if timings is not None:
         print(timings.report())
     if q.report.warnings and args.strict:
@@ -138,6 +141,40 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if args.target in TVM_TARGETS:
         _compile_tvm(q, args)
     return 0
+
+
+def _precision_options(args: argparse.Namespace) -> dict:
+    """``quantize``'s precision keywords from ``--precision`` / ``--accuracy`` / ``--budget`` /
+    ``--executor`` / ``--formats`` / ``--cost`` (parsed here, so a typo fails at once)."""
+    from qgraph.precision import parse_accuracy, parse_budget, parse_formats
+
+    if args.precision is None:
+        given = [f for f in ("accuracy", "budget", "executor", "formats") if getattr(args, f) is not None]
+        if given:
+            raise QGraphError(f"--{given[0]} applies to --precision auto")
+        return {}
+    parse_accuracy(args.accuracy)
+    parse_budget(args.budget)
+    opts: dict = {"cost_kind": args.cost}
+    if args.formats is not None:
+        opts["formats"] = [f.name for f in parse_formats(args.formats)]
+    return {"precision": "auto", "accuracy": args.accuracy, "budget": args.budget, "executor": args.executor,
+            "precision_options": opts}
+
+
+def _precision_line(q, args: argparse.Namespace) -> str:
+    r = q.precision
+    counts: dict[str, int] = {}
+    for f in r.assignment.values():
+        counts[f] = counts.get(f, 0) + 1
+    s = q.report.precision if q.report is not None else {}
+    frac = s.get("mac_fraction_8bit")
+    held = "held" if r.floor_met else "NOT met (the most accurate assignment tried is kept)"
+    return (f"precision auto: {', '.join(f'{n} {k}' for k, n in sorted(counts.items()))} layers; "
+            f"floor {r.floor.describe()} {held} on {r.verify_samples} calibration samples; "
+            + (f"{frac:.0%} of MACs on 8-bit operands; " if frac is not None else "")
+            + f"{r.probes} probes ({r.cached} cached) on {r.executor} in {r.seconds:.1f} s; "
+            f"the choice is {args.output}/config.json (reuse it with --config)")
 
 
 def _pass_context(args: argparse.Namespace):
@@ -276,6 +313,19 @@ def add_parsers(sub) -> None:
                    "in-sample, on calibration data")
     p.add_argument("--strict", action="store_true", help="warnings (few or constant calibration data, a layer at or "
                    "below 0 dB, inputs of very different ranges under one scale, ...) are errors: exit 1")
+    p.add_argument("--precision", choices=["auto"], help="auto: each layer's format (W8A8, W8A16, W4A8, float) "
+                   "chosen from its measured sensitivity under --accuracy (or within --budget); the choice is "
+                   "written as OUTDIR/config.json")
+    p.add_argument("--accuracy", metavar="FLOOR", help="with --precision auto: top1>=F, sqnr>=DB or cosine>=F on the "
+                   "worst output (default: top1>=0.99 on classifier outputs, channel SQNR>=20 dB on others)")
+    p.add_argument("--budget", metavar="KIND=N", help="with --precision auto: bytes=N (weight bytes, K/M suffixes) "
+                   "or bops=N: the most accurate assignment within it, instead of a floor")
+    p.add_argument("--cost", default="bops", choices=["bops", "bytes"], help="with --precision auto: what the floor "
+                   "mode minimizes (operand bits per MAC, or weight bytes)")
+    p.add_argument("--formats", metavar="F,F,...", help="with --precision auto: the candidate formats "
+                   "(default W8A8,W8A16,W4A8,float)")
+    p.add_argument("--executor", metavar="local|ray|ray=ADDRESS", help="with --precision auto: where the "
+                   "sensitivity probes run (default: this process)")
     p.add_argument("--time-passes", action="store_true", help="print the time of every pass of the quantize "
                    "pipeline (canonicalize, fuse, calibrate, insert-qdq, lower-qdq)")
     p.add_argument("--verify-each", action="store_true", help="verify the IR after every pass (debug)")

@@ -72,6 +72,7 @@ def render_markdown(report) -> str:
                      f"{pct['accuracy_float']} | {pct['accuracy_quantized']} |")
     lines += ["", "top-1 agreement is given for classifier-shaped outputs only (`[N, C]`, or a softmax-like "
               "last axis; see `qgraph.verify.metrics.classifier_shaped`); accuracy where the data has `labels`."]
+    lines += precision_lines(report.precision)
     lines += ["", f"## Stayed float ({len(report.stayed_float)})", ""]
     if report.stayed_float:
         lines += ["| node | op | why |", "|---|---|---|"]
@@ -87,3 +88,40 @@ def render_markdown(report) -> str:
                      f"{out.get('dtype', 'float')} | {range_text(out)} | {num(out.get('scale'))} | "
                      f"{out.get('zero_point', '')} | {num(r.get('sqnr_db'))} |")
     return "\n".join(lines) + "\n"
+
+
+def precision_lines(p: dict[str, Any]) -> list[str]:
+    """The "Precision" section: MACs on 8-bit operands, weight bytes; after ``--precision auto``
+    the search (floor, points verified) and one row per layer (format, candidates' damages, MACs)."""
+    if not p:
+        return []
+    frac = p.get("mac_fraction_8bit")
+    lines = ["", "## Precision", "",
+             f"- multiply-accumulates on 8-bit operands: {'n/a' if frac is None else f'{frac:.1%}'}",
+             f"- conv / matmul weight bytes: {p.get('weight_bytes')}"]
+    search = p.get("search")
+    if not search:
+        return lines
+    lines += [f"- chosen by `--precision auto`: floor {search['floor']} "
+              f"{'held' if search['floor_met'] else '**not met**'} on {search['verify_samples']} calibration "
+              f"samples ({', '.join(f'{k} {num(v)}' for k, v in search['measured'].items())}); "
+              f"{search['probes']} sensitivity probes on {search['sensitivity_samples']} samples "
+              f"({search['cached_probes']} cached), {search['executor']}, {search['seconds']} s",
+              "", "Assignments verified (cost is " + search["cost"] + "):", "",
+              "| damage budget | cost | weight bytes | floor | metrics | formats |", "|---|---|---|---|---|---|"]
+    for pt in search["points"]:
+        lines.append(f"| {num(pt['budget'])} | {num(pt['cost'])} | {num(pt['weight_bytes'])} | "
+                     f"{'holds' if pt['ok'] else 'fails'} | "
+                     f"{', '.join(f'{k} {num(v)}' for k, v in pt['metrics'].items())} | "
+                     f"{', '.join(f'{k} {n}' for k, n in sorted(pt['formats'].items()))} |")
+    rows = [(name, r) for name, r in p["per_layer"].items() if "format" in r]
+    lines += ["", "Per layer (damage: the outputs' channel noise-to-signal ratio with this layer alone in "
+              "that format):", "", "| layer | op | format | MACs | weight bytes | damage per format |",
+              "|---|---|---|---|---|---|"]
+    for name, r in rows:
+        dmg = ", ".join(f"{f} {num(d)}" for f, d in r["damage"].items() if f != "float")
+        lines.append(f"| {name} | {r['op']} | {r['format']} | {r['macs']} | {num(r['weight_bytes'])} | {dmg} |")
+    if search.get("forced_float"):
+        lines += ["", "Kept float because lower-qdq refused their integer form: "
+                  + ", ".join(search["forced_float"])]
+    return lines

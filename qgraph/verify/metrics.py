@@ -6,6 +6,9 @@
 - ``cosine_similarity``: of the flattened tensors.
 - ``topk_agreement``: the fraction of rows (last axis = classes) whose arg-max (k=1) is the
   same, or whose reference arg-max is in the test's top k.
+- ``channel_sqnr_db``: SQNR per channel (the first axis after the samples), then averaged as
+  noise-to-signal ratios: a channel of small values (a detector's class scores next to box
+  coordinates in pixels) counts as much as a large one, where ``sqnr_db`` would not see it.
 - ``lsb_distance``: ``max |a - b| / scale`` in units of the output's quantization step,
   the measure for two integer implementations that should agree (0 = bit-exact).
 - ``output_metrics``: what ``qgraph compile``'s summary, the report and ``qgraph verify``
@@ -70,6 +73,38 @@ def topk_agreement(ref, test, k: int = 1) -> float:
     want = r.argmax(axis=1)
     top = np.argsort(-t, axis=1, kind="stable")[:, :k]
     return float(np.mean((top == want[:, None]).any(axis=1)))
+
+
+def channel_nsr(ref, test, sample_axis: int | None = 0) -> float:
+    """Noise-to-signal energy ratio of ``test`` against ``ref``, per channel, averaged.
+
+    The channel axis is the first axis after ``sample_axis`` (axis 1 for ``[N, C, ...]``,
+    the positions of an OCR recognizer's ``[N, T, C]``); a tensor of rank < 2 is one channel.
+    Each channel's ratio ``sum (test - ref)^2 / sum ref^2`` is capped at 1 (a channel lost
+    entirely; a zero channel with any noise counts so), so the mean is in ``[0, 1]``: 0 when
+    equal. NaN or infinite test values count as a lost channel.
+    """
+    r, t = _pair(ref, test)
+    if r.ndim >= 2:
+        c = 0 if sample_axis not in (None, 0) else 1
+        if sample_axis is not None and sample_axis == c:
+            c = 0
+        r = np.moveaxis(r, c, 0).reshape(r.shape[c], -1)
+        t = np.moveaxis(t, c, 0).reshape(r.shape[0], -1)
+    else:
+        r, t = r.reshape(1, -1), t.reshape(1, -1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        noise = np.sum((t - r) ** 2, axis=1)
+        signal = np.sum(r ** 2, axis=1)
+        ratio = np.where(signal > 0, noise / np.where(signal > 0, signal, 1.0), np.where(noise > 0, 1.0, 0.0))
+    ratio = np.where(np.isfinite(ratio), np.minimum(ratio, 1.0), 1.0)
+    return float(np.mean(ratio)) if ratio.size else 0.0
+
+
+def channel_sqnr_db(ref, test, sample_axis: int | None = 0) -> float:
+    """``-10 log10(channel_nsr)`` in dB: infinite when equal, 0 when every channel is lost."""
+    nsr = channel_nsr(ref, test, sample_axis)
+    return math.inf if nsr == 0.0 else -10.0 * math.log10(nsr)
 
 
 def lsb_distance(a, b, scale) -> float:

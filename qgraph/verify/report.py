@@ -90,6 +90,10 @@ class Report:
         warnings: ``qgraph.verify.diagnose.QuantWarning``s.
         stayed_float: the L3 model's float ops and why (``qgraph.verify.float_ops.stayed_float``).
         plots: data for report.html only (float and quantized samples of each output).
+        precision: ``qgraph.verify.precision.precision_summary`` of the QDQ model
+            (``mac_fraction_8bit``, ``weight_bytes``, ``per_layer``); after ``--precision auto``
+            each layer also has its ``format`` and the ``damage`` of each candidate, and
+            ``search`` says how the choice was made (floor, points verified, probes, time).
     """
 
     layers: list[dict] = field(default_factory=list)
@@ -98,10 +102,11 @@ class Report:
     warnings: list = field(default_factory=list)
     stayed_float: list[dict] = field(default_factory=list)
     plots: dict[str, Any] = field(default_factory=dict, repr=False)
+    precision: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {"summary": self.summary, "warnings": [w.to_json() for w in self.warnings], "outputs": self.outputs,
-                "stayed_float": self.stayed_float, "layers": self.layers}
+                "stayed_float": self.stayed_float, "layers": self.layers, "precision": self.precision}
 
     def markdown(self) -> str:
         """report.md (``qgraph.verify.markdown``)."""
@@ -316,7 +321,23 @@ def build_report(q, calib: Any, samples: int = 8, *, eval: Any = None, model_pat
                **op_counts(q.integer)}
     plots = {"outputs": {k: _scatter(flt[k], ref[k]) for k in flt if k in ref}}
     return Report(rows, {k: {kk: json_float(vv) for kk, vv in v.items()} for k, v in outputs.items()}, summary,
-                  found, stayed_float(q.integer, q.qdq, q.config), plots)
+                  found, stayed_float(q.integer, q.qdq, q.config), plots, _precision(q))
+
+
+def _precision(q) -> dict:
+    """report.json's ``precision``: what the QDQ model computes in, and the search when there was one."""
+    from qgraph.verify.metrics import json_float
+    from qgraph.verify.precision import precision_summary
+
+    out = precision_summary(q.qdq)
+    r = getattr(q, "precision", None)
+    if r is not None:
+        chosen = r.per_layer()
+        for name, row in chosen.items():
+            row["damage"] = {f: json_float(d) for f, d in row["damage"].items()}
+            out["per_layer"][name] = {**out["per_layer"].get(name, {}), **row}
+        out["search"] = r.to_json()
+    return out
 
 
 def _db(signal: float, noise: float):
