@@ -44,19 +44,38 @@ class Shared:
     threads: int | None = None
 
     _model: Any = None
+    _digest: str | None = None
 
     def model(self) -> Model:
+        """The float model; imported from ``model_bytes`` at most once per process and model
+        (a Ray worker unpickles a new ``Shared`` for every task it runs)."""
+        global _imported
         if self._model is None:
-            from qgraph.onnx import from_proto
-            import onnx
+            if _imported is None or _imported[0] != self.digest():
+                from qgraph.onnx import from_proto
+                import onnx
 
-            self._model = from_proto(onnx.load_model_from_string(self.model_bytes))
+                _imported = (self.digest(), from_proto(onnx.load_model_from_string(self.model_bytes)))
+            self._model = _imported[1]
         return self._model
 
+    def digest(self) -> str:
+        """SHA-256 of ``model_bytes``, computed once and pickled with the rest."""
+        if self._digest is None:
+            self._digest = hashlib.sha256(self.model_bytes).hexdigest()
+        return self._digest
+
     def __getstate__(self):
+        self.digest()  # hash once here, not in every task that unpickles it
         state = dict(self.__dict__)
-        state["_model"] = None
+        state["_model"] = None  # a worker imports it from model_bytes (ONNX travels; the IR need not)
         return state
+
+
+# The model the last ``Shared.model()`` imported in this process, by digest: one entry, so a
+# long-lived process (a Ray worker, a notebook) holds one float model, not one per sweep. A
+# probe clones it (``probe_model``) and never changes it.
+_imported: tuple[str, Model] | None = None
 
 
 @dataclass
