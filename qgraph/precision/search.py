@@ -110,12 +110,13 @@ def cost(unit: Unit, fmt: Format, kind: str) -> float:
     ``bops`` counts operand bits per multiply-accumulate, linear in the choices: a unit's
     weight width is charged to its own MACs (its input's width is its producer's choice), its
     output width to the MACs of the layers that read it, plus its output elements. A float
-    unit computes in 32-bit float and hands integer readers ``FLOAT_BOUNDARY`` values.
+    unit computes in 32-bit float (its elementwise work counted 8x an integer element's:
+    dequantize, the op, quantize) and hands integer readers ``FLOAT_BOUNDARY`` values.
     """
     if kind == "bytes":
         return unit.weight_elems * fmt.weight_bits / 8.0
-    if fmt.is_float:
-        return float(unit.macs * 32 * 32 + unit.macs_read * 8 * 16 + unit.out_elems * 32)
+    if fmt.is_float:  # float MACs, float elementwise work (dequantize, op, quantize), a 16-bit boundary
+        return float(unit.macs * 32 * 32 + unit.out_elems * 32 * 8 + unit.macs_read * 8 * 16)
     return float(unit.macs * fmt.weight_bits * 8 + unit.macs_read * 8 * fmt.activation_bits
                  + unit.out_elems * fmt.activation_bits)
 
@@ -149,6 +150,7 @@ class PrecisionResult:
     budget: tuple[str, float] | None = None
     probes: int = 0
     cached: int = 0
+    bounded: int = 0  # wide-activation damages taken from the 8-bit probe (below skip_below), not probed
     seconds: float = 0.0
     executor: str = "local"
     samples: int = 0
@@ -174,7 +176,8 @@ class PrecisionResult:
             "floor": self.floor.describe(), "floor_met": self.floor_met,
             "measured": {k: json_float(v) for k, v in self.measured.items()},
             "cost": self.cost_kind, "budget": None if self.budget is None else f"{self.budget[0]}={self.budget[1]:g}",
-            "probes": self.probes, "cached_probes": self.cached, "seconds": round(self.seconds, 2),
+            "probes": self.probes, "cached_probes": self.cached, "bounded": self.bounded,
+            "seconds": round(self.seconds, 2),
             "executor": self.executor, "sensitivity_samples": self.samples, "verify_samples": self.verify_samples,
             "range_mixing": list(self.range_mixing), "forced_float": list(self.forced_float),
             "points": [{"budget": p.budget, "cost": p.cost, "weight_bytes": p.weight_bytes, "ok": p.ok,
@@ -219,7 +222,7 @@ def assignment_config(base: QuantConfig, assignment: Mapping[str, str],
 def choose_precision(float_model: Model, base: QuantConfig, feeds: Mapping[str, np.ndarray], *,
                      accuracy: Any = None, budget: Any = None, cost_kind: str = "bops",
                      formats: Sequence[str] | str | None = None, executor: Any = None, samples: int = 16,
-                     verify_samples: int = 64, cache: bool = True,
+                     verify_samples: int = 64, cache: bool = True, skip_below: float = 1e-5,
                      show_progress: bool | None = None) -> PrecisionResult:
     """Choose each unit's format (see the module doc).
 
@@ -233,6 +236,9 @@ def choose_precision(float_model: Model, base: QuantConfig, feeds: Mapping[str, 
         cost_kind: what the floor mode minimizes, ``bops`` or ``bytes``.
         formats: candidate formats (default all of ``FORMATS``).
         executor: ``None`` / ``"local"``, ``"ray"``, ``"ray=ADDRESS"``, or an executor object.
+        skip_below: a wider-activation format (W8A16) is probed only for units whose 8-bit twin
+            (W8A8) damages the outputs more than this; below it the 8-bit damage stands in
+            (an upper bound: same weights, finer outputs). 0 probes every one.
     """
     from qgraph import batching
     from qgraph.onnx import to_proto
@@ -270,6 +276,8 @@ def choose_precision(float_model: Model, base: QuantConfig, feeds: Mapping[str, 
         for f in integer:
             if u.name in mixing and f.activation_bits <= 8:
                 continue
+            if f.weight_bits < 8 and not u.macs:
+                continue  # 4-bit weights pay where the weights are a conv / matmul's, not a scale vector
             e = effect(u, qdq[f.name]) if any(n.name == u.name for n in qdq[f.name].graph) else None
             if e is None or (not e.weights and not e.outputs):
                 continue
@@ -291,17 +299,23 @@ def choose_precision(float_model: Model, base: QuantConfig, feeds: Mapping[str, 
                       threads=ex.threads)
     shared._model = float_model if ex.name == "local" else None
     store = S.Cache(S.sweep_key(shared) if cache else None)
-    tasks = [S.Task(u, f, effects[(u.name, f)]) for u in units for f in candidates[u.name] if (u.name, f) in effects]
     results: dict[tuple[str, str], dict[str, float]] = {}
-    todo = []
-    for t in tasks:
-        hit = store.get(t)
-        if hit is not None:
-            results[(t.unit.name, t.format)] = hit
-        else:
-            todo.append(t)
-    try:
-        with Progress(f"precision: sensitivity ({ex.name})", total=len(todo), unit="probes",
+    bounded: dict[tuple[str, str], str] = {}  # (unit, wide format) -> the 8-bit format whose damage bounds it
+    counts = {"probes": 0, "cached": 0}
+
+    def sweep(tasks: list, label: str) -> None:
+        todo = []
+        for t in tasks:
+            hit = store.get(t)
+            if hit is not None:
+                results[(t.unit.name, t.format)] = hit
+                counts["cached"] += 1
+            else:
+                todo.append(t)
+        counts["probes"] += len(todo)
+        if not todo:
+            return
+        with Progress(f"precision: sensitivity, {label} ({ex.name})", total=len(todo), unit="probes",
                       enabled=show_progress) as bar:
             def done(k: int, r) -> None:
                 t = todo[k]
@@ -310,6 +324,28 @@ def choose_precision(float_model: Model, base: QuantConfig, feeds: Mapping[str, 
                 bar.advance()
 
             ex.map(S.evaluate, shared, todo, done)
+
+    def task(u: Unit, f: str) -> S.Task:
+        return S.Task(u, f, effects[(u.name, f)])
+
+    try:
+        # 8-bit activations first; a wider activation is probed only where the 8-bit one hurts:
+        # elsewhere its damage is bounded by the 8-bit one's (same weights, finer outputs)
+        sweep([task(u, f) for u in units for f in candidates[u.name]
+               if (u.name, f) in effects and FORMATS[f].activation_bits <= 8], "8-bit activations")
+        wide = []
+        for u in units:
+            for f in candidates[u.name]:
+                if (u.name, f) not in effects or FORMATS[f].activation_bits <= 8:
+                    continue
+                narrow = _narrow_twin(FORMATS[f], candidates[u.name])
+                if narrow is not None and (u.name, narrow) in results \
+                        and max(results[(u.name, narrow)].values()) <= skip_below:
+                    results[(u.name, f)] = results[(u.name, narrow)]
+                    bounded[(u.name, f)] = narrow
+                else:
+                    wide.append(task(u, f))
+        sweep(wide, "wider activations")
     finally:
         store.save()
         if ex is not executor:
@@ -328,8 +364,8 @@ def choose_precision(float_model: Model, base: QuantConfig, feeds: Mapping[str, 
     result = PrecisionResult(
         config=assignment_config(base, best.assignment, units), assignment=best.assignment, units=units,
         candidates=candidates, damage=damage, floor=floor, floor_met=best.point.ok, measured=best.point.metrics,
-        points=searcher.points, cost_kind=cost_kind, budget=budget_spec, probes=len(todo),
-        cached=len(tasks) - len(todo), seconds=time.perf_counter() - t0, executor=ex.name,
+        points=searcher.points, cost_kind=cost_kind, budget=budget_spec, probes=counts["probes"],
+        cached=counts["cached"], bounded=len(bounded), seconds=time.perf_counter() - t0, executor=ex.name,
         samples=batching.sample_count(float_model, sens_feeds), verify_samples=batching.sample_count(float_model, ver_feeds),
         range_mixing=sorted(mixing), forced_float=list(searcher.forced_float))
     return result
@@ -342,6 +378,15 @@ def _insert(float_model: Model, cfg: QuantConfig) -> Model:
     m = float_model.clone()
     PassManager([InsertQDQ.from_config(cfg)]).run(m)
     return m
+
+
+def _narrow_twin(f: Format, names: Sequence[str]) -> str | None:
+    """The candidate with ``f``'s weights and 8-bit activations (W8A16 -> W8A8), if any."""
+    for n in names:
+        g = FORMATS[n]
+        if not g.is_float and g.weight == f.weight and g.activation_bits == 8:
+            return n
+    return None
 
 
 def _unlowerable(qdq: Model) -> str | None:

@@ -99,6 +99,46 @@ def _table(head: list[str] | None, rows: list[list[Any]]) -> str:
     return "".join(out) + "</table>"
 
 
+def pareto(points: list[dict], cost_kind: str) -> str:
+    """The assignments ``--precision auto`` built and measured: channel SQNR against cost, the
+    ones that held the floor filled, the chosen one ringed."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    for ok, marker in ((True, "o"), (False, "x")):
+        pts = [p for p in points if p["ok"] is ok and _db(p["metrics"].get("sqnr")) is not None]
+        if pts:
+            ax.scatter([p["cost"] for p in pts], [_db(p["metrics"]["sqnr"]) for p in pts], marker=marker,
+                       label="holds the floor" if ok else "fails the floor")
+    ax.set_xlabel(f"cost ({cost_kind})")
+    ax.set_ylabel("worst output's channel SQNR (dB)")
+    ax.legend(loc="lower right", fontsize=8)
+    return _img(fig, "accuracy against cost of every assignment measured")
+
+
+def _precision(p: dict) -> list[str]:
+    if not p:
+        return []
+    frac = p.get("mac_fraction_8bit")
+    out = ["<h2>Precision</h2>", _table(None, [
+        ["multiply-accumulates on 8-bit operands", "n/a" if frac is None else f"{frac:.1%}"],
+        ["conv / matmul weight bytes", p.get("weight_bytes")]])]
+    search = p.get("search")
+    if not search:
+        return out
+    out.append(f"<p>Chosen by <code>--precision auto</code>: floor {escape(search['floor'])} "
+               f"{'held' if search['floor_met'] else '<b>not met</b>'} on {search['verify_samples']} calibration "
+               f"samples; {search['probes']} probes ({search['cached_probes']} cached), {escape(search['executor'])}, "
+               f"{search['seconds']} s.</p>")
+    out.append(pareto(search["points"], search["cost"]))
+    rows = [[n, r["op"], r["format"], r["macs"], num(r["weight_bytes"]),
+             ", ".join(f"{f} {num(d)}" for f, d in r["damage"].items() if f != "float")]
+            for n, r in p["per_layer"].items() if "format" in r]
+    out.append(_table(["layer", "op", "format", "MACs", "weight bytes", "damage per format"], rows))
+    return out
+
+
 def render_html(report) -> str:
     """The page (``Report.html``)."""
     s = report.summary
@@ -132,6 +172,8 @@ def render_html(report) -> str:
                           range_text(r.get("output") or {}), num((r.get("output") or {}).get("scale")),
                           (r.get("output") or {}).get("zero_point", ""), weight_text(r.get("weight")),
                           num(r.get("sqnr_db"))] for r in worst]))
+
+    parts += _precision(report.precision)
 
     parts.append(f"<h2>Stayed float ({len(report.stayed_float)})</h2>")
     parts.append(_table(["node", "op", "why"], [[r["node"], r["op"], r["reason"]] for r in report.stayed_float])

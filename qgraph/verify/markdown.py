@@ -106,7 +106,8 @@ def precision_lines(p: dict[str, Any]) -> list[str]:
               f"{'held' if search['floor_met'] else '**not met**'} on {search['verify_samples']} calibration "
               f"samples ({', '.join(f'{k} {num(v)}' for k, v in search['measured'].items())}); "
               f"{search['probes']} sensitivity probes on {search['sensitivity_samples']} samples "
-              f"({search['cached_probes']} cached), {search['executor']}, {search['seconds']} s",
+              f"({search['cached_probes']} cached, {search.get('bounded', 0)} wide formats bounded by their 8-bit "
+              f"probe), {search['executor']}, {search['seconds']} s",
               "", "Assignments verified (cost is " + search["cost"] + "):", "",
               "| damage budget | cost | weight bytes | floor | metrics | formats |", "|---|---|---|---|---|---|"]
     for pt in search["points"]:
