@@ -102,6 +102,9 @@ class InsertQDQ(Pass):
 
     Preconditions: ``calibrate`` (or a RangeMap in ``model.calibration``) gives a range for
     every float tensor a quantized op reads or writes; run ``canonicalize,fuse`` first.
+    A tensor quantized wider than 8 bits takes the observed range where a clipping method
+    (percentile, entropy, mse) chose a narrower one (``RangeMap.wide``): that clipping trades
+    outliers for 8-bit resolution, which 16 bits do not need.
     Options: ``config`` (a QuantConfig JSON file, see ``qgraph.quant.config``) and overrides
     of its global keys; from Python, ``InsertQDQ.from_config(QuantConfig(...))`` (or set the
     ``config_object`` attribute). Stats: ``quantized_nodes``, ``qdq_pairs`` (activation
@@ -312,13 +315,13 @@ class _Inserter:
             self.parent[self._find(b)] = self._find(a)
 
     # -- 2. activation parameters -------------------------------------------------------------
-    def _range(self, v: Value) -> tuple[float, float]:
+    def _range(self, v: Value, wide: bool = False) -> tuple[float, float]:
         where = f"tensor '{v.name}' (read or written by {self.reader[v].describe()})"
         cal = self.model.calibration
         if cal is None:
             raise InsertQDQError(f"insert-qdq: the model has no calibration ranges; {where} needs one: "
                                  "run `calibrate` first")
-        iv = cal.get(v.name)
+        iv = cal.wide(v.name) if wide and hasattr(cal, "wide") else cal.get(v.name)
         if iv is None:
             raise InsertQDQError(f"insert-qdq: no calibrated range for {where}: run `calibrate` after the "
                                  "passes that create it, or exclude the node")
@@ -340,13 +343,13 @@ class _Inserter:
         for v in self.quantized:
             classes.setdefault(self._find(v), []).append(v)
         for members in classes.values():
+            scheme = self._class_scheme(members)
             lo, hi = np.inf, -np.inf
-            for v in members:
-                a, b = self._range(v)
+            for v in members:  # a clipping method's range is for 8 bits: a wider type takes all observed
+                a, b = self._range(v, wide=scheme.dtype.bits > 8)
                 lo, hi = min(lo, a), max(hi, b)
             for c in self._concat_constants(members):
                 lo, hi = min(lo, float(c.min(initial=0))), max(hi, float(c.max(initial=0)))
-            scheme = self._class_scheme(members)
             params = choose_params(lo, hi, scheme.dtype, symmetric=scheme.symmetric, pow2=self.cfg.pow2_scales)
             self._note_dtype(scheme.dtype.name)
             for v in members:

@@ -72,6 +72,8 @@ def test_channel_metric_sees_a_small_channel_that_whole_tensor_sqnr_hides():
     assert channel_nsr(ref, test) == pytest.approx(0.5)  # one of two channels lost
     assert channel_sqnr_db(ref, test) == pytest.approx(3.0103, abs=1e-3)
     assert channel_nsr(ref, ref) == 0.0 and math.isinf(channel_sqnr_db(ref, ref))
+    rows = np.transpose(ref, (0, 2, 1))  # a YOLOX head: [N, anchors, columns], the columns the channels
+    assert channel_nsr(rows, np.transpose(test, (0, 2, 1))) == pytest.approx(0.5)
 
 
 def test_parse_floor_and_budget():
@@ -289,3 +291,29 @@ def test_a_trained_detector_keeps_its_detections_with_auto_precision():
     uniform = qgraph.quantize(model, calib, report=False)
     lost = detect.decode(uniform.run({"images": x}, backend="reference")["output"])
     assert detect.recall(ref, lost) < 0.9  # what the search fixed
+
+
+def test_a_16_bit_tensor_is_not_clipped_by_an_8_bit_calibration_method():
+    # percentile clips outliers for 8-bit resolution; at 16 bits the whole observed range fits
+    q8 = qgraph.quantize(DIGITS, CALIB, method="percentile", method_options={"percentile": 99.0}, report=False)
+    q16 = qgraph.quantize(DIGITS, CALIB, {"activation": {"dtype": "uint16"}}, method="percentile",
+                          method_options={"percentile": 99.0}, report=False)
+    cal = q8.float_model.calibration
+    assert cal.observed  # the clipped tensors keep what was seen
+    inputs = {v.name for v in q8.float_model.graph.inputs}
+    name = max((k for k in cal.observed if k not in inputs and cal.tensors[k].hi > 0),
+               key=lambda k: cal.observed[k].hi / cal.tensors[k].hi)
+    seen = cal.observed[name]
+    assert seen.hi > 1.05 * cal.tensors[name].hi
+    from qgraph.ir.l2 import QUANTIZE, read_qdq
+
+    def top(q):
+        node = next(n for n in q.qdq.graph if n.op in QUANTIZE and n.inputs[0].name == name)
+        p = read_qdq(node)
+        return float(p.scale) * (p.qmax - float(p.zero_point))
+
+    assert top(q8) < seen.hi * 0.999 and top(q16) >= seen.hi * 0.999
+    from qgraph.calib.ranges import RangeMap
+
+    again = RangeMap.from_json(json.loads(json.dumps(cal.to_json())))
+    assert again.observed[name].hi == seen.hi

@@ -84,4 +84,9 @@ def calibrate(model: Model, data: Any, method: str = "minmax", *, batch_size: in
         raise CalibrationDataError("the calibration data holds no samples")
     found = collector.compute()
     meta = {"method": method, "samples": seen, **{k: v for k, v in options.items() if v is not None}}
-    return RangeMap({k: Interval(float(lo), float(hi), "calibration") for k, (lo, hi) in found.items()}, meta=meta)
+    ranges = RangeMap({k: Interval(float(lo), float(hi), "calibration") for k, (lo, hi) in found.items()}, meta=meta)
+    if method != "minmax":  # the clipping was chosen for 8 bits; a 16-bit tensor takes all it saw
+        ranges.observed = {k: Interval(float(lo), float(hi), "calibration") for k, (lo, hi) in
+                           collector.observed().items() if k in ranges.tensors
+                           and (lo, hi) != (ranges.tensors[k].lo, ranges.tensors[k].hi)}
+    return ranges

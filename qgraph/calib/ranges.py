@@ -73,6 +73,13 @@ class RangeMap:
     tensors: dict[str, Interval] = field(default_factory=dict)
     channels: dict[str, ChannelIntervals] = field(default_factory=dict)
     meta: dict[str, object] = field(default_factory=dict)  # e.g. method, samples
+    #: the observed min / max where a clipping method (percentile, entropy, mse) chose a
+    #: narrower range for 8 bits; insert-qdq quantizes a wider (16-bit) tensor over these
+    observed: dict[str, Interval] = field(default_factory=dict)
+
+    def wide(self, name: str) -> Interval | None:
+        """The range for a tensor quantized wider than 8 bits: the observed one where known."""
+        return self.observed.get(name) or self.tensors.get(name)
 
     def __getitem__(self, name: str) -> Interval:
         return self.tensors[name]
@@ -98,6 +105,7 @@ class RangeMap:
             "ranges": {k: [num(v.lo), num(v.hi)] for k, v in self.tensors.items()},
             "sources": {k: v.source for k, v in self.tensors.items()},
             "meta": self.meta,
+            **({"observed": {k: [num(v.lo), num(v.hi)] for k, v in self.observed.items()}} if self.observed else {}),
         }
 
     @classmethod
@@ -114,6 +122,13 @@ class RangeMap:
                 rm.tensors[name] = Interval(lo, hi, sources.get(name, "user"))
             except (TypeError, ValueError) as e:
                 raise QGraphError(f"{where}: range of '{name}' must be [min, max] numbers, got {pair!r}") from e
+        for name, pair in (data.get("observed") or {}).items():
+            try:
+                lo, hi = (float(x) for x in pair)
+                rm.observed[name] = Interval(lo, hi, "calibration")
+            except (TypeError, ValueError) as e:
+                raise QGraphError(f"{where}: observed range of '{name}' must be [min, max] numbers, "
+                                  f"got {pair!r}") from e
         return rm
 
     def save(self, path: str) -> None:

@@ -366,6 +366,10 @@ class Collector:
         """Bytes of collected state (grows with the number of tensors, not of samples)."""
         return 16 * len(self._min)
 
+    def observed(self) -> dict[str, tuple[float, float]]:
+        """{tensor name: (min, max)} as seen, whatever the method clips."""
+        return {name: (self._min[name], self._max[name]) for name in self._min}
+
     def compute(self) -> dict[str, tuple[float, float]]:
         out = {}
         for name in self._min:

@@ -29,7 +29,7 @@ from qgraph.ir.core import Model, Node, Value
 from qgraph.precision.units import Effect, Unit
 from qgraph.quant.params import QuantParams
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the channel axis is the shortest one
 
 
 @dataclass

@@ -6,7 +6,7 @@
 - ``cosine_similarity``: of the flattened tensors.
 - ``topk_agreement``: the fraction of rows (last axis = classes) whose arg-max (k=1) is the
   same, or whose reference arg-max is in the test's top k.
-- ``channel_sqnr_db``: SQNR per channel (the first axis after the samples), then averaged as
+- ``channel_sqnr_db``: SQNR per channel (the shortest axis but the samples'), then averaged as
   noise-to-signal ratios: a channel of small values (a detector's class scores next to box
   coordinates in pixels) counts as much as a large one, where ``sqnr_db`` would not see it.
 - ``lsb_distance``: ``max |a - b| / scale`` in units of the output's quantization step,
@@ -78,17 +78,18 @@ def topk_agreement(ref, test, k: int = 1) -> float:
 def channel_nsr(ref, test, sample_axis: int | None = 0) -> float:
     """Noise-to-signal energy ratio of ``test`` against ``ref``, per channel, averaged.
 
-    The channel axis is the first axis after ``sample_axis`` (axis 1 for ``[N, C, ...]``,
-    the positions of an OCR recognizer's ``[N, T, C]``); a tensor of rank < 2 is one channel.
+    The channel axis is the shortest axis other than ``sample_axis`` (the first of equals): a
+    YOLOv8 head's 84 rows of ``[N, 84, 2100]``, a YOLOX head's 6 columns of ``[N, 3549, 6]``,
+    the positions of an OCR recognizer's ``[N, 40, 6625]``, the classes of ``[N, C]``); a
+    tensor of rank < 2 is one channel.
     Each channel's ratio ``sum (test - ref)^2 / sum ref^2`` is capped at 1 (a channel lost
     entirely; a zero channel with any noise counts so), so the mean is in ``[0, 1]``: 0 when
     equal. NaN or infinite test values count as a lost channel.
     """
     r, t = _pair(ref, test)
     if r.ndim >= 2:
-        c = 0 if sample_axis not in (None, 0) else 1
-        if sample_axis is not None and sample_axis == c:
-            c = 0
+        axes = [k for k in range(r.ndim) if k != sample_axis] or [0]
+        c = min(axes, key=lambda k: (r.shape[k], k))
         r = np.moveaxis(r, c, 0).reshape(r.shape[c], -1)
         t = np.moveaxis(t, c, 0).reshape(r.shape[0], -1)
     else:
