@@ -228,3 +228,43 @@ def _complete(g: Graph) -> int:
             o.type = merged
             typed += 1
     return typed
+
+
+def sample_shapes(model: Model, feeds, axes) -> dict[str, tuple[int, ...]]:
+    """Every value's static shape for one sample of ``feeds`` (each input's sample axis ``axes``
+    set to 1, other dims as fed): shape inference on a copy. A model declared with symbolic
+    spatial dims (``[N, 3, 48, ?]``) otherwise counts its conv outputs as one pixel; values whose
+    shape stays unknown are left out."""
+    m = model.clone()
+    by_name = {v.name: v for v in m.graph.inputs}
+    for name, a in feeds.items():
+        v = by_name.get(name)
+        if v is None or not isinstance(v.type, TensorType):
+            continue
+        dims = list(np.shape(a))
+        k = axes.get(name) if axes else None
+        if k is not None and k < len(dims):
+            dims[k] = 1
+        v.type = TensorType(v.type.dtype, tuple(int(d) for d in dims))
+    for g in m.graph.all_graphs():
+        for n in g:
+            for o in n.outputs:
+                if o is not None and isinstance(o.type, TensorType):
+                    o.type = TensorType(o.type.dtype, None)
+    try:
+        infer_shapes(m)
+    except Exception:  # noqa: BLE001 - shapes are a refinement: unknown stays unknown
+        log.debug("sample_shapes: shape inference failed", exc_info=True)
+    out = {}
+    for g in m.graph.all_graphs():
+        for n in g:
+            for o in n.outputs:
+                s = o.shape if o is not None else None
+                if s is not None and all(isinstance(d, int) and d >= 0 for d in s):
+                    out[o.name] = tuple(s)
+    for v in m.graph.inputs:
+        if v.shape is not None and all(isinstance(d, int) for d in v.shape):
+            out[v.name] = tuple(v.shape)
+    for name, v in m.graph.initializers.items():
+        out[name] = tuple(v.const_value.shape)
+    return out

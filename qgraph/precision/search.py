@@ -264,7 +264,9 @@ def choose_precision(float_model: Model, base: QuantConfig, feeds: Mapping[str, 
     with stage("precision: quantize once per format", enabled=show_progress):
         qdq = {f.name: _insert(float_model, f.config(base)) for f in integer}
     anchor = qdq.get("W8A8") or next(iter(qdq.values()))
-    units = find_units(float_model, anchor)
+    from qgraph.analysis.shapes import sample_shapes
+
+    units = find_units(float_model, anchor, sample_shapes(float_model, sens_feeds, axes))
     if not units:
         raise PrecisionError("mixed precision: insert-qdq quantized no named node of this model")
     mixing = _range_mixing(float_model, base)

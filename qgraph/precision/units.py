@@ -89,8 +89,17 @@ def _static(dims) -> int:
     return math.prod(d if isinstance(d, int) and d > 0 else 1 for d in (dims or ()))
 
 
-def find_units(float_model: Model, qdq: Model) -> list[Unit]:
-    """The units of ``qdq`` (a QDQ model of ``float_model``), in graph order."""
+def find_units(float_model: Model, qdq: Model, shapes: dict[str, tuple] | None = None) -> list[Unit]:
+    """The units of ``qdq`` (a QDQ model of ``float_model``), in graph order.
+
+    ``shapes``: value name -> static shape for one sample (``qgraph.analysis.shapes.sample_shapes``),
+    for MACs and element counts where the model's own shapes are symbolic (else they count 1).
+    """
+    shapes = shapes or {}
+
+    def dims(v):
+        return shapes.get(v.name, v.shape) if v is not None else None
+
     by_name = {n.name: n for n in float_model.graph if n.name}
     units = []
     for node in qdq.graph:
@@ -101,32 +110,32 @@ def find_units(float_model: Model, qdq: Model) -> list[Unit]:
         if not weights and not outs:
             continue
         f = by_name[node.name]
-        out_elems = _static(f.outputs[0].shape) if f.outputs and f.outputs[0] is not None else 0
+        out_elems = _static(dims(f.outputs[0])) if f.outputs and f.outputs[0] is not None else 0
         bias = _BIAS_INPUT.get(f.op)
-        w_elems = sum(_static(f.inputs[k].shape) for k in weights
+        w_elems = sum(_static(dims(f.inputs[k])) for k in weights
                       if k != bias and k < len(f.inputs) and f.inputs[k] is not None)
         tensors = tuple(by_name[n].outputs[i].name for n, i in outs)
         qs = [q for n, i, q in _quantized_outputs(node) if (n.name, i) in outs]
         shared = qs[0].inputs[1].name if qs and qs[0].inputs[1] is not None else ""
         readers = {r for n, i in outs for r in by_name[n].outputs[i].users()}
-        read = sum(_macs(r, _static(r.outputs[0].shape) if r.outputs and r.outputs[0] is not None else 0)
+        read = sum(_macs(r, _static(dims(r.outputs[0])) if r.outputs and r.outputs[0] is not None else 0, dims)
                    for r in readers)
-        units.append(Unit(node.name, node.op_type, weights, outs, _macs(f, out_elems), out_elems, w_elems, tensors,
-                          shared, read))
+        units.append(Unit(node.name, node.op_type, weights, outs, _macs(f, out_elems, dims), out_elems, w_elems,
+                          tensors, shared, read))
     return units
 
 
-def _macs(node: Node, out_elems: int) -> int:
+def _macs(node: Node, out_elems: int, dims=lambda v: v.shape) -> int:
     """Multiply-accumulates per sample of a Conv / ConvTranspose / MatMul / Gemm (0 otherwise)."""
     if node.op not in _MAC_OPS or len(node.inputs) < 2 or node.inputs[1] is None:
         return 0
-    w = node.inputs[1].shape
+    w = dims(node.inputs[1])
     if node.op is ops.Conv and w:
         return out_elems * _static(w[1:])
     if node.op is ops.ConvTranspose and w:
-        x = node.inputs[0].shape
+        x = dims(node.inputs[0])
         return _static(x) * _static(w[1:]) if x else 0
-    a = node.inputs[0].shape
+    a = dims(node.inputs[0])
     if a and w:
         k = a[-1] if not (node.op is ops.Gemm and node.attr("transA", 0)) else a[0]
         return out_elems * (k if isinstance(k, int) and k > 0 else 1)

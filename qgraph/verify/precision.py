@@ -28,31 +28,39 @@ def _elems(shape) -> int:
     return math.prod(d if isinstance(d, int) and d > 0 else 1 for d in (shape or ()))
 
 
-def _macs(node) -> int:
-    w = node.inputs[1].shape if len(node.inputs) > 1 and node.inputs[1] is not None else None
-    out = _elems(node.outputs[0].shape) if node.outputs[0] is not None else 0
+def _macs(node, dims) -> int:
+    w = dims(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
+    out = _elems(dims(node.outputs[0])) if node.outputs[0] is not None else 0
     if not w:
         return 0
     if node.op is ops.Conv:
         return out * _elems(w[1:])
     if node.op is ops.ConvTranspose:
-        return _elems(node.inputs[0].shape) * _elems(w[1:])
+        return _elems(dims(node.inputs[0])) * _elems(w[1:])
     k = w[-2] if len(w) >= 2 and node.op is ops.MatMul else (w[0] if not node.attr("transB", 0) else w[-1])
     return out * (k if isinstance(k, int) and k > 0 else 1)
 
 
-def precision_summary(qdq: Model) -> dict:
+def precision_summary(qdq: Model, shapes: dict[str, tuple] | None = None) -> dict:
     """``mac_fraction_8bit``: the share of Conv / ConvTranspose / MatMul / Gemm multiply-accumulates
     (per sample; symbolic dims count 1) whose two operands are read at 8 bits or fewer;
     ``weight_bytes``: their weights (input 1) at the width they are stored, float as 4 bytes;
-    ``per_layer``: node -> ``{"op", "macs", "input_bits", "weight_bits"}``."""
+    ``per_layer``: node -> ``{"op", "macs", "input_bits", "weight_bits"}``. ``shapes``: value
+    name -> static shape for one sample (``qgraph.analysis.shapes.sample_shapes``), where the
+    model's are symbolic.
+    """
+    shapes = shapes or {}
+
+    def dims(v):
+        return shapes.get(v.name, v.shape)
+
     total = narrow = 0
     weight_bytes = 0.0
     per_layer = {}
     for node in qdq.graph:
         if node.op not in _MAC_OPS or len(node.inputs) < 2:
             continue
-        macs = _macs(node)
+        macs = _macs(node, dims)
         a, w = _bits(node.inputs[0]), _bits(node.inputs[1])
         total += macs
         if a <= 8 and w <= 8:
@@ -60,7 +68,7 @@ def precision_summary(qdq: Model) -> dict:
         src = node.inputs[1].producer()
         stored = src.inputs[0] if src is not None and src.op in DEQUANTIZE else node.inputs[1]
         if stored is not None and stored.constant() is not None:
-            weight_bytes += _elems(stored.shape) * w / 8.0
+            weight_bytes += _elems(dims(stored)) * w / 8.0
         per_layer[node.name or node.outputs[0].name] = {"op": node.op_type, "macs": macs, "input_bits": a,
                                                         "weight_bits": w}
     return {"mac_fraction_8bit": (narrow / total) if total else None, "weight_bytes": int(round(weight_bytes)),

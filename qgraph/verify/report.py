@@ -321,15 +321,18 @@ def build_report(q, calib: Any, samples: int = 8, *, eval: Any = None, model_pat
                **op_counts(q.integer)}
     plots = {"outputs": {k: _scatter(flt[k], ref[k]) for k in flt if k in ref}}
     return Report(rows, {k: {kk: json_float(vv) for kk, vv in v.items()} for k, v in outputs.items()}, summary,
-                  found, stayed_float(q.integer, q.qdq, q.config), plots, _precision(q))
+                  found, stayed_float(q.integer, q.qdq, q.config), plots, _precision(q, calib_first[0] if calib_first else {}))
 
 
-def _precision(q) -> dict:
-    """report.json's ``precision``: what the QDQ model computes in, and the search when there was one."""
+def _precision(q, feeds) -> dict:
+    """report.json's ``precision``: what the QDQ model computes in (shapes of one sample of
+    ``feeds``), and the search when there was one."""
+    from qgraph import batching
+    from qgraph.analysis.shapes import sample_shapes
     from qgraph.verify.metrics import json_float
     from qgraph.verify.precision import precision_summary
 
-    out = precision_summary(q.qdq)
+    out = precision_summary(q.qdq, sample_shapes(q.qdq, feeds, batching.model_axes(q.float_model)))
     r = getattr(q, "precision", None)
     if r is not None:
         chosen = r.per_layer()
