@@ -121,9 +121,8 @@ def _runtime_env() -> dict:
     """The local workers import the qgraph this process imported: a checkout on ``sys.path``
     (put there by pytest, say, not by PYTHONPATH) would otherwise lose to an installed or
     editable qgraph in the workers, and the probes would run other code than the driver's."""
-    import qgraph
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(qgraph.__file__)))
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # .../qgraph (not `import qgraph`:
+    root = os.path.dirname(package)  # the top package imports the api, which imports this one)
     if os.path.basename(root) in ("site-packages", "dist-packages"):
         return {}  # installed: the workers find the same one
     rest = os.environ.get("PYTHONPATH")
