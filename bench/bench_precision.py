@@ -338,14 +338,20 @@ def ort_variant(case: Case, tmp: str) -> dict:
             return {case.input: case.calib[self.i - 1:self.i]}
 
     src, dst = os.path.join(tmp, f"{case.name}.onnx"), os.path.join(tmp, f"{case.name}.ort.onnx")
-    onnx.save(case.proto(), src)
+    proto, note = case.proto(), ""
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13)
+    if opset < 13:  # per-channel DequantizeLinear (its axis) needs opset 13; ORT writes it regardless
+        from onnx import version_converter
+
+        proto, note = version_converter.convert_version(proto, 13), f"opset {opset} -> 13 first"
+    onnx.save(proto, src)
     t = time.perf_counter()
     quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     calibrate_method=CalibrationMethod.MinMax)
     seconds = time.perf_counter() - t
     proto = onnx.load(dst)
-    return row(case, "ORT int8", run_onnx(proto, case.eval_x, case.input, case.batch), proto, seconds)
+    return row(case, "ORT int8", run_onnx(proto, case.eval_x, case.input, case.batch), proto, seconds, note)
 
 
 # -- NNCF, in a child process ---------------------------------------------------------------------
@@ -452,6 +458,15 @@ def table(case: Case, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _guarded(case: Case, variant: str, fn, *args) -> dict:
+    """A peer's row, or a row saying how it failed (a peer's failure is a result, not the end of the run)."""
+    try:
+        return fn(*args)
+    except Exception as e:  # noqa: BLE001 - any failure of a third-party tool is reported in its row
+        print(f"[{case.name}] {variant} failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return row(case, variant, None, None, None, f"failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
+
+
 def bench(name: str, args, tmp: str) -> dict:
     print(f"[{name}] data", file=sys.stderr, flush=True)
     case = make_case(name, args.quick)
@@ -462,7 +477,7 @@ def bench(name: str, args, tmp: str) -> dict:
     print(f"[{name}] qgraph", file=sys.stderr, flush=True)
     rows += qgraph_variants(case, args.cache)
     print(f"[{name}] ONNX Runtime", file=sys.stderr, flush=True)
-    rows.append(ort_variant(case, tmp))
+    rows.append(_guarded(case, "ORT int8", ort_variant, case, tmp))
     if args.no_nncf:
         print(f"[{name}] NNCF skipped: --no-nncf", file=sys.stderr)
         rows.append(row(case, "NNCF qwac", None, None, None, "skipped: --no-nncf"))
@@ -471,7 +486,7 @@ def bench(name: str, args, tmp: str) -> dict:
         rows.append(row(case, "NNCF qwac", None, None, None, f"skipped: {nncf_missing()}"))
     else:
         print(f"[{name}] NNCF (timeout {args.nncf_timeout:g}s)", file=sys.stderr, flush=True)
-        rows.append(nncf_variant(case, tmp, args.nncf_timeout))
+        rows.append(_guarded(case, "NNCF qwac", nncf_variant, case, tmp, args.nncf_timeout))
     print(table(case, rows) + "\n", flush=True)
     return {"metric": case.metric, "max_drop_points": 100 * case.max_drop, "calib_samples": len(case.calib),
             "eval_samples": len(case.eval_x), "float_metric": case.extra["float_metric"], "rows": rows,
