@@ -27,7 +27,7 @@ own seconds are in the note). Variants:
   named in the note: opset raised to 13 (per-channel DequantizeLinear's ``axis``; ORT writes
   it into opset 11 / 12 models, then refuses them), and Constant-node weights (PP-OCRv4 rec
   has no initializers) moved to initializers (ORT would calibrate them as activations, per
-  tensor: 48.9% characters on rec instead of ~95%).
+  tensor: 48.9% characters on rec instead of ~95%). NNCF gets the same prepared model.
 - ``NNCF qwac``: ``nncf.quantize_with_accuracy_control`` on the ONNX model (int8 or float per
   layer) with ``max_drop`` equal to qgraph's floor, validated on the same calibration data
   with the same metric; it runs in a child process (this script with ``--nncf-worker``) so its
@@ -326,6 +326,32 @@ def qgraph_variants(case: Case, cache: bool) -> list[dict]:
     return rows
 
 
+def prepared(proto):
+    """The float model as the peers (ORT, NNCF) are given it, and a note saying what changed:
+    opset raised to 13 (per-channel DequantizeLinear's ``axis``; ORT writes it into opset 11 /
+    12 models, then refuses them; NNCF falls back to per-tensor) and Constant-node weights moved
+    to initializers (both quantize only initializer weights; ORT calibrates a Constant-node
+    weight as an activation)."""
+    import onnx
+    from onnx import version_converter
+
+    notes = []
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13)
+    if opset < 13:
+        proto = version_converter.convert_version(proto, 13)
+        notes.append(f"opset {opset} -> 13")
+    constants = [n for n in proto.graph.node if n.op_type == "Constant" and n.attribute[0].name == "value"]
+    for n in constants:
+        tensor = onnx.TensorProto()
+        tensor.CopyFrom(n.attribute[0].t)
+        tensor.name = n.output[0]
+        proto.graph.initializer.append(tensor)
+        proto.graph.node.remove(n)
+    if constants:
+        notes.append(f"{len(constants)} Constant nodes -> initializers")
+    return proto, (", ".join(notes) + " first") if notes else ""
+
+
 def ort_variant(case: Case, tmp: str) -> dict:
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
@@ -342,21 +368,7 @@ def ort_variant(case: Case, tmp: str) -> dict:
             return {case.input: case.calib[self.i - 1:self.i]}
 
     src, dst = os.path.join(tmp, f"{case.name}.onnx"), os.path.join(tmp, f"{case.name}.ort.onnx")
-    proto, note = case.proto(), ""
-    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13)
-    if opset < 13:  # per-channel DequantizeLinear (its axis) needs opset 13; ORT writes it regardless
-        from onnx import version_converter
-
-        proto, note = version_converter.convert_version(proto, 13), f"opset {opset} -> 13 first"
-    constants = [n for n in proto.graph.node if n.op_type == "Constant" and n.attribute[0].name == "value"]
-    if constants:  # ORT quantizes only initializer weights: a Constant-node weight would be calibrated as an activation
-        for n in constants:
-            tensor = onnx.TensorProto()
-            tensor.CopyFrom(n.attribute[0].t)
-            tensor.name = n.output[0]
-            proto.graph.initializer.append(tensor)
-            proto.graph.node.remove(n)
-        note = "; ".join(filter(None, [note, f"{len(constants)} Constant nodes -> initializers first"]))
+    proto, note = prepared(case.proto())
     onnx.save(proto, src)
     t = time.perf_counter()
     quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
@@ -397,13 +409,14 @@ def nncf_worker(name: str, out_dir: str) -> None:
         return case.score(out, truth), case.per_sample(out, truth)
 
     t = time.perf_counter()
+    model, note = prepared(case.proto())
     quantized = nncf.quantize_with_accuracy_control(
-        case.proto(), nncf.Dataset(items, lambda item: {case.input: item[0]}), nncf.Dataset(items), validate,
+        model, nncf.Dataset(items, lambda item: {case.input: item[0]}), nncf.Dataset(items), validate,
         max_drop=case.max_drop, subset_size=len(items))
     seconds = time.perf_counter() - t
     onnx.save(quantized, os.path.join(out_dir, "nncf.onnx"))
     with open(os.path.join(out_dir, "nncf.json"), "w") as f:
-        json.dump({"seconds": seconds, "nncf": nncf.__version__}, f)
+        json.dump({"seconds": seconds, "nncf": nncf.__version__, "note": note}, f)
 
 
 def _vm_hwm_kb(pid: int) -> int:
@@ -450,7 +463,7 @@ def nncf_variant(case: Case, tmp: str, timeout: float) -> dict:
         info = json.load(f)
     proto = onnx.load(os.path.join(out_dir, "nncf.onnx"))
     return row(case, "NNCF qwac", run_onnx(proto, case.eval_x, case.input, case.batch), proto, info["seconds"],
-               f"nncf {info['nncf']}, {mem}, {wall:.0f}s with imports", peak_rss_mib=round(peak / 1024))
+               "; ".join(filter(None, [f"nncf {info['nncf']}, {mem}, {wall:.0f}s with imports", info.get("note")])), peak_rss_mib=round(peak / 1024))
 
 
 # -- output ---------------------------------------------------------------------------------------
