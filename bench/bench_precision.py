@@ -27,7 +27,8 @@ own seconds are in the note). Variants:
   named in the note: opset raised to 13 (per-channel DequantizeLinear's ``axis``; ORT writes
   it into opset 11 / 12 models, then refuses them), and Constant-node weights (PP-OCRv4 rec
   has no initializers) moved to initializers (ORT would calibrate them as activations, per
-  tensor: 48.9% characters on rec instead of ~95%). NNCF gets the same prepared model.
+  tensor: 48.9% characters on rec instead of ~95%). NNCF gets the opset 13 model (it reads
+  Constant-node weights itself).
 - ``NNCF qwac``: ``nncf.quantize_with_accuracy_control`` on the ONNX model (int8 or float per
   layer) with ``max_drop`` equal to qgraph's floor, validated on the same calibration data
   with the same metric; it runs in a child process (this script with ``--nncf-worker``) so its
@@ -326,12 +327,13 @@ def qgraph_variants(case: Case, cache: bool) -> list[dict]:
     return rows
 
 
-def prepared(proto):
-    """The float model as the peers (ORT, NNCF) are given it, and a note saying what changed:
-    opset raised to 13 (per-channel DequantizeLinear's ``axis``; ORT writes it into opset 11 /
-    12 models, then refuses them; NNCF falls back to per-tensor) and Constant-node weights moved
-    to initializers (both quantize only initializer weights; ORT calibrates a Constant-node
-    weight as an activation)."""
+def prepared(proto, initializers: bool = True):
+    """The float model as a peer is given it, and a note saying what changed: opset raised to
+    13 (per-channel DequantizeLinear's ``axis``; ORT writes it into opset 11 / 12 models, then
+    refuses them; NNCF falls back to per-tensor) and, with ``initializers``, Constant-node
+    weights moved to initializers (ORT quantizes only initializer weights and calibrates a
+    Constant-node weight as an activation; NNCF reads Constant weights itself, and its
+    ``eliminate_nop_cast`` pass fails on a Cast that reads an initializer)."""
     import onnx
     from onnx import version_converter
 
@@ -341,6 +343,7 @@ def prepared(proto):
         proto = version_converter.convert_version(proto, 13)
         notes.append(f"opset {opset} -> 13")
     constants = [n for n in proto.graph.node if n.op_type == "Constant" and n.attribute[0].name == "value"]
+    constants = constants if initializers else []
     for n in constants:
         tensor = onnx.TensorProto()
         tensor.CopyFrom(n.attribute[0].t)
@@ -409,7 +412,7 @@ def nncf_worker(name: str, out_dir: str) -> None:
         return case.score(out, truth), case.per_sample(out, truth)
 
     t = time.perf_counter()
-    model, note = prepared(case.proto())
+    model, note = prepared(case.proto(), initializers=False)
     quantized = nncf.quantize_with_accuracy_control(
         model, nncf.Dataset(items, lambda item: {case.input: item[0]}), nncf.Dataset(items), validate,
         max_drop=case.max_drop, subset_size=len(items))
