@@ -22,7 +22,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
@@ -382,6 +385,25 @@ def _insert(float_model: Model, cfg: QuantConfig) -> Model:
     return m
 
 
+@contextlib.contextmanager
+def _native_stdout_silenced():
+    """File descriptor 1 to /dev/null for the block (output written by native code; Python's
+    own ``sys.stdout`` is flushed first, so nothing of ours is lost)."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no fd 1 (an embedded interpreter): nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _narrow_twin(f: Format, names: Sequence[str]) -> str | None:
     """The candidate with ``f``'s weights and 8-bit activations (W8A16 -> W8A8), if any."""
     for n in names:
@@ -463,8 +485,9 @@ class _Search:
         tie = self._class_ties(keys, index)
         if tie is not None:
             constraints.append(LinearConstraint(tie, 0, 0))
-        res = milp(objective, integrality=np.ones(len(keys)), bounds=Bounds(0, 1), constraints=constraints,
-                   options={"time_limit": 30})
+        with _native_stdout_silenced():  # HiGHS prints debug lines from C++ straight to fd 1
+            res = milp(objective, integrality=np.ones(len(keys)), bounds=Bounds(0, 1), constraints=constraints,
+                       options={"time_limit": 30})
         if res.x is None:
             if cost_budget is not None:
                 raise PrecisionError(f"--budget {cost_budget[0]}={cost_budget[1]:g}: no assignment fits "
