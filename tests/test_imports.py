@@ -58,15 +58,19 @@ def test_quant_imports_neither_ir_nor_pm():
     _fail_if(found, "qgraph.quant (the numerics) imports the IR or the pass manager:")
 
 
-def test_no_cycle_between_packages():
-    graph = imports.unit_graph(EDGES)
+def _fail_on_cycles(graph, what: str) -> None:
+    """Fail naming every cycle of ``graph`` and the import statements that make it."""
     comps = imports.cycles(graph)
     lines = []
     for comp in comps:
         lines.append(f"cycle {' <-> '.join(comp)}:")
         lines += [f"  {e}" for a, b, d in sorted(graph.subgraph(comp).edges(data=True)) for e in d["imports"]]
     if comps:
-        pytest.fail("the top-level packages import one another in a cycle:\n" + "\n".join(lines), pytrace=False)
+        pytest.fail(f"{what} import one another in a cycle:\n" + "\n".join(lines), pytrace=False)
+
+
+def test_no_cycle_between_packages():
+    _fail_on_cycles(imports.unit_graph(EDGES), "the top-level packages")
 
 
 # -- inside qgraph.tvm: target-independent lowering, per-target kernel packages ------------------
@@ -112,13 +116,7 @@ def test_kernel_packages_never_import_one_another():
 def test_no_module_cycle_in_tvm():
     graph = imports.module_graph(EDGES, "qgraph.tvm")
     assert graph.has_edge("qgraph.tvm.x86.select", "qgraph.tvm.relax_integer")  # the graph is read
-    comps = imports.cycles(graph)
-    lines = []
-    for comp in comps:
-        lines.append(f"cycle {' <-> '.join(comp)}:")
-        lines += [f"  {e}" for a, b, d in sorted(graph.subgraph(comp).edges(data=True)) for e in d["imports"]]
-    if comps:
-        pytest.fail("modules of qgraph.tvm import one another in a cycle:\n" + "\n".join(lines), pytrace=False)
+    _fail_on_cycles(graph, "modules of qgraph.tvm")
 
 
 # -- the reader itself ---------------------------------------------------------------------------

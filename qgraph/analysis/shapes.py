@@ -230,6 +230,39 @@ def _complete(g: Graph) -> int:
     return typed
 
 
+#: the ops whose work is multiply-accumulates (``macs``)
+MAC_OPS = frozenset({ops.Conv, ops.ConvTranspose, ops.MatMul, ops.Gemm})
+
+
+def elements(dims) -> int:
+    """The product of ``dims``; a symbolic or unknown dim counts 1 (None: 1)."""
+    return math.prod(d if isinstance(d, int) and d > 0 else 1 for d in (dims or ()))
+
+
+def macs(node: Node, dims=lambda v: v.shape) -> int:
+    """Multiply-accumulates of a Conv / ConvTranspose / MatMul / Gemm for the shapes ``dims(value)``
+    gives (default the IR's; ``sample_shapes`` for one sample), 0 for other ops or an unknown
+    weight shape. The reduction length is the activation's (``transA`` honoured), else the
+    weight's (``transB`` honoured)."""
+    if node.op not in MAC_OPS or len(node.inputs) < 2 or node.inputs[1] is None or node.outputs[0] is None:
+        return 0
+    w = dims(node.inputs[1])
+    if not w:
+        return 0
+    if node.op is ops.Conv:
+        return elements(dims(node.outputs[0])) * elements(w[1:])
+    if node.op is ops.ConvTranspose:
+        x = dims(node.inputs[0])
+        return elements(x) * elements(w[1:]) if x else 0
+    a = dims(node.inputs[0])
+    gemm = node.op is ops.Gemm
+    if a:
+        k = a[0] if gemm and node.attr("transA", 0) else a[-1]
+    else:
+        k = w[-1] if gemm and node.attr("transB", 0) else (w[-2] if len(w) >= 2 and not gemm else w[0])
+    return elements(dims(node.outputs[0])) * (k if isinstance(k, int) and k > 0 else 1)
+
+
 def sample_shapes(model: Model, feeds, axes) -> dict[str, tuple[int, ...]]:
     """Every value's static shape for one sample of ``feeds`` (each input's sample axis ``axes``
     set to 1, other dims as fed): shape inference on a copy. A model declared with symbolic

@@ -273,6 +273,7 @@ def choose_precision(float_model: Model, base: QuantConfig, feeds: Mapping[str, 
     if not units:
         raise PrecisionError("mixed precision: insert-qdq quantized no named node of this model")
     mixing = _range_mixing(float_model, base)
+    nodes = {f: {n.name: n for n in m.graph if n.name} for f, m in qdq.items()}
     candidates: dict[str, list[str]] = {}
     effects: dict[tuple[str, str], Effect] = {}
     for u in units:
@@ -283,7 +284,8 @@ def choose_precision(float_model: Model, base: QuantConfig, feeds: Mapping[str, 
                 continue
             if f.weight_bits < 8 and not u.macs:
                 continue  # 4-bit weights pay where the weights are a conv / matmul's, not a scale vector
-            e = effect(u, qdq[f.name]) if any(n.name == u.name for n in qdq[f.name].graph) else None
+            node = nodes[f.name].get(u.name)
+            e = effect(u, node) if node is not None else None
             if e is None or (not e.weights and not e.outputs):
                 continue
             sig = (f.weight if e.weights else None, f.activation if e.outputs else None)
@@ -449,7 +451,10 @@ class _Search:
                  show_progress):
         self.float_model, self.base, self.units = float_model, base, units
         self.candidates, self.damage, self.cost_kind, self.floor = candidates, damage, cost_kind, floor
-        self.feeds, self.reference, self.axes = feeds, reference, axes
+        from qgraph import batching
+
+        self.feeds, self.reference = feeds, reference
+        self.out_axes = batching.probe_output_axes(float_model, axes)  # once: shape inference
         self.show_progress = show_progress
         self.points: list[Point] = []
         self._seen: dict[tuple, _Tried] = {}
@@ -457,9 +462,6 @@ class _Search:
         self._last: dict = {}
 
     # -- one assignment -------------------------------------------------------------------------
-    def _costs(self, kind: str) -> dict[tuple[str, str], float]:
-        return {(u.name, f): cost(u, FORMATS[f], kind) for u in self.units for f in self.candidates[u.name]}
-
     def solve(self, *, damage_budget: float | None = None, cost_budget: tuple[str, float] | None = None
               ) -> dict[str, str]:
         """The 0/1 program: min cost s.t. damage <= budget, or min damage s.t. cost <= budget."""
@@ -470,12 +472,13 @@ class _Search:
         keys = [(u.name, f) for u in self.units for f in self.candidates[u.name]]
         index = {k: i for i, k in enumerate(keys)}
         dmg = np.array([self.damage[u][f] for u, f in keys])
+        by_unit = {u.name: u for u in self.units}
         if cost_budget is not None:
             kind, limit = cost_budget
-            c_vec = np.array([self._costs(kind)[k] for k in keys])
+            c_vec = np.array([cost(by_unit[u], FORMATS[f], kind) for u, f in keys])
             objective, bound_row, bound = dmg, c_vec, limit
         else:
-            c_vec = np.array([self._costs(self.cost_kind)[k] for k in keys])
+            c_vec = np.array([cost(by_unit[u], FORMATS[f], self.cost_kind) for u, f in keys])
             objective, bound_row, bound = c_vec / max(c_vec.max(), 1.0), dmg, damage_budget
         eq = np.zeros((len(self.units), len(keys)))
         for r, u in enumerate(self.units):
@@ -534,7 +537,7 @@ class _Search:
             self.forced_float.append(blocked)
             return self.verify(self.solve(**self._last), budget)
         out = run_ort(qdq, self.feeds, simulate=True, probe=self.float_model, what="the mixed-precision candidate")
-        metrics = floor_metrics(self.reference, out, self.axes, self.float_model)
+        metrics = floor_metrics(self.reference, out, self.out_axes)
         ok = floor_holds(self.floor, metrics, self.reference, out)
         counts: dict[str, int] = {}
         for f in assignment.values():
@@ -601,14 +604,12 @@ def _score(metrics: Mapping[str, float]) -> float:
 
 
 def floor_metrics(reference: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray],
-                  axes: Mapping[str, int | None], float_model: Model) -> dict[str, float]:
+                  out_axes: Mapping[str, int]) -> dict[str, float]:
     """The worst output's channel SQNR, cosine and (over classifier-shaped outputs) top-1
-    agreement; ``sqnr_other``: the worst channel SQNR over outputs that are not classifier-shaped."""
-    from qgraph import batching
+    agreement; ``sqnr_other``: the worst channel SQNR over outputs that are not classifier-shaped.
+    ``out_axes``: each output's sample axis (``batching.probe_output_axes``; default 0)."""
     from qgraph.verify.metrics import channel_sqnr_db, classifier_shaped, cosine_similarity, topk_agreement
 
-    out_axes = batching.probe_output_axes(float_model, axes)
-    n = None
     m: dict[str, float] = {"sqnr": math.inf, "cosine": 1.0}
     other = math.inf
     for k, r in reference.items():

@@ -10,18 +10,17 @@ QuantizeLinear; so the sensitivity measures exactly what ``insert-qdq`` writes.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from qgraph.analysis.shapes import elements, macs
 from qgraph.ir import ops
 from qgraph.ir.core import Model, Node, Value
 from qgraph.ir.l2 import DEQUANTIZE, QUANTIZE, QDQParamsError, read_qdq
 from qgraph.quant.params import QuantParams, dequantize
 
 _ACTS = (ops.Relu, ops.Clip)
-_MAC_OPS = (ops.Conv, ops.ConvTranspose, ops.MatMul, ops.Gemm)
 _BIAS_INPUT = {ops.Conv: 2, ops.ConvTranspose: 2, ops.Gemm: 2}
 
 
@@ -85,10 +84,6 @@ def _quantized_outputs(node: Node) -> list[tuple[Node, int, Node]]:
     return found
 
 
-def _static(dims) -> int:
-    return math.prod(d if isinstance(d, int) and d > 0 else 1 for d in (dims or ()))
-
-
 def find_units(float_model: Model, qdq: Model, shapes: dict[str, tuple] | None = None) -> list[Unit]:
     """The units of ``qdq`` (a QDQ model of ``float_model``), in graph order.
 
@@ -110,41 +105,23 @@ def find_units(float_model: Model, qdq: Model, shapes: dict[str, tuple] | None =
         if not weights and not outs:
             continue
         f = by_name[node.name]
-        out_elems = _static(dims(f.outputs[0])) if f.outputs and f.outputs[0] is not None else 0
+        out_elems = elements(dims(f.outputs[0])) if f.outputs and f.outputs[0] is not None else 0
         bias = _BIAS_INPUT.get(f.op)
-        w_elems = sum(_static(dims(f.inputs[k])) for k in weights
+        w_elems = sum(elements(dims(f.inputs[k])) for k in weights
                       if k != bias and k < len(f.inputs) and f.inputs[k] is not None)
         tensors = tuple(by_name[n].outputs[i].name for n, i in outs)
         qs = [q for n, i, q in _quantized_outputs(node) if (n.name, i) in outs]
         shared = qs[0].inputs[1].name if qs and qs[0].inputs[1] is not None else ""
         readers = {r for n, i in outs for r in by_name[n].outputs[i].users()}
-        read = sum(_macs(r, _static(dims(r.outputs[0])) if r.outputs and r.outputs[0] is not None else 0, dims)
-                   for r in readers)
-        units.append(Unit(node.name, node.op_type, weights, outs, _macs(f, out_elems, dims), out_elems, w_elems,
+        read = sum(macs(r, dims) for r in readers)
+        units.append(Unit(node.name, node.op_type, weights, outs, macs(f, dims), out_elems, w_elems,
                           tensors, shared, read))
     return units
 
 
-def _macs(node: Node, out_elems: int, dims=lambda v: v.shape) -> int:
-    """Multiply-accumulates per sample of a Conv / ConvTranspose / MatMul / Gemm (0 otherwise)."""
-    if node.op not in _MAC_OPS or len(node.inputs) < 2 or node.inputs[1] is None:
-        return 0
-    w = dims(node.inputs[1])
-    if node.op is ops.Conv and w:
-        return out_elems * _static(w[1:])
-    if node.op is ops.ConvTranspose and w:
-        x = dims(node.inputs[0])
-        return _static(x) * _static(w[1:]) if x else 0
-    a = dims(node.inputs[0])
-    if a and w:
-        k = a[-1] if not (node.op is ops.Gemm and node.attr("transA", 0)) else a[0]
-        return out_elems * (k if isinstance(k, int) and k > 0 else 1)
-    return 0
-
-
-def effect(unit: Unit, qdq: Model) -> Effect:
-    """What ``qdq`` (the whole model in one format) does to ``unit``."""
-    node = next(n for n in qdq.graph if n.name == unit.name)
+def effect(unit: Unit, node: Node) -> Effect:
+    """What a QDQ model of the whole graph in one format does to ``unit``: ``node`` is the
+    unit's node in that model."""
     eff = Effect()
     for k in unit.weights:
         dq = _dq_const(node.inputs[k]) if k < len(node.inputs) else None

@@ -304,14 +304,6 @@ def run_float(x: np.ndarray, model: Any = None) -> np.ndarray:
     Returns:
         ``[N, 3549, 6]``.
     """
-    from qgraph.testing.ort import session
+    from qgraph.testing.ort import run_first_output
 
-    if model is None:
-        model = _decoded_bytes(model_path())
-    elif isinstance(model, str):
-        with open(model, "rb") as f:
-            model = f.read()
-    sess = session(model)
-    name = sess.get_inputs()[0].name
-    x = np.asarray(x, np.float32)
-    return np.concatenate([sess.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))])
+    return run_first_output(_decoded_bytes(model_path()) if model is None else model, x, 1)

@@ -193,14 +193,6 @@ def run_rec(x: np.ndarray, model: Any = None, batch_size: int = 8) -> np.ndarray
     Returns:
         The model's first output, ``[N, T, C]`` (softmax over the dictionary for PP-OCRv4 rec).
     """
-    from qgraph.testing.ort import session
+    from qgraph.testing.ort import run_first_output
 
-    if model is None:
-        model = rec_model_path()
-    if isinstance(model, str):
-        with open(model, "rb") as f:
-            model = f.read()
-    sess = session(model)
-    name = sess.get_inputs()[0].name
-    x = np.asarray(x, np.float32)
-    return np.concatenate([sess.run(None, {name: x[i:i + batch_size]})[0] for i in range(0, len(x), batch_size)])
+    return run_first_output(rec_model_path() if model is None else model, x, batch_size)

@@ -32,6 +32,18 @@ def run(model, feeds: dict[str, Any]) -> list[Any]:
     return sess.run(None, feeds)
 
 
+def run_first_output(model: Any, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """The model's first output on ``x`` (float32, samples on axis 0), ``batch_size`` samples per
+    run, concatenated. ``model``: a path, bytes or ModelProto (harness models: rec, detector)."""
+    if isinstance(model, str):
+        with open(model, "rb") as f:
+            model = f.read()
+    sess = session(model)
+    name = sess.get_inputs()[0].name
+    x = np.asarray(x, np.float32)
+    return np.concatenate([sess.run(None, {name: x[i:i + batch_size]})[0] for i in range(0, len(x), batch_size)])
+
+
 def random_feeds(model: onnx.ModelProto, seed: int = 0, batch: int = 1) -> dict[str, np.ndarray]:
     """Random inputs for a model's tensor inputs (symbolic dims become ``batch``)."""
     rng = np.random.default_rng(seed)

@@ -3,13 +3,9 @@ and the bytes of its weights (report.json's ``precision`` section, for any quant
 
 from __future__ import annotations
 
-import math
-
-from qgraph.ir import ops
+from qgraph.analysis.shapes import MAC_OPS, elements, macs
 from qgraph.ir.core import Model, Value
 from qgraph.ir.l2 import DEQUANTIZE, QDQParamsError, read_qdq
-
-_MAC_OPS = (ops.Conv, ops.ConvTranspose, ops.MatMul, ops.Gemm)
 
 
 def _bits(v: Value | None) -> int:
@@ -22,23 +18,6 @@ def _bits(v: Value | None) -> int:
     except (QDQParamsError, ValueError):
         return 32
     return int(q.qmax - q.qmin).bit_length()
-
-
-def _elems(shape) -> int:
-    return math.prod(d if isinstance(d, int) and d > 0 else 1 for d in (shape or ()))
-
-
-def _macs(node, dims) -> int:
-    w = dims(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
-    out = _elems(dims(node.outputs[0])) if node.outputs[0] is not None else 0
-    if not w:
-        return 0
-    if node.op is ops.Conv:
-        return out * _elems(w[1:])
-    if node.op is ops.ConvTranspose:
-        return _elems(dims(node.inputs[0])) * _elems(w[1:])
-    k = w[-2] if len(w) >= 2 and node.op is ops.MatMul else (w[0] if not node.attr("transB", 0) else w[-1])
-    return out * (k if isinstance(k, int) and k > 0 else 1)
 
 
 def precision_summary(qdq: Model, shapes: dict[str, tuple] | None = None) -> dict:
@@ -58,18 +37,18 @@ def precision_summary(qdq: Model, shapes: dict[str, tuple] | None = None) -> dic
     weight_bytes = 0.0
     per_layer = {}
     for node in qdq.graph:
-        if node.op not in _MAC_OPS or len(node.inputs) < 2:
+        if node.op not in MAC_OPS or len(node.inputs) < 2:
             continue
-        macs = _macs(node, dims)
+        n_macs = macs(node, dims)
         a, w = _bits(node.inputs[0]), _bits(node.inputs[1])
-        total += macs
+        total += n_macs
         if a <= 8 and w <= 8:
-            narrow += macs
+            narrow += n_macs
         src = node.inputs[1].producer()
         stored = src.inputs[0] if src is not None and src.op in DEQUANTIZE else node.inputs[1]
         if stored is not None and stored.constant() is not None:
-            weight_bytes += _elems(dims(stored)) * w / 8.0
-        per_layer[node.name or node.outputs[0].name] = {"op": node.op_type, "macs": macs, "input_bits": a,
+            weight_bytes += elements(dims(stored)) * w / 8.0
+        per_layer[node.name or node.outputs[0].name] = {"op": node.op_type, "macs": n_macs, "input_bits": a,
                                                         "weight_bits": w}
     return {"mac_fraction_8bit": (narrow / total) if total else None, "weight_bytes": int(round(weight_bytes)),
             "per_layer": per_layer}
