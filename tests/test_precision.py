@@ -317,3 +317,67 @@ def test_a_16_bit_tensor_is_not_clipped_by_an_8_bit_calibration_method():
 
     again = RangeMap.from_json(json.loads(json.dumps(cal.to_json())))
     assert again.observed[name].hi == seen.hi
+
+
+def _residual_model(tmp_path):
+    """x -> conv a -> relu -> (conv b -> relu) + relu -> conv c -> y: the block's input is
+    read after conv b, so no cut falls inside the block."""
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(rng.normal(size=(4, 4, 3, 3)).astype(np.float32) * 0.3, n)
+             for n in ("wa", "wb", "wc")]
+    nodes = [helper.make_node("Conv", ["x", "wa"], ["a"], pads=[1, 1, 1, 1], name="conv_a"),
+             helper.make_node("Relu", ["a"], ["ra"], name="relu_a"),
+             helper.make_node("Conv", ["ra", "wb"], ["b"], pads=[1, 1, 1, 1], name="conv_b"),
+             helper.make_node("Relu", ["b"], ["rb"], name="relu_b"),
+             helper.make_node("Add", ["rb", "ra"], ["s"], name="add"),
+             helper.make_node("Conv", ["s", "wc"], ["y"], pads=[1, 1, 1, 1], name="conv_c")]
+    g = helper.make_graph(nodes, "res", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8, 8])], inits)
+    path = tmp_path / "res.onnx"
+    import onnx
+
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return str(path), {"x": rng.normal(size=(16, 4, 8, 8)).astype(np.float32)}
+
+
+def test_single_value_cuts_skip_the_inside_of_a_residual_block(tmp_path):
+    from qgraph.precision.sensitivity import single_value_cuts
+
+    path, _ = _residual_model(tmp_path)
+    cuts = [name for _, name in single_value_cuts(qgraph.load(path))]
+    assert cuts == ["a", "ra", "s"]  # not b / rb (ra is read by the Add), not y (an output)
+
+
+def test_suffix_probes_measure_what_whole_model_probes_measure(tmp_path, monkeypatch):
+    # the same sweep with cuts and without: damages agree closely (the suffix's float ops are
+    # the whole model's, fed the same activations), and a probe changing nothing measures 0
+    from qgraph.precision import sensitivity as S
+    from qgraph.precision.units import Effect
+
+    path, calib = _residual_model(tmp_path)
+    with_cuts = qgraph.quantize(path, calib, precision="auto", report=False,
+                                precision_options={"cache": False}).precision
+    monkeypatch.setattr(S, "MAX_CUTS", 0)
+    whole = qgraph.quantize(path, calib, precision="auto", report=False,
+                            precision_options={"cache": False}).precision
+    assert with_cuts.damage.keys() == whole.damage.keys()
+    for unit, d in whole.damage.items():
+        for f, v in d.items():
+            assert with_cuts.damage[unit][f] == pytest.approx(v, rel=1e-3, abs=1e-9), (unit, f)
+    assert any(v > 0 for d in whole.damage.values() for v in d.values())
+
+    fm = qgraph.quantize(path, calib, report=False).float_model
+    from qgraph.analysis.shapes import sample_shapes
+    from qgraph import batching
+    from qgraph.onnx import to_proto
+
+    shapes = sample_shapes(fm, calib, batching.model_axes(fm))
+    monkeypatch.setattr(S, "MAX_CUTS", 8)
+    cuts = S.make_cuts(fm, calib, shapes)
+    assert cuts and all(c.position < len(list(fm.graph)) for c in cuts)
+    shared = S.Shared(to_proto(fm).SerializeToString(), calib, {}, {}, cuts=cuts,
+                      positions={n.name: i for i, n in enumerate(fm.graph) if n.name})
+    unit = next(u for u in find_units(fm, qgraph.quantize(path, calib, report=False).qdq) if u.name == "conv_c")
+    task = S.Task(unit, "none", Effect({}, {}))
+    assert S.cut_for(shared, task) is not None
+    assert all(v == 0.0 for v in S.evaluate(shared, task).values())

@@ -269,7 +269,8 @@ def choose_precision(float_model: Model, base: QuantConfig, feeds: Mapping[str, 
     anchor = qdq.get("W8A8") or next(iter(qdq.values()))
     from qgraph.analysis.shapes import sample_shapes
 
-    units = find_units(float_model, anchor, sample_shapes(float_model, sens_feeds, axes))
+    shapes = sample_shapes(float_model, sens_feeds, axes)
+    units = find_units(float_model, anchor, shapes)
     if not units:
         raise PrecisionError("mixed precision: insert-qdq quantized no named node of this model")
     mixing = _range_mixing(float_model, base)
@@ -305,6 +306,9 @@ def choose_precision(float_model: Model, base: QuantConfig, feeds: Mapping[str, 
     shared = S.Shared(to_proto(float_model).SerializeToString(), dict(sens_feeds), reference, out_axes,
                       threads=ex.threads)
     shared._model = float_model if ex.name == "local" else None
+    with stage("precision: float activations at the cuts", enabled=show_progress):
+        shared.cuts = S.make_cuts(float_model, sens_feeds, shapes, threads=ex.threads)
+    shared.positions = {nd.name: i for i, nd in enumerate(float_model.graph) if nd.name} if shared.cuts else {}
     store = S.Cache(S.sweep_key(shared) if cache else None)
     results: dict[tuple[str, str], dict[str, float]] = {}
     bounded: dict[tuple[str, str], str] = {}  # (unit, wide format) -> the 8-bit format whose damage bounds it
