@@ -431,7 +431,7 @@ CONV_TRANSPOSE = [
     ([1, 4, 5, 5], (4, 3, 3, 3), dict(strides=[2, 2], auto_pad="SAME_LOWER", output_padding=[1, 0]), "QInt8", "QInt8"),
     ([1, 4, 5, 5], (4, 3, 3, 3), dict(strides=[2, 2], output_shape=[10, 11]), "QUInt16", "QInt8"),
     ([1, 4, 5, 5], (4, 3, 3, 3), dict(strides=[3, 2], dilations=[2, 1]), "QInt16", "QInt8"),
-    ([1, 3, 7], (3, 2, 3), dict(strides=[2], pads=[1, 0]), "QUInt8", "QInt8"),
+    ([1, 3, 7], (3, 2, 3), dict(strides=[2], pads=[1, 0]), "QUInt8", "QUInt8"),  # asymmetric uint8 weights
 ]
 
 
