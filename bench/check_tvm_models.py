@@ -16,6 +16,7 @@ Each model runs in its own subprocess with a timeout::
     python bench/check_tvm_models.py det light_resnet50  # some
     python bench/check_tvm_models.py --timeout 900 --json out.json
     python bench/check_tvm_models.py --static det        # input dims pinned before quantizing
+    python bench/check_tvm_models.py --size 736 det      # PP-OCR inputs of another height / width
 
 Models: PP-OCRv4 det / rec / cls (the rapidocr_onnxruntime wheel) and the ``light_*`` models
 of the onnx wheel's backend test data (constant weights, random uniform inputs).
@@ -317,9 +318,20 @@ def main(argv=None) -> int:
                     help="build with every value as an output: always (default), when the outputs differ (auto), never")
     ap.add_argument("--static", action="store_true",
                     help="set the models' symbolic input dims to the checked shapes before quantizing")
+    ap.add_argument("--size", metavar="HxW",
+                    help="PP-OCR input height and width, e.g. 736 or 48x320 (default: det 224, rec 48x320, cls 48x192)")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.size:
+        try:
+            hw = [int(v) for v in args.size.lower().split("x")]
+        except ValueError:
+            hw = []
+        if len(hw) not in (1, 2) or min(hw) < 1:
+            ap.error(f"--size {args.size}: give HxW (e.g. 48x320) or one size for both")
+        for name, (file, shape) in list(PPOCR.items()):
+            PPOCR[name] = (file, shape[:2] + (hw[0], hw[-1]))
     if args.worker:
         try:
             r = check_one(args.worker, args.intermediates, static=args.static)
@@ -336,6 +348,7 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--intermediates", args.intermediates]
         cmd += ["--static"] if args.static else []
+        cmd += ["--size", args.size] if args.size else []
         try:
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
             line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)

@@ -26,7 +26,8 @@ from qgraph.quant.params import dequantize, quantize
 from qgraph.rewrite import MatchTracer, try_rule
 
 _QDQ = QUANTIZE | DEQUANTIZE
-_INTEGER_COMPUTE = frozenset({l3.QConv, l3.QMatMul, l3.QAdd, l3.QMul, l3.QAveragePool, l3.QGlobalAveragePool})
+_INTEGER_COMPUTE = frozenset({l3.QConv, l3.QConvTranspose, l3.QMatMul, l3.QAdd, l3.QMul, l3.QAveragePool,
+                              l3.QGlobalAveragePool})
 
 
 class LowerQDQ(Pass):
@@ -34,6 +35,9 @@ class LowerQDQ(Pass):
 
     before => after (``q`` integer tensors, ``DQ`` / ``Q`` the standard ONNX ops):
         DQ(x), DQ(w) [, DQ(b)] -> Conv [-> Relu | Clip] -> Q      =>  QConv(x, w, b)
+        DQ(x), DQ(w) [, DQ(b)] -> ConvTranspose [-> Relu | Clip] -> Q
+                                                                 =>  QConvTranspose(x, w, b)
+              (auto_pad / output_shape resolved into pads)
         DQ(a), DQ(w) [, DQ(C)] -> Gemm / MatMul [-> Relu | Clip] -> Q
                                                                  =>  QMatMul(a, w', bias)
               (transB applied to w, alpha in the multiplier, beta * C in the int32 bias)
@@ -55,8 +59,9 @@ class LowerQDQ(Pass):
     op's result) narrows ``y_qmin`` / ``y_qmax``; a QuantizeLinear reader with other
     parameters than the first one gets a ``Requantize``. Multipliers come from
     ``qgraph.quant.fixedpoint`` (per output channel for per-channel weights); the int32
-    accumulators of QConv / QMatMul are bounded from the integer ranges of the weights,
-    the activation type and the bias, and a bound beyond int32 is an error naming the node.
+    accumulators of QConv / QConvTranspose / QMatMul are bounded from the integer ranges of
+    the weights, the activation type and the bias, and a bound beyond int32 is an error
+    naming the node.
 
     Preconditions: an L2 graph as ONNX Runtime's QDQ quantizer (or ``insert-qdq``) writes
     it: constant scales and zero points, constant integer weights and biases behind
@@ -69,7 +74,7 @@ class LowerQDQ(Pass):
     utility behind ``infer-shapes``: an L2 model from another quantizer often has none) and
     the groups it replaced pruned (``cleanup.remove_dead_code``); it runs no other pass.
 
-    Stats: ``integer_ops`` (QConv, QMatMul, QAdd, QMul, pooling), ``lookups``,
+    Stats: ``integer_ops`` (QConv, QConvTranspose, QMatMul, QAdd, QMul, pooling), ``lookups``,
     ``integer_data_movement``, ``requantizes``, ``float_fallbacks`` (float ops left),
     ``quantizes`` / ``dequantizes`` (float boundaries). Each float node left that had a
     rule to try keeps why none fired (the rewrite tracer's reasons, one per rule) in its

@@ -19,6 +19,7 @@ import numpy as np
 
 from qgraph.ir import l3, op_groups, ops
 from qgraph.ir.core import Graph, Model, Node, Value
+from qgraph.ir.l3_geometry import phase_weights, transposed_phases
 from qgraph.onnx.evaluate import evaluate
 from qgraph.quant.fixedpoint import fixed_point_multiplier, shared_shift_multipliers
 from qgraph.quant.overflow import accumulator_bounds
@@ -199,6 +200,107 @@ def plan_conv(node: Node, model: Model) -> Build:
         w_int = _initializer(g, f"{node.inputs[1].name}_int", w.const.astype(w.params.dtype.storage), w.value)
         return [x.value, w_int] + ([bias.value(g)] if bias is not None else [])
     return _result(node, out, l3.QConv, inputs, attrs)
+
+
+# -- QConvTranspose ---------------------------------------------------------------------------------
+
+def plan_conv_transpose(node: Node, model: Model) -> Build:
+    """DQ(x), DQ(w) [, DQ(b)] -> ConvTranspose [-> Relu/Clip] -> Q  =>  QConvTranspose(x, w, b).
+
+    ``w`` is ``[C, M/group, k...]``, per tensor or per channel on axis 1 (the output channel
+    within a group: what insert-qdq and ONNX Runtime's quantizer write); ``auto_pad`` and
+    ``output_shape`` are resolved into explicit pads as ONNX Runtime resolves them (both need
+    the static spatial shape of ``x``). The int32 accumulator is bounded per stride phase:
+    the weights that reach one output position (``l3_geometry.phase_weights``).
+    """
+    x = _require_act(node, 0)
+    w = quantized_input(node.inputs[1])
+    if w is None or w.const is None:
+        fail("the weight is not a DequantizeLinear of a constant")
+    if w.const.ndim < 3 or (w.params.axis is not None and w.params.axis != 1):
+        fail(f"weight '{w.value.name}' of shape {w.const.shape} is not per-tensor or per-channel on axis 1 "
+             "(the output channel)")
+    out = _require_out(node)
+    n = w.const.ndim - 2
+    group = int(node.attr("group", 1))
+    c, mg = w.const.shape[:2]
+    if group < 1 or c % group:
+        fail(f"group={group} does not divide the {c} input channels of weight '{w.value.name}'")
+    m_out = mg * group
+    kernel = [int(k) for k in (node.attr("kernel_shape") or w.const.shape[2:])]
+    if kernel != list(w.const.shape[2:]):
+        fail(f"kernel_shape {kernel} differs from the weight's {list(w.const.shape[2:])}")
+    strides = [int(s) for s in (node.attr("strides") or [1] * n)]
+    dilations = [int(d) for d in (node.attr("dilations") or [1] * n)]
+    extra = [int(p) for p in (node.attr("output_padding") or [0] * n)]
+    if len(strides) != n or len(dilations) != n or len(extra) != n:
+        fail(f"strides / dilations / output_padding do not have {n} values")
+    if min(strides + dilations) < 1 or min(extra) < 0:
+        fail(f"strides {strides} / dilations {dilations} must be >= 1, output_padding {extra} >= 0")
+    pads = _transposed_pads(node, node.inputs[0], kernel, strides, dilations, extra)
+    # per output channel o = g * M/group + m: axis-1 parameters repeat in every group
+    w_scale = np.tile(np.broadcast_to(w.params.scale.reshape(-1), (mg,)), group) if w.params.axis is not None \
+        else np.full(m_out, w.params.scale, np.float32)
+    w_zp = np.tile(np.broadcast_to(w.params.zero_point.reshape(-1), (mg,)), group) if w.params.axis is not None \
+        else np.full(m_out, int(w.params.zero_point), np.int64)
+    bias = _bias(node, node.inputs[2] if len(node.inputs) > 2 else None, x, w_scale, m_out)
+    wd = (w.const.reshape((group, c // group, mg) + w.const.shape[2:])
+          - w_zp.reshape((group, 1, mg) + (1,) * n)).reshape(w.const.shape)
+    rows = phase_weights(wd, group, [transposed_phases(k, s, d) for k, s, d in zip(kernel, strides, dilations)])
+    p_count = math.prod(strides)
+    t = x.params.dtype
+    phase_bias = None if bias is None else np.repeat(bias.ints.reshape(group, 1, mg), p_count, axis=1).reshape(-1)
+    lo, hi = accumulator_bounds(rows.reshape(rows.shape[0], -1), np.zeros(rows.shape[0], np.int64), t.qmin, t.qmax,
+                                int(x.params.zero_point), phase_bias)
+    _check_acc(node, lo, hi, f"weight '{node.inputs[1].name}' and input '{node.inputs[0].name}'")
+    real = np.float64(x.params.scale) * w_scale.astype(np.float64) / np.float64(out.params.scale)
+    per_channel = w.params.axis is not None
+    if not per_channel:
+        real = real[:1]
+    attrs = {"strides": strides, "pads": pads, "dilations": dilations, "output_padding": extra, "group": group,
+             "kernel_shape": kernel, "x_zero_point": int(x.params.zero_point),
+             "w_zero_point": [int(z) for z in (w_zp if per_channel else w_zp[:1])],
+             **fixed_point_multiplier(real, acc_bound=ACC_BOUND).to_attrs(), **_y_attrs(out)}
+
+    def inputs(g: Graph) -> list:
+        w_int = _initializer(g, f"{node.inputs[1].name}_int", w.const.astype(w.params.dtype.storage), w.value)
+        return [x.value, w_int] + ([bias.value(g)] if bias is not None else [])
+    return _result(node, out, l3.QConvTranspose, inputs, attrs)
+
+
+def _transposed_pads(node: Node, x: Value, kernel: list[int], strides: list[int], dilations: list[int],
+                     extra: list[int]) -> list[int]:
+    """ONNX ConvTranspose ``pads`` with ``auto_pad`` / ``output_shape`` resolved as ONNX Runtime
+    does: the total padding ``(in - 1) * s + output_padding + (k - 1) * d + 1 - out`` (``out``:
+    ``output_shape``, or ``in * s`` for SAME_*), the odd one at the end for SAME_UPPER and at
+    the start otherwise."""
+    n = len(kernel)
+    auto = node.attr("auto_pad", "NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    target = node.attr("output_shape")
+    if auto not in ("NOTSET", "", "VALID", "SAME_UPPER", "SAME_LOWER"):
+        fail(f"unknown auto_pad '{auto}'")
+    if target is None and auto not in ("SAME_UPPER", "SAME_LOWER"):
+        pads = [0] * (2 * n) if auto == "VALID" else [int(p) for p in (node.attr("pads") or [0] * (2 * n))]
+        if len(pads) != 2 * n or min(pads) < 0:
+            fail(f"pads {pads} are not {2 * n} values >= 0")
+        return pads
+    shape = static_shape(x)
+    if shape is None or len(shape) != n + 2 or not all(isinstance(d, int) for d in shape[2:]):
+        fail(f"{'output_shape' if target is not None else 'auto_pad=' + auto} needs the static spatial shape of "
+             f"'{x.name}'")
+    if target is not None and len(target) != n:
+        fail(f"output_shape {list(target)} does not give the {n} spatial dims")
+    begin, end = [], []
+    for i, (d_in, k, s, dl, e) in enumerate(zip(shape[2:], kernel, strides, dilations, extra)):
+        want = int(target[i]) if target is not None else d_in * s
+        total = (d_in - 1) * s + e + (k - 1) * dl + 1 - want
+        if total < 0:
+            fail(f"output_shape {list(target)} is larger than the full output along spatial dim {i}")
+        small, large = total // 2, total - total // 2
+        begin.append(small if auto == "SAME_UPPER" else large)
+        end.append(large if auto == "SAME_UPPER" else small)
+    return begin + end
 
 
 # -- QMatMul ----------------------------------------------------------------------------------------
@@ -516,6 +618,7 @@ class LoweringRule(RewriteRule):
 
 _PLANS = {
     ops.Conv: plan_conv,
+    ops.ConvTranspose: plan_conv_transpose,
     ops.MatMul: plan_matmul,
     ops.Gemm: plan_gemm,
     ops.Add: plan_add,

@@ -419,3 +419,78 @@ def test_residual_add_relu_is_one_clamping_qadd():
     assert add.attr("y_qmin") == add.attr("y_zero_point")
     assert l3.Lookup not in ops_of(q.integer) and ops.Relu not in ops_of(q.integer)
     check_against_ort(qgraph.to_proto(q.qdq), q.integer, samples([1, 4, 6, 6], n=3))
+
+
+# -- ConvTranspose --------------------------------------------------------------------------------------
+CONV_TRANSPOSE = [
+    # (x shape, W shape [C, M/group, k...], attrs, act, weight)
+    ([1, 4, 6, 6], (4, 3, 2, 2), dict(strides=[2, 2]), "QUInt8", "QInt8"),  # PP-OCR's DB head
+    ([1, 4, 5, 6], (4, 3, 3, 3), dict(strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1]), "QInt8", "QInt8"),
+    ([1, 4, 5, 6], (4, 2, 3, 2), dict(strides=[2, 1], pads=[1, 0, 0, 1], group=2), "QUInt8", "QInt8"),
+    ([1, 4, 5, 5], (4, 3, 3, 3), dict(strides=[2, 2], auto_pad="SAME_UPPER"), "QUInt8", "QInt4"),
+    ([1, 4, 5, 5], (4, 3, 3, 3), dict(strides=[2, 2], auto_pad="SAME_LOWER", output_padding=[1, 0]), "QInt8", "QInt8"),
+    ([1, 4, 5, 5], (4, 3, 3, 3), dict(strides=[2, 2], output_shape=[10, 11]), "QUInt16", "QInt8"),
+    ([1, 4, 5, 5], (4, 3, 3, 3), dict(strides=[3, 2], dilations=[2, 1]), "QInt16", "QInt8"),
+    ([1, 3, 7], (3, 2, 3), dict(strides=[2], pads=[1, 0]), "QUInt8", "QUInt8"),  # asymmetric uint8 weights
+]
+
+
+@pytest.mark.parametrize("xshape, wshape, attrs, act, weight", CONV_TRANSPOSE)
+def test_conv_transpose_lowers_and_matches_ort(xshape, wshape, attrs, act, weight):
+    """DQ -> ConvTranspose -> Relu -> Q from ORT's quantizer becomes one QConvTranspose (the Relu
+    in its clamp; auto_pad / output_shape resolved to pads) equal to ORT's QDQ simulation
+    within 1 LSB. ORT's quantizer fails on grouped per-channel ConvTranspose (its bias scale
+    has M/group values): the grouped case is per tensor."""
+    group = attrs.get("group", 1)
+    nodes = [helper.make_node("ConvTranspose", ["x", "W", "B"], ["c"], name="deconv", **attrs),
+             helper.make_node("Relu", ["c"], ["y"], name="relu")]
+    proto = ort_quantize(make_model(nodes, [("x", xshape)], ["y"], {"W": w(*wshape), "B": w(wshape[1] * group)}),
+                         samples(xshape), act=act, weight=weight, per_channel=group == 1)
+    model, stats = lower(proto)
+    node = node_of(model, l3.QConvTranspose)
+    assert stats["float_fallbacks"] == 0 and stats["integer_ops"] == 1 and ops.Relu not in ops_of(model)
+    assert node.attr("auto_pad") is None and node.attr("output_shape") is None
+    assert len(node.attr("multiplier")) == (wshape[1] if group == 1 else 1)
+    assert node.attr("y_qmin") == node.attr("y_zero_point")  # the Relu
+    assert check_against_ort(proto, model, samples(xshape, n=2, lo=-2, hi=2)) == 2 * 2
+
+
+def test_conv_transpose_pads_resolved_as_ort_resolves_them():
+    """auto_pad SAME_UPPER puts the odd padding at the end, SAME_LOWER and output_shape at the start."""
+    def lowered(**attrs):
+        nodes = [helper.make_node("ConvTranspose", ["x", "W"], ["y"], name="deconv", strides=[2, 2], **attrs)]
+        proto = ort_quantize(make_model(nodes, [("x", [1, 2, 5, 5])], ["y"], {"W": w(2, 2, 3, 3)}),
+                             samples([1, 2, 5, 5]))
+        return node_of(lower(proto)[0], l3.QConvTranspose).attr("pads")
+
+    # full output (5 - 1) * 2 + 3 = 11, SAME wants 10: total padding 1
+    assert lowered(auto_pad="SAME_UPPER") == (0, 0, 1, 1)
+    assert lowered(auto_pad="SAME_LOWER") == (1, 1, 0, 0)
+    assert lowered(output_shape=[8, 11]) == (2, 0, 1, 0)
+
+
+def test_conv_transpose_refusals_name_the_reason():
+    """Weights per channel on axis 0 (the input channel) stay float with the rule's reason; so does
+    output_shape without a static input shape. An accumulator that can pass int32 is an error."""
+    n1, i1, x = qdq_chain("x", 0.02, 128)
+    n2, i2 = weight_dq("W", RNG.integers(-127, 128, size=(3, 2, 2, 2)).astype(np.int8), [0.01, 0.02, 0.03], axis=0)
+    deconv = helper.make_node("ConvTranspose", [x, "W"], ["c"], name="deconv", strides=[2, 2])
+    n3, i3, y = qdq_chain("c", 0.05, 60, tag="y")
+    model, stats = lower(hand_model(n1 + n2 + [deconv] + n3, i1 + i2 + i3, [("x", [1, 3, 4, 4])], [y]))
+    assert stats["float_fallbacks"] == 1
+    assert fallback_reasons(model)["deconv"] == ("lower-conv-transpose: weight 'W_q' of shape (3, 2, 2, 2) is not "
+                                                 "per-tensor or per-channel on axis 1 (the output channel)")
+    n2, i2 = weight_dq("W", RNG.integers(-127, 128, size=(3, 2, 2, 2)).astype(np.int8), 0.01)
+    deconv = helper.make_node("ConvTranspose", [x, "W"], ["c"], name="deconv", strides=[2, 2], output_shape=[8, 8])
+    model, _ = lower(hand_model(n1 + n2 + [deconv] + n3, i1 + i2 + i3, [("x", [1, 3, "h", "w"])], [y]))
+    assert fallback_reasons(model)["deconv"] == ("lower-conv-transpose: output_shape needs the static spatial shape "
+                                                 "of 'x_dq'")
+    # int16 activations, 128 channels, stride 1, 3x3: 9 taps x 128 x 32768 x 127 reach one output
+    n1, i1, x = qdq_chain("x", 0.001, 0, dtype=TensorProto.INT16)
+    n2, i2 = weight_dq("W", np.full((128, 1, 3, 3), 127, np.int8), 0.01)
+    deconv = helper.make_node("ConvTranspose", [x, "W"], ["c"], name="big_deconv")
+    n3, i3, y = qdq_chain("c", 10.0, 0, dtype=TensorProto.INT16, tag="y")
+    with pytest.raises(Exception) as info:
+        lower(hand_model(n1 + n2 + [deconv] + n3, i1 + i2 + i3, [("x", [1, 128, 4, 4])], [y]))
+    chain = [info.value] + [e for e in (info.value.__cause__, getattr(info.value.__cause__, "__cause__", None)) if e]
+    assert any(isinstance(e, LoweringError) and "big_deconv" in str(e) and "int32" in str(e) for e in chain), chain

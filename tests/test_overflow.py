@@ -177,6 +177,61 @@ def test_padding_reads_the_zero_point(tmp_path):
     assert r.kernel == "depthwise-int32" and r.ort_avx2_exact  # one channel in, one out
 
 
+def conv_transpose_model(w, b=None, hw=4, **attrs):
+    inits = [numpy_helper.from_array(w.astype(np.float32), "w")]
+    inputs = ["x", "w"]
+    if b is not None:
+        inits.append(numpy_helper.from_array(b.astype(np.float32), "b"))
+        inputs.append("b")
+    node = helper.make_node("ConvTranspose", inputs, ["y"], name="deconv", **attrs)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                          [1, w.shape[0], hw, hw])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_conv_transpose_is_bounded_per_stride_phase(tmp_path):
+    """k = 2, s = 2 (PP-OCR's DB head): each output position is reached by one tap per input
+    channel, so the accumulator is bounded by C terms, not C * 4; with s = 1 every tap reaches
+    every position. ORT runs QDQ ConvTranspose in float: kernel "float", nothing saturates."""
+    w = np.ones((8, 3, 2, 2), np.float32)  # [C, M, k, k]
+    ranges = RangeMap({"x": Interval(0.0, 1.0)})
+    r = overflow_report(_load(conv_transpose_model(w, strides=[2, 2]), tmp_path), ranges)["deconv"]
+    assert r.status == "ok" and r.op_type == "ConvTranspose" and r.kernel == "float" and r.ort_avx2_exact
+    assert r.channels == 3 * 4 and r.reduction == 8  # 3 output channels x 4 phases, one tap of 8 channels
+    assert r.weight_params.axis == 1 and r.accumulator == (0, 8 * 127 * 255) and r.int32_accumulator
+    r1 = overflow_report(_load(conv_transpose_model(w, strides=[1, 1]), tmp_path), ranges)["deconv"]
+    assert r1.channels == 3 and r1.reduction == 8 * 4 and r1.accumulator == (0, 4 * 8 * 127 * 255)
+    # k = 3, s = 2: phases of 1, 2, 2 and 4 taps; a bias per output channel adds to each of its phases
+    w3 = np.ones((8, 2, 3, 3), np.float32)
+    b = np.array([1.0, -1.0], np.float32)
+    r3 = overflow_report(_load(conv_transpose_model(w3, b, strides=[2, 2], pads=[1, 1, 1, 1]), tmp_path),
+                         ranges)["deconv"]
+    assert r3.channels == 2 * 4 and r3.reduction == 8 * 4
+    bias = -r3.accumulator[0]  # channel 1's -1.0 in int32 units; channel 0's +1.0 tops the widest phase
+    assert bias > 0 and r3.accumulator[1] == 8 * 4 * 127 * 255 + bias
+    # grouped: per tensor (axis 1 is the channel within a group), rows per group
+    rg = overflow_report(_load(conv_transpose_model(np.ones((8, 3, 2, 2), np.float32), strides=[2, 2], group=2),
+                               tmp_path), ranges)["deconv"]
+    assert rg.weight_params.axis is None and rg.channels == 6 * 4 and rg.reduction == 4
+
+
+def test_conv_transpose_in_a_qdq_model_reads_the_zero_point_between_inputs(tmp_path):
+    """From the QDQ model (weights per channel on axis 1): input range [2, 6] is uint8 q in
+    [85, 255] with zero point 0, and an output position between inputs reads the zero point
+    (no tap reaches it), so the accumulator's low end is 0, not 85 * the weights."""
+    from qgraph.api import quantize
+
+    w = np.full((4, 2, 3, 3), 0.5, np.float32)
+    model = _load(conv_transpose_model(w, strides=[2, 2]), tmp_path)
+    feeds = [{"x": np.random.default_rng(i).uniform(2.0, 6.0, (1, 4, 4, 4)).astype(np.float32)} for i in range(4)]
+    q = quantize(model, feeds, report=False, show_progress=False)
+    (facts,) = overflow_report(q.qdq, {"x": (2.0, 6.0)}).values()
+    assert facts.status == "ok" and facts.op_type == "ConvTranspose" and facts.weight_params.axis == 1
+    assert facts.q_range == (85, 255) and facts.activation_params.zero_point == 0
+    assert facts.accumulator == (0, 4 * 4 * 127 * 255)  # the widest phase: 2 x 2 taps of 4 channels
+
+
 # -- ORT evidence ---------------------------------------------------------------------------------
 
 import onnxruntime as ort

@@ -195,6 +195,115 @@ def test_qconv_refuses_int32_overflow_naming_the_node():
         run(build(l3.QConv, {"x": x}, {"w": w}, attrs, DType.INT16, name="big"), {"x": x})
 
 
+# -- QConvTranspose -------------------------------------------------------------------------------
+def naive_qconv_transpose(x, w, bias, a):
+    """QConvTranspose by loops over (n, output channel, input position, tap, input channel):
+    input ``i`` times tap ``t`` lands on ``i * s + t * d - pad_begin`` when that is inside the
+    output (``(in - 1) * s + output_padding + (k - 1) * d + 1 - pads``), N-D."""
+    nsp = x.ndim - 2
+    s, dil = a.get("strides", [1] * nsp), a.get("dilations", [1] * nsp)
+    pads, extra, group = a.get("pads", [0] * 2 * nsp), a.get("output_padding", [0] * nsp), a.get("group", 1)
+    c, mg = w.shape[:2]
+    k, m_all, cg = w.shape[2:], mg * group, c // group
+    out_sp = [(x.shape[2 + i] - 1) * s[i] + extra[i] + (k[i] - 1) * dil[i] + 1 - pads[i] - pads[i + nsp]
+              for i in range(nsp)]
+    wzp = a["w_zero_point"] * (m_all if len(a["w_zero_point"]) == 1 else 1)
+    mult = a["multiplier"] * (m_all if len(a["multiplier"]) == 1 else 1)
+    shift = a["shift"] * (m_all if len(a["shift"]) == 1 else 1)
+    acc = {}
+    for n, o in itertools.product(range(x.shape[0]), range(m_all)):
+        g, m = divmod(o, mg)
+        for pos in itertools.product(*(range(v) for v in out_sp)):
+            acc[(n, o) + pos] = int(bias[o]) if bias is not None else 0
+        for i in itertools.product(*(range(v) for v in x.shape[2:])):
+            for tap in itertools.product(*(range(v) for v in k)):
+                pos = tuple(i[j] * s[j] + tap[j] * dil[j] - pads[j] for j in range(nsp))
+                if all(0 <= pos[j] < out_sp[j] for j in range(nsp)):
+                    for cc in range(cg):
+                        acc[(n, o) + pos] += ((int(x[(n, g * cg + cc) + i]) - a["x_zero_point"])
+                                              * (int(w[(g * cg + cc, m) + tap]) - wzp[o]))
+    y = np.zeros((x.shape[0], m_all, *out_sp), np.int64)
+    for idx, v in acc.items():
+        y[idx] = clip(a["y_zero_point"] + rq(v, mult[idx[1]], shift[idx[1]]), a["y_qmin"], a["y_qmax"])
+    return y
+
+
+@pytest.mark.parametrize("case", [
+    dict(x=(1, 4, 5, 4), w=(4, 3, 2, 2), strides=[2, 2]),  # PP-OCR's DB head
+    dict(x=(2, 4, 4, 3), w=(4, 2, 3, 3), group=2, strides=[2, 3], pads=[1, 0, 2, 1], dilations=[1, 2],
+         output_padding=[1, 2]),
+    dict(x=(1, 3, 6), w=(3, 2, 3), strides=[3], pads=[1, 1], dilations=[2], output_padding=[1]),
+    dict(x=(1, 4, 4, 4), w=(4, 1, 3, 3), group=4, pads=[1, 1, 1, 1]),  # depthwise, stride 1
+    dict(x=(1, 2, 3, 3), w=(2, 2, 1, 1), strides=[3, 2], output_padding=[2, 1]),  # positions no tap reaches
+    dict(x=(1, 2, 3, 2, 2), w=(2, 2, 2, 2, 2), strides=[2, 1, 2], pads=[0, 1, 0, 0, 0, 1], output_padding=[1, 0, 0]),
+])
+def test_qconv_transpose_matches_loops(case):
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, case["x"]).astype(np.uint8)
+    w = rng.integers(-128, 128, case["w"]).astype(np.int8)
+    m = case["w"][1] * case.get("group", 1)
+    bias = rng.integers(-3000, 3000, m).astype(np.int32)
+    nsp = len(case["x"]) - 2
+    attrs = dict(strides=case.get("strides", [1] * nsp), pads=case.get("pads", [0] * 2 * nsp),
+                 dilations=case.get("dilations", [1] * nsp), output_padding=case.get("output_padding", [0] * nsp),
+                 group=case.get("group", 1), kernel_shape=list(case["w"][2:]), x_zero_point=131,
+                 w_zero_point=[int(v) for v in rng.integers(-3, 4, m)],
+                 **requant_attrs(rng.uniform(1e-4, 5e-3, m), y_zp=120, qmin=3, qmax=250))
+    y = run(build(l3.QConvTranspose, {"x": x}, {"w": w, "b": bias}, attrs), {"x": x})["y"]
+    assert y.dtype == np.uint8
+    np.testing.assert_array_equal(y, naive_qconv_transpose(x, w, bias, attrs))
+
+
+@given(st.data())
+@settings(max_examples=40, deadline=None)
+def test_qconv_transpose_property(data):
+    """QConvTranspose equals the loop definition on random geometry, types and zero points."""
+    d = data.draw
+    nsp = d(st.integers(1, 2))
+    group = d(st.sampled_from([1, 2]))
+    cg, mg = d(st.integers(1, 2)), d(st.integers(1, 2))
+    k = [d(st.integers(1, 3)) for _ in range(nsp)]
+    strides = [d(st.integers(1, 3)) for _ in range(nsp)]
+    dil = [d(st.integers(1, 2)) for _ in range(nsp)]
+    extra = [d(st.integers(0, 2)) for _ in range(nsp)]
+    sp = [d(st.integers(1, 4)) for _ in range(nsp)]
+    full = [(i - 1) * s + e + (kk - 1) * dd + 1 for i, s, e, kk, dd in zip(sp, strides, extra, k, dil)]
+    pads = [d(st.integers(0, (f - 1) // 2)) for f in full] + [d(st.integers(0, (f - 1) // 2)) for f in full]
+    kind = d(st.sampled_from(["u8", "i8", "i16"]))
+    rng = np.random.default_rng(d(st.integers(0, 2**32 - 1)))
+    lo, hi = {"u8": (0, 255), "i8": (-128, 127), "i16": (-3000, 3000)}[kind]
+    xdt = {"u8": np.uint8, "i8": np.int8, "i16": np.int16}[kind]
+    x = rng.integers(lo, hi + 1, [d(st.integers(1, 2)), cg * group] + sp).astype(xdt)
+    m = mg * group
+    w = rng.integers(-8, 8, [cg * group, mg] + k).astype(np.int8)  # 4-bit values
+    bias = rng.integers(-2**15, 2**15, m).astype(np.int32) if d(st.booleans()) else None
+    per_channel = d(st.booleans())
+    out_dtype = {"u8": U8, "i8": I8, "i16": DType.INT16}[kind]
+    attrs = dict(strides=strides, pads=pads, dilations=dil, output_padding=extra, group=group, kernel_shape=k,
+                 x_zero_point=int(rng.integers(lo, hi + 1)),
+                 w_zero_point=[int(v) for v in rng.integers(-2, 3, m if per_channel else 1)],
+                 **requant_attrs(rng.uniform(1e-5, 0.5, m if per_channel else 1), y_zp=int(rng.integers(lo, hi + 1)),
+                                 qmin=lo, qmax=hi))
+    consts = {"w": w} if bias is None else {"w": w, "b": bias}
+    y = run(build(l3.QConvTranspose, {"x": x}, consts, attrs, out_dtype), {"x": x})["y"]
+    np.testing.assert_array_equal(y, naive_qconv_transpose(x, w, bias, attrs))
+
+
+def test_qconv_transpose_refuses_int32_overflow_and_malformed_attributes():
+    x = np.full((1, 64, 3, 3), 32767, np.int16)  # the centre output: 9 taps x 64 channels x 32767 x 127
+    w = np.full((64, 1, 3, 3), 127, np.int8)
+    attrs = dict(kernel_shape=[3, 3], x_zero_point=0, w_zero_point=[0],
+                 **requant_attrs([1e-6], y_zp=0, qmin=-32768, qmax=32767, acc_bound=2**40))
+    with pytest.raises(AccumulatorOverflowError, match=r"QConvTranspose node 'big'.*int32 accumulator of output 'y'"):
+        run(build(l3.QConvTranspose, {"x": x}, {"w": w}, attrs, DType.INT16, name="big"), {"x": x})
+    with pytest.raises(InterpreterError, match=r"QConvTranspose node 'pad'.*auto_pad / output_shape are not L3"):
+        run(build(l3.QConvTranspose, {"x": x}, {"w": w}, {**attrs, "auto_pad": "SAME_UPPER"}, DType.INT16,
+                  name="pad"), {"x": x})
+    with pytest.raises(InterpreterError, match=r"QConvTranspose node 'crop'.*the output \[-1, -1\].*is empty"):
+        run(build(l3.QConvTranspose, {"x": x}, {"w": w}, {**attrs, "pads": [3, 3, 3, 3]}, DType.INT16,
+                  name="crop"), {"x": x})
+
+
 # -- pooling --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("include_pad,ceil_mode", [(0, 0), (1, 0), (0, 1), (1, 1)])
 def test_qaverage_pool_matches_loops(include_pad, ceil_mode):

@@ -138,6 +138,94 @@ def test_qconv_depthwise_uint8():
     _same_as_reference(_one_node(l3.QConv, {"x": x}, {"w": w}, attrs), {"x": x})
 
 
+# (x shape, x dtype, w shape, attrs): what the reference's scatter form and TVM's phase conv
+# must agree on: strides with gaps, pads that crop, output_padding past the last tap (bias
+# only), groups, dilations, weight zero points, 1-D / 3-D, int16 activations, 4-bit weights
+CONV_TRANSPOSE_CASES = {
+    "db_head_u8": ((1, 8, 5, 7), "uint8", (8, 4, 2, 2), dict(strides=[2, 2])),
+    "grouped_i8": ((2, 6, 4, 3), "int8", (6, 2, 3, 3), dict(group=3, strides=[2, 3], pads=[1, 0, 2, 1],
+                                                             dilations=[1, 2], output_padding=[1, 2])),
+    "depthwise_s2": ((1, 5, 6, 6), "uint8", (5, 1, 4, 4), dict(group=5, strides=[2, 2], pads=[1, 1, 1, 1])),
+    "gaps_u8": ((1, 3, 4, 4), "uint8", (3, 2, 1, 2), dict(strides=[3, 2], output_padding=[2, 1])),
+    "stride1_dilated": ((1, 4, 5, 6), "int8", (4, 3, 3, 2), dict(dilations=[2, 3], pads=[2, 1, 0, 3])),
+    "int16_4bit": ((1, 4, 6, 5), "int16", (4, 3, 3, 3), dict(strides=[2, 2], pads=[1, 1, 1, 1],
+                                                             output_padding=[1, 1])),
+    "1d": ((2, 3, 7), "uint8", (3, 2, 3), dict(strides=[3], pads=[1, 2], dilations=[2], output_padding=[2])),
+    "3d": ((1, 2, 3, 2, 3), "int8", (2, 2, 2, 2, 2), dict(strides=[2, 1, 2], pads=[0, 1, 0, 0, 0, 1],
+                                                          output_padding=[1, 0, 0])),
+}
+
+
+@pytest.mark.parametrize("name", list(CONV_TRANSPOSE_CASES))
+def test_qconv_transpose_bit_exact(name):
+    xshape, xdt, wshape, geo = CONV_TRANSPOSE_CASES[name]
+    rng = np.random.default_rng(sum(map(ord, name)))
+    info = np.iinfo(xdt)
+    lo, hi = (-2000, 2000) if xdt == "int16" else (int(info.min), int(info.max))
+    x = rng.integers(lo, hi + 1, xshape).astype(xdt)
+    w = rng.integers(-8, 8, wshape) if xdt == "int16" else rng.integers(-128, 128, wshape)
+    m = wshape[1] * geo.get("group", 1)
+    channels = 1 if name == "gaps_u8" else m  # per tensor / per output channel
+    attrs = {**geo, "kernel_shape": list(wshape[2:]), "x_zero_point": int(rng.integers(lo, hi + 1) // 4),
+             "w_zero_point": [0] if name == "db_head_u8" else [int(v) for v in rng.integers(-2, 3, channels)],
+             "multiplier": [int(v) for v in rng.integers(1 << 30, 1 << 31, channels)],
+             "shift": [int(v) for v in rng.integers(36 if xdt == "int16" else 40, 44, channels)],
+             "y_zero_point": (lo + hi) // 2, "y_qmin": lo, "y_qmax": hi}
+    consts = {"w": w.astype(np.int8)}
+    if name != "gaps_u8":
+        consts["b"] = rng.integers(-20000, 20000, m).astype(np.int32)
+    model = _one_node(l3.QConvTranspose, {"x": x}, consts, attrs, from_numpy(np.dtype(xdt)))
+    _same_as_reference(model, {"x": x})
+    if name == "db_head_u8":  # the plain Relax conv too (the x86 kernels take this one)
+        got = qtvm.build(model, kernels="default").run({"x": x})
+        assert np.array_equal(got["y"], Interpreter(model).run({"x": x})["y"])
+
+
+def test_db_head_quantized_by_qgraph_is_integer_and_bit_exact():
+    """A DB-style detector head (PP-OCR: Conv -> BN -> Relu -> ConvTranspose(k 2, s 2) -> BN ->
+    Relu -> ConvTranspose -> Sigmoid) through qgraph.quantize: both ConvTransposes integer
+    (QConvTranspose, BN folded, Relu clamped), and every value of the compiled program equal to
+    the reference (the float ConvTranspose of TVM and numpy differed in the last bits, and the
+    Quantize after it flipped: up to 102 LSB on a PP-OCRv6-class detector)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from qgraph.api import quantize
+
+    rng = np.random.default_rng(21)
+
+    def bn(name, c):
+        return [numpy_helper.from_array(a.astype(np.float32), f"{name}_{k}") for k, a in
+                (("s", rng.uniform(0.5, 1.5, c)), ("b", rng.normal(0, 0.1, c)), ("m", rng.normal(0, 0.1, c)),
+                 ("v", rng.uniform(0.5, 1.5, c)))]
+
+    inits = [numpy_helper.from_array(rng.normal(0, 0.2, s).astype(np.float32), n) for n, s in
+             (("w0", (8, 4, 3, 3)), ("w1", (8, 8, 2, 2)), ("w2", (8, 1, 2, 2)))]
+    inits += bn("bn0", 8) + bn("bn1", 8)
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c0"] + [f"bn0_{k}" for k in "sbmv"], ["b0"]),
+             helper.make_node("Relu", ["b0"], ["r0"]),
+             helper.make_node("ConvTranspose", ["r0", "w1"], ["t1"], strides=[2, 2], name="up1"),
+             helper.make_node("BatchNormalization", ["t1"] + [f"bn1_{k}" for k in "sbmv"], ["b1"]),
+             helper.make_node("Relu", ["b1"], ["r1"]),
+             helper.make_node("ConvTranspose", ["r1", "w2"], ["t2"], strides=[2, 2], name="up2"),
+             helper.make_node("Sigmoid", ["t2"], ["y"])]
+    graph = helper.make_graph(nodes, "db_head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    calib = [{"x": rng.normal(0, 1, (1, 4, 6, 5)).astype(np.float32)} for _ in range(4)]
+    q = quantize(model, calib, report=False, show_progress=False)
+    kinds = [n.op for n in q.integer.graph]
+    assert kinds.count(l3.QConvTranspose) == 2 and ops.ConvTranspose not in kinds and ops.Relu not in kinds
+    assert l3.after_float_ops(q.integer.graph) == set()
+    names = [o.name for node in q.integer.graph for o in node.outputs if o is not None]
+    compiled = qtvm.build(q.integer, outputs=names)
+    for feeds in [{"x": rng.normal(0, 1.5, (1, 4, 6, 5)).astype(np.float32)} for _ in range(2)]:
+        got = compiled.run(feeds)
+        ref = Interpreter(q.integer).run(feeds, outputs=list(got))
+        for n in names:
+            assert got[n].dtype == ref[n].dtype and np.array_equal(got[n], ref[n]), n
+
+
 @pytest.mark.parametrize("ceil_mode,include_pad", [(0, 0), (1, 0), (1, 1), (0, 1)])
 def test_qaverage_pool_divisors(ceil_mode, include_pad):
     x = RNG.integers(0, 256, (2, 3, 10, 9), dtype=np.uint8)

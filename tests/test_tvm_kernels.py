@@ -295,6 +295,29 @@ def test_selection_falls_back_where_the_kernels_do_not_apply():
     assert _kernels(c16) == set()
 
 
+@pytest.mark.parametrize("xshape, wshape, attrs, expect", [
+    # PP-OCR's DB head (k = 2, s = 2): one 1x1 conv with 4 x M channels (u8 x s8 where its pairs
+    # are proven, else the int16 form: either is a direct conv)
+    ((1, 24, 9, 11), (24, 6, 2, 2), {"strides": [2, 2]}, "qdirect_conv"),
+    # depthwise, stride 1: one phase, a depthwise conv of the flipped kernel
+    ((1, 6, 7, 9), (6, 1, 3, 3), {"group": 6, "pads": [1, 1, 1, 1]}, "qdw_pconv"),
+])
+def test_conv_transpose_runs_on_the_conv_kernels(xshape, wshape, attrs, expect):
+    """QConvTranspose lowers to one QConv over its stride phases, which these kernels take."""
+    rng = np.random.default_rng(13)
+    x = rng.integers(0, 256, xshape).astype(np.uint8)
+    w = rng.integers(-127, 128, wshape).astype(np.int8)
+    m = wshape[1] * attrs.get("group", 1)
+    attrs = {**attrs, "kernel_shape": list(wshape[2:]), "x_zero_point": 7, "w_zero_point": [0],
+             **_requant(rng, m, "uint8")}
+    model = _one_node(l3.QConvTranspose, {"x": x}, {"w": w, "b": rng.integers(-9000, 9000, m).astype(np.int32)},
+                      attrs, DType.UINT8)
+    names = _kernels(model)
+    assert any(n.startswith(expect) for n in names), names
+    got = qtvm.build(model).run({"x": x})
+    assert np.array_equal(got["y"], Interpreter(model).run({"x": x})["y"])
+
+
 def test_kernels_default_and_non_x86_targets_keep_the_default_lowering():
     rng = np.random.default_rng(11)
     x = rng.integers(0, 256, (1, 4, 5, 5)).astype(np.uint8)

@@ -41,6 +41,20 @@ The ops (inputs in parentheses; ``x_pad`` pads with ``x_zero_point``, so padding
     which must fit int32 (kernels accumulate in int32; the reference raises otherwise);
     ``y = clip(y_zp + rq(acc, multiplier[m], shift[m]), y_qmin, y_qmax)``.
 
+``QConvTranspose(x, w, [bias]) -> y``
+    ONNX ConvTranspose on integers. ``w`` an integer constant ``[C, M/group, k...]`` (ONNX's
+    layout; int8, int4-valued int8, or as QConv's), ``bias`` an int32 constant ``[M]``. attrs:
+    ``strides``, ``pads`` (explicit: ``auto_pad`` and ``output_shape`` are resolved into them by
+    ``lower-qdq``), ``dilations``, ``output_padding``, ``group``, ``kernel_shape``;
+    ``x_zero_point`` (int); ``w_zero_point`` (ints, 1 or M: per *output* channel ``o``); requant
+    attrs (1 or M). Output size per spatial dim ``(in - 1) * s + output_padding + (k - 1) * d + 1
+    - pad_begin - pad_end`` (``l3_geometry.transposed``). With ``o = g * M/group + m``:
+    ``acc[n, o, p] = sum over (i, t) with i * s + t * d - pad_begin == p, c in group g of
+    (x[n, c, i] - x_zp) * (w[c, m, t] - w_zp[o]) + bias[o]`` (a position no tap reaches holds
+    the bias), which must fit int32; then requantized as QConv. The taps that reach one output
+    position are those of one stride *phase* (``l3_geometry.transposed_phases``): the int32
+    bound of ``lower-qdq`` is taken per phase.
+
 ``QMatMul(a, b, [bias]) -> y``
     numpy ``matmul`` semantics (batch dims broadcast). attrs ``a_zero_point`` (int),
     ``b_zero_point`` (ints, 1 or N: per column of a constant ``b [K, N]``); requant attrs
@@ -97,6 +111,7 @@ from qgraph.ir.ops import QGRAPH_DOMAIN, OpId, op
 Quantize = op("Quantize", QGRAPH_DOMAIN)
 Dequantize = op("Dequantize", QGRAPH_DOMAIN)
 QConv = op("QConv", QGRAPH_DOMAIN)
+QConvTranspose = op("QConvTranspose", QGRAPH_DOMAIN)
 QMatMul = op("QMatMul", QGRAPH_DOMAIN)
 QAdd = op("QAdd", QGRAPH_DOMAIN)
 QMul = op("QMul", QGRAPH_DOMAIN)
@@ -107,7 +122,8 @@ Lookup = op("Lookup", QGRAPH_DOMAIN)
 
 #: The integer ops of the qgraph domain (see the module doc for their semantics).
 INTEGER_OPS: frozenset[OpId] = frozenset({
-    Quantize, Dequantize, QConv, QMatMul, QAdd, QMul, QAveragePool, QGlobalAveragePool, Requantize, Lookup,
+    Quantize, Dequantize, QConv, QConvTranspose, QMatMul, QAdd, QMul, QAveragePool, QGlobalAveragePool, Requantize,
+    Lookup,
 })
 
 #: Attributes every requantizing op carries.

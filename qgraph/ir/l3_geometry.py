@@ -4,11 +4,16 @@ the (padded) input, from ONNX Conv / pool attributes.
 Part of the L3 contract (``qgraph.ir.l3``): ``QConv`` and ``QAveragePool`` take ONNX Conv's /
 AveragePool's window attributes, and ``MaxPool`` is an L3 op with its ONNX meaning, so the
 reference interpreter and the TVM lowering read the geometry from here, one rule for both.
+``QConvTranspose``'s output size is ``transposed``; which of its taps reach which output
+positions (its stride phases) is ``Phases`` / ``phase_weights``, read by the TVM lowering
+(which runs it as one conv over the phases) and by the int32 bounds of ``lower-qdq`` and the
+overflow analysis (the reference scatters tap by tap instead, so it checks the phases).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -95,3 +100,130 @@ def windows(node, spatial: Sequence[int], kernel: Sequence[int], *, ceil_mode: b
         out.append(n)
         extra.append(max(0, (n - 1) * strides[i] + eff[i] - (spatial[i] + begin[i] + end[i])))
     return Windows(tuple(out), tuple(int(k) for k in kernel), strides, dilations, begin, end, tuple(extra))
+
+
+# -- transposed convolution (QConvTranspose) ------------------------------------------------------
+@dataclass(frozen=True)
+class Transposed:
+    """Where a transposed convolution's taps land over the spatial dims.
+
+    Input position ``i`` and tap ``t`` write output position ``i * s + t * d - pads_begin``;
+    ``full`` is the length they span before the pads crop it (``(i - 1) * s + (k - 1) * d + 1``),
+    ``out`` the output length (``full + output_padding - pads_begin - pads_end``).
+    """
+
+    inp: tuple[int, ...]
+    out: tuple[int, ...]
+    kernel: tuple[int, ...]
+    strides: tuple[int, ...]
+    dilations: tuple[int, ...]
+    pads_begin: tuple[int, ...]
+    pads_end: tuple[int, ...]
+    output_padding: tuple[int, ...]
+
+    @property
+    def full(self) -> tuple[int, ...]:
+        return tuple((i - 1) * s + (k - 1) * d + 1
+                     for i, s, k, d in zip(self.inp, self.strides, self.kernel, self.dilations))
+
+    def phases(self) -> list["Phases"]:
+        """The stride phases of each spatial dim (``transposed_phases``)."""
+        return [transposed_phases(k, s, d) for k, s, d in zip(self.kernel, self.strides, self.dilations)]
+
+
+@dataclass(frozen=True)
+class Phases:
+    """The taps of one spatial dim of a transposed convolution, by the output positions they reach.
+
+    Tap ``t`` adds input ``i`` to uncropped output ``u = i * s + t * d``: writing
+    ``u = q * s + r``, tap ``t`` reaches only the phase ``r = phase[t] = (t * d) % s``, and there
+    reads input ``q - offset[t]`` (``offset[t] = (t * d) // s``). So each phase is an ordinary
+    stride-1 correlation of the input, and all phases together one conv with ``s`` times the
+    output channels: kernel length ``span``, dilation ``dilation`` (the gcd of the offsets),
+    input padded by ``reach = max(offset)`` at the start, tap ``t`` at kernel position
+    ``(reach - offset[t]) // dilation``.
+    """
+
+    stride: int
+    phase: tuple[int, ...]
+    offset: tuple[int, ...]
+
+    @property
+    def reach(self) -> int:
+        return max(self.offset, default=0)
+
+    @property
+    def dilation(self) -> int:
+        return math.gcd(*self.offset) or 1
+
+    @property
+    def span(self) -> int:
+        return self.reach // self.dilation + 1
+
+    def position(self, t: int) -> int:
+        """Tap ``t``'s kernel position in the phase conv."""
+        return (self.reach - self.offset[t]) // self.dilation
+
+
+def transposed_phases(kernel: int, stride: int, dilation: int) -> Phases:
+    """``Phases`` of one spatial dim: the phase and input offset of each of ``kernel`` taps."""
+    return Phases(int(stride), tuple((t * dilation) % stride for t in range(kernel)),
+                  tuple((t * dilation) // stride for t in range(kernel)))
+
+
+def transposed(node, spatial: Sequence[int], kernel: Sequence[int]) -> Transposed:
+    """Geometry of a ``QConvTranspose`` from its explicit ``strides``, ``pads``, ``dilations``,
+    ``output_padding`` over the ``spatial`` input dims.
+
+    Raises:
+        ContractError: an attribute does not match the spatial rank or is negative (strides
+            and dilations must be >= 1), ``auto_pad`` / ``output_shape`` is set (L3 takes the
+            pads they resolve to), or the output would be empty (the message names the node).
+    """
+    nd = len(spatial)
+    strides = tuple(_ints(node, "strides", [1] * nd))
+    dilations = tuple(_ints(node, "dilations", [1] * nd))
+    pads = _ints(node, "pads", [0] * (2 * nd))
+    extra = tuple(_ints(node, "output_padding", [0] * nd))
+    if len(strides) != nd or len(dilations) != nd or len(pads) != 2 * nd or len(extra) != nd or len(kernel) != nd:
+        raise ContractError(f"{node.describe()}: strides / dilations / pads / output_padding / kernel_shape do not "
+                            f"match {nd} spatial dims")
+    auto_pad = node.attr("auto_pad", "NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if auto_pad not in ("NOTSET", "") or node.attr("output_shape") is not None:
+        raise ContractError(f"{node.describe()}: auto_pad / output_shape are not L3 attributes; give the pads "
+                            "they resolve to")
+    if min(strides + dilations, default=1) < 1 or min(pads + list(extra) + list(kernel), default=0) < 0:
+        raise ContractError(f"{node.describe()}: strides / dilations must be >= 1 and pads / output_padding / "
+                            "kernel_shape >= 0")
+    begin, end = tuple(pads[:nd]), tuple(pads[nd:])
+    out = tuple((i - 1) * s + x + (k - 1) * d + 1 - b - e
+                for i, s, x, k, d, b, e in zip(spatial, strides, extra, kernel, dilations, begin, end))
+    if any(o < 1 for o in out) or any(i < 1 or k < 1 for i, k in zip(spatial, kernel)):
+        raise ContractError(f"{node.describe()}: the output {list(out)} of input {list(spatial)} and kernel "
+                            f"{list(kernel)} is empty")
+    return Transposed(tuple(int(i) for i in spatial), out, tuple(int(k) for k in kernel), strides, dilations, begin,
+                      end, extra)
+
+
+def phase_weights(w: np.ndarray, group: int, phases: Sequence[Phases]) -> np.ndarray:
+    """A ``[C, M/group, k...]`` transposed-conv weight (zero-point-shifted) as the weight of the
+    equivalent conv (``Phases``): ``[group * P * M/group, C/group, span...]``, ``P`` the product
+    of the strides, output channel ``(g * P + p) * M/group + m`` for group ``g``, phase ``p``
+    (row-major over the spatial dims) and channel ``m``; positions no tap reaches hold 0.
+
+    The row of one output channel and phase holds the weights that can reach an output position
+    of that phase (one at the border reads fewer: the zero point for the rest), so
+    ``accumulator_bounds`` over these rows bounds the int32 accumulator."""
+    c, mg = w.shape[:2]
+    cg = c // group
+    strides = [ph.stride for ph in phases]
+    p_count = math.prod(strides)
+    out = np.zeros((group, p_count, mg, cg) + tuple(ph.span for ph in phases), w.dtype)
+    src = w.reshape((group, cg, mg) + w.shape[2:])
+    for taps in itertools.product(*(range(k) for k in w.shape[2:])):
+        p = int(np.ravel_multi_index([ph.phase[t] for ph, t in zip(phases, taps)], strides)) if strides else 0
+        pos = tuple(ph.position(t) for ph, t in zip(phases, taps))
+        out[(slice(None), p, slice(None), slice(None)) + pos] = src[(slice(None), slice(None), slice(None)) + taps] \
+            .transpose(0, 2, 1)
+    return out.reshape((group * p_count * mg, cg) + out.shape[4:])

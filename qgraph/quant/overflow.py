@@ -6,10 +6,11 @@ graph half, which finds the weighted nodes, reads their weights and activation r
 reports per node (``analyze_node``, ``overflow_report``, ``OverflowAnalysis``), is
 ``qgraph.analysis.overflow``: the numerics import neither the IR nor the pass manager.
 
-For every Conv / Gemm / MatMul whose weight is constant (float, or already quantized behind a
-DequantizeLinear), the analysis quantizes the weights as the scheme says (``choose_params``,
-ORT's conventions), maps the activation's interval to its integer range ``[q_lo, q_hi]`` and
-bounds, per output channel:
+For every Conv / ConvTranspose / Gemm / MatMul whose weight is constant (float, or already
+quantized behind a DequantizeLinear), the analysis quantizes the weights as the scheme says
+(``choose_params``, ORT's conventions), maps the activation's interval to its integer range
+``[q_lo, q_hi]`` and bounds, per output channel (a ConvTranspose: per output channel and
+stride phase, the weights that reach one output position):
 
 - the int32 accumulator ``sum_k (x_k - zp_x) * (w_k - zp_w) + bias`` (the exact integer
   result), and the zero-point-free sum ``sum_k x_k * w_k`` a u8 x s8 kernel accumulates
@@ -37,6 +38,11 @@ The kernel model (ONNX Runtime 1.32's MLAS on AVX2 without VNNI, confirmed by ex
 - Depthwise Conv (one input and one output channel per group) uses a kernel that widens to
   int32 (``vpmovzxbd`` / ``vpmaddwd``): no pair sums, exact whenever int32 is.
 - Padding reads the activation zero point, so a padded Conv's range includes it.
+- ConvTranspose has no integer kernel: ORT's CPU EP runs ``DequantizeLinear -> float
+  ConvTranspose -> QuantizeLinear`` (checked: its output equals the QDQ simulation), so its
+  kernel is "float" and nothing saturates. Its accumulator bounds are those of qgraph's
+  ``QConvTranspose``, always including the zero point (positions between inputs read it), and
+  its pair sums those of the phase conv qgraph runs it as, in ``k_order``.
 
 ``k_order="cin-major"`` models the NCHW im2col order instead (``k = (c * KH + kh) * KW + kw``),
 which a channels-first kernel (e.g. one qgraph lowers itself) would pack.
@@ -114,7 +120,7 @@ class NodeOverflow:
     saturating_pairs: int = 0
     saturating_channels: tuple[int, ...] = ()
     avx2_u8s8_pairs: bool = False
-    kernel: str = ""  # the form ORT's CPU EP runs here on AVX2: "u8s8-pairs", "depthwise-int32", "n/a"
+    kernel: str = ""  # the form ORT's CPU EP runs here on AVX2: "u8s8-pairs", "depthwise-int32", "float", "n/a"
     ort_avx2_exact: bool = False
 
     def as_dict(self) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import numpy as np
 from qgraph.errors import QGraphError
 from qgraph.ir import l3, l3_geometry
 from qgraph.ir.core import Node
-from qgraph.ir.l3_geometry import Windows
+from qgraph.ir.l3_geometry import Transposed, Windows
 from qgraph.quant.fixedpoint import requantize_to
 
 
@@ -131,5 +131,14 @@ def windows(node: Node, spatial: Sequence[int], kernel: Sequence[int], *, ceil_m
     rule); raises ``InterpreterError`` where the attributes do not fit the input."""
     try:
         return l3_geometry.windows(node, spatial, kernel, ceil_mode=ceil_mode)
+    except l3.ContractError as e:
+        raise InterpreterError(str(e)) from e
+
+
+def transposed(node: Node, spatial: Sequence[int], kernel: Sequence[int]) -> Transposed:
+    """Geometry of a transposed conv (``qgraph.ir.l3_geometry.transposed``, the contract's rule);
+    raises ``InterpreterError`` where the attributes do not fit the input."""
+    try:
+        return l3_geometry.transposed(node, spatial, kernel)
     except l3.ContractError as e:
         raise InterpreterError(str(e)) from e

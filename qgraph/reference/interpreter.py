@@ -31,6 +31,7 @@ KERNELS: Mapping[OpId, Kernel] = MappingProxyType({
     l3.Quantize: pointwise.quantize_op,
     l3.Dequantize: pointwise.dequantize_op,
     l3.QConv: linear.qconv,
+    l3.QConvTranspose: linear.qconv_transpose,
     l3.QMatMul: linear.qmatmul,
     l3.QAdd: pointwise.qadd,
     l3.QMul: pointwise.qmul,

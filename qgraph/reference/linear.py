@@ -12,13 +12,14 @@ requantized with ``qgraph.quant.fixedpoint``.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
 
 from qgraph.ir.core import Node
 from qgraph.reference.common import (
-    AccumulatorOverflowError, InterpreterError, Requant, as_int64, ints, one_int, per_channel, windows,
+    AccumulatorOverflowError, InterpreterError, Requant, as_int64, ints, one_int, per_channel, transposed, windows,
 )
 
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
@@ -119,6 +120,55 @@ def qconv(node: Node, args: list, memo: dict) -> list[np.ndarray]:
         cols = cols.reshape(n, group, cg * ktot, p)
         acc = np.matmul(wt.reshape(group, mg, cg * ktot), cols).reshape((n, m) + win.out)
     acc = acc.astype(np.int64)
+    bias = _bias(node, args, m)
+    if bias is not None:
+        acc += bias.reshape((1, -1) + (1,) * len(kernel))
+    check_int32(node, acc)
+    return [rq.apply(node, acc, axis=1)]
+
+
+# -- QConvTranspose ------------------------------------------------------------------------------
+def qconv_transpose(node: Node, args: list, memo: dict) -> list[np.ndarray]:
+    """``QConvTranspose(x, w, [bias])`` (see ``qgraph.ir.l3``), as the contract writes it: every
+    input position times every tap, scattered to ``i * s + t * d`` and cropped by the pads (one
+    channel matmul per tap). The TVM lowering computes it another way (one conv over the stride
+    phases), so the two check each other."""
+    x, w = args[0], args[1]
+    if x is None or w is None:
+        raise InterpreterError(f"{node.describe()}: QConvTranspose needs x and w")
+    if x.ndim < 3 or w.ndim != x.ndim:
+        raise InterpreterError(f"{node.describe()}: x '{node.inputs[0].name}' {x.shape} and w "
+                               f"'{node.inputs[1].name}' {w.shape} must be [N, C, spatial...] and [C, M/group, k...]")
+    n, c = x.shape[:2]
+    group = int(node.attr("group", 1))
+    if group < 1 or w.shape[0] != c or c % group:
+        raise InterpreterError(f"{node.describe()}: x has {c} channels, w is {list(w.shape)}, group={group}: "
+                               "expected C == w.shape[0], divisible by group")
+    kernel = tuple(int(k) for k in ints(node, "kernel_shape", list(w.shape[2:])))
+    if kernel != tuple(w.shape[2:]):
+        raise InterpreterError(f"{node.describe()}: kernel_shape {list(kernel)} differs from w's {list(w.shape[2:])}")
+    mg = w.shape[1]
+    m, cg = mg * group, c // group
+    geo = transposed(node, x.shape[2:], kernel)
+    rq = Requant.of(node, m)
+    wzp = per_channel(node, "w_zero_point", ints(node, "w_zero_point"), m)
+    # w - w_zp as [group, k..., M/group, C/group]: one [M/group, C/group] matrix per group and tap
+    wd = (as_int64(node, w, node.inputs[1].name).reshape((group, cg, mg) + kernel)
+          - np.broadcast_to(wzp, (m,)).reshape((group, 1, mg) + (1,) * len(kernel)))
+    wd = np.moveaxis(wd, (1, 2), (-1, -2))
+    xs = as_int64(node, x, node.inputs[0].name) - one_int(node, "x_zero_point")
+    xmax = int(np.abs(xs).max()) if xs.size else 0
+    # every partial sum is bounded by |x|max times one output channel's sum of |w - w_zp|
+    dt = exact_dtype(xmax * int(np.abs(wd).sum(axis=tuple(range(1, wd.ndim - 2)) + (wd.ndim - 1,)).max(initial=0)))
+    xg = xs.astype(dt).reshape((n, group, cg, -1))
+    wt = wd.astype(dt)
+    lead = (slice(None), slice(None))
+    buf = np.zeros((n, m) + tuple(max(f, b + o) for f, b, o in zip(geo.full, geo.pads_begin, geo.out)), dt)
+    for taps in itertools.product(*(range(k) for k in kernel)):
+        part = np.matmul(wt[(slice(None),) + taps], xg).reshape((n, m) + geo.inp)
+        buf[lead + tuple(slice(t * d, t * d + (i - 1) * s + 1, s)
+                         for t, d, i, s in zip(taps, geo.dilations, geo.inp, geo.strides))] += part
+    acc = buf[lead + tuple(slice(b, b + o) for b, o in zip(geo.pads_begin, geo.out))].astype(np.int64)
     bias = _bias(node, args, m)
     if bias is not None:
         acc += bias.reshape((1, -1) + (1,) * len(kernel))

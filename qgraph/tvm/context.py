@@ -22,7 +22,7 @@ import numpy as np
 from qgraph.errors import QGraphError
 from qgraph.ir.core import Node
 from qgraph.ir import l3, l3_geometry
-from qgraph.ir.l3_geometry import Windows
+from qgraph.ir.l3_geometry import Transposed, Windows
 
 
 class LoweringError(QGraphError):
@@ -190,6 +190,33 @@ class LowerContext:
             return l3_geometry.windows(self.node, spatial, kernel, ceil_mode=ceil_mode)
         except l3.ContractError as e:
             raise self.error(str(e).split(": ", 1)[-1]) from e
+
+
+    def transposed(self, spatial: Sequence[int], kernel: Sequence[int]) -> Transposed:
+        """Geometry of a transposed conv over ``spatial`` (the L3 contract's rule:
+        ``qgraph.ir.l3_geometry.transposed``)."""
+        try:
+            return l3_geometry.transposed(self.node, spatial, kernel)
+        except l3.ContractError as e:
+            raise self.error(str(e).split(": ", 1)[-1]) from e
+
+    def lower_as(self, node: Node, consts: Mapping[str, np.ndarray], fn: "Lowering") -> list:
+        """The outputs of lowering ``node``, a stand-in that no graph holds (e.g. the QConv one
+        QConvTranspose becomes), with ``fn``: its inputs are read by name from the values lowered
+        so far plus ``consts``; the current node and the values are restored afterwards, so an
+        error inside names the stand-in (give it the real node's name)."""
+        taken = [k for k in consts if k in self.env]
+        if taken:
+            raise self.error(f"stand-in constant '{taken[0]}' would hide a value of the graph")
+        real = self.node
+        self.env.update(consts)
+        self.node = node
+        try:
+            return list(fn(self))
+        finally:
+            self.node = real
+            for k in consts:
+                del self.env[k]
 
 
 #: ``fn(ctx) -> outputs``.

@@ -33,6 +33,7 @@ LOWERINGS: Mapping[OpId, Lowering] = MappingProxyType({
     l3.Quantize: relax_integer.quantize,
     l3.Dequantize: relax_integer.dequantize,
     l3.QConv: relax_integer.qconv,
+    l3.QConvTranspose: relax_integer.qconv_transpose,
     l3.QMatMul: relax_integer.qmatmul,
     l3.QAdd: relax_integer.qadd,
     l3.QMul: relax_integer.qmul,

@@ -15,6 +15,10 @@ import math
 
 import numpy as np
 
+from qgraph.ir import l3
+from qgraph.ir.core import Node, Value
+from qgraph.ir.l3_geometry import phase_weights
+from qgraph.ir.types import TensorType
 from qgraph.quant.fixedpoint import rounding_half
 from qgraph.tvm.context import LowerContext, target_kernel
 
@@ -248,6 +252,87 @@ def qconv(ctx: LowerContext):
     acc = _add_bias(ctx, acc, m, 1)
     mult, shift, zp, qmin, qmax = _requant_attrs(ctx, m)
     return [requantize(ctx, acc, mult, shift, zp, qmin, qmax, axis=1)]
+
+
+def qconv_transpose(ctx: LowerContext):
+    """``QConvTranspose(x, w, [bias])`` as one QConv over its stride phases, then a pixel shuffle.
+
+    Tap ``t`` of a spatial dim with stride ``s`` adds into the outputs ``u = q * s + r`` of one
+    phase ``r = (t * d) % s`` only, reading input ``q - (t * d) // s`` there
+    (``qgraph.ir.l3_geometry.Phases``). So every phase is a stride-1 conv of ``x`` itself, and
+    all of them one QConv with ``prod(strides) * M`` output channels (``phase_weights``), which
+    the target's conv kernels take like any other (``qconv``: the x86 package's AVX2 kernels
+    where they apply) and which requantizes per channel there (elementwise, so before the
+    shuffle). A reshape and a transpose interleave the phases, a slice crops the pads. Against
+    a conv of the zero-inserted input this does ``prod(strides)`` times fewer multiply-adds and
+    builds no zero-inserted tensor; the DB head of PP-OCR (k = 2, s = 2) becomes one 1x1 conv
+    with 4M channels. Positions no tap reaches get the bias (their phase rows hold zeros).
+    """
+    from tvm import relax
+
+    x = _int_input(ctx, 0)
+    w = ctx.const_input(1, "weight")
+    xs = ctx.shape(x)
+    nd = len(xs) - 2
+    if _conv_op(nd) is None or w.ndim != len(xs) or w.dtype.kind not in "iu":
+        raise ctx.error(f"x {list(xs)} and w {list(w.shape)} must be [N, C, spatial...] / integer [C, M/group, k...] "
+                        "with 1 to 3 spatial dims")
+    group = int(ctx.attr("group", 1))
+    if group < 1 or w.shape[0] != xs[1] or xs[1] % group:
+        raise ctx.error(f"x has {xs[1]} channels, w is {list(w.shape)}, group={group}")
+    kernel = tuple(int(k) for k in _ints(ctx, "kernel_shape", list(w.shape[2:])))
+    if kernel != tuple(w.shape[2:]):
+        raise ctx.error(f"kernel_shape {list(kernel)} differs from w's {list(w.shape[2:])}")
+    geo = ctx.transposed(xs[2:], kernel)
+    phases = geo.phases()
+    mg, cg = w.shape[1], xs[1] // group
+    m, p_count = mg * group, math.prod(geo.strides)
+
+    def per_phase(a: np.ndarray) -> np.ndarray:  # M per-channel values -> the phase conv's channels
+        if a.size == 1:
+            return a
+        return np.broadcast_to(a.reshape(group, 1, mg), (group, p_count, mg)).reshape(-1)
+
+    w_zp = _per_channel(ctx, "w_zero_point", m)
+    wd = (w.astype(np.int64).reshape((group, cg, mg) + kernel)
+          - np.broadcast_to(w_zp, (m,)).reshape((group, 1, mg) + (1,) * nd)).reshape(w.shape)
+    wc = phase_weights(wd, group, phases)
+    wc = wc.astype(next(dt for dt in (np.int8, np.int16, np.int32)
+                        if not wc.size or np.iinfo(dt).min <= wc.min() and wc.max() <= np.iinfo(dt).max))
+    mult, shift, y_zp, qmin, qmax = _requant_attrs(ctx, m)
+    # phase rows q = 0 .. Q-1 cover the output through the end pad; the conv's end padding
+    # reaches them where the input is shorter
+    rows = [-(-(b + o) // s) for b, o, s in zip(geo.pads_begin, geo.out, geo.strides)]
+    pad_end = [max(0, r - i) for r, i in zip(rows, geo.inp)]
+    attrs = {"strides": [1] * nd, "pads": [ph.reach for ph in phases] + pad_end,
+             "dilations": [ph.dilation for ph in phases], "group": group, "kernel_shape": [ph.span for ph in phases],
+             "x_zero_point": _int(ctx, "x_zero_point"), "w_zero_point": [0],
+             "multiplier": [int(v) for v in per_phase(mult)], "shift": [int(v) for v in per_phase(shift)],
+             "y_zero_point": y_zp, "y_qmin": qmin, "y_qmax": qmax}
+    real = ctx.node
+    stem = f"{real.outputs[0].name}/phases"
+    consts = {f"{stem}/w": wc}
+    if ctx.has_input(2):
+        b = ctx.const_input(2, "bias").astype(np.int64).reshape(-1)
+        if b.size not in (1, m):
+            raise ctx.error(f"bias '{real.inputs[2].name}' has {b.size} values, expected {m}")
+        consts[f"{stem}/b"] = per_phase(np.broadcast_to(b, (m,)).copy()).astype(np.int32)
+    out = real.outputs[0]
+    standin = Node(l3.QConv, [Value(real.inputs[0].name)] + [Value(k) for k in consts],
+                   [Value(stem, TensorType(out.dtype, None) if out.dtype is not None else None)], attrs,
+                   name=real.name)
+    (z,) = ctx.lower_as(standin, consts, qconv)
+    span = [r + e for r, e in zip(geo.inp, pad_end)]  # phase rows the conv computed
+    if p_count > 1:
+        z = ctx.emit(relax.op.reshape(z, [xs[0], group] + list(geo.strides) + [mg] + span))
+        axes = [0, 1, 2 + nd] + [i for k in range(nd) for i in (3 + nd + k, 2 + k)]
+        z = ctx.emit(relax.op.permute_dims(z, axes))
+        z = ctx.emit(relax.op.reshape(z, [xs[0], m] + [r * s for r, s in zip(span, geo.strides)]))
+    full = [r * s for r, s in zip(span, geo.strides)]
+    if any(b or b + o != f for b, o, f in zip(geo.pads_begin, geo.out, full)):
+        z = ctx.emit(relax.op.strided_slice(z, list(range(2, 2 + nd)), list(geo.pads_begin),
+                                            [b + o for b, o in zip(geo.pads_begin, geo.out)]))
+    return [z]
 
 
 def qmatmul(ctx: LowerContext):
