@@ -53,6 +53,11 @@ class Progress:
         if self._bar is not None:
             self._bar.update(n)
 
+    def show(self, **values) -> None:
+        """Show ``values`` (a training loss, a metric) beside the bar; nothing off a terminal."""
+        if self._bar is not None:
+            self._bar.set_postfix(values, refresh=False)
+
     @property
     def seconds(self) -> float:
         return time.perf_counter() - self.start
