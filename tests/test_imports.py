@@ -21,7 +21,7 @@ EDGES = imports.edges()
 
 #: The units the IR sits below: it may import none of them.
 ABOVE_IR = ("qgraph.rewrite", "qgraph.pm", "qgraph.passes", "qgraph.calib", "qgraph.verify", "qgraph.api",
-            "qgraph.tvm", "qgraph.reference", "qgraph.cli", "qgraph.testing", "qgraph")
+            "qgraph.tvm", "qgraph.reference", "qgraph.cli", "qgraph.testing", "qgraph.qat", "qgraph")
 
 
 def _imports(sources: str | tuple[str, ...], targets: str | tuple[str, ...]) -> list[imports.ImportEdge]:
@@ -56,6 +56,17 @@ def test_ir_imports_nothing_above_it():
 def test_quant_imports_neither_ir_nor_pm():
     found = _imports("qgraph.quant", ("qgraph.ir", "qgraph.pm"))
     _fail_if(found, "qgraph.quant (the numerics) imports the IR or the pass manager:")
+
+
+def test_qat_is_not_a_judge_and_nothing_needs_it():
+    """qgraph.qat (fake-quant training, PyTorch optional) reads the IR, the L2 contract and the
+    numerics like a backend: never the reference interpreter or TVM; and no package but the CLI
+    imports it, so qgraph without the ``qat`` extra imports cleanly."""
+    _fail_if(_imports("qgraph.qat", ("qgraph.reference", "qgraph.tvm")),
+             "qgraph.qat imports the reference or TVM (read the L2 contract, qgraph/ir/l2.py):")
+    below = ("qgraph.ir", "qgraph.quant", "qgraph.pm", "qgraph.passes", "qgraph.calib", "qgraph.verify",
+             "qgraph.tvm", "qgraph.reference", "qgraph.rewrite", "qgraph.api", "qgraph.precision")
+    _fail_if(_imports(below, "qgraph.qat"), "a package below qgraph.qat imports it (torch is an optional extra):")
 
 
 def _fail_on_cycles(graph, what: str) -> None:

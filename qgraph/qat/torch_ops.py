@@ -279,6 +279,21 @@ def _gelu(node, xs):
     return [F.gelu(xs[0], approximate=approx)]
 
 
+def _layer_norm(node, xs):
+    x = xs[0]
+    axis = int(node.attr("axis", -1))
+    axis = axis + x.dim() if axis < 0 else axis
+    dims = tuple(range(axis, x.dim()))
+    mean = x.mean(dim=dims, keepdim=True)
+    var = ((x - mean) ** 2).mean(dim=dims, keepdim=True)
+    y = (x - mean) / torch.sqrt(var + float(node.attr("epsilon", 1e-5)))
+    if len(xs) > 1 and xs[1] is not None:
+        y = y * xs[1]
+    if len(xs) > 2 and xs[2] is not None:
+        y = y + xs[2]
+    return [y]
+
+
 #: op identity -> PyTorch function (the module doc)
 TORCH_OPS: dict = {
     ops.op("Conv"): _conv,
@@ -303,6 +318,10 @@ TORCH_OPS: dict = {
     ops.op("Clip"): _clip,
     ops.op("HardSigmoid"): _hard_sigmoid,
     ops.op("HardSwish"): _hard_swish,
+    ops.QGraphHardSwish: _hard_swish,
+    ops.QGraphGelu: _gelu,
+    ops.op("LayerNormalization"): _layer_norm,
+    ops.QGraphLayerNormalization: _layer_norm,
     ops.op("Softmax"): _softmax,
     ops.op("Identity"): _unary(lambda x: x),
     ops.op("Dropout"): lambda node, xs: [xs[0]],

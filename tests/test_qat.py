@@ -1,0 +1,214 @@
+"""qgraph.qat: fake quantization == qgraph.quant bit for bit, the graph as a torch module ==
+ONNX Runtime (float) and the QDQ float simulation (quantized), training, write back, the
+digits result."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import qgraph  # noqa: E402
+from qgraph.ort import run_ort  # noqa: E402
+from qgraph.qat import QATModule, TrainConfig, train, write_back  # noqa: E402
+from qgraph.qat.fake_quant import fake_quantize_bias, fake_quantize_params  # noqa: E402
+from qgraph.qat.train import predict  # noqa: E402
+from qgraph.quant.params import INT_TYPES, QuantParams, choose_params, dequantize, quantize, quantize_bias  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GOLDEN = os.path.join(ROOT, "golden")
+TYPES = [t for n, t in INT_TYPES.items() if n != "int32"]
+
+
+def _golden(name: str) -> tuple[str, str]:
+    stem = "digits" if name == "digits_cnn" else name
+    return os.path.join(GOLDEN, "models", f"{name}.onnx"), os.path.join(GOLDEN, "data", f"{stem}_calib.npz")
+
+
+def _with_ties(rng, x: np.ndarray, scale: np.ndarray, axis, params) -> np.ndarray:
+    """``x`` with a third of its values put exactly on k.5 steps (ties) and some far outside the range."""
+    s, _ = params.broadcast(x.ndim)
+    k = rng.integers(params.dtype.qmin - 3, params.dtype.qmax + 3, x.shape).astype(np.float32)
+    ties = ((k + np.float32(0.5)) * s).astype(np.float32)
+    pick = rng.random(x.shape)
+    x = np.where(pick < 0.33, ties, x)
+    x = np.where(pick > 0.95, x * 1e3, x).astype(np.float32)
+    x.flat[:4] = [-1e6, 1e6, 3e38, -3e38]  # saturated at both ends, x / scale overflowing to inf
+    return x
+
+
+@pytest.mark.parametrize("dtype", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("axis", [None, 0, 1, 2, -1])
+def test_fake_quantize_equals_qgraph_quant_bit_for_bit(dtype, symmetric, axis):
+    """QuantizeLinear then DequantizeLinear in torch == qgraph.quant's numpy, every bit: every
+    integer type, per tensor and per channel on each axis, symmetric and asymmetric, at ties
+    (k + 0.5 steps, where a multiply-by-reciprocal fake quantize can differ) and saturated."""
+    rng = np.random.default_rng(hash((dtype.name, symmetric, axis)) % 2**32)
+    x = rng.normal(0, 1, (3, 4, 5)).astype(np.float32)
+    if axis is None:
+        params = choose_params(np.float32(-1.3), np.float32(0.9), dtype, symmetric=symmetric)
+    else:
+        c = x.shape[axis]
+        lo = -rng.uniform(0.1, 2, c).astype(np.float32)
+        hi = rng.uniform(0.1, 2, c).astype(np.float32)
+        params = choose_params(lo, hi, dtype, symmetric=symmetric, axis=axis % 3)
+    x = _with_ties(rng, x, params.scale, axis, params)
+    want = dequantize(quantize(x, params), params)
+    got = fake_quantize_params(torch.from_numpy(x), params).numpy()
+    assert got.dtype == want.dtype == np.float32
+    assert np.array_equal(got.view(np.int32), want.view(np.int32))
+    # the test data reached both ends of the range and ties
+    q = quantize(x, params).astype(np.int64)
+    assert (q == dtype.qmin).any() and (q == dtype.qmax).any()
+
+
+def test_fake_quantize_divides_where_torch_multiplies_by_the_reciprocal():
+    """A tie x = 2.5 * s that torch's own fake_quantize rounds the other way (it multiplies by
+    1/s): ours agrees with QuantizeLinear, which is the point of restating it."""
+    rng = np.random.default_rng(0)
+    s = rng.uniform(0.001, 0.1, 20000).astype(np.float32)
+    x = (np.float32(2.5) * s).astype(np.float32)
+    mismatch = []
+    for xi, si in zip(x, s):
+        p = QuantParams(si, 128, "uint8")
+        want = dequantize(quantize(xi, p), p)
+        torch_own = torch.fake_quantize_per_tensor_affine(torch.tensor(xi), float(si), 128, 0, 255).item()
+        if torch_own != want:
+            mismatch.append((xi, si))
+            got = fake_quantize_params(torch.tensor(xi), p).item()
+            assert got == want
+        if len(mismatch) > 3:
+            break
+    assert mismatch, "no tie found where torch's reciprocal form differs (the reason for our own forward)"
+
+
+def test_fake_quantize_bias_equals_quantize_bias():
+    rng = np.random.default_rng(1)
+    b = rng.normal(0, 3, 16).astype(np.float32)
+    a, w = np.float32(0.0123), rng.uniform(1e-4, 1e-2, 16).astype(np.float32)
+    q, bp = quantize_bias(b, a, w)
+    want = dequantize(q, bp)
+    got = fake_quantize_bias(torch.from_numpy(b), torch.tensor(a) * torch.from_numpy(w)).numpy()
+    assert np.array_equal(got, want)
+
+
+def test_lsq_gradients():
+    """Clipped straight-through for x; LSQ's step-size gradient for the scale."""
+    from qgraph.qat.fake_quant import fake_quantize
+
+    x = torch.tensor([0.26, 1.0, -5.0, 100.0], requires_grad=True)
+    s = torch.tensor(0.1, requires_grad=True)
+    zp = torch.tensor(0.0)
+    y = fake_quantize(x, s, zp, -8, 7, grad_scale=1.0)
+    y.sum().backward()
+    assert x.grad.tolist() == [1.0, 0.0, 0.0, 0.0]  # 1.0/0.1 = 10 > 7 saturates
+    # inside: round(2.6) - 2.6 = 0.4; saturated: qmax - zp = 7 (twice), qmin - zp = -8
+    assert s.grad.item() == pytest.approx(0.4 + 7 - 8 + 7, abs=1e-5)
+
+
+GOLDEN_MODELS = sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(GOLDEN, "models", "*.onnx")))
+
+
+@pytest.mark.parametrize("name", GOLDEN_MODELS)
+def test_module_equals_ort_float_and_the_qdq_simulation(name):
+    """Float graph: the module == ONNX Runtime within float op order (1e-5 relative: conv/gemm
+    sums in another order). QDQ graph: == ``backend="ort-sim"`` bit for bit on the golden models
+    (a different float summation order could flip a rounding by one step; none does here)."""
+    model, calib = _golden(name)
+    ptq = qgraph.quantize(model, calib, report=False)
+    feeds = dict(np.load(calib))
+    want = run_ort(ptq.float_model, feeds)
+    got = predict(QATModule(ptq.float_model), feeds)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-5 * np.abs(want[k]).max())
+    sim = ptq.run(feeds, backend="ort-sim")
+    got_q = predict(QATModule(ptq.qdq, ptq.float_model), feeds)
+    for k in sim:
+        assert np.array_equal(got_q[k], sim[k]), k
+
+
+def test_module_pp_ocr_cls_equals_ort():
+    """PP-OCRv4 cls (Shape / Slice / Reshape arithmetic, HardSigmoid, MatMul, Softmax): float == ORT."""
+    rapidocr = pytest.importorskip("rapidocr_onnxruntime")
+    path = os.path.join(os.path.dirname(rapidocr.__file__), "models", "ch_ppocr_mobile_v2.0_cls_infer.onnx")
+    from qgraph.api import _load
+    from qgraph.passes import registry
+    from qgraph.pm import PassManager, Pipeline
+
+    m = _load(path)
+    PassManager(Pipeline(registry().parse("canonicalize,fuse"))).run(m)
+    x = {"x": np.random.default_rng(0).uniform(-1, 1, (2, 3, 48, 192)).astype(np.float32)}
+    want = run_ort(m, x)
+    got = predict(QATModule(m), x)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-5)
+
+
+def _digits(fmt: str = "W4A8"):
+    from qgraph.precision.formats import W4A8
+    from qgraph.quant.config import QuantConfig
+
+    cfg = W4A8.config(QuantConfig()) if fmt == "W4A8" else QuantConfig()
+    return qgraph.quantize(*_golden("digits_cnn"), cfg, report=False)
+
+
+def _train_set(n: int = 200):
+    """The first ``n`` non-test digits (golden/generate.py's split) with labels."""
+    pytest.importorskip("sklearn")
+    from qgraph.testing import digits as D
+
+    x_tr, y_tr, _, _ = D.load_split()
+    return {"input": x_tr[:n]}, y_tr[:n]
+
+
+def test_training_is_deterministic_and_writes_back_what_it_trained():
+    """Same seed, same bits; the written-back QDQ model in ORT's float simulation == the module
+    bit for bit; the L3 reference within 1 LSB of the output (its fixed-point requantization
+    rounds x * M * 2^-s where the simulation rounds a float32 product); TVM == the reference."""
+    torch.set_num_threads(1)
+    ptq = _digits()
+    feeds, labels = _train_set(64)
+    states = []
+    for _ in range(2):
+        m = QATModule(ptq.qdq, ptq.float_model)
+        train(m, feeds, labels, config=TrainConfig(epochs=2, lr=1e-3, batch_size=16, seed=3))
+        states.append({k: v.clone() for k, v in m.state_dict().items()})
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert any(not torch.equal(p, torch.zeros_like(p)) for p in m.log_scales.values())  # scales moved
+    result = write_back(ptq, m, report=False)
+    test = dict(np.load(os.path.join(GOLDEN, "data", "digits_test.npz")))
+    x = {"input": test["input"][:64]}
+    mine = predict(m, x)["logits"]
+    assert np.array_equal(result.run(x, backend="ort-sim")["logits"], mine)
+    ref = result.run(x)["logits"]
+    from qgraph.ir.l2 import read_qdq
+
+    out_dq = result.qdq.graph.outputs[0].producer()
+    step = float(read_qdq(out_dq).scale)
+    assert np.abs(ref - mine).max() <= step * 1.0001
+    assert (ref == mine).mean() > 0.9
+    result.build("cpu", batch_size=1)
+    assert np.array_equal(result.run({"input": x["input"][:8]}, backend="tvm")["logits"], ref[:8])
+
+
+def test_digits_w4a8_qat_beats_ptq_within_half_a_point_of_float():
+    """The issue's bar on 500 held-out digits, 200 labelled training samples: W4A8 QAT within 0.5
+    points of float and above PTQ (distillation, T=4, 10 epochs: PTQ 98.2%, QAT 98.6%, float 98.4%)."""
+    torch.set_num_threads(1)
+    ptq = _digits("W4A8")
+    feeds, _ = _train_set(200)
+    test = dict(np.load(os.path.join(GOLDEN, "data", "digits_test.npz")))
+    x, y = {"input": test["input"]}, test["label"]
+    acc = lambda out: float((out["logits"].argmax(1) == y).mean())  # noqa: E731
+    float_acc = acc(run_ort(ptq.float_model, x))
+    ptq_acc = acc(ptq.run(x))
+    m = QATModule(ptq.qdq, ptq.float_model)
+    train(m, feeds, None, teacher=QATModule(ptq.float_model),
+          config=TrainConfig(epochs=10, lr=1e-3, batch_size=32, seed=0, temperature=4.0))
+    qat_acc = acc(write_back(ptq, m, report=False).run(x))
+    assert qat_acc > ptq_acc and qat_acc >= float_acc - 0.005, (float_acc, ptq_acc, qat_acc)
