@@ -212,3 +212,22 @@ def test_digits_w4a8_qat_beats_ptq_within_half_a_point_of_float():
           config=TrainConfig(epochs=10, lr=1e-3, batch_size=32, seed=0, temperature=4.0))
     qat_acc = acc(write_back(ptq, m, report=False).run(x))
     assert qat_acc > ptq_acc and qat_acc >= float_acc - 0.005, (float_acc, ptq_acc, qat_acc)
+
+
+def test_cli_qat_writes_the_compile_folder(tmp_path):
+    """``qgraph qat`` writes what ``qgraph compile`` writes (and qat.json), loadable by ``run``."""
+    from qgraph.cli.main import main
+
+    feeds, labels = _train_set(48)
+    train_npz = tmp_path / "train.npz"
+    np.savez(train_npz, input=feeds["input"], labels=labels)
+    model, calib = _golden("digits_cnn")
+    out = tmp_path / "out"
+    assert main(["qat", model, "--calib", calib, "--train", str(train_npz), "--epochs", "1", "--batch-size", "16",
+                 "--threads", "1", "-o", str(out)]) == 0
+    for f in ("model.qdq.onnx", "model.qgraph.onnx", "model.float.onnx", "report.json", "report.md", "config.json",
+              "qat.json"):
+        assert (out / f).exists(), f
+    y = tmp_path / "y.npz"
+    assert main(["run", str(out), "--inputs", os.path.join(GOLDEN, "data", "digits_test.npz"), "-o", str(y)]) == 0
+    assert np.load(y)["logits"].shape == (500, 10)

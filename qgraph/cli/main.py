@@ -212,8 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_opt)
 
     from qgraph.cli.compile_cmd import add_parsers
+    from qgraph.cli.qat_cmd import add_parsers as add_qat_parser
 
     add_parsers(sub)
+    add_qat_parser(sub)
     return ap
 
 
