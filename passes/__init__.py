@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from qgraph.passes import (
     calibrate, canonicalize, cleanup, fuse_activation, fuse_hardswish, fuse_linear, fuse_transformer, insert_qdq,
-    lower_qdq, opset, ranges,
+    lower_qdq, opset, qat_export, ranges,
 )
 from qgraph.passes.cleanup import DeadCodeElimination, EliminateIdentity
 from qgraph.pm.registry import PassRegistry
 
 _MODULES = (cleanup, canonicalize, opset, fuse_linear, fuse_activation, fuse_hardswish, fuse_transformer, ranges,
-            calibrate, insert_qdq, lower_qdq)
+            calibrate, qat_export, insert_qdq, lower_qdq)
 
 BUILTIN_PASSES = tuple(p for m in _MODULES for p in m.PASSES)
 
@@ -40,7 +40,7 @@ ALIASES["fuse"] = (
 QUANTIZE_STAGES = (
     ("float", "canonicalize,fuse"),
     ("float", "calibrate"),
-    ("qdq", "insert-qdq"),
+    ("qdq", "fold-qat-export,insert-qdq"),
     ("integer", "lower-qdq"),
 )
 ALIASES["quantize"] = (

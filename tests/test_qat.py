@@ -231,3 +231,88 @@ def test_cli_qat_writes_the_compile_folder(tmp_path):
     y = tmp_path / "y.npz"
     assert main(["run", str(out), "--inputs", os.path.join(GOLDEN, "data", "digits_test.npz"), "-o", str(y)]) == 0
     assert np.load(y)["logits"].shape == (500, 10)
+
+
+class _TorchFakeQuantDigits(torch.nn.Module):
+    """The digits CNN as a PyTorch user writes fake-quant QAT: torch's own fake_quantize ops
+    (multiply by the reciprocal), float biases, uint8 activations, per-channel int8 weights."""
+
+    def __init__(self, float_model, calib: np.ndarray):
+        super().__init__()
+        consts = {n.name: [v.constant().numpy() if v is not None and v.constant() is not None else None
+                           for v in n.inputs] for n in float_model.graph}
+        names = ("conv1", "conv2", "conv3", "fc")
+        self.w = torch.nn.ParameterList([torch.nn.Parameter(torch.tensor(np.array(consts[k][1], np.float32)))
+                                         for k in names])
+        self.b = torch.nn.ParameterList([torch.nn.Parameter(torch.tensor(np.array(consts[k][2], np.float32)))
+                                         for k in names])
+        self.ws = [(w.detach().abs().reshape(len(w), -1).amax(1) / 127).clamp_min(1e-8) for w in self.w]
+        self.act = [None] * 5
+        with torch.no_grad():  # activation scales from the calibration data (min/max, uint8)
+            self.forward(torch.from_numpy(calib), observe=True)
+
+    def _aq(self, i: int, x, observe: bool):
+        if observe:
+            hi = float(x.max().clamp_min(0))
+            lo = float(x.min().clamp_max(0))
+            s = max((hi - lo) / 255, 1e-8)
+            self.act[i] = (s, int(round(-lo / s)))
+        s, zp = self.act[i]
+        return torch.fake_quantize_per_tensor_affine(x, s, zp, 0, 255)
+
+    def forward(self, x, observe: bool = False):
+        import torch.nn.functional as F
+
+        wq = [torch.fake_quantize_per_channel_affine(w, s, torch.zeros(len(w), dtype=torch.int32), 0, -128, 127)
+              for w, s in zip(self.w, self.ws)]
+        x = self._aq(0, x, observe)
+        for i, stride in enumerate((1, 2, 2)):
+            x = self._aq(i + 1, F.relu(F.conv2d(x, wq[i], self.b[i], stride, 1)), observe)
+        return self._aq(4, F.linear(x.flatten(1), wq[3], self.b[3]), observe)
+
+
+def test_pytorch_qat_export_compiles_with_its_own_scales(tmp_path):
+    """A QDQ ONNX from ``torch.onnx.export`` after fake-quant training (Q of float weights, float
+    biases, a Flatten between a DQ and the Gemm) compiles to integer ops through fold-qat-export
+    with the scales it was trained with; its reference equals the PyTorch model within one output
+    LSB (PyTorch's fake quantize multiplies by the reciprocal and adds a float bias, where the
+    integer program divides and adds an int32 one); TVM == the reference bit for bit."""
+    import onnx
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    ptq = _digits("W8A8")
+    calib = dict(np.load(_golden("digits_cnn")[1]))["input"]
+    m = _TorchFakeQuantDigits(ptq.float_model, calib)
+    feeds, labels = _train_set(64)
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
+    for s in range(0, 64, 16):
+        loss = torch.nn.functional.cross_entropy(m(torch.from_numpy(feeds["input"][s:s + 16])),
+                                                 torch.from_numpy(labels[s:s + 16]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    m.eval()
+    path = str(tmp_path / "torch_qat.onnx")
+    torch.onnx.export(m, (torch.from_numpy(calib[:1]),), path, input_names=["input"], output_names=["logits"],
+                      opset_version=13, dynamo=False, dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
+    exported = onnx.load(path)
+    assert "QuantizeLinear" in {n.op_type for n in exported.graph.node}
+    q = qgraph.quantize(path, _golden("digits_cnn")[1], report=False)
+    integer_ops = [str(n.op) for n in q.integer.graph]
+    assert integer_ops.count("qgraph::QConv") == 3 and integer_ops.count("qgraph::QMatMul") == 1, integer_ops
+    from qgraph.ir.l2 import read_qdq
+
+    weight_scales = [read_qdq(n).scale for n in q.qdq.graph
+                     if n.op is qgraph.ops.DequantizeLinear and n.inputs[0].constant() is not None
+                     and read_qdq(n).dtype.name == "INT8"]
+    assert all(np.array_equal(a, b.numpy()) for a, b in zip(weight_scales, m.ws)) and len(weight_scales) == 4
+    test = dict(np.load(os.path.join(GOLDEN, "data", "digits_test.npz")))
+    x = test["input"][:64]
+    with torch.no_grad():
+        mine = m(torch.from_numpy(x)).numpy()
+    ref = q.run({"input": x})["logits"]
+    step = float(read_qdq(q.qdq.graph.outputs[0].producer()).scale)
+    assert np.abs(ref - mine).max() <= step * 1.0001 and (ref == mine).mean() > 0.9
+    q.build("cpu", batch_size=1)
+    assert np.array_equal(q.run({"input": x[:8]}, backend="tvm")["logits"], ref[:8])
