@@ -37,7 +37,7 @@ from qgraph.errors import QGraphError
 from qgraph.ir import Model
 from qgraph.ir.l2 import DEQUANTIZE, QUANTIZE, QDQParamsError, read_qdq
 from qgraph.qat.fake_quant import fake_quantize, fake_quantize_bias
-from qgraph.qat.torch_ops import TORCH_OPS
+from qgraph.qat.torch_ops import OPSET_AWARE, TORCH_OPS
 
 
 class QATError(QGraphError):
@@ -100,6 +100,7 @@ class QATModule(nn.Module):
     def __init__(self, model: Model, float_model: Model | None = None):
         super().__init__()
         self.model = model
+        self.opset = model.opset("")
         g = model.graph
         self.input_names = [v.name for v in g.inputs if not v.is_initializer()]
         self.output_names = [v.name for v in g.outputs]
@@ -234,7 +235,8 @@ class QATModule(nn.Module):
             else:
                 xs = [env[v.name] if v is not None else None for v in node.inputs]
                 try:
-                    ys = TORCH_OPS[node.op](node, xs)
+                    fn = TORCH_OPS[node.op]
+                    ys = fn(node, xs, self.opset) if node.op in OPSET_AWARE else fn(node, xs)
                 except NotImplementedError as e:
                     raise QATError(f"{node.describe()}: qgraph.qat does not implement {e}") from e
                 for v, y in zip(node.outputs, ys):

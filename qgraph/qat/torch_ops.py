@@ -100,11 +100,17 @@ def _pool(kind):
             f = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[nd]
             return [f(x, k, strides, begin, ceil_mode=ceil)]
         include = bool(node.attr("count_include_pad", 0))
-        if begin != end:
-            if not include and any(begin + end):
-                raise NotImplementedError("asymmetric AveragePool pads without count_include_pad")
-            x, begin = _pad_input(x, begin, end), [0] * nd
         f = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[nd]
+        if begin != end:
+            if ceil:
+                raise NotImplementedError("asymmetric AveragePool pads with ceil_mode")
+            padded = _pad_input(x, begin, end)
+            total = f(padded, k, strides, 0, count_include_pad=True)
+            if include:
+                return [total]
+            # the mean over the window's real (unpadded) elements: divide by their share
+            ones = _pad_input(torch.ones_like(x[:1, :1]), begin, end)
+            return [total / f(ones, k, strides, 0, count_include_pad=True)]
         return [f(x, k, strides, begin, ceil_mode=ceil, count_include_pad=include)]
     return fn
 
@@ -149,8 +155,22 @@ def _hard_swish(node, xs):
     return [x * torch.clamp(x * (1.0 / 6.0) + 0.5, 0.0, 1.0)]
 
 
-def _softmax(node, xs):
-    return [torch.softmax(xs[0], dim=int(node.attr("axis", -1)))]
+def _softmax(node, xs, opset: int | None = None):
+    """Softmax-13 on ``axis`` (default -1); before opset 13, the input is coerced to 2-D at
+    ``axis`` (default 1) and the softmax runs over everything from there on."""
+    x = xs[0]
+    if opset is not None and opset < 13:
+        axis = int(node.attr("axis", 1))
+        axis = axis + x.dim() if axis < 0 else axis
+        return [torch.softmax(x.reshape(*x.shape[:axis], -1), dim=-1).reshape(x.shape)]
+    return [torch.softmax(x, dim=int(node.attr("axis", -1)))]
+
+
+def _constant_of_shape(node, xs):
+    value = node.attr("value")
+    fill = value.numpy().reshape(-1)[0].item() if value is not None else 0.0
+    dtype = _TORCH_DTYPES.get(int(value.dtype), torch.float32) if value is not None else torch.float32
+    return [torch.full([int(d) for d in xs[0].reshape(-1).tolist()], fill, dtype=dtype)]
 
 
 def _flatten(node, xs):
@@ -323,6 +343,7 @@ TORCH_OPS: dict = {
     ops.op("LayerNormalization"): _layer_norm,
     ops.QGraphLayerNormalization: _layer_norm,
     ops.op("Softmax"): _softmax,
+    ops.op("ConstantOfShape"): _constant_of_shape,
     ops.op("Identity"): _unary(lambda x: x),
     ops.op("Dropout"): lambda node, xs: [xs[0]],
     ops.op("Flatten"): _flatten,
@@ -344,6 +365,10 @@ TORCH_OPS: dict = {
     ops.op("LRN"): lambda node, xs: [F.local_response_norm(xs[0], int(node.attr("size")), float(node.attr("alpha", 1e-4)),
                                                             float(node.attr("beta", 0.75)), float(node.attr("bias", 1.0)))],
 }
+
+
+#: ops whose semantics changed with the opset: called with the model's default-domain opset
+OPSET_AWARE = frozenset({ops.op("Softmax")})
 
 
 def supported(ops_: Sequence) -> list:
