@@ -248,11 +248,15 @@ def test_cli_qat_writes_the_compile_folder(tmp_path):
     np.savez(train_npz, input=feeds["input"], labels=labels)
     model, calib = _golden("digits_cnn")
     out = tmp_path / "out"
-    assert main(["qat", model, "--calib", calib, "--train", str(train_npz), "--epochs", "1", "--batch-size", "16",
-                 "--threads", "1", "-o", str(out)]) == 0
+    assert main(["qat", model, "--calib", calib, "--train", str(train_npz), "--epochs", "2", "--batch-size", "16",
+                 "--threads", "1", "--eval", os.path.join(GOLDEN, "data", "digits_test.npz"), "--patience", "1",
+                 "-o", str(out)]) == 0
     for f in ("model.qdq.onnx", "model.qgraph.onnx", "model.float.onnx", "report.json", "report.md", "config.json",
               "qat.json"):
         assert (out / f).exists(), f
+    md = (out / "report.md").read_text()
+    assert "## Quantization-aware training" in md and "| logits | PTQ |" in md and "| logits | QAT |" in md
+    assert "Quantization-aware training" in (out / "report.html").read_text()
     y = tmp_path / "y.npz"
     assert main(["run", str(out), "--inputs", os.path.join(GOLDEN, "data", "digits_test.npz"), "-o", str(y)]) == 0
     assert np.load(y)["logits"].shape == (500, 10)

@@ -1,8 +1,9 @@
 """``qgraph qat``: post-training quantization, fine-tuning with fake quantization, write back.
 
 Writes the folder ``qgraph compile`` writes (model.qdq.onnx, model.qgraph.onnx, model.float.onnx,
-report.*, ranges.json, config.json), from the trained model, plus ``qat.json``: the PTQ and QAT
-metrics side by side and the loss / metric per epoch.
+report.*, ranges.json, config.json), from the trained model; the reports have a "Quantization-aware
+training" section (PTQ and QAT side by side, loss and eval metric per epoch, a curve in
+report.html), and ``qat.json`` holds the same numbers.
 """
 
 from __future__ import annotations
@@ -37,14 +38,7 @@ def cmd_qat(args: argparse.Namespace) -> int:
     ptq, result, history = qat(args.model, args.calib, args.train, args.config, eval=args.eval, train_config=cfg,
                                distill=args.distill)
     result.save(args.output)
-    summary = {
-        "ptq": {k: m for k, m in ptq.report.outputs.items()},
-        "qat": {k: m for k, m in result.report.outputs.items()},
-        "measured_on": result.report.summary.get("measured_on"),
-        "epochs": {"loss": history.loss, history.metric_name or "metric": history.metric},
-        "initial_metric": history.initial_metric, "best_epoch": history.best_epoch,
-        "train": vars(cfg) | {"distill": bool(args.distill)},
-    }
+    summary = dict(result.report.qat, qat=result.report.outputs, measured_on=result.report.summary.get("measured_on"))
     with open(os.path.join(args.output, "qat.json"), "w") as f:
         json.dump(summary, f, indent=2, default=float)
     for k in result.report.outputs:

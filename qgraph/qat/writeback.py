@@ -125,6 +125,11 @@ def qat(model: Any, calib: Any, train_data: Any, config: Any = None, *, eval: An
                     eval_labels=eval_labels, config=cfg)
     result = write_back(ptq, module, calib, eval=held_out, report=report, report_samples=report_samples)
     result.qat_history = history
+    if report:
+        result.report.qat = {"ptq": ptq.report.outputs, "loss": history.loss, "metric": history.metric,
+                             "metric_name": history.metric_name, "best_epoch": history.best_epoch,
+                             "initial_metric": history.initial_metric,
+                             "train": {k: v for k, v in vars(cfg).items()} | {"distill": bool(distill)}}
     return ptq, result, history
 
 

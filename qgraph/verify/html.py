@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from qgraph.verify.markdown import header_lines, num, range_text, weight_text
+from qgraph.verify.markdown import header_lines, num, qat_rows, range_text, weight_text
 from qgraph.verify.metrics import fmt
 
 #: layers shown in the "worst layers" table
@@ -139,6 +139,31 @@ def _precision(p: dict) -> list[str]:
     return out
 
 
+def _qat(report) -> list[str]:
+    """PTQ vs QAT per output and the loss / eval metric curve (``Report.qat``)."""
+    from matplotlib.figure import Figure
+
+    q = report.qat
+    if not q:
+        return []
+    out = ["<h2>Quantization-aware training</h2>",
+           _table(["output", "model", "SQNR dB", "top-1 agreement", "accuracy"], qat_rows(report))]
+    loss, metric = q.get("loss") or [], q.get("metric") or []
+    if loss:
+        fig = Figure(figsize=(6, 3.2), layout="constrained")
+        ax = fig.add_subplot()
+        epochs = list(range(1, len(loss) + 1))
+        ax.plot(epochs, loss, marker="o", label="training loss")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss")
+        if metric:
+            ax2 = ax.twinx()
+            ax2.plot(epochs[:len(metric)], metric, marker="s", color="tab:orange", label=f"eval {q.get('metric_name')}")
+            ax2.set_ylabel(str(q.get("metric_name")))
+        out.append(_img(fig, "training loss and eval metric per epoch"))
+    return out
+
+
 def render_html(report) -> str:
     """The page (``Report.html``)."""
     s = report.summary
@@ -174,6 +199,7 @@ def render_html(report) -> str:
                           num(r.get("sqnr_db"))] for r in worst]))
 
     parts += _precision(report.precision)
+    parts += _qat(report)
 
     parts.append(f"<h2>Stayed float ({len(report.stayed_float)})</h2>")
     parts.append(_table(["node", "op", "why"], [[r["node"], r["op"], r["reason"]] for r in report.stayed_float])

@@ -73,6 +73,7 @@ def render_markdown(report) -> str:
     lines += ["", "top-1 agreement is given for classifier-shaped outputs only (`[N, C]`, or a softmax-like "
               "last axis; see `qgraph.verify.metrics.classifier_shaped`); accuracy where the data has `labels`."]
     lines += precision_lines(report.precision)
+    lines += qat_lines(report)
     lines += ["", f"## Stayed float ({len(report.stayed_float)})", ""]
     if report.stayed_float:
         lines += ["| node | op | why |", "|---|---|---|"]
@@ -88,6 +89,38 @@ def render_markdown(report) -> str:
                      f"{out.get('dtype', 'float')} | {range_text(out)} | {num(out.get('scale'))} | "
                      f"{out.get('zero_point', '')} | {num(r.get('sqnr_db'))} |")
     return "\n".join(lines) + "\n"
+
+
+def _pct(m: dict, key: str) -> str:
+    return "" if m.get(key) is None else f"{m[key] * 100:.2f}%"
+
+
+def qat_rows(report) -> list[list[str]]:
+    """One row per output and model: PTQ then QAT (SQNR dB, top-1 agreement, accuracy)."""
+    rows = []
+    for name, m in report.outputs.items():
+        p = report.qat.get("ptq", {}).get(name, {})
+        for label, x in (("PTQ", p), ("QAT", m)):
+            rows.append([name, label, num(x.get("sqnr_db")), _pct(x, "top1"), _pct(x, "accuracy_quantized")])
+    return rows
+
+
+def qat_lines(report) -> list[str]:
+    """The quantization-aware training section (``Report.qat``), when there was one."""
+    q = report.qat
+    if not q:
+        return []
+    lines = ["", "## Quantization-aware training", "", "| output | model | SQNR dB | top-1 agreement | accuracy |",
+             "|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(r) + " |" for r in qat_rows(report)]
+    metric = q.get("metric") or []
+    lines += ["", "| epoch | loss |" + (f" eval {q.get('metric_name')} |" if metric else ""),
+              "|---|---|" + ("---|" if metric else "")]
+    for i, loss in enumerate(q.get("loss", [])):
+        lines.append(f"| {i + 1} | {loss:.4f} |" + (f" {metric[i]:.4f} |" if i < len(metric) else ""))
+    if q.get("best_epoch"):
+        lines += ["", f"kept: epoch {q['best_epoch']} (best eval {q.get('metric_name')})"]
+    return lines
 
 
 def precision_lines(p: dict[str, Any]) -> list[str]:

@@ -94,6 +94,9 @@ class Report:
             (``mac_fraction_8bit``, ``weight_bytes``, ``per_layer``); after ``--precision auto``
             each layer also has its ``format`` and the ``damage`` of each candidate, and
             ``search`` says how the choice was made (floor, points verified, probes, time).
+        qat: after quantization-aware training (``qgraph.qat``): ``ptq`` (the PTQ model's
+            ``outputs``, measured on the same data), ``loss`` and ``metric`` per epoch,
+            ``metric_name``, ``best_epoch``, ``train`` (the options); empty otherwise.
     """
 
     layers: list[dict] = field(default_factory=list)
@@ -103,10 +106,14 @@ class Report:
     stayed_float: list[dict] = field(default_factory=list)
     plots: dict[str, Any] = field(default_factory=dict, repr=False)
     precision: dict[str, Any] = field(default_factory=dict)
+    qat: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return {"summary": self.summary, "warnings": [w.to_json() for w in self.warnings], "outputs": self.outputs,
-                "stayed_float": self.stayed_float, "layers": self.layers, "precision": self.precision}
+        out = {"summary": self.summary, "warnings": [w.to_json() for w in self.warnings], "outputs": self.outputs,
+               "stayed_float": self.stayed_float, "layers": self.layers, "precision": self.precision}
+        if self.qat:
+            out["qat"] = self.qat
+        return out
 
     def markdown(self) -> str:
         """report.md (``qgraph.verify.markdown``)."""
