@@ -36,7 +36,7 @@ def cmd_qat(args: argparse.Namespace) -> int:
                       patience=args.patience, temperature=args.temperature, threads=args.threads)
     start = time.perf_counter()
     ptq, result, history = qat(args.model, args.calib, args.train, args.config, eval=args.eval, train_config=cfg,
-                               distill=args.distill)
+                               distill=args.distill, learn_zero_points=args.learn_zero_points)
     result.save(args.output)
     summary = dict(result.report.qat, qat=result.report.outputs, measured_on=result.report.summary.get("measured_on"))
     with open(os.path.join(args.output, "qat.json"), "w") as f:
@@ -67,5 +67,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument("--config", metavar="FILE", help="quantization config JSON (as compile's)")
     p.add_argument("--distill", action="store_true", help="distill from the float model even with labels")
+    p.add_argument("--learn-zero-points", action="store_true", help="learn the activations' zero points too "
+                   "(default: fixed at the PTQ ones)")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR")
     p.set_defaults(func=cmd_qat)

@@ -15,7 +15,8 @@ Backward (Esser et al., "Learned Step Size Quantization", 2019):
 
 - input: straight-through inside the range, 0 where the value saturated (clipped STE);
 - scale: ``round(x/s) - x/s`` inside the range, ``qmin - zp`` / ``qmax - zp`` where it
-  saturated, times LSQ's gradient scale ``1 / sqrt(n * (qmax - zp))`` (``n``: elements per scale).
+  saturated, times LSQ's gradient scale ``1 / sqrt(n * (qmax - zp))`` (``n``: elements per scale);
+- zero point (when learned): ``-s`` where the value saturated, 0 inside (LSQ+), same scale.
 
 Biases (int32, scale ``act_scale * weight_scale``) follow ``qgraph.quant.quantize_bias``:
 division in float64, half-to-even rounding, int32 saturation; straight-through to the bias.
@@ -60,13 +61,13 @@ integers. One buffer, five passes, done in place: the
         y = torch.round(xs).add_(0.0)  # -0.0 -> +0.0: (q - zp) * s never makes a negative zero
         y = torch.clamp(y, lo, hi) if lo.dim() else y.clamp_(float(lo), float(hi))
         y.mul_(scale)
-        ctx.save_for_backward(xs, lo, hi)
+        ctx.save_for_backward(xs, lo, hi, scale)
         ctx.bounds = (grad_scale, scale.shape)
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        xs, lo, hi = ctx.saved_tensors
+        xs, lo, hi, scale = ctx.saved_tensors
         grad_scale, scale_shape = ctx.bounds
         r = torch.round(xs)
         below, above = r < lo, r > hi
@@ -77,7 +78,11 @@ integers. One buffer, five passes, done in place: the
             ds = torch.where(inside, r - xs, torch.where(below, lo, hi))
             g = gy * ds * grad_scale
             gs = g.sum() if len(scale_shape) == 0 else _sum_to(g, scale_shape)
-        return gx, gs, None, None, None, None
+        gz = None
+        if ctx.needs_input_grad[2]:  # y = (qmin - zp) * s where saturated, round(x/s) * s inside
+            g = torch.where(inside, torch.zeros_like(gy), -gy * scale) * grad_scale
+            gz = g.sum() if lo.dim() == 0 else _sum_to(g, lo.shape)
+        return gx, gs, gz, None, None, None
 
 
 def _sum_to(g: torch.Tensor, shape) -> torch.Tensor:

@@ -19,7 +19,10 @@
   ``scale = s0 * exp(u)`` with ``u`` the ``nn.Parameter`` starting at 0. ``exp(0)`` is 1
   exactly, so the initial scales are the PTQ ones bit for bit; the scale stays positive; and
   AdamW's steps on ``u`` are relative changes of the scale, right for scales that differ by
-  orders of magnitude between layers. Zero points are fixed.
+  orders of magnitude between layers. Zero points are fixed, unless ``learn_zero_points``:
+  then each activation pair's zero point (an initializer, shared as scales are) is a float
+  ``nn.Parameter`` rounded in the forward (straight through) and clamped to the type's range;
+  its gradient comes from the saturated values (LSQ+), and write back stores it rounded.
 - other float constants stay buffers; every other node runs ``torch_ops.TORCH_OPS``.
 
 ``forward(feeds)`` takes ``{input name: tensor}`` and returns ``{output name: tensor}``.
@@ -84,6 +87,8 @@ class ActQuant:
     qmin: int
     qmax: int
     axis: int | None
+    zp_name: str | None = None  # the zero-point initializer (learned zero points write back to it)
+    zp_key: str | None = None  # key in QATModule.zero_points when learned
 
 
 def _key(name: str) -> str:
@@ -97,8 +102,10 @@ def _scalar_or_vector(a: np.ndarray) -> torch.Tensor:
 class QATModule(nn.Module):
     """See the module doc."""
 
-    def __init__(self, model: Model, float_model: Model | None = None):
+    def __init__(self, model: Model, float_model: Model | None = None, *, learn_zero_points: bool = False):
         super().__init__()
+        self.learn_zero_points = learn_zero_points
+        self.zero_points = nn.ParameterDict()
         self.model = model
         self.opset = model.opset("")
         g = model.graph
@@ -206,8 +213,15 @@ class QATModule(nn.Module):
         if any(u.op not in DEQUANTIZE for u in q.outputs[0].users()) or q.outputs[0].is_graph_output():
             raise QATError(f"{q.describe()}: its integer output is read by other than DequantizeLinear nodes")
         self._fused_q.add(q.name)
+        zp_v = q.inputs[2] if len(q.inputs) > 2 else None
+        zp_key = None
+        if self.learn_zero_points and zp_v is not None and zp_v.is_initializer():
+            zp_key = _key(zp_v.name)
+            if zp_key not in self.zero_points:
+                self.zero_points[zp_key] = nn.Parameter(_zp(pq.zero_point))
         self.act_quants[node.outputs[0].name] = ActQuant(self._scale(node, q.inputs[1].name, pq.scale),
-                                                         pq.zero_point, pq.qmin, pq.qmax, pq.axis)
+                                                         pq.zero_point, pq.qmin, pq.qmax, pq.axis,
+                                                         zp_v.name if zp_v is not None else None, zp_key)
 
     # ----------------------------------------------------------------------------- forward
     def forward(self, feeds: dict) -> dict:
@@ -231,7 +245,7 @@ class QATModule(nn.Module):
             elif out in self.act_quants:
                 a = self.act_quants[out]
                 x = env[node.inputs[0].producer().inputs[0].name]
-                env[out] = fake_quantize(x, self.scale(a.scale.key), _zp(a.zero_point), a.qmin, a.qmax, a.axis)
+                env[out] = fake_quantize(x, self.scale(a.scale.key), self.zero_point(a), a.qmin, a.qmax, a.axis)
             else:
                 xs = [env[v.name] if v is not None else None for v in node.inputs]
                 try:
@@ -243,6 +257,14 @@ class QATModule(nn.Module):
                     env[v.name] = y
         return {name: env[name] for name in self.output_names}
 
+    def zero_point(self, a: ActQuant) -> torch.Tensor:
+        """The zero point of activation pair ``a``: fixed, or the learned one rounded (straight
+        through: the value is exactly ``round(z)``, the gradient reaches ``z``) and clamped."""
+        if a.zp_key is None:
+            return _zp(a.zero_point)
+        z = self.zero_points[a.zp_key]
+        return (torch.round(z).detach() + (z - z.detach())).clamp(a.qmin, a.qmax)
+
     def bias_scale(self, out: str) -> torch.Tensor:
         """The float32 scale of bias ``out``: the product of the learned input and weight scales."""
         b = self.bias_quants[out]
@@ -251,10 +273,10 @@ class QATModule(nn.Module):
         return self.scale(b.act_scale) * self.scale(b.weight_scale)
 
     def parameter_groups(self) -> tuple[list, list, list]:
-        """(weights, biases, log-scales): AdamW decays the first group only."""
+        """(weights, biases and zero points, log-scales): AdamW decays the first group only."""
         bias_keys = {b.param for b in self.bias_quants.values()}
         weights = [p for k, p in self.weights.items() if k not in bias_keys]
-        biases = [p for k, p in self.weights.items() if k in bias_keys]
+        biases = [p for k, p in self.weights.items() if k in bias_keys] + list(self.zero_points.values())
         return weights, biases, list(self.log_scales.values())
 
 

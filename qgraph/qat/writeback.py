@@ -54,6 +54,10 @@ def written_qdq(qdq: Model, module) -> Model:
     for a in module.act_quants.values():
         _set(g, a.scale.scale_name, scales[a.scale.key].reshape(g.initializers[a.scale.scale_name].const_value.shape),
              DType.FLOAT)
+        if a.zp_key is not None:  # learned: the value the forward used, in the type's storage
+            old = g.initializers[a.zp_name].const_value
+            z = module.zero_point(a).detach().numpy().astype(np.int64)
+            _set(g, a.zp_name, z.reshape(old.shape).astype(old.numpy().dtype), old.dtype)
     for b in module.bias_quants.values():
         bias = module.weights[b.param].detach().numpy()
         if b.act_scale is not None:
@@ -87,8 +91,8 @@ def write_back(ptq, module, calib: Any = None, *, eval: Any = None, report: bool
 
 
 def qat(model: Any, calib: Any, train_data: Any, config: Any = None, *, eval: Any = None,
-        train_config=None, distill: bool = False, report: bool = True, report_samples: int = 8,
-        show_progress: bool | None = None):
+        train_config=None, distill: bool = False, learn_zero_points: bool = False, report: bool = True,
+        report_samples: int = 8, show_progress: bool | None = None):
     """Post-training quantization, then QAT, then write back: what ``qgraph qat`` runs.
 
     Args:
@@ -98,6 +102,7 @@ def qat(model: Any, calib: Any, train_data: Any, config: Any = None, *, eval: An
             epoch kept, early stop (``TrainConfig.patience``), and the report's numbers.
         train_config: a ``qgraph.qat.TrainConfig``.
         distill: distill from the float model even when the data has labels.
+        learn_zero_points: learn the activations' zero points too (``QATModule``).
 
     Returns:
         ``(ptq, result, history)``: the PTQ ``QuantizedModel``, the QAT one, the ``TrainHistory``.
@@ -119,7 +124,7 @@ def qat(model: Any, calib: Any, train_data: Any, config: Any = None, *, eval: An
     if eval is not None:
         eval_feeds, eval_labels = read_feeds(eval, ptq.float_model, "eval data")
         held_out = load_eval(eval, ptq.float_model)
-    module = QATModule(ptq.qdq, ptq.float_model)
+    module = QATModule(ptq.qdq, ptq.float_model, learn_zero_points=learn_zero_points)
     teacher = QATModule(ptq.float_model) if (distill or labels is None or eval_labels is None) else None
     history = train(module, feeds, None if distill else labels, teacher=teacher, eval_feeds=eval_feeds,
                     eval_labels=eval_labels, config=cfg)
@@ -129,7 +134,8 @@ def qat(model: Any, calib: Any, train_data: Any, config: Any = None, *, eval: An
         result.report.qat = {"ptq": ptq.report.outputs, "loss": history.loss, "metric": history.metric,
                              "metric_name": history.metric_name, "best_epoch": history.best_epoch,
                              "initial_metric": history.initial_metric,
-                             "train": {k: v for k, v in vars(cfg).items()} | {"distill": bool(distill)}}
+                             "train": {k: v for k, v in vars(cfg).items()} | {"distill": bool(distill),
+                                                                              "learn_zero_points": learn_zero_points}}
     return ptq, result, history
 
 
