@@ -11,7 +11,7 @@ is a ``QATError`` naming the node: add it to this table.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -370,7 +370,3 @@ TORCH_OPS: dict = {
 #: ops whose semantics changed with the opset: called with the model's default-domain opset
 OPSET_AWARE = frozenset({ops.op("Softmax")})
 
-
-def supported(ops_: Sequence) -> list:
-    """The op identities of ``ops_`` this table lacks."""
-    return [o for o in ops_ if o not in TORCH_OPS]
