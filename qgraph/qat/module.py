@@ -8,6 +8,8 @@
   float model's weight when ``float_model`` is given (the constant at the same input of the
   node with the same name), else from the dequantized integers: either way the module's
   first forward equals the PTQ model's, since the PTQ integers are ``quantize(float weight)``.
+  A latent bias starts from the PTQ int32 bias (a float32 that ``quantize_bias`` maps back to
+  the same integers): insert-qdq's bias correction moves it off the float model's bias.
 - **activation quantizers**: each ``QuantizeLinear -> DequantizeLinear`` pair with the same
   parameters becomes one fake quantization.
 - **biases**: ``DequantizeLinear`` of an int32 constant whose scale is (exactly) the product
@@ -171,15 +173,16 @@ class QATModule(nn.Module):
         ints = node.inputs[0].constant().numpy().astype(np.int64)
         out = node.outputs[0]
         latent = None
-        for user, i in out.uses():
+        if p.dtype.name == "INT32":  # a bias: PTQ's own (bias correction may have moved it off the float one)
+            latent = _bias_latent(ints, _bcast(p.scale, p.axis, ints.ndim))
+        for user, i in out.uses() if latent is None else ():
             latent = float_consts.get((user.name, i))
             if latent is not None and latent.shape == ints.shape:
                 break
             latent = None
-        deq = ((ints - _bcast(p.zero_point, p.axis, ints.ndim)).astype(np.float32)
-               * _bcast(p.scale, p.axis, ints.ndim))
         if latent is None:
-            latent = deq
+            latent = ((ints - _bcast(p.zero_point, p.axis, ints.ndim)).astype(np.float32)
+                      * _bcast(p.scale, p.axis, ints.ndim))
         pkey = _key(out.name)
         self.weights[pkey] = nn.Parameter(torch.from_numpy(np.array(latent, np.float32)))
         if p.dtype.name == "INT32":
@@ -290,6 +293,22 @@ def _bcast(a: np.ndarray, axis, ndim: int) -> np.ndarray:
     shape = [1] * ndim
     shape[axis] = a.size
     return a.reshape(shape)
+
+
+def _bias_latent(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """A float32 bias that ``quantize_bias`` (float64 ``round(b / s)``) turns back into ``q``:
+    ``q * s`` rounded to float32, nudged by an ulp where that rounding crossed a half step.
+    Biases beyond 2**23 steps may have no such float32 (then the nearest is kept: off by a step
+    of the int32 accumulator, far below an output step)."""
+    s64 = np.asarray(scale, np.float64)
+    b = (q.astype(np.float64) * s64).astype(np.float32)
+    for _ in range(4):
+        r = np.round(b.astype(np.float64) / s64)
+        if np.array_equal(r, q):
+            break
+        b = np.where(r < q, np.nextafter(b, np.float32(np.inf)),
+                     np.where(r > q, np.nextafter(b, np.float32(-np.inf)), b)).astype(np.float32)
+    return b
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:
