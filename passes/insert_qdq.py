@@ -21,7 +21,8 @@ from qgraph.passes.opset import OpsetUpgradeError, check_upgrade, upgrade_opset
 from qgraph.pm.base import Pass, PassResult
 from qgraph.quant.config import QuantConfig, TensorScheme
 from qgraph.quant.params import (
-    QuantParams, choose_params, choose_weight_params, fit_weight_scale_to_bias, int_type, quantize, quantize_bias,
+    QuantParams, choose_params, choose_weight_params, dequantize, fit_weight_scale_to_bias, int_type, quantize,
+    quantize_bias,
 )
 from qgraph.rewrite import constant_tensor
 
@@ -165,7 +166,7 @@ class _Inserter:
         self.class_inits: dict[Value, tuple[Value, Value]] = {}
         self.replaced: list[Value] = []  # constants now read through a DQ
         self.opset_needed = 10
-        self.counts = {"quantized_nodes": 0, "qdq_pairs": 0, "weights": 0, "biases": 0}
+        self.counts = {"quantized_nodes": 0, "qdq_pairs": 0, "weights": 0, "biases": 0, "corrected_biases": 0}
 
     # -- 1. which nodes are quantized ---------------------------------------------------------
     def run(self) -> PassResult:
@@ -472,8 +473,13 @@ class _Inserter:
             if i == 1 and 2 in unit.weights:
                 bias = self._quantizable_bias(node, params)
                 if bias is not None:  # a dead channel's tiny scale would overflow the int32 bias
-                    x_scale = self._input_scale(next(v for k, v in unit.acts if k == 0))
+                    x = next(v for k, v in unit.acts if k == 0)
+                    x_scale = self._input_scale(x)
                     params = fit_weight_scale_to_bias(params, bias, x_scale, pow2=self.cfg.pow2_scales)
+                    corrected = self._corrected_bias(node, x, data, params, bias)
+                    if corrected is not None:
+                        bias = corrected
+                        params = fit_weight_scale_to_bias(params, bias, x_scale, pow2=self.cfg.pow2_scales)
             self._note_dtype(scheme.dtype.name)
             self._dq_constant(node, i, quantize(data, params), params)
             self.counts["weights"] += 1
@@ -483,6 +489,23 @@ class _Inserter:
             q, bp = quantize_bias(bias, x_scale, w_params.scale)
             self._dq_constant(node, 2, q, bp)
             self.counts["biases"] += 1
+
+    def _corrected_bias(self, node: Node, x: Value, w: np.ndarray, params: QuantParams,
+                        bias: np.ndarray) -> np.ndarray | None:
+        """``bias - (W_q - W) . E[x]`` per output channel (``QuantConfig.bias_correction``):
+        the mean shift the weights' rounding causes on the calibration data, which a bias can
+        absorb exactly. None where off or not known (no calibration means for the input)."""
+        ranges = self.model.calibration
+        if not self.cfg.bias_correction or ranges is None:
+            return None
+        entry = ranges.means.get(x.name)  # x: the float activation the node reads (before its Q/DQ pair)
+        if entry is None:
+            return None
+        delta = weight_rounding_shift(node, w, dequantize(quantize(w, params), params), entry[1])
+        if delta is None or delta.shape != bias.shape or not np.all(np.isfinite(delta)):
+            return None
+        self.counts["corrected_biases"] += 1
+        return (bias.astype(np.float64) - delta).astype(np.float32)
 
     @staticmethod
     def _quantizable_bias(node: Node, w_params: QuantParams) -> np.ndarray | None:
@@ -554,6 +577,32 @@ def _int_tensor(a: np.ndarray, params: QuantParams):
     from qgraph.ir.tensor import Tensor
 
     return Tensor(np.asarray(a).astype(params.dtype.storage), DType(params.dtype.onnx))
+
+
+def weight_rounding_shift(node: Node, w: np.ndarray, wq: np.ndarray, mean_x: np.ndarray) -> np.ndarray | None:
+    """Per output channel, the mean change of ``node``'s output when its weights ``w`` become
+    ``wq``, for an input whose per-channel mean is ``mean_x``: ``sum (wq - w) * E[x]`` over
+    the reduction (a Conv's input channels of its group and kernel taps; zero padding is not
+    counted). None for a layout it does not know."""
+    d = np.asarray(wq, np.float64) - np.asarray(w, np.float64)
+    m = np.asarray(mean_x, np.float64).reshape(-1)
+    g = int(node.attr("group", 1) or 1)
+    if node.op is ops.Conv and d.ndim >= 3:
+        out_c, cg = d.shape[:2]
+        if m.size != cg * g or out_c % g:
+            return None
+        mx = m.reshape(g, cg)[np.repeat(np.arange(g), out_c // g)]  # [M, C/g]: the inputs each output reads
+        return (d.reshape(out_c, cg, -1).sum(axis=2) * mx).sum(axis=1)
+    if node.op is ops.ConvTranspose and d.ndim >= 3:
+        cin, mg = d.shape[:2]
+        if m.size != cin or cin % g:
+            return None
+        per = d.reshape(cin, mg, -1).sum(axis=2) * m[:, None]  # [C, M/g]
+        return per.reshape(g, cin // g, mg).sum(axis=1).reshape(-1)
+    if node.op is ops.Gemm and d.ndim == 2:
+        d = d.T if node.attr("transB", 0) else d  # [K, N]
+        return m @ d if m.size == d.shape[0] else None
+    return None
 
 
 def _channel_axis(node: Node, i: int, ndim: int) -> int | None:

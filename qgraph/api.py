@@ -402,7 +402,7 @@ def _with_batch_axes(cfg, model: Model, calib: Any, batch_axes: Mapping[str, Any
 
 def golden_integer_outputs(model_path: str, calib_path: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The golden recipe (``golden/generate.py``): default config (uint8 activations, int8
-    per-channel weights), minmax calibration; the L3 model's outputs on ``inputs`` from the
-    reference interpreter."""
+    per-channel weights, bias correction), minmax calibration; the L3 model's outputs on
+    ``inputs`` from the reference interpreter."""
     q = quantize(model_path, calib_path, method="minmax", report=False, show_progress=False)
     return q.run(inputs, "reference")

@@ -70,6 +70,7 @@ def calibrate(model: Model, data: Any, method: str = "minmax", *, batch_size: in
         infer_shapes(model)
     names = observed_values(model)
     collector = make_collector(method, **options)
+    means = _MeanCollector(mean_targets(model))
     seen = 0
     with Progress("calibrate", total=_count_samples(data, specs), enabled=show_progress) as progress:
         for count, observed in run_observed(model, iter_samples(data, specs), names, batch_size, specs):
@@ -78,6 +79,7 @@ def calibrate(model: Model, data: Any, method: str = "minmax", *, batch_size: in
                     collector.update(name, array)
                 except QGraphError as e:
                     raise CalibrationDataError(f"{e} (samples {seen}..{seen + count - 1})") from e
+                means.update(name, array)
             seen += count
             progress.advance(count)
     if seen == 0:
@@ -89,4 +91,54 @@ def calibrate(model: Model, data: Any, method: str = "minmax", *, batch_size: in
         ranges.observed = {k: Interval(float(lo), float(hi), "calibration") for k, (lo, hi) in
                            collector.observed().items() if k in ranges.tensors
                            and (lo, hi) != (ranges.tensors[k].lo, ranges.tensors[k].hi)}
+    ranges.means = means.compute()
     return ranges
+
+
+def mean_targets(model: Model) -> dict[str, int]:
+    """The activations whose per-channel means bias correction needs: input 0 of every Conv /
+    ConvTranspose (channel axis 1), Gemm (axis 1, 0 with ``transA``) and MatMul (the last
+    axis, written -1) whose weight (input 1) is a constant. A tensor read on two different
+    axes keeps the first."""
+    from qgraph.ir import ops
+
+    out: dict[str, int] = {}
+    for n in model.graph:
+        if len(n.inputs) < 2 or n.inputs[0] is None or n.inputs[1] is None or n.inputs[1].constant() is None:
+            continue
+        if n.op in (ops.Conv, ops.ConvTranspose):
+            axis = 1
+        elif n.op is ops.Gemm:
+            axis = 0 if n.attr("transA", 0) else 1
+        elif n.op is ops.MatMul:
+            axis = -1
+        else:
+            continue
+        out.setdefault(n.inputs[0].name, axis)
+    return out
+
+
+class _MeanCollector:
+    """Running per-channel sums (float64) of the ``targets``' observed arrays."""
+
+    def __init__(self, targets: Mapping[str, int]):
+        self.targets = dict(targets)
+        self.sums: dict[str, np.ndarray] = {}
+        self.counts: dict[str, int] = {}
+
+    def update(self, name: str, array: np.ndarray) -> None:
+        axis = self.targets.get(name)
+        a = np.asarray(array)
+        if axis is None or a.ndim == 0 or a.dtype.kind != "f":
+            return
+        axis %= a.ndim
+        s = a.astype(np.float64, copy=False).sum(axis=tuple(k for k in range(a.ndim) if k != axis))
+        if name in self.sums and self.sums[name].shape != s.shape:
+            self.targets.pop(name)  # the channel count changed between batches: no single mean
+            self.sums.pop(name)
+            return
+        self.sums[name] = self.sums.get(name, 0.0) + s
+        self.counts[name] = self.counts.get(name, 0) + a.size // max(1, a.shape[axis])
+
+    def compute(self) -> dict[str, tuple[int, np.ndarray]]:
+        return {k: (self.targets[k], s / max(1, self.counts[k])) for k, s in self.sums.items() if k in self.targets}

@@ -76,6 +76,10 @@ class RangeMap:
     #: the observed min / max where a clipping method (percentile, entropy, mse) chose a
     #: narrower range for 8 bits; insert-qdq quantizes a wider (16-bit) tensor over these
     observed: dict[str, Interval] = field(default_factory=dict)
+    #: per-channel means of the float activations a Conv / ConvTranspose / Gemm / MatMul with
+    #: constant weights reads: tensor name -> (channel axis, mean per channel); insert-qdq's
+    #: bias correction reads them
+    means: dict[str, tuple[int, np.ndarray]] = field(default_factory=dict)
 
     def wide(self, name: str) -> Interval | None:
         """The range for a tensor quantized wider than 8 bits: the observed one where known."""
@@ -106,6 +110,8 @@ class RangeMap:
             "sources": {k: v.source for k, v in self.tensors.items()},
             "meta": self.meta,
             **({"observed": {k: [num(v.lo), num(v.hi)] for k, v in self.observed.items()}} if self.observed else {}),
+            **({"means": {k: {"axis": a, "mean": [float(x) for x in m]} for k, (a, m) in self.means.items()}}
+               if self.means else {}),
         }
 
     @classmethod
@@ -129,6 +135,12 @@ class RangeMap:
             except (TypeError, ValueError) as e:
                 raise QGraphError(f"{where}: observed range of '{name}' must be [min, max] numbers, "
                                   f"got {pair!r}") from e
+        for name, entry in (data.get("means") or {}).items():
+            try:
+                rm.means[name] = (int(entry["axis"]), np.asarray(entry["mean"], np.float64).reshape(-1))
+            except (TypeError, ValueError, KeyError) as e:
+                raise QGraphError(f"{where}: means of '{name}' must be {{\"axis\": int, \"mean\": [numbers]}}, "
+                                  f"got {entry!r}") from e
         return rm
 
     def save(self, path: str) -> None:

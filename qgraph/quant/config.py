@@ -28,6 +28,7 @@ JSON form (every key optional; unknown keys are errors naming the key)::
       "weight": {"dtype": "int8", "symmetric": true, "per_channel": true},
       "pow2_scales": false,
       "reduce_range": false,
+      "bias_correction": true,
       "exclude": ["Softmax", "head/conv_out"],
       "op_types": {"MatMul": {"activation": {"dtype": "int16"}}},
       "nodes": {"conv1": {"weight": {"dtype": "int4"}, "activation": {"dtype": "uint16"}}},
@@ -42,6 +43,10 @@ JSON form (every key optional; unknown keys are errors naming the key)::
 - ``per_channel``: weights only; one scale per output channel.
 - ``pow2_scales``: every scale rounded up to a power of two (NPUs that shift); bias scales,
   being products of two, are then powers of two too.
+- ``bias_correction``: each Conv / ConvTranspose / Gemm bias absorbs the mean shift its
+  weights' rounding causes on the calibration data: ``bias -= (W_q - W) . E[x]`` per output
+  channel, with ``E[x]`` the per-channel mean of its input from calibration (as NNCF's and
+  OpenVINO's default bias correction). Off: the float bias as given.
 - ``reduce_range``: ORT's 7-bit weights (int8 [-64, 64]) for CPUs whose u8 x s8 kernels
   saturate; applies to weights only.
 - ``exclude``: node names or op types left in float.
@@ -123,6 +128,7 @@ class QuantConfig:
         weight: default scheme of weights.
         pow2_scales: round every scale up to a power of two.
         reduce_range: ORT's reduced (7-bit) weight range.
+        bias_correction: biases absorb the mean shift of their weights' rounding.
         exclude: node names or op types kept float.
         op_types: overrides by op type (``"Conv"``).
         nodes: overrides by node name.
@@ -134,6 +140,7 @@ class QuantConfig:
     weight: TensorScheme = field(default_factory=lambda: TensorScheme(int_type("int8"), True, True))
     pow2_scales: bool = False
     reduce_range: bool = False
+    bias_correction: bool = True
     exclude: tuple[str, ...] = ()
     op_types: dict[str, Override] = field(default_factory=dict)
     nodes: dict[str, Override] = field(default_factory=dict)
@@ -186,7 +193,7 @@ class QuantConfig:
     def from_json(cls, data: Mapping[str, Any], where: str = "quantization config") -> "QuantConfig":
         """Parse the JSON form (a dict); errors name the bad key as a path, e.g. ``nodes.conv1.weight.dtype``."""
         obj = _object(data, where)
-        known = {"activation", "weight", "pow2_scales", "reduce_range", "exclude", "op_types", "nodes", "tensors", "batch_axes"}
+        known = {"activation", "weight", "pow2_scales", "reduce_range", "bias_correction", "exclude", "op_types", "nodes", "tensors", "batch_axes"}
         _no_unknown(obj, known, where)
         kw: dict[str, Any] = {}
         defaults = cls()
@@ -194,7 +201,7 @@ class QuantConfig:
             kw["activation"] = defaults.activation.merged(_partial(obj["activation"], f"{where}: activation"))
         if "weight" in obj:
             kw["weight"] = defaults.weight.merged(_partial(obj["weight"], f"{where}: weight"))
-        for key in ("pow2_scales", "reduce_range"):
+        for key in ("pow2_scales", "reduce_range", "bias_correction"):
             if key in obj:
                 kw[key] = _bool(obj[key], f"{where}: {key}")
         if "exclude" in obj:
@@ -231,6 +238,7 @@ class QuantConfig:
             "weight": self.weight.to_json(),
             "pow2_scales": self.pow2_scales,
             "reduce_range": self.reduce_range,
+            "bias_correction": self.bias_correction,
             "exclude": list(self.exclude),
             "op_types": {k: v.to_json() for k, v in self.op_types.items()},
             "nodes": {k: v.to_json() for k, v in self.nodes.items()},
