@@ -42,7 +42,8 @@ class TrainConfig:
     #: learning rate of the log-scales (None: ``lr``). A step is a relative change of a scale. At
     #: 4-bit activations the PTQ scales are far from the best ones and 1e-2 (1% per step at most)
     #: helps (W4A4 digits: 96.8% -> 97.9% on half the held-out digits, where 1e-3 left 96.8-97.6%);
-    #: at 8 bits it overshoots (W4A8: 98.2% where 1e-3 read 98.5%): bench/qat_digits.py
+    #: at 8 bits it did not help (W4A8: 98.2% where 1e-3 read 98.5%, before bias correction):
+    #: bench/qat_digits.py
     scale_lr: float | None = None
     batch_size: int = 32
     weight_decay: float = 1e-4
