@@ -287,7 +287,7 @@ def quantize(model: Any, calib: Any, config: Any = None, *, method: str = "minma
             insert-qdq; the chosen config replaces ``config`` (``result.config``) and the search
             is ``result.precision``.
         accuracy: the floor for ``precision="auto"``: ``"top1>=0.998"``, ``"sqnr>=30"``,
-            ``"cosine>=0.999"``, a callable ``(float_outputs, quantized_outputs) -> bool``, or
+            ``"cosine>=0.999"``, ``"kl<=0.01"``, a callable ``(float_outputs, quantized_outputs) -> bool``, or
             None (``auto``).
         budget: ``"bytes=N"`` / ``"bops=N"``: instead of a floor, the most accurate assignment
             within this cost.

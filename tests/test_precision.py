@@ -79,7 +79,9 @@ def test_channel_metric_sees_a_small_channel_that_whole_tensor_sqnr_hides():
 def test_parse_floor_and_budget():
     assert parse_accuracy("top1 >= 0.998").value == 0.998 and parse_accuracy(None).metric == "auto"
     assert parse_budget("bytes=4K") == ("bytes", 4000.0) and parse_budget(None) is None
-    for bad in ("top1>0.9", "speed>=3", "top1>=2", "sqnr>=x"):
+    kl = parse_accuracy("kl <= 0.02")
+    assert (kl.metric, kl.value, kl.describe()) == ("kl", 0.02, "kl<=0.02")
+    for bad in ("top1>0.9", "speed>=3", "top1>=2", "sqnr>=x", "kl>=0.1", "kl<=0", "kl<=-1"):
         with pytest.raises(PrecisionError):
             parse_accuracy(bad)
     with pytest.raises(PrecisionError):
@@ -381,3 +383,26 @@ def test_suffix_probes_measure_what_whole_model_probes_measure(tmp_path, monkeyp
     task = S.Task(unit, "none", Effect({}, {}))
     assert S.cut_for(shared, task) is not None
     assert all(v == 0.0 for v in S.evaluate(shared, task).values())
+
+
+def test_softmax_kl_reads_logits_and_probabilities():
+    from qgraph.verify.metrics import softmax_kl
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(32, 10))
+    assert softmax_kl(logits, logits) == 0.0
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    q_logits = logits + rng.normal(scale=0.3, size=logits.shape)
+    q = np.exp(q_logits) / np.exp(q_logits).sum(axis=1, keepdims=True)
+    want = float(np.mean(np.sum(p * np.log(p / q), axis=1)))
+    assert softmax_kl(logits, q_logits) == pytest.approx(want, rel=1e-6)  # logits: softmax first
+    assert softmax_kl(p, q) == pytest.approx(want, rel=1e-6)  # rows already distributions: as they are
+    assert softmax_kl(logits, np.full_like(logits, np.nan)) == math.inf
+
+
+def test_a_kl_ceiling_holds_on_digits():
+    q = qgraph.quantize(DIGITS, CALIB, precision="auto", accuracy="kl<=0.002", report=False,
+                        show_progress=False, precision_options={"cache": False})
+    r = q.precision
+    assert r.floor_met and r.measured["kl"] <= 0.002
+    assert r.to_json()["floor"] == "kl<=0.002"

@@ -316,8 +316,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--precision", choices=["auto"], help="auto: each layer's format (W8A8, W8A16, W4A8, float) "
                    "chosen from its measured sensitivity under --accuracy (or within --budget); the choice is "
                    "written as OUTDIR/config.json")
-    p.add_argument("--accuracy", metavar="FLOOR", help="with --precision auto: top1>=F, sqnr>=DB or cosine>=F on the "
-                   "worst output (default: top1>=0.99 on classifier outputs, channel SQNR>=20 dB on others)")
+    p.add_argument("--accuracy", metavar="FLOOR", help="with --precision auto: top1>=F, sqnr>=DB, cosine>=F or kl<=NATS "
+                   "(mean KL of softmax rows) on the worst output (default: top1>=0.99 on classifier outputs, channel SQNR>=20 dB on others)")
     p.add_argument("--budget", metavar="KIND=N", help="with --precision auto: bytes=N (weight bytes, K/M suffixes) "
                    "or bops=N: the most accurate assignment within it, instead of a floor")
     p.add_argument("--cost", default="bops", choices=["bops", "bytes"], help="with --precision auto: what the floor "

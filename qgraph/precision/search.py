@@ -38,8 +38,9 @@ from qgraph.precision.formats import FLOAT, FORMATS, Format, parse_formats
 from qgraph.precision.units import Effect, Unit, effect, find_units
 from qgraph.quant.config import QuantConfig
 
-#: ``--accuracy`` metrics: the worst output's value is compared with the floor
-METRICS = ("sqnr", "top1", "cosine")
+#: ``--accuracy`` metrics: the worst output's value is compared with the floor (``kl``: a
+#: ceiling, ``kl<=X``, the mean KL divergence of the classifier-shaped outputs' softmax rows)
+METRICS = ("sqnr", "top1", "cosine", "kl")
 
 
 class PrecisionError(QGraphError):
@@ -61,6 +62,8 @@ class Floor:
             return f"callable {getattr(self.fn, '__name__', 'metric')}"
         if self.metric == "auto":
             return f"auto (top1>={AUTO_TOP1} on classifier outputs, sqnr>={AUTO_SQNR:g} dB on others)"
+        if self.metric == "kl":
+            return f"kl<={self.value:g}"
         return f"{self.metric}>={self.value:g}"
 
 
@@ -77,9 +80,15 @@ def parse_accuracy(spec: Any) -> Floor:
     if isinstance(spec, Floor):
         return spec
     text = str(spec).replace(" ", "")
-    if ">=" not in text:
-        raise PrecisionError(f"--accuracy '{spec}': write METRIC>=VALUE with METRIC one of {', '.join(METRICS)}")
-    metric, value = text.split(">=", 1)
+    if text.startswith("kl<="):
+        metric, value = "kl", text[4:]
+    elif ">=" not in text:
+        raise PrecisionError(f"--accuracy '{spec}': write METRIC>=VALUE with METRIC one of sqnr, top1, cosine, "
+                             "or kl<=VALUE")
+    else:
+        metric, value = text.split(">=", 1)
+    if metric == "kl" and not text.startswith("kl<="):
+        raise PrecisionError(f"--accuracy '{spec}': KL is a ceiling: write kl<=VALUE")
     if metric not in METRICS:
         raise PrecisionError(f"--accuracy '{spec}': unknown metric '{metric}'; choose one of {', '.join(METRICS)}")
     try:
@@ -88,6 +97,8 @@ def parse_accuracy(spec: Any) -> Floor:
         raise PrecisionError(f"--accuracy '{spec}': '{value}' is not a number") from None
     if metric in ("top1", "cosine") and not 0.0 < v <= 1.0:
         raise PrecisionError(f"--accuracy '{spec}': {metric} is a fraction in (0, 1]")
+    if metric == "kl" and not (v > 0.0 and math.isfinite(v)):
+        raise PrecisionError(f"--accuracy '{spec}': the KL ceiling is a positive number (nats)")
     return Floor(metric, v)
 
 
@@ -599,6 +610,8 @@ def _initial_budget(floor: Floor) -> float:
         return max(2.0 * (1.0 - floor.value), 1e-6)
     if floor.metric == "auto":
         return 10.0 ** (-AUTO_SQNR / 10.0)
+    if floor.metric == "kl":
+        return max(floor.value, 1e-6)
     return 1e-2
 
 
@@ -612,7 +625,9 @@ def floor_metrics(reference: Mapping[str, np.ndarray], test: Mapping[str, np.nda
     """The worst output's channel SQNR, cosine and (over classifier-shaped outputs) top-1
     agreement; ``sqnr_other``: the worst channel SQNR over outputs that are not classifier-shaped.
     ``out_axes``: each output's sample axis (``batching.probe_output_axes``; default 0)."""
-    from qgraph.verify.metrics import channel_sqnr_db, classifier_shaped, cosine_similarity, topk_agreement
+    from qgraph.verify.metrics import (
+        channel_sqnr_db, classifier_shaped, cosine_similarity, softmax_kl, topk_agreement,
+    )
 
     m: dict[str, float] = {"sqnr": math.inf, "cosine": 1.0}
     other = math.inf
@@ -625,6 +640,7 @@ def floor_metrics(reference: Mapping[str, np.ndarray], test: Mapping[str, np.nda
         n = np.shape(r)[ax] if np.ndim(r) > ax else 1
         if classifier_shaped(r, n):
             m["top1"] = min(m.get("top1", 1.0), topk_agreement(r, t))
+            m["kl"] = max(m.get("kl", 0.0), softmax_kl(r, t))
         else:
             other = min(other, s)
     m["sqnr_other"] = other
@@ -636,6 +652,8 @@ def floor_holds(floor: Floor, metrics: Mapping[str, float], reference, test) -> 
         return bool(floor.fn(reference, test))
     if floor.metric == "auto":
         return metrics.get("top1", 1.0) >= AUTO_TOP1 and metrics["sqnr_other"] >= AUTO_SQNR
-    if floor.metric == "top1" and "top1" not in metrics:
-        raise PrecisionError("--accuracy top1: no output is classifier-shaped (use sqnr or cosine)")
+    if floor.metric in ("top1", "kl") and floor.metric not in metrics:
+        raise PrecisionError(f"--accuracy {floor.metric}: no output is classifier-shaped (use sqnr or cosine)")
+    if floor.metric == "kl":
+        return metrics["kl"] <= floor.value
     return metrics[floor.metric] >= floor.value

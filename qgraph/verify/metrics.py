@@ -160,6 +160,32 @@ def compare(ref, test, *, classes: bool = False) -> Comparison:
 _SOFTMAX_TOL = 1e-3
 
 
+def softmax_kl(ref, test) -> float:
+    """Mean KL divergence ``KL(p_ref || p_test)`` (nats) over the rows of the last axis, where
+    ``p`` is the row itself if it is already a distribution (non-negative, summing to 1 within
+    1e-3, as a softmax output is) and its softmax otherwise (logits). 0 when equal; a NaN or
+    infinite test value gives infinity."""
+    r, t = _pair(ref, test)
+    if r.ndim == 0 or r.shape[-1] < 2:
+        raise ValueError("KL needs a class axis (last axis) of at least 2")
+    r, t = r.reshape(-1, r.shape[-1]), t.reshape(-1, t.shape[-1])
+    if not np.all(np.isfinite(t)):
+        return math.inf
+
+    def dist(a: np.ndarray, probs: bool) -> np.ndarray:
+        if probs:
+            return np.clip(a, 0.0, None) / np.maximum(np.clip(a, 0.0, None).sum(axis=1, keepdims=True), 1e-300)
+        e = np.exp(a - a.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    probs = bool(np.all(r >= 0.0) and np.allclose(r.sum(axis=1), 1.0, atol=1e-3))
+    p, q = dist(r, probs), dist(t, probs)
+    eps = 1e-12
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl = np.where(p > 0, p * (np.log(p + eps) - np.log(q + eps)), 0.0).sum(axis=1)
+    return float(max(0.0, np.mean(kl)))
+
+
 def classifier_shaped(ref, samples: int) -> bool:
     """Whether an output reads as class scores, so that top-1 agreement (and accuracy against
     labels) means something.
