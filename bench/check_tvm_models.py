@@ -71,9 +71,9 @@ def fed_inputs(path: str) -> list[tuple[str, list]]:
 
 def load_model(name: str, static: bool = False):
     """The model's path, or with ``static`` its ``onnx.ModelProto`` with every fed input's dims
-    set to the checked shape (batch 1): ``quantize`` then sees static spatial sizes, which
-    ``lower-qdq`` needs to make GlobalAveragePool integer (QGlobalAveragePool); with symbolic
-    dims (the PP-OCR exports) it stays a float op between Dequantize and Quantize."""
+    set to the checked shape (batch 1): ``quantize`` then sees static spatial sizes, and
+    ``lower-qdq`` folds the size into QGlobalAveragePool's multiplier; with symbolic dims (the
+    PP-OCR exports) it makes the runtime-count QGlobalAveragePool (``qgraph.ir.l3``)."""
     path = model_path(name)
     if not static:
         return path

@@ -91,7 +91,8 @@ class LowerQDQ(Pass):
             return PassResult.unchanged()
         if model.opset(QGRAPH_DOMAIN) is None:
             model.opset_imports[QGRAPH_DOMAIN] = 1
-        # GlobalAveragePool, act x act MatMul and SAME padding need static shapes: complete them here
+        # act x act MatMul and SAME padding need static shapes (GlobalAveragePool takes its fast form
+        # with one): complete them here
         # (the graph utility of infer-shapes), since an L2 model from another quantizer often has none
         infer_shapes(model)
         originals = [n for n in g if n.op not in _QDQ]

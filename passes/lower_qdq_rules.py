@@ -21,7 +21,7 @@ from qgraph.ir import l3, op_groups, ops
 from qgraph.ir.core import Graph, Model, Node, Value
 from qgraph.ir.l3_geometry import phase_weights, transposed_phases
 from qgraph.onnx.evaluate import evaluate
-from qgraph.quant.fixedpoint import fixed_point_multiplier, shared_shift_multipliers
+from qgraph.quant.fixedpoint import fixed_point_multiplier, runtime_count_multiplier, shared_shift_multipliers
 from qgraph.quant.overflow import accumulator_bounds
 from qgraph.quant.params import INT32, dequantize, quantize, quantize_bias
 from qgraph.rewrite import Match, NodePattern, RewriteRule, RuleSet
@@ -470,12 +470,23 @@ def plan_average_pool(node: Node, model: Model) -> Build:
 
 
 def plan_global_average_pool(node: Node, model: Model) -> Build:
-    """DQ(x) -> GlobalAveragePool -> Q  =>  QGlobalAveragePool(x) (static spatial size)."""
+    """DQ(x) -> GlobalAveragePool -> Q  =>  QGlobalAveragePool(x): the size folded into the
+    multiplier where the spatial shape is static, else the runtime-count form (``qgraph.ir.l3``),
+    for up to ``MAX_RUNTIME_COUNT`` positions."""
     x = _require_act(node, 0)
     out = _require_out(node, allow_act=False)
     shape = static_shape(node.inputs[0])
-    if shape is None or len(shape) < 3 or not all(isinstance(d, int) for d in shape[2:]):
-        fail(f"the spatial shape of '{node.inputs[0].name}' is not static")
+    if shape is not None and len(shape) < 3:
+        fail(f"'{node.inputs[0].name}' has rank {len(shape)}, not [N, C, spatial...]")
+    if shape is None or not all(isinstance(d, int) for d in shape[2:]):
+        real = np.float64(x.params.scale) / np.float64(out.params.scale)
+        try:
+            fp = runtime_count_multiplier(real, x_bound=value_range(x.params))
+        except ValueError as e:
+            fail(f"the spatial shape of '{node.inputs[0].name}' is not static, and the runtime-count form "
+                 f"does not fit int64: {e}")
+        attrs = {"x_zero_point": int(x.params.zero_point), **fp.to_attrs(), **_y_attrs(out), "runtime_count": 1}
+        return _result(node, out, l3.QGlobalAveragePool, lambda g: [x.value], attrs)
     size = math.prod(int(d) for d in shape[2:])
     real = np.float64(x.params.scale) / (size * np.float64(out.params.scale))
     attrs = {"x_zero_point": int(x.params.zero_point),

@@ -276,8 +276,9 @@ def quantize(model: Any, calib: Any, config: Any = None, *, method: str = "minma
             measures them; without it they are in-sample, on calibration data.
         input_shapes: static shapes of graph inputs (name -> dims) for a model declared with
             symbolic dims: shapes are inferred through the graph before quantization, so
-            that shape-dependent integer forms apply (a GlobalAveragePool needs its spatial
-            size for its multiplier; with symbolic dims it stays a float op).
+            that shape-dependent integer forms apply (a GlobalAveragePool folds a static
+            spatial size into its multiplier; with symbolic dims it divides by the count at
+            run time, ``qgraph.ir.l3``).
         context: the ``qgraph.pm.PassContext`` every step runs under (instruments such as
             ``PassTimings`` / ``DumpIR``, ``verify_each``); default: a plain one. The steps are
             ``qgraph.passes.QUANTIZE_STAGES`` (``quantize_pipelines``), each run by the pass manager.

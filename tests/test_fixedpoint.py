@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from qgraph.quant.fixedpoint import (
+    MAX_RUNTIME_COUNT, rounding_divide, runtime_count_multiplier,
     MAX_SHIFT, fixed_point_multiplier, requantize, requantize_to, rounding_shift, shared_shift_multipliers,
 )
 
@@ -96,3 +97,36 @@ def test_int32_sum_plan_is_exact_or_refused(mults, shift, data):
     xs = [np.concatenate([rng.integers(-b, b + 1, 200), [-b, b, 0]]) for b in bounds]
     want = rounding_shift(sum(x.astype(np.int64) * m for x, m in zip(xs, mults)), shift)
     np.testing.assert_array_equal(int32_sum(xs, plan), want)
+
+
+def _half_even(fr: Fraction) -> int:
+    q, r = divmod(fr.numerator, fr.denominator)  # floor, 0 <= r < denominator
+    return q + (2 * r > fr.denominator or (2 * r == fr.denominator and q % 2 == 1))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(-2**61, 2**61), st.integers(1, 2**61))
+def test_rounding_divide_is_round_half_even(t, d):
+    assert int(rounding_divide(np.int64(t), np.int64(d))) == _half_even(Fraction(t, d))
+
+
+def test_rounding_divide_ties_go_to_even():
+    t = np.array([-7, -5, -3, -1, 1, 3, 5, 7, 6, -6], np.int64)
+    assert rounding_divide(t, 2).tolist() == [-4, -2, -2, 0, 0, 2, 2, 4, 3, -3]
+    assert rounding_divide(np.array([2, 6, 10, -2], np.int64), np.int64(4) << np.int64(30)).tolist() == [0, 0, 0, 0]
+    assert rounding_divide(np.array([2, 6, 10, -2], np.int64) << 30, np.int64(4) << np.int64(30)).tolist() == \
+        [0, 2, 2, 0]
+
+
+def test_runtime_count_multiplier_bound():
+    """8-bit inputs keep a 31-bit multiplier; the shift leaves room for the divisor
+    count << shift (and twice the remainder) up to MAX_RUNTIME_COUNT; 32-bit inputs are refused."""
+    fp = runtime_count_multiplier(0.37, x_bound=255)
+    assert 2**30 <= int(fp.multiplier) < 2**31
+    assert MAX_RUNTIME_COUNT * 255 * int(fp.multiplier) < 2**62
+    tiny = runtime_count_multiplier(2.0**-30, x_bound=255)
+    assert int(tiny.shift) == 62 - MAX_RUNTIME_COUNT.bit_length()
+    assert (MAX_RUNTIME_COUNT << int(tiny.shift)) <= 2**61
+    assert runtime_count_multiplier(0.37, x_bound=65535).multiplier < 2**26
+    with pytest.raises(ValueError, match="multiplier bits"):
+        runtime_count_multiplier(0.37, x_bound=2**31)

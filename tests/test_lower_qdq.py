@@ -494,3 +494,64 @@ def test_conv_transpose_refusals_name_the_reason():
         lower(hand_model(n1 + n2 + [deconv] + n3, i1 + i2 + i3, [("x", [1, 128, 4, 4])], [y]))
     chain = [info.value] + [e for e in (info.value.__cause__, getattr(info.value.__cause__, "__cause__", None)) if e]
     assert any(isinstance(e, LoweringError) and "big_deconv" in str(e) and "int32" in str(e) for e in chain), chain
+
+
+def gap_model(s_in, zp_in, s_out, zp_out, dtype=TensorProto.UINT8):
+    """x [1, 3, H, W] (symbolic H, W) -> Q/DQ -> GlobalAveragePool -> Q/DQ."""
+    n1, i1, x = qdq_chain("x", s_in, zp_in, dtype)
+    gap = helper.make_node("GlobalAveragePool", [x], ["g"], name="gap")
+    n2, i2, y = qdq_chain("g", s_out, zp_out, dtype, tag="y")
+    return hand_model(n1 + [gap] + n2, i1 + i2, [("x", [1, 3, "H", "W"])], [y])
+
+
+def gap_tie_feeds(h, w, s_in=0.5, zp=128, seed=0):
+    """Inputs whose quantized channel sums (minus the zero point) are count * (k + 1/2) for even
+    and odd k (exact ties of the rounding division when s_in == s_out)."""
+    rng = np.random.default_rng(seed)
+    n = h * w
+    q = np.zeros((1, 3, n), np.int64)
+    for c, k in enumerate((2, -3, 1)):  # sum = n * (k + 1/2) (n even): means 2.5, -2.5, 1.5
+        q[0, c] = zp + k + (np.arange(n) < n // 2)
+        d = rng.integers(0, 20, n // 2)  # moved between pairs: the sum stays
+        q[0, c, 0::2] += d
+        q[0, c, 1::2] -= d
+        q[0, c] = rng.permutation(q[0, c])
+    q = q.reshape(1, 3, h, w)
+    return {"x": ((q - zp) * s_in).astype(np.float32)}, q
+
+
+@pytest.mark.parametrize("h,w", [(2, 2), (4, 6)])
+def test_global_average_pool_symbolic_size_divides_at_run_time(h, w):
+    """Symbolic H, W: the runtime-count QGlobalAveragePool; ties of the division go to even as
+    QuantizeLinear's do (s_in == s_out: exact against ORT), other scales within 1 LSB."""
+    proto = gap_model(0.5, 128, 0.5, 128)
+    model, stats = lower(proto)
+    gap = node_of(model, l3.QGlobalAveragePool)
+    assert gap.attr("runtime_count") == 1 and stats["float_fallbacks"] == 0
+    feeds, q = gap_tie_feeds(h, w)
+    acc = (q - 128).sum(axis=(2, 3))[0]
+    assert (2 * (acc % (h * w)) == h * w).all()  # the ties are there
+    y = Interpreter(model).run(feeds)["y_dq"].reshape(-1)
+    assert (y / 0.5).tolist() == [2, -2, 2]  # 2.5 -> 2, -2.5 -> -2, 1.5 -> 2: to even
+    check_against_ort(proto, model, [feeds], lsb=0)
+    proto = gap_model(0.0173, 121, 0.0061, 130)
+    model, _ = lower(proto)
+    assert node_of(model, l3.QGlobalAveragePool).attr("runtime_count") == 1
+    check_against_ort(proto, model, samples([1, 3, h, w], n=3, lo=-1.5, hi=0.6) + [gap_tie_feeds(h, w, 0.0173, 121)[0]])
+
+
+def test_global_average_pool_static_size_keeps_the_folded_multiplier():
+    n1, i1, x = qdq_chain("x", 0.02, 128)
+    gap = helper.make_node("GlobalAveragePool", [x], ["g"], name="gap")
+    n2, i2, y = qdq_chain("g", 0.01, 128, tag="y")
+    model, _ = lower(hand_model(n1 + [gap] + n2, i1 + i2, [("x", [1, 3, 4, 5])], [y]))
+    assert node_of(model, l3.QGlobalAveragePool).attr("runtime_count", 0) == 0
+
+
+def test_global_average_pool_symbolic_size_refused_where_int64_cannot_hold():
+    """int32 activations: 2**20 positions of 2**31 leave too few multiplier bits; stays float."""
+    model, stats = lower(gap_model(0.5, 0, 0.5, 0, TensorProto.INT32))
+    assert stats["float_fallbacks"] == 1
+    reason = fallback_reasons(model)["gap"]
+    assert reason.startswith("lower-global-average-pool: the spatial shape of 'x_dq' is not static, and the "
+                             "runtime-count form does not fit int64: an average of up to 1048576 values"), reason

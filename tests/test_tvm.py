@@ -548,3 +548,27 @@ def _cls_model(tmp_path) -> str:
     onnx.save(model, path)
     return path
 
+
+
+@pytest.mark.parametrize("h,w", [(2, 2), (5, 4)])
+def test_global_average_pool_runtime_count_equals_reference(h, w):
+    """A model lowered with symbolic H, W (the runtime-count QGlobalAveragePool: int64
+    floordiv / floormod, ties to even), built for two sizes: every value equals the reference,
+    exact .5 cases included (qgraph.tvm builds for static input shapes: one build per size)."""
+    from test_lower_qdq import gap_model, gap_tie_feeds, lower
+
+    for scales in ((0.5, 128, 0.5, 128), (0.0173, 121, 0.0061, 130)):
+        model, _ = lower(gap_model(*scales))
+        gap = next(n for n in model.graph if n.op is l3.QGlobalAveragePool)
+        assert gap.attr("runtime_count") == 1
+        text = qtvm.lower(model, {"x": [1, 3, h, w]}).script()
+        assert "R.floor_divide(" in text and "R.floor_mod(" in text, text
+        compiled = qtvm.build(model, input_shapes={"x": [1, 3, h, w]},
+                              outputs=[o.name for n in model.graph for o in n.outputs])
+        interp = Interpreter(model)
+        for feeds in (gap_tie_feeds(h, w, scales[0], scales[1])[0],
+                      {"x": RNG.uniform(-2, 2, (1, 3, h, w)).astype(np.float32)}):
+            got = compiled.run(feeds)
+            ref = interp.run(feeds, outputs=list(got))
+            for k in got:
+                assert got[k].dtype == ref[k].dtype and np.array_equal(got[k], ref[k]), (k, got[k], ref[k])

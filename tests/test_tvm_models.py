@@ -5,10 +5,10 @@ Models: PP-OCRv4 det / rec / cls (the rapidocr_onnxruntime wheel) and the ``ligh
 of the onnx wheel's backend test data. Each is quantized with the default config (minmax, 8
 calibration samples), built with static shapes (batch 1, every value of the graph returned)
 and run on 2 inputs (PP-OCR: the input dims set to that shape before quantizing, as for a
-static-shape deployment; ``lower-qdq`` makes GlobalAveragePool integer only for a static
-spatial size). As in ``tests/test_tvm.py``: integer values with no float fallback op
-upstream must be identical; an integer value downstream of a float op (a Quantize of a
-Softmax, a float GlobalAveragePool...) may be 1 LSB off, since float ops may differ from numpy in
+static-shape deployment; and as exported, symbolic H / W: ``lower-qdq`` folds a static
+spatial size into GlobalAveragePool's multiplier, else divides by the count at run time). As
+in ``tests/test_tvm.py``: integer values with no float fallback op upstream must be identical; an integer value downstream of a float op (a Quantize of a
+Softmax, a float Resize...) may be 1 LSB off, since float ops may differ from numpy in
 the last bits; float values agree to a relative tolerance. ``bench/check_tvm_models.py``
 prints the same comparison as a report (compile times, first differing values).
 """
@@ -85,11 +85,11 @@ def test_ppocr_v4_bit_exact(name):
     _check(name)
 
 
-@pytest.mark.parametrize("name", ["rec", "cls"])
+@pytest.mark.parametrize("name", PPOCR)
 def test_ppocr_v4_symbolic_dims_bit_exact(name):
-    """As exported (symbolic H / W): GlobalAveragePool stays a float op; its last-bit differences
-    flip no Quantize here. (det is left out: with float GlobalAveragePool a few Quantize flips
-    after it grow to many LSB through the FPN; see bench/check_tvm_models.py det.)"""
+    """As exported (symbolic H / W): GlobalAveragePool becomes the runtime-count
+    QGlobalAveragePool, integer, so det is in too (with a float GlobalAveragePool, TVM's last-bit
+    differences flipped Quantizes that grew to many LSB through det's FPN)."""
     _check(name, static=False)
 
 

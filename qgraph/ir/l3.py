@@ -81,8 +81,17 @@ The ops (inputs in parentheses; ``x_pad`` pads with ``x_zero_point``, so padding
     ``y = clip(y_zp + rq(acc, multiplier[n], shift[n]), y_qmin, y_qmax)``.
 
 ``QGlobalAveragePool(x) -> y``
-    attrs ``x_zero_point``, requant attrs (1 value, already divided by the spatial size,
-    which must be static). ``acc = sum_spatial(x - x_zp)``, then ``rq``.
+    attrs ``x_zero_point``, requant attrs (1 value), ``runtime_count`` (int, default 0).
+    ``acc = sum_spatial(x - x_zp)`` (int64). With ``runtime_count == 0`` (a static spatial
+    size) the multiplier is already divided by the size: ``y = clip(y_zp + rq(acc, m, s))``.
+    With ``runtime_count == 1`` (a symbolic spatial size) ``m * 2**-s`` is the ratio
+    ``s_in / s_out`` alone and the count ``n`` (the product of the spatial dims, at run time)
+    divides exactly, rounding half to even: ``t = acc * m``, ``d = n << s``,
+    ``q = floordiv(t, d)``, ``r = floormod(t, d)``,
+    ``y = clip(y_zp + q + (2*r > d or (2*r == d and q odd)), y_qmin, y_qmax)``, all int64
+    (``qgraph.quant.fixedpoint.rounding_divide``). ``lower-qdq`` picks ``m``, ``s``
+    (``runtime_count_multiplier``) so that this fits int64 for ``n <= 2**20``
+    (``MAX_RUNTIME_COUNT``); a larger ``n`` is outside the contract (the reference raises).
 
 ``Requantize(x) -> y``
     attrs ``x_zero_point``, requant attrs (1 value). ``y = clip(y_zp + rq(x - x_zp, m, s))``.

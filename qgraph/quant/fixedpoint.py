@@ -51,7 +51,7 @@ class FixedPointMultiplier:
                 prefix + "shift": [int(s) for s in self.shift.reshape(-1)]}
 
 
-def _one(real: float, bits: int) -> tuple[int, int]:
+def _one(real: float, bits: int, max_shift: int = MAX_SHIFT) -> tuple[int, int]:
     if not (math.isfinite(real) and real >= 0):
         raise ValueError(f"a requantization multiplier must be finite and >= 0, got {real}")
     if real == 0.0:
@@ -62,16 +62,17 @@ def _one(real: float, bits: int) -> tuple[int, int]:
     if m == 1 << bits:  # rounding carried into the next power of two
         m >>= 1
         shift -= 1
-    if shift > MAX_SHIFT:  # a tiny ratio: keep the largest shift, lose low multiplier bits
-        m = round(real * 2.0 ** MAX_SHIFT)
-        shift = MAX_SHIFT
+    if shift > max_shift:  # a tiny ratio: keep the largest shift, lose low multiplier bits
+        m = round(real * 2.0 ** max_shift)
+        shift = max_shift
     if shift < 0:
         raise ValueError(f"requantization multiplier {real} is too large for a {bits}-bit fixed-point "
                          f"multiplier with a right shift; the output scale is far smaller than the input's")
     return int(m), int(shift)
 
 
-def fixed_point_multiplier(real, *, acc_bound: int = 2**31 - 1, bits: int = 31) -> FixedPointMultiplier:
+def fixed_point_multiplier(real, *, acc_bound: int = 2**31 - 1, bits: int = 31,
+                           max_shift: int = MAX_SHIFT) -> FixedPointMultiplier:
     """The fixed-point form of ``real`` (a scalar or a 1-D array of per-channel ratios).
 
     Args:
@@ -79,13 +80,14 @@ def fixed_point_multiplier(real, *, acc_bound: int = 2**31 - 1, bits: int = 31) 
         acc_bound: the largest ``|acc|`` the multiplier will be applied to; the multiplier is
             narrowed so that ``acc_bound * multiplier < 2**62``.
         bits: the most multiplier bits wanted (31: the TFLite / gemmlowp Q31 form).
+        max_shift: the largest shift allowed (a smaller ratio loses low multiplier bits).
     """
     headroom = 62 - max(int(acc_bound), 1).bit_length()
     bits = min(bits, headroom)
     if bits < 8:
         raise ValueError(f"accumulator bound {acc_bound} leaves only {bits} multiplier bits in int64")
     arr = np.asarray(real, dtype=np.float64)
-    pairs = [_one(float(r), bits) for r in arr.reshape(-1)]
+    pairs = [_one(float(r), bits, max_shift) for r in arr.reshape(-1)]
     m = np.array([p[0] for p in pairs], np.int64).reshape(arr.shape)
     s = np.array([p[1] for p in pairs], np.int64).reshape(arr.shape)
     return FixedPointMultiplier(m, s)
@@ -141,6 +143,50 @@ def shared_shift_multipliers(reals, *, acc_bound: int, bits: int = 31) -> tuple[
     shift = int(largest.shift)
     mults = np.array([round(r * 2.0 ** shift) for r in reals], np.int64)
     return mults, shift
+
+
+# -- division by a count known only at run time ----------------------------------------------------
+#: The most positions a runtime-count average may sum (``QGlobalAveragePool`` with
+#: ``runtime_count``): 2**20, e.g. 1024 x 1024. Its multiplier and shift are chosen so that
+#: every intermediate of ``rounding_divide(acc * M, count << S)`` fits int64 up to this count.
+MAX_RUNTIME_COUNT = 2**20
+#: The fewest multiplier bits a runtime-count average accepts (a relative error of 2**-16).
+MIN_RUNTIME_COUNT_BITS = 16
+
+
+def runtime_count_multiplier(real, *, x_bound: int, max_count: int = MAX_RUNTIME_COUNT) -> FixedPointMultiplier:
+    """``M * 2**-S ~= real`` for ``y = round_half_even(acc * M / (count * 2**S))``, the average of
+    ``count <= max_count`` values with ``|x| <= x_bound`` (so ``|acc| <= max_count * x_bound``).
+
+    ``|acc * M| < 2**62`` (``fixed_point_multiplier``'s bound) and ``S <= 62 -
+    max_count.bit_length()``, so the divisor ``count << S <= 2**61`` and ``2 * remainder``
+    fit int64 too.
+
+    Raises:
+        ValueError: the bound leaves fewer than ``MIN_RUNTIME_COUNT_BITS`` multiplier bits
+            (8-bit inputs keep 31 bits, 16-bit ones 26; wider inputs are refused).
+    """
+    bits = 62 - (int(max_count) * int(x_bound)).bit_length()
+    if bits < MIN_RUNTIME_COUNT_BITS:
+        raise ValueError(f"an average of up to {max_count} values of magnitude {x_bound} leaves {bits} "
+                         f"multiplier bits in int64 (at least {MIN_RUNTIME_COUNT_BITS} needed)")
+    max_shift = 62 - int(max_count).bit_length()
+    return fixed_point_multiplier(real, acc_bound=int(max_count) * int(x_bound), max_shift=max_shift)
+
+
+def rounding_divide(t, divisor) -> np.ndarray:
+    """``round_half_even(t / divisor)`` for int64 ``t`` and ``0 < divisor <= 2**61``, exact:
+    ``q = floor(t / divisor)``, ``r = t - q * divisor`` (``0 <= r < divisor``), then ``q + 1``
+    when ``2 * r > divisor`` or (``2 * r == divisor`` and ``q`` is odd). The TVM lowering emits
+    the same int64 floordiv / floormod / compare."""
+    t = np.asarray(t, dtype=np.int64)
+    divisor = np.asarray(divisor, dtype=np.int64)
+    if divisor.size and (divisor.min() <= 0 or divisor.max() > 2**61):
+        raise ValueError("rounding_divide: the divisor must lie in [1, 2**61]")
+    q = np.floor_divide(t, divisor)
+    twice = 2 * np.mod(t, divisor)
+    up = (twice > divisor) | ((twice == divisor) & ((q & 1) == 1))
+    return q + up.astype(np.int64)
 
 
 # -- the same sum of products in int32 arithmetic ------------------------------------------------

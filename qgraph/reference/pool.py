@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from qgraph.ir.core import Node
-from qgraph.quant.fixedpoint import requantize_to
+from qgraph.quant.fixedpoint import MAX_RUNTIME_COUNT, requantize_to, rounding_divide
 from qgraph.reference.common import InterpreterError, NotNative, Requant, as_int64, ints, one_int, saturate, windows
 
 
@@ -57,14 +57,28 @@ def qaverage_pool(node: Node, args: list, memo: dict) -> list[np.ndarray]:
 
 def qglobal_average_pool(node: Node, args: list, memo: dict) -> list[np.ndarray]:
     """``QGlobalAveragePool(x)``: the spatial sum of ``x - x_zp``, requantized (the multiplier
-    already holds the division by the spatial size)."""
+    already holds the division by the spatial size), or with ``runtime_count`` divided by the
+    count of this input's positions (``qgraph.ir.l3``)."""
     x = args[0]
     if x.ndim < 3:
         raise InterpreterError(f"{node.describe()}: input '{node.inputs[0].name}' {x.shape} must be "
                                "[N, C, spatial...]")
     xs = as_int64(node, x, node.inputs[0].name) - one_int(node, "x_zero_point")
     acc = xs.sum(axis=tuple(range(2, x.ndim)), keepdims=True)
-    return [Requant.of(node).apply(node, acc)]
+    if not node.attr("runtime_count", 0):
+        return [Requant.of(node).apply(node, acc)]
+    # the runtime-count form: round_half_even(acc * m / (count << s)), exact in int64
+    count = int(np.prod(x.shape[2:]))
+    if not 1 <= count <= MAX_RUNTIME_COUNT:
+        raise InterpreterError(f"{node.describe()}: '{node.inputs[0].name}' has {count} spatial positions; "
+                               f"a runtime-count QGlobalAveragePool takes 1 to {MAX_RUNTIME_COUNT}")
+    mult, shift = one_int(node, "multiplier"), one_int(node, "shift")
+    qmin, qmax = one_int(node, "y_qmin"), one_int(node, "y_qmax")
+    if acc.size and float(np.abs(acc).max()) * abs(mult) >= 2.0 ** 63:
+        raise InterpreterError(f"{node.describe()}: acc * multiplier leaves int64")
+    y = rounding_divide(acc * np.int64(mult), np.int64(count) << np.int64(shift))
+    y = np.clip(y + one_int(node, "y_zero_point"), qmin, qmax)
+    return [saturate(node, y, qmin, qmax)]
 
 
 def max_pool(node: Node, args: list, memo: dict) -> list[np.ndarray]:

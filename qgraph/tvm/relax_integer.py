@@ -19,7 +19,7 @@ from qgraph.ir import l3
 from qgraph.ir.core import Node, Value
 from qgraph.ir.l3_geometry import phase_weights
 from qgraph.ir.types import TensorType
-from qgraph.quant.fixedpoint import rounding_half
+from qgraph.quant.fixedpoint import MAX_RUNTIME_COUNT, rounding_half
 from qgraph.tvm.context import LowerContext, target_kernel
 
 _INT16 = (-(2**15), 2**15 - 1)
@@ -509,7 +509,8 @@ def window_sum(ctx: LowerContext, x, channels: int, win):
 
 def qglobal_average_pool(ctx: LowerContext):
     """``QGlobalAveragePool(x)``: the spatial sum of ``x - x_zp`` (int32 where it provably fits,
-    else int64), requantized."""
+    else int64), requantized, or (``runtime_count``) multiplied and divided by the count with
+    the contract's rounding division."""
     from tvm import relax
 
     x = _int_input(ctx, 0)
@@ -527,4 +528,25 @@ def qglobal_average_pool(ctx: LowerContext):
     xd = shifted(ctx, x, zp, "int32" if narrow else "int64")
     acc = ctx.emit(relax.op.sum(xd, axis=list(range(2, nd)), keepdims=True))
     mult, shift, zp, qmin, qmax = _requant_attrs(ctx, None)
-    return [requantize(ctx, acc, mult, shift, zp, qmin, qmax)]
+    if not ctx.attr("runtime_count", 0):
+        return [requantize(ctx, acc, mult, shift, zp, qmin, qmax)]
+    # the runtime-count form: round_half_even(acc * m / (count << s)) in int64 floordiv / floormod
+    # (qgraph.quant.fixedpoint.rounding_divide); qgraph.tvm builds for static input shapes, so the
+    # count is known here
+    if size is None:
+        raise ctx.error(f"the spatial size of '{ctx.node.inputs[0].name}' {list(shape)} is symbolic; "
+                        "build with static input_shapes")
+    if not 1 <= size <= MAX_RUNTIME_COUNT:
+        raise ctx.error(f"'{ctx.node.inputs[0].name}' has {size} spatial positions; a runtime-count "
+                        f"QGlobalAveragePool takes 1 to {MAX_RUNTIME_COUNT}")
+    m, s = int(mult.reshape(-1)[0]), int(shift.reshape(-1)[0])
+    t = ctx.emit(relax.op.multiply(ctx.astype(acc, "int64"), ctx.const(np.int64(m), "int64")))
+    d = ctx.const(np.int64(size) << np.int64(s), "int64")
+    q = ctx.emit(relax.op.floor_divide(t, d))
+    twice = ctx.emit(relax.op.multiply(ctx.emit(relax.op.floor_mod(t, d)), ctx.const(np.int64(2), "int64")))
+    odd = ctx.emit(relax.op.equal(ctx.emit(relax.op.bitwise_and(q, ctx.const(np.int64(1), "int64"))),
+                                  ctx.const(np.int64(1), "int64")))
+    up = ctx.emit(relax.op.logical_or(ctx.emit(relax.op.greater(twice, d)),
+                                      ctx.emit(relax.op.logical_and(ctx.emit(relax.op.equal(twice, d)), odd))))
+    y = ctx.emit(relax.op.add(q, ctx.astype(up, "int64")))
+    return [clip_to(ctx, y, zp, qmin, qmax)]
