@@ -95,10 +95,10 @@ def test_compile_errors_name_the_problem(tmp_path, capsys):
 
 
 def test_quantize_with_input_shapes_makes_shape_dependent_ops_integer(tmp_path):
-    """A model declared with symbolic dims keeps its GlobalAveragePool in float (its multiplier
-    needs the spatial size); ``input_shapes`` fixes the dims before quantization and it becomes
-    a QGlobalAveragePool. A name that is no input, a wrong rank, or a dim that disagrees with a
-    declared static one is an error naming the input."""
+    """A model declared with symbolic dims gets the runtime-count QGlobalAveragePool (it divides
+    by the spatial size at run time); ``input_shapes`` fixes the dims before quantization and it
+    gets the static form, the size folded into its multiplier. A name that is no input, a wrong
+    rank, or a dim that disagrees with a declared static one is an error naming the input."""
     from onnx import TensorProto, helper, numpy_helper
 
     import qgraph
@@ -118,10 +118,13 @@ def test_quantize_with_input_shapes_makes_shape_dependent_ops_integer(tmp_path):
     proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     calib = [{"x": rng.normal(size=(1, 3, 6, 10)).astype(np.float32)} for _ in range(4)]
 
+    def gap_forms(q):
+        return [n.attr("runtime_count", 0) for n in q.integer.graph if n.op is l3.QGlobalAveragePool]
+
     dynamic = qgraph.quantize(proto, calib, report=False)
-    assert l3.QGlobalAveragePool not in {n.op for n in dynamic.integer.graph}
+    assert gap_forms(dynamic) == [1]
     static = qgraph.quantize(proto, calib, report=False, input_shapes={"x": [1, 3, 6, 10]})
-    assert l3.QGlobalAveragePool in {n.op for n in static.integer.graph}
+    assert gap_forms(static) == [0]
     assert static.qdq.graph.inputs[0].type == TensorType(static.qdq.graph.inputs[0].type.dtype, (1, 3, 6, 10))
 
     for shapes, words in (({"z": [1, 3, 6, 10]}, "'z', which is not a graph input"),
