@@ -56,6 +56,16 @@ def _ints(node, name: str, default: Sequence[int]) -> list[int]:
     return [int(v) for v in np.atleast_1d(np.asarray(value, dtype=np.int64)).reshape(-1)]
 
 
+def _spatial_attrs(node, nd: int) -> tuple[tuple[int, ...], tuple[int, ...], list[int], str]:
+    """``strides``, ``dilations`` (default 1 per spatial dim), ``pads`` (default 0) and
+    ``auto_pad`` (decoded) of a conv-like ``node`` over ``nd`` spatial dims, unchecked."""
+    strides = tuple(_ints(node, "strides", [1] * nd))
+    dilations = tuple(_ints(node, "dilations", [1] * nd))
+    pads = _ints(node, "pads", [0] * (2 * nd))
+    auto_pad = node.attr("auto_pad", "NOTSET")
+    return strides, dilations, pads, auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+
+
 def windows(node, spatial: Sequence[int], kernel: Sequence[int], *, ceil_mode: bool = False) -> Windows:
     """Window geometry from ONNX Conv / pool attributes (``strides``, ``pads``, ``dilations``,
     ``auto_pad``) of ``node`` over the ``spatial`` input dims.
@@ -68,14 +78,10 @@ def windows(node, spatial: Sequence[int], kernel: Sequence[int], *, ceil_mode: b
             or a window is larger than the padded input (the message names the node).
     """
     nd = len(spatial)
-    strides = tuple(_ints(node, "strides", [1] * nd))
-    dilations = tuple(_ints(node, "dilations", [1] * nd))
-    pads = _ints(node, "pads", [0] * (2 * nd))
+    strides, dilations, pads, auto_pad = _spatial_attrs(node, nd)
     if len(strides) != nd or len(dilations) != nd or len(pads) != 2 * nd or len(kernel) != nd:
         raise ContractError(f"{node.describe()}: strides / dilations / pads / kernel_shape do not match "
                             f"{nd} spatial dims")
-    auto_pad = node.attr("auto_pad", "NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
     eff = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         for i in range(nd):
@@ -181,15 +187,11 @@ def transposed(node, spatial: Sequence[int], kernel: Sequence[int]) -> Transpose
             pads they resolve to), or the output would be empty (the message names the node).
     """
     nd = len(spatial)
-    strides = tuple(_ints(node, "strides", [1] * nd))
-    dilations = tuple(_ints(node, "dilations", [1] * nd))
-    pads = _ints(node, "pads", [0] * (2 * nd))
+    strides, dilations, pads, auto_pad = _spatial_attrs(node, nd)
     extra = tuple(_ints(node, "output_padding", [0] * nd))
     if len(strides) != nd or len(dilations) != nd or len(pads) != 2 * nd or len(extra) != nd or len(kernel) != nd:
         raise ContractError(f"{node.describe()}: strides / dilations / pads / output_padding / kernel_shape do not "
                             f"match {nd} spatial dims")
-    auto_pad = node.attr("auto_pad", "NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
     if auto_pad not in ("NOTSET", "") or node.attr("output_shape") is not None:
         raise ContractError(f"{node.describe()}: auto_pad / output_shape are not L3 attributes; give the pads "
                             "they resolve to")

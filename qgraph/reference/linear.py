@@ -76,19 +76,26 @@ def _conv_weights(node: Node, w: np.ndarray, memo: dict) -> tuple[np.ndarray, in
     return wd, bound, by_dtype
 
 
-def qconv(node: Node, args: list, memo: dict) -> list[np.ndarray]:
-    """``QConv(x, w, [bias])`` (see ``qgraph.ir.l3``): N-D, grouped, strided, dilated, padded."""
+def _x_w_kernel(node: Node, args: list, w_layout: str) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+    """``x``, ``w`` and ``kernel_shape`` of a QConv / QConvTranspose, checked: both given, of one
+    rank >= 3 (``w_layout`` names w's layout in the error), the kernel equal to w's."""
     x, w = args[0], args[1]
     if x is None or w is None:
-        raise InterpreterError(f"{node.describe()}: QConv needs x and w")
+        raise InterpreterError(f"{node.describe()}: {node.op_type} needs x and w")
     if x.ndim < 3 or w.ndim != x.ndim:
         raise InterpreterError(f"{node.describe()}: x '{node.inputs[0].name}' {x.shape} and w "
-                               f"'{node.inputs[1].name}' {w.shape} must be [N, C, spatial...] and [M, C/group, k...]")
-    n, c = x.shape[:2]
-    m, cg = w.shape[:2]
+                               f"'{node.inputs[1].name}' {w.shape} must be [N, C, spatial...] and {w_layout}")
     kernel = tuple(int(k) for k in ints(node, "kernel_shape", list(w.shape[2:])))
     if kernel != tuple(w.shape[2:]):
         raise InterpreterError(f"{node.describe()}: kernel_shape {list(kernel)} differs from w's {list(w.shape[2:])}")
+    return x, w, kernel
+
+
+def qconv(node: Node, args: list, memo: dict) -> list[np.ndarray]:
+    """``QConv(x, w, [bias])`` (see ``qgraph.ir.l3``): N-D, grouped, strided, dilated, padded."""
+    x, w, kernel = _x_w_kernel(node, args, "[M, C/group, k...]")
+    n, c = x.shape[:2]
+    m, cg = w.shape[:2]
     group = int(node.attr("group", 1))
     if group < 1 or c != cg * group or m % group:
         raise InterpreterError(f"{node.describe()}: x has {c} channels, w is {list(w.shape)}, group={group}: "
@@ -133,20 +140,12 @@ def qconv_transpose(node: Node, args: list, memo: dict) -> list[np.ndarray]:
     input position times every tap, scattered to ``i * s + t * d`` and cropped by the pads (one
     channel matmul per tap). The TVM lowering computes it another way (one conv over the stride
     phases), so the two check each other."""
-    x, w = args[0], args[1]
-    if x is None or w is None:
-        raise InterpreterError(f"{node.describe()}: QConvTranspose needs x and w")
-    if x.ndim < 3 or w.ndim != x.ndim:
-        raise InterpreterError(f"{node.describe()}: x '{node.inputs[0].name}' {x.shape} and w "
-                               f"'{node.inputs[1].name}' {w.shape} must be [N, C, spatial...] and [C, M/group, k...]")
+    x, w, kernel = _x_w_kernel(node, args, "[C, M/group, k...]")
     n, c = x.shape[:2]
     group = int(node.attr("group", 1))
     if group < 1 or w.shape[0] != c or c % group:
         raise InterpreterError(f"{node.describe()}: x has {c} channels, w is {list(w.shape)}, group={group}: "
                                "expected C == w.shape[0], divisible by group")
-    kernel = tuple(int(k) for k in ints(node, "kernel_shape", list(w.shape[2:])))
-    if kernel != tuple(w.shape[2:]):
-        raise InterpreterError(f"{node.describe()}: kernel_shape {list(kernel)} differs from w's {list(w.shape[2:])}")
     mg = w.shape[1]
     m, cg = mg * group, c // group
     geo = transposed(node, x.shape[2:], kernel)
