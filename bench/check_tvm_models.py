@@ -18,8 +18,9 @@ Each model runs in its own subprocess with a timeout::
     python bench/check_tvm_models.py --static det        # input dims pinned before quantizing
     python bench/check_tvm_models.py --size 736 det      # PP-OCR inputs of another height / width
 
-Models: PP-OCRv4 det / rec / cls (the rapidocr_onnxruntime wheel) and the ``light_*`` models
-of the onnx wheel's backend test data (constant weights, random uniform inputs).
+Models: PP-OCRv4 det / rec / cls (the rapidocr_onnxruntime wheel), ddddocr's captcha CRNN with a
+bidirectional LSTM (``crnn``, the ddddocr wheel) and the ``light_*`` models of the onnx wheel's
+backend test data (constant weights, random uniform inputs).
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ import numpy as np
 PPOCR = {"det": ("ch_PP-OCRv4_det_infer.onnx", (1, 3, 224, 224)),
          "rec": ("ch_PP-OCRv4_rec_infer.onnx", (1, 3, 48, 320)),
          "cls": ("ch_ppocr_mobile_v2.0_cls_infer.onnx", (1, 3, 48, 192))}
+#: trained models with recurrent layers: ddddocr's captcha CRNN (conv stack, a bidirectional
+#: LSTM of 512 units, an 8210-class Gemm), grayscale 64 high, 1 / 255 scaled
+CRNN = {"crnn": ("common.onnx", (1, 1, 64, 192))}
 CALIB_SAMPLES = 8
 TEST_SAMPLES = 2
 
@@ -49,10 +53,14 @@ def light_dir() -> str:
 
 def model_names() -> list[str]:
     light = sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(light_dir(), "light_*.onnx")))
-    return list(PPOCR) + light
+    return list(PPOCR) + list(CRNN) + light
 
 
 def model_path(name: str) -> str:
+    if name in CRNN:
+        import ddddocr
+
+        return os.path.join(os.path.dirname(ddddocr.__file__), CRNN[name][0])
     if name in PPOCR:
         import rapidocr_onnxruntime
 
@@ -91,7 +99,14 @@ def load_model(name: str, static: bool = False):
 
 def samples(name: str, path: str, n: int, seed: int) -> list[dict[str, np.ndarray]]:
     """``n`` single-sample feeds: rendered text for PP-OCR (det: a 224x224 page of lines),
-    uniform [0, 1) for the light models."""
+    crnn: rendered lines as grayscale in [0, 1]; uniform [0, 1) for the light models."""
+    if name in CRNN:
+        from qgraph.testing import ocr
+
+        shape = CRNN[name][1]
+        lines = ocr.render_lines(ocr.sample_texts(n, seed=seed), height=shape[2], width=shape[3], font_size=40)
+        gray = np.where(lines[:, :1] == 0, 1.0, lines[:, :1] * 0.5 + 0.5).astype(np.float32)  # padding: white
+        return [{"input1": gray[i:i + 1]} for i in range(n)]
     if name in PPOCR:
         from qgraph.testing import ocr
 

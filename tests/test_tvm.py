@@ -413,6 +413,117 @@ def test_lrn_equals_reference():
         ref = Interpreter(model).run({"x": x})["y"]
         np.testing.assert_allclose(got, ref, rtol=1e-6, atol=0, err_msg=f"size {size}")
 
+# (op, attributes, inputs beyond X / W / R as (index, name)): forms real CRNN / VAD / speech models use
+RECURRENT_CASES = {
+    "lstm_forward_bias_peephole_states": ("LSTM", {}, True, True, True),
+    "lstm_reverse": ("LSTM", {"direction": "reverse"}, True, False, False),
+    "lstm_bidirectional_layout1": ("LSTM", {"direction": "bidirectional", "layout": 1}, True, True, False),
+    "gru_bidirectional": ("GRU", {"direction": "bidirectional"}, True, True, False),
+    "gru_linear_before_reset": ("GRU", {"linear_before_reset": 1}, True, False, False),
+    "rnn_forward": ("RNN", {}, True, True, False),
+    "rnn_relu_no_bias": ("RNN", {"activations": ["Relu"]}, False, False, False),
+}
+
+
+@pytest.mark.parametrize("name", list(RECURRENT_CASES))
+def test_recurrent_ops_close_to_onnx_runtime(name):
+    """LSTM / GRU / RNN stay float; TVM unrolls them over the static sequence length. Checked
+    against ONNX Runtime, which implements every attribute (the onnx reference ignores some)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from qgraph.onnx import to_proto
+
+    kind, attrs, bias, states, peep = RECURRENT_CASES[name]
+    seq, batch, inp, hid = 5, 3, 4, 6
+    gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[kind]
+    dirs = 2 if attrs.get("direction") == "bidirectional" else 1
+    layout = attrs.get("layout", 0)
+    rng = np.random.default_rng(len(name))
+    x = rng.standard_normal((batch, seq, inp) if layout else (seq, batch, inp)).astype(np.float32)
+    inits = [("W", rng.standard_normal((dirs, gates * hid, inp)).astype(np.float32) * 0.5),
+             ("R", rng.standard_normal((dirs, gates * hid, hid)).astype(np.float32) * 0.5)]
+    ins = ["x", "W", "R", "", "", "", "", ""]
+    if bias:
+        inits.append(("B", rng.standard_normal((dirs, 2 * gates * hid)).astype(np.float32) * 0.3))
+        ins[3] = "B"
+    if states:
+        shape = (batch, dirs, hid) if layout else (dirs, batch, hid)
+        inits.append(("h0", rng.standard_normal(shape).astype(np.float32)))
+        ins[5] = "h0"
+        if kind == "LSTM":
+            inits.append(("c0", rng.standard_normal(shape).astype(np.float32)))
+            ins[6] = "c0"
+    if peep:
+        inits.append(("P", rng.standard_normal((dirs, 3 * hid)).astype(np.float32) * 0.3))
+        ins[7] = "P"
+    while ins[-1] == "":
+        ins.pop()
+    outs = ["y", "yh"] + (["yc"] if kind == "LSTM" else [])
+    node = helper.make_node(kind, ins, outs, hidden_size=hid, **attrs)
+    model = _onnx_model([node], [("x", TensorProto.FLOAT, list(x.shape))], outs, inits, opset=14)
+    got = qtvm.build(model).run({"x": x})
+    if layout:  # ONNX Runtime refuses layout=1: its reference is the same cell on transposed tensors
+        node = helper.make_node(kind, ins, outs, hidden_size=hid, **dict(attrs, layout=0))
+        inits = [(k, v.transpose(1, 0, 2) if k in ("h0", "c0") else v) for k, v in inits]
+        model = _onnx_model([node], [("x", TensorProto.FLOAT, [seq, batch, inp])], outs, inits, opset=14)
+    proto = to_proto(model)
+    for o in proto.graph.output:
+        o.type.tensor_type.elem_type = TensorProto.FLOAT
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    wants = sess.run(outs, {"x": x.transpose(1, 0, 2) if layout else x})
+    if layout:
+        wants = [wants[0].transpose(2, 0, 1, 3)] + [w.transpose(1, 0, 2) for w in wants[1:]]
+    for k, want in zip(outs, wants):
+        assert got[k].shape == want.shape, (k, got[k].shape, want.shape)
+        np.testing.assert_allclose(got[k], want, rtol=1e-5, atol=1e-5, err_msg=k)
+
+
+@pytest.mark.parametrize("a_shape,b_shape", [((1, 64), (64, 512)), ((6, 40), (40, 24)), ((2, 3, 8, 32), (32, 48)),
+                                             ((5, 7), (7, 3))])
+def test_float_matmul_schedule_takes_products_only_and_keeps_values(a_shape, b_shape):
+    """``float_matmul_schedule.matmul_rule`` schedules float MatMul (+ bias) kernels, GEMV
+    and batched ones included, and refuses a column count no vector divides (3) and other
+    reductions (ReduceSum); the built results agree with numpy to float tolerance."""
+    import tvm
+    from onnx import TensorProto, helper
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    from qgraph.tvm.float_matmul_schedule import matmul_rule
+
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal(a_shape).astype(np.float32)
+    b = rng.standard_normal(b_shape).astype(np.float32)
+    bias = rng.standard_normal(b_shape[-1]).astype(np.float32)
+    n = helper.make_node
+    model = _onnx_model([n("MatMul", ["a", "b"], ["m"]), n("Add", ["m", "bias"], ["y"]),
+                         n("ReduceSum", ["a", "ax"], ["r"], keepdims=0)],
+                        [("a", TensorProto.FLOAT, list(a_shape))], ["y", "r"],
+                        [("b", b), ("bias", bias), ("ax", np.array([-1], np.int64))])
+    got = qtvm.build(model).run({"a": a})
+    np.testing.assert_allclose(got["y"], a @ b + bias, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got["r"], a.sum(-1), rtol=1e-5, atol=1e-5)
+
+    tgt = targets.get("cpu").tvm_target()
+    with tgt:
+        mod = tvm.transform.Sequential(cpu.legalize_passes(tgt))(qtvm.lower(model))
+    taken = {gv.name_hint: matmul_rule().apply(f, tgt, False) is not None
+             for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+    matmuls = [k for k in taken if "matmul" in k]
+    assert matmuls and all(taken[k] == (b_shape[-1] != 3) for k in matmuls), taken
+    assert not any(v for k, v in taken.items() if "sum" in k), taken
+
+
+def test_recurrent_unsupported_attribute_names_node():
+    from onnx import TensorProto, helper
+
+    w = np.zeros((1, 8, 2), np.float32)
+    node = helper.make_node("LSTM", ["x", "W", "R"], ["y"], name="enc", hidden_size=2, clip=3.0)
+    model = _onnx_model([node], [("x", TensorProto.FLOAT, [3, 1, 2])], ["y"], [("W", w), ("R", w)], opset=14)
+    with pytest.raises(qtvm.LoweringError, match="LSTM node 'enc'.*clip attribute is not supported"):
+        qtvm.lower(model)
+
+
 # -- API ----------------------------------------------------------------------------------------
 def test_lower_gives_a_relax_main_with_graph_inputs_and_outputs(quantized):
     q = quantized("op_pool")
@@ -440,22 +551,20 @@ def test_every_op_without_lowering_is_named_in_one_error(capfd):
 
     g = helper.make_graph(
         [helper.make_node("Relu", ["x"], ["r"], name="relu"),
-         helper.make_node("LSTM", ["r3", "W", "R"], ["y"], name="lstm1", hidden_size=2),
+         helper.make_node("Hardmax", ["r3"], ["y"], name="hm1"),
          helper.make_node("Unsqueeze", ["r", "ax"], ["r3"], name="unsq"),
-         helper.make_node("LSTM", ["r3", "W", "R"], ["y2"], name="lstm2", hidden_size=2),
+         helper.make_node("Hardmax", ["r3"], ["y2"], name="hm2"),
          helper.make_node("Det", ["sq"], ["d"], name="det"), helper.make_node("Mul", ["r", "r"], ["sq"], name="sq")],
         "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2])],
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y", "y2", "d")],
-        [helper.make_tensor("W", TensorProto.FLOAT, [1, 8, 2], [0.1] * 16),
-         helper.make_tensor("R", TensorProto.FLOAT, [1, 8, 2], [0.1] * 16),
-         helper.make_tensor("ax", TensorProto.INT64, [1], [1])])
-    g.node.sort(key=lambda n: ["relu", "unsq", "lstm1", "lstm2", "sq", "det"].index(n.name))
+        [helper.make_tensor("ax", TensorProto.INT64, [1], [1])])
+    g.node.sort(key=lambda n: ["relu", "unsq", "hm1", "hm2", "sq", "det"].index(n.name))
     from qgraph.onnx import from_proto
 
     model = from_proto(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
     with pytest.raises(qtvm.LoweringError) as e:
         qtvm.lower(model)
-    assert str(e.value).startswith("no TVM lowering for LSTM ('lstm1', 'lstm2'); Det ('det'): ")
+    assert str(e.value).startswith("no TVM lowering for Hardmax ('hm1', 'hm2'); Det ('det'): ")
     del e  # the error is raised before TVM's BlockBuilder opens: nothing of it is left to warn on stderr
     import gc
 

@@ -58,6 +58,9 @@ def _check(name: str, static: bool = True) -> None:
     compiled = qtvm.build(q.integer, "cpu", input_shapes=shapes, outputs=outs + [n for n in names if n not in outs])
     interp = Interpreter(q.integer)
     tainted = l3.after_float_ops(q.integer.graph)
+    # a Dequantize's output is its integer input times the scale: that input is compared (an
+    # allowed 1 LSB after a float op is one scale step here, beyond any float tolerance)
+    dequantized = {node.outputs[0].name for node in q.integer.graph if node.op is l3.Dequantize}
     problems = []
     for feeds in tests:
         got = compiled.run(feeds)
@@ -74,7 +77,7 @@ def _check(name: str, static: bool = True) -> None:
                                     "upstream")
                 elif lsb > 1:
                     problems.append(f"{n} (after a float op): {lsb} LSB")
-            elif not np.allclose(g, r, rtol=1e-3, atol=1e-3 * float(np.abs(r).max())):
+            elif n not in dequantized and not np.allclose(g, r, rtol=1e-3, atol=1e-3 * float(np.abs(r).max())):
                 problems.append(f"{n} (float): max diff {np.abs(r - g).max()}")
     assert not problems, "\n".join(problems[:20])
 
@@ -104,3 +107,10 @@ def test_ppocr_v4_det_480_symbolic_dims_bit_exact(monkeypatch):
     file, shape = bench.PPOCR["det"]
     monkeypatch.setitem(bench.PPOCR, "det", (file, tuple(shape[:2]) + (480, 480)))
     _check("det", static=False)
+
+
+def test_crnn_with_bidirectional_lstm_builds_and_matches_reference():
+    """ddddocr's captcha CRNN (the test extra's wheel): its bidirectional LSTM stays float and
+    TVM unrolls it (``qgraph.tvm.relax_recurrent``); before, the build refused the model. The
+    integer values before the LSTM are exact; after it, 1 LSB at most."""
+    _check("crnn", static=True)

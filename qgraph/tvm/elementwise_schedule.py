@@ -123,7 +123,10 @@ def elementwise_rule():
 
 
 def schedule_pass(target):
-    """A module pass applying ``elementwise_rule`` to every unscheduled PrimFunc."""
+    """A module pass applying ``float_matmul_schedule.matmul_rule``, else ``elementwise_rule``,
+    to every unscheduled PrimFunc."""
     from tvm.s_tir import dlight
 
-    return dlight.ApplyDefaultSchedule(elementwise_rule())
+    from qgraph.tvm.float_matmul_schedule import matmul_rule
+
+    return dlight.ApplyDefaultSchedule(matmul_rule(), elementwise_rule())

@@ -23,7 +23,7 @@ from qgraph.ir import l3, ops
 from qgraph.ir.core import Model, Node
 from qgraph.ir.dtypes import DType, to_numpy
 from qgraph.ir.ops import QGRAPH_DOMAIN, OpId, op
-from qgraph.tvm import relax_float, relax_integer, relax_movement
+from qgraph.tvm import relax_float, relax_integer, relax_movement, relax_recurrent
 from qgraph.tvm.context import LowerContext, Lowering, LoweringError
 from qgraph.tvm.kernel_packages import kernel_package
 
@@ -109,6 +109,10 @@ LOWERINGS: Mapping[OpId, Lowering] = MappingProxyType({
     ops.QGraphGelu: relax_float.gelu,
     ops.Resize: relax_float.resize,
     op("LRN"): relax_float.lrn,
+    # recurrent (float, unrolled over the static sequence length)
+    op("LSTM"): relax_recurrent.lstm,
+    op("GRU"): relax_recurrent.gru,
+    op("RNN"): relax_recurrent.rnn,
 })
 
 

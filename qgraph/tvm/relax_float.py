@@ -78,14 +78,18 @@ relu, tanh, exp, erf, sqrt, neg, abs_, log, floor, ceil = (
 def sigmoid(ctx: LowerContext):
     """Sigmoid as ONNX's reference writes it: ``1 / (1 + exp(-x))`` for ``x > 0``, else
     ``exp(x) / (1 + exp(x))``."""
+    return [ctx.emit(sigmoid_expr(ctx, ctx.expr(0)))]
+
+
+def sigmoid_expr(ctx: LowerContext, x):
+    """``sigmoid(x)`` in ONNX's split form (no overflow of ``exp`` on either side), unbound."""
     from tvm import relax
 
-    x = ctx.expr(0)
     one = _f32(ctx, 1.0, x)
     pos = relax.op.divide(one, relax.op.add(one, relax.op.exp(relax.op.negative(x))))
     ex = relax.op.exp(x)
     neg = relax.op.divide(ex, relax.op.add(one, ex))
-    return [ctx.emit(relax.op.where(relax.op.greater(x, _f32(ctx, 0.0, x)), pos, neg))]
+    return relax.op.where(relax.op.greater(x, _f32(ctx, 0.0, x)), pos, neg)
 
 
 def reciprocal(ctx: LowerContext):
