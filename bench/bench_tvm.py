@@ -20,7 +20,16 @@ times do not. Models:
 - ``rec``: PP-OCRv4 rec at 1x3x48x320, calibrated on 16 rendered text lines (``qgraph.testing.ocr``);
 - ``cls``: PP-OCR cls (rapidocr's ``ch_ppocr_mobile_v2.0_cls``) at 1x3x48x192, calibrated on
   16 rendered lines at 48x192;
-- ``resnet50``: ``light_resnet50`` from the onnx wheel at 1x3x224x224, 8 random calibration samples.
+- ``resnet50``: ``light_resnet50`` from the onnx wheel at 1x3x224x224, 8 random calibration samples;
+- ``det``: PP-OCRv4 det (a DB text detector: ConvTranspose, Resize) at 1x3x320x320, calibrated on 8
+  pages of 4 rendered lines;
+- ``crnn``: ddddocr's captcha CRNN (conv stack, bidirectional LSTM, 8210-class Gemm; the ddddocr
+  wheel) at 1x1x64x192, calibrated on 16 rendered lines in grey;
+- ``yolox``: ddddocr's YOLOX-style click-captcha detector at 1x3x416x416, calibrated on 8 rendered
+  captchas (``qgraph.testing.detect``).
+
+With ``openvino`` installed (``pip install openvino``), OpenVINO's CPU plugin runs qgraph's QDQ
+export as a fourth runner (true u8 x s8 int8 kernels, not exact: a peer for speed only).
 """
 
 from __future__ import annotations
@@ -38,7 +47,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-MODELS = ("digits1", "digits64", "rec", "cls", "resnet50")
+MODELS = ("digits1", "digits64", "rec", "cls", "resnet50", "det", "crnn", "yolox")
 
 
 # -- models and data ----------------------------------------------------------------------------
@@ -76,6 +85,32 @@ def model_spec(name: str) -> dict:
         calib = [{"gpu_0/data_0": rng.uniform(-1, 1, (1, 3, 224, 224)).astype(np.float32)} for _ in range(8)]
         x = rng.uniform(-1, 1, (1, 3, 224, 224)).astype(np.float32)
         return {"path": path, "input": "gpu_0/data_0", "shape": [1, 3, 224, 224], "calib": calib, "x": x}
+    if name == "det":
+        from qgraph.testing import ocr
+
+        path = _rapidocr("*det*.onnx")
+        lines = ocr.render_lines(ocr.sample_texts(40, seed=1), height=40, width=320, font_size=18)
+        pages = np.zeros((10, 3, 320, 320), np.float32)
+        for i in range(10):
+            for k in range(4):
+                pages[i, :, 16 + 72 * k:56 + 72 * k] = lines[4 * i + k]
+        return {"path": path, "input": "x", "shape": [1, 3, 320, 320],
+                "calib": [{"x": pages[i:i + 1]} for i in range(8)], "x": pages[9:10]}
+    if name == "crnn":
+        import ddddocr
+
+        from qgraph.testing import ocr
+
+        lines = ocr.render_lines(ocr.sample_texts(17, seed=1), height=64, width=192, font_size=40)
+        gray = np.where(lines[:, :1] == 0, 1.0, lines[:, :1] * 0.5 + 0.5).astype(np.float32)
+        return {"path": os.path.join(os.path.dirname(ddddocr.__file__), "common.onnx"), "input": "input1",
+                "shape": [1, 1, 64, 192], "calib": [{"input1": gray[i:i + 1]} for i in range(16)], "x": gray[16:]}
+    if name == "yolox":
+        from qgraph.testing import detect
+
+        pages = detect.render_pages(9, seed=1)
+        return {"path": detect.model_path(), "input": "images", "shape": list(pages[:1].shape),
+                "calib": [{"images": pages[i:i + 1]} for i in range(8)], "x": pages[8:]}
     raise SystemExit(f"unknown model '{name}'; choose from {', '.join(MODELS)}")
 
 
@@ -153,6 +188,20 @@ def _ort(path: str, threads: int):
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
+def _openvino(qdq_path: str, threads: int):
+    """OpenVINO's CPU plugin on qgraph's QDQ export (it runs the Q/DQ groups as true int8
+    kernels, u8 x s8 and not exact), as a ``feeds -> outputs`` callable; None when the
+    ``openvino`` package is not installed (``pip install openvino``: an optional column)."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return None
+    compiled = ov.Core().compile_model(qdq_path, "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                         "PERFORMANCE_HINT": "LATENCY"})
+    request = compiled.create_infer_request()
+    return lambda feeds: request.infer(feeds)
+
+
 #: Seconds of untimed runs (at least one) of a runner before each of its timed runs (see ``measure``).
 SETTLE_S = 0.005
 
@@ -186,6 +235,9 @@ def measure(name: str, workdir: str, threads: int, runs: int, warmup: int, settl
     tools = {"qgraph_tvm": lambda: compiled.run(feeds),
              "ort_int8": lambda: int8.run(None, feeds),
              "ort_fp32": lambda: fp32.run(None, feeds)}
+    openvino = _openvino(os.path.join(workdir, "model.qdq.onnx"), threads)
+    if openvino is not None:
+        tools["openvino_int8"] = lambda: openvino(feeds)
     for fn in tools.values():
         for _ in range(warmup):
             fn()
@@ -198,8 +250,9 @@ def measure(name: str, workdir: str, threads: int, runs: int, warmup: int, settl
             tools[k]()
             times[k].append(time.perf_counter() - t0)
     med = {k: float(np.median(v)) for k, v in times.items()}
+    extra = {"tvm_over_openvino_int8": med["qgraph_tvm"] / med["openvino_int8"]} if openvino is not None else {}
     return {"model": name, "threads": threads, "runs": runs, **{f"{k}_ms": v * 1e3 for k, v in med.items()},
-            "tvm_over_ort_int8": med["qgraph_tvm"] / med["ort_int8"],
+            **extra, "tvm_over_ort_int8": med["qgraph_tvm"] / med["ort_int8"],
             "tvm_over_ort_fp32": med["qgraph_tvm"] / med["ort_fp32"],
             "ort_int8_over_fp32": med["ort_int8"] / med["ort_fp32"]}
 
@@ -215,13 +268,16 @@ def _worker(args: list[str], env: dict | None = None, timeout: float | None = No
 
 
 def _table(prep: list[dict], rows: list[dict]) -> str:
-    out = ["| model | input | threads | qgraph TVM int8 ms | ORT int8 ms | ORT fp32 ms | TVM / ORT int8 | "
-           "TVM / ORT fp32 | ORT int8 / fp32 |", "|---|---|---|---|---|---|---|---|---|"]
+    out = ["| model | input | threads | qgraph TVM int8 ms | ORT int8 ms | ORT fp32 ms | OpenVINO int8 ms | "
+           "TVM / ORT int8 | TVM / ORT fp32 | TVM / OpenVINO int8 | ORT int8 / fp32 |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     shapes = {p["model"]: "x".join(str(d) for d in p["shape"]) for p in prep}
     for r in rows:
+        ov_ms = f"{r['openvino_int8_ms']:.3f}" if "openvino_int8_ms" in r else "n/a"
+        ov_ratio = f"{r['tvm_over_openvino_int8']:.2f}" if "tvm_over_openvino_int8" in r else "n/a"
         out.append(f"| {r['model']} | {shapes.get(r['model'], '')} | {r['threads']} | {r['qgraph_tvm_ms']:.3f} | "
-                   f"{r['ort_int8_ms']:.3f} | {r['ort_fp32_ms']:.3f} | {r['tvm_over_ort_int8']:.2f} | "
-                   f"{r['tvm_over_ort_fp32']:.2f} | {r['ort_int8_over_fp32']:.2f} |")
+                   f"{r['ort_int8_ms']:.3f} | {r['ort_fp32_ms']:.3f} | {ov_ms} | {r['tvm_over_ort_int8']:.2f} | "
+                   f"{r['tvm_over_ort_fp32']:.2f} | {ov_ratio} | {r['ort_int8_over_fp32']:.2f} |")
     out += ["", "| model | quantize s | lowering s | tvm.compile s | first VM s | compile (tvm.compile + first VM) s "
                 "| TVM vs reference |", "|---|---|---|---|---|---|---|"]
     for p in prep:

@@ -8,13 +8,17 @@ instrumentation); each distinct kernel is then called alone on copies of those a
 the best of 7 means of 20 calls (1 thread unless TVM_NUM_THREADS says otherwise). Printed:
 microseconds per call, calls per model run, the output shape, and the sum against a plain
 run of the whole model (the rest is the VM's own work: allocation, argument checks).
-Kernel times are the floor of a noisy machine; compare them within one run.
+Kernel times are the floor of a noisy machine; compare them within one run. Conv and matmul
+kernels also show GMAC/s (their MACs per call, ``Compiled.kernel_macs``) and the fraction of
+this core's peak for their form (``bench_mac_peak.py``: int16 pairs, or u8 x s8 for ``_ubsw``),
+measured in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -81,18 +85,44 @@ def profile(compiled, feeds, repeats: int = 7, number: int = 20) -> tuple[list[t
     return sorted(rows, key=lambda r: -r[0] * r[1]), float(np.min(whole))
 
 
+def mac_peak() -> dict[str, float]:
+    """This core's int16-pair and u8 x s8 MAC peak (``bench_mac_peak.peak``); {} without gcc."""
+    import bench_mac_peak
+
+    try:
+        return bench_mac_peak.peak(seconds=0.2, repeats=3)
+    except (OSError, subprocess.CalledProcessError) as e:
+        print(f"note: no MAC peak ({e})", file=sys.stderr)
+        return {}
+
+
+def kernel_rate(sym: str, seconds: float, macs: dict, peaks: dict) -> tuple[str, str]:
+    """(GMAC/s, % of the peak of its form) of one call of kernel ``sym``, or blanks when it
+    declares no MACs. ``_ubsw`` kernels are u8 x s8; every other integer kernel int16 pairs."""
+    if sym not in macs or seconds <= 0:
+        return "", ""
+    rate = macs[sym] / seconds / 1e9
+    peak = peaks.get("u8 x s8" if sym.rstrip("0123456789").endswith("_ubsw") else "int16 pairs")
+    return f"{rate:.1f}", (f"{100 * rate / peak:.0f}%" if peak else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model")
     ap.add_argument("--reduce-range", action="store_true", help="7-bit weights (the u8 x s8 kernels)")
     ap.add_argument("--top", type=int, default=30, help="kernels to print (by total time per run)")
+    ap.add_argument("--no-peak", action="store_true", help="skip the MAC-peak measurement (bench_mac_peak.py)")
     args = ap.parse_args(argv)
     compiled, feeds = build(args.model, args.reduce_range)
     rows, whole = profile(compiled, feeds)
+    peaks = {} if args.no_peak else mac_peak()
     total = sum(t * n for t, n, _, _ in rows)
-    print(f"{'us/call':>10} {'calls':>5} {'us/run':>10}  kernel -> output")
+    if peaks:
+        print("peak per core (bench_mac_peak.py): " + ", ".join(f"{k} {v:.1f} GMAC/s" for k, v in peaks.items()))
+    print(f"{'us/call':>10} {'calls':>5} {'us/run':>10} {'GMAC/s':>7} {'% peak':>6}  kernel -> output")
     for t, n, sym, shape in rows[:args.top]:
-        print(f"{t * 1e6:10.1f} {n:5d} {t * n * 1e6:10.1f}  {sym} -> {list(shape)}")
+        rate, share = kernel_rate(sym, t, compiled.kernel_macs, peaks)
+        print(f"{t * 1e6:10.1f} {n:5d} {t * n * 1e6:10.1f} {rate:>7} {share:>6}  {sym} -> {list(shape)}")
     print(f"kernels: {total * 1e6:.1f} us per run ({sum(n for _, n, _, _ in rows)} calls); "
           f"whole run (best of {7 * 3}): {whole * 1e6:.1f} us")
     return 0

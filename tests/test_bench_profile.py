@@ -29,3 +29,17 @@ def test_profile_times_each_kernel_of_a_run():
     # the conv's output of the digits CNN's first layer: 8 channels of 8 x 8
     assert any(sym.startswith("qdirect_conv_ubsw") and shape == (1, 8, 8, 8) for _, _, sym, shape in rows), rows
     assert compiled.run(feeds)["logits"].shape == (1, 10)  # the model still runs without the instrument
+    # conv / matmul kernels declare their MACs: the digits CNN's first conv, 8 x 8 x 8 outputs of a 3 x 3 x 1 window
+    macs = compiled.kernel_macs
+    assert set(macs) >= {sym for _, _, sym, _ in rows if sym.startswith(("qdirect_conv", "qmatmul_gemm"))}, macs
+    first = next(sym for _, _, sym, shape in rows if sym.startswith("qdirect_conv_ubsw") and shape == (1, 8, 8, 8))
+    assert macs[first] == 8 * 8 * 8 * 9
+    rate, share = profile_tvm.kernel_rate(first, 1e-6, macs, {"u8 x s8": 4.608, "int16 pairs": 1.0})
+    assert (rate, share) == ("4.6", "100%")
+
+
+def test_mac_peak_measures_both_forms():
+    import bench_mac_peak
+
+    peaks = bench_mac_peak.peak(seconds=0.02, repeats=1)
+    assert set(peaks) == {"int16 pairs", "u8 x s8"} and all(v > 0.1 for v in peaks.values()), peaks

@@ -70,6 +70,7 @@ class Compiled:
     compile_seconds: float = 0.0
     load_seconds: float = 0.0
     kernels: dict = field(default_factory=dict)  # qgraph kernel name -> call sites (``kernel_calls``)
+    kernel_macs: dict = field(default_factory=dict)  # kernel function -> MACs per call (``kernel_macs``)
     _vm: Any = field(default=None, repr=False)
     _call: Any = field(default=None, repr=False)
     _args: Any = field(default=None, repr=False)
@@ -239,7 +240,7 @@ def build(model: Model, target: "str | Target" = "cpu", *, input_shapes: Mapping
     ret = mod["main"].ret_ty
     specs = tuple(TensorSpec(n, str(t.dtype), tuple(int(d) for d in t.shape))
                   for n, t in zip(output_names(model, outputs), ret.fields))
-    return Compiled(executable, inputs, specs, tgt, seconds, kernels=kernel_calls(mod))
+    return Compiled(executable, inputs, specs, tgt, seconds, kernels=kernel_calls(mod), kernel_macs=kernel_macs(mod))
 
 
 def kernel_calls(mod) -> dict[str, int]:
@@ -256,6 +257,17 @@ def kernel_calls(mod) -> dict[str, int]:
                 if name.startswith("q"):
                     counts[name] = counts.get(name, 0) + 1
     return dict(sorted(counts.items()))
+
+
+def kernel_macs(mod) -> dict[str, int]:
+    """``{kernel function: multiply-adds per call}`` for the kernels of a lowered module that
+    declare them (``context.MACS_ATTR``: the x86 conv and matmul kernels)."""
+    from tvm import tirx
+
+    from qgraph.tvm.context import MACS_ATTR
+
+    return {gv.name_hint: int(f.attrs[MACS_ATTR]) for gv, f in mod.functions.items()
+            if isinstance(f, tirx.PrimFunc) and f.attrs is not None and MACS_ATTR in f.attrs}
 
 
 def load(outdir: str) -> Compiled:

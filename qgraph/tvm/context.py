@@ -219,6 +219,11 @@ class LowerContext:
                 del self.env[k]
 
 
+#: PrimFunc attribute a kernel package sets on its conv / matmul kernels: the multiply-adds one
+#: call does (the model's own, not the padding's). ``Compiled.kernel_macs`` collects them, and
+#: ``bench/profile_tvm.py`` turns them into GMAC/s per kernel against the machine's peak.
+MACS_ATTR = "qgraph.macs"
+
 #: ``fn(ctx) -> outputs``.
 Lowering = Callable[[LowerContext], Sequence[object]]
 

@@ -165,9 +165,11 @@ def _run_direction(ctx: LowerContext, kind: str, x, wt: _Weights, h, c, acts: li
         else:
             bias = ctx.emit(relax.op.add(_as_expr(ctx, wt.wb), _as_expr(ctx, wt.rb)))
     outs = [None] * seq
+    # the steps' projections apart in one kernel (a strided slice per step cost a kernel call each)
+    steps_xw = ctx.emit(relax.op.split(xw, seq, axis=0)) if seq > 1 else relax.Tuple([xw])
     steps = range(seq - 1, -1, -1) if reverse else range(seq)
     for t in steps:
-        x_t = relax.op.reshape(relax.op.strided_slice(xw, axes=[0], begin=[t], end=[t + 1]), (batch, gates * hidden))
+        x_t = relax.op.reshape(relax.TupleGetItem(steps_xw, t), (batch, gates * hidden))
         if kind == "LSTM":
             g = relax.op.add(x_t, relax.op.matmul(h, r_t))
             if bias is not None:

@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from qgraph.tvm.context import LowerContext
+from qgraph.tvm.context import MACS_ATTR, LowerContext
 from qgraph.tvm.relax_integer import shifted_range
 from qgraph.tvm.x86 import conv as D
 from qgraph.tvm.x86 import gemm as K
@@ -178,12 +178,15 @@ def _conv_plan(ctx: LowerContext) -> _ConvPlan | None:
     return _ConvPlan(kind, g, wd, rq, x_zp, taps, fold, tile)
 
 
-def _call(ctx: LowerContext, func, name: str, args, shape, dtype):
+def _call(ctx: LowerContext, func, name: str, args, shape, dtype, macs: int | None = None):
     from tvm import relax
 
     # the block builder names the function (unique) and shares structurally equal ones;
     # op_pattern 8 (kOpaque): FuseOps leaves the scheduled kernel as it is (its requant is inside)
-    gv = ctx.bb.add_func(func.without_attr("global_symbol").with_attr("op_pattern", 8), name)
+    func = func.without_attr("global_symbol").with_attr("op_pattern", 8)
+    if macs is not None:
+        func = func.with_attr(MACS_ATTR, int(macs))
+    gv = ctx.bb.add_func(func, name)
     return ctx.emit(relax.call_tir(gv, list(args), relax.TensorType(list(shape), dtype)))
 
 
@@ -221,7 +224,8 @@ def qconv(ctx: LowerContext):
                    (g.n // fold, -(-g.c // cg), hp, g.strides[1], wq * cg), xpdt)
         wp = D.pack_direct_weights(wd.astype(np.int8 if ubsw else np.int16), tile[0], ubsw=ubsw)
         y = _call(ctx, D.direct_conv(g, hp, wq, rq, tile, ubsw=ubsw, fold=fold), "qdirect_conv" + suffix,
-                  [xp, ctx.const(wp)] + consts, (g.n // fold, g.oc, g.oh, D.row_cols(g, fold)), rq.out_dtype)
+                  [xp, ctx.const(wp)] + consts, (g.n // fold, g.oc, g.oh, D.row_cols(g, fold)), rq.out_dtype,
+                  macs=g.n * g.oc * g.oh * g.ow * int(np.prod(wd.shape[1:])))
         return y if fold == 1 else _unfold(ctx, y, g)
     # depthwise
     vt = 2 if g.ow > K.LANES else 1
@@ -229,7 +233,7 @@ def qconv(ctx: LowerContext):
     xp = _call(ctx, D.dw_pack(g, xdt, x_zp, hq, wq), "qdw_pack", [x], (g.n, g.c, hq, g.strides[1], wq * 2), "int16")
     w32 = ctx.const(D.pack_dw_weights(wd.astype(np.int16), D.dw_pairs(g)[0]))
     return _call(ctx, D.dw_conv(g, hq, wq, rq, vt), "qdw_pconv", [xp, w32] + consts,
-                 (g.n, g.oc, g.oh, g.ow), rq.out_dtype)
+                 (g.n, g.oc, g.oh, g.ow), rq.out_dtype, macs=g.n * g.oc * g.oh * g.ow * g.kh * g.kw)
 
 
 # -- QMatMul ----------------------------------------------------------------------------------------
@@ -287,7 +291,7 @@ def qmatmul(ctx: LowerContext):
         wp, wdt = wp.astype(np.int8), "int8"
     y = _call(ctx, K.gemm_cols(rows, k2, n, rq, K.MATMUL_TILE, wdt), "qmatmul_gemm",
               [ap, ctx.const(wp)] + [ctx.const(z) for z in rq.arrays()],
-              (rows, n), rq.out_dtype)
+              (rows, n), rq.out_dtype, macs=rows * k * n)
     return ctx.emit(relax.op.reshape(y, tuple(ash[:-1]) + (n,))) if len(ash) != 2 else y
 
 

@@ -1,0 +1,148 @@
+"""This machine's integer multiply-add peak per core, for the two AVX2 forms qgraph's conv
+kernels use: the limit ``bench/profile_tvm.py`` measures each kernel against.
+
+    python bench/bench_mac_peak.py [--seconds 0.5] [--json FILE]
+
+Two loops of independent accumulator chains (enough to hide each instruction's latency), in
+C with AVX2 intrinsics, compiled here with gcc (``-O3 -mavx2``, the inner loop unrolled: accumulators in registers) and called through ctypes:
+
+- ``int16 pairs`` (qgraph's exact form, ``qdirect_conv`` / ``qdw_pconv`` / ``qmatmul_gemm``):
+  ``VPMADDWD`` (16 int16 x int16 products summed in pairs into 8 int32) + ``VPADDD``: 16 MACs
+  per multiply instruction;
+- ``u8 x s8`` (ONNX Runtime's AVX2 kernel and qgraph's ``qdirect_conv_ubsw`` where a proof
+  holds): ``VPMADDUBSW`` (32 u8 x s8 products, pairs summed into int16, saturating) then
+  ``VPMADDWD`` by ones (widen to int32) + ``VPADDD``: 32 MACs per two multiply instructions.
+
+Printed: GMAC/s of each form on one core (best of 5 runs of ``--seconds``), and the clock-free
+ratio of the two. A kernel's fraction of the peak is its MACs per second over this. Single-core
+figures: qgraph's bench latencies are 1 and 2 threads on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+#: Accumulator chains per loop, each a distinct product ``a[i % 3] x b[i / 3]``. The products
+#: are independent of each other (only the 1-cycle adds chain), so a few chains reach the
+#: multipliers' throughput; what matters is that all fits AVX2's 16 ymm registers (6
+#: accumulators, 3 + 2 operands, the ones, the u8 x s8 temporaries): 12 + 12 spilled to the
+#: stack and measured the stores, and 8 chains over 4 products let gcc share the products.
+CHAINS = 6
+OPERANDS = 3
+
+SOURCE = r"""
+#include <immintrin.h>
+#include <stdint.h>
+
+#define CHAINS %(chains)d
+#define OPERANDS %(operands)d
+
+/* int16 pairs: acc += madd(a, b); 16 MACs per VPMADDWD. */
+int64_t madd_i16(int64_t iters, const int16_t *src) {
+    __m256i a[OPERANDS], acc[CHAINS];
+    __m256i b0 = _mm256_loadu_si256((const __m256i *)src), b1 = _mm256_loadu_si256((const __m256i *)src + 1);
+    for (int i = 0; i < OPERANDS; i++) a[i] = _mm256_loadu_si256((const __m256i *)(src + 16 * (i + 2)));
+    for (int i = 0; i < CHAINS; i++) acc[i] = _mm256_setzero_si256();
+    for (int64_t it = 0; it < iters; it++) {
+#pragma GCC unroll 64
+        for (int i = 0; i < CHAINS; i++)
+            acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(a[i %% OPERANDS], i < OPERANDS ? b0 : b1));
+        __asm__ volatile("" : "+x"(b0), "+x"(b1));  /* b unknown each round: no hoisting */
+    }
+    __m256i s = acc[0];
+    for (int i = 1; i < CHAINS; i++) s = _mm256_add_epi32(s, acc[i]);
+    int32_t out[8];
+    _mm256_storeu_si256((__m256i *)out, s);
+    return (int64_t)out[0] + out[7];
+}
+
+/* u8 x s8: acc += madd(maddubs(a, b), ones); 32 MACs per VPMADDUBSW + VPMADDWD. */
+int64_t madd_u8s8(int64_t iters, const int8_t *src) {
+    __m256i a[OPERANDS], acc[CHAINS];
+    __m256i b0 = _mm256_loadu_si256((const __m256i *)src), b1 = _mm256_loadu_si256((const __m256i *)src + 1);
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int i = 0; i < OPERANDS; i++) a[i] = _mm256_loadu_si256((const __m256i *)(src + 32 * (i + 2)));
+    for (int i = 0; i < CHAINS; i++) acc[i] = _mm256_setzero_si256();
+    for (int64_t it = 0; it < iters; it++) {
+#pragma GCC unroll 64
+        for (int i = 0; i < CHAINS; i++)
+            acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(_mm256_maddubs_epi16(a[i %% OPERANDS],
+                                                                                      i < OPERANDS ? b0 : b1), ones));
+        __asm__ volatile("" : "+x"(b0), "+x"(b1));
+    }
+    __m256i s = acc[0];
+    for (int i = 1; i < CHAINS; i++) s = _mm256_add_epi32(s, acc[i]);
+    int32_t out[8];
+    _mm256_storeu_si256((__m256i *)out, s);
+    return (int64_t)out[0] + out[7];
+}
+"""
+
+#: MACs per loop round of each form.
+MACS_PER_ROUND = {"int16 pairs": 16 * CHAINS, "u8 x s8": 32 * CHAINS}
+
+
+def _library(workdir: str) -> ctypes.CDLL:
+    src = os.path.join(workdir, "mac_peak.c")
+    lib = os.path.join(workdir, "mac_peak.so")
+    with open(src, "w") as f:
+        f.write(SOURCE % {"chains": CHAINS, "operands": OPERANDS})
+    subprocess.run(["gcc", "-O3", "-mavx2", "-shared", "-fPIC", "-o", lib, src], check=True)
+    dll = ctypes.CDLL(lib)
+    for name in ("madd_i16", "madd_u8s8"):
+        fn = getattr(dll, name)
+        fn.restype = ctypes.c_int64
+        fn.argtypes = [ctypes.c_int64, ctypes.c_void_p]
+    return dll
+
+
+def peak(seconds: float = 0.5, repeats: int = 5) -> dict[str, float]:
+    """``{form: GMAC/s on one core}`` for ``int16 pairs`` and ``u8 x s8``."""
+    size = 32 * (OPERANDS + 2) * 2
+    buf = (ctypes.c_int8 * size)(*[(i * 37) % 97 - 48 for i in range(size)])
+    with tempfile.TemporaryDirectory(prefix="mac_peak_") as d:
+        dll = _library(d)
+        out = {}
+        for form, fn in (("int16 pairs", dll.madd_i16), ("u8 x s8", dll.madd_u8s8)):
+            fn(1000, buf)
+            t0 = time.perf_counter()
+            iters = 1000
+            while time.perf_counter() - t0 < 0.05:  # calibrate: a round count of about `seconds`
+                iters *= 2
+                t1 = time.perf_counter()
+                fn(iters, buf)
+                dt = time.perf_counter() - t1
+            iters = max(1000, int(iters * seconds / max(dt, 1e-6)))
+            best = float("inf")
+            for _ in range(repeats):
+                t1 = time.perf_counter()
+                fn(iters, buf)
+                best = min(best, time.perf_counter() - t1)
+            out[form] = iters * MACS_PER_ROUND[form] / best / 1e9
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=0.5, help="length of one timed run (default 0.5)")
+    ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    args = ap.parse_args(argv)
+    res = peak(args.seconds)
+    for form, g in res.items():
+        print(f"{form:12s} {g:7.1f} GMAC/s per core")
+    print(f"u8 x s8 / int16 pairs: {res['u8 x s8'] / res['int16 pairs']:.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
