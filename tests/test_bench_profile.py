@@ -43,3 +43,21 @@ def test_mac_peak_measures_both_forms():
 
     peaks = bench_mac_peak.peak(seconds=0.02, repeats=1)
     assert set(peaks) == {"int16 pairs", "u8 x s8"} and all(v > 0.1 for v in peaks.values()), peaks
+
+
+def test_saturation_counts_pairs_that_can_leave_int16():
+    """bench_saturation.py: a pair (w0, w1) of one sign saturates VPMADDUBSW over [0, 255]
+    activations iff 255 * (|w0| + |w1|) >= 2**15; reordering the channels pairs big with small."""
+    import numpy as np
+
+    import bench_saturation as b
+    from qgraph.tvm.x86.conv import ubsw_exact
+
+    w = np.zeros((2, 4, 1, 1), np.int64)
+    w[0, :, 0, 0] = [127, 2, 100, 1]      # pairs (127, 2): 129 saturates; (100, 1) does not
+    w[1, :, 0, 0] = [-64, -64, 1, -1]      # -128 exactly: 255 * 128 = 32640 fits; mixed signs fit
+    assert b.pair_stats(w) == (1, 4)
+    assert not ubsw_exact(w, 0, 255)
+    order = b.balanced_order(w)  # channel peaks 127, 64, 100, 1 -> (127, 1), (100, 64)
+    assert order.tolist() == [0, 3, 2, 1]
+    assert b.pair_stats(w, order)[0] == 0 and ubsw_exact(w[:, order], 0, 255)
