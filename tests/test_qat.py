@@ -221,6 +221,37 @@ def test_training_is_deterministic_and_writes_back_what_it_trained():
     assert np.array_equal(result.run({"input": x["input"][:8]}, backend="tvm")["logits"], ref[:8])
 
 
+def test_feature_distillation_reads_values_by_name_and_closes_their_gap():
+    """TrainConfig.features: the named values (the same names in the student and the float
+    teacher) join the loss as their relative squared error; training on it alone (a loss_fn of
+    0 for the outputs) brings the student's value closer to float's; an unknown name is named."""
+    from qgraph.qat.module import QATError
+    from qgraph.qat.train import feature_loss
+
+    torch.set_num_threads(1)
+    ptq = _digits()
+    feeds, _ = _train_set(64)
+    student, teacher = QATModule(ptq.qdq, ptq.float_model), QATModule(ptq.float_model)
+    # the last conv's output (the first conv's: its 9 int4 weights per channel barely move at this lr)
+    feature = [n for n in ptq.float_model.graph if n.op_type == "Conv"][-1].outputs[0].name
+    batch = {"input": torch.from_numpy(feeds["input"])}
+
+    def gap():
+        with torch.no_grad():
+            return float(feature_loss(student(batch, (feature,)), teacher(batch, (feature,)), (feature,)))
+
+    before = gap()
+    assert before > 0 and feature in student(batch, (feature,)) and "logits" in student(batch, (feature,))
+    zero = lambda out, target: 0.0 * out["logits"].sum()  # noqa: E731 - the features alone train
+    train(student, feeds, teacher=teacher, loss_fn=zero,
+          config=TrainConfig(epochs=3, lr=1e-3, batch_size=16, seed=0, features=(feature,)))
+    assert gap() < 0.8 * before, (before, gap())
+    with pytest.raises(QATError, match="no value named 'nope'"):
+        student(batch, ("nope",))
+    with pytest.raises(ValueError, match="needs the float model as teacher"):
+        train(student, feeds, np.zeros(64, np.int64), config=TrainConfig(epochs=1, features=(feature,)))
+
+
 def test_learned_zero_points_write_back_what_the_module_used():
     """With learned zero points (uint4 activations, where they matter most) the written-back QDQ
     model still equals the module bit for bit in ORT's simulation; the zero points moved."""
@@ -288,13 +319,17 @@ def test_cli_qat_writes_the_compile_folder(tmp_path):
     out = tmp_path / "out"
     assert main(["qat", model, "--calib", calib, "--train", str(train_npz), "--epochs", "2", "--batch-size", "16",
                  "--threads", "1", "--eval", os.path.join(GOLDEN, "data", "digits_test.npz"), "--patience", "1",
-                 "-o", str(out)]) == 0
+                 "--distill-features", "c3", "--feature-weight", "0.5", "-o", str(out)]) == 0
     for f in ("model.qdq.onnx", "model.qgraph.onnx", "model.float.onnx", "report.json", "report.md", "config.json",
               "qat.json"):
         assert (out / f).exists(), f
     md = (out / "report.md").read_text()
     assert "## Quantization-aware training" in md and "| logits | PTQ |" in md and "| logits | QAT |" in md
     assert "Quantization-aware training" in (out / "report.html").read_text()
+    import json
+
+    trained = json.loads((out / "qat.json").read_text())["train"]
+    assert trained["features"] == ["c3"] and trained["feature_weight"] == 0.5
     y = tmp_path / "y.npz"
     assert main(["run", str(out), "--inputs", os.path.join(GOLDEN, "data", "digits_test.npz"), "-o", str(y)]) == 0
     assert np.load(y)["logits"].shape == (500, 10)

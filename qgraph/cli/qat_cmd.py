@@ -32,8 +32,10 @@ def cmd_qat(args: argparse.Namespace) -> int:
             raise QGraphError(f"{flag} {value}: must be at least 1")
     if not args.lr > 0:
         raise QGraphError(f"--lr {args.lr}: must be > 0")
+    features = tuple(f.strip() for f in (args.distill_features or "").split(",") if f.strip())
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                      patience=args.patience, temperature=args.temperature, threads=args.threads)
+                      patience=args.patience, temperature=args.temperature, threads=args.threads,
+                      features=features, feature_weight=args.feature_weight)
     start = time.perf_counter()
     ptq, result, history = qat(args.model, args.calib, args.train, args.config, eval=args.eval, train_config=cfg,
                                distill=args.distill, learn_zero_points=args.learn_zero_points)
@@ -67,6 +69,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument("--config", metavar="FILE", help="quantization config JSON (as compile's)")
     p.add_argument("--distill", action="store_true", help="distill from the float model even with labels")
+    p.add_argument("--distill-features", metavar="NAME[,NAME]", help="values (by name) whose mismatch with the "
+                   "float model's joins the loss: mean((q - f)^2) / mean(f^2), times --feature-weight")
+    p.add_argument("--feature-weight", type=float, default=1.0, help="weight of --distill-features (default 1)")
     p.add_argument("--learn-zero-points", action="store_true", help="learn the activations' zero points too "
                    "(default: fixed at the PTQ ones)")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR")

@@ -33,6 +33,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -227,7 +228,9 @@ class QATModule(nn.Module):
                                                          zp_v.name if zp_v is not None else None, zp_key)
 
     # ----------------------------------------------------------------------------- forward
-    def forward(self, feeds: dict) -> dict:
+    def forward(self, feeds: dict, features: Sequence[str] = ()) -> dict:
+        """The graph outputs by name, plus the values named in ``features`` (any value of the
+        graph: feature distillation reads the same names in the student and the float teacher)."""
         env: dict[str, torch.Tensor] = {}
         for name in self.input_names:
             if name not in feeds:
@@ -258,7 +261,12 @@ class QATModule(nn.Module):
                     raise QATError(f"{node.describe()}: qgraph.qat does not implement {e}") from e
                 for v, y in zip(node.outputs, ys):
                     env[v.name] = y
-        return {name: env[name] for name in self.output_names}
+        missing = [f for f in features if f not in env]
+        if missing:
+            raise QATError(f"no value named {', '.join(repr(f) for f in missing)} in the model (feature "
+                           "distillation reads values by name: `qgraph inspect MODEL --json` lists them)")
+        return {name: env[name] for name in list(self.output_names) + [f for f in features
+                                                                         if f not in self.output_names]}
 
     def zero_point(self, a: ActQuant) -> torch.Tensor:
         """The zero point of activation pair ``a``: fixed, or the learned one rounded (straight

@@ -4,6 +4,8 @@
   probabilities: see ``_log_probs``) against them.
 - Without: distillation, KL(teacher || student) on the softmax of the first output, the
   teacher being the float model as a ``QATModule`` (frozen).
+- Either way, optionally feature distillation: values named in ``TrainConfig.features`` (the
+  same names in the student and the float teacher) add their relative squared error.
 - AdamW (weight decay on weights only, not on biases or log-scales), cosine learning-rate
   schedule over all steps, shuffled mini-batches from a seeded generator: on CPU the same
   seed gives the same bits (``torch.use_deterministic_algorithms`` is not needed there; the
@@ -50,6 +52,10 @@ class TrainConfig:
     seed: int = 0
     patience: int | None = None  # epochs without eval improvement before stopping (None: never)
     temperature: float = 1.0  # distillation
+    #: values (by name, as in the float model) whose student / float-teacher mismatch joins the
+    #: loss: ``feature_weight`` x the mean over them of ``mean((s - t)^2) / mean(t^2)`` (scale-free)
+    features: tuple[str, ...] = ()
+    feature_weight: float = 1.0
     threads: int | None = None
     show_progress: bool | None = None
 
@@ -96,6 +102,9 @@ def train(module: QATModule, feeds: dict[str, np.ndarray], labels: np.ndarray | 
     cfg = config or TrainConfig()
     if labels is None and teacher is None and loss_fn is None:
         raise ValueError("training without labels needs a teacher (distillation) or a loss_fn")
+    features = tuple(cfg.features)
+    if features and teacher is None:
+        raise ValueError("feature distillation (TrainConfig.features) needs the float model as teacher")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -130,16 +139,18 @@ def train(module: QATModule, feeds: dict[str, np.ndarray], labels: np.ndarray | 
             for s in range(0, n, cfg.batch_size):
                 idx = order[s:s + cfg.batch_size]
                 batch = {k: v[idx] for k, v in x.items()}
-                out = module(batch)
+                out = module(batch, features)
+                taught = _teacher(teacher, batch, features) if teacher is not None and (
+                    features or y is None) else None
                 if loss_fn is not None:
-                    target = y[idx] if y is not None else _teacher(teacher, batch)
-                    loss = loss_fn(out, target)
+                    loss = loss_fn(out, y[idx] if y is not None else taught)
                 elif y is not None:
                     logp = _flatten_classes(_log_probs(out[out0]))
                     loss = F.nll_loss(logp, y[idx].reshape(-1))
                 else:
-                    t = _teacher(teacher, batch)[out0]
-                    loss = _kl(out[out0], t, cfg.temperature)
+                    loss = _kl(out[out0], taught[out0], cfg.temperature)
+                if features:
+                    loss = loss + cfg.feature_weight * feature_loss(out, taught, features)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -171,9 +182,19 @@ def train(module: QATModule, feeds: dict[str, np.ndarray], labels: np.ndarray | 
     return history
 
 
-def _teacher(teacher: QATModule, batch) -> dict:
+def _teacher(teacher: QATModule, batch, features: tuple[str, ...] = ()) -> dict:
     with torch.no_grad():
-        return teacher(batch)
+        return teacher(batch, features)
+
+
+def feature_loss(student: dict, teacher: dict, features: tuple[str, ...]) -> torch.Tensor:
+    """Mean over ``features`` of ``mean((s - t)^2) / mean(t^2)``: each value's mismatch relative to
+    its own power, so that a wide tensor and a narrow one weigh alike (1 / SQNR, linear)."""
+    terms = []
+    for name in features:
+        s, t = student[name], teacher[name]
+        terms.append(torch.mean((s - t) ** 2) / (torch.mean(t ** 2) + 1e-12))
+    return torch.stack(terms).mean()
 
 
 def _kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -125,7 +125,8 @@ def qat(model: Any, calib: Any, train_data: Any, config: Any = None, *, eval: An
         eval_feeds, eval_labels = read_feeds(eval, ptq.float_model, "eval data")
         held_out = load_eval(eval, ptq.float_model)
     module = QATModule(ptq.qdq, ptq.float_model, learn_zero_points=learn_zero_points)
-    teacher = QATModule(ptq.float_model) if (distill or labels is None or eval_labels is None) else None
+    teacher = QATModule(ptq.float_model) if (distill or labels is None or eval_labels is None
+                                             or cfg.features) else None
     history = train(module, feeds, None if distill else labels, teacher=teacher, eval_feeds=eval_feeds,
                     eval_labels=eval_labels, config=cfg)
     result = write_back(ptq, module, calib, eval=held_out, report=report, report_samples=report_samples)
