@@ -94,15 +94,21 @@ def provider_options(htp_arch: int | None = None, io: bool = True) -> dict[str, 
 
 # -- the model as the HTP takes it ------------------------------------------------------------
 def static_model(model: "Model", shapes: Mapping[str, Sequence[int]]) -> bytes:
-    """``model`` with its inputs given the static ``shapes`` and every value's shape inferred
-    (the QNN EP refuses a node whose shapes it cannot get), serialized."""
+    """``model`` with its inputs given the static ``shapes``, its shape arithmetic folded
+    (``Shape`` -> ``Slice`` -> ``Concat`` -> ``Reshape`` chains become constants: the HTP does
+    not run int64 shape ops, which would stay on the CPU) and every value's shape inferred
+    (the QNN EP refuses a node whose shapes it cannot get), serialized. Q / DQ of constants
+    are never folded (``fold-constants``)."""
     import onnx
 
     from qgraph.api import clone, set_input_shapes
     from qgraph.onnx import to_proto
+    from qgraph.passes import registry
+    from qgraph.pm import PassManager
 
     m = clone(model)
     set_input_shapes(m, {k: list(v) for k, v in shapes.items()})
+    PassManager(registry().parse("infer-shapes,fold-constants,dead-code-elimination,infer-shapes")).run(m)
     proto = to_proto(m)
     try:
         proto = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
@@ -131,6 +137,7 @@ class Placement:
     where: dict[str, str] = field(default_factory=dict)
     op_types: dict[str, str] = field(default_factory=dict)
     reasons: dict[str, str] = field(default_factory=dict)
+    folded: list[str] = field(default_factory=list)
 
     @property
     def htp_share(self) -> float:
@@ -140,7 +147,8 @@ class Placement:
         return [n for n, p in self.where.items() if p != HTP]
 
     def to_json(self) -> dict:
-        return {"htp_share": self.htp_share, "where": dict(self.where), "cpu_reasons": dict(self.reasons)}
+        return {"htp_share": self.htp_share, "where": dict(self.where), "cpu_reasons": dict(self.reasons),
+                "folded": list(self.folded)}
 
 
 def parse_placement(log: str, node_types: Mapping[str, str]) -> Placement:
@@ -196,12 +204,18 @@ class QnnSession:
     def __init__(self, model: "Model", shapes: Mapping[str, Sequence[int]], *, htp_arch: int | None = None,
                  fallback: bool = True, session_config: Mapping[str, str] | None = None, what: str = "backend 'qnn'"):
         self.what = what
-        self.node_types = {n.name: n.op_type for n in model.graph}
+        import onnx
+
         py = _require_python()
+        data = static_model(model, shapes)
+        #: the nodes the EP sees (name -> op type); ``folded``: nodes of ``model`` computed at
+        #: compile time (shape arithmetic on static shapes), which run nowhere
+        self.node_types = {n.name: n.op_type for n in onnx.load_from_string(data).graph.node}
+        self.folded = [n.name for n in model.graph if n.name not in self.node_types]
         self._dir = tempfile.TemporaryDirectory(prefix="qgraph-qnn-")
         path = os.path.join(self._dir.name, "model.onnx")
         with open(path, "wb") as f:
-            f.write(static_model(model, shapes))
+            f.write(data)
         config = dict(session_config or {})
         if not fallback:
             config["session.disable_cpu_ep_fallback"] = "1"
@@ -219,11 +233,13 @@ class QnnSession:
         except ValueError:
             info = {}
         if not info.get("ok"):
+            self.failure_log = self.log()
             self.close()
             why = info.get("error") or f"the worker exited ({self._proc.returncode}) without a word; {HOW_TO_GET}"
             raise QnnError(f"{what}: the QNN EP cannot load the model: {why.splitlines()[0]}")
         self.outputs: list[str] = info["outputs"]
         self.placement = parse_placement(self.log(), self.node_types)
+        self.placement.folded = list(self.folded)
 
     def log(self) -> str:
         try:

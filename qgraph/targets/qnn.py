@@ -14,41 +14,24 @@ x86-compiled HTP ops) against qgraph's numpy integer reference:
   (256 LSB off): its activation inputs are kept 8-bit.
 - A QDQ Erf splits the graph (it runs on the CPU): Erf stays float.
 
-``QuantRules`` is the form every target's rules take (``Target.quant``); a target without
-rules (``cpu``) accepts every scheme qgraph writes.
+- A fused hard-swish inside a quantized group is float on the HTP (the graph failed to
+  finalize, QNN_COMMON_ERROR_MEM_ALLOC, on PP-OCRv4 cls): the model is written at opset 14,
+  where it is the standard HardSwish the HTP runs quantized.
+
+``qgraph.targets.rules.QuantRules`` is the form every target's rules take (``Target.quant``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Mapping
+from typing import TYPE_CHECKING
+
+from qgraph.targets.rules import QuantRules
+
+if TYPE_CHECKING:
+    from qgraph.targets import Target
 
 #: The HTP version the ``qnn`` target compiles for (the QNN EP option ``htp_arch``).
 HTP_ARCH = 73
-
-
-@dataclass(frozen=True)
-class QuantRules:
-    """The quantization a target executes, as data (read by ``insert-qdq``).
-
-    Attributes:
-        activation_dtypes / weight_dtypes: the integer types it runs (dtype names).
-        symmetric_weights: weights must have zero point 0.
-        per_channel_axes: op type -> the one weight axis per-channel scales may use; a weight
-            of an op not listed is quantized per tensor.
-        fixed_outputs: (op type, dtype) -> (scale, zero point) its output must have.
-        narrow_act_pairs: op type -> the widest activation type when two activations meet
-            in it (a MatMul of two activations).
-        float_ops: op types it does not run quantized (kept float).
-    """
-
-    activation_dtypes: frozenset[str]
-    weight_dtypes: frozenset[str]
-    symmetric_weights: bool = False
-    per_channel_axes: Mapping[str, int] = field(default_factory=dict)
-    fixed_outputs: Mapping[tuple[str, str], tuple[float, int]] = field(default_factory=dict)
-    narrow_act_pairs: Mapping[str, str] = field(default_factory=dict)
-    float_ops: frozenset[str] = frozenset()
 
 
 #: The HTP rules (the module doc says where each comes from).
@@ -60,4 +43,19 @@ HTP_RULES = QuantRules(
     fixed_outputs={("Sigmoid", "uint16"): (1.0 / 65536, 0), ("Tanh", "uint16"): (1.0 / 32768, 32768)},
     narrow_act_pairs={"MatMul": "uint8"},
     float_ops=frozenset({"Erf"}),
+    min_opset=17,
 )
+
+
+def htp() -> "Target":
+    """The Qualcomm HTP through ONNX Runtime's QNN EP: a QDQ model and a QNN context binary,
+    no TVM build (``runnable``: the HTP emulator's environment is configured, ``qgraph.qnn``)."""
+    import importlib.util
+    import os
+
+    from qgraph.targets import Target
+
+    env = os.environ.get("QGRAPH_QNN_PYTHON")
+    runnable = bool(env and os.path.exists(env)) or importlib.util.find_spec("onnxruntime_qnn") is not None
+    return Target("qnn", {}, runnable, frozenset({f"htp_v{HTP_ARCH}"}),
+                  frozenset({"int8", "uint8", "int16", "uint16", "int32"}), quant=HTP_RULES)

@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from qgraph import batching
 from qgraph.ir import ops
 from qgraph.ir.core import Model, Value
 from qgraph.ir.types import TensorType
@@ -80,7 +81,8 @@ class QnnCheck:
             cpu = p.on_cpu()
             out.append(f"  HTP placement: {sum(w == 'HTP' for w in p.where.values())}/{len(p.where)} nodes "
                        f"({p.htp_share:.1%}) on the HTP" + (f"; on the CPU: {', '.join(cpu[:8])}"
-                                                               + (" ..." if len(cpu) > 8 else "") if cpu else ""))
+                                                               + (" ..." if len(cpu) > 8 else "") if cpu else "")
+                       + (f"; {len(p.folded)} shape nodes folded at compile time" if p.folded else ""))
         for bits in (8, 16):
             h = self.histogram(bits)
             if h:
@@ -126,10 +128,14 @@ def layer_check(compiled, feeds: Mapping[str, np.ndarray], *, htp_arch: int | No
     qdq, integer = compiled.qdq, compiled.integer
     tensors = quantized_tensors(qdq, integer)
     names = [v.name for v in tensors]
-    ref = Interpreter(integer).run(dict(feeds), outputs=names)
+    interp = Interpreter(integer)
+    ref = interp.run(dict(feeds), outputs=names)
+    axes = _sample_axes(interp, integer, feeds, names, ref)
     with qnn.QnnSession(qdq, qnn.batch_shapes(qdq, feeds), htp_arch=htp_arch) as s:
         placement = s.placement
     cut = cut_model(qdq, names, {k: np.shape(v) for k, v in ref.items()})
+    batching.set_model_axes(cut, {k + _FED: axes.get(k) for k in names if k + _FED in
+                                  {v.name for v in cut.graph.inputs}})
     fed = dict(feeds)
     by_name = {v.name: v for v in cut.graph.inputs}
     for name in names:
@@ -147,6 +153,22 @@ def layer_check(compiled, feeds: Mapping[str, np.ndarray], *, htp_arch: int | No
         check.layers[v.name] = LayerLSB(v.name, p.name if p else "", _layer_op(p), str(ref[v.name].dtype),
                                         int(d.max()) if d.size else 0, [round(x, 6) for x in hist])
     return check
+
+
+def _sample_axes(interp, integer: Model, feeds: Mapping[str, np.ndarray], names: list[str],
+                 ref: Mapping[str, np.ndarray]) -> dict[str, int | None]:
+    """Each tensor's sample axis: where its shape on one sample differs from its shape on all
+    of them (an attention's [3, N, ...] keeps N on axis 1); None where no dim differs."""
+    axes = batching.model_axes(integer)
+    one = batching.take(dict(feeds), axes, 0, 1)
+    small = interp.run(one, outputs=names)
+    out = {}
+    for k in names:
+        a, b = np.shape(ref[k]), np.shape(small[k])
+        diff = [i for i, (x, y) in enumerate(zip(a, b)) if x != y] if len(a) == len(b) else []
+        out[k] = diff[0] if len(diff) == 1 else (0 if not diff and batching.sample_count(integer, feeds) == 1
+                                                 and len(a) > 0 else None)
+    return out
 
 
 def _layer_op(q) -> str:
