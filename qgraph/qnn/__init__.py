@@ -322,6 +322,34 @@ def batch_shapes(model: "Model", feeds: Mapping[str, np.ndarray]) -> dict[str, t
     return out
 
 
+def static_shapes(model: "Model", given: Mapping[str, Sequence[int]] | None = None,
+                  batch_size: int = 1) -> dict[str, list[int]]:
+    """The static input shapes a context binary is compiled for: ``given`` (``--input-shape``),
+    else the declared ones with a symbolic batch dim (at the input's sample axis) set to
+    ``batch_size``.
+
+    Raises:
+        QnnError: another dim is symbolic and not given.
+    """
+    given = dict(given or {})
+    axes = batching.model_axes(model)
+    out = {}
+    for v in batching.fed_inputs(model):
+        if v.name in given:
+            out[v.name] = list(given[v.name])
+            continue
+        dims = list(v.shape or ())
+        k = axes.get(v.name)
+        for i, d in enumerate(dims):
+            if not batching.is_fixed(d):
+                if i != k:
+                    raise QnnError(f"--target qnn: input '{v.name}' {list(dims)} has a symbolic dim {i}; the HTP "
+                                   f"compiles static shapes: give --input-shape {v.name}=D0,D1,...")
+                dims[i] = batch_size
+        out[v.name] = dims
+    return out
+
+
 def run_qnn(model: "Model", feeds: Mapping[str, np.ndarray], *, probe: "Model | None" = None,
             htp_arch: int | None = None, what: str = "backend 'qnn'") -> dict[str, np.ndarray]:
     """Run the QDQ ``model`` on the HTP emulator on any number of samples (one worker per
@@ -358,4 +386,5 @@ def write_context(model: "Model", shapes: Mapping[str, Sequence[int]], path: str
 
 
 __all__ = ["HOW_TO_GET", "PYTHON_ENV", "Placement", "QnnError", "QnnSession", "available", "batch_shapes",
-           "parse_placement", "provider_options", "qnn_python", "run_qnn", "static_model", "write_context"]
+           "parse_placement", "provider_options", "qnn_python", "run_qnn", "static_model", "static_shapes",
+           "write_context"]

@@ -177,3 +177,21 @@ def _layer_op(q) -> str:
     if x is not None and x.op in (ops.Relu, ops.Clip) and x.inputs[0] is not None and x.inputs[0].producer() is not None:
         return f"{x.inputs[0].producer().op_type}+{x.op_type}"
     return x.op_type if x is not None else "input"
+
+
+def annotate_report(report, placement) -> None:
+    """Say in ``report`` (``qgraph.verify.report.Report``) which target runs each op: a
+    ``runs_on`` of ``HTP`` or ``CPU`` on every layer row (the node's placement; a fused
+    activation runs with its op), the share in the summary and the CPU nodes with the EP's
+    reasons."""
+    if report is None:
+        return
+    for row in report.layers:
+        where = placement.where.get(row["node"])
+        if where is not None:
+            row["runs_on"] = where
+    report.summary["runs_on"] = (f"QNN HTP: {sum(w == 'HTP' for w in placement.where.values())}/"
+                                 f"{len(placement.where)} nodes ({placement.htp_share:.1%}) on the HTP"
+                                 + (f", {len(placement.folded)} shape nodes folded at compile time"
+                                    if placement.folded else ""))
+    report.summary["qnn_placement"] = placement.to_json()
