@@ -177,6 +177,7 @@ class _Inserter:
         self.params: dict[Value, QuantParams] = {}
         self.class_inits: dict[Value, tuple[Value, Value]] = {}
         self.replaced: list[Value] = []  # constants now read through a DQ
+        self.dq_of: dict[Value, Value] = {}  # a quantized activation -> its DequantizeLinear's output
         self.opset_needed = 10
         self.counts = {"quantized_nodes": 0, "qdq_pairs": 0, "weights": 0, "biases": 0, "corrected_biases": 0}
         self.rules = target_rules(cfg.target)
@@ -471,6 +472,9 @@ class _Inserter:
                 self._concat_constant_inputs(unit)
             elif unit.weights:
                 self._quantize_weights(unit)
+        if self.rules is not None and self.rules.same_act_types:
+            for unit in list(self.units.values()):
+                self._convert_inputs(unit)
         for v in self.replaced:  # float weights no one reads any more
             if self.g.initializers.get(v.name) is v and not v.has_uses() and not v.is_graph_output():
                 self.g.remove_initializer(v)
@@ -492,6 +496,7 @@ class _Inserter:
         else:
             first = next(iter(g), None)
             g.insert_before(first, [qn, dqn]) if first is not None else g.extend([qn, dqn])
+        self.dq_of[v] = dq
         produced_quantized = p is not None and self._group_node(p) in self.units
         readers = self.readers.get(v, set())
         for node, i in v.uses():
@@ -502,6 +507,36 @@ class _Inserter:
             dq.name = base
             g.outputs.replace(v, dq)
         self.counts["qdq_pairs"] += 1
+
+    def _convert_inputs(self, unit: _Unit) -> None:
+        """Where the target needs an op's activation inputs in its output's type
+        (``QuantRules.same_act_types``: ONNX Runtime's QDQ node units, which the QNN EP takes
+        whole, need them equal), an input of another type is converted on the way in:
+        ``DQ(x) -> Q(x, output type) -> DQ`` (a mixed-precision boundary, e.g. W8A8 -> W8A16)."""
+        out = self.params.get(unit.output)
+        if out is None or unit.node.op in SHARED_SCALE_OPS:
+            return
+        g = self.g
+        for _, v in unit.acts:
+            dq = self.dq_of.get(v)
+            p = self.params.get(v)
+            if dq is None or p is None or p.dtype == out.dtype:
+                continue
+            lo, hi = self._range(v, wide=out.dtype.bits > 8)
+            params = choose_params(lo, hi, out.dtype, pow2=self.cfg.pow2_scales)
+            base = f"{v.name}_as_{out.dtype.name}"
+            scale, zp = self._param_inits(base, params)
+            q = Value(g.unique_name(base + "_quantized"), TensorType(DType(params.dtype.onnx), v.shape))
+            d = Value(g.unique_name(base + "_dequantized"), v.type)
+            nodes = [Node(ops.QuantizeLinear, [dq, scale, zp], [q], name=g.unique_name(base + "_QuantizeLinear")),
+                     Node(ops.DequantizeLinear, [q, scale, zp], [d], name=g.unique_name(base + "_DequantizeLinear"))]
+            g.insert_after(dq.producer(), nodes)
+            for n in (unit.node, *unit.members):
+                for i, x in enumerate(n.inputs):
+                    if x is dq:
+                        n.replace_input(i, d)
+            self._note_dtype(out.dtype.name)
+            self.counts["qdq_pairs"] += 1
 
     def _param_inits(self, base: str, params: QuantParams) -> tuple[Value, Value]:
         scale = self.g.add_initializer(base + "_scale", params.scale.copy())

@@ -118,7 +118,7 @@ def static_model(model: "Model", shapes: Mapping[str, Sequence[int]]) -> bytes:
 
 
 # -- where each node ran ----------------------------------------------------------------------
-_VERDICT = re.compile(r"Validation (PASSED|FAILED) for \d+ nodes in OrtNodeUnit")
+_VERDICT = re.compile(r"Validation (PASSED|FAILED) for \d+ nodes in \w+")
 _UNIT_NODE = re.compile(r"Operator type: (\S+) Node name: (.*) Node index")
 _REASON = re.compile(r"REASON : (.*)")
 

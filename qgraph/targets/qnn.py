@@ -14,6 +14,11 @@ x86-compiled HTP ops) against qgraph's numpy integer reference:
   (256 LSB off): its activation inputs are kept 8-bit.
 - A QDQ Erf splits the graph (it runs on the CPU): Erf stays float.
 
+- An op whose activation inputs and output differ in type (a W8A8 layer feeding a W8A16
+  one) is not a QDQ node unit for ONNX Runtime: its weights' DequantizeLinear stays on the
+  CPU ("standalone DQ op with per-channel quantization") and the op runs unquantized on the
+  HTP (300-460 LSB off on 16-bit layers of the digits CNN): inputs are converted to the
+  output's type first.
 - A fused hard-swish inside a quantized group is float on the HTP (the graph failed to
   finalize, QNN_COMMON_ERROR_MEM_ALLOC, on PP-OCRv4 cls): the model is written at opset 14,
   where it is the standard HardSwish the HTP runs quantized.
@@ -44,6 +49,7 @@ HTP_RULES = QuantRules(
     narrow_act_pairs={"MatMul": "uint8"},
     float_ops=frozenset({"Erf"}),
     min_opset=17,
+    same_act_types=True,
 )
 
 

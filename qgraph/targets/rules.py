@@ -26,6 +26,8 @@ class QuantRules:
         float_ops: op types it does not run quantized (left float).
         min_opset: the opset the QDQ model is written at, at least (e.g. 14: a fused
             hard-swish is the standard HardSwish, not ``x * HardSigmoid(x)``).
+        same_act_types: an op's activation inputs must have its output's type (a mixed-precision
+            boundary gets a conversion, ``DQ -> Q -> DQ``).
     """
 
     activation_dtypes: frozenset[str]
@@ -36,6 +38,7 @@ class QuantRules:
     narrow_act_pairs: Mapping[str, str] = field(default_factory=dict)
     float_ops: frozenset[str] = frozenset()
     min_opset: int = 0
+    same_act_types: bool = False
 
     def runs(self, weight: str | None, activation: str | None) -> bool:
         """Whether a format of these weight / activation types (None: float) runs here."""
