@@ -377,13 +377,15 @@ class _Inserter:
 
     def _target_scheme(self, members: list[Value], scheme: TensorScheme) -> TensorScheme:
         """``scheme`` as the target runs it: narrowed where the class feeds an op that meets two
-        activations in a narrower type (``QuantRules.narrow_act_pairs``); an error for a type
-        the target does not run."""
+        activations in a narrower type (``QuantRules.narrow_act_pairs``), or is that op's output
+        where the target wants one type per op (``same_act_types``); an error for a type the
+        target does not run."""
         rules = self.rules
         if rules is None:
             return scheme
-        for v in members:
-            for node in self.readers.get(v, ()):
+        for v in members:  # its readers, and (the types agree inside a node unit) its producer
+            producer = self._group_node(v.producer()) if v.producer() is not None else None
+            for node in (*self.readers.get(v, ()), *([producer] if rules.same_act_types and producer else [])):
                 unit = self.units.get(node)
                 narrow = rules.narrow_act_pairs.get(node.op_type)
                 if unit is not None and narrow is not None and len(unit.acts) >= 2 \

@@ -121,7 +121,8 @@ def cut_model(qdq: Model, tensors: list[str], shapes: Mapping[str, tuple]) -> Mo
 
 def layer_check(compiled, feeds: Mapping[str, np.ndarray], *, htp_arch: int | None = None) -> QnnCheck:
     """Every quantized layer of ``compiled`` on the HTP emulator vs the reference, and where
-    the QNN EP placed each node of the QDQ model (``qgraph.qnn``: needs its environment)."""
+    the QNN EP placed each node of the QDQ model (``qgraph.qnn``: needs its environment).
+    A model of a fixed batch size is measured on its first batch of ``feeds``."""
     from qgraph import qnn
     from qgraph.reference import Interpreter
 
@@ -129,8 +130,13 @@ def layer_check(compiled, feeds: Mapping[str, np.ndarray], *, htp_arch: int | No
     tensors = quantized_tensors(qdq, integer)
     names = [v.name for v in tensors]
     interp = Interpreter(integer)
+    in_axes = batching.model_axes(integer)
+    fixed = batching.fixed_batch(batching.input_shapes(integer), in_axes)
+    if fixed is not None:  # a model of a fixed batch is measured on its first batch
+        feeds = batching.take(dict(feeds), in_axes, 0, fixed, pad_to=fixed)
     ref = interp.run(dict(feeds), outputs=names)
-    axes = _sample_axes(interp, integer, feeds, names, ref)
+    axes = ({k: 0 for k in names} if fixed is not None
+            else _sample_axes(interp, integer, feeds, names, ref))
     with qnn.QnnSession(qdq, qnn.batch_shapes(qdq, feeds), htp_arch=htp_arch) as s:
         placement = s.placement
     cut = cut_model(qdq, names, {k: np.shape(v) for k, v in ref.items()})
