@@ -1,11 +1,16 @@
 """The Qualcomm HTP emulator (ONNX Runtime's QNN execution provider), in one place.
 
-``onnxruntime-qnn`` ships its own ``onnxruntime`` package, which would replace the plain one
-qgraph uses, so it lives in an environment of its own: qgraph runs ``worker.py`` there, in a
-subprocess per configuration (QNN's backend settings leak between sessions of one process).
-The interpreter is ``$QGRAPH_QNN_PYTHON``, else this one if its ``onnxruntime`` has the QNN
-EP (``onnxruntime_qnn`` installed), else none (``available()`` is False and the ``qnn``
-backend says how to get one).
+Every QNN session runs in a worker process (``worker.py``), one per configuration: QNN's
+backend settings (``htp_arch``, the backend library) leak between sessions of one process,
+and the HTP's libraries print to stdout. The worker's interpreter is ``$QGRAPH_QNN_PYTHON``,
+else this one if ``onnxruntime_qnn`` is importable here, else there is none (``available()``
+is False and the ``qnn`` backend says how to get one).
+
+``onnxruntime-qnn`` 2.x (the ``qnn`` extra, 2.7.0) is a plugin EP: it ships only
+``onnxruntime_qnn`` and runs on the plain ``onnxruntime``, so it can share qgraph's
+environment; the 1.x wheels shipped an ``onnxruntime`` of their own, which would replace the
+plain one: give those an environment of their own and name its Python in
+``QGRAPH_QNN_PYTHON`` (the worker needs only numpy and onnxruntime there).
 
     from qgraph import qnn
     outs = qnn.run_qnn(qdq_model, feeds)                  # the QDQ export on the HTP emulator
@@ -42,9 +47,9 @@ if TYPE_CHECKING:
 PYTHON_ENV = "QGRAPH_QNN_PYTHON"
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
 #: What to do to get a QNN environment (errors and skips say it).
-HOW_TO_GET = (f"make one with `python3 -m venv /opt/qnn && /opt/qnn/bin/pip install onnxruntime-qnn numpy` and "
-              f"set {PYTHON_ENV}=/opt/qnn/bin/python (onnxruntime-qnn brings its own onnxruntime: keep it out "
-              "of qgraph's environment)")
+HOW_TO_GET = (f"install qgraph's qnn extra (pip install -e '.[qnn]': onnxruntime-qnn 2.7.0), or set {PYTHON_ENV} to "
+              "a Python that has onnxruntime-qnn and numpy (e.g. python3 -m venv /opt/qnn && /opt/qnn/bin/pip install "
+              "onnxruntime-qnn==2.7.0 numpy)")
 #: Samples per run where the model's batch dim is symbolic (HTP graphs are static: one size per session).
 QNN_BATCH = 16
 
@@ -73,7 +78,7 @@ def available() -> bool:
 def _require_python() -> str:
     py = qnn_python()
     if py is None:
-        raise QnnError(f"backend 'qnn' needs onnxruntime-qnn, which is not installed here; {HOW_TO_GET}")
+        raise QnnError(f"backend 'qnn' needs onnxruntime-qnn, which is not installed here: {HOW_TO_GET}")
     if not os.path.exists(py):
         raise QnnError(f"{PYTHON_ENV}={py}: no such interpreter; {HOW_TO_GET}")
     return py
@@ -101,13 +106,15 @@ def static_model(model: "Model", shapes: Mapping[str, Sequence[int]]) -> bytes:
     are never folded (``fold-constants``)."""
     import onnx
 
-    from qgraph.api import clone, set_input_shapes
+    from qgraph.ir.types import TensorType
     from qgraph.onnx import to_proto
     from qgraph.passes import registry
     from qgraph.pm import PassManager
 
-    m = clone(model)
-    set_input_shapes(m, {k: list(v) for k, v in shapes.items()})
+    m = model.clone()
+    for v in m.graph.inputs:
+        if v.name in shapes:
+            v.type = TensorType(v.type.dtype, tuple(int(d) for d in shapes[v.name]))
     PassManager(registry().parse("infer-shapes,fold-constants,dead-code-elimination,infer-shapes")).run(m)
     proto = to_proto(m)
     try:

@@ -1,8 +1,9 @@
 """The QNN worker: one ONNX Runtime session on the QNN execution provider, in its own process.
 
 Run by ``qgraph.qnn`` under an interpreter whose ``onnxruntime`` has the QNN execution
-provider (``onnxruntime-qnn``), never imported by qgraph itself: it imports only the standard
-library, numpy and onnxruntime, so that environment needs nothing of qgraph's.
+provider (``onnxruntime-qnn``: a plugin EP in 2.x, built in with 1.x), never imported by
+qgraph itself: it imports only the standard library, numpy and onnxruntime, so that
+environment needs nothing of qgraph's.
 
 One process per configuration: QNN's backend settings (``htp_arch``, the backend library)
 persist across sessions of one process, so two configurations in one process interfere.
