@@ -135,8 +135,9 @@ def layer_check(compiled, feeds: Mapping[str, np.ndarray], *, htp_arch: int | No
     if fixed is not None:  # a model of a fixed batch is measured on its first batch
         feeds = batching.take(dict(feeds), in_axes, 0, fixed, pad_to=fixed)
     ref = interp.run(dict(feeds), outputs=names)
-    axes = ({k: 0 for k in names} if fixed is not None
-            else _sample_axes(interp, integer, feeds, names, ref))
+    one_batch = fixed is not None or batching.sample_count(integer, feeds) == 1
+    # one run: each cut input goes whole (no sample axis); else each one's own sample axis
+    axes = {k: None for k in names} if one_batch else _sample_axes(interp, integer, feeds, names, ref)
     with qnn.QnnSession(qdq, qnn.batch_shapes(qdq, feeds), htp_arch=htp_arch) as s:
         placement = s.placement
     cut = cut_model(qdq, names, {k: np.shape(v) for k, v in ref.items()})
@@ -172,8 +173,7 @@ def _sample_axes(interp, integer: Model, feeds: Mapping[str, np.ndarray], names:
     for k in names:
         a, b = np.shape(ref[k]), np.shape(small[k])
         diff = [i for i, (x, y) in enumerate(zip(a, b)) if x != y] if len(a) == len(b) else []
-        out[k] = diff[0] if len(diff) == 1 else (0 if not diff and batching.sample_count(integer, feeds) == 1
-                                                 and len(a) > 0 else None)
+        out[k] = diff[0] if len(diff) == 1 else None
     return out
 
 
