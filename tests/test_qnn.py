@@ -263,6 +263,9 @@ def test_cli_target_qnn_context_binary_run_and_verify(tmp_path, capsys):
     assert "runs on" in (out / "report.md").read_text()
     assert json.loads((out / "config.json").read_text())["target"] == "qnn"
     assert main(["run", str(out), "--inputs", test, "-o", str(tmp_path / "y.npz"), "--backend", "qnn"]) == 0
+    x = np.load(test)["input"][:1]
+    with qnn.QnnSession(str(out / "model.qnn_ctx.onnx"), {}) as s:  # the context binary runs as compiled
+        np.testing.assert_array_equal(s.run({"input": x})["logits"], np.load(tmp_path / "y.npz")["logits"][:1])
     assert main(["verify", str(out), "--inputs", test]) == 0
     printed = capsys.readouterr().out
     assert "reference vs QNN HTP emulator: max 1 LSB" in printed or "reference vs QNN HTP emulator: max 0 LSB" in printed

@@ -200,7 +200,8 @@ class QnnSession:
     """One worker process holding one QNN EP session of ``model`` at static input ``shapes``.
 
     Args:
-        model: a QDQ qgraph ``Model``.
+        model: a QDQ qgraph ``Model``, or the path of an ONNX file to load as it is (a QNN
+            context binary, ``write_context``; ``shapes`` is then unused).
         shapes: input name -> static shape.
         htp_arch: the HTP version (default ``qgraph.targets.qnn.HTP_ARCH``).
         fallback: let nodes the HTP does not take run on ONNX Runtime's CPU EP; False sets
@@ -208,17 +209,22 @@ class QnnSession:
         session_config: further session config entries (``ep.context_enable`` ...).
     """
 
-    def __init__(self, model: "Model", shapes: Mapping[str, Sequence[int]], *, htp_arch: int | None = None,
+    def __init__(self, model: "Model | str", shapes: Mapping[str, Sequence[int]], *, htp_arch: int | None = None,
                  fallback: bool = True, session_config: Mapping[str, str] | None = None, what: str = "backend 'qnn'"):
         self.what = what
         import onnx
 
         py = _require_python()
-        data = static_model(model, shapes)
+        if isinstance(model, (str, os.PathLike)):  # a saved model as it is (a context binary)
+            with open(model, "rb") as f:
+                data = f.read()
+            model = None
+        else:
+            data = static_model(model, shapes)
         #: the nodes the EP sees (name -> op type); ``folded``: nodes of ``model`` computed at
         #: compile time (shape arithmetic on static shapes), which run nowhere
         self.node_types = {n.name: n.op_type for n in onnx.load_from_string(data).graph.node}
-        self.folded = [n.name for n in model.graph if n.name not in self.node_types]
+        self.folded = [n.name for n in model.graph if n.name not in self.node_types] if model is not None else []
         self._dir = tempfile.TemporaryDirectory(prefix="qgraph-qnn-")
         path = os.path.join(self._dir.name, "model.onnx")
         with open(path, "wb") as f:
@@ -381,9 +387,9 @@ def run_qnn(model: "Model", feeds: Mapping[str, np.ndarray], *, probe: "Model | 
 
 def write_context(model: "Model", shapes: Mapping[str, Sequence[int]], path: str, *,
                   htp_arch: int | None = None) -> Placement:
-    """Compile ``model`` for the HTP offline and write the QNN context binary, embedded in an
-    ONNX wrapper (``EPContext`` node) at ``path``; every node must go to the HTP
-    (``session.disable_cpu_ep_fallback``) where all do, else the CPU keeps the rest."""
+    """Compile ``model`` for the HTP at static ``shapes`` and write the QNN context binary,
+    embedded in an ONNX wrapper (``EPContext`` nodes) at ``path`` (``ep.context_enable``);
+    nodes the HTP does not take stay ONNX nodes there, for the CPU. Returns the placement."""
     config = {"ep.context_enable": "1", "ep.context_file_path": os.path.abspath(path), "ep.context_embed_mode": "1"}
     with QnnSession(model, shapes, htp_arch=htp_arch, session_config=config, what="--target qnn") as s:
         placement = s.placement

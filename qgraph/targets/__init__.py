@@ -4,6 +4,7 @@
     t = targets.get("cpu")          # llvm for this x86-64 host, its SIMD features detected
     t.tvm_target()                  # tvm.target.Target({"kind": "llvm", "mcpu": ..., ...})
     targets.get("aarch64").runnable # False: cross-compile only
+    targets.get("qnn").quant        # the Qualcomm HTP's quantization rules (qgraph.targets.qnn)
 
 TVM 0.27 rejects target strings with options (``"llvm -mcpu=x"``); a target is a dict
 (``Target.tvm_dict``) turned into ``tvm.target.Target`` only when a build needs it, so this
