@@ -106,6 +106,14 @@ class InsertQDQ(Pass):
     A tensor quantized wider than 8 bits takes the observed range where a clipping method
     (percentile, entropy, mse) chose a narrower one (``RangeMap.wide``): that clipping trades
     outliers for 8-bit resolution, which 16 bits do not need.
+    Target rules: where the config names a target (``QuantConfig.target``, or the ``target``
+    option), its ``qgraph.targets.rules.QuantRules`` decide what is written: op types it runs
+    float stay float; weights are per channel only on the axis it allows (else per tensor) and
+    symmetric where it needs zero point 0; an op's output takes the fixed scale / zero point
+    the target gives it (the HTP's 16-bit Sigmoid / Tanh); the activations that meet in an op
+    the target computes narrower (the HTP's activation x activation MatMul) take that type;
+    the opset is raised to the target's minimum; a type the target does not run is an error.
+
     Options: ``config`` (a QuantConfig JSON file, see ``qgraph.quant.config``) and overrides
     of its global keys; from Python, ``InsertQDQ.from_config(QuantConfig(...))`` (or set the
     ``config_object`` attribute). Stats: ``quantized_nodes``, ``qdq_pairs`` (activation
@@ -117,8 +125,10 @@ class InsertQDQ(Pass):
 
     def __init__(self, config: Optional[str] = None, pow2_scales: Optional[bool] = None,
                  reduce_range: Optional[bool] = None, per_channel: Optional[bool] = None,
-                 activation_dtype: Optional[str] = None, weight_dtype: Optional[str] = None):
+                 activation_dtype: Optional[str] = None, weight_dtype: Optional[str] = None,
+                 target: Optional[str] = None):
         self.config, self.pow2_scales, self.reduce_range = config, pow2_scales, reduce_range
+        self.target = target
         self.per_channel, self.activation_dtype, self.weight_dtype = per_channel, activation_dtype, weight_dtype
         #: a QuantConfig object set from Python; used instead of ``config`` when set
         self.config_object: QuantConfig | None = None
@@ -143,6 +153,8 @@ class InsertQDQ(Pass):
             cfg.activation = replace(cfg.activation, dtype=int_type(self.activation_dtype))
         if self.weight_dtype is not None:
             cfg.weight = replace(cfg.weight, dtype=int_type(self.weight_dtype))
+        if self.target is not None:
+            cfg.target = self.target
         return cfg
 
     def run(self, model: Model, analyses) -> PassResult:
@@ -165,8 +177,12 @@ class _Inserter:
         self.params: dict[Value, QuantParams] = {}
         self.class_inits: dict[Value, tuple[Value, Value]] = {}
         self.replaced: list[Value] = []  # constants now read through a DQ
+        self.dq_of: dict[Value, Value] = {}  # a quantized activation -> its DequantizeLinear's output
         self.opset_needed = 10
         self.counts = {"quantized_nodes": 0, "qdq_pairs": 0, "weights": 0, "biases": 0, "corrected_biases": 0}
+        self.rules = target_rules(cfg.target)
+        if self.rules is not None:
+            self.opset_needed = max(self.opset_needed, self.rules.min_opset)
 
     # -- 1. which nodes are quantized ---------------------------------------------------------
     def run(self) -> PassResult:
@@ -232,6 +248,8 @@ class _Inserter:
     def _skipped(self, node: Node) -> bool:
         if self.cfg.excludes(node) or node.graph is not self.g:
             return True
+        if self.rules is not None and node.op_type in self.rules.float_ops:
+            return True  # the target does not run it quantized
         # a QAT export: the node already reads a DQ or feeds a Q
         if any(v is not None and v.producer() is not None and v.producer().op is ops.DequantizeLinear
                for v in node.inputs):
@@ -344,17 +362,66 @@ class _Inserter:
         for v in self.quantized:
             classes.setdefault(self._find(v), []).append(v)
         for members in classes.values():
-            scheme = self._class_scheme(members)
+            scheme = self._target_scheme(members, self._class_scheme(members))
             lo, hi = np.inf, -np.inf
             for v in members:  # a clipping method's range is for 8 bits: a wider type takes all observed
                 a, b = self._range(v, wide=scheme.dtype.bits > 8)
                 lo, hi = min(lo, a), max(hi, b)
             for c in self._concat_constants(members):
                 lo, hi = min(lo, float(c.min(initial=0))), max(hi, float(c.max(initial=0)))
-            params = choose_params(lo, hi, scheme.dtype, symmetric=scheme.symmetric, pow2=self.cfg.pow2_scales)
+            params = self._fixed_params(members, scheme) or choose_params(
+                lo, hi, scheme.dtype, symmetric=scheme.symmetric, pow2=self.cfg.pow2_scales)
             self._note_dtype(scheme.dtype.name)
             for v in members:
                 self.params[v] = params
+
+    def _target_scheme(self, members: list[Value], scheme: TensorScheme) -> TensorScheme:
+        """``scheme`` as the target runs it: narrowed where the class feeds an op that meets two
+        activations in a narrower type (``QuantRules.narrow_act_pairs``), or is that op's output
+        where the target wants one type per op (``same_act_types``); an error for a type the
+        target does not run."""
+        rules = self.rules
+        if rules is None:
+            return scheme
+        for v in members:  # its readers, and (the types agree inside a node unit) its producer
+            producer = self._group_node(v.producer()) if v.producer() is not None else None
+            for node in (*self.readers.get(v, ()), *([producer] if rules.same_act_types and producer else [])):
+                unit = self.units.get(node)
+                narrow = rules.narrow_act_pairs.get(node.op_type)
+                if unit is not None and narrow is not None and len(unit.acts) >= 2 \
+                        and scheme.dtype.bits > int_type(narrow).bits:
+                    scheme = replace(scheme, dtype=int_type(narrow))
+        if scheme.dtype.name not in rules.activation_dtypes:
+            v = members[0]
+            raise InsertQDQError(f"insert-qdq: target '{self.cfg.target}' does not run {scheme.dtype.name} "
+                                 f"activations (tensor '{v.name}', read or written by {self.reader[v].describe()}); "
+                                 f"it runs {', '.join(sorted(rules.activation_dtypes))}")
+        return scheme
+
+    def _fixed_params(self, members: list[Value], scheme: TensorScheme) -> QuantParams | None:
+        """The scale / zero point the target fixes for the output of one of ``members``' producers."""
+        if self.rules is None:
+            return None
+        for v in members:
+            p = v.producer()
+            if p is None:
+                continue
+            fixed = self.rules.fixed_outputs.get((self._group_node(p).op_type, scheme.dtype.name))
+            if fixed is not None:
+                return QuantParams(np.float32(fixed[0]), fixed[1], scheme.dtype)
+        return None
+
+    def _weight_form(self, node: Node, i: int, ndim: int, scheme: TensorScheme) -> tuple[int | None, bool]:
+        """(per-channel axis or None, symmetric) of weight input ``i`` of ``node``: the config's
+        scheme, within what the target runs."""
+        axis = _channel_axis(node, i, ndim) if scheme.per_channel else None
+        if self.rules is None:
+            return axis, scheme.symmetric
+        if scheme.dtype.name not in self.rules.weight_dtypes:
+            raise InsertQDQError(f"insert-qdq: target '{self.cfg.target}' does not run {scheme.dtype.name} weights "
+                                 f"({node.describe()}, input '{node.inputs[i].name}'); it runs "
+                                 f"{', '.join(sorted(self.rules.weight_dtypes))}")
+        return self.rules.weight_axis(node.op_type, axis), scheme.symmetric or self.rules.symmetric_weights
 
     def _concat_constants(self, members: list[Value]):
         for v in members:
@@ -390,7 +457,7 @@ class _Inserter:
                 w = unit.node.inputs[i]
                 scheme = self.cfg.weight_scheme(w.name, unit.node)
                 self._note_dtype(scheme.dtype.name)
-                if scheme.per_channel and _channel_axis(unit.node, i, len(constant_tensor(w).shape)) is not None:
+                if self._weight_form(unit.node, i, len(constant_tensor(w).shape), scheme)[0] is not None:
                     self.opset_needed = max(self.opset_needed, 13)
 
     # -- 3. the rewrite ------------------------------------------------------------------------
@@ -407,6 +474,9 @@ class _Inserter:
                 self._concat_constant_inputs(unit)
             elif unit.weights:
                 self._quantize_weights(unit)
+        if self.rules is not None and self.rules.same_act_types:
+            for unit in list(self.units.values()):
+                self._convert_inputs(unit)
         for v in self.replaced:  # float weights no one reads any more
             if self.g.initializers.get(v.name) is v and not v.has_uses() and not v.is_graph_output():
                 self.g.remove_initializer(v)
@@ -428,6 +498,7 @@ class _Inserter:
         else:
             first = next(iter(g), None)
             g.insert_before(first, [qn, dqn]) if first is not None else g.extend([qn, dqn])
+        self.dq_of[v] = dq
         produced_quantized = p is not None and self._group_node(p) in self.units
         readers = self.readers.get(v, set())
         for node, i in v.uses():
@@ -438,6 +509,36 @@ class _Inserter:
             dq.name = base
             g.outputs.replace(v, dq)
         self.counts["qdq_pairs"] += 1
+
+    def _convert_inputs(self, unit: _Unit) -> None:
+        """Where the target needs an op's activation inputs in its output's type
+        (``QuantRules.same_act_types``: ONNX Runtime's QDQ node units, which the QNN EP takes
+        whole, need them equal), an input of another type is converted on the way in:
+        ``DQ(x) -> Q(x, output type) -> DQ`` (a mixed-precision boundary, e.g. W8A8 -> W8A16)."""
+        out = self.params.get(unit.output)
+        if out is None or unit.node.op in SHARED_SCALE_OPS:
+            return
+        g = self.g
+        for _, v in unit.acts:
+            dq = self.dq_of.get(v)
+            p = self.params.get(v)
+            if dq is None or p is None or p.dtype == out.dtype:
+                continue
+            lo, hi = self._range(v, wide=out.dtype.bits > 8)
+            params = choose_params(lo, hi, out.dtype, pow2=self.cfg.pow2_scales)
+            base = f"{v.name}_as_{out.dtype.name}"
+            scale, zp = self._param_inits(base, params)
+            q = Value(g.unique_name(base + "_quantized"), TensorType(DType(params.dtype.onnx), v.shape))
+            d = Value(g.unique_name(base + "_dequantized"), v.type)
+            nodes = [Node(ops.QuantizeLinear, [dq, scale, zp], [q], name=g.unique_name(base + "_QuantizeLinear")),
+                     Node(ops.DequantizeLinear, [q, scale, zp], [d], name=g.unique_name(base + "_DequantizeLinear"))]
+            g.insert_after(dq.producer(), nodes)
+            for n in (unit.node, *unit.members):
+                for i, x in enumerate(n.inputs):
+                    if x is dq:
+                        n.replace_input(i, d)
+            self._note_dtype(out.dtype.name)
+            self.counts["qdq_pairs"] += 1
 
     def _param_inits(self, base: str, params: QuantParams) -> tuple[Value, Value]:
         scale = self.g.add_initializer(base + "_scale", params.scale.copy())
@@ -467,8 +568,8 @@ class _Inserter:
             w = node.inputs[i]
             data = np.asarray(constant_tensor(w).numpy(), np.float32)
             scheme = self.cfg.weight_scheme(w.name, node)
-            axis = _channel_axis(node, i, data.ndim) if scheme.per_channel else None
-            params = choose_weight_params(data, scheme.dtype, axis=axis, symmetric=scheme.symmetric,
+            axis, symmetric = self._weight_form(node, i, data.ndim, scheme)
+            params = choose_weight_params(data, scheme.dtype, axis=axis, symmetric=symmetric,
                                           reduce_range=self.cfg.reduce_range, pow2=self.cfg.pow2_scales)
             if i == 1 and 2 in unit.weights:
                 bias = self._quantizable_bias(node, params)
@@ -537,6 +638,18 @@ class _Inserter:
             t = constant_tensor(x)
             if t is not None:
                 self._dq_constant(node, i, quantize(np.asarray(t.numpy(), np.float32), params), params)
+
+
+def target_rules(name: str | None):
+    """The ``QuantRules`` of target ``name`` (None: no target, or one without rules)."""
+    if name is None:
+        return None
+    from qgraph.targets import UnknownTargetError, get
+
+    try:
+        return get(name).quant
+    except UnknownTargetError as e:
+        raise InsertQDQError(f"insert-qdq: {e}") from e
 
 
 def _clamps(unit: fusion.Activation) -> bool:

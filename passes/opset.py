@@ -27,7 +27,8 @@ _SOFTMAX_LIKE = frozenset({ops.Softmax, ops.op("LogSoftmax"), ops.op("Hardmax")}
 _BREAKING = {ops.op("Upsample"): 10, ops.op("Scatter"): 11, ops.op("RoiAlign"): 16, ops.op("GridSample"): 20,
              ops.op("DFT"): 20}
 #: qgraph-domain stand-ins with the interface of a standard op: stand-in -> (standard op, its opset)
-_STANDARD_FROM = {ops.QGraphHardSwish: (ops.HardSwish, 14), ops.QGraphGelu: (ops.Gelu, 20)}
+_STANDARD_FROM = {ops.QGraphHardSwish: (ops.HardSwish, 14), ops.QGraphGelu: (ops.Gelu, 20),
+                  ops.QGraphLayerNormalization: (ops.LayerNormalization, 17)}
 #: the oldest opset the adaptations start from
 MIN_OPSET = 7
 
@@ -70,7 +71,7 @@ def upgrade_opset(model: Model, version: int) -> bool:
         for node in list(g):
             if node.domain == "":
                 _adapt(node, old, version)
-            elif node.op in _STANDARD_FROM and _STANDARD_FROM[node.op][1] <= version:
+            elif node.op in _STANDARD_FROM and _STANDARD_FROM[node.op][1] <= version and _standard_fits(node):
                 _to_standard(node, _STANDARD_FROM[node.op][0])
     key = next(d for d in model.opset_imports if ops.normalize_domain(d) == "")
     model.opset_imports[key] = version
@@ -195,6 +196,14 @@ def _adapt_softmax(node: Node) -> None:
     g.insert_after(new, reshape)
     g.replace_value(y, reshape.outputs[0])
     g.remove(node)
+
+
+def _standard_fits(node: Node) -> bool:
+    """Whether the stand-in has the standard op's required inputs (qgraph::LayerNormalization
+    may lack the Scale that LayerNormalization-17 requires: it then stays the stand-in)."""
+    if node.op is ops.QGraphLayerNormalization:
+        return len(node.inputs) > 1 and node.inputs[1] is not None
+    return True
 
 
 def _to_standard(node: Node, op: ops.OpId) -> None:

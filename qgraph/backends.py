@@ -2,8 +2,9 @@
 
 ``reference`` (L3 in the numpy integer interpreter), ``ort`` (the QDQ export in ONNX
 Runtime as it runs by default), ``ort-sim`` (the QDQ export with Q/DQ fusion off: the float
-simulation) and ``tvm`` (a TVM build). ``QuantizedModel.run``, ``CompiledDir.run`` and the
-CLI's ``--backend`` read ``BACKENDS`` from here.
+simulation), ``tvm`` (a TVM build) and ``qnn`` (the QDQ export on the Qualcomm HTP emulator,
+ONNX Runtime's QNN EP in its own environment: ``qgraph.qnn``). ``QuantizedModel.run``,
+``CompiledDir.run`` and the CLI's ``--backend`` read ``BACKENDS`` from here.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from qgraph.ort import run_ort
 if TYPE_CHECKING:
     from qgraph.ir.core import Model
 
-BACKENDS = ("reference", "ort", "ort-sim", "tvm")
+BACKENDS = ("reference", "ort", "ort-sim", "tvm", "qnn")
 
 
 def interpreter(integer: "Model"):
@@ -37,7 +38,7 @@ def run_backend(backend: str, feeds: Mapping[str, np.ndarray], *, float_model: "
         backend: one of ``BACKENDS``.
         feeds: one array per model input, samples on each input's sample axis.
         float_model: the float model, whose outputs tell their sample axes (the probe).
-        qdq: the QDQ model (``ort``, ``ort-sim``).
+        qdq: the QDQ model (``ort``, ``ort-sim``, ``qnn``).
         integer: the L3 model (``reference``; its batch axes for ``tvm``).
         compiled: the TVM build (``tvm``), or None.
         reference: an ``interpreter(integer)`` to reuse, or None (one is made).
@@ -57,6 +58,10 @@ def run_backend(backend: str, feeds: Mapping[str, np.ndarray], *, float_model: "
         if compiled is None:
             raise QGraphError("backend 'tvm': this model has no TVM build; call build(target='cpu') first")
         return run_batched(compiled, feeds, model=integer, probe=float_model)
+    if backend == "qnn":
+        from qgraph.qnn import run_qnn
+
+        return run_qnn(qdq, feeds, probe=float_model, what="backend 'qnn'")
     raise QGraphError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
 
 

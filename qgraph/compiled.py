@@ -5,6 +5,7 @@
     OUTDIR/model.qgraph.onnx  L3, integer ops in the qgraph domain
     OUTDIR/ranges.json, config.json, report.json / .md / .html
     OUTDIR/tvm/               a TVM build (``qgraph compile --target cpu``), if any
+    OUTDIR/model.qnn_ctx.onnx a QNN context binary (``qgraph compile --target qnn``), if any
 
 The file names are defined here once; ``CompiledDir`` reads a folder back and runs it.
 """
@@ -33,6 +34,8 @@ REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 RANGES_FILE = "ranges.json"
 CONFIG_FILE = "config.json"
+#: The QNN context binary ``qgraph compile --target qnn`` writes (an ONNX model of one EPContext node).
+QNN_CONTEXT_FILE = "model.qnn_ctx.onnx"
 #: The subfolder ``save`` exports a TVM build into (``qgraph.tvm.load`` reads it).
 TVM_DIR = "tvm"
 
@@ -161,6 +164,18 @@ class CompiledDir:
         ``QuantizedModel.run`` (``tvm`` runs the exported build)."""
         return run_backend(backend, feeds, float_model=self.float_model, qdq=self.qdq, integer=self.integer,
                            compiled=self.tvm_build() if backend == "tvm" else None)
+
+    @property
+    def target(self) -> str | None:
+        """The target the folder was compiled for (``config.json``'s, else the report's), or None."""
+        config = os.path.join(self.path, CONFIG_FILE)
+        try:
+            with open(config) as f:
+                saved = json.load(f)
+        except (OSError, ValueError):
+            saved = {}
+        found = saved.get("target") if isinstance(saved, dict) else None
+        return found or ((self.report or {}).get("summary") or {}).get("target")
 
     def run_float(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The float model in ONNX Runtime, on any number of samples."""

@@ -3,7 +3,9 @@
 ``--target qdq`` writes the float, QDQ and integer (L3) models and the report; a TVM target
 (``cpu``: this host, ``aarch64``: cross compiled) also builds L3 with TVM for static shapes
 and exports the library into ``OUTDIR/tvm/``, which ``qgraph run --backend tvm`` and
-``qgraph verify`` load.
+``qgraph verify`` load. ``--target qnn`` quantizes by the Qualcomm HTP's rules
+(``qgraph.targets.qnn``) and compiles the QDQ model into a QNN context binary
+(``OUTDIR/model.qnn_ctx.onnx``) on the HTP emulator, recording where each op runs.
 """
 
 from __future__ import annotations
@@ -124,11 +126,13 @@ def cmd_compile(args: argparse.Namespace) -> int:
     context, timings = _pass_context(args)
     start = time.perf_counter()
     precision = _precision_options(args)  # bad --accuracy / --budget fail before calibration
-    q = quantize(args.model, args.calib, args.config, method=args.method,
+    q = quantize(args.model, args.calib, _target_config(args), method=args.method,
                  method_options={k: v for k, v in options.items() if v is not None},
                  report_samples=args.report_samples, input_shapes=shapes, batch_axes=axes, eval=args.eval,
                  context=context, **precision)
     q.report.summary["target"] = args.target
+    if args.target == "qnn":
+        _compile_qnn(q, args)
     q.save(args.output)  # before the build: a stale tvm/ from an earlier compile goes
     _print_summary(q.report, args, time.perf_counter() - start)
     if q.precision is not None:
@@ -138,9 +142,54 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if q.report.warnings and args.strict:
         raise QGraphError(f"--strict: {len(q.report.warnings)} warning(s) above; {args.output}/report.md and "
                           "report.html show them in context")
-    if args.target in TVM_TARGETS:
+    if args.target in TVM_TARGETS and _target(args.target).builds_tvm:
         _compile_tvm(q, args)
     return 0
+
+
+def _target(name: str):
+    from qgraph.targets import get
+
+    return get(name)
+
+
+def _target_config(args: argparse.Namespace):
+    """``--config`` as given; for a target with quantization rules (``qnn``), the config that
+    names it (``QuantConfig.target``), so that insert-qdq follows its rules."""
+    if args.target not in TVM_TARGETS or _target(args.target).quant is None:
+        return args.config
+    from qgraph.api import _config
+
+    cfg = _config(args.config)
+    if cfg.target not in (None, args.target):
+        raise QGraphError(f"--target {args.target}: the config {args.config} is for target '{cfg.target}'")
+    cfg.target = args.target
+    return cfg
+
+
+def _compile_qnn(q, args: argparse.Namespace) -> None:
+    """The QNN context binary of the QDQ model (``OUTDIR/model.qnn_ctx.onnx``), compiled on the
+    HTP emulator at static shapes, and where each op runs (into the report)."""
+    from qgraph import qnn
+    from qgraph.compiled import QNN_CONTEXT_FILE
+    from qgraph.verify.qnn import annotate_report
+
+    if not qnn.available():
+        log.warning("--target qnn: no QNN environment, so no context binary (the QDQ model follows the HTP's "
+                    "rules all the same); %s", qnn.HOW_TO_GET)
+        return
+    shapes = qnn.static_shapes(q.qdq, _input_shapes(args.input_shape), args.batch_size)
+    os.makedirs(args.output, exist_ok=True)
+    path = os.path.join(args.output, QNN_CONTEXT_FILE)
+    start = time.perf_counter()
+    placement = qnn.write_context(q.qdq, shapes, path)
+    annotate_report(q.report, placement)
+    cpu = placement.on_cpu()
+    arch = qnn.provider_options()["htp_arch"]
+    print(f"QNN HTP (htp_arch {arch}): {', '.join(f'{k} {list(v)}' for k, v in shapes.items())}; "
+          f"{len(placement.where) - len(cpu)}/{len(placement.where)} nodes ({placement.htp_share:.1%}) on the HTP"
+          + (f", on the CPU: {', '.join(cpu[:6])}" + (" ..." if len(cpu) > 6 else "") if cpu else "")
+          + f"; compiled in {time.perf_counter() - start:.2f} s; wrote {path}")
 
 
 def _precision_options(args: argparse.Namespace) -> dict:
@@ -273,6 +322,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
             backends, tvm_label = backends + ("tvm",), f"TVM {info.get('target')}"
         except QGraphError as e:
             skipped = f"TVM build not compared: {e}"
+    qnn_lines = None
+    if c.target == "qnn":  # the HTP emulator: outputs, then every layer and the placement
+        from qgraph import qnn
+
+        if qnn.available():
+            backends, qnn_lines = backends + ("qnn",), _qnn_layer_lines(c, feeds)
+        else:
+            skipped = "; ".join(filter(None, [skipped, f"QNN HTP not compared: no QNN environment; {qnn.HOW_TO_GET}"]))
     from qgraph.verify.diagnose import check_labels
 
     result = verify_outputs(c, feeds, backends, labels=labels)
@@ -281,12 +338,23 @@ def cmd_verify(args: argparse.Namespace) -> int:
         lines += format_verify({name: m}, n).splitlines()[1:]
         if tvm_label:
             lines.append(backend_line(tvm_label, m["tvm"]))
+        if qnn_lines is not None:
+            lines.append(backend_line("QNN HTP emulator", m["qnn"]))
+    lines += qnn_lines or []
     if skipped:
         lines.append(skipped)
     print("\n".join(lines))
     for w in check_labels(result, labels, args.inputs):
         log.warning("%s", w.message)
     return 0
+
+
+def _qnn_layer_lines(c, feeds) -> list[str]:
+    """``qgraph verify``'s QNN lines: the placement and each layer's LSB distance on the HTP
+    emulator, every layer from the reference's inputs (``qgraph.verify.qnn.layer_check``)."""
+    from qgraph.verify.qnn import layer_check
+
+    return layer_check(c, feeds).lines()
 
 
 def add_parsers(sub) -> None:
@@ -299,9 +367,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--num-bins", type=int, help="histogram bins (percentile / entropy / mse)")
     p.add_argument("--config", metavar="FILE", help="quantization config JSON (dtypes, overrides, exclude)")
     p.add_argument("--target", default="qdq", help="qdq (standard QDQ ONNX + integer reference); cpu (also a TVM "
-                   "build for this host, in OUTDIR/tvm/); aarch64 (a cross-compiled TVM build, not run here)")
+                   "build for this host, in OUTDIR/tvm/); aarch64 (a cross-compiled TVM build, not run here); qnn "
+                   "(the QDQ model by the Qualcomm HTP's rules and a QNN context binary, OUTDIR/model.qnn_ctx.onnx)")
     p.add_argument("--batch-size", type=int, default=1, metavar="N",
-                   help="TVM targets: the static batch size of inputs with a symbolic batch dim (default 1)")
+                   help="TVM targets and qnn: the static batch size of inputs with a symbolic batch dim (default 1)")
     p.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...",
                    help="the static shape of an input with symbolic dims (repeatable): set before "
                    "quantization, so the QDQ model and the TVM build both have it")
@@ -338,8 +407,9 @@ def add_parsers(sub) -> None:
     p.add_argument("-o", "--output", required=True, metavar="Y.npz")
     p.add_argument("--backend", default="reference", choices=list(BACKENDS),
                    help="reference (L3 in numpy), ort / ort-sim (the QDQ model in ONNX Runtime), tvm (the build in "
-                   "OUTDIR/tvm/); every backend runs in batches of the model's batch size (a short last batch is "
-                   "padded and the padding dropped)")
+                   "OUTDIR/tvm/), qnn (the QDQ model on the Qualcomm HTP emulator, QGRAPH_QNN_PYTHON); every "
+                   "backend runs in batches of the model's batch size (a short last batch is padded and the padding "
+                   "dropped)")
     add_batch_axis_option(p)
     p.set_defaults(func=cmd_run)
 

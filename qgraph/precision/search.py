@@ -266,7 +266,8 @@ def choose_precision(float_model: Model, base: QuantConfig, feeds: Mapping[str, 
     budget_spec = parse_budget(budget)
     if cost_kind not in ("bops", "bytes"):
         raise PrecisionError(f"cost '{cost_kind}': choose bops or bytes")
-    fmts = parse_formats(formats if formats is not None else list(FORMATS))
+    fmts = _target_formats(parse_formats(formats if formats is not None else list(FORMATS)), base,
+                           explicit=formats is not None)
     if float_model.calibration is None:
         raise PrecisionError("mixed precision needs a calibrated float model (run calibrate first)")
     axes = batching.model_axes(float_model)
@@ -391,6 +392,22 @@ def choose_precision(float_model: Model, base: QuantConfig, feeds: Mapping[str, 
         samples=batching.sample_count(float_model, sens_feeds), verify_samples=batching.sample_count(float_model, ver_feeds),
         range_mixing=sorted(mixing), forced_float=list(searcher.forced_float))
     return result
+
+
+def _target_formats(fmts: tuple, base: QuantConfig, *, explicit: bool) -> tuple:
+    """The formats the config's target runs (``QuantRules.runs``; W4A8 is not one on the HTP):
+    the others are dropped from the default list, and an error where asked for by name."""
+    from qgraph.passes.insert_qdq import target_rules
+
+    rules = target_rules(base.target)
+    if rules is None:
+        return fmts
+    bad = [f.name for f in fmts if not f.is_float and not rules.runs(f.weight, f.activation)]
+    if bad and explicit:
+        raise PrecisionError(f"--formats: target '{base.target}' does not run {', '.join(bad)}; it runs weights "
+                             f"{', '.join(sorted(rules.weight_dtypes))} and activations "
+                             f"{', '.join(sorted(rules.activation_dtypes))}")
+    return tuple(f for f in fmts if f.name not in bad)
 
 
 def _insert(float_model: Model, cfg: QuantConfig) -> Model:

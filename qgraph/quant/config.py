@@ -33,7 +33,8 @@ JSON form (every key optional; unknown keys are errors naming the key)::
       "op_types": {"MatMul": {"activation": {"dtype": "int16"}}},
       "nodes": {"conv1": {"weight": {"dtype": "int4"}, "activation": {"dtype": "uint16"}}},
       "tensors": {"input": {"dtype": "int8", "symmetric": true}},
-      "batch_axes": {"state": 1, "sr": null}
+      "batch_axes": {"state": 1, "sr": null},
+      "target": "qnn"
     }
 
 - ``dtype``: one of int8, uint8, int16, uint16, int4, uint4 (16- and 4-bit types need
@@ -57,6 +58,10 @@ JSON form (every key optional; unknown keys are errors naming the key)::
   the model (default 0; rank-0 inputs none), or ``null`` / ``-1``: no sample axis, the same
   value for every sample (see ``qgraph.batching``). Not a quantization choice, but kept here
   so that one file describes how a model is fed, and saved with the compiled folder.
+- ``target``: a ``qgraph.targets`` name whose quantization rules ``insert-qdq`` follows
+  (``qnn``: what the Qualcomm HTP runs, ``qgraph.targets.qnn``); absent: no target rules.
+  The config names it (not only the command line) so that every ``insert-qdq`` run of one
+  compile, the mixed-precision probes included, writes what the target runs.
 """
 
 from __future__ import annotations
@@ -134,6 +139,7 @@ class QuantConfig:
         nodes: overrides by node name.
         tensors: partial schemes by tensor name.
         batch_axes: input name -> sample axis, or None for an input without one.
+        target: the ``qgraph.targets`` name whose quantization rules apply, or None.
     """
 
     activation: TensorScheme = field(default_factory=lambda: TensorScheme(int_type("uint8")))
@@ -146,6 +152,7 @@ class QuantConfig:
     nodes: dict[str, Override] = field(default_factory=dict)
     tensors: dict[str, Mapping[str, Any]] = field(default_factory=dict)
     batch_axes: dict[str, int | None] = field(default_factory=dict)
+    target: str | None = None
 
     def __post_init__(self):
         if self.activation.per_channel:
@@ -193,7 +200,7 @@ class QuantConfig:
     def from_json(cls, data: Mapping[str, Any], where: str = "quantization config") -> "QuantConfig":
         """Parse the JSON form (a dict); errors name the bad key as a path, e.g. ``nodes.conv1.weight.dtype``."""
         obj = _object(data, where)
-        known = {"activation", "weight", "pow2_scales", "reduce_range", "bias_correction", "exclude", "op_types", "nodes", "tensors", "batch_axes"}
+        known = {"activation", "weight", "pow2_scales", "reduce_range", "bias_correction", "exclude", "op_types", "nodes", "tensors", "batch_axes", "target"}
         _no_unknown(obj, known, where)
         kw: dict[str, Any] = {}
         defaults = cls()
@@ -226,6 +233,10 @@ class QuantConfig:
                 raise
             except QGraphError as e:
                 raise QuantConfigError(str(e)) from e
+        if "target" in obj:
+            if obj["target"] is not None and not isinstance(obj["target"], str):
+                raise QuantConfigError(f"{where}: target must be a target name, got {obj['target']!r}")
+            kw["target"] = obj["target"]
         try:
             return cls(**kw)
         except QuantConfigError as e:
@@ -233,7 +244,7 @@ class QuantConfig:
 
     def to_json(self) -> dict:
         """The JSON form; ``from_json(to_json())`` gives an equal config."""
-        return {
+        out = {
             "activation": {k: v for k, v in self.activation.to_json().items() if k != "per_channel"},
             "weight": self.weight.to_json(),
             "pow2_scales": self.pow2_scales,
@@ -245,6 +256,9 @@ class QuantConfig:
             "tensors": {k: _partial_to_json(v) for k, v in self.tensors.items()},
             "batch_axes": dict(self.batch_axes),
         }
+        if self.target is not None:
+            out["target"] = self.target
+        return out
 
     @classmethod
     def load(cls, path: str) -> "QuantConfig":

@@ -4,6 +4,7 @@
     t = targets.get("cpu")          # llvm for this x86-64 host, its SIMD features detected
     t.tvm_target()                  # tvm.target.Target({"kind": "llvm", "mcpu": ..., ...})
     targets.get("aarch64").runnable # False: cross-compile only
+    targets.get("qnn").quant        # the Qualcomm HTP's quantization rules (qgraph.targets.qnn)
 
 TVM 0.27 rejects target strings with options (``"llvm -mcpu=x"``); a target is a dict
 (``Target.tvm_dict``) turned into ``tvm.target.Target`` only when a build needs it, so this
@@ -34,6 +35,8 @@ class Target:
         runnable: whether code built for it runs on this machine.
         features: the SIMD features the target may use (e.g. ``avx2``, ``avx512vnni``, ``neon``).
         int_dtypes: integer storage types the integer kernels support.
+        quant: the quantization it executes (``qgraph.targets.rules.QuantRules``), which
+            ``insert-qdq`` honours; None: every scheme qgraph writes.
     """
 
     name: str
@@ -42,6 +45,13 @@ class Target:
     features: frozenset[str] = frozenset()
     int_dtypes: frozenset[str] = field(default_factory=lambda: frozenset(
         {"int8", "uint8", "int16", "uint16", "int32"}))
+    quant: Any = None
+
+    @property
+    def builds_tvm(self) -> bool:
+        """Whether ``qgraph compile --target`` builds it with TVM (a target such as ``qnn``
+        hands the QDQ model to another compiler instead)."""
+        return bool(self.tvm_dict)
 
     def tvm_target(self):
         """The ``tvm.target.Target`` (imports TVM)."""
@@ -117,7 +127,14 @@ def aarch64() -> Target:
                               "mattr": ["+neon", "+dotprod"]}, native, frozenset({"neon", "asimddp"}))
 
 
-_FACTORIES = {"cpu": host_cpu, "aarch64": aarch64}
+def qnn() -> Target:
+    """The Qualcomm HTP through ONNX Runtime's QNN EP (``qgraph.targets.qnn``)."""
+    from qgraph.targets.qnn import htp
+
+    return htp()
+
+
+_FACTORIES = {"cpu": host_cpu, "aarch64": aarch64, "qnn": qnn}
 
 #: The target names ``get`` knows.
 NAMES = tuple(_FACTORIES)
@@ -141,5 +158,5 @@ def resolve(target: "str | Target") -> Target:
     return target if isinstance(target, Target) else get(target)
 
 
-__all__ = ["NAMES", "Target", "UnknownTargetError", "aarch64", "cpu_flags", "get", "host_cpu", "resolve",
+__all__ = ["NAMES", "Target", "UnknownTargetError", "aarch64", "cpu_flags", "get", "host_cpu", "qnn", "resolve",
            "x86_mcpu"]

@@ -39,7 +39,7 @@ def header_lines(s: dict[str, Any]) -> list[tuple[str, str]]:
          if ev else ("none: output metrics are on calibration data (in-sample); "
                      "give held-out data with --eval DATA.npz (eval= in Python)")),
         ("ops", f"{s.get('integer_ops')} integer, {s.get('lookups', 0)} table lookups, {s.get('float_ops')} float"),
-    ]
+    ] + ([("runs on", str(s["runs_on"]))] if s.get("runs_on") else [])
 
 
 def weight_text(w: dict | None) -> str:
@@ -80,14 +80,17 @@ def render_markdown(report) -> str:
         lines += [f"| {r['node']} | {r['op']} | {r['reason']} |" for r in report.stayed_float]
     else:
         lines.append("none: every op runs on integers")
+    placed = any("runs_on" in r for r in report.layers)  # a target that places ops (qnn: HTP or CPU)
     lines += ["", f"## Layers (SQNR on {s.get('layers_measured_on')})", "",
-              "| node | op | inputs | weight | output | calibrated range | scale | zero point | SQNR dB |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| node | op | inputs | weight | output | calibrated range | scale | zero point | SQNR dB |"
+              + (" runs on |" if placed else ""),
+              "|---|---|---|---|---|---|---|---|---|" + ("---|" if placed else "")]
     for r in report.layers:
         out = r.get("output") or {}
         lines.append(f"| {r['node']} | {r['op']} | {', '.join(r['inputs'])} | {weight_text(r.get('weight'))} | "
                      f"{out.get('dtype', 'float')} | {range_text(out)} | {num(out.get('scale'))} | "
-                     f"{out.get('zero_point', '')} | {num(r.get('sqnr_db'))} |")
+                     f"{out.get('zero_point', '')} | {num(r.get('sqnr_db'))} |"
+                     + (f" {r.get('runs_on', '')} |" if placed else ""))
     return "\n".join(lines) + "\n"
 
 
