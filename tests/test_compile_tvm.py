@@ -134,3 +134,26 @@ def test_compile_names_the_conv_forms(tmp_path, inputs_20, capsys):
     assert "qdirect_conv_ubsw x3" in said and "exact int16 pairs" not in said, said  # all three convs
     assert main(["verify", str(out), "--inputs", inputs_20]) == 0
     assert "reference vs TVM cpu: max 0 LSB, 100.00% exact" in capsys.readouterr().out
+
+
+def test_compile_checks_the_build_against_the_reference(tmp_path, capsys, monkeypatch):
+    """``compile --target cpu`` runs the build and the reference on calibration samples: it says
+    they agree, and refuses a build whose integers differ (a kernel that computes something
+    else on this CPU), naming the output."""
+    out = tmp_path / "digits"
+    assert main(["compile", DIGITS, "--calib", CALIB, "-o", str(out), "--target", "cpu", "--batch-size", "8"]) == 0
+    assert "TVM build vs reference on 2 calibration sample(s): bit-exact" in capsys.readouterr().out
+
+    from qgraph.api import QuantizedModel
+
+    real = QuantizedModel.run
+
+    def off_by_one(self, feeds, backend="reference"):
+        outs = real(self, feeds, backend)
+        return {k: v + np.float32(1.0) for k, v in outs.items()} if backend == "tvm" else outs
+
+    monkeypatch.setattr(QuantizedModel, "run", off_by_one)
+    assert main(["compile", DIGITS, "--calib", CALIB, "-o", str(tmp_path / "bad"), "--target", "cpu",
+                 "--batch-size", "8"]) == 1
+    err = capsys.readouterr().err
+    assert "differs from the reference interpreter" in err and "logits (" in err and "kernel bug" in err

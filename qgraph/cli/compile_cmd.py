@@ -268,11 +268,58 @@ def _compile_tvm(q, args: argparse.Namespace) -> None:
           f"export {done - built:.2f} s); wrote {os.path.join(args.output, TVM_DIR, os.path.basename(library))}{note}")
     if compiled.kernels:
         print("qgraph kernels: " + ", ".join(f"{n} x{k}" for n, k in compiled.kernels.items()))
+    if compiled.target.runnable:
+        print(_check_build(q, args))
     int16 = compiled.kernels.get("qdirect_conv", 0)
     if int16:
         print(f"  {int16} conv(s) on exact int16 pairs: their 8-bit weights could saturate AVX2's u8 x s8 "
               "VPMADDUBSW; 7-bit weights ('reduce_range': true in --config) run the exact u8 x s8 form, "
               "about 1.35x faster per conv, at some accuracy (see bench/bench_tvm.py --reduce-range)")
+
+
+#: Calibration samples ``compile`` runs through the TVM build and the reference to check it.
+CHECK_SAMPLES = 2
+
+
+def _check_build(q, args: argparse.Namespace) -> str:
+    """The TVM build against the reference interpreter on the first ``CHECK_SAMPLES``
+    calibration samples, as one line; raises where an output differs that no float fallback op
+    precedes (a kernel that computes other integers than the L3 contract says, e.g. an
+    instruction form that behaves differently on this CPU than where it was tested). Outputs
+    after a float op may differ in the last bits (``qgraph.ir.l3.after_float_ops``): reported."""
+    from qgraph import batching
+    from qgraph.ir import l3
+    from qgraph.verify.data import read_feeds
+    from qgraph.verify.outputs import output_scales
+
+    if not os.path.isfile(args.calib):
+        return "TVM build vs reference: not checked here (--calib is not one .npz); run `qgraph verify`"
+    feeds, _ = read_feeds(args.calib, q.float_model, f"--calib {args.calib}")
+    n = min(CHECK_SAMPLES, batching.sample_count(q.float_model, feeds))
+    part = batching.take(feeds, batching.model_axes(q.float_model), 0, n)
+    ref = q.run(part)
+    with _native_stderr_captured():
+        got = q.run(part, backend="tvm")
+    tainted = l3.after_float_ops(q.integer.graph)
+    scales = output_scales(q.qdq)
+    wrong, near = [], []
+    for name, r in ref.items():
+        g = got[name]
+        if g.shape == r.shape and np.array_equal(g, r):
+            continue
+        diff = float(np.abs(g.astype(np.float64) - r.astype(np.float64)).max()) if g.shape == r.shape else None
+        what = ("shape " + str(list(g.shape)) + " vs " + str(list(r.shape)) if diff is None
+                else f"{diff / scales[name]:.0f} LSB" if name in scales else f"max |diff| {diff:.3g}")
+        (near if name in tainted and diff is not None else wrong).append(f"{name} ({what})")
+    if wrong:
+        raise QGraphError(f"the TVM build differs from the reference interpreter on {n} calibration sample(s) "
+                          f"with no float op upstream: {', '.join(wrong)}; this is a qgraph kernel bug on this CPU "
+                          "(please report it with `qgraph inspect`'s output); --target qdq and `qgraph run "
+                          "--backend reference` give the exact integer results meanwhile")
+    if near:
+        return (f"TVM build vs reference on {n} calibration sample(s): integer values exact; after float "
+                f"fallback ops (last-bit float differences): {', '.join(near)}")
+    return f"TVM build vs reference on {n} calibration sample(s): bit-exact"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
