@@ -152,6 +152,73 @@ def test_qconv_u8s8_pairs_where_no_pair_can_saturate(case, xdt):
         _check(model, {"x": x}, {"qdirect_conv"})
 
 
+#: A host-runnable target that declares VNNI: lowering picks the VNNI package, LLVM compiles for AVX2
+VNNI_HOST = targets.Target("cpu-vnni-test", {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "core-avx2"},
+                           True, frozenset({"avx2", "fma", "avx512vnni", "avx512vl"}))
+
+
+@pytest.mark.parametrize("case", [0, 1, 2, 3, 6, 7, 12, 13, 14, 15])
+def test_vnni_conv_layout_equals_the_reference_in_its_emulated_form(case, monkeypatch):
+    """With VNNI (VPDPBUSD sums 4 u8 x s8 products in int32) every 8-bit direct conv runs the
+    u8 x s8 form, full-range int8 weights included. This CPU has no VNNI (nor does Debian's
+    qemu), so the package's ``emulate`` form runs here: the same packed bytes, weights and
+    indices, each lane's 4 products written out in int32; ``test_vnni_conv_compiles_to_vpdpbusd``
+    checks the instruction form compiles. ``qgraph compile`` checks a build against the
+    reference on the user's CPU, so a VNNI machine would refuse a wrong one."""
+    xs, ws, strides, pads, dil, group, xdt = CONV_CASES[case]
+    assert group == 1
+    monkeypatch.setattr(x86, "VNNI", x86.VnniPackage("emulate"))
+    rng = np.random.default_rng(300 + case)
+    info = np.iinfo(xdt)
+    x = rng.integers(info.min, info.max + 1, xs).astype(xdt)
+    x.reshape(-1)[:8], x.reshape(-1)[8:16] = info.min, info.max
+    w = rng.integers(-128, 128, ws).astype(np.int8)
+    w[0] = -128  # pairs that saturate VPMADDUBSW: 255 * 256 > 2**15
+    w[-1] = 127
+    oc = ws[0]
+    attrs = {"strides": strides, "pads": pads, "dilations": dil, "group": 1, "kernel_shape": list(ws[2:]),
+             "x_zero_point": int(rng.integers(info.min, info.max + 1)), "w_zero_point": [0] * oc,
+             **_requant(rng, oc, "uint8", small=case % 2 == 0)}
+    bias = rng.integers(-20000, 20000, oc).astype(np.int32)
+    model = _one_node(l3.QConv, {"x": x}, {"w": w, "b": bias}, attrs, DType.UINT8)
+    mod = qtvm.lower(model, target=VNNI_HOST)
+    assert "qdirect_conv_vnni" in {gv.name_hint.rstrip("0123456789") for gv in mod.get_global_vars()}
+    got = qtvm.build(model, VNNI_HOST).run({"x": x})["y"]
+    ref = Interpreter(model).run({"x": x})["y"]
+    assert np.array_equal(got, ref), int((got != ref).sum())
+
+
+def test_vnni_conv_compiles_to_vpdpbusd():
+    """For a VNNI CPU (cascadelake: AVX-512 VNNI with VL) the direct conv is VPDPBUSD, with no
+    VPMADDUBSW left, and the host detection picks the VNNI package from /proc/cpuinfo flags."""
+    from qgraph.tvm.kernel_packages import kernel_package
+
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 256, (1, 16, 10, 20)).astype(np.uint8)
+    w = rng.integers(-128, 128, (24, 16, 3, 3)).astype(np.int8)
+    attrs = {"strides": [1, 1], "pads": [1, 1, 1, 1], "dilations": [1, 1], "group": 1, "kernel_shape": [3, 3],
+             "x_zero_point": 3, "w_zero_point": [0] * 24, **_requant(rng, 24, "uint8")}
+    model = _one_node(l3.QConv, {"x": x}, {"w": w, "b": np.zeros(24, np.int32)}, attrs, DType.UINT8)
+    flags = "flags\t\t: fpu sse4_2 avx avx2 fma avx512f avx512bw avx512vl avx512_vnni\n"
+    cascade = targets.host_cpu(flags)
+    assert cascade.tvm_dict["mcpu"] == "cascadelake" and kernel_package(cascade) is x86.VNNI
+    alder = targets.host_cpu("flags\t\t: fpu sse4_2 avx avx2 fma avx_vnni\n")
+    assert alder.tvm_dict.get("mattr") == ["+avxvnni"] and kernel_package(alder) is x86.VNNI
+    built = qtvm.build(model, targets.Target("vnni", dict(cascade.tvm_dict), False, cascade.features))
+    assert built.kernels.get("qdirect_conv_vnni") == 1
+
+    def sources(m):
+        out = []
+        try:
+            out.append(m.inspect_source("asm"))
+        except Exception:  # noqa: BLE001 - a module without assembly (the VM's own)
+            pass
+        return out + [s for i in m.imports for s in sources(i)]
+
+    asm = "\n".join(sources(built.executable.mod))
+    assert "vpdpbusd" in asm and "vpmaddubsw" not in asm
+
+
 def test_a_batch_of_narrow_rows_interleaves_into_one_row():
     """Where an output row is narrower than a vector, the batch's images share one packed row,
     column by column (``ow * N + n``): the digits CNN at batch 64 computes 128 columns per row

@@ -110,7 +110,10 @@ def host_cpu(cpuinfo: str | None = None) -> Target:
     flags = cpu_flags(cpuinfo)
     if machine in ("x86_64", "amd64"):
         mcpu, features = x86_mcpu(flags)
-        return Target("cpu", {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu}, True, features)
+        tvm_dict = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu}
+        if "avx_vnni" in features and mcpu == "core-avx2":  # AVX-VNNI without AVX-512 (Alder Lake, Zen 5 client)
+            tvm_dict["mattr"] = ["+avxvnni"]
+        return Target("cpu", tvm_dict, True, features)
     if machine in ("aarch64", "arm64"):
         features = frozenset(f for f in ("asimd", "asimddp", "i8mm", "sve") if f in flags)
         attrs = ["+neon"] + (["+dotprod"] if "asimddp" in features else []) + (["+i8mm"] if "i8mm" in features else [])

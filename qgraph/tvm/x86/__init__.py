@@ -10,10 +10,39 @@ call its hooks (``qgraph.tvm.context.KernelPackage``), each returning the node's
   epilogue ``Requant``, ``ConvGeometry``, the task loop);
 - ``conv``: the direct (no im2col) and depthwise conv kernels.
 
+``VNNI`` is the package for a target with ``VPDPBUSD`` (``VnniPackage``).
+
 The package imports the target-independent modules it needs (``context``, ``relax_integer``,
 ``elementwise_schedule``); none of those imports it.
 """
 
+from qgraph.tvm.x86 import select as _select
 from qgraph.tvm.x86.select import lookup, qconv, qmatmul
 
-__all__ = ["lookup", "qconv", "qmatmul"]
+
+class VnniPackage:
+    """The package for x86 targets with ``VPDPBUSD`` (AVX-512 VNNI with VL, or AVX-VNNI): the
+    same kernels, and every 8-bit direct conv on the u8 x s8 form through ``VPDPBUSD``, which
+    sums 4 products in int32 (exact for any int8 weights, where AVX2's ``VPMADDUBSW`` can
+    saturate in int16). ``form``: ``"vpdpbusd"``, or ``"emulate"`` (the same layout with the
+    products written out: what the tests run on a CPU without VNNI)."""
+
+    def __init__(self, form: str = "vpdpbusd"):
+        self.form = form
+
+    def qconv(self, ctx):
+        return _select.qconv(ctx, vnni=self.form)
+
+    @staticmethod
+    def qmatmul(ctx):
+        return qmatmul(ctx)
+
+    @staticmethod
+    def lookup(ctx, table, storage):
+        return lookup(ctx, table, storage)
+
+
+#: ``kernel_packages.kernel_package``'s choice for a target with VNNI.
+VNNI = VnniPackage()
+
+__all__ = ["VNNI", "VnniPackage", "lookup", "qconv", "qmatmul"]

@@ -43,7 +43,8 @@ import math
 
 import numpy as np
 
-from qgraph.tvm.x86.gemm import LANES, PMADDUBSW, PMADDWD, ConvGeometry, Requant, ceil_to, requant_expr, task_loop
+from qgraph.tvm.x86.gemm import (LANES, PMADDUBSW, PMADDWD, VPDPBUSD, ConvGeometry, Requant, ceil_to, requant_expr,
+                                 task_loop)
 
 #: Register tile of the direct conv: RT output channels x VT vectors of 8 output columns
 #: (at most 16 ymm registers: RT * VT accumulators, VT input vectors, one broadcast weight).
@@ -265,8 +266,14 @@ def conv_pack(g: ConvGeometry, x_dtype: str, x_zp: int, hp: int, wq: int, ubsw: 
     return qdirect_pack
 
 
+#: ``direct_conv``'s ``vnni`` forms: the instruction, or its scalar emulation (the same packed
+#: buffers and indices, each lane's 4 products summed in int32: checks the layout on a CPU
+#: without VNNI, where the instruction cannot run).
+VNNI_FORMS = ("vpdpbusd", "emulate")
+
+
 def direct_conv(g: ConvGeometry, hp: int, wq: int, rq: Requant, tile=DIRECT_TILE, ubsw: bool = False,
-                fold: int = 1):
+                fold: int = 1, vnni: str | None = None):
     """``y[n, oc, oh, ow] = requant(sum_{c2, kh, kw} w . xp + bias[oc])`` on the packed input
     (``fold`` images per packed row, ``conv_pack``'s: ``y`` is then ``[N / fold, OC, OH, OW * fold]``,
     column ``ow * fold + n`` image ``n``'s ``ow``: ``select._unfold`` transposes it back).
@@ -274,7 +281,10 @@ def direct_conv(g: ConvGeometry, hp: int, wq: int, rq: Requant, tile=DIRECT_TILE
     ``ubsw``: the u8 x s8 form on ``conv_pack(..., ubsw=True)``'s raw bytes and
     ``pack_direct_weights(..., ubsw=True)``: per 8 output columns, ``VPMADDUBSW`` (4 channels
     x 8 columns of bytes by one channel's 4 weight bytes) then ``VPMADDWD`` by ones;
-    ``rq.bias`` holds ``bias - x_zp * sum(w)``. Exact only where ``ubsw_exact`` holds."""
+    ``rq.bias`` holds ``bias - x_zp * sum(w)``. Exact only where ``ubsw_exact`` holds.
+
+    ``vnni`` (with ``ubsw``; ``VNNI_FORMS``): the same packed bytes through ``VPDPBUSD``, which
+    sums each lane's 4 u8 x s8 products in int32: exact for any int8 weights, no proof needed."""
     from tvm.script import tirx as T
 
     RT, VT = tile
@@ -318,6 +328,22 @@ def direct_conv(g: ConvGeometry, hp: int, wq: int, rq: Requant, tile=DIRECT_TILE
                 T.broadcast(T.int16(1), 16))
         return T.call_llvm_pure_intrin("int32x8", PMADDWD, T.reinterpret("int16x16", T.broadcast(wv, 8)), xv)
 
+    if vnni is not None and (not ubsw or vnni not in VNNI_FORMS):
+        raise ValueError(f"vnni={vnni!r} needs ubsw=True and one of {VNNI_FORMS}")
+
+    def accumulate(acc, wv, xv, x_buf, n, c2, row, ph, base):  # acc + one channel's weights . 8 columns
+        if vnni == "vpdpbusd":
+            # LLVM 20+ types the byte operands as <32 x i8> (older LLVM: <8 x i32>; TVM 0.27 has the new form)
+            return T.call_llvm_pure_intrin("int32x8", VPDPBUSD, acc, xv, T.reinterpret("int8x32", T.broadcast(wv, 8)))
+        if vnni == "emulate":  # lane j: bytes 4 j + k (k < 4) times the weight's byte k, summed in int32
+            total = acc
+            for k in range(4):
+                xk = T.Cast("int32x8", x_buf[n, c2, row, ph, T.ramp(base + k, 4, 8)])
+                wk = T.Cast("int32", T.Cast("int8", T.shift_right(wv, T.int32(8 * k))))
+                total = total + xk * T.broadcast(wk, 8)
+            return total
+        return acc + product(wv, xv)
+
     loop = task_loop(T, N * OC * OH * OW * C * KH * KW)
 
     @T.prim_func(check_well_formed=False)
@@ -335,10 +361,12 @@ def direct_conv(g: ConvGeometry, hp: int, wq: int, rq: Requant, tile=DIRECT_TILE
                         for kw in T.unroll(KW):
                             for r in T.unroll(RT):
                                 for v in T.unroll(VT):
-                                    acc[T.ramp((r * VT + v) * 8, 1, 8)] = acc[T.ramp((r * VT + v) * 8, 1, 8)] + \
-                                        product(w[ob_(t), c2, kh, kw, r],
-                                                xp[n_(t), c2, oh_(t) * SH + kh * DH, (kw * DW) % SW,
-                                                   T.ramp((ot_(t) * V + v * 8 + (kw * DW) // SW * fold) * G, 1, 8 * G)])
+                                    acc[T.ramp((r * VT + v) * 8, 1, 8)] = accumulate(
+                                        acc[T.ramp((r * VT + v) * 8, 1, 8)], w[ob_(t), c2, kh, kw, r],
+                                        xp[n_(t), c2, oh_(t) * SH + kh * DH, (kw * DW) % SW,
+                                           T.ramp((ot_(t) * V + v * 8 + (kw * DW) // SW * fold) * G, 1, 8 * G)],
+                                        xp, n_(t), c2, oh_(t) * SH + kh * DH, (kw * DW) % SW,
+                                        (ot_(t) * V + v * 8 + (kw * DW) // SW * fold) * G)
                 for r in T.unroll(RT):
                     for v in T.unroll(VT):
                         if ob_(t) * RT + r < OC:

@@ -52,6 +52,9 @@ MATMUL_TILE = (2, 4)
 #: The AVX2 instructions the kernels call by name (here and in ``qgraph.tvm.x86.conv``).
 PMADDWD = "llvm.x86.avx2.pmadd.wd"
 PMADDUBSW = "llvm.x86.avx2.pmadd.ub.sw"
+#: ``VPDPBUSD`` (AVX-512 VNNI with VL, or AVX-VNNI: LLVM picks the encoding from the target):
+#: ``acc + sum of 4 u8 x s8 products`` per int32 lane, in int32, without an int16 step: exact.
+VPDPBUSD = "llvm.x86.avx512.vpdpbusd.256"
 PSHUFB = "llvm.x86.avx2.pshuf.b"
 PBLENDVB = "llvm.x86.avx2.pblendvb"
 

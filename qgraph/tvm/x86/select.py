@@ -93,10 +93,10 @@ def _requant(ctx: LowerContext, channels: int, padded: int, bias) -> K.Requant |
 
 
 # -- QConv ------------------------------------------------------------------------------------------
-def conv_kernel(ctx: LowerContext) -> str:
+def conv_kernel(ctx: LowerContext, vnni: str | None = None) -> str:
     """``"direct"``, ``"direct_u8"``, ``"depthwise"`` or ``"default"``: the kernel
     ``qconv`` would emit for ``ctx.node``."""
-    plan = _conv_plan(ctx)
+    plan = _conv_plan(ctx, vnni)
     return plan.kind if plan is not None else "default"
 
 
@@ -109,9 +109,10 @@ class _ConvPlan(NamedTuple):
     taps: tuple | None  # (source geometry, storage zero point) where the row taps fold into channels
     fold: int = 1  # images per packed row (direct)
     tile: tuple[int, int] | None = None  # register tile (direct)
+    vnni: str | None = None  # direct_u8 through VPDPBUSD (``conv.VNNI_FORMS``), exact for any int8 weights
 
 
-def _conv_plan(ctx: LowerContext) -> _ConvPlan | None:
+def _conv_plan(ctx: LowerContext, vnni: str | None = None) -> _ConvPlan | None:
     x, w = ctx.value(0), ctx.value(1)
     if isinstance(x, np.ndarray) or not isinstance(w, np.ndarray):
         return None
@@ -148,7 +149,9 @@ def _conv_plan(ctx: LowerContext) -> _ConvPlan | None:
     if group == 1:
         kind = "direct"
         u8 = UBSW and ctx.dtype(x) in ("uint8", "int8")
-        exact_u8 = u8 and D.ubsw_exact(wd, 0, 255)
+        # VPDPBUSD sums 4 u8 x s8 products in int32: exact for any int8 weights (no int16 step)
+        int8_w = bool(wd.size) and int(wd.min()) >= -128 and int(wd.max()) <= 127
+        exact_u8 = u8 and (int8_w if vnni else D.ubsw_exact(wd, 0, 255))
         # fold the row taps where the u8 x s8 form does not already take the conv: on the
         # digits CNN's 1-channel stem (always u8 x s8: its pairs are one weight and a 0) the
         # fold's int16 form plus its two packs took 43 us at batch 64 against 27 us
@@ -165,7 +168,8 @@ def _conv_plan(ctx: LowerContext) -> _ConvPlan | None:
             if K.bias_fits_int32(moved):
                 kind, bias, x_zp = "direct_u8", moved, u_zp
         fold = D.batch_fold(g)
-        tile = D.direct_tile(D.row_cols(g, fold), kind == "direct_u8", oc)
+        # VPDPBUSD needs no ones vector nor int16 temporary: the int16 kernel's tiles fit
+        tile = D.direct_tile(D.row_cols(g, fold), kind == "direct_u8" and not vnni, oc)
         padded = K.ceil_to(oc, tile[0])
     elif group == xs[1] and ws[1] == 1 and oc == group:
         kind = "depthwise"
@@ -175,7 +179,7 @@ def _conv_plan(ctx: LowerContext) -> _ConvPlan | None:
     rq = _requant(ctx, oc, padded, bias)
     if rq is None:
         return None
-    return _ConvPlan(kind, g, wd, rq, x_zp, taps, fold, tile)
+    return _ConvPlan(kind, g, wd, rq, x_zp, taps, fold, tile, vnni if kind == "direct_u8" else None)
 
 
 def _call(ctx: LowerContext, func, name: str, args, shape, dtype, macs: int | None = None):
@@ -201,12 +205,13 @@ def _unfold(ctx: LowerContext, y, g: K.ConvGeometry):
     return ctx.emit(relax.op.permute_dims(lanes, [3, 0, 1, 2]))
 
 
-def qconv(ctx: LowerContext):
-    """The QConv output on a fast kernel, or None (see the module doc)."""
-    plan = _conv_plan(ctx)
+def qconv(ctx: LowerContext, vnni: str | None = None):
+    """The QConv output on a fast kernel, or None (see the module doc); ``vnni``: the target
+    has VPDPBUSD (``conv.VNNI_FORMS``), and every 8-bit direct conv runs the u8 x s8 form on it."""
+    plan = _conv_plan(ctx, vnni)
     if plan is None:
         return None
-    kind, g, wd, rq, x_zp, taps, fold, tile = plan
+    kind, g, wd, rq, x_zp, taps, fold, tile, vnni = plan
     x = ctx.value(0)
     xdt = ctx.dtype(x)
     if taps is not None:  # the row taps as channels (``conv.fold_taps``)
@@ -223,7 +228,9 @@ def qconv(ctx: LowerContext):
                    "qdirect_pack" + suffix, [x if src is None else src],
                    (g.n // fold, -(-g.c // cg), hp, g.strides[1], wq * cg), xpdt)
         wp = D.pack_direct_weights(wd.astype(np.int8 if ubsw else np.int16), tile[0], ubsw=ubsw)
-        y = _call(ctx, D.direct_conv(g, hp, wq, rq, tile, ubsw=ubsw, fold=fold), "qdirect_conv" + suffix,
+        if vnni is not None:
+            suffix = "_vnni"
+        y = _call(ctx, D.direct_conv(g, hp, wq, rq, tile, ubsw=ubsw, fold=fold, vnni=vnni), "qdirect_conv" + suffix,
                   [xp, ctx.const(wp)] + consts, (g.n // fold, g.oc, g.oh, D.row_cols(g, fold)), rq.out_dtype,
                   macs=g.n * g.oc * g.oh * g.ow * int(np.prod(wd.shape[1:])))
         return y if fold == 1 else _unfold(ctx, y, g)
