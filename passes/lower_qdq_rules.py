@@ -518,6 +518,13 @@ def plan_data_movement(node: Node, model: Model) -> Build:
         src = next(iter(outs.values())).params  # the output's: inputs are brought to it
     if node.op is ops.Gather and ins[0].const is not None:
         fail("Gather of a constant (left to constant folding)")
+    if node.op is ops.Resize:
+        mode = node.attr("mode", b"nearest")
+        mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+        if mode != "nearest":
+            fail(f"Resize mode '{mode}' computes new values (only nearest moves integers)")
+        if any(v is not None and v.constant() is None for v in node.inputs[1:]):
+            fail("Resize with roi / scales / sizes computed at run time")
     return lambda g: _move(g, node, data_idx, ins, outs, src)
 
 

@@ -555,3 +555,27 @@ def test_global_average_pool_symbolic_size_refused_where_int64_cannot_hold():
     reason = fallback_reasons(model)["gap"]
     assert reason.startswith("lower-global-average-pool: the spatial shape of 'x_dq' is not static, and the "
                              "runtime-count form does not fit int64: an average of up to 1048576 values"), reason
+
+
+@pytest.mark.parametrize("mode", ["nearest", "linear"])
+def test_nearest_resize_moves_integers_and_linear_stays_float(mode):
+    """An FPN's upsampling (DQ -> Resize(nearest) -> Q) picks input values: it runs on the
+    integers as data movement (no float round trip, nothing after it tainted for TVM); linear
+    interpolation computes new values and stays float, with that reason."""
+    nodes = [helper.make_node("Conv", ["x", "W"], ["c"], name="conv"),
+             helper.make_node("Resize", ["c", "", "scales"], ["r"], mode=mode, name="up"),
+             helper.make_node("Conv", ["r", "W2"], ["y"], name="conv2")]
+    inits = {"W": w(3, 2, 1, 1), "W2": w(2, 3, 1, 1), "scales": np.array([1, 1, 2, 2], np.float32)}
+    proto = ort_quantize(make_model(nodes, [("x", [1, 2, 5, 5])], ["y"], inits), samples([1, 2, 5, 5]))
+    model, stats = lower(proto)
+    up = [n for n in model.graph if n.op is ops.Resize][0]
+    if mode == "nearest":
+        assert up.inputs[0].producer().op is l3.QConv and stats["float_fallbacks"] == 0
+        feeds = {"x": samples([1, 2, 5, 5])[0]["x"]}
+        outs = Interpreter(model).run(feeds, outputs=[up.outputs[0].name])
+        assert outs[up.outputs[0].name].dtype in (np.uint8, np.int8)
+    else:
+        assert up.inputs[0].producer().op is l3.Dequantize and stats["float_fallbacks"] == 1
+        assert "computes new values" in fallback_reasons(model)["up"]
+        return  # (ORT's float linear Resize and the onnx reference's round differently: not compared)
+    check_against_ort(proto, model, samples([1, 2, 5, 5], n=3))

@@ -29,8 +29,9 @@ PASS_THROUGH_OPS = frozenset({ops.Reshape, ops.Transpose, ops.Flatten, ops.Squee
 #: Concat's union), so insert-qdq gives the inputs and the output one scale
 SHARED_SCALE_OPS = PASS_THROUGH_OPS | {ops.MaxPool, ops.Concat}
 #: data movement: the output values are a subset / rearrangement of the input values, so the op
-#: runs on the integers as they are (lower-qdq); a superset of what insert-qdq shares a scale over
-DATA_MOVEMENT = SHARED_SCALE_OPS | {ops.Slice, ops.Split, ops.Gather, ops.Identity}
+#: runs on the integers as they are (lower-qdq); a superset of what insert-qdq shares a scale over.
+#: Resize only in nearest mode (lower-qdq checks the attribute: linear / cubic compute new values)
+DATA_MOVEMENT = SHARED_SCALE_OPS | {ops.Slice, ops.Split, ops.Gather, ops.Identity, ops.Resize}
 
 #: clamping activations: a requantizing op clamps to them (y_qmin / y_qmax), so fused into one they
 #: need no Q/DQ pair between the op and themselves
