@@ -509,3 +509,38 @@ def test_lookup_kernel_equals_the_reference(shape, x_dtype, out_dtype, kernel):
     attrs = {"table": [int(t) for t in table], "x_qmin": int(xi.min)}
     model = _one_node(l3.Lookup, {"x": x}, {}, attrs, from_numpy(np.dtype(out_dtype)))
     _check(model, {"x": x}, {kernel})
+
+
+@pytest.mark.parametrize("shape,axes,dtype", [((1, 96, 20, 16), [2, 3], "int32"), ((2, 5, 7, 9), [2, 3], "int32"),
+                                               ((3, 64), [1], "int64"), ((2, 3, 40, 40), [2, 3], "int64")])
+def test_integer_sums_are_vectorized_and_exact(shape, axes, dtype):
+    """``elementwise_schedule.integer_sum_rule``: QGlobalAveragePool's spatial sum (its zero point
+    subtracted on the way) in vector partial sums; the same integers as numpy, and the rule takes
+    the sums it can split (whole vectors of at least 4) and leaves the rest to TVM."""
+    from tvm import relax
+
+    from qgraph.tvm.build import pipeline
+    from qgraph.tvm.elementwise_schedule import LANES, integer_sum_rule
+
+    rng = np.random.default_rng(len(shape))
+    x = rng.integers(0, 256, shape).astype(np.uint8)
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(shape, "uint8"))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            d = relax.op.subtract(relax.op.astype(xv, dtype), relax.const(np.array(131, dtype), dtype))
+            o = bb.emit_output(bb.emit(relax.op.sum(d, axis=axes, keepdims=True)))
+        bb.emit_func_output(o)
+    mod = bb.get()
+    tgt = targets.get("cpu").tvm_target()
+    got = relax.VirtualMachine(tvm.compile(mod, tgt, relax_pipeline=pipeline(tgt)), tvm.cpu())["main"](
+        tvm.runtime.tensor(x)).numpy()
+    assert np.array_equal(got, (x.astype(np.int64) - 131).sum(axis=tuple(axes), keepdims=True))
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    with tgt:
+        legal = tvm.transform.Sequential(cpu.legalize_passes(tgt))(mod)
+    funcs = [f for _, f in legal.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+    size = int(np.prod([shape[a] for a in axes]))
+    assert any(integer_sum_rule().apply(f, tgt, False) is not None for f in funcs) == \
+        (size % LANES == 0 and size >= 4 * LANES)

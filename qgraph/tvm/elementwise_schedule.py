@@ -122,11 +122,60 @@ def elementwise_rule():
     return ScheduleRule.from_callable("qgraph_elementwise")(apply)
 
 
+def integer_sum_rule():
+    """A dlight rule for integer sums over the trailing axes (QGlobalAveragePool's spatial sum,
+    its zero point subtracted on the way): TVM's default is one scalar loop per output. The
+    reduction is split into ``LANES`` partial sums (``rfactor``) that a vector accumulates, then
+    added; integer addition is exact in any order (the accumulator's type is the lowering's,
+    chosen wide enough), so the results are the same bits."""
+    from tvm import s_tir, tirx
+    from tvm.s_tir.dlight import ScheduleRule
+    from tvm.s_tir.dlight.analysis import normalize_prim_func
+    from tvm.s_tir.dlight.base import try_inline
+
+    def apply(func, target, _tunable):
+        if not isinstance(func, tirx.PrimFunc) or any(
+                k in func.attrs and int(func.attrs[k]) for k in ("tir.is_scheduled", "tirx.is_scheduled")):
+            return None
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if infos is None:
+            return None
+        infos = try_inline(sch, infos)
+        if len(infos) != 1 or not infos[0].is_reduction():
+            return None
+        kinds = [it.kind for it in infos[0].iters]
+        block = infos[0].block_rv
+        store = sch.get(block).body
+        if "R" not in kinds or kinds != sorted(kinds, key=lambda k: k == "R") or \
+                not isinstance(store, tirx.BufferStore) or not str(store.buffer.dtype).startswith("int") or \
+                type(store.value).__name__ != "Add":
+            return None  # trailing reduction axes, an integer sum only
+        loops = sch.get_loops(block)
+        extents = _extents(sch, loops)
+        if extents is None:
+            return None
+        n_red = kinds.count("R")
+        red = sch.fuse(*loops[-n_red:]) if n_red > 1 else loops[-1]
+        size = math.prod(extents[-n_red:])
+        if size < 4 * LANES or size % LANES:
+            return None
+        outer = sch.fuse(*loops[:-n_red]) if len(loops) - n_red > 1 else loops[0]
+        ro, ri = sch.split(red, factors=[None, LANES])
+        rf = sch.rfactor(ri, 0)  # rf[..., lane] partial sums, then the sum of the lanes
+        sch.vectorize(sch.get_loops(rf)[-1])  # (outer, ro, lane): the lanes innermost
+        if math.prod(extents[:-n_red]) * size >= PARALLEL_MIN and math.prod(extents[:-n_red]) > 1:
+            sch.parallel(outer)
+        return sch
+
+    return ScheduleRule.from_callable("qgraph_integer_sum")(apply)
+
+
 def schedule_pass(target):
-    """A module pass applying ``float_matmul_schedule.matmul_rule``, else ``elementwise_rule``,
-    to every unscheduled PrimFunc."""
+    """A module pass applying ``float_matmul_schedule.matmul_rule``, else ``integer_sum_rule``,
+    else ``elementwise_rule``, to every unscheduled PrimFunc."""
     from tvm.s_tir import dlight
 
     from qgraph.tvm.float_matmul_schedule import matmul_rule
 
-    return dlight.ApplyDefaultSchedule(matmul_rule(), elementwise_rule())
+    return dlight.ApplyDefaultSchedule(matmul_rule(), integer_sum_rule(), elementwise_rule())
