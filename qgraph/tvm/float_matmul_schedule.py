@@ -3,10 +3,11 @@
 Float MatMul / Gemm fallbacks and the recurrent ops' projections (``relax_recurrent``) are
 legalized to a ``matmul`` PrimFunc (often fused with a bias add); TVM 0.27's CPU pipeline
 schedules none of them: an LSTM step's ``[1, 512] x [512, 2048]`` took 4 ms, a model with one
-bidirectional LSTM ten times ONNX Runtime's float time. ``matmul_rule`` tiles the output
-(up to 4 rows x up to 256 columns, accumulated in a local buffer), runs the reduction outside
-the tile's rows and columns so that B streams row by row, vectorizes over columns and runs the
-tiles in parallel; an elementwise epilogue (the bias add)
+bidirectional LSTM ten times ONNX Runtime's float time. ``matmul_rule`` tiles the output: with
+rows to tile, 4 (or 2) rows x one column vector held in registers, the reduction inside the
+tile; a GEMV (one row), up to 256 columns accumulated in a local buffer with the reduction
+outside them, so that B streams row by row. It vectorizes over columns and runs the tiles in
+parallel; an elementwise epilogue (the bias add)
 is folded into the write-back.
 
 Float sums change order: the results differ from numpy's in the last bits, as every float
@@ -101,16 +102,25 @@ def matmul_rule():
         lanes = next((c for c in VECTOR_LANES if n % c == 0), None)
         if lanes is None:
             return None
-        cols = next(c for c in COLUMN_BLOCKS if n % c == 0 and c % lanes == 0)
         rows = next(r for r in ROW_TILES if m % r == 0)
-        jo, jm, ji = sch.split(j, factors=[None, cols // lanes, lanes])
-        if i is None:
-            sch.reorder(jo, k, jm, ji)
-            outer = jo
-        else:
+        if i is not None and rows > 1:
+            # a register tile: rows x one column vector (8 ymm accumulators at 4 x 16), the
+            # reduction inside it, the row tiles inner so a column block of B is read from cache
+            jo, ji = sch.split(j, factors=[None, lanes])
             io, ii = sch.split(i, factors=[None, rows])
-            sch.reorder(*batch, io, jo, k, ii, jm, ji)
-            outer = sch.fuse(*batch, io, jo)
+            sch.reorder(*batch, jo, io, k, ii, ji)
+            outer = sch.fuse(*batch, jo, io)
+        else:
+            # a GEMV (or rows no tile divides): a wide column block, B streamed row by row
+            cols = next(c for c in COLUMN_BLOCKS if n % c == 0 and c % lanes == 0)
+            jo, jm, ji = sch.split(j, factors=[None, cols // lanes, lanes])
+            if i is None:
+                sch.reorder(jo, k, jm, ji)
+                outer = jo
+            else:
+                io, ii = sch.split(i, factors=[None, rows])
+                sch.reorder(*batch, io, jo, k, ii, jm, ji)
+                outer = sch.fuse(*batch, io, jo)
         # loop annotations go on while the update is still one reduction block (after
         # decompose_reduction it is neither complete nor a reduction: vectorize / parallel refuse)
         if math.prod(extents[:-1]) >= PARALLEL_MIN:
