@@ -1,0 +1,8 @@
+"""The GPU kernel package (CUDA and OpenCL share it): qgraph's GPU schedules
+(``schedules.py``), the GPU build (``build.py``: device source + launch plan) and the launchers
+that run a plan without TVM's runtime (``launch.py``: pyopencl, CuPy).
+
+As a ``context.KernelPackage`` it covers no hook yet: every L3 op takes the default Relax
+lowering, and the GPU schedules act after legalization (``schedules.rules``, tried before
+dlight's generic GPU rules).
+"""

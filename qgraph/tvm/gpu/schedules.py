@@ -1,0 +1,100 @@
+"""qgraph's own GPU schedule rules (dlight ``ScheduleRule``s), tried before dlight's generic
+GPU rules in ``build.schedule_passes``.
+
+``IntegerReduction`` takes every kernel whose reduction accumulates in an integer type (the
+integer conv, matmul and pool sums of L3) and schedules it as one thread per output element:
+the producers (zero-point subtraction, padding) inlined into the reduction's reads, the
+requantization epilogue inlined after it (fused: one kernel, no int32 tensor in memory), the
+accumulator in a register. Why not dlight's rules for these: ``dl.gpu.GeneralReduction`` gave
+a grouped 1x1 conv (op_conv's third conv, 2 groups of 4 channels) a cross-thread reduction
+whose local-buffer indices are wrong: up to 199 LSB off on OpenCL/PoCL (TVM 0.27); and the
+integer reductions of these models are short (at most a few thousand terms), where one thread
+per output is the schedule without shared state to get wrong.
+"""
+
+from __future__ import annotations
+
+#: Threads per block of the integer reductions (a multiple of every GPU's warp / wavefront).
+THREADS = 64
+
+
+def _threads(extent: int) -> int:
+    """Threads per block for ``extent`` outputs: the largest divisor of ``extent`` up to
+    ``THREADS`` when it is at least 16 (exact tiles, no bound checks), else ``THREADS``."""
+    for t in range(min(THREADS, extent), 15, -1):
+        if extent % t == 0:
+            return t
+    return THREADS if extent > THREADS else max(1, extent)
+
+
+def _integer_reduction_rule():
+    from tvm import s_tir, tirx
+    from tvm.s_tir.dlight.analysis import normalize_prim_func
+    from tvm.s_tir.dlight.base import try_inline
+    from tvm.s_tir.dlight.gpu.base import GPUScheduleRule
+
+    class IntegerReduction(GPUScheduleRule):
+        """One thread per output element of an integer reduction, epilogue fused, accumulator
+        in a register."""
+
+        def apply(self, func, target, _tunable):
+            if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+                return None
+            sch = s_tir.Schedule(func)
+            infos = normalize_prim_func(sch)
+            if infos is None:
+                return None
+            reductions = [b for b in infos if b.is_reduction()]
+            if not reductions:
+                return None
+            for b in reductions:
+                region = sch.get(b.block_rv).writes[0]
+                buf = getattr(region, "buffer", None) or region.source
+                dtype = str(getattr(buf, "dtype", None) or buf.ty.dtype)
+                if not (dtype.startswith("int") or dtype.startswith("uint")):
+                    return None
+            infos = try_inline(sch, infos)
+            anchor = None  # (loop, extent) of the last exactly-tiled reduction: epilogues join it
+            for info in infos:
+                block = info.block_rv
+                loops = sch.get_loops(block)
+                if any(sch.get(loop).thread_binding is not None for loop in loops):
+                    continue
+                kinds = info.dom_kind()
+                s_loops = [l for l, k in zip(loops, kinds) if k == "S"]
+                r_loops = [l for l, k in zip(loops, kinds) if k == "R"]
+                o_loops = [l for l, k in zip(loops, kinds) if k not in ("S", "R")]
+                if not r_loops and anchor is not None:
+                    try:  # the requantization epilogue, per thread, after its accumulator
+                        sch.reverse_compute_at(block, anchor[0])
+                        sch.set_scope(anchor[1], 0, "local")  # the int32 tensor: registers only
+                        continue
+                    except Exception:  # noqa: BLE001 (a block that does not follow it: bound on its own)
+                        pass
+                if not s_loops:
+                    s_loops = [sch.add_unit_loop(block)]
+                sch.reorder(*s_loops, *r_loops, *o_loops)
+                fused = sch.fuse(*s_loops)
+                extent = int(sch.get(fused).extent)
+                threads = _threads(extent)
+                bx, tx = sch.split(fused, factors=[None, threads])
+                sch.bind(bx, "blockIdx.x")
+                sch.bind(tx, "threadIdx.x")
+                if r_loops and extent % threads == 0:
+                    # accumulator in a register; only for exact tiles: reverse_compute_at drops
+                    # the bound check of a partial tile (the write-back ran past the buffer)
+                    acc = sch.cache_write(block, 0, "local")
+                    sch.reverse_compute_at(acc, tx)
+                    sch.decompose_reduction(block, r_loops[0])
+                    anchor = (tx, acc)
+                elif r_loops:
+                    sch.decompose_reduction(block, r_loops[0])
+                    anchor = None
+            return sch
+
+    return IntegerReduction()
+
+
+def rules(tvm_target) -> list:
+    """The qgraph rules for ``tvm_target`` (tried in order, before dlight's)."""
+    return [_integer_reduction_rule()]
