@@ -212,7 +212,9 @@ def _compile_tvm(q, args: argparse.Namespace) -> None:
         library = q.export_build(args.output)
     done = time.perf_counter()
     shapes = ", ".join(f"{t.name} {t.dtype}{list(t.shape)}" for t in compiled.inputs)
-    note = "" if compiled.target.runnable else "; cross compiled: link and run it on the device"
+    gpu = getattr(compiled, "kind", None)
+    note = f"; run it with qgraph run --backend {gpu}" if gpu else \
+        "" if compiled.target.runnable else "; cross compiled: link and run it on the device"
     print(f"TVM {args.target} ({', '.join(f'{k}={v}' for k, v in compiled.target.tvm_dict.items())}): {shapes}; "
           f"compiled in {done - start:.2f} s (lowering {built - start - compiled.compile_seconds:.2f} s, tvm.compile "
           f"{compiled.compile_seconds:.2f} s, code generation and "
@@ -230,6 +232,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from qgraph.compiled import CompiledDir
 
     c = CompiledDir.load(args.outdir)
+    c.device = args.device
     feeds, _ = _laid_out(c, args.inputs, args.batch_axis)
     how = args.backend
     if args.backend == "tvm":
@@ -299,7 +302,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--num-bins", type=int, help="histogram bins (percentile / entropy / mse)")
     p.add_argument("--config", metavar="FILE", help="quantization config JSON (dtypes, overrides, exclude)")
     p.add_argument("--target", default="qdq", help="qdq (standard QDQ ONNX + integer reference); cpu (also a TVM "
-                   "build for this host, in OUTDIR/tvm/); aarch64 (a cross-compiled TVM build, not run here)")
+                   "build for this host, in OUTDIR/tvm/); aarch64 (a cross-compiled TVM build, not run here); opencl (OpenCL C "
+                   "kernels + launch plan in OUTDIR/tvm/, run by --backend opencl); cuda, cuda-sm89, cuda-sm90 (CUDA C, "
+                   "PTX and a TVM library in OUTDIR/tvm/, run by --backend cuda on a GPU)")
     p.add_argument("--batch-size", type=int, default=1, metavar="N",
                    help="TVM targets: the static batch size of inputs with a symbolic batch dim (default 1)")
     p.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...",
@@ -339,7 +344,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--backend", default="reference", choices=list(BACKENDS),
                    help="reference (L3 in numpy), ort / ort-sim (the QDQ model in ONNX Runtime), tvm (the build in "
                    "OUTDIR/tvm/); every backend runs in batches of the model's batch size (a short last batch is "
-                   "padded and the padding dropped)")
+                   "padded and the padding dropped); opencl (the kernels of --target opencl through pyopencl), "
+                   "cuda (the build of --target cuda on TVM's CUDA runtime, on a machine with an NVIDIA GPU)")
+    p.add_argument("--device", metavar="N|NAME", help="backend opencl: the OpenCL device, by index or part of its "
+                   "name (default: the first; PoCL's CPU device where no GPU is)")
     add_batch_axis_option(p)
     p.set_defaults(func=cmd_run)
 

@@ -31,6 +31,8 @@ META_FILE = "model.json"
 GPU_FORMAT = "qgraph.gpu/1"
 CUDA_SOURCE = "kernels.cu"
 LIBRARY_FILE = "model.so"
+#: Every file a GPU export may write besides model.json / model.so (``compiled.remove_build``).
+GPU_FILES = (launch.OPENCL_SOURCE, CUDA_SOURCE, launch.CUDA_PTX, launch.PLAN_FILE, launch.CONSTANTS_FILE)
 
 #: OpenCL C contracts a * b + c into one rounding by default (FP_CONTRACT ON): the float
 #: fallbacks must round as numpy does, so the source opts out.
@@ -95,17 +97,14 @@ def compile_scheduled(mod, tvm_target):
         todo.extend(m.imports)
     if not device:
         raise QGraphError(f"TVM produced no device module for {tvm_target}")
-    kind = device[0].kind
-    try:
-        source = device[0].inspect_source("cu") if kind == "cuda" else device[0].inspect_source()
-    except Exception:  # a module that keeps one format only
-        source = device[0].inspect_source()
+    source = device[0].inspect_source()  # CUDA C / OpenCL C (the compiled form is not kept as text)
     return ex, captured["tir"], source
 
 
-#: A float literal as TVM's C-family codegens print it (``std::scientific``: 7 significant
-#: digits, too few to name every float32: 0.2560564f is not the scale 0.25605639815...).
-_FLOAT_LITERAL = re.compile(r"(?<![\w.])(-?)(\d\.\d{6}e[+-]\d{2,3})(f?)(?![\w.])")
+#: A float literal as TVM's OpenCL codegen prints it (``std::scientific``: 7 significant
+#: digits, too few to name every float32: 0.2560564f is not the scale 0.25605639815...); the
+#: CUDA codegen prints hex already, with the decimal in a comment (``/*2.399400e-02*/``, skipped).
+_FLOAT_LITERAL = re.compile(r"(?<![\w.*])(-?)(\d\.\d{6}e[+-]\d{2,3})(f?)(?![\w.])")
 _SCRIPT_FLOAT = re.compile(r"T\.float(32|64)\(([^()]+)\)")
 
 
@@ -132,7 +131,7 @@ def exact_float_literals(source: str, tir) -> str:
         sign, digits, suffix = m.groups()
         if float(digits) == 0.0 or digits in ("1.000000e+00",):
             return m.group(0)
-        values = by_text.get((digits, suffix), set())
+        values = by_text.get((digits, suffix)) or by_text.get((digits, "" if suffix else "f"), set())
         if len(values) != 1:
             if float(digits) == float(np.float32(float(digits))) and not values:
                 return m.group(0)  # printed exactly (a short decimal such as 2.550000e+02)
