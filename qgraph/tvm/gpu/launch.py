@@ -177,9 +177,8 @@ class CuPyRunner:
         buffers = self.plan["buffers"]
         for (_, i), x in zip(self.plan["inputs"], feeds):
             x = _check_feed(i, buffers[i], x)
-            dst = self.mem[_root(buffers, i)]
-            dst[:x.nbytes].view(x.dtype)[...] = cp.asarray(x.reshape(-1)) if dst.dtype == cp.uint8 else \
-                cp.asarray(x.reshape(-1))
+            if x.nbytes:  # inputs are raw byte buffers (only constants are typed)
+                self.mem[_root(buffers, i)][:x.nbytes] = cp.asarray(x.reshape(-1).view(np.uint8))
         self.launch()
         outs = []
         for _, i in self.plan["outputs"]:
