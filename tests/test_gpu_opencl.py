@@ -145,13 +145,26 @@ def test_cuda_ptx_for_golden_models(name):
         assert f".entry {k.kernel}(" in c.ptx, k.kernel
 
 
-@needs_nvcc
-@pytest.mark.xfail(strict=True, reason="issue 18 open item: the default lowering subtracts the zero point before "
-                   "the conv (int16 operands), so no 4-way int8 product reaches nvcc; a GPU qconv hook with int8 "
-                   "operands and a zero-point correction term is needed for dp4a")
-def test_cuda_conv_kernels_use_dp4a():
-    from qgraph.api import quantize
+def _ptx_entries(ptx: str) -> dict[str, str]:
+    """``{kernel: its PTX body}``."""
+    parts = ptx.split(".entry ")[1:]
+    return {p.split("(", 1)[0].strip(): p for p in parts}
 
-    calib, _ = _data("op_conv")
-    q = quantize(os.path.join(GOLDEN, "models", "op_conv.onnx"), calib, report=False, show_progress=False)
-    assert "dp4a" in q.build("cuda").ptx
+
+@needs_nvcc
+@pytest.mark.parametrize("name", MODELS)
+def test_cuda_conv_kernels_use_dp4a(name):
+    """Every ungrouped integer conv of a golden model runs as a ``qdp4a_conv`` kernel whose PTX
+    has ``dp4a`` (the 4-way int8 dot product of sm_61+)."""
+    from qgraph.api import quantize
+    from qgraph.ir import l3
+
+    calib, _ = _data(name)
+    q = quantize(os.path.join(GOLDEN, "models", f"{name}.onnx"), calib, report=False, show_progress=False)
+    convs = [n for n in q.integer.graph if n.op is l3.QConv and int(n.attr("group", 1)) == 1]
+    c = q.build("cuda")
+    entries = _ptx_entries(c.ptx)
+    dp4a = [k.kernel for k in c.plan.launches if "qdp4a_conv" in k.kernel]  # a kernel may run twice
+    assert len(dp4a) == len(convs), (dp4a, [n.name for n in convs])
+    for k in set(dp4a):
+        assert "dp4a.s32.s32" in entries[k], k

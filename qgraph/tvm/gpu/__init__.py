@@ -2,7 +2,12 @@
 (``schedules.py``), the GPU build (``build.py``: device source + launch plan) and the launchers
 that run a plan without TVM's runtime (``launch.py``: pyopencl, CuPy).
 
-As a ``context.KernelPackage`` it covers no hook yet: every L3 op takes the default Relax
-lowering, and the GPU schedules act after legalization (``schedules.rules``, tried before
-dlight's generic GPU rules).
+As a ``context.KernelPackage`` it covers ``qconv`` (``select.qconv``: 8-bit convs as 4-way
+int8 dot products, ``__dp4a`` on CUDA); every other L3 op takes the default Relax lowering, and
+the GPU schedules act after legalization (``schedules.rules``, tried before dlight's generic
+GPU rules).
 """
+
+from qgraph.tvm.gpu.select import qconv
+
+__all__ = ["qconv"]

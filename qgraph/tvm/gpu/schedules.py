@@ -14,6 +14,8 @@ per output is the schedule without shared state to get wrong.
 
 from __future__ import annotations
 
+from qgraph.tvm.gpu.select import DP4A_BLOCK
+
 #: Threads per block of the integer reductions (a multiple of every GPU's warp / wavefront).
 THREADS = 64
 
@@ -25,6 +27,52 @@ def _threads(extent: int) -> int:
         if extent % t == 0:
             return t
     return THREADS if extent > THREADS else max(1, extent)
+
+
+def _name(block) -> str:
+    return str(getattr(block, "name_hint", None) or getattr(block, "name", ""))
+
+
+_DP4A = "qgraph_dp4a_s8s8s32_global"
+
+
+def _dp4a_intrin() -> str:
+    """The name of a ``__dp4a`` tensor intrinsic on global int8 operands and a local int32
+    accumulator, registered on first use (TVM's own, in ``tvm.s_tir.tensor_intrin``, wants
+    shared-memory operands, and importing that module takes ~48 s here)."""
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    try:
+        TensorIntrin.get(_DP4A)
+        return _DP4A
+    except Exception:  # noqa: BLE001 (not registered yet)
+        pass
+
+    @T.prim_func(s_tir=True)
+    def desc(A: T.Buffer((4,), "int8", offset_factor=1, align=4),
+             B: T.Buffer((4,), "int8", offset_factor=1, align=4),
+             C: T.Buffer((1,), "int32", offset_factor=1, align=4, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(C[0], A[0:4], B[0:4])
+            T.writes(C[0])
+            for i in range(0, 4):
+                with T.sblock("update"):
+                    vi = T.axis.remap("R", [i])
+                    C[0] = C[0] + T.cast(A[vi], "int32") * T.cast(B[vi], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(A: T.Buffer((4,), "int8", offset_factor=1, align=4),
+             B: T.Buffer((4,), "int8", offset_factor=1, align=4),
+             C: T.Buffer((1,), "int32", offset_factor=1, align=4, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(C[0], A[0:4], B[0:4])
+            T.writes(C[0])
+            C[0] += T.call_pure_extern("__dp4a", A.vload([0], "int8x4"), B.vload([0], "int8x4"), T.int32(0),
+                                       dtype="int32")
+
+    TensorIntrin.register(_DP4A, desc, impl)
+    return _DP4A
 
 
 def _integer_reduction_rule():
@@ -40,6 +88,7 @@ def _integer_reduction_rule():
         def apply(self, func, target, _tunable):
             if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
                 return None
+            cuda = str(target.kind.name) == "cuda"
             sch = s_tir.Schedule(func)
             infos = normalize_prim_func(sch)
             if infos is None:
@@ -74,18 +123,35 @@ def _integer_reduction_rule():
                 if not s_loops:
                     s_loops = [sch.add_unit_loop(block)]
                 sch.reorder(*s_loops, *r_loops, *o_loops)
-                fused = sch.fuse(*s_loops)
-                extent = int(sch.get(fused).extent)
+                extent = 1
+                for loop in s_loops:
+                    extent *= int(sch.get(loop).extent)
                 threads = _threads(extent)
-                bx, tx = sch.split(fused, factors=[None, threads])
+                exact = extent % threads == 0
+                acc, tensorize = None, None
+                if _name(sch.get(block)) == DP4A_BLOCK and r_loops:
+                    # the 4 adjacent int8 channels of one product: the dp4a operand pair
+                    rco, rci = sch.split(r_loops[-1], factors=[None, 4])
+                    r_loops = r_loops[:-1] + [rco]
+                    if cuda and exact:
+                        # blockize while the spatial bindings are plain loops (it cannot divide
+                        # them once fused and split); tensorized after decompose_reduction, when
+                        # the update reads its accumulator as the intrinsic does
+                        block = sch.blockize(rci)
+                        tensorize = block
+                    else:  # OpenCL (PoCL has no integer dot product extension): 4 multiply-adds
+                        sch.unroll(rci)
+                bx, tx = sch.split(sch.fuse(*s_loops), factors=[None, threads])
                 sch.bind(bx, "blockIdx.x")
                 sch.bind(tx, "threadIdx.x")
-                if r_loops and extent % threads == 0:
+                if r_loops and exact:
                     # accumulator in a register; only for exact tiles: reverse_compute_at drops
                     # the bound check of a partial tile (the write-back ran past the buffer)
                     acc = sch.cache_write(block, 0, "local")
                     sch.reverse_compute_at(acc, tx)
                     sch.decompose_reduction(block, r_loops[0])
+                    if tensorize is not None:
+                        sch.tensorize(tensorize, _dp4a_intrin())
                     anchor = (tx, acc)
                 elif r_loops:
                     sch.decompose_reduction(block, r_loops[0])
