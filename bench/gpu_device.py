@@ -110,7 +110,12 @@ def main(argv=None) -> int:
                 ref = [z[f"arr_{i}"] for i in range(len(z.files))]
             got = r.run(feeds)
             exact = all(g.dtype == e.dtype and g.shape == e.shape and np.array_equal(g, e) for g, e in zip(got, ref))
-            if not exact:
+            # a float output computed by a float op (rec's softmax: the device's expf, not
+            # numpy's) may differ in its last bits, as on the CPU build (tests/test_tvm_models.py)
+            close = all(g.shape == e.shape and (np.array_equal(g, e) or (e.dtype.kind == "f" and np.allclose(
+                g, e, rtol=1e-3, atol=1e-3 * float(np.abs(e).max())))) for g, e in zip(got, ref))
+            worst = max((float(np.abs(g.astype(np.float64) - e).max()) for g, e in zip(got, ref) if g.size), default=0.0)
+            if not close:
                 failed.append(name)
             q_ms = _time_ms(r.launch, args.repeat)
             with open(os.path.join(folder, "layers.json")) as f:
@@ -120,7 +125,9 @@ def main(argv=None) -> int:
             print(f"{name}: FAILED {type(e).__name__}: {e}", flush=True)
             failed.append(name)
             continue
-        row = (f"{name}: {'bit-exact' if exact else 'DIFFERS'}; qgraph int8 {q_ms:.3f} ms "
+        verdict = "bit-exact" if exact else f"float output within 1e-3 (max diff {worst:.2e})" if close else \
+            f"DIFFERS (max {worst:.3g})"
+        row = (f"{name}: {verdict}; qgraph int8 {q_ms:.3f} ms "
                f"({len(r.kernels)} kernels)")
         if t16:
             row += f"; torch fp16 convs {t16:.3f} ms (qgraph/fp16 {q_ms / t16:.2f}x)"
@@ -128,7 +135,7 @@ def main(argv=None) -> int:
             row += f"; torch int8 _int_mm GEMMs {t8:.3f} ms (qgraph/int8mm {q_ms / t8:.2f}x)"
         print(row + f" [{time.perf_counter() - start:.1f} s]", flush=True)
         rows.append(row)
-    print(f"{len(names) - len(failed)} of {len(names)} bit-exact" + (f"; not: {', '.join(failed)}" if failed else ""))
+    print(f"{len(names) - len(failed)} of {len(names)} match the reference" + (f"; not: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 
 

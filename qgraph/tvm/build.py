@@ -23,31 +23,12 @@ from qgraph.ir.core import Model
 from qgraph.progress import stage
 from qgraph.targets import Target, resolve
 from qgraph.tvm.lower import input_dtype, lower, output_names, static_input_shapes
+from qgraph.tvm.specs import RunError, TensorSpec
 
 #: Files ``Compiled.export`` writes.
 LIBRARY_FILE = "model.so"
 OBJECTS_FILE = "model.tar"
 META_FILE = "model.json"
-
-
-class RunError(QGraphError):
-    """Feeds do not match a compiled model's inputs, or the target cannot run here."""
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """Name, numpy dtype name and static shape of a compiled model's input or output."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-
-    def to_json(self) -> dict:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> "TensorSpec":
-        return cls(str(d["name"]), str(d["dtype"]), tuple(int(x) for x in d["shape"]))
 
 
 @dataclass

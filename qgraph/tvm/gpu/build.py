@@ -26,6 +26,7 @@ import numpy as np
 from qgraph.errors import QGraphError
 from qgraph.tvm.gpu import launch
 from qgraph.tvm.plan import LaunchPlan, extract
+from qgraph.tvm.specs import RunError, TensorSpec
 
 META_FILE = "model.json"
 GPU_FORMAT = "qgraph.gpu/1"
@@ -172,6 +173,17 @@ def ptx(source: str, arch: str, workdir: str) -> str | None:
         return f.read()
 
 
+def _load_cuda_runtime() -> None:
+    """Load TVM's CUDA runtime (``libtvm_runtime_cuda.so``, which needs the driver's
+    libcuda.so.1): without it TVM neither sees a CUDA device nor loads a CUDA library."""
+    try:
+        from tvm.backend import cuda
+
+        cuda.register_backend()
+    except Exception:  # noqa: BLE001 (no driver here: the device check below says so)
+        pass
+
+
 @dataclass
 class GpuCompiled:
     """A model built for a GPU target: device source, launch plan and (CUDA) TVM executable.
@@ -238,6 +250,7 @@ class GpuCompiled:
         from tvm import relax
 
         if self._runner is None:
+            _load_cuda_runtime()
             dev = tvm.cuda(0)
             if not dev.exist:
                 raise QGraphError("backend 'cuda': no CUDA GPU on this machine (the PTX and model.so are for one)")
@@ -250,8 +263,6 @@ class GpuCompiled:
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run on ``feeds`` (static shapes) and return ``{output name: array}``."""
-        from qgraph.tvm.build import RunError
-
         missing = [s.name for s in self.inputs if s.name not in feeds]
         if missing:
             raise RunError(f"missing feed for input '{missing[0]}'")
@@ -303,7 +314,6 @@ def build_gpu(mod, target, inputs: tuple, outputs: tuple, workdir: str | None = 
 def load_gpu(folder: str, device: "int | str | None" = None) -> GpuCompiled:
     """A GPU build written by ``GpuCompiled.export`` (no TVM needed for OpenCL)."""
     from qgraph.targets import Target
-    from qgraph.tvm.build import TensorSpec
 
     path = os.path.join(folder, META_FILE)
     if not os.path.exists(path):
