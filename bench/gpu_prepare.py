@@ -6,7 +6,7 @@ with the float ONNX model's conv / matmul layer shapes for the PyTorch compariso
     python bench/gpu_prepare.py [--arch sm_90] [--out bench/gpu_build] [NAME ...]
 
 The folder holds only what the GPU machine needs (no TVM): kernels.ptx, plan.json,
-constants.npz, inputs.npz, reference.npz, layers.json; ``du -sh`` it to check it fits the
+constants.npz, inputs.npz, reference.npz, layers.json, outputs.json; ``du -sh`` it to check it fits the
 64 MiB a device call carries.
 """
 
@@ -86,6 +86,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=os.path.join(REPO, "bench", "gpu_build"))
     args = ap.parse_args(argv)
     from qgraph.api import quantize
+    from qgraph.ir import l3
     from qgraph.reference import Interpreter
     from qgraph.targets import cuda
 
@@ -116,6 +117,9 @@ def main(argv=None) -> int:
         np.savez(os.path.join(folder, "reference.npz"), *[ref[s.name] for s in c.outputs])
         with open(os.path.join(folder, "layers.json"), "w") as f:
             json.dump(layers(q.float_model, shapes), f)
+        tainted = l3.after_float_ops(q.integer.graph)
+        with open(os.path.join(folder, "outputs.json"), "w") as f:  # which outputs a float op feeds
+            json.dump([{"name": s.name, "after_float_ops": s.name in tainted} for s in c.outputs], f)
         print(f"{name}: {len(c.plan.launches)} kernels, PTX {len(c.ptx) / 1e6:.1f} MB, "
               f"{time.perf_counter() - start:.0f} s -> {folder}", flush=True)
     shutil.copy(os.path.join(REPO, "qgraph", "tvm", "gpu", "launch.py"), os.path.join(args.out, "launch.py"))

@@ -164,5 +164,5 @@ def resolve(target: "str | Target") -> Target:
     return target if isinstance(target, Target) else get(target)
 
 
-__all__ = ["CUDA_ARCHS", "GPU_NAMES", "NAMES", "cuda", "opencl", "Target", "UnknownTargetError", "aarch64", "cpu_flags", "get", "host_cpu", "resolve",
-           "x86_mcpu"]
+__all__ = ["CUDA_ARCHS", "GPU_NAMES", "NAMES", "Target", "UnknownTargetError", "aarch64", "cpu_flags", "cuda", "get",
+           "host_cpu", "opencl", "resolve", "x86_mcpu"]

@@ -54,14 +54,13 @@ class Buffer:
 @dataclass
 class Launch:
     """One device kernel launch: ``grid`` blocks of ``block`` threads (x, y, z), on ``args``
-    (buffer ids; an int in ``scalars`` is passed by value at that position instead)."""
+    (buffer ids, in the kernel's parameter order; static shapes leave no scalar argument)."""
 
     kernel: str
     args: list[int]
     grid: tuple[int, int, int]
     block: tuple[int, int, int]
     func: str = ""  # the PrimFunc it belongs to
-    scratch: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -148,8 +147,10 @@ def _data_name(e) -> str:
 
 
 def kernel_launches(lowered_tir) -> dict[str, tuple[list, list]]:
-    """``{PrimFunc name: ([(kernel, [param index or ('scratch', k)], grid, block)], [scratch (k, dtype, bytes)])}``
-    from a TIR module after ``SplitHostDevice`` (host functions calling ``call_ffi_kernel``)."""
+    """The device kernels each host PrimFunc launches, from a TIR module after ``SplitHostDevice``
+    (host functions calling ``call_ffi_kernel``): ``{PrimFunc name: (launches, scratch)}``, a
+    launch ``(kernel, [param index or ("scratch", k)], grid, block)``, a scratch buffer the host
+    function allocates between its kernels ``(k, dtype, bytes)``."""
     from tvm import tirx
 
     out: dict[str, tuple[list, list]] = {}
