@@ -71,7 +71,8 @@ def test_golden_opencl_equals_reference(name, tmp_path):
 
 @needs_opencl
 def test_cli_run_backend_opencl(tmp_path, capsys):
-    """``qgraph run --backend opencl --device 0`` writes the same .npz as ``--backend reference``."""
+    """``qgraph run --backend opencl --device 0`` writes the same .npz as ``--backend reference``,
+    and ``qgraph verify`` compares the OpenCL build too."""
     from qgraph.cli.main import main
 
     calib, test = _data("op_conv")
@@ -84,6 +85,8 @@ def test_cli_run_backend_opencl(tmp_path, capsys):
     with np.load(a) as x, np.load(b) as y:
         assert x.files == y.files and all(np.array_equal(x[k], y[k]) for k in x.files)
     assert "ran opencl" in capsys.readouterr().out
+    assert main(["verify", out, "--inputs", test]) == 0
+    assert "reference vs OpenCL: max 0 LSB, 100.00% exact" in capsys.readouterr().out
 
 
 @needs_opencl

@@ -267,13 +267,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
     c = CompiledDir.load(args.outdir)
     feeds, labels = _laid_out(c, args.inputs, args.batch_axis)
     n = batching.sample_count(c.float_model, feeds) if feeds else 0
-    backends, tvm_label, skipped = ("ort-sim", "ort"), None, None
+    backends, tvm_label, skipped, key = ("ort-sim", "ort"), None, None, "tvm"
     if c.has_build:
         info = c.build_info()
+        gpu = info.get("tvm_target", {}).get("kind") if str(info.get("format", "")).startswith("qgraph.gpu") else None
         try:
             with _native_stderr_captured():
-                c.tvm_build()
-            backends, tvm_label = backends + ("tvm",), f"TVM {info.get('target')}"
+                c.gpu_build(gpu).check_runnable() if gpu else c.tvm_build()
+            key = gpu or "tvm"
+            label = {"opencl": "OpenCL", "cuda": "CUDA"}.get(gpu, "TVM")
+            backends, tvm_label = backends + (key,), f"{label} {info.get('target')}" if gpu != "opencl" else label
         except QGraphError as e:
             skipped = f"TVM build not compared: {e}"
     from qgraph.verify.diagnose import check_labels
@@ -283,7 +286,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     for name, m in result.items():
         lines += format_verify({name: m}, n).splitlines()[1:]
         if tvm_label:
-            lines.append(backend_line(tvm_label, m["tvm"]))
+            lines.append(backend_line(tvm_label, m[key]))
     if skipped:
         lines.append(skipped)
     print("\n".join(lines))

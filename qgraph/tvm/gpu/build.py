@@ -245,15 +245,32 @@ class GpuCompiled:
             self._runner = launch.OpenCLRunner(folder, self.device)
         return self._runner.run(args)
 
+    def check_runnable(self) -> "GpuCompiled":
+        """Raise ``QGraphError`` when this machine cannot run the build (CUDA: no GPU; OpenCL:
+        no device); returns self."""
+        if self.kind == "opencl":
+            try:
+                found = bool(launch.opencl_devices())
+            except Exception as e:  # noqa: BLE001 (no pyopencl, or no ICD)
+                raise QGraphError(f"backend 'opencl': no OpenCL runtime here ({e}); install pyopencl and an ICD "
+                                  "(Debian: pocl-opencl-icd)") from e
+            if not found:
+                raise QGraphError("backend 'opencl': no OpenCL device on this machine")
+            return self
+        import tvm
+
+        _load_cuda_runtime()
+        if not tvm.cuda(0).exist:
+            raise QGraphError("backend 'cuda': no CUDA GPU on this machine (the PTX and model.so are for one)")
+        return self
+
     def _run_cuda(self, args: list) -> list:
         import tvm
         from tvm import relax
 
         if self._runner is None:
-            _load_cuda_runtime()
+            self.check_runnable()
             dev = tvm.cuda(0)
-            if not dev.exist:
-                raise QGraphError("backend 'cuda': no CUDA GPU on this machine (the PTX and model.so are for one)")
             module = self.executable if self.executable is not None else \
                 tvm.runtime.load_module(os.path.join(self.folder, LIBRARY_FILE))
             self._runner = (relax.VirtualMachine(module, dev), dev)
