@@ -10,6 +10,14 @@ a grouped 1x1 conv (op_conv's third conv, 2 groups of 4 channels) a cross-thread
 whose local-buffer indices are wrong: up to 199 LSB off on OpenCL/PoCL (TVM 0.27); and the
 integer reductions of these models are short (at most a few thousand terms), where one thread
 per output is the schedule without shared state to get wrong.
+
+The ``qdp4a_conv`` block (``select.py``: an 8-bit conv as 4-way int8 dot products) is tiled
+instead (``_tile_dp4a``): thread blocks of ``DP4A_CHANNELS`` output channels (threadIdx.y) x up
+to ``DP4A_PIXELS`` output pixels (threadIdx.x), one output per thread; per kernel tap the
+block's weight tile (its channels x every input channel) is copied to shared memory by all its
+threads together, and each product reads 4 adjacent channels (one 32-bit word) of activation
+and weight: ``__dp4a`` on CUDA (``_dp4a_intrin``), 4 multiply-adds on OpenCL. No timing backs
+these sizes yet (no GPU was lent while writing them): ``bench/gpu_device.sh`` measures them.
 """
 
 from __future__ import annotations
@@ -33,25 +41,24 @@ def _name(block) -> str:
     return str(getattr(block, "name_hint", None) or getattr(block, "name", ""))
 
 
-_DP4A = "qgraph_dp4a_s8s8s32_global"
-
-
-def _dp4a_intrin() -> str:
-    """The name of a ``__dp4a`` tensor intrinsic on global int8 operands and a local int32
-    accumulator, registered on first use (TVM's own, in ``tvm.s_tir.tensor_intrin``, wants
-    shared-memory operands, and importing that module takes ~48 s here)."""
+def _dp4a_intrin(b_scope: str = "global") -> str:
+    """The name of a ``__dp4a`` tensor intrinsic on a global int8 activation, an int8 weight
+    in ``b_scope`` and a local int32 accumulator, registered on first use (TVM's own, in
+    ``tvm.s_tir.tensor_intrin``, wants both operands in shared memory, and importing that
+    module takes ~48 s here)."""
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
 
+    name = f"qgraph_dp4a_s8s8s32_{b_scope}"
     try:
-        TensorIntrin.get(_DP4A)
-        return _DP4A
+        TensorIntrin.get(name)
+        return name
     except Exception:  # noqa: BLE001 (not registered yet)
         pass
 
     @T.prim_func(s_tir=True)
     def desc(A: T.Buffer((4,), "int8", offset_factor=1, align=4),
-             B: T.Buffer((4,), "int8", offset_factor=1, align=4),
+             B: T.Buffer((4,), "int8", offset_factor=1, align=4, scope=b_scope),
              C: T.Buffer((1,), "int32", offset_factor=1, align=4, scope="local")) -> None:
         with T.sblock("root"):
             T.reads(C[0], A[0:4], B[0:4])
@@ -63,7 +70,7 @@ def _dp4a_intrin() -> str:
 
     @T.prim_func(s_tir=True)
     def impl(A: T.Buffer((4,), "int8", offset_factor=1, align=4),
-             B: T.Buffer((4,), "int8", offset_factor=1, align=4),
+             B: T.Buffer((4,), "int8", offset_factor=1, align=4, scope=b_scope),
              C: T.Buffer((1,), "int32", offset_factor=1, align=4, scope="local")) -> None:
         with T.sblock("root"):
             T.reads(C[0], A[0:4], B[0:4])
@@ -71,8 +78,73 @@ def _dp4a_intrin() -> str:
             C[0] += T.call_pure_extern("__dp4a", A.vload([0], "int8x4"), B.vload([0], "int8x4"), T.int32(0),
                                        dtype="int32")
 
-    TensorIntrin.register(_DP4A, desc, impl)
-    return _DP4A
+    TensorIntrin.register(name, desc, impl)
+    return name
+
+
+#: Output channels per block of the dp4a conv (threadIdx.y), and the most output pixels
+#: (threadIdx.x): a block shares its channels' weight tile in shared memory.
+DP4A_CHANNELS = (8, 4, 2)
+DP4A_PIXELS = 32
+
+
+def _buffer(region):
+    return getattr(region, "buffer", None) or region.source
+
+
+def _shape(buf) -> tuple[int, ...]:
+    shape = getattr(buf, "shape", None)
+    if shape is None:
+        shape = buf.ty.shape
+    return tuple(int(d) for d in shape)
+
+
+def _tile_dp4a(sch, block, s_loops, r_loops, cuda: bool):
+    """The ``qdp4a_conv`` block as thread blocks of (channels x pixels) outputs, one per thread,
+    the block's weight tile (its channels, one tap, every input channel) staged in shared
+    memory and read 4 bytes at a time by every thread; None where the sizes do not tile
+    exactly (the generic schedule then runs). Returns the epilogue anchor (loop, accumulator)."""
+    *batch, m, oh, ow = s_loops  # a unit batch loop is already gone
+    ry, rx, rc = r_loops
+    big_m = int(sch.get(m).extent)
+    pixels = 1
+    for loop in (*batch, oh, ow):
+        pixels *= int(sch.get(loop).extent)
+    tm = next((t for t in DP4A_CHANNELS if big_m % t == 0), None)
+    tp = next((t for t in range(min(DP4A_PIXELS, pixels), 7, -1) if pixels % t == 0), None)
+    if tm is None or tp is None:
+        return None
+    kh, kw, c = (int(sch.get(loop).extent) for loop in (ry, rx, rc))
+    rco, rci = sch.split(rc, factors=[None, 4])
+    if cuda:
+        inner = sch.blockize(rci)
+    else:
+        sch.unroll(rci)
+        inner = block
+    wbuf = [i for i, r in enumerate(sch.get(inner).reads) if _shape(_buffer(r)) == (big_m, kh, kw, c)]
+    sch.reorder(m, *batch, oh, ow)
+    p = sch.fuse(*batch, oh, ow)
+    mo, mi = sch.split(m, factors=[None, tm])
+    po, pi = sch.split(p, factors=[None, tp])
+    sch.reorder(mo, po, mi, pi)
+    sch.bind(sch.fuse(mo, po), "blockIdx.x")
+    sch.bind(mi, "threadIdx.y")
+    sch.bind(pi, "threadIdx.x")
+    if wbuf:
+        shared = sch.cache_read(inner, wbuf[0], "shared")
+        sch.compute_at(shared, rx)
+        loops = sch.get_loops(shared)
+        at = next(i for i, loop in enumerate(loops) if sch.get(loop).same_as(sch.get(rx)))
+        copy = sch.fuse(*loops[at + 1:])  # the tile's copy loops, shared by the block's threads
+        _, cy, cx = sch.split(copy, factors=[None, tm, tp])
+        sch.bind(cy, "threadIdx.y")
+        sch.bind(cx, "threadIdx.x")
+    acc = sch.cache_write(inner, 0, "local")
+    sch.reverse_compute_at(acc, pi)
+    sch.decompose_reduction(inner, ry)
+    if cuda:
+        sch.tensorize(inner, _dp4a_intrin("shared" if wbuf else "global"))
+    return pi, acc
 
 
 def _integer_reduction_rule():
@@ -120,6 +192,12 @@ def _integer_reduction_rule():
                         continue
                     except Exception:  # noqa: BLE001 (a block that does not follow it: bound on its own)
                         pass
+                if _name(sch.get(block)) == DP4A_BLOCK and len(s_loops) in (3, 4) and len(r_loops) == 3 \
+                        and not o_loops:
+                    tiled = _tile_dp4a(sch, block, s_loops, r_loops, cuda)
+                    if tiled is not None:
+                        anchor = tiled
+                        continue
                 if not s_loops:
                     s_loops = [sch.add_unit_loop(block)]
                 sch.reorder(*s_loops, *r_loops, *o_loops)
