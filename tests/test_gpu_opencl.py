@@ -157,8 +157,9 @@ def _ptx_entries(ptx: str) -> dict[str, str]:
 @needs_nvcc
 @pytest.mark.parametrize("name", MODELS)
 def test_cuda_conv_kernels_use_dp4a(name):
-    """Every ungrouped integer conv of a golden model runs as a ``qdp4a_conv`` kernel whose PTX
-    has ``dp4a`` (the 4-way int8 dot product of sm_61+)."""
+    """Every ungrouped integer conv of a golden model runs as a ``qdp4a_conv`` kernel, and every
+    matmul by a constant as a ``qdp4a_matmul`` one, whose PTX has ``dp4a`` (the 4-way int8 dot
+    product of sm_61+)."""
     from qgraph.api import quantize
     from qgraph.ir import l3
 
@@ -171,3 +172,7 @@ def test_cuda_conv_kernels_use_dp4a(name):
     assert len(dp4a) == len(convs), (dp4a, [n.name for n in convs])
     for k in set(dp4a):
         assert "dp4a.s32.s32" in entries[k], k
+    mms = [n for n in q.integer.graph if n.op is l3.QMatMul and n.inputs[1].constant() is not None]
+    dp4a_mm = [k.kernel for k in c.plan.launches if "qdp4a_matmul" in k.kernel]
+    assert len(dp4a_mm) == len(mms), (dp4a_mm, [n.name for n in mms])
+    assert all("dp4a.s32.s32" in entries[k] for k in dp4a_mm)

@@ -22,7 +22,7 @@ these sizes yet (no GPU was lent while writing them): ``bench/gpu_device.sh`` me
 
 from __future__ import annotations
 
-from qgraph.tvm.gpu.select import DP4A_BLOCK
+from qgraph.tvm.gpu.select import DP4A_BLOCK, DP4A_MATMUL
 
 #: Threads per block of the integer reductions (a multiple of every GPU's warp / wavefront).
 THREADS = 64
@@ -207,7 +207,7 @@ def _integer_reduction_rule():
                 threads = _threads(extent)
                 exact = extent % threads == 0
                 acc, tensorize = None, None
-                if _name(sch.get(block)) == DP4A_BLOCK and r_loops:
+                if _name(sch.get(block)) in (DP4A_BLOCK, DP4A_MATMUL) and r_loops:
                     # the 4 adjacent int8 channels of one product: the dp4a operand pair
                     rco, rci = sch.split(r_loops[-1], factors=[None, 4])
                     r_loops = r_loops[:-1] + [rco]

@@ -22,8 +22,19 @@ import numpy as np
 from qgraph.tvm.context import LowerContext
 from qgraph.tvm.relax_integer import _add_bias, _int, _per_channel, _requant_attrs, pad_spatial, requantize
 
-#: The TE block name the schedule rule recognizes.
+
+def _to_s8(ctx: LowerContext, x, zero_point: int):
+    """``(x as int8, its zero point)``: uint8 shifted by -128 (exact), int8 as it is."""
+    from tvm import relax
+
+    if ctx.dtype(x) == "uint8":
+        x = ctx.astype(ctx.emit(relax.op.subtract(ctx.astype(x, "int16"), ctx.const(128, "int16"))), "int8")
+        return x, zero_point - 128
+    return x, zero_point
+
+#: The TE block names the schedule rule recognizes (their last reduction axis: 4-way int8).
 DP4A_BLOCK = "qdp4a_conv"
+DP4A_MATMUL = "qdp4a_matmul"
 
 
 def dp4a_applies(ctx: LowerContext) -> bool:
@@ -49,10 +60,7 @@ def qconv(ctx: LowerContext):
     x, w = ctx.value(0), ctx.maybe_const(1).astype(np.int64)
     xs = ctx.shape(x)
     m, c, kh, kw = (int(d) for d in w.shape)
-    zx = _int(ctx, "x_zero_point")
-    if ctx.dtype(x) == "uint8":  # u8 -> s8, exact: dp4a's signed form for both operands
-        x = ctx.astype(ctx.emit(relax.op.subtract(ctx.astype(x, "int16"), ctx.const(128, "int16"))), "int8")
-        zx -= 128
+    x, zx = _to_s8(ctx, x, _int(ctx, "x_zero_point"))  # dp4a's signed form for both operands
     win = ctx.windows(xs[2:], (kh, kw))
     x = pad_spatial(ctx, x, win.pads_begin, [e + extra for e, extra in zip(win.pads_end, win.extra_end)], value=zx)
     x = ctx.emit(relax.op.permute_dims(x, [0, 2, 3, 1]))  # NHWC: a product's 4 channels adjacent
@@ -79,3 +87,44 @@ def qconv(ctx: LowerContext):
     acc = _add_bias(ctx, acc, m, 1)
     mult, shift, zp, qmin, qmax = _requant_attrs(ctx, m)
     return requantize(ctx, acc, mult, shift, zp, qmin, qmax, axis=1)
+
+
+def qmatmul(ctx: LowerContext):
+    """A QMatMul's output as 4-way int8 dot products along K (``qdp4a_matmul``: ``b``
+    transposed to [N, K] so a product's 4 terms are adjacent, K padded to a multiple of 4,
+    ``a``'s zero point as a per-column correction), or None (the default lowering): for an
+    8-bit activation ``a`` of rank >= 2 and a constant int8 ``b [K, N]`` with zero point 0."""
+    from tvm import relax, te
+
+    a, b = ctx.value(0), ctx.maybe_const(1)
+    if b is None or isinstance(a, np.ndarray) or ctx.dtype(a) not in ("int8", "uint8") or b.ndim != 2:
+        return None
+    ash = [int(d) for d in ctx.shape(a)]
+    k, cols = (int(d) for d in b.shape)
+    if len(ash) < 2 or ash[-1] != k or not b.size or b.min() < -128 or b.max() > 127:
+        return None
+    if np.asarray(_per_channel(ctx, "b_zero_point", cols)).any():
+        return None
+    a, za = _to_s8(ctx, a, _int(ctx, "a_zero_point"))
+    b = b.astype(np.int64)
+    k4 = -(-k // 4) * 4
+    if k4 != k:  # a padded with za, b with 0: each pad term adds za * 0
+        a = ctx.emit(relax.op.nn.pad(a, [0, 0] * (len(ash) - 1) + [0, k4 - k], pad_value=za))
+        b = np.concatenate([b, np.zeros((k4 - k, cols), np.int64)], axis=0)
+    bt = ctx.const(np.ascontiguousarray(b.T).astype(np.int8), "int8")
+    lead = ash[:-1]
+
+    def matmul(at, bt_):
+        r = te.reduce_axis((0, k4), "rk")
+        return te.compute((*lead, cols), lambda *i: te.sum(
+            at[(*i[:-1], r)].astype("int32") * bt_[i[-1], r].astype("int32"), axis=[r]), name=DP4A_MATMUL)
+
+    acc = ctx.bb.emit_te(matmul, a, bt, primfunc_name_hint=DP4A_MATMUL)
+    correction = za * b.sum(axis=0)
+    if correction.any():
+        acc = ctx.emit(relax.op.subtract(acc, ctx.const(correction.reshape([1] * (len(ash) - 1) + [cols]), "int32")))
+    out_ndim = len(ash)
+    acc = _add_bias(ctx, acc, cols, out_ndim - 1)
+    mult, shift, zp, qmin, qmax = _requant_attrs(ctx, cols)
+    per_col = mult.size > 1 or shift.size > 1
+    return requantize(ctx, acc, mult, shift, zp, qmin, qmax, axis=out_ndim - 1 if per_col else None)
