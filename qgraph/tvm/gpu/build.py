@@ -35,9 +35,21 @@ LIBRARY_FILE = "model.so"
 #: Every file a GPU export may write besides model.json / model.so (``compiled.remove_build``).
 GPU_FILES = (launch.OPENCL_SOURCE, CUDA_SOURCE, launch.CUDA_PTX, launch.PLAN_FILE, launch.CONSTANTS_FILE)
 
-#: OpenCL C contracts a * b + c into one rounding by default (FP_CONTRACT ON): the float
-#: fallbacks must round as numpy does, so the source opts out.
-_OPENCL_PRELUDE = "#pragma OPENCL FP_CONTRACT OFF\n"
+#: The OpenCL source's prelude. OpenCL C contracts a * b + c into one rounding by default
+#: (FP_CONTRACT ON): the float fallbacks must round as numpy does, so the source opts out. And
+#: the 4-way int8 product of the dp4a kernels (``schedules.OPENCL_DP4A``): the integer dot
+#: product extension's ``dot`` where the device has it (exact: 4 products of int8 fit int32),
+#: else 4 int32 multiply-adds (PoCL).
+_OPENCL_PRELUDE = """#pragma OPENCL FP_CONTRACT OFF
+#ifdef cl_khr_integer_dot_product
+#pragma OPENCL EXTENSION cl_khr_integer_dot_product : enable
+inline int qgraph_dp4a(char4 a, char4 b, int c) { return c + dot(a, b); }
+#else
+inline int qgraph_dp4a(char4 a, char4 b, int c) {
+  return c + (int)a.s0 * (int)b.s0 + (int)a.s1 * (int)b.s1 + (int)a.s2 * (int)b.s2 + (int)a.s3 * (int)b.s3;
+}
+#endif
+"""
 
 
 def schedule_passes(tvm_target):

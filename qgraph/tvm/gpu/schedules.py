@@ -24,6 +24,9 @@ from __future__ import annotations
 
 from qgraph.tvm.gpu.select import DP4A_BLOCK, DP4A_MATMUL
 
+#: The OpenCL function of a 4-way int8 product (``build._OPENCL_PRELUDE`` defines it).
+OPENCL_DP4A = "qgraph_dp4a"
+
 #: Threads per block of the integer reductions (a multiple of every GPU's warp / wavefront).
 THREADS = 64
 
@@ -41,7 +44,7 @@ def _name(block) -> str:
     return str(getattr(block, "name_hint", None) or getattr(block, "name", ""))
 
 
-def _dp4a_intrin(b_scope: str = "global") -> str:
+def _dp4a_intrin(b_scope: str = "global", fn: str = "__dp4a") -> str:
     """The name of a ``__dp4a`` tensor intrinsic on a global int8 activation, an int8 weight
     in ``b_scope`` and a local int32 accumulator, registered on first use (TVM's own, in
     ``tvm.s_tir.tensor_intrin``, wants both operands in shared memory, and importing that
@@ -49,7 +52,7 @@ def _dp4a_intrin(b_scope: str = "global") -> str:
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
 
-    name = f"qgraph_dp4a_s8s8s32_{b_scope}"
+    name = f"qgraph_dp4a_s8s8s32_{b_scope}_{fn.strip('_')}"
     try:
         TensorIntrin.get(name)
         return name
@@ -75,7 +78,7 @@ def _dp4a_intrin(b_scope: str = "global") -> str:
         with T.sblock("root"):
             T.reads(C[0], A[0:4], B[0:4])
             T.writes(C[0])
-            C[0] += T.call_pure_extern("__dp4a", A.vload([0], "int8x4"), B.vload([0], "int8x4"), T.int32(0),
+            C[0] += T.call_pure_extern(fn, A.vload([0], "int8x4"), B.vload([0], "int8x4"), T.int32(0),
                                        dtype="int32")
 
     TensorIntrin.register(name, desc, impl)
@@ -99,7 +102,7 @@ def _shape(buf) -> tuple[int, ...]:
     return tuple(int(d) for d in shape)
 
 
-def _tile_dp4a(sch, block, s_loops, r_loops, cuda: bool):
+def _tile_dp4a(sch, block, s_loops, r_loops, dp4a: str | None):
     """The ``qdp4a_conv`` block as thread blocks of (channels x pixels) outputs, one per thread,
     the block's weight tile (its channels, one tap, every input channel) staged in shared
     memory and read 4 bytes at a time by every thread; None where the sizes do not tile
@@ -116,7 +119,7 @@ def _tile_dp4a(sch, block, s_loops, r_loops, cuda: bool):
         return None
     kh, kw, c = (int(sch.get(loop).extent) for loop in (ry, rx, rc))
     rco, rci = sch.split(rc, factors=[None, 4])
-    if cuda:
+    if dp4a:
         inner = sch.blockize(rci)
     else:
         sch.unroll(rci)
@@ -142,8 +145,8 @@ def _tile_dp4a(sch, block, s_loops, r_loops, cuda: bool):
     acc = sch.cache_write(inner, 0, "local")
     sch.reverse_compute_at(acc, pi)
     sch.decompose_reduction(inner, ry)
-    if cuda:
-        sch.tensorize(inner, _dp4a_intrin("shared" if wbuf else "global"))
+    if dp4a:
+        sch.tensorize(inner, _dp4a_intrin("shared" if wbuf else "global", dp4a))
     return pi, acc
 
 
@@ -160,7 +163,10 @@ def _integer_reduction_rule():
         def apply(self, func, target, _tunable):
             if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
                 return None
-            cuda = str(target.kind.name) == "cuda"
+            # the 4-way int8 product: CUDA's __dp4a; on OpenCL qgraph_dp4a, defined in the source's
+            # prelude (build._OPENCL_PRELUDE) as dot() where cl_khr_integer_dot_product is, else
+            # as 4 multiply-adds
+            dp4a = {"cuda": "__dp4a", "opencl": OPENCL_DP4A}.get(str(target.kind.name))
             sch = s_tir.Schedule(func)
             infos = normalize_prim_func(sch)
             if infos is None:
@@ -194,7 +200,7 @@ def _integer_reduction_rule():
                         pass
                 if _name(sch.get(block)) == DP4A_BLOCK and len(s_loops) in (3, 4) and len(r_loops) == 3 \
                         and not o_loops:
-                    tiled = _tile_dp4a(sch, block, s_loops, r_loops, cuda)
+                    tiled = _tile_dp4a(sch, block, s_loops, r_loops, dp4a)
                     if tiled is not None:
                         anchor = tiled
                         continue
@@ -211,13 +217,13 @@ def _integer_reduction_rule():
                     # the 4 adjacent int8 channels of one product: the dp4a operand pair
                     rco, rci = sch.split(r_loops[-1], factors=[None, 4])
                     r_loops = r_loops[:-1] + [rco]
-                    if cuda and exact:
+                    if dp4a and exact:
                         # blockize while the spatial bindings are plain loops (it cannot divide
                         # them once fused and split); tensorized after decompose_reduction, when
                         # the update reads its accumulator as the intrinsic does
                         block = sch.blockize(rci)
                         tensorize = block
-                    else:  # OpenCL (PoCL has no integer dot product extension): 4 multiply-adds
+                    else:  # a partial tile (no register accumulator to tensorize into): 4 multiply-adds
                         sch.unroll(rci)
                 bx, tx = sch.split(sch.fuse(*s_loops), factors=[None, threads])
                 sch.bind(bx, "blockIdx.x")
@@ -229,7 +235,7 @@ def _integer_reduction_rule():
                     sch.reverse_compute_at(acc, tx)
                     sch.decompose_reduction(block, r_loops[0])
                     if tensorize is not None:
-                        sch.tensorize(tensorize, _dp4a_intrin())
+                        sch.tensorize(tensorize, _dp4a_intrin(fn=dp4a))
                     anchor = (tx, acc)
                 elif r_loops:
                     sch.decompose_reduction(block, r_loops[0])
