@@ -42,6 +42,28 @@ def _time_ms(fn, repeat: int) -> float:
     return float(np.median(times))
 
 
+def _runner(launch, folder: str):
+    """``CuPyRunner`` on the PTX; where this machine's driver cannot load it (a PTX ISA newer
+    than the driver), on a cubin compiled here from kernels.cu by this machine's nvcc."""
+    import shutil
+    import subprocess
+
+    import cupy as cp
+
+    try:
+        return launch.CuPyRunner(folder)
+    except Exception as e:  # noqa: BLE001 (cupy's driver errors have no common base)
+        nvcc = shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
+        cu = os.path.join(folder, "kernels.cu")
+        if not os.path.exists(cu) or not os.path.exists(nvcc):
+            raise
+        major, minor = cp.cuda.Device().compute_capability[:1], cp.cuda.Device().compute_capability[1:]
+        cubin = os.path.join(folder, "kernels.cubin")
+        print(f"  PTX not loaded ({type(e).__name__}: {e}); compiling kernels.cu for sm_{major}{minor}", flush=True)
+        subprocess.run([nvcc, "-cubin", f"-arch=sm_{major}{minor}", "-O3", "-o", cubin, cu], check=True)
+        return launch.CuPyRunner(folder, module=cubin)
+
+
 def torch_layers_ms(layers: list[dict], repeat: int) -> tuple[float, float | None]:
     """(fp16 cuDNN ms of every conv layer, int8 ``_int_mm`` ms of the im2col GEMM of every
     ungrouped conv, or None where torch has no int8 matmul)."""
@@ -103,7 +125,7 @@ def main(argv=None) -> int:
         folder = os.path.join(args.build, name)
         start = time.perf_counter()
         try:
-            r = launch.CuPyRunner(folder)
+            r = _runner(launch, folder)
             with np.load(os.path.join(folder, "inputs.npz")) as z:
                 feeds = [z[f"arr_{i}"] for i in range(len(z.files))]
             with np.load(os.path.join(folder, "reference.npz")) as z:

@@ -5,7 +5,7 @@ with the float ONNX model's conv / matmul layer shapes for the PyTorch compariso
 
     python bench/gpu_prepare.py [--arch sm_90] [--out bench/gpu_build] [NAME ...]
 
-The folder holds only what the GPU machine needs (no TVM): kernels.ptx, plan.json,
+The folder holds only what the GPU machine needs (no TVM): kernels.ptx, kernels.cu, plan.json,
 constants.npz, inputs.npz, reference.npz, layers.json, outputs.json; ``du -sh`` it to check it fits the
 64 MiB a device call carries.
 """
@@ -112,6 +112,8 @@ def main(argv=None) -> int:
         c.plan.save(folder)
         with open(os.path.join(folder, "kernels.ptx"), "w") as f:
             f.write(c.ptx)
+        with open(os.path.join(folder, "kernels.cu"), "w") as f:  # for the GPU machine's nvcc, if its
+            f.write(c.source)                                     # driver cannot JIT this nvcc's PTX
         ref = Interpreter(q.integer).run(feeds)
         np.savez(os.path.join(folder, "inputs.npz"), *[feeds[s.name] for s in c.inputs])
         np.savez(os.path.join(folder, "reference.npz"), *[ref[s.name] for s in c.outputs])
