@@ -90,6 +90,25 @@ def test_cli_run_backend_opencl(tmp_path, capsys):
 
 
 @needs_opencl
+def test_readme_opencl_example_runs(monkeypatch, capsys):
+    """README's --target opencl / --backend opencl commands run as written (in out_gpu/)."""
+    import re
+    import shlex
+
+    from qgraph.cli.main import main
+
+    monkeypatch.chdir(REPO)
+    with open(os.path.join(REPO, "README.md")) as f:
+        readme = f.read()
+    lines = [line for block in re.findall(r"```sh\n(.*?)```", readme, re.S) for line in block.splitlines()
+             if line.startswith(("qgraph compile golden/models/op_conv.onnx", "qgraph run out_gpu/"))]
+    assert len(lines) == 2 and "--target opencl" in lines[0] and "--backend opencl" in lines[1]
+    for line in lines:
+        assert main(shlex.split(line)[1:]) == 0, line
+    assert "ran opencl" in capsys.readouterr().out
+
+
+@needs_opencl
 def test_ppocr_cls_opencl_equals_reference():
     """PP-OCRv4 cls (rapidocr's ch_ppocr_mobile_v2.0_cls_infer.onnx, static 1x3x48x192) on the
     OpenCL backend: bit-exact with the reference on 2 inputs."""
