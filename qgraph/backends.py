@@ -2,8 +2,9 @@
 
 ``reference`` (L3 in the numpy integer interpreter), ``ort`` (the QDQ export in ONNX
 Runtime as it runs by default), ``ort-sim`` (the QDQ export with Q/DQ fusion off: the float
-simulation), ``tvm`` (a TVM build) and ``qnn`` (the QDQ export on the Qualcomm HTP emulator,
-ONNX Runtime's QNN EP in its own environment: ``qgraph.qnn``). ``QuantizedModel.run``,
+simulation), ``tvm`` (a TVM build), ``qnn`` (the QDQ export on the Qualcomm HTP emulator,
+ONNX Runtime's QNN EP in its own environment: ``qgraph.qnn``), ``opencl`` (a GPU build's OpenCL
+kernels through pyopencl) and ``cuda`` (a GPU build on TVM's CUDA runtime). ``QuantizedModel.run``,
 ``CompiledDir.run`` and the CLI's ``--backend`` read ``BACKENDS`` from here.
 """
 
@@ -20,7 +21,10 @@ from qgraph.ort import run_ort
 if TYPE_CHECKING:
     from qgraph.ir.core import Model
 
-BACKENDS = ("reference", "ort", "ort-sim", "tvm", "qnn")
+BACKENDS = ("reference", "ort", "ort-sim", "tvm", "qnn", "opencl", "cuda")
+
+#: The backends that run a GPU build (``qgraph compile --target opencl / cuda``).
+GPU_BACKENDS = ("opencl", "cuda")
 
 
 def interpreter(integer: "Model"):
@@ -54,6 +58,10 @@ def run_backend(backend: str, feeds: Mapping[str, np.ndarray], *, float_model: "
         return batching.run_model(integer, interp.run, feeds, what="backend 'reference'", probe=float_model)
     if backend in ("ort", "ort-sim"):
         return run_ort(qdq, feeds, simulate=backend == "ort-sim", probe=float_model, what=f"backend '{backend}'")
+    if backend in GPU_BACKENDS:
+        if compiled is None:
+            raise QGraphError(f"backend '{backend}': this model has no {backend} build; compile with --target {backend}")
+        return run_batched(compiled, feeds, model=integer, probe=float_model)
     if backend == "tvm":
         if compiled is None:
             raise QGraphError("backend 'tvm': this model has no TVM build; call build(target='cpu') first")

@@ -47,7 +47,9 @@ def remove_build(outdir: str) -> None:
     folder = os.path.join(outdir, TVM_DIR)
     if not os.path.isdir(folder):
         return
-    for name in (LIBRARY_FILE, OBJECTS_FILE, META_FILE):
+    from qgraph.tvm.gpu.build import GPU_FILES
+
+    for name in (LIBRARY_FILE, OBJECTS_FILE, META_FILE) + GPU_FILES:
         path = os.path.join(folder, name)
         if os.path.exists(path):
             os.remove(path)
@@ -84,6 +86,8 @@ class CompiledDir:
     integer: Model
     report: dict | None
     _compiled: Any = field(default=None, repr=False)
+    #: ``qgraph run --device``: the OpenCL device of backend ``opencl`` (index or name part).
+    device: Any = None
 
     @classmethod
     def load(cls, path: str) -> "CompiledDir":
@@ -162,8 +166,29 @@ class CompiledDir:
     def run(self, feeds: Mapping[str, np.ndarray], backend: str = "reference") -> dict[str, np.ndarray]:
         """Run the folder's models on any number of samples; ``backend`` as in
         ``QuantizedModel.run`` (``tvm`` runs the exported build)."""
+        from qgraph.backends import GPU_BACKENDS
+
+        compiled = self.tvm_build() if backend == "tvm" else self.gpu_build(backend) if backend in GPU_BACKENDS \
+            else None
         return run_backend(backend, feeds, float_model=self.float_model, qdq=self.qdq, integer=self.integer,
-                           compiled=self.tvm_build() if backend == "tvm" else None)
+                           compiled=compiled)
+
+    def gpu_build(self, backend: str):
+        """The GPU build of ``qgraph compile --target opencl / cuda`` (``OUTDIR/tvm/``), loaded
+        for ``backend`` (``opencl``: pyopencl on ``self.device``; ``cuda``: TVM's CUDA runtime).
+
+        Raises:
+            QGraphError: no GPU build in the folder, or one for the other backend.
+        """
+        from qgraph.tvm.gpu.build import load_gpu
+
+        if self._compiled is None or getattr(self._compiled, "kind", None) != backend:
+            build = load_gpu(os.path.join(self.path, TVM_DIR), self.device)
+            if build.kind != backend:
+                raise QGraphError(f"{self.path}: the build is for target '{build.target.name}' ({build.kind}); "
+                                  f"run it with --backend {build.kind}, or recompile with --target {backend}")
+            self._compiled = build
+        return self._compiled
 
     @property
     def target(self) -> str | None:

@@ -261,7 +261,9 @@ def _compile_tvm(q, args: argparse.Namespace) -> None:
         library = q.export_build(args.output)
     done = time.perf_counter()
     shapes = ", ".join(f"{t.name} {t.dtype}{list(t.shape)}" for t in compiled.inputs)
-    note = "" if compiled.target.runnable else "; cross compiled: link and run it on the device"
+    gpu = getattr(compiled, "kind", None)
+    note = f"; run it with qgraph run --backend {gpu}" if gpu else \
+        "" if compiled.target.runnable else "; cross compiled: link and run it on the device"
     print(f"TVM {args.target} ({', '.join(f'{k}={v}' for k, v in compiled.target.tvm_dict.items())}): {shapes}; "
           f"compiled in {done - start:.2f} s (lowering {built - start - compiled.compile_seconds:.2f} s, tvm.compile "
           f"{compiled.compile_seconds:.2f} s, code generation and "
@@ -326,6 +328,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from qgraph.compiled import CompiledDir
 
     c = CompiledDir.load(args.outdir)
+    c.device = args.device
     feeds, _ = _laid_out(c, args.inputs, args.batch_axis)
     how = args.backend
     if args.backend == "tvm":
@@ -360,13 +363,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
     c = CompiledDir.load(args.outdir)
     feeds, labels = _laid_out(c, args.inputs, args.batch_axis)
     n = batching.sample_count(c.float_model, feeds) if feeds else 0
-    backends, tvm_label, skipped = ("ort-sim", "ort"), None, None
+    backends, tvm_label, skipped, key = ("ort-sim", "ort"), None, None, "tvm"
     if c.has_build:
         info = c.build_info()
+        gpu = info.get("tvm_target", {}).get("kind") if str(info.get("format", "")).startswith("qgraph.gpu") else None
         try:
             with _native_stderr_captured():
-                c.tvm_build()
-            backends, tvm_label = backends + ("tvm",), f"TVM {info.get('target')}"
+                c.gpu_build(gpu).check_runnable() if gpu else c.tvm_build()
+            key = gpu or "tvm"
+            label = {"opencl": "OpenCL", "cuda": "CUDA"}.get(gpu, "TVM")
+            backends, tvm_label = backends + (key,), f"{label} {info.get('target')}" if gpu != "opencl" else label
         except QGraphError as e:
             skipped = f"TVM build not compared: {e}"
     qnn_lines = None
@@ -384,7 +390,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     for name, m in result.items():
         lines += format_verify({name: m}, n).splitlines()[1:]
         if tvm_label:
-            lines.append(backend_line(tvm_label, m["tvm"]))
+            lines.append(backend_line(tvm_label, m[key]))
         if qnn_lines is not None:
             lines.append(backend_line("QNN HTP emulator", m["qnn"]))
     lines += qnn_lines or []
@@ -415,7 +421,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--config", metavar="FILE", help="quantization config JSON (dtypes, overrides, exclude)")
     p.add_argument("--target", default="qdq", help="qdq (standard QDQ ONNX + integer reference); cpu (also a TVM "
                    "build for this host, in OUTDIR/tvm/); aarch64 (a cross-compiled TVM build, not run here); qnn "
-                   "(the QDQ model by the Qualcomm HTP's rules and a QNN context binary, OUTDIR/model.qnn_ctx.onnx)")
+                   "(the QDQ model by the Qualcomm HTP's rules and a QNN context binary, OUTDIR/model.qnn_ctx.onnx); "
+                   "opencl (OpenCL C kernels + launch plan in OUTDIR/tvm/, run by --backend opencl); cuda, cuda-sm89, "
+                   "cuda-sm90 (CUDA C, PTX and a TVM library in OUTDIR/tvm/, run by --backend cuda on a GPU)")
     p.add_argument("--batch-size", type=int, default=1, metavar="N",
                    help="TVM targets and qnn: the static batch size of inputs with a symbolic batch dim (default 1)")
     p.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...",
@@ -454,9 +462,12 @@ def add_parsers(sub) -> None:
     p.add_argument("-o", "--output", required=True, metavar="Y.npz")
     p.add_argument("--backend", default="reference", choices=list(BACKENDS),
                    help="reference (L3 in numpy), ort / ort-sim (the QDQ model in ONNX Runtime), tvm (the build in "
-                   "OUTDIR/tvm/), qnn (the QDQ model on the Qualcomm HTP emulator, QGRAPH_QNN_PYTHON); every "
-                   "backend runs in batches of the model's batch size (a short last batch is padded and the padding "
-                   "dropped)")
+                   "OUTDIR/tvm/), qnn (the QDQ model on the Qualcomm HTP emulator, QGRAPH_QNN_PYTHON), opencl (the "
+                   "kernels of --target opencl through pyopencl), cuda (the build of --target cuda on TVM's CUDA "
+                   "runtime, on a machine with an NVIDIA GPU); every backend runs in batches of the model's batch "
+                   "size (a short last batch is padded and the padding dropped)")
+    p.add_argument("--device", metavar="N|NAME", help="backend opencl: the OpenCL device, by index or part of its "
+                   "name (default: the first; PoCL's CPU device where no GPU is)")
     add_batch_axis_option(p)
     p.set_defaults(func=cmd_run)
 

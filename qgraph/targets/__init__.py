@@ -137,7 +137,30 @@ def qnn() -> Target:
     return htp()
 
 
-_FACTORIES = {"cpu": host_cpu, "aarch64": aarch64, "qnn": qnn}
+def opencl() -> Target:
+    """OpenCL C kernels run through pyopencl on any OpenCL device (PoCL on this CPU, a GPU
+    elsewhere); TVM's runtime has no OpenCL, so qgraph launches them (``qgraph.tvm.gpu``)."""
+    return Target("opencl", {"kind": "opencl"}, False, frozenset({"opencl"}))
+
+
+#: CUDA architectures ``--target cuda`` builds for (``cuda``: sm_80; ``cuda-sm89``, ``cuda-sm90``).
+CUDA_ARCHS = ("sm_80", "sm_89", "sm_90")
+
+
+def cuda(arch: str = "sm_80") -> Target:
+    """NVIDIA CUDA for ``arch`` (sm_80 / sm_89 / sm_90: dp4a and int8 tensor cores): CUDA C and
+    PTX written here, run where a GPU is (TVM's CUDA runtime, or the PTX through CuPy)."""
+    if arch not in CUDA_ARCHS:
+        raise UnknownTargetError(f"unknown CUDA arch '{arch}'; known: {', '.join(CUDA_ARCHS)}")
+    name = "cuda" if arch == "sm_80" else f"cuda-{arch.replace('_', '')}"
+    return Target(name, {"kind": "cuda", "arch": arch}, False, frozenset({"dp4a", "mma"}))
+
+
+#: The GPU target names (``qgraph.tvm.gpu`` builds them).
+GPU_NAMES = ("opencl", "cuda", "cuda-sm89", "cuda-sm90")
+
+_FACTORIES = {"cpu": host_cpu, "aarch64": aarch64, "qnn": qnn, "opencl": opencl, "cuda": cuda,
+              "cuda-sm89": lambda: cuda("sm_89"), "cuda-sm90": lambda: cuda("sm_90")}
 
 #: The target names ``get`` knows.
 NAMES = tuple(_FACTORIES)
@@ -161,5 +184,5 @@ def resolve(target: "str | Target") -> Target:
     return target if isinstance(target, Target) else get(target)
 
 
-__all__ = ["NAMES", "Target", "UnknownTargetError", "aarch64", "cpu_flags", "get", "host_cpu", "qnn", "resolve",
-           "x86_mcpu"]
+__all__ = ["CUDA_ARCHS", "GPU_NAMES", "NAMES", "Target", "UnknownTargetError", "aarch64", "cpu_flags", "cuda", "get",
+           "host_cpu", "opencl", "qnn", "resolve", "x86_mcpu"]

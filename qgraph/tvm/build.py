@@ -23,31 +23,12 @@ from qgraph.ir.core import Model
 from qgraph.progress import stage
 from qgraph.targets import Target, resolve
 from qgraph.tvm.lower import input_dtype, lower, output_names, static_input_shapes
+from qgraph.tvm.specs import RunError, TensorSpec
 
 #: Files ``Compiled.export`` writes.
 LIBRARY_FILE = "model.so"
 OBJECTS_FILE = "model.tar"
 META_FILE = "model.json"
-
-
-class RunError(QGraphError):
-    """Feeds do not match a compiled model's inputs, or the target cannot run here."""
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """Name, numpy dtype name and static shape of a compiled model's input or output."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-
-    def to_json(self) -> dict:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> "TensorSpec":
-        return cls(str(d["name"]), str(d["dtype"]), tuple(int(x) for x in d["shape"]))
 
 
 @dataclass
@@ -227,19 +208,24 @@ def build(model: Model, target: "str | Target" = "cpu", *, input_shapes: Mapping
     """
     import tvm
 
+    from qgraph.tvm.kernel_packages import device_builder
+
     tgt = resolve(target)
     shapes = static_input_shapes(model, input_shapes, batch_size)
     with stage("lower to TVM Relax"):
         mod = lower(model, shapes, outputs=outputs, target=tgt, kernels=kernels)
+    inputs = tuple(TensorSpec(n, input_dtype(model, n), s) for n, s in shapes.items())
+    ret = mod["main"].ret_ty
+    specs = tuple(TensorSpec(n, str(t.dtype), tuple(int(d) for d in t.shape))
+                  for n, t in zip(output_names(model, outputs), ret.fields))
+    builder = device_builder(tgt)
+    if builder is not None:  # a GPU target: device source + launch plan (qgraph.tvm.gpu)
+        return builder(mod, tgt, inputs, specs)
     start = time.perf_counter()
     tvm_target = tgt.tvm_target()
     with stage(f"tvm.compile ({tgt.name})"):
         executable = tvm.compile(mod, tvm_target, relax_pipeline=pipeline(tvm_target))
     seconds = time.perf_counter() - start
-    inputs = tuple(TensorSpec(n, input_dtype(model, n), s) for n, s in shapes.items())
-    ret = mod["main"].ret_ty
-    specs = tuple(TensorSpec(n, str(t.dtype), tuple(int(d) for d in t.shape))
-                  for n, t in zip(output_names(model, outputs), ret.fields))
     return Compiled(executable, inputs, specs, tgt, seconds, kernels=kernel_calls(mod), kernel_macs=kernel_macs(mod))
 
 

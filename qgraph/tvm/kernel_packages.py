@@ -16,6 +16,21 @@ from qgraph.tvm.context import KernelPackage, LoweringError
 #: it has one; ``"default"``, the default Relax lowering everywhere.
 KERNEL_CHOICES = ("auto", "default")
 
+#: TVM target kinds built by ``qgraph.tvm.gpu`` (device source + launch plan).
+GPU_KINDS = ("opencl", "cuda")
+
+
+def device_builder(target):
+    """The build function of a target whose code runs outside TVM's CPU virtual machine
+    (``qgraph.tvm.gpu.build.build_gpu`` for OpenCL and CUDA), or None (``build.build``'s own)."""
+    from qgraph.targets import resolve
+
+    if resolve(target).tvm_dict.get("kind") in GPU_KINDS:
+        from qgraph.tvm.gpu.build import build_gpu
+
+        return build_gpu
+    return None
+
 
 def kernel_package(target, kernels: str = "auto") -> KernelPackage | None:
     """The kernel package for ``target`` (a ``qgraph.targets.Target`` or name; None: this host):
@@ -32,6 +47,10 @@ def kernel_package(target, kernels: str = "auto") -> KernelPackage | None:
     if kernels == "default":
         return None
     t = resolve("cpu" if target is None else target)
+    if t.tvm_dict.get("kind") in GPU_KINDS:
+        from qgraph.tvm import gpu
+
+        return gpu
     if str(t.tvm_dict.get("mtriple", "")).startswith("x86_64") and "avx2" in t.features:
         from qgraph.tvm import x86
 
