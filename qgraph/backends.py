@@ -2,7 +2,8 @@
 
 ``reference`` (L3 in the numpy integer interpreter), ``ort`` (the QDQ export in ONNX
 Runtime as it runs by default), ``ort-sim`` (the QDQ export with Q/DQ fusion off: the float
-simulation) and ``tvm`` (a TVM build). ``QuantizedModel.run``, ``CompiledDir.run`` and the
+simulation), ``tvm`` (a TVM build) and ``hexagon`` (a Hexagon build, ``--target hexagon``: the
+whole integer program under qemu-hexagon). ``QuantizedModel.run``, ``CompiledDir.run`` and the
 CLI's ``--backend`` read ``BACKENDS`` from here.
 """
 
@@ -19,7 +20,7 @@ from qgraph.ort import run_ort
 if TYPE_CHECKING:
     from qgraph.ir.core import Model
 
-BACKENDS = ("reference", "ort", "ort-sim", "tvm")
+BACKENDS = ("reference", "ort", "ort-sim", "tvm", "hexagon")
 
 
 def interpreter(integer: "Model"):
@@ -56,6 +57,11 @@ def run_backend(backend: str, feeds: Mapping[str, np.ndarray], *, float_model: "
     if backend == "tvm":
         if compiled is None:
             raise QGraphError("backend 'tvm': this model has no TVM build; call build(target='cpu') first")
+        return run_batched(compiled, feeds, model=integer, probe=float_model)
+    if backend == "hexagon":
+        if compiled is None or not str(compiled.target.tvm_dict.get("mtriple", "")).startswith("hexagon"):
+            raise QGraphError("backend 'hexagon': this model has no Hexagon build; compile it with --target hexagon "
+                              "(build(target='hexagon') in Python) first")
         return run_batched(compiled, feeds, model=integer, probe=float_model)
     raise QGraphError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
 

@@ -232,10 +232,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     c = CompiledDir.load(args.outdir)
     feeds, _ = _laid_out(c, args.inputs, args.batch_axis)
     how = args.backend
-    if args.backend == "tvm":
+    if args.backend in ("tvm", "hexagon"):
         with _native_stderr_captured():
             build = c.tvm_build()
-        how = f"tvm ({build.target.name}{_batching(build, feeds, c)})"
+        how = f"{args.backend} ({build.target.name}{_batching(build, feeds, c)})"
     outs = c.run(feeds, args.backend)
     np.savez(args.output, **outs)
     print(f"{args.outdir}: ran {how} on {args.inputs}; wrote {args.output} ({', '.join(outs)})")
@@ -299,7 +299,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--num-bins", type=int, help="histogram bins (percentile / entropy / mse)")
     p.add_argument("--config", metavar="FILE", help="quantization config JSON (dtypes, overrides, exclude)")
     p.add_argument("--target", default="qdq", help="qdq (standard QDQ ONNX + integer reference); cpu (also a TVM "
-                   "build for this host, in OUTDIR/tvm/); aarch64 (a cross-compiled TVM build, not run here)")
+                   "build for this host, in OUTDIR/tvm/); aarch64 (a cross-compiled TVM build, not run here); hexagon / "
+                   "hexagon-v73 (Hexagon HVX 128 B: the whole integer program as a static ELF, OUTDIR/tvm/model.elf, run "
+                   "here under qemu-hexagon)")
     p.add_argument("--batch-size", type=int, default=1, metavar="N",
                    help="TVM targets: the static batch size of inputs with a symbolic batch dim (default 1)")
     p.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...",
@@ -338,7 +340,7 @@ def add_parsers(sub) -> None:
     p.add_argument("-o", "--output", required=True, metavar="Y.npz")
     p.add_argument("--backend", default="reference", choices=list(BACKENDS),
                    help="reference (L3 in numpy), ort / ort-sim (the QDQ model in ONNX Runtime), tvm (the build in "
-                   "OUTDIR/tvm/); every backend runs in batches of the model's batch size (a short last batch is "
+                   "OUTDIR/tvm/), hexagon (the Hexagon build in OUTDIR/tvm/ under qemu-hexagon); every backend runs in batches of the model's batch size (a short last batch is "
                    "padded and the padding dropped)")
     add_batch_axis_option(p)
     p.set_defaults(func=cmd_run)

@@ -117,7 +117,21 @@ def aarch64() -> Target:
                               "mattr": ["+neon", "+dotprod"]}, native, frozenset({"neon", "asimddp"}))
 
 
-_FACTORIES = {"cpu": host_cpu, "aarch64": aarch64}
+def _hexagon_v68() -> Target:
+    from qgraph.targets.hexagon import hexagon
+
+    return hexagon("v68")
+
+
+def _hexagon_v73() -> Target:
+    from qgraph.targets.hexagon import hexagon
+
+    return hexagon("v73")
+
+
+_FACTORIES = {"cpu": host_cpu, "aarch64": aarch64,
+              # Hexagon HVX 128 B (qgraph.targets.hexagon), run here under qemu-hexagon
+              "hexagon": _hexagon_v68, "hexagon-v73": _hexagon_v73}
 
 #: The target names ``get`` knows.
 NAMES = tuple(_FACTORIES)

@@ -22,11 +22,14 @@ from qgraph.errors import QGraphError
 from qgraph.ir.core import Model
 from qgraph.progress import stage
 from qgraph.targets import Target, resolve
+from qgraph.tvm import kernel_packages
 from qgraph.tvm.lower import input_dtype, lower, output_names, static_input_shapes
 
 #: Files ``Compiled.export`` writes.
 LIBRARY_FILE = "model.so"
 OBJECTS_FILE = "model.tar"
+#: The program a whole-program target exports (Hexagon: a static ELF run under qemu-hexagon).
+PROGRAM_FILE = "model.elf"
 META_FILE = "model.json"
 
 
@@ -228,6 +231,9 @@ def build(model: Model, target: "str | Target" = "cpu", *, input_shapes: Mapping
 
     tgt = resolve(target)
     shapes = static_input_shapes(model, input_shapes, batch_size)
+    whole = kernel_packages.program_builder(tgt)
+    if whole is not None:  # a target without a TVM runtime here (Hexagon): its own program
+        return whole.build(model, tgt, shapes, outputs, kernels)
     with stage("lower to TVM Relax"):
         mod = lower(model, shapes, outputs=outputs, target=tgt, kernels=kernels)
     start = time.perf_counter()
@@ -269,6 +275,9 @@ def load(outdir: str) -> Compiled:
     if meta.get("format") != "qgraph.tvm/1":
         raise QGraphError(f"{os.path.join(outdir, META_FILE)} is not a qgraph TVM model description")
     library = meta.get("library", LIBRARY_FILE)
+    program = kernel_packages.program_loader(library)
+    if program is not None:
+        return program.load(outdir, meta)
     if library != LIBRARY_FILE:
         raise RunError(f"{outdir} holds object files ({library}) for target '{meta.get('target')}'; link them "
                        "on the device (tvm.contrib.cc) and load the shared library there")

@@ -32,8 +32,35 @@ def kernel_package(target, kernels: str = "auto") -> KernelPackage | None:
     if kernels == "default":
         return None
     t = resolve("cpu" if target is None else target)
+    if _is_hexagon(t):
+        from qgraph.tvm import hexagon
+
+        return hexagon
     if str(t.tvm_dict.get("mtriple", "")).startswith("x86_64") and "avx2" in t.features:
         from qgraph.tvm import x86
 
         return x86
     return None
+
+
+def _is_hexagon(target) -> bool:
+    return str(target.tvm_dict.get("mtriple", "")).startswith("hexagon")
+
+
+def program_builder(target):
+    """The kernel package that builds whole programs for ``target`` (a ``Target``), or None
+    (TVM's Relax VM build): ``qgraph.tvm.hexagon`` for a Hexagon target, which has no TVM
+    runtime here (its ``build(model, target, shapes, outputs, kernels)`` and
+    ``load(outdir, meta)``)."""
+    if _is_hexagon(target):
+        from qgraph.tvm import hexagon
+
+        return hexagon
+    return None
+
+
+def program_loader(library: str):
+    """The kernel package that loads an exported program whose file is ``library``, or None."""
+    from qgraph.tvm import hexagon
+
+    return hexagon if library == hexagon.ELF_FILE else None
