@@ -129,6 +129,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
                  report_samples=args.report_samples, input_shapes=shapes, batch_axes=axes, eval=args.eval,
                  context=context, **precision)
     q.report.summary["target"] = args.target
+    if q.report is not None:
+        from qgraph.verify.placement import placement
+
+        q.report.placement = placement(q.integer, args.target)
     q.save(args.output)  # before the build: a stale tvm/ from an earlier compile goes
     _print_summary(q.report, args, time.perf_counter() - start)
     if q.precision is not None:
