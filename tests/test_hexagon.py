@@ -74,9 +74,12 @@ def test_golden_model_bit_exact_on_hexagon(quantized, stem):
         assert hexagon[n].dtype == reference[n].dtype and np.array_equal(hexagon[n], reference[n]), n
 
 
+@pytest.mark.slow
 def test_compile_run_cli_ppocr_cls_bit_exact(tmp_path, capsys):
     """PP-OCRv4 cls: ``qgraph compile --target hexagon`` then ``qgraph run --backend hexagon``
-    equals ``--backend reference`` bit for bit (the exported ELF, loaded back)."""
+    equals ``--backend reference`` bit for bit (the exported ELF, loaded back). About 130
+    kernels through LLVM's Hexagon backend: 287 s on the shared 2-core machine, so ``slow``;
+    .ci/run runs it explicitly (``pytest -m slow tests/test_hexagon.py``)."""
     import onnx
 
     from qgraph.cli.main import main
@@ -97,7 +100,14 @@ def test_compile_run_cli_ppocr_cls_bit_exact(tmp_path, capsys):
     out = str(tmp_path / "out")
     assert main(["compile", str(tmp_path / "cls.onnx"), "--calib", str(tmp_path / "calib.npz"), "-o", out,
                  "--target", "hexagon", "--input-shape", "x=1,3,48,192"]) == 0
-    assert "TVM hexagon" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "TVM hexagon" in said
+    import json
+
+    with open(os.path.join(out, "report.json")) as f:
+        rows = json.load(f)["placement"]
+    assert rows and {r["runs_on"] for r in rows} == {"hexagon"}
+    assert {"integer", "lookup"} <= {r["kind"] for r in rows}
     assert os.path.exists(os.path.join(out, "tvm", "model.elf"))
     for backend in ("hexagon", "reference"):
         assert main(["run", out, "--inputs", str(tmp_path / "x.npz"), "-o", str(tmp_path / f"{backend}.npz"),

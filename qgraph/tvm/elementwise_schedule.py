@@ -72,6 +72,10 @@ def _inexact_float(func) -> bool:
     return bool(floats) and not calls <= EXACT_FLOAT_CALLS
 
 
+#: The check the rules of other packages share (``qgraph.tvm.hexagon.schedules``).
+inexact_float = _inexact_float
+
+
 def elementwise_rule(lanes: int = LANES, parallel_min: int | None = PARALLEL_MIN):
     """The dlight rule (a ``ScheduleRule``) described in the module doc.
 

@@ -139,8 +139,9 @@ def load(outdir: str, meta: Mapping) -> HexagonCompiled:
                            kernels=dict(meta.get("kernels", {})))
 
 
-def fuse(mod, tvm_target):
-    """``mod`` legalized, fused and scheduled for Hexagon, every PrimFunc given its symbol."""
+def fuse(mod, tvm_target, counts: dict | None = None):
+    """``mod`` legalized, fused and scheduled for Hexagon, every PrimFunc given its symbol
+    (``counts``, if given, receives the kernels each HVX schedule took)."""
     import tvm
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu
@@ -149,7 +150,7 @@ def fuse(mod, tvm_target):
 
     with tvm_target:
         passes = (cpu.library_dispatch_passes(tvm_target) + cpu.legalize_passes(tvm_target)
-                  + [schedule_pass(tvm_target), relax.transform.AttachGlobalSymbol()])
+                  + [schedule_pass(tvm_target, counts=counts), relax.transform.AttachGlobalSymbol()])
         return tvm.transform.Sequential(passes)(mod)
 
 
@@ -182,7 +183,8 @@ def build(model: Model, target, shapes: Mapping[str, Sequence[int]], outputs: Se
     start = time.perf_counter()
     tvm_target = target.tvm_target()
     with stage(f"TVM fuse and compile ({target.name})"):
-        fused = fuse(mod, tvm_target)
+        scheduled: dict[str, int] = {}
+        fused = fuse(mod, tvm_target, scheduled)
         plan = extract(fused, list(shapes))
         folder = tempfile.mkdtemp(prefix="qgraph-hexagon-build-")
         try:
@@ -206,7 +208,15 @@ def build(model: Model, target, shapes: Mapping[str, Sequence[int]], outputs: Se
             shutil.rmtree(folder, ignore_errors=True)
     seconds = time.perf_counter() - start
     inputs = tuple(TensorSpec(n, input_dtype(model, n), tuple(s)) for n, s in shapes.items())
-    return HexagonCompiled(code, inputs, specs, target, seconds, kernels=plan.kernel_calls())
+    kernels = {**plan.kernel_calls(), **scheduled,
+               "default_schedule": sum(1 for f in fused.functions.values() if _tir(f)) - sum(scheduled.values())}
+    return HexagonCompiled(code, inputs, specs, target, seconds, kernels=kernels)
+
+
+def _tir(func) -> bool:
+    import tvm
+
+    return isinstance(func, tvm.tirx.PrimFunc)
 
 
 def _driver_mcpu(mcpu: str) -> str:
