@@ -51,9 +51,11 @@ def test_hexagon_targets_describe_hvx():
 
 
 @pytest.mark.parametrize("stem", GOLDEN)
-def test_golden_model_bit_exact_on_hexagon(quantized, stem):
-    """Every value of the program (graph outputs and intermediates) against the reference,
-    then the graph outputs as ``q.run(backend="hexagon")`` gives them, bit for bit."""
+def test_golden_model_bit_exact_on_hexagon(quantized, stem, tmp_path, capsys):
+    """Every value of the program (graph outputs and intermediates) against the reference;
+    then ``qgraph compile --target hexagon`` and ``qgraph run --backend hexagon`` (the exported
+    ELF, loaded back) against ``--backend reference``, bit for bit."""
+    from qgraph.cli.main import main
     from qgraph.reference import Interpreter
 
     import qgraph.tvm as qtvm
@@ -61,17 +63,25 @@ def test_golden_model_bit_exact_on_hexagon(quantized, stem):
     q = quantized(stem)
     feeds = _test_feeds(q.integer, stem)
     batch = next(iter(feeds.values())).shape[0]
-    outs = [v.name for v in q.integer.graph.outputs]
-    if stem != "digits_cnn":  # digits: 500 samples, graph outputs only (the deployed fusion)
+    if stem != "digits_cnn":  # digits: graph outputs only (the deployed fusion), through the CLI below
+        outs = [v.name for v in q.integer.graph.outputs]
         names = [o.name for node in q.integer.graph for o in node.outputs if o is not None]
         compiled = qtvm.build(q.integer, "hexagon", batch_size=batch, outputs=outs + [n for n in names if n not in outs])
         got = compiled.run(feeds)
         ref = Interpreter(q.integer).run(feeds, outputs=list(got))
         _compare(q.integer, got, ref, list(got))
-    q.build("hexagon", batch_size=min(batch, 8))
-    hexagon, reference = q.run(feeds, backend="hexagon"), q.run(feeds)
-    for n in outs:
-        assert hexagon[n].dtype == reference[n].dtype and np.array_equal(hexagon[n], reference[n]), n
+    base, out = _data_stem(stem), str(tmp_path / "out")
+    data = os.path.join(REPO, "golden", "data", f"{base}_test.npz")
+    assert main(["compile", os.path.join(REPO, "golden", "models", f"{stem}.onnx"), "--calib",
+                 os.path.join(REPO, "golden", "data", f"{base}_calib.npz"), "-o", out, "--target", "hexagon",
+                 "--batch-size", str(min(batch, 64))]) == 0
+    for backend in ("hexagon", "reference"):
+        assert main(["run", out, "--inputs", data, "-o", str(tmp_path / f"{backend}.npz"), "--backend", backend]) == 0
+    assert "ran hexagon (hexagon" in capsys.readouterr().out
+    got, ref = np.load(tmp_path / "hexagon.npz"), np.load(tmp_path / "reference.npz")
+    assert sorted(got) == sorted(ref)
+    for k in ref:
+        assert got[k].dtype == ref[k].dtype and np.array_equal(got[k], ref[k]), k
 
 
 @pytest.mark.slow

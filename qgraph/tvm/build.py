@@ -231,21 +231,29 @@ def build(model: Model, target: "str | Target" = "cpu", *, input_shapes: Mapping
 
     tgt = resolve(target)
     shapes = static_input_shapes(model, input_shapes, batch_size)
-    whole = kernel_packages.program_builder(tgt)
-    if whole is not None:  # a target without a TVM runtime here (Hexagon): its own program
-        return whole.build(model, tgt, shapes, outputs, kernels)
     with stage("lower to TVM Relax"):
         mod = lower(model, shapes, outputs=outputs, target=tgt, kernels=kernels)
+    whole = kernel_packages.program_builder(tgt)
+    if whole is not None:  # a target without a TVM runtime here (Hexagon): the package's own program
+        return whole.build(mod, tgt, _input_specs(model, shapes), _output_specs(mod, model, outputs),
+                           (PROGRAM_FILE, META_FILE))
     start = time.perf_counter()
     tvm_target = tgt.tvm_target()
     with stage(f"tvm.compile ({tgt.name})"):
         executable = tvm.compile(mod, tvm_target, relax_pipeline=pipeline(tvm_target))
     seconds = time.perf_counter() - start
-    inputs = tuple(TensorSpec(n, input_dtype(model, n), s) for n, s in shapes.items())
+    return Compiled(executable, _input_specs(model, shapes), _output_specs(mod, model, outputs), tgt, seconds,
+                    kernels=kernel_calls(mod))
+
+
+def _input_specs(model: Model, shapes) -> tuple[TensorSpec, ...]:
+    return tuple(TensorSpec(n, input_dtype(model, n), tuple(s)) for n, s in shapes.items())
+
+
+def _output_specs(mod, model: Model, outputs) -> tuple[TensorSpec, ...]:
     ret = mod["main"].ret_ty
-    specs = tuple(TensorSpec(n, str(t.dtype), tuple(int(d) for d in t.shape))
-                  for n, t in zip(output_names(model, outputs), ret.fields))
-    return Compiled(executable, inputs, specs, tgt, seconds, kernels=kernel_calls(mod))
+    return tuple(TensorSpec(n, str(t.dtype), tuple(int(d) for d in t.shape))
+                 for n, t in zip(output_names(model, outputs), ret.fields))
 
 
 def kernel_calls(mod) -> dict[str, int]:
@@ -275,9 +283,18 @@ def load(outdir: str) -> Compiled:
     if meta.get("format") != "qgraph.tvm/1":
         raise QGraphError(f"{os.path.join(outdir, META_FILE)} is not a qgraph TVM model description")
     library = meta.get("library", LIBRARY_FILE)
-    program = kernel_packages.program_loader(library)
-    if program is not None:
-        return program.load(outdir, meta)
+    if library == PROGRAM_FILE:  # a whole-program target's (Hexagon): its package loads it
+        from qgraph.targets import get
+
+        try:
+            target = get(meta.get("target", ""))
+        except QGraphError as e:
+            raise RunError(f"{outdir}: a program for target '{meta.get('target')}', which qgraph does not know") from e
+        whole = kernel_packages.program_builder(target)
+        if whole is not None:
+            return whole.load(outdir, meta, tuple(TensorSpec.from_json(d) for d in meta["inputs"]),
+                              tuple(TensorSpec.from_json(d) for d in meta["outputs"]), target,
+                              (PROGRAM_FILE, META_FILE))
     if library != LIBRARY_FILE:
         raise RunError(f"{outdir} holds object files ({library}) for target '{meta.get('target')}'; link them "
                        "on the device (tvm.contrib.cc) and load the shared library there")

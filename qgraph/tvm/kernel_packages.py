@@ -50,17 +50,10 @@ def _is_hexagon(target) -> bool:
 def program_builder(target):
     """The kernel package that builds whole programs for ``target`` (a ``Target``), or None
     (TVM's Relax VM build): ``qgraph.tvm.hexagon`` for a Hexagon target, which has no TVM
-    runtime here (its ``build(model, target, shapes, outputs, kernels)`` and
-    ``load(outdir, meta)``)."""
+    runtime here (``build(mod, target, inputs, outputs, files)`` from the lowered module,
+    ``load(outdir, meta, inputs, outputs, target, files)``)."""
     if _is_hexagon(target):
         from qgraph.tvm import hexagon
 
         return hexagon
     return None
-
-
-def program_loader(library: str):
-    """The kernel package that loads an exported program whose file is ``library``, or None."""
-    from qgraph.tvm import hexagon
-
-    return hexagon if library == hexagon.ELF_FILE else None

@@ -14,6 +14,6 @@ no TVM runtime for Hexagon here:
 The package imports the target-independent modules it needs; none of those imports it.
 """
 
-from qgraph.tvm.hexagon.program import ELF_FILE, HexagonCompiled, build, load
+from qgraph.tvm.hexagon.program import HexagonCompiled, HexagonRunError, build, load
 
-__all__ = ["ELF_FILE", "HexagonCompiled", "build", "load"]
+__all__ = ["HexagonCompiled", "HexagonRunError", "build", "load"]

@@ -1,10 +1,12 @@
 """Build an L3 model into a freestanding Hexagon program and run it under qemu-hexagon.
 
-    c = build(q.integer, targets.get("hexagon"), shapes)   # a HexagonCompiled
-    y = c.run({"input": x})                                 # qemu-hexagon, bit-exact with the reference
-    c.export("out/tvm")                                     # model.elf + model.json
+    c = qgraph.tvm.build(q.integer, "hexagon")   # lowers, then build() here: a HexagonCompiled
+    y = c.run({"input": x})                       # qemu-hexagon, bit-exact with the reference
+    c.export("out/tvm")                           # model.elf + model.json
 
-The way: ``qgraph.tvm.lower`` (target-independent, with this package's hooks), TVM's CPU
+The way: ``qgraph.tvm.lower`` (target-independent, with this package's hooks; called by
+``qgraph.tvm.build``, which hands this module the lowered module and the specs, so that no
+module of ``qgraph.tvm`` imports another in a cycle), TVM's CPU
 legalization and fusion (``LegalizeOps``, ``FuseOps``, ``FuseTIR``) and this package's HVX
 schedules (``schedules``), then the launch plan of ``main`` (``plan``), the PrimFuncs compiled by
 TVM's LLVM Hexagon backend into one object file, a generated C driver (``driver``), and a
@@ -28,15 +30,14 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from qgraph.ir.core import Model
+from qgraph.errors import QGraphError
 from qgraph.progress import stage
-from qgraph.tvm.build import META_FILE, PROGRAM_FILE, RunError, TensorSpec
 from qgraph.tvm.hexagon import driver, toolchain
 from qgraph.tvm.hexagon.plan import Plan, extract
-from qgraph.tvm.lower import input_dtype, lower, output_names
 
-#: The program ``export`` writes (a static Hexagon ELF).
-ELF_FILE = PROGRAM_FILE
+
+class HexagonRunError(QGraphError):
+    """Feeds that do not fit a Hexagon program, or output it did not write."""
 
 
 @dataclass
@@ -48,18 +49,19 @@ class HexagonCompiled:
     """
 
     elf: bytes
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
+    inputs: tuple  # qgraph.tvm.TensorSpec, as qgraph.tvm.build gives them
+    outputs: tuple
     target: object
     compile_seconds: float = 0.0
     load_seconds: float = 0.0
     kernels: dict = field(default_factory=dict)
+    files: tuple[str, str] = ("model.elf", "model.json")  # (program, description): qgraph.tvm.build's names
     _path: str | None = field(default=None, repr=False)
 
     def _elf_path(self) -> str:
         if self._path is None or not os.path.exists(self._path):
             folder = tempfile.mkdtemp(prefix="qgraph-hexagon-")
-            self._path = os.path.join(folder, ELF_FILE)
+            self._path = os.path.join(folder, self.files[0])
             with open(self._path, "wb") as f:
                 f.write(self.elf)
             os.chmod(self._path, 0o755)
@@ -72,16 +74,16 @@ class HexagonCompiled:
     def _record(self, feeds: Mapping[str, np.ndarray]) -> bytes:
         unknown = [k for k in feeds if k not in {s.name for s in self.inputs}]
         if unknown:
-            raise RunError(f"unknown input '{unknown[0]}'; the model's inputs are "
+            raise HexagonRunError(f"unknown input '{unknown[0]}'; the model's inputs are "
                            f"{', '.join(repr(s.name) for s in self.inputs)}")
         parts = []
         for spec in self.inputs:
             x = feeds.get(spec.name)
             if x is None:
-                raise RunError(f"missing feed for input '{spec.name}' ({spec.dtype}{list(spec.shape)})")
+                raise HexagonRunError(f"missing feed for input '{spec.name}' ({spec.dtype}{list(spec.shape)})")
             x = np.asarray(x)
             if x.dtype != np.dtype(spec.dtype) or x.shape != spec.shape:
-                raise RunError(f"input '{spec.name}' expects {spec.dtype}{list(spec.shape)}, got "
+                raise HexagonRunError(f"input '{spec.name}' expects {spec.dtype}{list(spec.shape)}, got "
                                f"{x.dtype}{list(x.shape)} (the model was compiled for static shapes)")
             parts.append(np.ascontiguousarray(x).tobytes())
         return b"".join(parts)
@@ -94,7 +96,7 @@ class HexagonCompiled:
         sizes = [int(np.prod(s.shape, dtype=np.int64)) * np.dtype(s.dtype).itemsize for s in self.outputs]
         per = sum(sizes)
         if len(out) != per * len(batches):
-            raise RunError(f"the Hexagon program wrote {len(out)} bytes for {len(batches)} record(s) of {per}")
+            raise HexagonRunError(f"the Hexagon program wrote {len(out)} bytes for {len(batches)} record(s) of {per}")
         results = []
         for k in range(len(batches)):
             at, res = k * per, {}
@@ -109,34 +111,27 @@ class HexagonCompiled:
         return self.run_many([feeds])[0]
 
     def export(self, outdir: str) -> str:
-        """Write ``model.elf`` and ``model.json`` into ``outdir``; returns the ELF's path."""
+        """Write the ELF and its description (``model.elf``, ``model.json``) into ``outdir``;
+        returns the ELF's path."""
         os.makedirs(outdir, exist_ok=True)
-        path = os.path.join(outdir, ELF_FILE)
+        path = os.path.join(outdir, self.files[0])
         with open(path, "wb") as f:
             f.write(self.elf)
         os.chmod(path, 0o755)
-        meta = {"format": "qgraph.tvm/1", "library": ELF_FILE, "target": self.target.name,
+        meta = {"format": "qgraph.tvm/1", "library": self.files[0], "target": self.target.name,
                 "tvm_target": dict(self.target.tvm_dict), "inputs": [s.to_json() for s in self.inputs],
                 "outputs": [s.to_json() for s in self.outputs], "kernels": self.kernels}
-        with open(os.path.join(outdir, META_FILE), "w") as f:
+        with open(os.path.join(outdir, self.files[1]), "w") as f:
             json.dump(meta, f, indent=2)
         return path
 
 
-def load(outdir: str, meta: Mapping) -> HexagonCompiled:
-    """The program ``HexagonCompiled.export`` wrote into ``outdir`` (``meta``: its model.json)."""
-    from qgraph.targets import Target, get
-
-    with open(os.path.join(outdir, ELF_FILE), "rb") as f:
+def load(outdir: str, meta: Mapping, inputs: tuple, outputs: tuple, target, files: tuple[str, str]) -> HexagonCompiled:
+    """The program ``HexagonCompiled.export`` wrote into ``outdir`` (``meta``: its description,
+    read by ``qgraph.tvm.load``, with its specs and target)."""
+    with open(os.path.join(outdir, files[0]), "rb") as f:
         elf = f.read()
-    name = meta.get("target", "hexagon")
-    try:
-        target = get(name)
-    except Exception:
-        target = Target(name, meta.get("tvm_target", {}), toolchain.available())
-    return HexagonCompiled(elf, tuple(TensorSpec.from_json(d) for d in meta["inputs"]),
-                           tuple(TensorSpec.from_json(d) for d in meta["outputs"]), target,
-                           kernels=dict(meta.get("kernels", {})))
+    return HexagonCompiled(elf, inputs, outputs, target, kernels=dict(meta.get("kernels", {})), files=files)
 
 
 def fuse(mod, tvm_target, counts: dict | None = None):
@@ -164,28 +159,24 @@ def kernels_object(mod, plan: Plan, tvm_target, path: str) -> None:
     lib.write_to_file(path)
 
 
-def build(model: Model, target, shapes: Mapping[str, Sequence[int]], outputs: Sequence[str] | None = None,
-          kernels: str = "auto") -> HexagonCompiled:
-    """Compile ``model`` (L3, static ``shapes``) into a Hexagon program for ``target``.
+def build(mod, target, inputs: tuple, outputs: tuple, files: tuple[str, str]) -> HexagonCompiled:
+    """Compile ``mod`` (``qgraph.tvm.lower``'s Relax module, static shapes) into a Hexagon
+    program for ``target``; ``inputs`` / ``outputs``: its specs; ``files``: the names
+    ``export`` writes.
 
     Raises:
-        LoweringError: the model cannot be lowered, or its fused module is not a plan of TIR calls.
+        LoweringError: the fused module is not a plan of TIR calls.
         ToolchainError: clang / ld.lld is missing, or compiling / linking failed.
     """
     mcpu = str(target.tvm_dict.get("mcpu", "hexagonv68"))
     toolchain.require("clang")
     toolchain.require("ld.lld")
-    with stage("lower to TVM Relax"):
-        mod = lower(model, shapes, outputs=outputs, target=target, kernels=kernels)
-    names = output_names(model, outputs)
-    ret = mod["main"].ret_ty
-    specs = tuple(TensorSpec(n, str(t.dtype), tuple(int(d) for d in t.shape)) for n, t in zip(names, ret.fields))
     start = time.perf_counter()
     tvm_target = target.tvm_target()
     with stage(f"TVM fuse and compile ({target.name})"):
         scheduled: dict[str, int] = {}
         fused = fuse(mod, tvm_target, scheduled)
-        plan = extract(fused, list(shapes))
+        plan = extract(fused, [s.name for s in inputs])
         folder = tempfile.mkdtemp(prefix="qgraph-hexagon-build-")
         try:
             objects = [os.path.join(folder, n) for n in ("kernels.o", "runtime.o", "program.o", "constants.o")]
@@ -200,17 +191,16 @@ def build(model: Model, target, shapes: Mapping[str, Sequence[int]], outputs: Se
                 with open(src, "w") as f:
                     f.write(text)
                 toolchain.compile_c(src, obj, _driver_mcpu(mcpu))
-            elf = os.path.join(folder, ELF_FILE)
+            elf = os.path.join(folder, files[0])
             toolchain.link(objects, elf)
             with open(elf, "rb") as f:
                 code = f.read()
         finally:
             shutil.rmtree(folder, ignore_errors=True)
     seconds = time.perf_counter() - start
-    inputs = tuple(TensorSpec(n, input_dtype(model, n), tuple(s)) for n, s in shapes.items())
     kernels = {**plan.kernel_calls(), **scheduled,
                "default_schedule": sum(1 for f in fused.functions.values() if _tir(f)) - sum(scheduled.values())}
-    return HexagonCompiled(code, inputs, specs, target, seconds, kernels=kernels)
+    return HexagonCompiled(code, inputs, outputs, target, seconds, kernels=kernels, files=files)
 
 
 def _tir(func) -> bool:
