@@ -95,7 +95,27 @@ def run_batched(compiled, feeds: Mapping[str, np.ndarray], model: Model | None =
         raise QGraphError(f"backend 'tvm': unknown input '{extra[0]}'; the compiled inputs are "
                           f"{', '.join(repr(n) for n in shapes)}")
 
-    def probed() -> dict:
-        return batching.probe_output_axes(probe, axes) if probe is not None else {}
+    known: list[dict] = []
 
-    return batching.run_in_batches(compiled.run, feeds, shapes, axes, output_axes=probed, what="backend 'tvm'")
+    def probed() -> dict:
+        if not known:
+            known.append(batching.probe_output_axes(probe, axes) if probe is not None else {})
+        return known[0]
+
+    def batches(run) -> dict[str, np.ndarray]:
+        return batching.run_in_batches(run, feeds, shapes, axes, output_axes=probed, what="backend 'tvm'")
+
+    many = getattr(compiled, "run_many", None)
+    if many is None:
+        return batches(compiled.run)
+    # a build that runs every batch in one process (Hexagon: one qemu-hexagon start, not one per
+    # batch): the batches are collected first, with placeholder outputs, then replayed
+    records: list[dict] = []
+
+    def record(batch):
+        records.append({k: np.array(v) for k, v in batch.items()})
+        return compiled.empty_outputs()
+
+    batches(record)
+    results = iter(many(records))
+    return batches(lambda _batch: next(results))

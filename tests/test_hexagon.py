@@ -136,3 +136,15 @@ def test_backend_hexagon_needs_a_hexagon_build(quantized):
     feeds = _test_feeds(q.integer, "op_gemm")
     with pytest.raises(QGraphError, match="--target hexagon"):
         q.run(feeds, backend="hexagon")
+
+
+def test_v73_program_bit_exact(quantized):
+    """``hexagon-v73`` (kernels for v73's HVX; Debian 12's qemu runs them with its v67 model)."""
+    q = quantized("op_conv")
+    feeds = _test_feeds(q.integer, "op_conv")
+    compiled = q.build("hexagon-v73", batch_size=2)
+    assert compiled.target.tvm_dict["mcpu"] == "hexagonv73"
+    assert compiled.kernels.get("hvx_conv_matmul", 0) >= 1
+    hexagon, reference = q.run(feeds, backend="hexagon"), q.run(feeds)
+    for n in reference:
+        assert np.array_equal(hexagon[n], reference[n]), n

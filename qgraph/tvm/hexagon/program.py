@@ -106,6 +106,11 @@ class HexagonCompiled:
             results.append(res)
         return results
 
+    def empty_outputs(self) -> dict[str, np.ndarray]:
+        """Zero outputs of the compiled shapes (``qgraph.backends.run_batched`` lays out its
+        batches with them before ``run_many`` runs them all)."""
+        return {s.name: np.zeros(s.shape, s.dtype) for s in self.outputs}
+
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one record (every input at its compiled shape) under qemu-hexagon."""
         return self.run_many([feeds])[0]
