@@ -154,6 +154,45 @@ float logf(float xf) {
   return (float)(2.0 * s * t + e * 0.69314718055994530942);
 }
 
+/* sqrtf, correctly rounded: a double estimate (Newton on 1/sqrt, no division), rounded to
+   float, then moved by one ULP where the exact square of a rounding midpoint says so (a float
+   midpoint has 25 significant bits: its square is exact in double) */
+static float qg_next(float f, int up) {
+  union { float f; uint32_t u; } v; v.f = f; v.u += up ? 1 : -1; return v.f;
+}
+float sqrtf(float xf) {
+  if (xf != xf || xf < 0) { union { float f; uint32_t u; } nan; nan.u = 0x7fc00000u; return nan.f; }
+  if (xf == 0 || xf == (float)(1e300 * 1e300)) return xf;
+  double d = xf;
+  qg_f64 v; v.d = d; v.u = 0x5fe6eb50c7b537a9ULL - (v.u >> 1);
+  double y = v.d;
+  for (int i = 0; i < 5; i++) y = y * (1.5 - 0.5 * d * y * y);
+  double s = d * y;
+  s = s + 0.5 * y * (d - s * s);
+  float r = (float)s;
+  double hi = 0.5 * ((double)r + (double)qg_next(r, 1)), lo = 0.5 * ((double)r + (double)qg_next(r, 0));
+  if (hi * hi < d) r = qg_next(r, 1);
+  else if (lo * lo > d) r = qg_next(r, 0);
+  return r;
+}
+float __hexagon_sqrtf(float x) { return sqrtf(x); } /* the name LLVM's Hexagon backend calls */
+
+/* erff: the Maclaurin series in double up to |x| < 4.5 (its largest term ~5e7 leaves an
+   absolute error ~5e-9, far below a float ULP of erf there), +-1 beyond */
+static const double qg_inv_n[] = {QG_INV_N};
+static const double qg_inv_2n1[] = {QG_INV_2N1};
+float erff(float xf) {
+  if (xf != xf) return xf;
+  double x = xf, a = x < 0 ? -x : x;
+  if (a >= 4.5) return x < 0 ? -1.0f : 1.0f;
+  double x2 = x * x, term = x, sum = x;
+  for (int n = 1; n < QG_ERF_TERMS; n++) {
+    term *= -x2 * qg_inv_n[n];
+    sum += term * qg_inv_2n1[n];
+  }
+  return (float)(sum * 1.1283791670955126);
+}
+
 void TVMFFIErrorSetRaisedFromCStrParts(const char *kind, const char **parts, int32_t n) {
   qg_say("qgraph hexagon kernel error: ");
   qg_say(kind);
@@ -295,8 +334,12 @@ def constants_s(blob_path: str) -> str:
 def runtime_c() -> str:
     """``RUNTIME_C`` with its sizes filled in."""
     inv_odd = ", ".join(repr(1.0 / k) for k in range(1, 43, 2))
+    terms = 120
+    inv_n = ", ".join(["0.0"] + [repr(1.0 / k) for k in range(1, terms)])
+    inv_2n1 = ", ".join(repr(1.0 / (2 * k + 1)) for k in range(terms))
     return (f"#define QG_ALIGN {ALIGN}\n#define QG_WORKSPACE_BYTES {WORKSPACE_BYTES}ULL\n"
-            f"#define QG_INV_ODD {inv_odd}\n" + RUNTIME_C)
+            f"#define QG_INV_ODD {inv_odd}\n#define QG_ERF_TERMS {terms}\n#define QG_INV_N {inv_n}\n"
+            f"#define QG_INV_2N1 {inv_2n1}\n" + RUNTIME_C)
 
 
 def pack_inputs(plan: Plan, feeds: list[np.ndarray]) -> bytes:
