@@ -16,8 +16,6 @@ its address, so a less aligned buffer would be read wrong, silently.
 
 from __future__ import annotations
 
-import numpy as np
-
 from qgraph.tvm.hexagon.plan import Plan
 
 #: Alignment of every buffer and constant (bytes): one 128-byte HVX vector.
@@ -300,7 +298,7 @@ def program_c(plan: Plan) -> str:
     lines.append("static int qg_run(void) {")
     lines.append("  TVMFFIAny ret;")
     for i, launch in enumerate(plan.launches):
-        lines.append(f"  ret.type_index = kTVMFFINone; qg_workspace_reset();")
+        lines.append("  ret.type_index = kTVMFFINone; qg_workspace_reset();")
         lines.append(f"  if (__tvm_ffi_{launch.symbol}(0, qg_args{i}, {len(launch.args)}, &ret)) "
                      f"{{ qg_say(\"qgraph hexagon: kernel {launch.symbol} failed\\n\"); return 10; }}")
     lines.append("  return 0;")
@@ -340,9 +338,3 @@ def runtime_c() -> str:
     return (f"#define QG_ALIGN {ALIGN}\n#define QG_WORKSPACE_BYTES {WORKSPACE_BYTES}ULL\n"
             f"#define QG_INV_ODD {inv_odd}\n#define QG_ERF_TERMS {terms}\n#define QG_INV_N {inv_n}\n"
             f"#define QG_INV_2N1 {inv_2n1}\n" + RUNTIME_C)
-
-
-def pack_inputs(plan: Plan, feeds: list[np.ndarray]) -> bytes:
-    """One input record: the feeds' bytes in ``plan.inputs`` order (dtypes and shapes checked
-    by the caller)."""
-    return b"".join(np.ascontiguousarray(x).tobytes() for x in feeds)
