@@ -4,8 +4,9 @@
 Runtime as it runs by default), ``ort-sim`` (the QDQ export with Q/DQ fusion off: the float
 simulation), ``tvm`` (a TVM build), ``qnn`` (the QDQ export on the Qualcomm HTP emulator,
 ONNX Runtime's QNN EP in its own environment: ``qgraph.qnn``), ``opencl`` (a GPU build's OpenCL
-kernels through pyopencl) and ``cuda`` (a GPU build on TVM's CUDA runtime). ``QuantizedModel.run``,
-``CompiledDir.run`` and the CLI's ``--backend`` read ``BACKENDS`` from here.
+kernels through pyopencl), ``cuda`` (a GPU build on TVM's CUDA runtime) and ``hexagon`` (a
+Hexagon build, ``--target hexagon``: the whole integer program under qemu-hexagon).
+``QuantizedModel.run``, ``CompiledDir.run`` and the CLI's ``--backend`` read ``BACKENDS`` from here.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from qgraph.ort import run_ort
 if TYPE_CHECKING:
     from qgraph.ir.core import Model
 
-BACKENDS = ("reference", "ort", "ort-sim", "tvm", "qnn", "opencl", "cuda")
+BACKENDS = ("reference", "ort", "ort-sim", "tvm", "qnn", "opencl", "cuda", "hexagon")
 
 #: The backends that run a GPU build (``qgraph compile --target opencl / cuda``).
 GPU_BACKENDS = ("opencl", "cuda")
@@ -70,6 +71,11 @@ def run_backend(backend: str, feeds: Mapping[str, np.ndarray], *, float_model: "
         from qgraph.qnn import run_qnn
 
         return run_qnn(qdq, feeds, probe=float_model, what="backend 'qnn'")
+    if backend == "hexagon":
+        if compiled is None or not str(compiled.target.tvm_dict.get("mtriple", "")).startswith("hexagon"):
+            raise QGraphError("backend 'hexagon': this model has no Hexagon build; compile it with --target hexagon "
+                              "(build(target='hexagon') in Python) first")
+        return run_batched(compiled, feeds, model=integer, probe=float_model)
     raise QGraphError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
 
 
@@ -102,7 +108,27 @@ def run_batched(compiled, feeds: Mapping[str, np.ndarray], model: Model | None =
         raise QGraphError(f"backend 'tvm': unknown input '{extra[0]}'; the compiled inputs are "
                           f"{', '.join(repr(n) for n in shapes)}")
 
-    def probed() -> dict:
-        return batching.probe_output_axes(probe, axes) if probe is not None else {}
+    known: list[dict] = []
 
-    return batching.run_in_batches(compiled.run, feeds, shapes, axes, output_axes=probed, what="backend 'tvm'")
+    def probed() -> dict:
+        if not known:
+            known.append(batching.probe_output_axes(probe, axes) if probe is not None else {})
+        return known[0]
+
+    def batches(run) -> dict[str, np.ndarray]:
+        return batching.run_in_batches(run, feeds, shapes, axes, output_axes=probed, what="backend 'tvm'")
+
+    many = getattr(compiled, "run_many", None)
+    if many is None:
+        return batches(compiled.run)
+    # a build that runs every batch in one process (Hexagon: one qemu-hexagon start, not one per
+    # batch): the batches are collected first, with placeholder outputs, then replayed
+    records: list[dict] = []
+
+    def record(batch):
+        records.append({k: np.array(v) for k, v in batch.items()})
+        return compiled.empty_outputs()
+
+    batches(record)
+    results = iter(many(records))
+    return batches(lambda _batch: next(results))

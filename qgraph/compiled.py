@@ -42,14 +42,14 @@ TVM_DIR = "tvm"
 
 def remove_build(outdir: str) -> None:
     """Delete the files a TVM export wrote into ``outdir/tvm/`` (and the folder, if left empty)."""
-    from qgraph.tvm.build import LIBRARY_FILE, META_FILE, OBJECTS_FILE
+    from qgraph.tvm.build import LIBRARY_FILE, META_FILE, OBJECTS_FILE, PROGRAM_FILE
 
     folder = os.path.join(outdir, TVM_DIR)
     if not os.path.isdir(folder):
         return
     from qgraph.tvm.gpu.build import GPU_FILES
 
-    for name in (LIBRARY_FILE, OBJECTS_FILE, META_FILE) + GPU_FILES:
+    for name in (LIBRARY_FILE, OBJECTS_FILE, PROGRAM_FILE, META_FILE) + GPU_FILES:
         path = os.path.join(folder, name)
         if os.path.exists(path):
             os.remove(path)
@@ -137,10 +137,10 @@ class CompiledDir:
             if not self.has_build:
                 raise QGraphError(self._no_build())
             from qgraph import tvm as qtvm
-            from qgraph.tvm.build import LIBRARY_FILE
+            from qgraph.tvm.build import LIBRARY_FILE, PROGRAM_FILE
 
             info = self.build_info()
-            if info.get("library") != LIBRARY_FILE:
+            if info.get("library") not in (LIBRARY_FILE, PROGRAM_FILE):
                 raise QGraphError(f"{self.path}: the TVM build is for target '{info.get('target')}' "
                                   f"({info.get('library')}: object files to link on the device); it does not run "
                                   "here; recompile with --target cpu to run it on this machine")
@@ -153,8 +153,10 @@ class CompiledDir:
                                       f"one is {here}); recompile here with --target cpu")
             self._compiled = qtvm.load(os.path.join(self.path, TVM_DIR))
             if not self._compiled.target.runnable:
+                self._compiled = None
                 raise QGraphError(f"{self.path}: the TVM build is for target '{info.get('target')}', which does not "
-                                  "run on this machine; recompile with --target cpu")
+                                  "run on this machine (a Hexagon build needs qemu-hexagon, clang and ld.lld: "
+                                  "apt-get install qemu-user-static clang lld); recompile with --target cpu")
         return self._compiled
 
     def set_batch_axes(self, axes: Mapping[str, int | None] | None) -> None:
@@ -168,8 +170,8 @@ class CompiledDir:
         ``QuantizedModel.run`` (``tvm`` runs the exported build)."""
         from qgraph.backends import GPU_BACKENDS
 
-        compiled = self.tvm_build() if backend == "tvm" else self.gpu_build(backend) if backend in GPU_BACKENDS \
-            else None
+        compiled = self.tvm_build() if backend in ("tvm", "hexagon") else self.gpu_build(backend) \
+            if backend in GPU_BACKENDS else None
         return run_backend(backend, feeds, float_model=self.float_model, qdq=self.qdq, integer=self.integer,
                            compiled=compiled)
 

@@ -133,6 +133,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
     q.report.summary["target"] = args.target
     if args.target == "qnn":
         _compile_qnn(q, args)
+    if q.report is not None:
+        from qgraph.verify.placement import placement
+
+        q.report.placement = placement(q.integer, args.target)
     q.save(args.output)  # before the build: a stale tvm/ from an earlier compile goes
     _print_summary(q.report, args, time.perf_counter() - start)
     if q.precision is not None:
@@ -331,10 +335,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     c.device = args.device
     feeds, _ = _laid_out(c, args.inputs, args.batch_axis)
     how = args.backend
-    if args.backend == "tvm":
+    if args.backend in ("tvm", "hexagon"):
         with _native_stderr_captured():
             build = c.tvm_build()
-        how = f"tvm ({build.target.name}{_batching(build, feeds, c)})"
+        how = f"{args.backend} ({build.target.name}{_batching(build, feeds, c)})"
     outs = c.run(feeds, args.backend)
     np.savez(args.output, **outs)
     print(f"{args.outdir}: ran {how} on {args.inputs}; wrote {args.output} ({', '.join(outs)})")
@@ -423,7 +427,9 @@ def add_parsers(sub) -> None:
                    "build for this host, in OUTDIR/tvm/); aarch64 (a cross-compiled TVM build, not run here); qnn "
                    "(the QDQ model by the Qualcomm HTP's rules and a QNN context binary, OUTDIR/model.qnn_ctx.onnx); "
                    "opencl (OpenCL C kernels + launch plan in OUTDIR/tvm/, run by --backend opencl); cuda, cuda-sm89, "
-                   "cuda-sm90 (CUDA C, PTX and a TVM library in OUTDIR/tvm/, run by --backend cuda on a GPU)")
+                   "cuda-sm90 (CUDA C, PTX and a TVM library in OUTDIR/tvm/, run by --backend cuda on a GPU); hexagon / "
+                   "hexagon-v73 (Hexagon HVX 128 B: the whole integer program as a static ELF, OUTDIR/tvm/model.elf, run "
+                   "here under qemu-hexagon)")
     p.add_argument("--batch-size", type=int, default=1, metavar="N",
                    help="TVM targets and qnn: the static batch size of inputs with a symbolic batch dim (default 1)")
     p.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...",
@@ -464,8 +470,9 @@ def add_parsers(sub) -> None:
                    help="reference (L3 in numpy), ort / ort-sim (the QDQ model in ONNX Runtime), tvm (the build in "
                    "OUTDIR/tvm/), qnn (the QDQ model on the Qualcomm HTP emulator, QGRAPH_QNN_PYTHON), opencl (the "
                    "kernels of --target opencl through pyopencl), cuda (the build of --target cuda on TVM's CUDA "
-                   "runtime, on a machine with an NVIDIA GPU); every backend runs in batches of the model's batch "
-                   "size (a short last batch is padded and the padding dropped)")
+                   "runtime, on a machine with an NVIDIA GPU), hexagon (the Hexagon build in OUTDIR/tvm/ under "
+                   "qemu-hexagon); every backend runs in batches of the model's batch size (a short last batch is "
+                   "padded and the padding dropped)")
     p.add_argument("--device", metavar="N|NAME", help="backend opencl: the OpenCL device, by index or part of its "
                    "name (default: the first; PoCL's CPU device where no GPU is)")
     add_batch_axis_option(p)

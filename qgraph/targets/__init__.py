@@ -159,8 +159,22 @@ def cuda(arch: str = "sm_80") -> Target:
 #: The GPU target names (``qgraph.tvm.gpu`` builds them).
 GPU_NAMES = ("opencl", "cuda", "cuda-sm89", "cuda-sm90")
 
+def _hexagon_v68() -> Target:
+    from qgraph.targets.hexagon import hexagon
+
+    return hexagon("v68")
+
+
+def _hexagon_v73() -> Target:
+    from qgraph.targets.hexagon import hexagon
+
+    return hexagon("v73")
+
+
 _FACTORIES = {"cpu": host_cpu, "aarch64": aarch64, "qnn": qnn, "opencl": opencl, "cuda": cuda,
-              "cuda-sm89": lambda: cuda("sm_89"), "cuda-sm90": lambda: cuda("sm_90")}
+              "cuda-sm89": lambda: cuda("sm_89"), "cuda-sm90": lambda: cuda("sm_90"),
+              # Hexagon HVX 128 B (qgraph.targets.hexagon), run here under qemu-hexagon
+              "hexagon": _hexagon_v68, "hexagon-v73": _hexagon_v73}
 
 #: The target names ``get`` knows.
 NAMES = tuple(_FACTORIES)

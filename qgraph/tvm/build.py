@@ -22,12 +22,15 @@ from qgraph.errors import QGraphError
 from qgraph.ir.core import Model
 from qgraph.progress import stage
 from qgraph.targets import Target, resolve
+from qgraph.tvm import kernel_packages
 from qgraph.tvm.lower import input_dtype, lower, output_names, static_input_shapes
 from qgraph.tvm.specs import RunError, TensorSpec
 
 #: Files ``Compiled.export`` writes.
 LIBRARY_FILE = "model.so"
 OBJECTS_FILE = "model.tar"
+#: The program a whole-program target exports (Hexagon: a static ELF run under qemu-hexagon).
+PROGRAM_FILE = "model.elf"
 META_FILE = "model.json"
 
 
@@ -221,6 +224,9 @@ def build(model: Model, target: "str | Target" = "cpu", *, input_shapes: Mapping
     builder = device_builder(tgt)
     if builder is not None:  # a GPU target: device source + launch plan (qgraph.tvm.gpu)
         return builder(mod, tgt, inputs, specs)
+    whole = kernel_packages.program_builder(tgt)
+    if whole is not None:  # a target without a TVM runtime here (Hexagon): the package's own program
+        return whole.build(mod, tgt, inputs, specs, (PROGRAM_FILE, META_FILE))
     start = time.perf_counter()
     tvm_target = tgt.tvm_target()
     with stage(f"tvm.compile ({tgt.name})"):
@@ -267,6 +273,18 @@ def load(outdir: str) -> Compiled:
     if meta.get("format") != "qgraph.tvm/1":
         raise QGraphError(f"{os.path.join(outdir, META_FILE)} is not a qgraph TVM model description")
     library = meta.get("library", LIBRARY_FILE)
+    if library == PROGRAM_FILE:  # a whole-program target's (Hexagon): its package loads it
+        from qgraph.targets import get
+
+        try:
+            target = get(meta.get("target", ""))
+        except QGraphError as e:
+            raise RunError(f"{outdir}: a program for target '{meta.get('target')}', which qgraph does not know") from e
+        whole = kernel_packages.program_builder(target)
+        if whole is not None:
+            return whole.load(outdir, meta, tuple(TensorSpec.from_json(d) for d in meta["inputs"]),
+                              tuple(TensorSpec.from_json(d) for d in meta["outputs"]), target,
+                              (PROGRAM_FILE, META_FILE))
     if library != LIBRARY_FILE:
         raise RunError(f"{outdir} holds object files ({library}) for target '{meta.get('target')}'; link them "
                        "on the device (tvm.contrib.cc) and load the shared library there")

@@ -72,8 +72,20 @@ def _inexact_float(func) -> bool:
     return bool(floats) and not calls <= EXACT_FLOAT_CALLS
 
 
-def elementwise_rule():
-    """The dlight rule (a ``ScheduleRule``) described in the module doc."""
+#: The check the rules of other packages share (``qgraph.tvm.hexagon.schedules``).
+inexact_float = _inexact_float
+
+
+def elementwise_rule(lanes: int = LANES, parallel_min: int | None = PARALLEL_MIN):
+    """The dlight rule (a ``ScheduleRule``) described in the module doc.
+
+    Args:
+        lanes: the widest vector (elements) of the fused loop; narrower ones (``lanes / 2``,
+            ``lanes / 4``) where the loop does not hold it.
+        parallel_min: elements from which the outer loop is parallel; None: never (a target
+            whose program has no thread pool, such as Hexagon's freestanding one).
+    """
+    widths = (lanes, lanes // 2, lanes // 4)
     from tvm import s_tir, tirx
     from tvm.s_tir.dlight import ScheduleRule
     from tvm.s_tir.dlight.analysis import normalize_prim_func
@@ -100,7 +112,7 @@ def elementwise_rule():
         n = math.prod(extents)
         # vectorize the innermost loop alone where it holds whole vectors (a vector of lanes
         # then never crosses a row: plain loads), else the fused loops
-        lanes = next((v for v in (LANES, 8, 4) if extents[-1] % v == 0), None)
+        lanes = next((v for v in widths if v > 1 and extents[-1] % v == 0), None)
         if lanes is not None and len(loops) > 1:
             outer = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
             row, inner = sch.split(loops[-1], factors=[None, lanes])
@@ -110,12 +122,12 @@ def elementwise_rule():
             outer = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
         else:
             fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-            lanes = next((v for v in (LANES, 8, 4) if n % v == 0), None)
+            lanes = next((v for v in widths if v > 1 and n % v == 0), None)
             outer = fused
             if lanes is not None and n >= lanes:
                 outer, inner = sch.split(fused, factors=[None, lanes])
                 sch.vectorize(inner)
-        if n >= PARALLEL_MIN:
+        if parallel_min is not None and n >= parallel_min:
             sch.parallel(outer)
         return sch
 

@@ -51,6 +51,10 @@ def kernel_package(target, kernels: str = "auto") -> KernelPackage | None:
         from qgraph.tvm import gpu
 
         return gpu
+    if _is_hexagon(t):
+        from qgraph.tvm import hexagon
+
+        return hexagon
     if str(t.tvm_dict.get("mtriple", "")).startswith("x86_64") and "avx2" in t.features:
         from qgraph.tvm import x86
 
@@ -58,4 +62,20 @@ def kernel_package(target, kernels: str = "auto") -> KernelPackage | None:
         if {"avx512vnni", "avx512vl"} <= t.features or t.features & {"avx_vnni", "avxvnni"}:
             return x86.VNNI
         return x86
+    return None
+
+
+def _is_hexagon(target) -> bool:
+    return str(target.tvm_dict.get("mtriple", "")).startswith("hexagon")
+
+
+def program_builder(target):
+    """The kernel package that builds whole programs for ``target`` (a ``Target``), or None
+    (TVM's Relax VM build): ``qgraph.tvm.hexagon`` for a Hexagon target, which has no TVM
+    runtime here (``build(mod, target, inputs, outputs, files)`` from the lowered module,
+    ``load(outdir, meta, inputs, outputs, target, files)``)."""
+    if _is_hexagon(target):
+        from qgraph.tvm import hexagon
+
+        return hexagon
     return None

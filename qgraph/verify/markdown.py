@@ -80,6 +80,9 @@ def render_markdown(report) -> str:
         lines += [f"| {r['node']} | {r['op']} | {r['reason']} |" for r in report.stayed_float]
     else:
         lines.append("none: every op runs on integers")
+    if report.placement:
+        lines += ["", f"## Runs on ({s.get('target')})", "", "| node | op | kind | runs on |", "|---|---|---|---|"]
+        lines += [f"| {r['node']} | {r['op']} | {r['kind']} | {r['runs_on']} |" for r in report.placement]
     placed = any("runs_on" in r for r in report.layers)  # a target that places ops (qnn: HTP or CPU)
     lines += ["", f"## Layers (SQNR on {s.get('layers_measured_on')})", "",
               "| node | op | inputs | weight | output | calibrated range | scale | zero point | SQNR dB |"

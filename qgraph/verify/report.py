@@ -107,12 +107,16 @@ class Report:
     plots: dict[str, Any] = field(default_factory=dict, repr=False)
     precision: dict[str, Any] = field(default_factory=dict)
     qat: dict[str, Any] = field(default_factory=dict)
+    #: which target runs each L3 op (``qgraph.verify.placement``), once a target is chosen
+    placement: list[dict] = field(default_factory=list)
 
     def to_json(self) -> dict:
         out = {"summary": self.summary, "warnings": [w.to_json() for w in self.warnings], "outputs": self.outputs,
                "stayed_float": self.stayed_float, "layers": self.layers, "precision": self.precision}
         if self.qat:
             out["qat"] = self.qat
+        if self.placement:
+            out["placement"] = self.placement
         return out
 
     def markdown(self) -> str:
