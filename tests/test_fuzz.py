@@ -56,7 +56,8 @@ def test_a_crash_a_hang_and_an_internal_error_are_findings():
     def internal():
         raise KeyError(0)
 
-    assert fuzz.run_isolated(crash).kind == "crash"
+    crashed = fuzz.run_isolated(crash)
+    assert crashed.kind == "crash", crashed.detail
     assert fuzz.run_isolated(hang, time_limit=0.5).kind == "hang"
     out = fuzz.run_isolated(internal)
     assert out.kind == "check" and "KeyError: 0" in out.detail
