@@ -102,6 +102,15 @@ def run_isolated(fn, *args, time_limit: float = TIME_LIMIT_S, memory_limit: int 
             code = 0
             try:
                 os.dup2(err.fileno(), 2)  # what native code writes to fd 2 is kept, not printed
+                # a crash must kill the child: the fatal signals back to their default action and
+                # unblocked, whatever a library loaded in the parent installed (PoCL's OpenCL ICD,
+                # loaded by pyopencl when tests/test_gpu_opencl.py is collected, leaves a SIGSEGV
+                # handler under which a forked child's self-sent SIGSEGV returns: measured), then
+                # faulthandler's dump chained before that default
+                fatal = {signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGABRT}
+                for sig in fatal:
+                    signal.signal(sig, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, fatal)
                 faulthandler.enable(file=err)  # a segfault's Python stack goes with it (pytest's handler wrote elsewhere)
                 with contextlib.suppress(ValueError, OSError):
                     resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
