@@ -61,3 +61,18 @@ def test_a_crash_a_hang_and_an_internal_error_are_findings():
     assert fuzz.run_isolated(hang, time_limit=0.5).kind == "hang"
     out = fuzz.run_isolated(internal)
     assert out.kind == "check" and "KeyError: 0" in out.detail
+
+
+def test_a_crash_kills_the_child_whatever_handler_the_parent_holds():
+    """A library may leave a SIGSEGV handler that returns (PoCL's OpenCL ICD does, once pyopencl
+    has looked for devices): the child resets it, so a crash still reads as a crash."""
+    import signal
+
+    def crash():
+        os.kill(os.getpid(), signal.SIGSEGV)
+
+    previous = signal.signal(signal.SIGSEGV, lambda *_: None)
+    try:
+        assert fuzz.run_isolated(crash).kind == "crash"
+    finally:
+        signal.signal(signal.SIGSEGV, previous)
