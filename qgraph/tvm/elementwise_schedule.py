@@ -159,7 +159,7 @@ def integer_sum_rule():
         kinds = [it.kind for it in infos[0].iters]
         block = infos[0].block_rv
         store = sch.get(block).body
-        if "R" not in kinds or kinds != sorted(kinds, key=lambda k: k == "R") or \
+        if "R" not in kinds or "S" not in kinds or kinds != sorted(kinds, key=lambda k: k == "R") or \
                 not isinstance(store, tirx.BufferStore) or not str(store.buffer.dtype).startswith("int") or \
                 type(store.value).__name__ != "Add":
             return None  # trailing reduction axes, an integer sum only
