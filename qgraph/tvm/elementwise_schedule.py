@@ -34,7 +34,8 @@ LANES = 16
 PARALLEL_MIN = 1 << 15
 
 
-def _extents(sch, loops) -> list[int] | None:
+def loop_extents(sch, loops) -> list[int] | None:
+    """The constant extents of ``loops``, or None where one is symbolic."""
     from tvm import tirx
 
     out = []
@@ -53,7 +54,7 @@ EXACT_FLOAT_CALLS = frozenset(f"{ns}.{op}" for ns in ("tir", "tirx") for op in (
     "round", "nearbyint", "floor", "ceil", "trunc", "fabs", "sqrt", "if_then_else", "isnan", "isinf", "isfinite"))
 
 
-def _inexact_float(func) -> bool:
+def inexact_float(func) -> bool:
     """``func`` touches a float tensor and calls something outside ``EXACT_FLOAT_CALLS``."""
     import tvm_ffi
 
@@ -72,8 +73,23 @@ def _inexact_float(func) -> bool:
     return bool(floats) and not calls <= EXACT_FLOAT_CALLS
 
 
-#: The check the rules of other packages share (``qgraph.tvm.hexagon.schedules``).
-inexact_float = _inexact_float
+
+def is_scheduled(func) -> bool:
+    """``func`` is marked scheduled (``tir.is_scheduled``: qgraph's hand-written kernels)."""
+    return any(k in func.attrs and int(func.attrs[k]) for k in ("tir.is_scheduled", "tirx.is_scheduled"))
+
+
+def inlined_blocks(func):
+    """``(schedule, block infos)`` of ``func`` normalized and with what inlines inlined (dlight's
+    ``normalize_prim_func`` then ``try_inline``: the start of every rule here and of the
+    Hexagon package's), or None where it does not normalize."""
+    from tvm import s_tir
+    from tvm.s_tir.dlight.analysis import normalize_prim_func
+    from tvm.s_tir.dlight.base import try_inline
+
+    sch = s_tir.Schedule(func)
+    infos = normalize_prim_func(sch)
+    return None if infos is None else (sch, try_inline(sch, infos))
 
 
 def elementwise_rule(lanes: int = LANES, parallel_min: int | None = PARALLEL_MIN):
@@ -86,27 +102,23 @@ def elementwise_rule(lanes: int = LANES, parallel_min: int | None = PARALLEL_MIN
             whose program has no thread pool, such as Hexagon's freestanding one).
     """
     widths = (lanes, lanes // 2, lanes // 4)
-    from tvm import s_tir, tirx
+    from tvm import tirx
     from tvm.s_tir.dlight import ScheduleRule
-    from tvm.s_tir.dlight.analysis import normalize_prim_func
-    from tvm.s_tir.dlight.base import try_inline
 
     def apply(func, target, _tunable):
-        if not isinstance(func, tirx.PrimFunc) or any(
-                k in func.attrs and int(func.attrs[k]) for k in ("tir.is_scheduled", "tirx.is_scheduled")):
+        if not isinstance(func, tirx.PrimFunc) or is_scheduled(func):
             return None
-        if _inexact_float(func):
+        if inexact_float(func):
             return None  # float ops beyond IEEE's correctly rounded ones keep TVM's lowering
-        sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
-        if infos is None:
+        found = inlined_blocks(func)
+        if found is None:
             return None
-        infos = try_inline(sch, infos)
+        sch, infos = found
         if len(infos) != 1 or not infos[0].is_injective():
             return None
         block = infos[0].block_rv
         loops = sch.get_loops(block)
-        extents = _extents(sch, loops) if loops else None
+        extents = loop_extents(sch, loops) if loops else None
         if not extents:
             return None
         n = math.prod(extents)
@@ -140,20 +152,16 @@ def integer_sum_rule():
     reduction is split into ``LANES`` partial sums (``rfactor``) that a vector accumulates, then
     added; integer addition is exact in any order (the accumulator's type is the lowering's,
     chosen wide enough), so the results are the same bits."""
-    from tvm import s_tir, tirx
+    from tvm import tirx
     from tvm.s_tir.dlight import ScheduleRule
-    from tvm.s_tir.dlight.analysis import normalize_prim_func
-    from tvm.s_tir.dlight.base import try_inline
 
     def apply(func, target, _tunable):
-        if not isinstance(func, tirx.PrimFunc) or any(
-                k in func.attrs and int(func.attrs[k]) for k in ("tir.is_scheduled", "tirx.is_scheduled")):
+        if not isinstance(func, tirx.PrimFunc) or is_scheduled(func):
             return None
-        sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
-        if infos is None:
+        found = inlined_blocks(func)
+        if found is None:
             return None
-        infos = try_inline(sch, infos)
+        sch, infos = found
         if len(infos) != 1 or not infos[0].is_reduction():
             return None
         kinds = [it.kind for it in infos[0].iters]
@@ -164,7 +172,7 @@ def integer_sum_rule():
                 type(store.value).__name__ != "Add":
             return None  # trailing reduction axes, an integer sum only
         loops = sch.get_loops(block)
-        extents = _extents(sch, loops)
+        extents = loop_extents(sch, loops)
         if extents is None:
             return None
         n_red = kinds.count("R")

@@ -33,18 +33,6 @@ ROW_TILES = (4, 2, 1)
 PARALLEL_MIN = 1 << 12
 
 
-def _int_extents(sch, loops) -> list[int] | None:
-    from tvm import tirx
-
-    out = []
-    for lp in loops:
-        ext = sch.get(lp).extent
-        if not isinstance(ext, tirx.IntImm):
-            return None
-        out.append(int(ext))
-    return out
-
-
 def _is_product_sum(block) -> bool:
     """``block``'s body is ``C[...] = C[...] + A[...] * B[...]`` (a legalized MatMul / Gemm).
 
@@ -67,20 +55,18 @@ def _is_product_sum(block) -> bool:
 
 def matmul_rule():
     """The dlight rule (a ``ScheduleRule``) described in the module doc."""
-    from tvm import s_tir, tirx
+    from tvm import tirx
     from tvm.s_tir.dlight import ScheduleRule
-    from tvm.s_tir.dlight.analysis import normalize_prim_func
-    from tvm.s_tir.dlight.base import try_inline
+
+    from qgraph.tvm.elementwise_schedule import inlined_blocks, is_scheduled, loop_extents
 
     def apply(func, target, _tunable):
-        if not isinstance(func, tirx.PrimFunc) or any(
-                k in func.attrs and int(func.attrs[k]) for k in ("tir.is_scheduled", "tirx.is_scheduled")):
+        if not isinstance(func, tirx.PrimFunc) or is_scheduled(func):
             return None
-        sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
-        if infos is None:
+        found = inlined_blocks(func)
+        if found is None:
             return None
-        infos = try_inline(sch, infos)
+        sch, infos = found
         if not infos or not infos[0].is_reduction() or any(not b.is_injective() for b in infos[1:]):
             return None
         block = infos[0].block_rv
@@ -90,7 +76,7 @@ def matmul_rule():
         if not _is_product_sum(sch.get(block)) or "float" not in str(sch.get(block).body.buffer.dtype):
             return None  # a float sum of products only: other reductions (softmax, pools) keep TVM's
         loops = sch.get_loops(block)
-        extents = _int_extents(sch, loops)
+        extents = loop_extents(sch, loops)
         if extents is None or len(loops) != len(infos[0].iters):
             return None
         if len(loops) == 2:  # [1, K] x [K, N]: the unit row is not a loop (a GEMV)

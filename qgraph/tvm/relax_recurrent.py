@@ -119,7 +119,7 @@ def _as_expr(ctx: LowerContext, v):
     return ctx.const(v) if isinstance(v, np.ndarray) else v
 
 
-def _gate(ctx: LowerContext, g, k: int, hidden: int):
+def _gate(g, k: int, hidden: int):
     """Block ``k`` of a ``[batch, gates * H]`` tensor."""
     from tvm import relax
 
@@ -150,8 +150,9 @@ def _run_direction(ctx: LowerContext, kind: str, x, wt: _Weights, h, c, acts: li
     inputs = ctx.shape(x)[2]
     xw = ctx.emit(relax.op.matmul(relax.op.reshape(x, (seq * batch, inputs)), _as_expr(ctx, wt.w_t)))
     xw = ctx.emit(relax.op.reshape(xw, (seq, batch, gates * hidden)))
-    r_t = _as_expr(ctx, wt.r_t)
-    if kind == "GRU" and not int(ctx.attr("linear_before_reset", 0)):
+    split_r = kind == "GRU" and not int(ctx.attr("linear_before_reset", 0))
+    r_t = None if split_r else _as_expr(ctx, wt.r_t)
+    if split_r:
         # h's candidate reads (r * h) @ R_h^T: R's blocks are needed apart
         r_zr = (wt.r_t[:, :2 * hidden] if isinstance(wt.r_t, np.ndarray)
                 else relax.op.strided_slice(wt.r_t, axes=[1], begin=[0], end=[2 * hidden]))
@@ -175,7 +176,7 @@ def _run_direction(ctx: LowerContext, kind: str, x, wt: _Weights, h, c, acts: li
             if bias is not None:
                 g = relax.op.add(g, bias)
             g = ctx.emit(g)
-            gi, go, gf, gc = (_gate(ctx, g, k, hidden) for k in range(4))
+            gi, go, gf, gc = (_gate(g, k, hidden) for k in range(4))
             if wt.p is not None:
                 p = [_as_expr(ctx, wt.p[k * hidden:(k + 1) * hidden]) if isinstance(wt.p, np.ndarray)
                      else relax.op.strided_slice(wt.p, axes=[0], begin=[k * hidden], end=[(k + 1) * hidden])
@@ -191,20 +192,18 @@ def _run_direction(ctx: LowerContext, kind: str, x, wt: _Weights, h, c, acts: li
             o = _activation(ctx, acts[0], go)
             h = ctx.emit(relax.op.multiply(o, _activation(ctx, acts[2], c)))
         elif kind == "GRU":
-            hidden3 = 3 * hidden
-            wb = wt.wb
-            rb = wt.rb
+            wb, rb = wt.wb, wt.rb
             xg = x_t if wb is None else relax.op.add(x_t, _as_expr(ctx, wb))
             xg = ctx.emit(xg)
-            if int(ctx.attr("linear_before_reset", 0)):
+            if not split_r:  # linear_before_reset: R_h applies before the reset gate
                 hr = relax.op.matmul(h, r_t)
                 if rb is not None:
                     hr = relax.op.add(hr, _as_expr(ctx, rb))
                 hr = ctx.emit(hr)
-                z = _activation(ctx, acts[0], relax.op.add(_gate(ctx, xg, 0, hidden), _gate(ctx, hr, 0, hidden)))
-                r = _activation(ctx, acts[0], relax.op.add(_gate(ctx, xg, 1, hidden), _gate(ctx, hr, 1, hidden)))
-                cand = _activation(ctx, acts[1], relax.op.add(_gate(ctx, xg, 2, hidden),
-                                                              relax.op.multiply(r, _gate(ctx, hr, 2, hidden))))
+                z = _activation(ctx, acts[0], relax.op.add(_gate(xg, 0, hidden), _gate(hr, 0, hidden)))
+                r = _activation(ctx, acts[0], relax.op.add(_gate(xg, 1, hidden), _gate(hr, 1, hidden)))
+                cand = _activation(ctx, acts[1], relax.op.add(_gate(xg, 2, hidden),
+                                                              relax.op.multiply(r, _gate(hr, 2, hidden))))
             else:
                 hzr = relax.op.matmul(h, r_zr)
                 if rb is not None:
@@ -212,15 +211,15 @@ def _run_direction(ctx: LowerContext, kind: str, x, wt: _Weights, h, c, acts: li
                              else relax.op.strided_slice(rb, axes=[0], begin=[0], end=[2 * hidden]))
                     hzr = relax.op.add(hzr, rb_zr)
                 hzr = ctx.emit(hzr)
-                z = _activation(ctx, acts[0], relax.op.add(_gate(ctx, xg, 0, hidden), _gate(ctx, hzr, 0, hidden)))
-                r = ctx.emit(_activation(ctx, acts[0], relax.op.add(_gate(ctx, xg, 1, hidden),
-                                                                    _gate(ctx, hzr, 1, hidden))))
+                z = _activation(ctx, acts[0], relax.op.add(_gate(xg, 0, hidden), _gate(hzr, 0, hidden)))
+                r = ctx.emit(_activation(ctx, acts[0], relax.op.add(_gate(xg, 1, hidden),
+                                                                    _gate(hzr, 1, hidden))))
                 hh = relax.op.matmul(relax.op.multiply(r, h), r_h)
                 if rb is not None:
-                    rb_h = (_as_expr(ctx, rb[2 * hidden:hidden3]) if isinstance(rb, np.ndarray)
-                            else relax.op.strided_slice(rb, axes=[0], begin=[2 * hidden], end=[hidden3]))
+                    rb_h = (_as_expr(ctx, rb[2 * hidden:]) if isinstance(rb, np.ndarray)
+                            else relax.op.strided_slice(rb, axes=[0], begin=[2 * hidden], end=[3 * hidden]))
                     hh = relax.op.add(hh, rb_h)
-                cand = _activation(ctx, acts[1], relax.op.add(_gate(ctx, xg, 2, hidden), hh))
+                cand = _activation(ctx, acts[1], relax.op.add(_gate(xg, 2, hidden), hh))
             z = ctx.emit(z)
             one = ctx.const(np.ones((), ctx.dtype(h)))
             h = ctx.emit(relax.op.add(relax.op.multiply(relax.op.subtract(one, z), cand), relax.op.multiply(z, h)))

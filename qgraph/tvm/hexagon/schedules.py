@@ -73,21 +73,18 @@ def reduction_rule(lanes: int = ACC_LANES, counts: dict | None = None):
     reduction loops outside it, the requantization computed per vector tile, both vectorized.
     Integer sums in any order are the same bits; float kernels keep TVM's lowering (another
     summation order would change their bits)."""
-    from tvm import s_tir, tirx
+    from tvm import tirx
     from tvm.s_tir.dlight import ScheduleRule
-    from tvm.s_tir.dlight.analysis import normalize_prim_func
-    from tvm.s_tir.dlight.base import try_inline
 
-    from qgraph.tvm.elementwise_schedule import inexact_float
+    from qgraph.tvm.elementwise_schedule import inexact_float, inlined_blocks
 
     def apply(func, target, _tunable):
         if not isinstance(func, tirx.PrimFunc) or gathers(func) or inexact_float(func):
             return None
-        sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
-        if infos is None:
+        found = inlined_blocks(func)
+        if found is None:
             return None
-        infos = try_inline(sch, infos)
+        sch, infos = found
         reductions = [b for b in infos if b.is_reduction()]
         if len(reductions) != 1 or len(infos) > 2 or infos[0] is not reductions[0]:
             return None
