@@ -17,26 +17,10 @@ from qgraph import targets
 from qgraph.targets.hexagon import HEXAGON_SCHEME, TOOLS, is_hexagon
 from qgraph.tvm.hexagon import toolchain
 
-from test_tvm import GOLDEN, REPO, _compare, _data_stem, _test_feeds
+from test_tvm import GOLDEN, REPO, _compare, _data_stem, _test_feeds, quantized  # noqa: F401 (quantized: the fixture)
 
 pytestmark = pytest.mark.skipif(not toolchain.available(), reason="needs qemu-hexagon, clang and ld.lld "
                                 "(apt-get install qemu-user-static clang lld)")
-
-
-@pytest.fixture(scope="module")
-def quantized():
-    from qgraph.api import quantize
-
-    cache = {}
-
-    def get(stem):
-        if stem not in cache:
-            base = _data_stem(stem)
-            cache[stem] = quantize(os.path.join(REPO, "golden", "models", f"{stem}.onnx"),
-                                   os.path.join(REPO, "golden", "data", f"{base}_calib.npz"), report=False)
-        return cache[stem]
-
-    return get
 
 
 def test_hexagon_targets_describe_hvx():
