@@ -442,7 +442,7 @@ def test_qadd_int32_form_and_schedule_equal_the_reference(shape, b_shape, shift,
 def test_fused_elementwise_kernels_are_scheduled():
     """After the pipeline, a fused elementwise kernel is marked scheduled by qgraph's rule
     (vectorized, parallel), and a hand-written kernel keeps its own schedule."""
-    from qgraph.tvm.elementwise_schedule import schedule_pass
+    from qgraph.tvm.build import schedule_pass
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     x = np.zeros((1, 4, 128, 128), np.uint8)  # over PARALLEL_MIN elements
@@ -464,7 +464,7 @@ def test_float_kernels_are_scheduled_only_when_correctly_rounded():
     still equals the reference bit for bit, ties and saturation included; a float kernel that
     calls a transcendental (Sigmoid's exp) keeps TVM's lowering."""
     from qgraph.ir import ops
-    from qgraph.tvm.elementwise_schedule import schedule_pass
+    from qgraph.tvm.build import schedule_pass
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     rng = np.random.default_rng(11)

@@ -165,6 +165,16 @@ class Compiled:
         with open(os.path.join(outdir, META_FILE), "w") as f:
             json.dump(meta, f, indent=2)
         return lib
+def schedule_pass(target):
+    """The CPU kernel schedules as one module pass: ``float_matmul_schedule.matmul_rule``, else
+    ``elementwise_schedule.integer_sum_rule``, else ``elementwise_schedule.elementwise_rule``,
+    on every PrimFunc that no kernel package scheduled."""
+    from tvm.s_tir import dlight
+
+    from qgraph.tvm.elementwise_schedule import elementwise_rule, integer_sum_rule
+    from qgraph.tvm.float_matmul_schedule import matmul_rule
+
+    return dlight.ApplyDefaultSchedule(matmul_rule(), integer_sum_rule(), elementwise_rule())
 
 
 def pipeline(tvm_target):
@@ -178,8 +188,6 @@ def pipeline(tvm_target):
     codegen."""
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline as cpu
-
-    from qgraph.tvm.elementwise_schedule import schedule_pass
 
     @tvm.transform.module_pass(opt_level=0)
     def _pipeline(mod, _ctx):

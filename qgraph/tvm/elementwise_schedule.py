@@ -190,12 +190,3 @@ def integer_sum_rule():
 
     return ScheduleRule.from_callable("qgraph_integer_sum")(apply)
 
-
-def schedule_pass(target):
-    """A module pass applying ``float_matmul_schedule.matmul_rule``, else ``integer_sum_rule``,
-    else ``elementwise_rule``, to every unscheduled PrimFunc."""
-    from tvm.s_tir import dlight
-
-    from qgraph.tvm.float_matmul_schedule import matmul_rule
-
-    return dlight.ApplyDefaultSchedule(matmul_rule(), integer_sum_rule(), elementwise_rule())
