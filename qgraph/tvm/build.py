@@ -165,6 +165,8 @@ class Compiled:
         with open(os.path.join(outdir, META_FILE), "w") as f:
             json.dump(meta, f, indent=2)
         return lib
+
+
 def schedule_pass(target):
     """The CPU kernel schedules as one module pass: ``float_matmul_schedule.matmul_rule``, else
     ``elementwise_schedule.integer_sum_rule``, else ``elementwise_schedule.elementwise_rule``,
