@@ -1,6 +1,7 @@
 """PP-OCRv4 rec: PTQ vs QAT by distillation from the float model, no labels.
 
-    python bench/qat_ocr.py [--format W8A8] [--train 32] [--eval 64] [--epochs 2] [--lr 1e-5] [--threads 2]
+    python bench/qat_ocr.py [--format W8A8] [--train 32] [--eval 64] [--epochs 2] [--lr 1e-5] [--scale-lr X]
+        [--batch-size 8] [--threads 2]
 
 Rendered ASCII lines (``qgraph.testing.ocr``): ``--train`` lines (seed 11) calibrate (the
 first 32) and train, without their texts (KL to the float model's per-step character
@@ -32,6 +33,8 @@ def main() -> None:
     ap.add_argument("--eval", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--lr", type=float, default=1e-5)
+    ap.add_argument("--scale-lr", type=float, default=None, help="learning rate of the log-scales (default: --lr)")
+    ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -52,7 +55,8 @@ def main() -> None:
     module = QATModule(ptq.qdq, ptq.float_model)
     start = time.perf_counter()
     history = train(module, {name: train_x}, None, teacher=QATModule(ptq.float_model),
-                    config=TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=8, seed=0))
+                    config=TrainConfig(epochs=args.epochs, lr=args.lr, scale_lr=args.scale_lr,
+                                                       batch_size=args.batch_size, seed=0))
     seconds = time.perf_counter() - start
     result = write_back(ptq, module, report=False)
     print(f"QAT {args.format}: reference {score(result.run({name: x})[out])}, "

@@ -570,7 +570,8 @@ class _Inserter:
             scheme = self.cfg.weight_scheme(w.name, node)
             axis, symmetric = self._weight_form(node, i, data.ndim, scheme)
             params = choose_weight_params(data, scheme.dtype, axis=axis, symmetric=symmetric,
-                                          reduce_range=self.cfg.reduce_range, pow2=self.cfg.pow2_scales)
+                                          reduce_range=self.cfg.reduce_range, pow2=self.cfg.pow2_scales,
+                                          clip=self.cfg.weight_clip)
             if i == 1 and 2 in unit.weights:
                 bias = self._quantizable_bias(node, params)
                 if bias is not None:  # a dead channel's tiny scale would overflow the int32 bias

@@ -109,6 +109,73 @@ def test_qconv_fast_kernels_bit_exact(case):
     _check(model, {"x": x}, {kind})
 
 
+WINO_CASES = [
+    # (N, C, H, W), OC, pads, x dtype: 3x3 stride 1 (winograd.applies)
+    ((1, 16, 12, 12), 10, [1, 1, 1, 1], "uint8"),   # OC < the 6x2 tile's channels x 2, one tile block
+    ((2, 17, 11, 37), 13, [1, 0, 0, 1], "int8"),    # batch (a folded one for the direct conv), odd C, asymmetric pads
+    ((1, 16, 11, 13), 8, [1, 1, 1, 1], "uint8"),    # odd OH and OW: a last tile half outside
+    ((1, 24, 26, 26), 24, [1, 1, 1, 1], "uint8"),   # 13 tiles a row: the 8x1 tile, a partial last block
+    ((1, 32, 15, 40), 19, [0, 0, 0, 0], "int8"),    # no pads (valid conv), OW 38 past two 16-tile blocks
+    ((1, 20, 9, 70), 7, [2, 2, 2, 2], "uint8"),     # pads wider than the patch overlap
+]
+
+
+@pytest.mark.parametrize("case", range(len(WINO_CASES)))
+def test_winograd_conv_bit_exact(case):
+    """3x3 stride-1 convs run exact integer Winograd F(2x2, 3x3) (``x86.winograd``) and equal
+    the reference bit for bit: full-range activations and weights (the largest transformed
+    values), per-channel weight zero points, both epilogues."""
+    xs, oc, pads, xdt = WINO_CASES[case]
+    rng = np.random.default_rng(300 + case)
+    info = np.iinfo(xdt)
+    x = rng.integers(info.min, info.max + 1, xs).astype(xdt)
+    x[0, :, :4, :4] = info.max if case % 2 else info.min  # a patch at an extreme: |V| at its bound
+    w = rng.integers(-128, 128, (oc, xs[1], 3, 3)).astype(np.int8)
+    w[0] = -128
+    w[1, :, :, :] = np.array([[127, -128, 127], [-128, 127, -128], [127, -128, 127]], np.int8)  # |U| at its bound
+    w_zp = [0] * oc if case % 2 == 0 else [int(z) for z in rng.integers(-2, 3, oc)]
+    out = "int8" if case % 2 else "uint8"
+    attrs = {"pads": pads, "kernel_shape": [3, 3], "x_zero_point": int(rng.integers(info.min, info.max + 1)),
+             "w_zero_point": w_zp, **_requant(rng, oc, out, small=case % 2 == 0)}
+    model = _one_node(l3.QConv, {"x": x}, {"w": w, "b": rng.integers(-20000, 20000, oc).astype(np.int32)}, attrs,
+                      from_numpy(np.dtype(out)))
+    _check(model, {"x": x}, {"qwino_input", "qwino_conv"})
+
+
+def test_winograd_transforms_give_four_times_the_conv_sum():
+    """The identity the kernels rest on, in numpy: ``A^T [(G' g G'^T) * (B^T d B)] A`` is 4x the
+    2x2 valid correlation of the 4x4 patch ``d`` with ``g`` (integer, no rounding anywhere)."""
+    from qgraph.tvm.x86 import winograd as W
+
+    rng = np.random.default_rng(7)
+    d = rng.integers(-255, 256, (50, 4, 4))
+    g = rng.integers(-128, 128, (50, 1, 3, 3))
+    u = W.transform_weights(g)[:, 0]
+    y4 = np.einsum("ai,nij,bj->nab", W.AT, u * W.transform_input(d), W.AT)
+    direct = np.array([[[(d[n, a:a + 3, b:b + 3] * g[n, 0]).sum() for b in range(2)] for a in range(2)]
+                       for n in range(50)])
+    assert np.array_equal(y4, 4 * direct)
+
+
+def test_winograd_refuses_what_its_bounds_do_not_cover():
+    """int16 activations (``|V|`` past int16), and geometries it does not take, keep the direct conv."""
+    from qgraph.tvm.x86 import winograd as W
+    from qgraph.tvm.x86.gemm import ConvGeometry
+
+    w = np.full((4, 16, 3, 3), 127, np.int64)
+    assert W.fits((-255, 255), w)
+    assert not W.fits((-9000, 9000), w)  # 4 x 9000 > 32767
+    assert not W.fits((0, 255), np.full((4, 16, 3, 3), 4000, np.int64))  # |U| = 36000
+    g = ConvGeometry(1, 16, 20, 20, 8, 3, 3, 20, 20, (1, 1), (1, 1), (1, 1))
+    assert W.applies(g)
+    from dataclasses import replace
+    assert not W.applies(replace(g, strides=(2, 2)))
+    assert not W.applies(replace(g, dilations=(2, 2)))
+    assert not W.applies(replace(g, c=8))
+    assert not W.applies(replace(g, kh=5, kw=5))
+    assert not W.applies(replace(g, oh=8, ow=8))  # 16 tiles
+
+
 U8_CASES = [
     # (N, C, H, W), (OC, C, KH, KW), strides, pads, dilations: C % 4 != 0, OC % tile != 0, pads, tails
     ((2, 7, 9, 61), (10, 7, 3, 3), [1, 1], [1, 2, 0, 1], [1, 2]),
@@ -407,7 +474,7 @@ def test_tiny_layers_keep_the_default_lowering(monkeypatch):
     attrs = {"pads": [1, 1, 1, 1], "kernel_shape": [3, 3], "x_zero_point": 3, "w_zero_point": [0],
              "multiplier": [1 << 30], "shift": [38], "y_zero_point": 0, "y_qmin": 0, "y_qmax": 255}
     model = _one_node(l3.QConv, {"x": x}, {"w": w}, attrs, DType.UINT8)
-    assert "qdirect_conv" in _kernels(model)
+    assert "qdirect_conv" in _kernels(model)  # 4 tiles of 2x2: under winograd.MIN_TILES
     monkeypatch.setattr(x86.select, "SMALL_MACS", 16 * 16 * 72 + 1)  # one more than this conv's MACs
     assert _kernels(model) == set()
 

@@ -36,6 +36,7 @@ from qgraph.tvm.context import MACS_ATTR, LowerContext
 from qgraph.tvm.relax_integer import shifted_range
 from qgraph.tvm.x86 import conv as D
 from qgraph.tvm.x86 import gemm as K
+from qgraph.tvm.x86 import winograd as W
 
 _I16 = 2**15 - 1
 #: Multiply-adds below which a node keeps the default lowering (a fast kernel is two calls,
@@ -49,6 +50,9 @@ INT8_WEIGHTS = True
 #: Direct convs on 8-bit activations whose ``VPMADDUBSW`` pair sums provably stay in int16
 #: (``conv.ubsw_exact``: 7-bit weights, ``reduce_range``) run the u8 x s8 form.
 UBSW = True
+#: 3x3 stride-1 convs of the int16 form run exact Winograd F(2x2, 3x3) where it applies
+#: (``winograd.applies`` / ``winograd.fits``).
+WINOGRAD = True
 
 
 def _range_fits(lo: int, hi: int) -> bool:
@@ -94,14 +98,14 @@ def _requant(ctx: LowerContext, channels: int, padded: int, bias) -> K.Requant |
 
 # -- QConv ------------------------------------------------------------------------------------------
 def conv_kernel(ctx: LowerContext, vnni: str | None = None) -> str:
-    """``"direct"``, ``"direct_u8"``, ``"depthwise"`` or ``"default"``: the kernel
+    """``"direct"``, ``"direct_u8"``, ``"winograd"``, ``"depthwise"`` or ``"default"``: the kernel
     ``qconv`` would emit for ``ctx.node``."""
     plan = _conv_plan(ctx, vnni)
     return plan.kind if plan is not None else "default"
 
 
 class _ConvPlan(NamedTuple):
-    kind: str  # "direct", "direct_u8" or "depthwise"
+    kind: str  # "direct", "direct_u8", "winograd" or "depthwise"
     g: K.ConvGeometry  # the geometry the kernel runs (after a tap fold)
     wd: np.ndarray  # zero-point-shifted weights of ``g``
     rq: K.Requant
@@ -152,10 +156,13 @@ def _conv_plan(ctx: LowerContext, vnni: str | None = None) -> _ConvPlan | None:
         # VPDPBUSD sums 4 u8 x s8 products in int32: exact for any int8 weights (no int16 step)
         int8_w = bool(wd.size) and int(wd.min()) >= -128 and int(wd.max()) <= 127
         exact_u8 = u8 and (int8_w if vnni else D.ubsw_exact(wd, 0, 255))
+        # exact Winograd F(2x2, 3x3) where it applies: 16 products per 2x2 tile and channel
+        # where the direct conv does 36 (a tap fold saves at most a pair per kernel row)
+        wino = WINOGRAD and not exact_u8 and W.applies(g) and W.fits(xr, wd)
         # fold the row taps where the u8 x s8 form does not already take the conv: on the
         # digits CNN's 1-channel stem (always u8 x s8: its pairs are one weight and a 0) the
         # fold's int16 form plus its two packs took 43 us at batch 64 against 27 us
-        if D.tap_fold_pays(g) and not exact_u8:
+        if D.tap_fold_pays(g) and not exact_u8 and not wino:
             taps = (g, x_zp)
             g, wd = D.fold_taps(g, wd)
             exact_u8 = u8 and D.ubsw_exact(wd, 0, 255)
@@ -170,6 +177,8 @@ def _conv_plan(ctx: LowerContext, vnni: str | None = None) -> _ConvPlan | None:
         fold = D.batch_fold(g)
         # VPDPBUSD needs no ones vector nor int16 temporary: the int16 kernel's tiles fit
         tile = D.direct_tile(D.row_cols(g, fold), kind == "direct_u8" and not vnni, oc)
+        if wino:
+            kind, tile, fold = "winograd", W.tile_for(g), 1
         padded = K.ceil_to(oc, tile[0])
     elif group == xs[1] and ws[1] == 1 and oc == group:
         kind = "depthwise"
@@ -218,6 +227,15 @@ def qconv(ctx: LowerContext, vnni: str | None = None):
         src, src_zp = taps
         x = _call(ctx, D.tap_pack(src, xdt, src_zp), "qtap_pack", [x], (g.n, g.c, g.h, g.w), xdt)
     consts = [ctx.const(a) for a in rq.arrays()]
+    if kind == "winograd":
+        th, twp, hp, wq = W.extent(g, tile[1])
+        xp = _call(ctx, D.conv_pack(W.pack_geometry(g), xdt, x_zp, hp, wq), "qdirect_pack", [x],
+                   (g.n, -(-g.c // 2), hp, 2, wq * 2), "int16")
+        v = _call(ctx, W.input_transform(g, hp, wq, th, twp), "qwino_input", [xp],
+                  (g.n, th, 16, -(-g.c // 2), twp * 2), "int16")
+        return _call(ctx, W.winograd_conv(g, th, twp, rq, tile), "qwino_conv",
+                     [v, ctx.const(W.pack_weights(wd, tile[0]))] + consts, (g.n, g.oc, g.oh, g.ow), rq.out_dtype,
+                     macs=g.n * g.oc * g.oh * g.ow * int(np.prod(wd.shape[1:])))
     if kind in ("direct", "direct_u8"):
         ubsw = kind == "direct_u8"
         hp, wq = D.direct_extent(g, tile[1], fold)
