@@ -325,6 +325,25 @@ def test_integer_max_pool_ceil_mode(dtype):
     _same_as_reference(_one_node(ops.MaxPool, {"x": x}, (), attrs, from_numpy(np.dtype(dtype))), {"x": x})
 
 
+@pytest.mark.parametrize("attrs", [
+    {"kernel_shape": [13, 13], "strides": [1, 1], "pads": [6, 6, 6, 6]},               # YOLOX's SPP pool
+    {"kernel_shape": [5, 4], "strides": [2, 3], "pads": [2, 1, 1, 2], "ceil_mode": 1},  # strides, odd pads, ceil
+    {"kernel_shape": [4, 5], "strides": [1, 2], "pads": [0, 2, 3, 0], "dilations": [2, 1]},
+])
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8])
+def test_large_integer_max_pools_run_separably_and_equal_the_reference(attrs, dtype):
+    """A 2-D integer max pool of >= ``SEPARABLE_POOL_MIN`` positions runs as a row pool then a
+    column pool (two Relax pools) and still equals the reference: lowest-valued borders, pads,
+    strides, dilations and ceil mode."""
+    info = np.iinfo(dtype)
+    x = RNG.integers(info.min, info.max + 1, (1, 3, 13, 15)).astype(dtype)
+    x[0, 0, :2, :] = info.min
+    x[0, 1, :, -3:] = info.min
+    model = _one_node(ops.MaxPool, {"x": x}, (), attrs, from_numpy(np.dtype(dtype)))
+    assert qtvm.lower(model).script().count("R.nn.max_pool2d") == 2
+    _same_as_reference(model, {"x": x})
+
+
 def _onnx_model(nodes, inputs, outputs, inits=(), opset=21):
     from onnx import helper, numpy_helper
 
