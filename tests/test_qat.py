@@ -418,3 +418,31 @@ def test_pytorch_qat_export_compiles_with_its_own_scales(tmp_path):
     assert np.abs(ref - mine).max() <= step * 1.0001 and (ref == mine).mean() > 0.9
     q.build("cpu", batch_size=1)
     assert np.array_equal(q.run({"input": x[:8]}, backend="tvm")["logits"], ref[:8])
+
+
+@pytest.mark.slow
+def test_pp_ocr_rec_w4a8_distillation_reaches_98_percent():
+    """The issue's PP-OCRv4 rec bar, without labels: 4-bit weights everywhere (PTQ decodes
+    nothing: 0% of the characters), distilled from the float model on 128 rendered lines,
+    8 epochs, then written back and run on the integer reference: >= 98% of 64 held-out
+    lines' characters (98.24% here; float 99.74%; ``bench/qat_ocr.py --format W4A8 --train 128
+    --epochs 8 --lr 1e-4 --scale-lr 1e-3 --threads 1``, about 7 minutes on one core)."""
+    import onnx
+
+    from qgraph.quant.config import QuantConfig
+    from qgraph.testing import ocr
+
+    torch.set_num_threads(1)
+    path = ocr.rec_model_path()
+    name = onnx.load(path, load_external_data=False).graph.input[0].name
+    train_x = ocr.render_lines(ocr.sample_texts(128, seed=11))
+    texts = ocr.sample_texts(64, seed=12)
+    x = ocr.render_lines(texts)
+    ptq = qgraph.quantize(path, {name: train_x[:32]}, QuantConfig.from_json({"weight": {"dtype": "int4"}}), report=False)
+    out = ptq.float_model.graph.outputs[0].name
+    module = QATModule(ptq.qdq, ptq.float_model)
+    train(module, {name: train_x}, None, teacher=QATModule(ptq.float_model),
+          config=TrainConfig(epochs=8, lr=1e-4, scale_lr=1e-3, batch_size=8, seed=0))
+    result = write_back(ptq, module, report=False)
+    accuracy = ocr.char_agreement(ocr.ctc_decode(result.run({name: x})[out]), texts)
+    assert accuracy >= 0.98, accuracy
