@@ -340,6 +340,42 @@ def test_a_batch_of_narrow_rows_interleaves_into_one_row():
     _check(model, feeds, {"qdirect_conv", "qdirect_conv_ubsw"})
 
 
+def test_pointwise_convs_run_their_pixels_as_one_row():
+    """A 1x1 stride-1 unpadded conv runs on ``[N, C, 1, H * W]`` (``select._ConvPlan.flat``):
+    no per-row padding to whole vectors. In a chain of a folded (interleaved) batch, the
+    pointwise conv's consumer reads its output in the ordinary layout, not the interleaved
+    view of the flattened row."""
+    from qgraph.ir import Graph, Model, Node, TensorType, Value
+
+    rng = np.random.default_rng(9)
+    x = rng.integers(0, 256, (1, 12, 5, 13)).astype(np.uint8)  # 65 pixels: one row of 9 vectors
+    w = rng.integers(-128, 128, (10, 12, 1, 1)).astype(np.int8)
+    attrs = {"kernel_shape": [1, 1], "x_zero_point": 3, "w_zero_point": [0], **_requant(rng, 10, "int8")}
+    model = _one_node(l3.QConv, {"x": x}, {"w": w}, attrs, DType.INT8)
+    assert "(1, 10, 1, 65)" in qtvm.lower(model).script()
+    _check(model, {"x": x}, {"qdirect_conv"})
+
+    # 6 images of 3x2 (folded for the 3x3 convs) through 3x3 -> 1x1 (4 pixels a row) -> 3x3
+    g = Graph("g")
+    xv = Value("x", TensorType(DType.UINT8, (6, 8, 3, 2)))
+    g.inputs.append(xv)
+    vals = [Value(n, TensorType(DType.UINT8, None)) for n in ("a", "b", "y")]
+    shapes = [(16, 8, 3, 3), (16, 16, 1, 1), (8, 16, 3, 3)]
+    src = xv
+    for i, (v, ws) in enumerate(zip(vals, shapes)):
+        k = ws[2]
+        g.append(Node(l3.QConv, [src, g.add_initializer(f"w{i}", rng.integers(-128, 128, ws).astype(np.int8))], [v],
+                      {"kernel_shape": [k, k], "pads": [k // 2] * 4, "x_zero_point": 5, "w_zero_point": [0],
+                       **_requant(rng, ws[0], "uint8")}, name=f"c{i}"))
+        src = v
+    g.outputs.append(vals[-1])
+    model = Model(g, {"": 21, "qgraph": 1})
+    feeds = {"x": rng.integers(0, 256, (6, 8, 3, 2)).astype(np.uint8)}
+    assert "(16, 1, 6, 6)" in qtvm.lower(model).script()  # the producer's [C, H, W, N] view as one row
+    got = qtvm.build(model).run(feeds)["y"]
+    assert np.array_equal(got, Interpreter(model).run(feeds)["y"])
+
+
 def test_few_channel_convs_fold_their_row_taps_into_channels():
     """A conv on few channels (a stem) whose weights keep it on int16 pairs packs its row taps
     as channels: 3 channels x 3 taps are 5 pairs instead of 6 half-used ones. One that takes

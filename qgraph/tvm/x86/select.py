@@ -114,6 +114,10 @@ class _ConvPlan(NamedTuple):
     fold: int = 1  # images per packed row (direct)
     tile: tuple[int, int] | None = None  # register tile (direct)
     vnni: str | None = None  # direct_u8 through VPDPBUSD (``conv.VNNI_FORMS``), exact for any int8 weights
+    #: a 1x1 stride-1 unpadded conv run on its pixels as one row ``[N, C, 1, H * W]`` (a free
+    #: reshape each way): no vector padded per row (YOLOX's 52-wide rows computed 56 columns)
+    #: and one task per column tile instead of per row
+    flat: tuple[int, int] | None = None
 
 
 def _conv_plan(ctx: LowerContext, vnni: str | None = None) -> _ConvPlan | None:
@@ -150,6 +154,9 @@ def _conv_plan(ctx: LowerContext, vnni: str | None = None) -> _ConvPlan | None:
     if g.n * g.oc * g.pixels * g.k < SMALL_MACS:
         return None
     taps, fold, tile = None, 1, None
+    flat = group == 1 and (g.kh, g.kw, g.strides, g.pads) == (1, 1, (1, 1), (0, 0)) and (g.oh, g.ow) == (g.h, g.w)
+    if flat:  # a pointwise conv: its pixels as one row (``_ConvPlan.flat``)
+        g = K.ConvGeometry(g.n, g.c, 1, g.h * g.w, oc, 1, 1, 1, g.h * g.w, (1, 1), (1, 1), (0, 0))
     if group == 1:
         kind = "direct"
         u8 = UBSW and ctx.dtype(x) in ("uint8", "int8")
@@ -188,7 +195,8 @@ def _conv_plan(ctx: LowerContext, vnni: str | None = None) -> _ConvPlan | None:
     rq = _requant(ctx, oc, padded, bias)
     if rq is None:
         return None
-    return _ConvPlan(kind, g, wd, rq, x_zp, taps, fold, tile, vnni if kind == "direct_u8" else None)
+    return _ConvPlan(kind, g, wd, rq, x_zp, taps, fold, tile, vnni if kind == "direct_u8" else None,
+                     (int(xs[2]), int(xs[3])) if flat else None)
 
 
 def _call(ctx: LowerContext, func, name: str, args, shape, dtype, macs: int | None = None):
@@ -220,8 +228,20 @@ def qconv(ctx: LowerContext, vnni: str | None = None):
     plan = _conv_plan(ctx, vnni)
     if plan is None:
         return None
-    kind, g, wd, rq, x_zp, taps, fold, tile, vnni = plan
-    x = ctx.value(0)
+    g, flat, x = plan.g, plan.flat, ctx.value(0)
+    if flat is None:
+        return _conv_kernels(ctx, plan, x)
+    from tvm import relax
+
+    y = _conv_kernels(ctx, plan, ctx.emit(relax.op.reshape(x, (g.n, g.c, 1, g.w))))
+    # an interleaved batch's [C, 1, H * W, N] view is not the [C, H, W, N] a consumer conv reads
+    ctx.lanes.pop(ctx.node.outputs[0].name, None)
+    return ctx.emit(relax.op.reshape(y, (g.n, g.oc) + flat))
+
+
+def _conv_kernels(ctx: LowerContext, plan: _ConvPlan, x):
+    """The kernel calls of ``plan`` on ``x`` (``qconv``)."""
+    kind, g, wd, rq, x_zp, taps, fold, tile, vnni, flat = plan
     xdt = ctx.dtype(x)
     if taps is not None:  # the row taps as channels (``conv.fold_taps``)
         src, src_zp = taps
@@ -242,6 +262,10 @@ def qconv(ctx: LowerContext, vnni: str | None = None):
         cg, xpdt, suffix = (4, "uint8", "_ubsw") if ubsw else (2, "int16", "")
         # the producer an interleaved conv too: pack its [C, H, W, N] as it is
         src = ctx.lanes.get(ctx.node.inputs[0].name) if taps is None and fold > 1 else None
+        if src is not None and flat is not None:  # [C, H, W, N] as the row [C, 1, H * W, N]
+            from tvm import relax
+
+            src = ctx.emit(relax.op.reshape(src, (g.c, 1, g.w, g.n)))
         xp = _call(ctx, D.conv_pack(g, xdt, x_zp, hp, wq, ubsw=ubsw, fold=fold, src_lanes=src is not None),
                    "qdirect_pack" + suffix, [x if src is None else src],
                    (g.n // fold, -(-g.c // cg), hp, g.strides[1], wq * cg), xpdt)
