@@ -191,7 +191,13 @@ def _ort(path: str, threads: int):
 def _openvino(qdq_path: str, threads: int):
     """OpenVINO's CPU plugin on qgraph's QDQ export (it runs the Q/DQ groups as true int8
     kernels, u8 x s8 and not exact), as a ``feeds -> outputs`` callable; None when the
-    ``openvino`` package is not installed (``pip install openvino``: an optional column)."""
+    ``openvino`` package is not installed (``pip install openvino``: an optional column).
+
+    Known artifact: at 2 threads on 2 cores, four thread pools in one process (ORT int8, ORT
+    fp32, OpenVINO, TVM) starve the digits CNN at batch 64 (0.1 ms of work): TVM reads 8 ms
+    there with OpenVINO loaded and 0.07-0.11 ms without it or with any two of the others
+    (measured 2026-12-07; ``ENABLE_CPU_PINNING`` off changed nothing). Read sub-millisecond
+    2-thread rows from a run without ``openvino`` installed."""
     try:
         import openvino as ov
     except ImportError:
