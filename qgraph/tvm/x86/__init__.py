@@ -8,7 +8,8 @@ call its hooks (``qgraph.tvm.context.KernelPackage``), each returning the node's
 - ``select``: which kernel covers a node, and the Relax calls to it (the hooks below);
 - ``gemm``: the GEMM and lookup kernels, with what every kernel here shares (the requantization
   epilogue ``Requant``, ``ConvGeometry``, the task loop);
-- ``conv``: the direct (no im2col) and depthwise conv kernels.
+- ``conv``: the direct (no im2col) and depthwise conv kernels;
+- ``winograd``: exact integer Winograd F(2x2, 3x3) for 3x3 stride-1 convs.
 
 ``VNNI`` is the package for a target with ``VPDPBUSD`` (``VnniPackage``).
 

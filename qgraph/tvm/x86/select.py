@@ -19,6 +19,10 @@ packed activation bytes, and 32 products per ``VPMADDUBSW`` + ``VPMADDWD`` again
 ``VPMADDWD``, so half the weight broadcasts per product. It is exact by that proof: the only
 place qgraph uses the saturating instruction.
 
+A 3x3 stride-1 conv of the int16 form with enough channels and tiles runs exact integer
+Winograd F(2x2, 3x3) instead (``winograd``; ``winograd.fits`` proves its int32 sums exact,
+else the direct conv runs). A 1x1 stride-1 unpadded conv runs on its pixels as one row.
+
 Two layout choices of the direct conv, both decided from the geometry alone: a conv on few
 input channels (a stem) packs its row taps as channels (``conv.fold_taps``, one
 ``qtap_pack`` kernel before the pack), and a batch whose output rows are narrower than a
