@@ -2,8 +2,8 @@
 
     python bench/profile_tvm.py MODEL [--reduce-range] [--top 30]
 
-MODEL is one of ``bench_tvm.py``'s (digits1, digits64, rec, cls, resnet50), quantized and
-built the same way. One run records every kernel the VM calls with its arguments (VM
+MODEL is one of ``bench_tvm.py``'s (digits1, digits64, rec, cls, resnet50, det, crnn, yolox),
+quantized and built the same way. One run records every kernel the VM calls with its arguments (VM
 instrumentation); each distinct kernel is then called alone on copies of those arguments,
 the best of 7 means of 20 calls (1 thread unless TVM_NUM_THREADS says otherwise). Printed:
 microseconds per call, calls per model run, the output shape, and the sum against a plain
@@ -11,7 +11,8 @@ run of the whole model (the rest is the VM's own work: allocation, argument chec
 Kernel times are the floor of a noisy machine; compare them within one run. Conv and matmul
 kernels also show GMAC/s (their MACs per call, ``Compiled.kernel_macs``) and the fraction of
 this core's peak for their form (``bench_mac_peak.py``: int16 pairs, or u8 x s8 for ``_ubsw``),
-measured in the same run.
+measured in the same run; a last table sums them per kernel family (``family_summary``:
+Winograd kernels count the direct conv's MACs, so they can read over 100%).
 """
 
 from __future__ import annotations
@@ -106,6 +107,32 @@ def kernel_rate(sym: str, seconds: float, macs: dict, peaks: dict) -> tuple[str,
     return f"{rate:.1f}", (f"{100 * rate / peak:.0f}%" if peak else "")
 
 
+#: Kernel families of ``family_summary``: name prefix (digits stripped) -> family.
+FAMILIES = {"qdirect_conv": "direct conv, int16", "qdirect_conv_ubsw": "direct conv, u8 x s8",
+            "qdirect_conv_vnni": "direct conv, VNNI", "qwino_conv": "Winograd conv (direct MACs)",
+            "qdw_pconv": "depthwise conv", "qmatmul_gemm": "matmul"}
+
+
+def family_summary(rows, macs: dict, peaks: dict) -> list[tuple[str, float, float, float | None]]:
+    """Per kernel family with declared MACs: (family, us per run, GMAC/s over the family's
+    time, % of the peak of its form or None), by time. ``rows``: ``profile``'s
+    ``(seconds per call, calls, symbol, shape)``."""
+    time_s: Counter = Counter()
+    work: Counter = Counter()
+    for t, n, sym, _ in rows:
+        fam = FAMILIES.get(sym.rstrip("0123456789"))
+        if fam is None or sym not in macs:
+            continue
+        time_s[fam] += t * n
+        work[fam] += macs[sym] * n
+    out = []
+    for fam, t in time_s.most_common():
+        rate = work[fam] / t / 1e9 if t > 0 else 0.0
+        peak = peaks.get("u8 x s8" if "u8 x s8" in fam or "VNNI" in fam else "int16 pairs")
+        out.append((fam, t * 1e6, rate, 100 * rate / peak if peak else None))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model")
@@ -125,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{t * 1e6:10.1f} {n:5d} {t * n * 1e6:10.1f} {rate:>7} {share:>6}  {sym} -> {list(shape)}")
     print(f"kernels: {total * 1e6:.1f} us per run ({sum(n for _, n, _, _ in rows)} calls); "
           f"whole run (best of {7 * 3}): {whole * 1e6:.1f} us")
+    print(f"{'us/run':>10} {'GMAC/s':>7} {'% peak':>6}  kernel family")
+    for fam, us, rate, share in family_summary(rows, compiled.kernel_macs, peaks):
+        print(f"{us:10.1f} {rate:7.1f} {'' if share is None else f'{share:.0f}%':>6}  {fam}")
     return 0
 
 

@@ -38,6 +38,23 @@ def test_profile_times_each_kernel_of_a_run():
     assert (rate, share) == ("4.6", "100%")
 
 
+def test_family_summary_sums_time_and_macs_per_kernel_family():
+    """profile_tvm.family_summary: per family, the MACs over the family's time, against the
+    peak of its form (u8 x s8 for the _ubsw kernels), the families by time."""
+    import profile_tvm
+
+    rows = [(1e-3, 2, "qdirect_conv3", ()), (2e-3, 1, "qdirect_conv", ()), (1e-3, 1, "qdirect_conv_ubsw2", ()),
+            (5e-4, 4, "qwino_conv1", ()), (1e-3, 9, "fused_add", ())]
+    macs = {"qdirect_conv3": 4e7, "qdirect_conv": 6e7, "qdirect_conv_ubsw2": 5e7, "qwino_conv1": 1e8}
+    got = profile_tvm.family_summary(rows, macs, {"int16 pairs": 50.0, "u8 x s8": 100.0})
+    assert [g[0] for g in got] == ["direct conv, int16", "Winograd conv (direct MACs)", "direct conv, u8 x s8"]
+    fam, us, rate, share = got[0]
+    assert (round(us), round(rate, 6), round(share, 6)) == (4000, 35.0, 70.0)  # (8e7 + 6e7) MACs in 4 ms
+    assert round(got[1][2], 6) == 200.0 and round(got[1][3], 6) == 400.0  # 4e8 in 2 ms: over the int16 peak
+    assert round(got[2][3], 6) == 50.0  # 50 GMAC/s against the u8 x s8 peak
+    assert profile_tvm.family_summary(rows, macs, {})[0][3] is None
+
+
 def test_mac_peak_measures_both_forms():
     import bench_mac_peak
 
