@@ -1,6 +1,6 @@
 """Latency of qgraph's int8 TVM build next to ONNX Runtime int8 (QDQ) and fp32, same model, same input.
 
-    python bench/bench_tvm.py [--models digits1,digits64,rec,cls,resnet50] [--threads 1,2] [--quick]
+    python bench/bench_tvm.py [--models digits1,digits64,rec,cls,resnet50,det,crnn,yolox] [--threads 1,2] [--quick]
 
 For each model: quantize it (``qgraph.api.quantize``, default config, minmax), build the L3
 model with ``qgraph.tvm`` for this CPU (time: lowering, ``tvm.compile``, first VM creation,
@@ -30,6 +30,9 @@ times do not. Models:
 
 With ``openvino`` installed (``pip install openvino``), OpenVINO's CPU plugin runs qgraph's QDQ
 export as a fourth runner (true u8 x s8 int8 kernels, not exact: a peer for speed only).
+
+The last column is each int8 runtime's output fidelity, SQNR in dB of its first output against
+ORT fp32's on the bench input (``fidelity``): the same QDQ model, three ways of running it.
 """
 
 from __future__ import annotations
@@ -257,10 +260,25 @@ def measure(name: str, workdir: str, threads: int, runs: int, warmup: int, settl
             times[k].append(time.perf_counter() - t0)
     med = {k: float(np.median(v)) for k, v in times.items()}
     extra = {"tvm_over_openvino_int8": med["qgraph_tvm"] / med["openvino_int8"]} if openvino is not None else {}
+    extra.update(fidelity(compiled, int8, fp32, openvino, feeds))
     return {"model": name, "threads": threads, "runs": runs, **{f"{k}_ms": v * 1e3 for k, v in med.items()},
             **extra, "tvm_over_ort_int8": med["qgraph_tvm"] / med["ort_int8"],
             "tvm_over_ort_fp32": med["qgraph_tvm"] / med["ort_fp32"],
             "ort_int8_over_fp32": med["ort_int8"] / med["ort_fp32"]}
+
+
+def fidelity(compiled, int8, fp32, openvino, feeds) -> dict:
+    """SQNR (dB) of each int8 runtime's first output against ONNX Runtime fp32's on the bench
+    input: ``sqnr_<runner>_db`` for qgraph TVM (the exact integer program), ORT int8 and
+    OpenVINO int8 (where loaded). One input: an indicator of fidelity, not an accuracy figure."""
+    from qgraph.verify.metrics import sqnr_db
+
+    name = fp32.get_outputs()[0].name
+    ref = np.asarray(fp32.run(None, feeds)[0], np.float64)
+    got = {"tvm": compiled.run(feeds)[name], "ort_int8": int8.run(None, feeds)[0]}
+    if openvino is not None:
+        got["openvino_int8"] = openvino(feeds)[0]
+    return {f"sqnr_{k}_db": float(sqnr_db(ref, np.asarray(v, np.float64).reshape(ref.shape))) for k, v in got.items()}
 
 
 # -- driver -------------------------------------------------------------------------------------
@@ -273,17 +291,23 @@ def _worker(args: list[str], env: dict | None = None, timeout: float | None = No
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+def _db(v) -> str:
+    return "n/a" if v is None else f"{v:.1f}"
+
+
 def _table(prep: list[dict], rows: list[dict]) -> str:
     out = ["| model | input | threads | qgraph TVM int8 ms | ORT int8 ms | ORT fp32 ms | OpenVINO int8 ms | "
-           "TVM / ORT int8 | TVM / ORT fp32 | TVM / OpenVINO int8 | ORT int8 / fp32 |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "TVM / ORT int8 | TVM / ORT fp32 | TVM / OpenVINO int8 | ORT int8 / fp32 | "
+           "SQNR vs fp32, dB: TVM / ORT int8 / OpenVINO |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     shapes = {p["model"]: "x".join(str(d) for d in p["shape"]) for p in prep}
     for r in rows:
         ov_ms = f"{r['openvino_int8_ms']:.3f}" if "openvino_int8_ms" in r else "n/a"
         ov_ratio = f"{r['tvm_over_openvino_int8']:.2f}" if "tvm_over_openvino_int8" in r else "n/a"
         out.append(f"| {r['model']} | {shapes.get(r['model'], '')} | {r['threads']} | {r['qgraph_tvm_ms']:.3f} | "
                    f"{r['ort_int8_ms']:.3f} | {r['ort_fp32_ms']:.3f} | {ov_ms} | {r['tvm_over_ort_int8']:.2f} | "
-                   f"{r['tvm_over_ort_fp32']:.2f} | {ov_ratio} | {r['ort_int8_over_fp32']:.2f} |")
+                   f"{r['tvm_over_ort_fp32']:.2f} | {ov_ratio} | {r['ort_int8_over_fp32']:.2f} | "
+                   f"{' / '.join(_db(r.get(f'sqnr_{k}_db')) for k in ('tvm', 'ort_int8', 'openvino_int8'))} |")
     out += ["", "| model | quantize s | lowering s | tvm.compile s | first VM s | compile (tvm.compile + first VM) s "
                 "| TVM vs reference |", "|---|---|---|---|---|---|---|"]
     for p in prep:
