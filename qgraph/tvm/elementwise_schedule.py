@@ -81,8 +81,9 @@ def is_scheduled(func) -> bool:
 
 def inlined_blocks(func):
     """``(schedule, block infos)`` of ``func`` normalized and with what inlines inlined (dlight's
-    ``normalize_prim_func`` then ``try_inline``: the start of every rule here and of the
-    Hexagon package's), or None where it does not normalize."""
+    ``normalize_prim_func`` then ``try_inline``: the start of every rule here, directly or
+    through ``unscheduled_blocks``, and of the Hexagon package's), or None where it does not
+    normalize."""
     from tvm import s_tir
     from tvm.s_tir.dlight.analysis import normalize_prim_func
     from tvm.s_tir.dlight.base import try_inline
@@ -90,6 +91,16 @@ def inlined_blocks(func):
     sch = s_tir.Schedule(func)
     infos = normalize_prim_func(sch)
     return None if infos is None else (sch, try_inline(sch, infos))
+
+
+def unscheduled_blocks(func):
+    """``inlined_blocks(func)`` for a PrimFunc that no kernel package scheduled, else None:
+    the common start of the integer-sum and float-matmul rules."""
+    from tvm import tirx
+
+    if not isinstance(func, tirx.PrimFunc) or is_scheduled(func):
+        return None
+    return inlined_blocks(func)
 
 
 def elementwise_rule(lanes: int = LANES, parallel_min: int | None = PARALLEL_MIN):
@@ -106,10 +117,9 @@ def elementwise_rule(lanes: int = LANES, parallel_min: int | None = PARALLEL_MIN
     from tvm.s_tir.dlight import ScheduleRule
 
     def apply(func, target, _tunable):
-        if not isinstance(func, tirx.PrimFunc) or is_scheduled(func):
+        # float ops beyond IEEE's correctly rounded ones keep TVM's lowering
+        if not isinstance(func, tirx.PrimFunc) or is_scheduled(func) or inexact_float(func):
             return None
-        if inexact_float(func):
-            return None  # float ops beyond IEEE's correctly rounded ones keep TVM's lowering
         found = inlined_blocks(func)
         if found is None:
             return None
@@ -156,9 +166,7 @@ def integer_sum_rule():
     from tvm.s_tir.dlight import ScheduleRule
 
     def apply(func, target, _tunable):
-        if not isinstance(func, tirx.PrimFunc) or is_scheduled(func):
-            return None
-        found = inlined_blocks(func)
+        found = unscheduled_blocks(func)
         if found is None:
             return None
         sch, infos = found

@@ -55,15 +55,12 @@ def _is_product_sum(block) -> bool:
 
 def matmul_rule():
     """The dlight rule (a ``ScheduleRule``) described in the module doc."""
-    from tvm import tirx
     from tvm.s_tir.dlight import ScheduleRule
 
-    from qgraph.tvm.elementwise_schedule import inlined_blocks, is_scheduled, loop_extents
+    from qgraph.tvm.elementwise_schedule import loop_extents, unscheduled_blocks
 
     def apply(func, target, _tunable):
-        if not isinstance(func, tirx.PrimFunc) or is_scheduled(func):
-            return None
-        found = inlined_blocks(func)
+        found = unscheduled_blocks(func)
         if found is None:
             return None
         sch, infos = found
