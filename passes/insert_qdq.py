@@ -228,6 +228,9 @@ class _Inserter:
         """Nodes of marked activation units -> the unit quantizing them (None: the group stays float)."""
         out: dict[Node, _Unit | None] = {}
         for node in self.g:
+            form = node.metadata_props.get(fusion.ACTIVATION_GROUP_KEY)
+            if self.rules is not None and form in self.rules.split_groups:
+                fusion.unmark(node)  # the target runs this group's ops one by one, each quantized
             unit = fusion.marked_unit(node) if fusion.is_marked(node) else None
             if unit is None:
                 continue

@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from qgraph.ir import l3, op_groups, ops
+from qgraph.ir import fusion, l3, op_groups, ops
 from qgraph.ir.core import Graph, Model, Node, Value
 from qgraph.ir.l3_geometry import phase_weights, transposed_phases
 from qgraph.onnx.evaluate import evaluate
@@ -25,6 +25,7 @@ from qgraph.quant.fixedpoint import fixed_point_multiplier, runtime_count_multip
 from qgraph.quant.overflow import accumulator_bounds
 from qgraph.quant.params import INT32, dequantize, quantize, quantize_bias
 from qgraph.rewrite import Match, NodePattern, RewriteRule, RuleSet
+from qgraph.rewrite.pattern import MatchFailed
 
 from qgraph.passes.lower_qdq_common import (LoweringError, QIn, QOut, bind_outputs, const_array,
                                             int_value, quantized_input, quantized_output, requant_attrs,
@@ -583,15 +584,60 @@ def plan_lookup(node: Node, model: Model) -> Build:
                 fail(f"operand '{v.name}' is not a one-element constant")
             feeds.append(c)
     out = _require_out(node)
+    return _lookup(node, x, out, lambda: evaluate(node, feeds, model.opset_imports)[0], model)
+
+
+def plan_activation_group(node: Node, model: Model) -> Build:
+    """DQ(x) -> a marked activation group -> Q  =>  Lookup(x): the group (``x * Sigmoid(x)``, a
+    decomposed hard-swish: ``qgraph.ir.fusion``) evaluated node by node on every value of an
+    8-bit ``x``, then quantized once (no rounding inside the group: insert-qdq put no pair there).
+    """
+    form = node.metadata_props.get(fusion.ACTIVATION_GROUP_KEY)
+    if form is None:
+        fail("not the root of a marked activation group")
+    try:  # the group's own shape; a producer-fusion mark went stale when insert-qdq quantized x
+        unit = fusion.find_activation(node, form)
+    except fusion.FusionRefused as e:
+        fail(f"the marked {form} group no longer holds: {e.reason}")
+    x = quantized_input(unit.input)
+    if x is None or not x.per_tensor:
+        fail(f"the group's input '{unit.input.name}' is not a per-tensor DequantizeLinear output")
+    if x.params.dtype.bits > LOOKUP_MAX_BITS:
+        fail(f"input '{unit.input.name}' is {x.params.dtype.name}; Lookup tables take <= {LOOKUP_MAX_BITS}-bit inputs")
+    t = x.params.dtype
+    qs = np.arange(t.qmin, t.qmax + 1, dtype=np.int64)
+    out = _require_out(node)
+
+    def run() -> np.ndarray:
+        vals = {id(unit.input): dequantize(qs.astype(t.storage), x.params)}
+        for n in unit.nodes:
+            feeds = []
+            for v in n.inputs:
+                c = None if v is None or id(v) in vals else const_array(v)
+                if v is not None and id(v) not in vals and c is None:
+                    fail(f"operand '{v.name}' of {n.describe()} is neither inside the group nor a constant")
+                feeds.append(None if v is None else vals[id(v)] if id(v) in vals else c)
+            vals[id(n.outputs[0])] = np.asarray(evaluate(n, feeds, model.opset_imports)[0], np.float32)
+        return vals[id(node.outputs[0])]
+
+    return _lookup(node, x, out, run, model)
+
+
+def _lookup(node: Node, x: QIn, out: QOut, compute: Callable[[], np.ndarray], model: Model) -> Build:
+    """The Lookup of ``x`` whose table is ``compute()`` (the float op on every dequantized value
+    of ``x``), through ``out``'s fused Relu / Clip, quantized to ``out``."""
+    t = x.params.dtype
     try:
-        y = evaluate(node, feeds, model.opset_imports)[0]
+        y = compute()
         if out.act is not None:
             rest = [const_array(v) for v in out.act.inputs[1:]]
             y = evaluate(out.act, [np.asarray(y, np.float32)] + rest, model.opset_imports)[0]
+    except MatchFailed:
+        raise
     except Exception as e:  # the reference evaluator raises many kinds
         fail(f"cannot tabulate: {e}")
     y = np.asarray(y, np.float32)
-    if y.shape != qs.shape or np.isnan(y).any():
+    if y.shape != (t.qmax - t.qmin + 1,) or np.isnan(y).any():
         fail("the op is not elementwise on this input or gives NaN")
     table = np.clip(quantize(y, out.params).astype(np.int64), out.qmin, out.qmax)
     attrs = {"table": [int(v) for v in table], "x_qmin": int(t.qmin)}
@@ -647,8 +693,10 @@ _PLANS = {
     **{op: plan_lookup for op in UNARY},
 }
 
-#: The rules, best first per op: an Add / Mul with a one-element constant tabulates (Lookup).
-RULES = RuleSet([LoweringRule(op, plan_lookup) for op in SCALAR_BINARY]
+#: The rules, best first per op: a marked activation group's root (Mul, Div) and an Add / Mul
+#: with a one-element constant tabulate (Lookup).
+RULES = RuleSet([LoweringRule(op, plan_activation_group) for op in sorted(set(fusion.GROUP_ROOTS.values()), key=str)]
+                + [LoweringRule(op, plan_lookup) for op in SCALAR_BINARY]
                 + [LoweringRule(op, plan) for op, plan in _PLANS.items()])
 
 

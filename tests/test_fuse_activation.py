@@ -341,6 +341,8 @@ HARD_SWISH_FORMS = {
     "hardsigmoid_mul": ("%h = HardSigmoid(%c) {alpha=0.16666667, beta=0.5} @hs\n  %y = Mul(%c, %h) @act",
                         fusion.HARD_SIGMOID_SWISH),
     "hardsigmoid_mul_commuted": ("%h = HardSigmoid(%c) @hs\n  %y = Mul(%h, %c) @act", fusion.HARD_SIGMOID_SWISH),
+    "silu": ("%h = Sigmoid(%c) @hs\n  %y = Mul(%c, %h) @act", fusion.SIGMOID_SWISH),
+    "silu_commuted": ("%h = Sigmoid(%c) @hs\n  %y = Mul(%h, %c) @act", fusion.SIGMOID_SWISH),
 }
 
 
@@ -355,7 +357,8 @@ def test_decomposed_hard_swish_marked_as_group_fused_with_conv(name):
     prod, act = node(m, "prod"), node(m, "act")
     assert marks(m) == {"act": {fusion.ACTIVATION_GROUP_KEY: form, fusion.FUSED_PRODUCER_KEY: "Conv"}}
     assert fusion.fused_producer(act) is prod and fusion.fused_activation(prod) is act
-    unit = fusion.activation_group(node(m, "hs" if form == fusion.HARD_SIGMOID_SWISH else "clip"))
+    gate = "hs" if form in (fusion.HARD_SIGMOID_SWISH, fusion.SIGMOID_SWISH) else "clip"
+    unit = fusion.activation_group(node(m, gate))
     assert unit is not None and unit.root is act and unit.form == form and unit.input is prod.output
     # no Q/DQ on the conv output nor inside the group; the group's output is quantized
     assert all(fusion.is_fused_edge(v) for v in [prod.output] + unit.internal_values())
@@ -403,6 +406,8 @@ def test_hard_swish_after_unfusable_producer_is_marked_as_group_only():
     ("%a = Add(%c, %three)\n  %k = Clip(%a, %zero, %six)\n  %t = Mul(%c, %k)\n  %y = Div(%t, %six) @act\n"
      "  %z = Neg(%k)", "also read by unnamed Neg node"),
     ("%h = HardSigmoid(%x2)\n  %y = Mul(%c, %h) @act", "does not multiply a value by HardSigmoid of the same value"),
+    ("%h = Sigmoid(%x2)\n  %y = Mul(%c, %h) @act", "does not multiply a value by Sigmoid of the same value"),
+    ("%h = Sigmoid(%c)\n  %y = Mul(%c, %h) @act\n  %z = Neg(%h)", "also read by unnamed Neg node"),
 ])
 def test_hard_swish_near_misses_are_not_groups(lines, reason):
     m = model(f"""graph g(%x: f32[1,3,6,6], %x2: f32[1,4,6,6]) -> (%y{', %z' if '%z =' in lines else ''}) {{

@@ -12,6 +12,7 @@ import qgraph
 from qgraph.calib.calibrate import calibrate
 from qgraph.calib.ranges import Interval, RangeMap
 from qgraph.errors import PassError
+from qgraph.ir import fusion
 from qgraph.ir.text import parse_model
 from qgraph.passes.insert_qdq import InsertQDQ
 from qgraph.pm import PassContext, PassManager
@@ -259,6 +260,28 @@ def test_a_hard_swish_group_fused_with_a_conv_is_an_op_of_its_own():
     assert "QuantizeLinear(%c, %c_scale" in sk
     assert "Add(%c_dequantized, %three)" in sk and "Mul(%c_dequantized, %k)" in sk
     assert sk.count("QuantizeLinear(") == 3  # x, c and y: nothing inside the group
+
+
+SILU = '''graph g(%x: f32[1,3,8,8]) -> (%y) {
+  init %w: f32[4,3,3,3] = <data 0>
+  %c: f32[1,4,8,8] = Conv(%x, %w) {pads=[1, 1, 1, 1]} @conv
+  %s: f32[1,4,8,8] = Sigmoid(%c) @sig
+  %y: f32[1,4,8,8] = Mul(%c, %s) @mul meta {"qgraph.activation_group": "x*Sigmoid(x)", "qgraph.fused_producer": "Conv"}
+}'''
+
+
+def test_a_silu_group_is_one_unit_but_a_target_that_cannot_run_it_splits_it():
+    m = with_ranges(model(SILU), x=(-1, 1), c=(-5, 4), s=(0, 1), y=(-0.3, 4))
+    insert(m)
+    sk = skeleton(m).replace(": f32[1,4,8,8]", "")
+    assert "Sigmoid(%c_dequantized)" in sk and "Mul(%c_dequantized, %s)" in sk
+    assert sk.count("QuantizeLinear(") == 3  # x, c and y: nothing inside the group
+    # the HTP runs no float op inside a quantized graph: Sigmoid and Mul each quantized
+    qnn = with_ranges(model(SILU), x=(-1, 1), c=(-5, 4), s=(0, 1), y=(-0.3, 4))
+    insert(qnn, QuantConfig(target="qnn"))
+    sk = skeleton(qnn).replace(": f32[1,4,8,8]", "")
+    assert "QuantizeLinear(%s, %s_scale" in sk and "Mul(%c_dequantized, %s_dequantized)" in sk
+    assert not any(fusion.is_marked(n) for n in qnn.graph)
 
 
 def test_a_hard_sigmoid_inside_a_hard_swish_group_is_not_an_op_of_its_own():

@@ -579,3 +579,34 @@ def test_nearest_resize_moves_integers_and_linear_stays_float(mode):
         assert "computes new values" in fallback_reasons(model)["up"]
         return  # (ORT's float linear Resize and the onnx reference's round differently: not compared)
     check_against_ort(proto, model, samples([1, 2, 5, 5], n=3))
+
+
+# -- SiLU ------------------------------------------------------------------------------------------
+def silu_model():
+    nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Sigmoid", ["c"], ["s"], name="sig"),
+             helper.make_node("Mul", ["c", "s"], ["y"], name="mul")]
+    return make_model(nodes, [("x", [1, 3, 6, 6])], ["y"], {"W": w(4, 3, 3, 3), "B": w(4)})
+
+
+def test_silu_is_one_lookup_of_x_times_sigmoid_x_rounded_once():
+    """Conv -> x * Sigmoid(x) (YOLO's and the CRNN's activation): one table on the conv's 8-bit
+    output, y = Q(x * sigmoid(x)) for each dequantized x, instead of a Sigmoid table and a QMul
+    that round twice; the reference equals ORT's simulation of the QDQ export within 1 LSB."""
+    from qgraph.api import quantize
+
+    calib = samples([1, 3, 6, 6], n=4)
+    q = quantize(silu_model(), calib, report=False, show_progress=False)
+    kinds = ops_of(q.integer)
+    assert kinds.count(l3.Lookup) == 1 and l3.QMul not in kinds, kinds
+    proto = qgraph.to_proto(q.qdq)
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    qs = {n.input[0]: n for n in proto.graph.node if n.op_type == "QuantizeLinear"}
+    (xs_, xz), (ys, yz) = ((float(inits[qs[v].input[1]]), int(inits[qs[v].input[2]])) for v in ("c", "y_float"))
+    xs = ((np.arange(0, 256) - xz) * xs_).astype(np.float32)
+    want = np.clip(np.round(xs / (1 + np.exp(-xs)) / ys) + yz, 0, 255)
+    assert np.abs(np.asarray(node_of(q.integer, l3.Lookup).attr("table")) - want).max() <= 1
+    check_against_ort(proto, q.integer, samples([1, 3, 6, 6], n=3))
+    # --target qnn splits it: a Sigmoid table and a QMul (the HTP runs no float op in a QDQ graph)
+    qnn = quantize(silu_model(), calib, {"target": "qnn"}, report=False, show_progress=False)
+    assert l3.QMul in ops_of(qnn.integer) and ops_of(qnn.integer).count(l3.Lookup) == 1

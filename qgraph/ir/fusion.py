@@ -13,17 +13,18 @@ Two marks, both on the root:
         the producer and the activation are one op for quantization: no Q/DQ pair
         may sit on the producer's output. The value is the producer's op.
     qgraph.activation_group = "x*Clip(x+3,0,6)/6"
-        the root's node group is one activation (a decomposed hard-swish): no Q/DQ
+        the root's node group is one activation (a decomposed hard-swish or SiLU): no Q/DQ
         pair may sit on a value inside the group. The value is the group's form.
 
 An activation unit is one op (Relu, Clip, LeakyRelu, HardSwish, HardSigmoid, Sigmoid,
-Tanh; its root is the op itself) or a decomposed hard-swish, as PP-OCR exports it:
+Tanh; its root is the op itself) or a decomposed hard-swish, as PP-OCR exports it, or SiLU:
 
     x * HardSigmoid(x)            nodes (HardSigmoid, Mul), root Mul   (either operand order)
     x * Clip(x + 3, 0, 6) / 6     nodes (Add, Clip, Mul, Div), root Div (Add, Mul in either order)
     x * Clip(x + 3, 0, 6)         nodes (Add, Clip, Mul), root Mul: 6 * hard-swish, what is left
                                   when a pass folds the "/ 6" into the next op's weights (only
                                   where the Mul is not the inside of a whole "/ 6" group)
+    x * Sigmoid(x)                nodes (Sigmoid, Mul), root Mul: SiLU / swish (either order)
 
 A mark is a claim, not a fact. Every query re-validates it through use-def (the group's
 shape, the producer's op, who reads the values inside the unit), so a mark that a later
@@ -61,9 +62,14 @@ SINGLE_ACTIVATIONS = op_groups.SINGLE_ACTIVATIONS
 HARD_SIGMOID_SWISH = "x*HardSigmoid(x)"
 CLIP_HARD_SWISH = "x*Clip(x+3,0,6)/6"
 SCALED_CLIP_HARD_SWISH = "x*Clip(x+3,0,6)"
-GROUP_FORMS = (HARD_SIGMOID_SWISH, CLIP_HARD_SWISH, SCALED_CLIP_HARD_SWISH)
+#: SiLU / swish (YOLOv5-v8, YOLOX, EfficientNet ...): ONNX has no op for it before Swish-24, so
+#: exporters write it as two; as a group it is one activation (one table on an 8-bit input)
+#: instead of a Sigmoid table and an integer Mul, each rounding to 8 bits
+SIGMOID_SWISH = "x*Sigmoid(x)"
+GROUP_FORMS = (HARD_SIGMOID_SWISH, CLIP_HARD_SWISH, SCALED_CLIP_HARD_SWISH, SIGMOID_SWISH)
 #: the op of each group form's root
-GROUP_ROOTS = {HARD_SIGMOID_SWISH: ops.Mul, CLIP_HARD_SWISH: ops.Div, SCALED_CLIP_HARD_SWISH: ops.Mul}
+GROUP_ROOTS = {HARD_SIGMOID_SWISH: ops.Mul, CLIP_HARD_SWISH: ops.Div, SCALED_CLIP_HARD_SWISH: ops.Mul,
+               SIGMOID_SWISH: ops.Mul}
 
 #: producers that take a fused activation only when no operand is a constant
 _ELEMENTWISE_PRODUCERS = frozenset({ops.Add, ops.Mul})
@@ -81,7 +87,7 @@ class FusionRefused(QGraphError):
 
 @dataclass(frozen=True)
 class Activation:
-    """An activation unit: one op, or the node group of a decomposed hard-swish.
+    """An activation unit: one op, or the node group of a decomposed hard-swish or SiLU.
 
     Attributes:
         form: the op type for a one-op unit (``"Relu"``), else one of ``GROUP_FORMS``.
@@ -128,7 +134,7 @@ def find_activation(root: Node, form: str | None = None) -> Activation:
             except FusionRefused as e:
                 reasons.append(e)
         raise reasons[0] if len(reasons) == 1 else FusionRefused(
-            f"{root.describe()} is not a decomposed hard-swish: " + "; ".join(e.reason for e in reasons), root)
+            f"{root.describe()} is not a decomposed activation group: " + "; ".join(e.reason for e in reasons), root)
     if root.op not in SINGLE_ACTIVATIONS or (form is not None and form != str(root.op)):
         raise FusionRefused(f"{root.describe()} is not a {form or 'fusable activation'}", root)
     x = root.inputs[0] if root.inputs else None
@@ -150,6 +156,8 @@ def _find_group(root: Node, form: str) -> Activation:
         act = _find_clip_hard_swish(root)
     elif form == SCALED_CLIP_HARD_SWISH:
         act = _find_scaled_clip_hard_swish(root)
+    elif form == SIGMOID_SWISH:
+        act = _find_sigmoid_swish(root)
     else:
         raise FusionRefused(f"unknown activation group form {form!r} on {root.describe()}", root)
     members = set(act.nodes)
@@ -175,6 +183,17 @@ def _find_hard_sigmoid_swish(mul: Node) -> Activation:
         if hs is not None and hs.inputs[0] is x and x is not None:
             return Activation(HARD_SIGMOID_SWISH, (hs, mul), x)
     raise FusionRefused(f"{mul.describe()} does not multiply a value by HardSigmoid of the same value", mul)
+
+
+def _find_sigmoid_swish(mul: Node) -> Activation:
+    """Mul(x, Sigmoid(x)) or Mul(Sigmoid(x), x)."""
+    if mul.op is not ops.Mul or len(mul.inputs) != 2:
+        raise FusionRefused(f"{mul.describe()} is not a Mul of two values ({SIGMOID_SWISH})", mul)
+    for gate, x in (mul.inputs, reversed(mul.inputs)):
+        sig = _producer(gate, ops.Sigmoid)
+        if sig is not None and sig.inputs[0] is x and x is not None:
+            return Activation(SIGMOID_SWISH, (sig, mul), x)
+    raise FusionRefused(f"{mul.describe()} does not multiply a value by Sigmoid of the same value", mul)
 
 
 def _find_clip_hard_swish(div: Node) -> Activation:
@@ -307,7 +326,8 @@ def mark_fused_activation(act: Node) -> Node:
 
 
 def mark_activation_group(root: Node, form: str | None = None) -> Activation:
-    """Mark the decomposed hard-swish rooted at ``root`` as one activation; returns it."""
+    """Mark the decomposed activation (hard-swish, SiLU) rooted at ``root`` as one activation;
+    returns it."""
     unit = find_activation(root, form)
     if not unit.is_group:
         raise FusionRefused(f"{root.describe()} is a one-op activation, not a group", root)

@@ -22,7 +22,8 @@ x86-compiled HTP ops) against qgraph's numpy integer reference:
   the decomposed hard-swish of PP-OCRv4 cls, LayerNorm of rec, a decomposed GELU), and a
   QDQ Erf splits the graph: the model is written at opset 20, where the fused hard-swish,
   LayerNorm and GELU are the standard HardSwish, LayerNormalization and Gelu, which the HTP
-  runs quantized (a GELU then has no Erf).
+  runs quantized (a GELU then has no Erf). SiLU has no standard op before opset 24, so its
+  ``x * Sigmoid(x)`` group is quantized op by op (a Sigmoid table, then an integer Mul).
 
 ``qgraph.targets.rules.QuantRules`` is the form every target's rules take (``Target.quant``).
 """
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from qgraph.ir.fusion import SIGMOID_SWISH
 from qgraph.targets.rules import QuantRules
 
 if TYPE_CHECKING:
@@ -50,6 +52,7 @@ HTP_RULES = QuantRules(
     narrow_act_pairs={"MatMul": "uint8"},
     min_opset=20,
     same_act_types=True,
+    split_groups=frozenset({SIGMOID_SWISH}),
 )
 
 

@@ -28,6 +28,9 @@ class QuantRules:
             hard-swish is the standard HardSwish, not ``x * HardSigmoid(x)``).
         same_act_types: an op's activation inputs must have its output's type (a mixed-precision
             boundary gets a conversion, ``DQ -> Q -> DQ``).
+        split_groups: activation group forms (``qgraph.ir.fusion.GROUP_FORMS``) it cannot run
+            as one quantized unit (float ops between DQ and Q): insert-qdq quantizes their ops
+            one by one instead.
     """
 
     activation_dtypes: frozenset[str]
@@ -39,6 +42,7 @@ class QuantRules:
     float_ops: frozenset[str] = frozenset()
     min_opset: int = 0
     same_act_types: bool = False
+    split_groups: frozenset[str] = frozenset()
 
     def runs(self, weight: str | None, activation: str | None) -> bool:
         """Whether a format of these weight / activation types (None: float) runs here."""
