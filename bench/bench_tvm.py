@@ -10,6 +10,15 @@ sessions with ``intra_op_num_threads``) loads the three runners side by side:
 
 - qgraph int8: the exported TVM library (``qgraph.tvm.load``), ``Compiled.run``;
 - ORT int8: ``model.qdq.onnx`` (the QDQ export), default CPU EP, ``ORT_ENABLE_ALL``;
+- ORT int8, SiLU split: for a model with SiLU (``x * Sigmoid(x)``), which qgraph quantizes as
+  one activation (float between its DQ and Q, so ORT runs float Sigmoid and Mul there),
+  ``model.qdq_split.onnx``: the same quantization with ``{"split_groups": ["x*Sigmoid(x)"]}``,
+  a quantized Sigmoid and a quantized Mul, which ORT runs as QLinearSigmoid / QLinearMul;
+- ORT int8, its own quantizer: ``model.ort_qdq.onnx``, ``onnxruntime.quantization.quantize_static``
+  (QDQ, its defaults: uint8 activations, int8 per-tensor weights, minmax) on the same
+  calibration samples, same session options.
+
+The ``TVM / ORT int8`` ratio is against the fastest of the ORT int8 models: ORT's int8 at its best;
 - ORT fp32: the float model as given.
 
 Runs are interleaved (one run of each tool per round, the order rotating), after warm-up;
@@ -32,7 +41,8 @@ With ``openvino`` installed (``pip install openvino``), OpenVINO's CPU plugin ru
 export as a fourth runner (true u8 x s8 int8 kernels, not exact: a peer for speed only).
 
 The last column is each int8 runtime's output fidelity, SQNR in dB of its first output against
-ORT fp32's on the bench input (``fidelity``): the same QDQ model, three ways of running it.
+ORT fp32's on the bench input (``fidelity``): qgraph's QDQ model three ways (TVM, ORT,
+OpenVINO), then ORT's own quantization of the model in ORT.
 """
 
 from __future__ import annotations
@@ -135,6 +145,7 @@ def prepare(name: str, workdir: str, reduce_range: bool = False) -> dict:
     ``workdir``; return the compile times."""
     import qgraph.api
     from qgraph import tvm as qtvm
+    from qgraph.ir import fusion
     from qgraph.onnx import save
 
     spec = model_spec(name)
@@ -150,6 +161,13 @@ def prepare(name: str, workdir: str, reduce_range: bool = False) -> dict:
     built = time.perf_counter()
     compiled.warm()
     save(q.qdq, os.path.join(workdir, "model.qdq.onnx"))
+    ort_quantized = ort_quantize(source, spec["calib"], os.path.join(workdir, "model.ort_qdq.onnx"))
+    silu = any(n.metadata_props.get(fusion.ACTIVATION_GROUP_KEY) == fusion.SIGMOID_SWISH for n in q.qdq.graph)
+    if silu:  # ORT's form of SiLU for the ORT column (see the module doc)
+        split = dict(config or {}, split_groups=[fusion.SIGMOID_SWISH])
+        save(qgraph.api.quantize(source, spec["calib"], split, report=False, show_progress=False,
+                                 input_shapes={spec["input"]: spec["shape"]}).qdq,
+             os.path.join(workdir, "model.qdq_split.onnx"))
     compiled.export(os.path.join(workdir, "tvm"))
     np.savez(os.path.join(workdir, "x.npz"), x=spec["x"])
     # the build equals the reference interpreter on the bench input (a bench of wrong code is no bench)
@@ -164,7 +182,35 @@ def prepare(name: str, workdir: str, reduce_range: bool = False) -> dict:
             "reduce_range": reduce_range,
             "quantize_s": quantized - start, "lower_s": built - quantized - compiled.compile_seconds,
             "tvm_compile_s": compiled.compile_seconds, "first_vm_s": compiled.load_seconds,
-            "compile_s": compiled.compile_seconds + compiled.load_seconds, "matches_reference": exact}
+            "compile_s": compiled.compile_seconds + compiled.load_seconds, "matches_reference": exact,
+            "ort_quantize": ort_quantized, "silu_split": silu}
+
+
+def ort_quantize(source, calib, dst: str) -> str:
+    """ONNX Runtime's own static quantization of ``source`` (a path or a ModelProto) into
+    ``dst``: QDQ, ``quantize_static``'s defaults, calibrated on ``calib`` (feed dicts, or an
+    ``.npz`` whose arrays are split into single samples). Returns "ok" or why it failed."""
+    import onnx
+    from onnxruntime import quantization
+
+    if isinstance(calib, str):
+        with np.load(calib) as z:
+            calib = [{k: z[k][i:i + 1] for k in z.files} for i in range(len(z[z.files[0]]))]
+    feeds = iter(calib)
+
+    class Reader(quantization.CalibrationDataReader):
+        def get_next(self):
+            return next(feeds, None)
+
+    with tempfile.TemporaryDirectory() as d:
+        src = source if isinstance(source, str) else os.path.join(d, "float.onnx")
+        if not isinstance(source, str):
+            onnx.save(source, src)
+        try:
+            quantization.quantize_static(src, dst, Reader(), quant_format=quantization.QuantFormat.QDQ)
+        except Exception as e:  # a model ORT's quantizer refuses: the column says so
+            return f"failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+    return "ok"
 
 
 def _agreement(got: np.ndarray, ref: np.ndarray) -> str:
@@ -244,6 +290,12 @@ def measure(name: str, workdir: str, threads: int, runs: int, warmup: int, settl
     tools = {"qgraph_tvm": lambda: compiled.run(feeds),
              "ort_int8": lambda: int8.run(None, feeds),
              "ort_fp32": lambda: fp32.run(None, feeds)}
+    own = _ort(os.path.join(workdir, "model.ort_qdq.onnx"), threads) if info.get("ort_quantize") == "ok" else None
+    if own is not None:
+        tools["ort_int8_own"] = lambda: own.run(None, feeds)
+    split = _ort(os.path.join(workdir, "model.qdq_split.onnx"), threads) if info.get("silu_split") else None
+    if split is not None:
+        tools["ort_int8_split"] = lambda: split.run(None, feeds)
     openvino = _openvino(os.path.join(workdir, "model.qdq.onnx"), threads)
     if openvino is not None:
         tools["openvino_int8"] = lambda: openvino(feeds)
@@ -260,17 +312,19 @@ def measure(name: str, workdir: str, threads: int, runs: int, warmup: int, settl
             times[k].append(time.perf_counter() - t0)
     med = {k: float(np.median(v)) for k, v in times.items()}
     extra = {"tvm_over_openvino_int8": med["qgraph_tvm"] / med["openvino_int8"]} if openvino is not None else {}
-    extra.update(fidelity(compiled, int8, fp32, openvino, feeds))
+    extra.update(fidelity(compiled, int8, fp32, openvino, feeds, own))
+    best = min(med[k] for k in ("ort_int8", "ort_int8_split", "ort_int8_own") if k in med)  # ORT int8 at its fastest
     return {"model": name, "threads": threads, "runs": runs, **{f"{k}_ms": v * 1e3 for k, v in med.items()},
-            **extra, "tvm_over_ort_int8": med["qgraph_tvm"] / med["ort_int8"],
+            **extra, "tvm_over_ort_int8": med["qgraph_tvm"] / best,
             "tvm_over_ort_fp32": med["qgraph_tvm"] / med["ort_fp32"],
-            "ort_int8_over_fp32": med["ort_int8"] / med["ort_fp32"]}
+            "ort_int8_over_fp32": best / med["ort_fp32"]}
 
 
-def fidelity(compiled, int8, fp32, openvino, feeds) -> dict:
+def fidelity(compiled, int8, fp32, openvino, feeds, own=None) -> dict:
     """SQNR (dB) of each int8 runtime's first output against ONNX Runtime fp32's on the bench
     input: ``sqnr_<runner>_db`` for qgraph TVM (the exact integer program), ORT int8 and
-    OpenVINO int8 (where loaded). One input: an indicator of fidelity, not an accuracy figure."""
+    OpenVINO int8 (where loaded) on qgraph's QDQ export, and ORT on its own quantization
+    (``own``, where it quantized). One input: an indicator of fidelity, not an accuracy figure."""
     from qgraph.verify.metrics import sqnr_db
 
     name = fp32.get_outputs()[0].name
@@ -278,6 +332,8 @@ def fidelity(compiled, int8, fp32, openvino, feeds) -> dict:
     got = {"tvm": compiled.run(feeds)[name], "ort_int8": int8.run(None, feeds)[0]}
     if openvino is not None:
         got["openvino_int8"] = openvino(feeds)[0]
+    if own is not None:
+        got["ort_int8_own"] = own.run(None, feeds)[0]
     return {f"sqnr_{k}_db": float(sqnr_db(ref, np.asarray(v, np.float64).reshape(ref.shape))) for k, v in got.items()}
 
 
@@ -296,18 +352,20 @@ def _db(v) -> str:
 
 
 def _table(prep: list[dict], rows: list[dict]) -> str:
-    out = ["| model | input | threads | qgraph TVM int8 ms | ORT int8 ms | ORT fp32 ms | OpenVINO int8 ms | "
-           "TVM / ORT int8 | TVM / ORT fp32 | TVM / OpenVINO int8 | ORT int8 / fp32 | "
-           "SQNR vs fp32, dB: TVM / ORT int8 / OpenVINO |",
+    out = ["| model | input | threads | qgraph TVM int8 ms | ORT int8 ms: qgraph QDQ / SiLU split / ORT's quantizer | "
+           "ORT fp32 ms | OpenVINO int8 ms | TVM / ORT int8 (faster) | TVM / ORT fp32 | TVM / OpenVINO int8 | "
+           "ORT int8 (faster) / fp32 | SQNR vs fp32, dB: TVM / ORT int8 / OpenVINO / ORT's quantizer |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     shapes = {p["model"]: "x".join(str(d) for d in p["shape"]) for p in prep}
     for r in rows:
         ov_ms = f"{r['openvino_int8_ms']:.3f}" if "openvino_int8_ms" in r else "n/a"
+        own_ms = " / ".join(f"{r[k]:.3f}" if k in r else "n/a" for k in ("ort_int8_split_ms", "ort_int8_own_ms"))
         ov_ratio = f"{r['tvm_over_openvino_int8']:.2f}" if "tvm_over_openvino_int8" in r else "n/a"
+        sqnr = " / ".join(_db(r.get(f"sqnr_{k}_db")) for k in ("tvm", "ort_int8", "openvino_int8", "ort_int8_own"))
         out.append(f"| {r['model']} | {shapes.get(r['model'], '')} | {r['threads']} | {r['qgraph_tvm_ms']:.3f} | "
-                   f"{r['ort_int8_ms']:.3f} | {r['ort_fp32_ms']:.3f} | {ov_ms} | {r['tvm_over_ort_int8']:.2f} | "
-                   f"{r['tvm_over_ort_fp32']:.2f} | {ov_ratio} | {r['ort_int8_over_fp32']:.2f} | "
-                   f"{' / '.join(_db(r.get(f'sqnr_{k}_db')) for k in ('tvm', 'ort_int8', 'openvino_int8'))} |")
+                   f"{r['ort_int8_ms']:.3f} / {own_ms} | {r['ort_fp32_ms']:.3f} | {ov_ms} | "
+                   f"{r['tvm_over_ort_int8']:.2f} | {r['tvm_over_ort_fp32']:.2f} | {ov_ratio} | "
+                   f"{r['ort_int8_over_fp32']:.2f} | {sqnr} |")
     out += ["", "| model | quantize s | lowering s | tvm.compile s | first VM s | compile (tvm.compile + first VM) s "
                 "| TVM vs reference |", "|---|---|---|---|---|---|---|"]
     for p in prep:
@@ -366,7 +424,9 @@ def main(argv: list[str] | None = None) -> int:
             r = _worker(["--measure", m, "--workdir", folder, "--threads", str(t), "--runs", str(runs)]
                         + (["--quick"] if args.quick else []), env)
             rows.append(r)
-            print(f"{m}, {t} thread(s): TVM {r['qgraph_tvm_ms']:.2f} ms, ORT int8 {r['ort_int8_ms']:.2f} ms, "
+            print(f"{m}, {t} thread(s): TVM {r['qgraph_tvm_ms']:.2f} ms, ORT int8 {r['ort_int8_ms']:.2f} ms "
+                  f"(SiLU split {r.get('ort_int8_split_ms', float('nan')):.2f} ms, its own quantizer "
+                  f"{r.get('ort_int8_own_ms', float('nan')):.2f} ms), "
                   f"ORT fp32 {r['ort_fp32_ms']:.2f} ms", file=sys.stderr, flush=True)
     print(f"{runs} interleaved rounds per row (medians); {os.cpu_count()} CPUs"
           + ("; 7-bit weights (--reduce-range)" if args.reduce_range else "") + "\n")

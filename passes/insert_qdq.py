@@ -181,6 +181,10 @@ class _Inserter:
         self.opset_needed = 10
         self.counts = {"quantized_nodes": 0, "qdq_pairs": 0, "weights": 0, "biases": 0, "corrected_biases": 0}
         self.rules = target_rules(cfg.target)
+        unknown = sorted(cfg.split_groups - set(fusion.GROUP_FORMS))
+        if unknown:
+            raise InsertQDQError(f"insert-qdq: split_groups names {unknown[0]!r}, not an activation group form; "
+                                 f"the forms are {', '.join(fusion.GROUP_FORMS)}")
         if self.rules is not None:
             self.opset_needed = max(self.opset_needed, self.rules.min_opset)
 
@@ -229,8 +233,9 @@ class _Inserter:
         out: dict[Node, _Unit | None] = {}
         for node in self.g:
             form = node.metadata_props.get(fusion.ACTIVATION_GROUP_KEY)
-            if self.rules is not None and form in self.rules.split_groups:
-                fusion.unmark(node)  # the target runs this group's ops one by one, each quantized
+            if form is not None and (form in self.cfg.split_groups
+                                     or (self.rules is not None and form in self.rules.split_groups)):
+                fusion.unmark(node)  # the config or the target asks for this group's ops one by one
             unit = fusion.marked_unit(node) if fusion.is_marked(node) else None
             if unit is None:
                 continue

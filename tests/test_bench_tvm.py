@@ -30,4 +30,19 @@ def test_fidelity_is_the_sqnr_of_each_int8_runtime_against_fp32():
            "tvm_over_ort_int8": 0.5, "tvm_over_ort_fp32": 0.5, "ort_int8_over_fp32": 1.0, **got}
     del row["sqnr_openvino_int8_db"]
     table = bench_tvm._table([], [row])
-    assert f"| inf / {expect:.1f} / n/a |" in table, table
+    assert f"| inf / {expect:.1f} / n/a / n/a |" in table and "| 2.000 / n/a / n/a |" in table, table
+    own = SimpleNamespace(run=lambda _o, _f: [ref + 100 * noise])
+    assert abs(bench_tvm.fidelity(compiled, int8, fp32, None, {}, own)["sqnr_ort_int8_own_db"] - (expect - 40)) < 1e-3
+
+
+def test_ort_quantize_writes_ort_s_own_qdq_model_or_says_why_not(tmp_path):
+    import onnx
+    import bench_tvm
+
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "golden", "models", "op_conv.onnx")
+    calib = src.replace("models", "data").replace(".onnx", "_calib.npz")
+    dst = str(tmp_path / "q.onnx")
+    assert bench_tvm.ort_quantize(src, calib, dst) == "ok"
+    ops = [n.op_type for n in onnx.load(dst).graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops and "Conv" in ops
+    assert bench_tvm.ort_quantize(str(tmp_path / "missing.onnx"), [], dst).startswith("failed: ")

@@ -282,6 +282,15 @@ def test_a_silu_group_is_one_unit_but_a_target_that_cannot_run_it_splits_it():
     sk = skeleton(qnn).replace(": f32[1,4,8,8]", "")
     assert "QuantizeLinear(%s, %s_scale" in sk and "Mul(%c_dequantized, %s_dequantized)" in sk
     assert not any(fusion.is_marked(n) for n in qnn.graph)
+    # the config asks for the same (ONNX Runtime's quantizer's form), by the group's form name
+    split = with_ranges(model(SILU), x=(-1, 1), c=(-5, 4), s=(0, 1), y=(-0.3, 4))
+    insert(split, QuantConfig.from_json({"split_groups": ["x*Sigmoid(x)"]}))
+    assert "Mul(%c_dequantized, %s_dequantized)" in skeleton(split)
+    assert QuantConfig.from_json(QuantConfig(split_groups={"x*Sigmoid(x)"}).to_json()).split_groups == {"x*Sigmoid(x)"}
+    with pytest.raises(PassError, match="split_groups names 'x\\*Tanh\\(x\\)', not an activation group form"):
+        insert(model(SILU), QuantConfig(split_groups={"x*Tanh(x)"}))
+    with pytest.raises(QuantConfigError, match="split_groups must be a list"):
+        QuantConfig.from_json({"split_groups": "x*Sigmoid(x)"})
 
 
 def test_a_hard_sigmoid_inside_a_hard_swish_group_is_not_an_op_of_its_own():

@@ -35,6 +35,7 @@ JSON form (every key optional; unknown keys are errors naming the key)::
       "nodes": {"conv1": {"weight": {"dtype": "int4"}, "activation": {"dtype": "uint16"}}},
       "tensors": {"input": {"dtype": "int8", "symmetric": true}},
       "batch_axes": {"state": 1, "sr": null},
+      "split_groups": ["x*Sigmoid(x)"],
       "target": "qnn"
     }
 
@@ -65,6 +66,10 @@ JSON form (every key optional; unknown keys are errors naming the key)::
   the model (default 0; rank-0 inputs none), or ``null`` / ``-1``: no sample axis, the same
   value for every sample (see ``qgraph.batching``). Not a quantization choice, but kept here
   so that one file describes how a model is fed, and saved with the compiled folder.
+- ``split_groups``: activation group forms (``qgraph.ir.fusion.GROUP_FORMS``) quantized op by
+  op instead of as one activation: ``["x*Sigmoid(x)"]`` writes SiLU as a quantized Sigmoid and
+  a quantized Mul (ONNX Runtime's quantizer's form, which it runs as QLinearSigmoid and
+  QLinearMul; qgraph's default rounds once, and ORT runs the float ops between its DQ and Q).
 - ``target``: a ``qgraph.targets`` name whose quantization rules ``insert-qdq`` follows
   (``qnn``: what the Qualcomm HTP runs, ``qgraph.targets.qnn``); absent: no target rules.
   The config names it (not only the command line) so that every ``insert-qdq`` run of one
@@ -148,6 +153,7 @@ class QuantConfig:
         tensors: partial schemes by tensor name.
         batch_axes: input name -> sample axis, or None for an input without one.
         target: the ``qgraph.targets`` name whose quantization rules apply, or None.
+        split_groups: activation group forms quantized op by op.
     """
 
     activation: TensorScheme = field(default_factory=lambda: TensorScheme(int_type("uint8")))
@@ -162,6 +168,7 @@ class QuantConfig:
     tensors: dict[str, Mapping[str, Any]] = field(default_factory=dict)
     batch_axes: dict[str, int | None] = field(default_factory=dict)
     target: str | None = None
+    split_groups: frozenset[str] = frozenset()
 
     def __post_init__(self):
         if self.activation.per_channel:
@@ -170,6 +177,7 @@ class QuantConfig:
         if self.weight_clip not in WEIGHT_CLIPS:
             raise QuantConfigError(f"weight_clip must be one of {', '.join(WEIGHT_CLIPS)}, "
                                    f"got {self.weight_clip!r}")
+        self.split_groups = frozenset(self.split_groups)  # names checked by insert-qdq (qgraph.ir.fusion)
 
     # -- queries ------------------------------------------------------------------------------
     def excludes(self, node) -> bool:
@@ -213,7 +221,7 @@ class QuantConfig:
         """Parse the JSON form (a dict); errors name the bad key as a path, e.g. ``nodes.conv1.weight.dtype``."""
         obj = _object(data, where)
         known = {"activation", "weight", "pow2_scales", "reduce_range", "bias_correction", "weight_clip", "exclude",
-                 "op_types", "nodes", "tensors", "batch_axes", "target"}
+                 "op_types", "nodes", "tensors", "batch_axes", "target", "split_groups"}
         _no_unknown(obj, known, where)
         kw: dict[str, Any] = {}
         defaults = cls()
@@ -252,6 +260,11 @@ class QuantConfig:
             if obj["target"] is not None and not isinstance(obj["target"], str):
                 raise QuantConfigError(f"{where}: target must be a target name, got {obj['target']!r}")
             kw["target"] = obj["target"]
+        if "split_groups" in obj:
+            sg = obj["split_groups"]
+            if not isinstance(sg, list) or not all(isinstance(x, str) for x in sg):
+                raise QuantConfigError(f"{where}: split_groups must be a list of activation group forms, got {sg!r}")
+            kw["split_groups"] = frozenset(sg)
         try:
             return cls(**kw)
         except QuantConfigError as e:
@@ -274,6 +287,8 @@ class QuantConfig:
         }
         if self.target is not None:
             out["target"] = self.target
+        if self.split_groups:
+            out["split_groups"] = sorted(self.split_groups)
         return out
 
     @classmethod

@@ -53,6 +53,10 @@ class KernelPackage(Protocol):
     def lookup(self, ctx: "LowerContext", table: np.ndarray, storage: str):
         """A Lookup node's output (``table`` already read, in ``storage``), or None."""
 
+    def float_gemv(self, ctx: "LowerContext", x, w: np.ndarray):
+        """``x @ w`` for a float Relax ``x`` ``[D, M, K]`` and a constant ``w`` ``[D, K, N]`` (the
+        recurrent ops' matmuls), or None."""
+
 
 class LowerContext:
     """Values and helpers for lowering one node at a time.

@@ -3,7 +3,10 @@ model (as in ONNX Runtime's and OpenVINO's static quantization).
 
 TVM builds static shapes, so the time loop is unrolled: the input projection of every step is
 one matmul, then each step is a ``[batch, hidden] x [hidden, gates * hidden]`` matmul and the
-gate arithmetic. The equations are ONNX's (the operator documentation), in the order of the
+gate arithmetic. The directions of a bidirectional op run as one batch (every step tensor has
+the directions as its first axis): one kernel chain of ``seq`` steps, not two. The matmuls by
+constant weights go to the target's GEMV kernel where it has one (``KernelPackage.float_gemv``:
+x86's packs the weights so that they stream in order). The equations are ONNX's (the operator documentation), in the order of the
 ONNX reference implementation (``x W^T + h R^T + (Wb + Rb)``, then the activations), so the
 results differ from it only in the last bits of sums and transcendental functions.
 
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qgraph.tvm.context import LowerContext
+from qgraph.tvm.context import LowerContext, target_kernel
 from qgraph.tvm.relax_float import sigmoid_expr
 
 #: The default activations of each op, one list per direction.
@@ -120,10 +123,10 @@ def _as_expr(ctx: LowerContext, v):
 
 
 def _gate(g, k: int, hidden: int):
-    """Block ``k`` of a ``[batch, gates * H]`` tensor."""
+    """Block ``k`` of a ``[D, batch, gates * H]`` tensor."""
     from tvm import relax
 
-    return relax.op.strided_slice(g, axes=[1], begin=[k * hidden], end=[(k + 1) * hidden])
+    return relax.op.strided_slice(g, axes=[2], begin=[k * hidden], end=[(k + 1) * hidden])
 
 
 def _initial(ctx: LowerContext, i: int, d: int, batch: int, hidden: int, dtype: str, layout: int):
@@ -140,63 +143,102 @@ def _initial(ctx: LowerContext, i: int, d: int, batch: int, hidden: int, dtype: 
                                      [axis]))
 
 
-def _run_direction(ctx: LowerContext, kind: str, x, wt: _Weights, h, c, acts: list[str], seq: int, batch: int,
-                   hidden: int, reverse: bool):
-    """Unrolled steps of one direction over ``x`` ``[seq, batch, input]``; returns the list of
-    ``[batch, H]`` outputs in time order, the last hidden state and (LSTM) the last cell state."""
+def _stack(ctx: LowerContext, parts: list, axis: int = 0):
+    """``parts`` stacked on a new ``axis``: numpy when every part is a constant, else Relax."""
     from tvm import relax
 
-    gates = _GATES[kind]
+    if all(isinstance(p, np.ndarray) for p in parts):
+        return np.ascontiguousarray(np.stack(parts, axis=axis))
+    return ctx.emit(relax.op.stack([_as_expr(ctx, p) for p in parts], axis=axis))
+
+
+def _last(v, lo: int, hi: int):
+    """``v[..., lo:hi]`` of a 3-D numpy array or Relax tensor."""
+    from tvm import relax
+
+    if isinstance(v, np.ndarray):
+        return np.ascontiguousarray(v[:, :, lo:hi])
+    return relax.op.strided_slice(v, axes=[2], begin=[lo], end=[hi])
+
+
+def _matmul(ctx: LowerContext, x, w):
+    """``x @ w`` for ``x`` ``[D, M, K]`` and a weight ``w`` ``[D, K, N]``: the target's GEMV kernel
+    (``KernelPackage.float_gemv``) where it has one and ``w`` is a constant, else Relax's matmul."""
+    from tvm import relax
+
+    if isinstance(w, np.ndarray):
+        y = target_kernel(ctx, "float_gemv", x, w)
+        if y is not None:
+            return y
+    return relax.op.matmul(x, _as_expr(ctx, w))
+
+
+def _run_directions(ctx: LowerContext, kind: str, x, wts: list[_Weights], h0s: list, c0s: list, acts: list[str],
+                    seq: int, batch: int, hidden: int, reverse: list[bool]):
+    """Unrolled steps of ``D`` directions at once (their weights ``wts``, initial states, whether
+    each runs in reverse; one activation list for all) over ``x`` ``[seq, batch, input]``: every
+    tensor of a step carries the directions as its first axis, so a bidirectional layer is one
+    step kernel chain of ``seq`` steps, not two (half the kernel calls; ``D`` times the work per
+    call, which the GEMV kernel runs in parallel). Returns ``Y`` ``[seq, D, batch, H]`` in time
+    order, the last hidden state ``[D, batch, H]`` and (LSTM) the last cell state."""
+    from tvm import relax
+
+    gates, d_n = _GATES[kind], len(wts)
     inputs = ctx.shape(x)[2]
-    xw = ctx.emit(relax.op.matmul(relax.op.reshape(x, (seq * batch, inputs)), _as_expr(ctx, wt.w_t)))
-    xw = ctx.emit(relax.op.reshape(xw, (seq, batch, gates * hidden)))
+    x1 = ctx.emit(relax.op.reshape(x, (1, seq * batch, inputs)))
+    xws = []
+    for wt, rev in zip(wts, reverse):
+        w_t = wt.w_t[None] if isinstance(wt.w_t, np.ndarray) else relax.op.expand_dims(wt.w_t, 0)
+        xw = relax.op.reshape(_matmul(ctx, x1, w_t), (seq, batch, gates * hidden))
+        xws.append(ctx.emit(relax.op.flip(xw, axis=0) if rev else xw))  # step s of a reverse direction: time seq-1-s
+    xw = ctx.emit(relax.op.stack(xws, axis=1)) if d_n > 1 else ctx.emit(relax.op.expand_dims(xws[0], 1))
     split_r = kind == "GRU" and not int(ctx.attr("linear_before_reset", 0))
-    r_t = None if split_r else _as_expr(ctx, wt.r_t)
-    if split_r:
-        # h's candidate reads (r * h) @ R_h^T: R's blocks are needed apart
-        r_zr = (wt.r_t[:, :2 * hidden] if isinstance(wt.r_t, np.ndarray)
-                else relax.op.strided_slice(wt.r_t, axes=[1], begin=[0], end=[2 * hidden]))
-        r_h = (wt.r_t[:, 2 * hidden:] if isinstance(wt.r_t, np.ndarray)
-               else relax.op.strided_slice(wt.r_t, axes=[1], begin=[2 * hidden], end=[3 * hidden]))
-        r_zr, r_h = _as_expr(ctx, r_zr), _as_expr(ctx, r_h)
+    r_t = _stack(ctx, [wt.r_t for wt in wts])  # [D, H, gates * H]
+    if split_r:  # h's candidate reads (r * h) @ R_h^T: R's blocks are needed apart
+        r_zr, r_h = _last(r_t, 0, 2 * hidden), _last(r_t, 2 * hidden, 3 * hidden)
+
+    def per_direction(vs):  # [X] per direction -> [D, 1, X], broadcast over the batch
+        st = _stack(ctx, vs)
+        return st[:, None, :] if isinstance(st, np.ndarray) else ctx.emit(relax.op.expand_dims(st, 1))
+
+    wb = per_direction([wt.wb for wt in wts]) if wts[0].wb is not None else None
+    rb = per_direction([wt.rb for wt in wts]) if wts[0].rb is not None else None
+    p = per_direction([wt.p for wt in wts]) if wts[0].p is not None else None
     bias = None  # Wb + Rb (GRU adds them apart: Rb_h sits inside the reset product)
-    if wt.wb is not None and kind != "GRU":
-        if isinstance(wt.wb, np.ndarray) and isinstance(wt.rb, np.ndarray):
-            bias = ctx.const(wt.wb + wt.rb)
-        else:
-            bias = ctx.emit(relax.op.add(_as_expr(ctx, wt.wb), _as_expr(ctx, wt.rb)))
-    outs = [None] * seq
+    if wb is not None and kind != "GRU":
+        bias = ctx.const(wb + rb) if isinstance(wb, np.ndarray) and isinstance(rb, np.ndarray) \
+            else ctx.emit(relax.op.add(_as_expr(ctx, wb), _as_expr(ctx, rb)))
+    h = _stack(ctx, h0s)
+    h = _as_expr(ctx, h)
+    c = _as_expr(ctx, _stack(ctx, c0s)) if kind == "LSTM" else None
+    outs = []
     # the steps' projections apart in one kernel (a strided slice per step cost a kernel call each)
     steps_xw = ctx.emit(relax.op.split(xw, seq, axis=0)) if seq > 1 else relax.Tuple([xw])
-    steps = range(seq - 1, -1, -1) if reverse else range(seq)
-    for t in steps:
-        x_t = relax.op.reshape(relax.TupleGetItem(steps_xw, t), (batch, gates * hidden))
+    for t in range(seq):
+        x_t = relax.op.reshape(relax.TupleGetItem(steps_xw, t), (d_n, batch, gates * hidden))
         if kind == "LSTM":
-            g = relax.op.add(x_t, relax.op.matmul(h, r_t))
+            g = relax.op.add(x_t, _matmul(ctx, h, r_t))
             if bias is not None:
                 g = relax.op.add(g, bias)
             g = ctx.emit(g)
             gi, go, gf, gc = (_gate(g, k, hidden) for k in range(4))
-            if wt.p is not None:
-                p = [_as_expr(ctx, wt.p[k * hidden:(k + 1) * hidden]) if isinstance(wt.p, np.ndarray)
-                     else relax.op.strided_slice(wt.p, axes=[0], begin=[k * hidden], end=[(k + 1) * hidden])
-                     for k in range(3)]
-                gi = relax.op.add(gi, relax.op.multiply(p[0], c))
-                gf = relax.op.add(gf, relax.op.multiply(p[2], c))
+            if p is not None:
+                ps = [_as_expr(ctx, _last(p, k * hidden, (k + 1) * hidden)) for k in range(3)]
+                gi = relax.op.add(gi, relax.op.multiply(ps[0], c))
+                gf = relax.op.add(gf, relax.op.multiply(ps[2], c))
             i = _activation(ctx, acts[0], gi)
             f = _activation(ctx, acts[0], gf)
             cand = _activation(ctx, acts[1], gc)
             c = ctx.emit(relax.op.add(relax.op.multiply(f, c), relax.op.multiply(i, cand)))
-            if wt.p is not None:
-                go = relax.op.add(go, relax.op.multiply(p[1], c))
+            if p is not None:
+                go = relax.op.add(go, relax.op.multiply(ps[1], c))
             o = _activation(ctx, acts[0], go)
             h = ctx.emit(relax.op.multiply(o, _activation(ctx, acts[2], c)))
         elif kind == "GRU":
-            wb, rb = wt.wb, wt.rb
             xg = x_t if wb is None else relax.op.add(x_t, _as_expr(ctx, wb))
             xg = ctx.emit(xg)
             if not split_r:  # linear_before_reset: R_h applies before the reset gate
-                hr = relax.op.matmul(h, r_t)
+                hr = _matmul(ctx, h, r_t)
                 if rb is not None:
                     hr = relax.op.add(hr, _as_expr(ctx, rb))
                 hr = ctx.emit(hr)
@@ -205,31 +247,34 @@ def _run_direction(ctx: LowerContext, kind: str, x, wt: _Weights, h, c, acts: li
                 cand = _activation(ctx, acts[1], relax.op.add(_gate(xg, 2, hidden),
                                                               relax.op.multiply(r, _gate(hr, 2, hidden))))
             else:
-                hzr = relax.op.matmul(h, r_zr)
+                hzr = _matmul(ctx, h, r_zr)
                 if rb is not None:
-                    rb_zr = (_as_expr(ctx, rb[:2 * hidden]) if isinstance(rb, np.ndarray)
-                             else relax.op.strided_slice(rb, axes=[0], begin=[0], end=[2 * hidden]))
-                    hzr = relax.op.add(hzr, rb_zr)
+                    hzr = relax.op.add(hzr, _as_expr(ctx, _last(rb, 0, 2 * hidden)))
                 hzr = ctx.emit(hzr)
                 z = _activation(ctx, acts[0], relax.op.add(_gate(xg, 0, hidden), _gate(hzr, 0, hidden)))
                 r = ctx.emit(_activation(ctx, acts[0], relax.op.add(_gate(xg, 1, hidden),
                                                                     _gate(hzr, 1, hidden))))
-                hh = relax.op.matmul(relax.op.multiply(r, h), r_h)
+                hh = _matmul(ctx, ctx.emit(relax.op.multiply(r, h)), r_h)
                 if rb is not None:
-                    rb_h = (_as_expr(ctx, rb[2 * hidden:]) if isinstance(rb, np.ndarray)
-                            else relax.op.strided_slice(rb, axes=[0], begin=[2 * hidden], end=[3 * hidden]))
-                    hh = relax.op.add(hh, rb_h)
+                    hh = relax.op.add(hh, _as_expr(ctx, _last(rb, 2 * hidden, 3 * hidden)))
                 cand = _activation(ctx, acts[1], relax.op.add(_gate(xg, 2, hidden), hh))
             z = ctx.emit(z)
             one = ctx.const(np.ones((), ctx.dtype(h)))
             h = ctx.emit(relax.op.add(relax.op.multiply(relax.op.subtract(one, z), cand), relax.op.multiply(z, h)))
         else:
-            g = relax.op.add(x_t, relax.op.matmul(h, r_t))
+            g = relax.op.add(x_t, _matmul(ctx, h, r_t))
             if bias is not None:
                 g = relax.op.add(g, bias)
             h = ctx.emit(_activation(ctx, acts[0], g))
-        outs[t] = h
-    return outs, h, c
+        outs.append(h)
+    y = ctx.emit(relax.op.stack(outs, axis=0))  # [seq, D, batch, H], step order
+    if any(reverse):
+        parts = []
+        for i, rev in enumerate(reverse):
+            yi = relax.op.strided_slice(y, axes=[1], begin=[i], end=[i + 1]) if d_n > 1 else y
+            parts.append(ctx.emit(relax.op.flip(yi, axis=0)) if rev else ctx.emit(yi))
+        y = ctx.emit(relax.op.concat(parts, axis=1)) if d_n > 1 else parts[0]
+    return y, h, c
 
 
 def _recurrent(kind: str):
@@ -252,22 +297,27 @@ def _recurrent(kind: str):
         acts = _check(ctx, kind, seq, batch, dirs)
         per = len(_DEFAULT_ACTIVATIONS[kind])
         dtype = ctx.dtype(x)
-        ys, hs, cs = [], [], []
         reverse_only = ctx.attr("direction", "forward") == "reverse"
-        for d in range(dirs):
-            wt = _direction_weights(ctx, d, gates, hidden)
-            h0 = _initial(ctx, 5, d, batch, hidden, dtype, layout)
-            c0 = _initial(ctx, 6, d, batch, hidden, dtype, layout) if kind == "LSTM" else None
-            outs, h, c = _run_direction(ctx, kind, x, wt, h0, c0, acts[d * per:(d + 1) * per], seq, batch, hidden,
-                                        reverse=reverse_only or d == 1)
-            ys.append(ctx.emit(relax.op.stack(outs, axis=0)))  # [seq, batch, H]
+        wts = [_direction_weights(ctx, d, gates, hidden) for d in range(dirs)]
+        h0s = [_initial(ctx, 5, d, batch, hidden, dtype, layout) for d in range(dirs)]
+        c0s = [_initial(ctx, 6, d, batch, hidden, dtype, layout) for d in range(dirs)] if kind == "LSTM" else []
+        # directions with one activation list run as one batch of directions (``_run_directions``)
+        same = dirs == 1 or acts[:per] == acts[per:]
+        groups = [list(range(dirs))] if same else [[d] for d in range(dirs)]
+        ys, hs, cs = [], [], []
+        for grp in groups:
+            y, h, c = _run_directions(ctx, kind, x, [wts[d] for d in grp], [h0s[d] for d in grp],
+                                      [c0s[d] for d in grp] if kind == "LSTM" else [],
+                                      acts[grp[0] * per:(grp[0] + 1) * per], seq, batch, hidden,
+                                      [reverse_only or d == 1 for d in grp])
+            ys.append(y)
             hs.append(h)
             cs.append(c)
-        y = ctx.emit(relax.op.stack(ys, axis=1))  # [seq, dirs, batch, H]
-        y_h = ctx.emit(relax.op.stack(hs, axis=0))  # [dirs, batch, H]
+        y = ctx.emit(relax.op.concat(ys, axis=1)) if len(ys) > 1 else ys[0]  # [seq, dirs, batch, H]
+        y_h = ctx.emit(relax.op.concat(hs, axis=0)) if len(hs) > 1 else hs[0]  # [dirs, batch, H]
         results = [y, y_h]
         if kind == "LSTM":
-            results.append(ctx.emit(relax.op.stack(cs, axis=0)))
+            results.append(ctx.emit(relax.op.concat(cs, axis=0)) if len(cs) > 1 else cs[0])
         if layout:
             results = [ctx.emit(relax.op.permute_dims(results[0], [2, 0, 1, 3]))] + \
                       [ctx.emit(relax.op.permute_dims(r, [1, 0, 2])) for r in results[1:]]

@@ -1,4 +1,5 @@
-"""The x86 AVX2 kernel package: hand-scheduled integer kernels (TIR) for an x86-64 target with AVX2.
+"""The x86 AVX2 kernel package: hand-scheduled integer kernels (TIR) for an x86-64 target with AVX2,
+and one float kernel (the recurrent ops' GEMV).
 
 ``qgraph.tvm.kernel_packages`` gives this package to the lowering of such a target
 (``LowerContext.kernels``); the target-independent lowerings of ``qgraph.tvm.relax_integer``
@@ -6,8 +7,9 @@ call its hooks (``qgraph.tvm.context.KernelPackage``), each returning the node's
 (the default Relax lowering then runs):
 
 - ``select``: which kernel covers a node, and the Relax calls to it (the hooks below);
-- ``gemm``: the GEMM and lookup kernels, with what every kernel here shares (the requantization
-  epilogue ``Requant``, ``ConvGeometry``, the task loop);
+- ``gemm``: the GEMM and lookup kernels, the float GEMV of the recurrent ops (``float_gemv``),
+  with what every kernel here shares (the requantization epilogue ``Requant``, ``ConvGeometry``,
+  the task loop);
 - ``conv``: the direct (no im2col) and depthwise conv kernels;
 - ``winograd``: exact integer Winograd F(2x2, 3x3) for 3x3 stride-1 convs.
 
@@ -18,7 +20,7 @@ The package imports the target-independent modules it needs (``context``, ``rela
 """
 
 from qgraph.tvm.x86 import select as _select
-from qgraph.tvm.x86.select import lookup, qconv, qmatmul
+from qgraph.tvm.x86.select import float_gemv, lookup, qconv, qmatmul
 
 
 class VnniPackage:
@@ -42,8 +44,12 @@ class VnniPackage:
     def lookup(ctx, table, storage):
         return lookup(ctx, table, storage)
 
+    @staticmethod
+    def float_gemv(ctx, x, w):
+        return float_gemv(ctx, x, w)
+
 
 #: ``kernel_packages.kernel_package``'s choice for a target with VNNI.
 VNNI = VnniPackage()
 
-__all__ = ["VNNI", "VnniPackage", "lookup", "qconv", "qmatmul"]
+__all__ = ["VNNI", "VnniPackage", "float_gemv", "lookup", "qconv", "qmatmul"]

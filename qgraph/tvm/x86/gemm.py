@@ -21,7 +21,7 @@ Layouts (``K2 = ceil(K / 2)``, pairs of the reduction axis; odd ``K`` is padded 
   ``(v[2j, l], v[2j+1, l])`` adjacent, so one 256-bit load covers 8 lanes.
 
 MatMul (``gemm_cols``): activations are the broadcast operand, weight columns the lanes
-(packed ``[K2, N * 2]``, int8 when the weights fit). Convs have their own direct kernels
+(packed ``[N / 32, K2, 64]``: column tiles, int8 when the weights fit). Convs have their own direct kernels
 (``qgraph.tvm.x86.conv``, no im2col; the im2col GEMM that was here, off by default since the
 direct conv replaced it, was removed). ``lookup`` is the activations' table lookup.
 
@@ -155,12 +155,16 @@ def requant_expr(T, acc, bias, mult, half, shift, rq: Requant):
 
 # -- weight packing (compile time, numpy) ----------------------------------------------------------
 def pack_matmul_weights(bd: np.ndarray, lanes: int) -> np.ndarray:
-    """Zero-point-shifted weights ``[K, N]`` (int16 values) as int16 ``[K2, Np * 2]``, pairs interleaved."""
+    """Zero-point-shifted weights ``[K, N]`` (int16 values) as int16 ``[Np / lanes, K2, lanes * 2]``,
+    pairs interleaved: one column tile's weights contiguous over the whole reduction, so a
+    task streams them in order (rows of the unblocked ``[K2, Np * 2]`` form lay 16 KiB apart in
+    the CRNN's 8210-column head: a new page every row)."""
     k, n = bd.shape
     k2, npad = -(-k // 2), ceil_to(n, lanes)
     w = np.zeros((2 * k2, npad), np.int16)
     w[:k, :n] = bd
-    return np.ascontiguousarray(w.reshape(k2, 2, npad).transpose(0, 2, 1).reshape(k2, 2 * npad))
+    w = w.reshape(k2, 2, npad).transpose(0, 2, 1).reshape(k2, npad // lanes, 2 * lanes)
+    return np.ascontiguousarray(w.transpose(1, 0, 2))
 
 
 # -- kernels ------------------------------------------------------------------------------------------
@@ -211,7 +215,8 @@ def matmul_prep(rows: int, k: int, a_dtype: str, a_zp: int):
 
 def gemm_cols(rows: int, k2: int, cols: int, rq: Requant, tile=MATMUL_TILE, w_dtype: str = "int16"):
     """MatMul GEMM: ``y[r, c] = requant(sum_j a[r, j] . w[j, c] + bias[c])``, ``a`` int16 pairs
-    ``[rows, 2 * K2]``, ``w`` packed by ``pack_matmul_weights``; per-column requantization.
+    ``[rows, 2 * K2]``, ``w`` packed by ``pack_matmul_weights`` (column tiles of ``LANES * VT``);
+    per-column requantization.
 
     ``w_dtype="int8"``: weights that fit int8 are stored as int8 and sign-extended on load
     (``vpmovsxbw``): half the weight traffic, which decides wide layers (a CTC head)."""
@@ -230,13 +235,14 @@ def gemm_cols(rows: int, k2: int, cols: int, rq: Requant, tile=MATMUL_TILE, w_dt
 
     wdt = w_dtype
 
-    def wvec(w, j, c16):
-        return T.Cast("int16x16", w[j, T.ramp(c16, 1, 16)]) if wdt != "int16" else w[j, T.ramp(c16, 1, 16)]
+    def wvec(w, ct, j, v):
+        vec = w[ct, j, T.ramp(v * 16, 1, 16)]
+        return T.Cast("int16x16", vec) if wdt != "int16" else vec
 
     loop = task_loop(T, R * K2 * 2 * C)
 
     @T.prim_func(check_well_formed=False)
-    def qmatmul_gemm(a: T.Buffer((R, K2 * 2), "int16"), w: T.Buffer((K2, Cp * 2), wdt),
+    def qmatmul_gemm(a: T.Buffer((R, K2 * 2), "int16"), w: T.Buffer((CT, K2, V * 2), wdt),
                      bias: T.Buffer((Cp,), "int32"), mult: T.Buffer((Cp,), mdt), half: T.Buffer((Cp,), "int64"),
                      shift: T.Buffer((Cp,), "int64"), y: T.Buffer((R, C), odt)):
         T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
@@ -253,7 +259,7 @@ def gemm_cols(rows: int, k2: int, cols: int, rq: Requant, tile=MATMUL_TILE, w_dt
                                     "int32x8", PMADDWD,
                                     T.reinterpret("int16x16", T.broadcast(T.reinterpret("int32", a[
                                         T.min((t % RTs) * RT + r, R - 1), T.ramp(j * 2, 1, 2)]), 8)),
-                                    wvec(w, j, ((t // RTs) * VT + v) * 16))
+                                    wvec(w, t // RTs, j, v))
                 for r in T.unroll(RT):
                     for v in T.unroll(VT):
                         if (t % RTs) * RT + r < R:
@@ -355,3 +361,70 @@ def lookup_shuffle(n: int, x_dtype: str, out_dtype: str):
                         x, tabs, o * CH + T.min(CH, N - o * CH) // 32 * 32 + i)
 
     return qlookup_shuffle
+
+
+# -- float GEMV ------------------------------------------------------------------------------------
+#: Output columns of one ``float_gemv`` task (4 AVX2 vectors held in registers), the first of
+#: these that divides N: the weights are packed so that a task's columns are contiguous over
+#: the whole reduction (``pack_gemv_weights``) and stream from cache in order.
+GEMV_BLOCKS = (32, 16, 8)
+#: Rows of one register tile (2 x 4 accumulators: each weight vector loaded once for both rows;
+#: one row for a one-row GEMV).
+GEMV_ROWS = 2
+#: The most rows ``float_gemv`` takes: beyond this the weights are reused enough for a GEMM
+#: (``float_matmul_schedule``) to be as good.
+GEMV_MAX_ROWS = 32
+
+
+def gemv_block(n: int) -> int | None:
+    """``float_gemv``'s column block for ``n`` output columns, or None (``n`` not a multiple of 8)."""
+    return next((b for b in GEMV_BLOCKS if n % b == 0), None)
+
+
+def pack_gemv_weights(w: np.ndarray) -> np.ndarray:
+    """``w`` ``[D, K, N]`` as ``[D, N / NB, K, NB]``: one task's ``NB`` columns, row after row."""
+    d, k, n = w.shape
+    nb = gemv_block(n)
+    return np.ascontiguousarray(w.reshape(d, k, n // nb, nb).transpose(0, 2, 1, 3))
+
+
+def float_gemv(d: int, m: int, k: int, n: int, dtype: str = "float32"):
+    """``y[i] = x[i] @ w[i]`` for ``i < d``: ``x`` ``[d, m, k]`` (few rows: an LSTM step's hidden
+    state, both directions at once, or its input projection), ``w`` packed ``[d, n / NB, k, NB]``
+    (``pack_gemv_weights``), ``y`` ``[d, m, n]``. One task per ``NB`` columns of one ``i``, in
+    parallel; 2 rows x 4 vectors of accumulators in registers, ``k`` innermost. A float sum in
+    ``k`` order with fused multiply-adds (as TVM's own float kernels): the last bits differ from
+    numpy's, whose BLAS sums in blocks.
+
+    TVM's matmul schedule (``float_matmul_schedule``) on ``[1, 512] x [512, 2048]`` read the
+    weights at 32 GB/s (a 256-column accumulator block in memory); this reads them at 66-74 GB/s
+    (ddddocr's CRNN: 129 -> 57 us per LSTM step and direction, 1 thread)."""
+    from tvm.script import tirx as T
+
+    nb = gemv_block(n)
+    NBL, V, MR = n // nb, nb // 8, min(GEMV_ROWS, m)
+    MT = m // MR  # full row tiles; an odd last row takes a tile whose second row repeats it
+    loop = task_loop(T, d * m * k * n)
+
+    @T.prim_func(check_well_formed=False)
+    def fgemv(x: T.Buffer((d, m, k), dtype), w: T.Buffer((d, NBL, k, nb), dtype), y: T.Buffer((d, m, n), dtype)):
+        T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+        with T.sblock("root"):
+            for o in loop(d * NBL):
+                acc = T.alloc_buffer((MR * nb,), dtype, scope="global")
+                for t in T.serial(MT + m % MR):
+                    rows = T.if_then_else(t < MT, MR, 1)
+                    r0 = T.if_then_else(t < MT, t * MR, MT * MR + t - MT)
+                    for r in T.unroll(MR):
+                        for v in T.unroll(V):
+                            acc[T.ramp(r * nb + v * 8, 1, 8)] = T.broadcast(T.Cast(dtype, 0), 8)
+                    for kk in T.serial(k):
+                        for r in T.unroll(MR):
+                            for v in T.unroll(V):
+                                acc[T.ramp(r * nb + v * 8, 1, 8)] = acc[T.ramp(r * nb + v * 8, 1, 8)] + T.broadcast(
+                                    x[o // NBL, T.min(r0 + r, m - 1), kk], 8) * w[o // NBL, o % NBL, kk, T.ramp(v * 8, 1, 8)]
+                    for r in T.serial(rows):
+                        for v in T.unroll(V):
+                            y[o // NBL, r0 + r, T.ramp(o % NBL * nb + v * 8, 1, 8)] = acc[T.ramp(r * nb + v * 8, 1, 8)]
+
+    return fgemv

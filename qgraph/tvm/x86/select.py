@@ -348,6 +348,21 @@ def qmatmul(ctx: LowerContext):
     return ctx.emit(relax.op.reshape(y, tuple(ash[:-1]) + (n,))) if len(ash) != 2 else y
 
 
+# -- float GEMV -------------------------------------------------------------------------------------
+def float_gemv(ctx: LowerContext, x, w: np.ndarray):
+    """``x @ w`` for a float ``x`` ``[D, M, K]`` of few rows and a constant ``w`` ``[D, K, N]``
+    (the recurrent ops' steps and input projections) on ``gemm.float_gemv``, or None."""
+    if w.ndim != 3 or w.dtype != np.float32 or ctx.dtype(x) != "float32":
+        return None
+    shape = tuple(int(v) for v in ctx.shape(x))
+    d, k, n = w.shape
+    if len(shape) != 3 or shape[0] != d or shape[2] != k or shape[1] > K.GEMV_MAX_ROWS or K.gemv_block(n) is None:
+        return None
+    m = shape[1]
+    return _call(ctx, K.float_gemv(d, m, k, n), "qfloat_gemv", [x, ctx.const(K.pack_gemv_weights(w))],
+                 (d, m, n), "float32")
+
+
 # -- Lookup -----------------------------------------------------------------------------------------
 def lookup(ctx: LowerContext, table: np.ndarray, storage: str):
     """The Lookup output on ``gemm.lookup`` (a tensor input of static shape), or None."""
