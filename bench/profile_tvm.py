@@ -110,7 +110,7 @@ def kernel_rate(sym: str, seconds: float, macs: dict, peaks: dict) -> tuple[str,
 #: Kernel families of ``family_summary``: name prefix (digits stripped) -> family.
 FAMILIES = {"qdirect_conv": "direct conv, int16", "qdirect_conv_ubsw": "direct conv, u8 x s8",
             "qdirect_conv_vnni": "direct conv, VNNI", "qwino_conv": "Winograd conv (direct MACs)",
-            "qdw_pconv": "depthwise conv", "qmatmul_gemm": "matmul"}
+            "qigemm_conv": "implicit-GEMM conv, int16", "qdw_pconv": "depthwise conv", "qmatmul_gemm": "matmul"}
 
 
 def family_summary(rows, macs: dict, peaks: dict) -> list[tuple[str, float, float, float | None]]:

@@ -109,6 +109,37 @@ def test_qconv_fast_kernels_bit_exact(case):
     _check(model, {"x": x}, {kind})
 
 
+IGEMM_CASES = [
+    # (N, C, H, W), (OC, C, KH, KW), strides, pads, dilations, x dtype: strided, C >= 32 (conv.igemm_pays)
+    ((2, 33, 13, 11), (21, 33, 3, 3), [2, 2], [1, 0, 1, 1], [1, 1], "uint8"),  # batch, odd C, OC % 16, P % 6 = 5
+    ((1, 40, 9, 17), (16, 40, 3, 2), [1, 2], [2, 0, 1, 1], [2, 1], "int8"),    # stride in one axis, row dilation
+    ((1, 32, 10, 10), (8, 32, 5, 5), [3, 3], [2, 2, 2, 2], [1, 1], "uint8"),   # 5x5 stride 3, OC < a vector pair
+]
+
+
+@pytest.mark.parametrize("case", range(len(IGEMM_CASES)))
+def test_igemm_conv_bit_exact(case):
+    """Strided convs with enough channels run as an implicit GEMM of pixels by channel vectors
+    (``x86.conv.igemm_conv``) and equal the reference bit for bit: full-range operands, per-channel
+    weight zero points, both epilogues, tiles that span rows and a last partial one."""
+    xs, ws, strides, pads, dil, xdt = IGEMM_CASES[case]
+    rng = np.random.default_rng(500 + case)
+    info = np.iinfo(xdt)
+    x = rng.integers(info.min, info.max + 1, xs).astype(xdt)
+    x.reshape(-1)[:64] = info.min if case % 2 else info.max
+    w = rng.integers(-128, 128, ws).astype(np.int8)
+    w[0] = -128
+    oc = ws[0]
+    w_zp = [0] * oc if case % 2 == 0 else [int(z) for z in rng.integers(-3, 4, oc)]
+    out = "int8" if case % 2 else "uint8"
+    attrs = {"strides": strides, "pads": pads, "dilations": dil, "kernel_shape": list(ws[2:]),
+             "x_zero_point": int(rng.integers(info.min, info.max + 1)), "w_zero_point": w_zp,
+             **_requant(rng, oc, out, small=case % 2 == 0)}
+    model = _one_node(l3.QConv, {"x": x}, {"w": w, "b": rng.integers(-20000, 20000, oc).astype(np.int32)}, attrs,
+                      from_numpy(np.dtype(out)))
+    _check(model, {"x": x}, {"qigemm_pack", "qigemm_conv"})
+
+
 WINO_CASES = [
     # (N, C, H, W), OC, pads, x dtype: 3x3 stride 1 (winograd.applies)
     ((2, 17, 11, 37), 13, [1, 0, 0, 1], "int8"),    # batch (a folded one for the direct conv), odd C, asymmetric pads

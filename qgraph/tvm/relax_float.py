@@ -82,12 +82,16 @@ def sigmoid(ctx: LowerContext):
 
 
 def sigmoid_expr(ctx: LowerContext, x):
-    """``sigmoid(x)`` in ONNX's split form (no overflow of ``exp`` on either side), unbound."""
+    """``sigmoid(x)`` in ONNX's split form (no overflow of ``exp`` on either side), unbound:
+    ``1 / (1 + exp(-x))`` for ``x > 0``, else ``exp(x) / (1 + exp(x))``. Both sides take
+    ``exp(-|x|)``, computed once: ``where`` evaluates both sides, and the second ``exp`` made a
+    ``[2, 1, 2048]`` sigmoid 31 us instead of 21 (1 thread). The same bits on every input
+    (a NaN stays a NaN)."""
     from tvm import relax
 
     one = _f32(ctx, 1.0, x)
-    pos = relax.op.divide(one, relax.op.add(one, relax.op.exp(relax.op.negative(x))))
-    ex = relax.op.exp(x)
+    ex = relax.op.exp(relax.op.negative(relax.op.abs(x)))
+    pos = relax.op.divide(one, relax.op.add(one, ex))
     neg = relax.op.divide(ex, relax.op.add(one, ex))
     return relax.op.where(relax.op.greater(x, _f32(ctx, 0.0, x)), pos, neg)
 

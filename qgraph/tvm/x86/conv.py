@@ -385,6 +385,143 @@ def direct_conv(g: ConvGeometry, hp: int, wq: int, rq: Requant, tile=DIRECT_TILE
     return qdirect_conv
 
 
+# -- implicit GEMM: output pixels x output-channel vectors --------------------------------------------
+#: Register tile of ``igemm_conv``: RT output pixels x VT vectors of 8 output channels.
+IGEMM_TILE = (6, 2)
+#: Input channels from which a strided conv runs ``igemm_conv`` (fewer: the scalar stores of its
+#: epilogue weigh against a short reduction; ddddocr YOLOX's 3x3 stride-2 convs, kernel pair
+#: alone, 1 thread, igemm / direct time: C 96 at 52x52 0.71, C 192 at 26x26 0.73-0.77, C 48 at
+#: 104x104 0.88, C 24 at 208x208 1.04).
+IGEMM_MIN_CHANNELS = 32
+
+
+def igemm_pays(g: ConvGeometry) -> bool:
+    """Whether a conv runs ``igemm_conv`` rather than ``direct_conv``: strided, with enough input
+    channels. The direct conv's vectors run along an output row, so a strided layer's narrow
+    rows leave lanes empty (26 columns computed as 32, 13 as 16) and its phase-split reads
+    cost; 1x1 and stride-1 convs keep the row form (and Winograd)."""
+    return g.strides != (1, 1) and g.c >= IGEMM_MIN_CHANNELS and g.kh * g.kw > 1
+
+
+def igemm_extent(g: ConvGeometry) -> tuple[int, int]:
+    """(Hp, Wp): the padded input rows and columns ``igemm_conv`` reads."""
+    return ((g.oh - 1) * g.strides[0] + (g.kh - 1) * g.dilations[0] + 1,
+            (g.ow - 1) * g.strides[1] + (g.kw - 1) * g.dilations[1] + 1)
+
+
+def igemm_pack(g: ConvGeometry, x_dtype: str, x_zp: int, hp: int, wp: int):
+    """``x [N, C, H, W]`` -> int16 ``[N, Hp, Wp, C2 * 2]``: per padded pixel the channel pairs
+    ``(x[2 c2] - zp, x[2 c2 + 1] - zp)`` adjacent (one int32 to broadcast), 0 in the pads and
+    a missing odd channel."""
+    from tvm.script import tirx as T
+
+    N, C, H, W = g.n, g.c, g.h, g.w
+    C2 = -(-C // 2)
+    PT, PL = g.pads
+    zp = int(x_zp)
+    loop = task_loop(T, N * hp * wp * C2 * 2, macs=False)
+
+    @T.prim_func(check_well_formed=False)
+    def qigemm_pack(x: T.Buffer((N, C, H, W), x_dtype), xp: T.Buffer((N, hp, wp, C2 * 2), "int16")):
+        T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+        with T.sblock("root"):
+            for nr in loop(N * hp):
+                for iw in T.serial(wp):
+                    for c in T.serial(C2 * 2):
+                        xp[nr // hp, nr % hp, iw, c] = T.if_then_else(
+                            T.And(T.And(c < C, T.And(PT <= nr % hp, nr % hp < PT + H)), T.And(PL <= iw, iw < PL + W)),
+                            T.Cast("int16", x[nr // hp, T.min(c, C - 1), T.max(T.min(nr % hp - PT, H - 1), 0),
+                                             T.max(T.min(iw - PL, W - 1), 0)]) - T.int16(zp),
+                            T.int16(0))
+
+    return qigemm_pack
+
+
+def pack_igemm_weights(wd: np.ndarray, vt: int) -> np.ndarray:
+    """Zero-point-shifted weights ``[OC, C, KH, KW]`` (int16 values) as int16
+    ``[OCp / V, KH, KW, C2, V * 2]`` (``V = 8 * vt`` output channels, each a pair of input
+    channels): one channel block's weights contiguous over the whole reduction."""
+    oc, c, kh, kw = wd.shape
+    v = LANES * vt
+    c2 = -(-c // 2)
+    w = np.zeros((ceil_to(oc, v), 2 * c2, kh, kw), np.int16)
+    w[:oc, :c] = wd
+    w = w.reshape(-1, v, c2, 2, kh, kw).transpose(0, 4, 5, 2, 1, 3)
+    return np.ascontiguousarray(w.reshape(-1, kh, kw, c2, v * 2))
+
+
+def igemm_conv(g: ConvGeometry, hp: int, wp: int, rq: Requant, tile=IGEMM_TILE):
+    """``y[n, oc, oh, ow] = requant(sum_{kh, kw, c2} xp . w + bias[oc])`` as a GEMM of output
+    pixels by output channels with the im2col left implicit: ``xp`` is ``igemm_pack``'s, ``w``
+    ``pack_igemm_weights``'. Register tile: RT consecutive pixels (row-major over ``OH x OW``, a
+    tile may span rows) x VT vectors of 8 channels; per reduction step RT broadcast pairs and VT
+    weight vectors (the direct conv's mix, transposed), so no lane is spent on a column past a
+    row's end. Tasks ``(n, channel block, pixel tile)``, pixel tiles innermost: a block's weights
+    stay in L1. The epilogue stores each lane apart (8 channels of one pixel are not adjacent in
+    NCHW), which a strided layer's long reduction pays for. Exact as ``direct_conv``."""
+    from tvm.script import tirx as T
+
+    RT, VT = tile
+    V = LANES * VT
+    N, C, OC, KH, KW, OH, OW = g.n, g.c, g.oc, g.kh, g.kw, g.oh, g.ow
+    C2 = -(-C // 2)
+    SH, SW = g.strides
+    DH, DW = g.dilations
+    P = OH * OW
+    PTS = -(-P // RT)
+    OCB = -(-OC // V)
+    OCp = OCB * V
+    mdt = str(rq.multiplier.dtype)
+    odt = rq.out_dtype
+
+    def epi(acc, m, h, s):
+        return requant_expr(T, acc, None, m, h, s, rq)  # the bias starts the accumulator
+
+    def n_(t):
+        return t // (OCB * PTS)
+
+    def ob_(t):
+        return t // PTS % OCB
+
+    def p_(t, r):  # pixel r of the tile; a last partial tile recomputes the last pixel
+        return T.min(t % PTS * RT + r, P - 1)
+
+    loop = task_loop(T, N * OC * P * C * KH * KW)
+
+    @T.prim_func(check_well_formed=False)
+    def qigemm_conv(xp: T.Buffer((N, hp, wp, C2 * 2), "int16"), w: T.Buffer((OCB, KH, KW, C2, V * 2), "int16"),
+                    bias: T.Buffer((OCp,), "int32"), mult: T.Buffer((OCp,), mdt), half: T.Buffer((OCp,), "int64"),
+                    shift: T.Buffer((OCp,), "int64"), y: T.Buffer((N, OC, OH, OW), odt)):
+        T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+        with T.sblock("root"):
+            for t in loop(N * OCB * PTS):
+                acc = T.alloc_buffer((RT * V,), "int32", scope="global")
+                for i in T.unroll(RT * VT):
+                    acc[T.ramp(i * 8, 1, 8)] = bias[T.ramp(ob_(t) * V + i % VT * 8, 1, 8)]
+                for kh in T.serial(KH):
+                    for kw in T.serial(KW):
+                        for c2 in T.serial(C2):
+                            for r in T.unroll(RT):
+                                for v in T.unroll(VT):
+                                    acc[T.ramp((r * VT + v) * 8, 1, 8)] = acc[T.ramp((r * VT + v) * 8, 1, 8)] + \
+                                        T.call_llvm_pure_intrin(
+                                            "int32x8", PMADDWD,
+                                            T.reinterpret("int16x16", T.broadcast(T.reinterpret("int32", xp[
+                                                n_(t), p_(t, r) // OW * SH + kh * DH, p_(t, r) % OW * SW + kw * DW,
+                                                T.ramp(c2 * 2, 1, 2)]), 8)),
+                                            w[ob_(t), kh, kw, c2, T.ramp(v * 16, 1, 16)])
+                for r in T.unroll(RT):
+                    if t % PTS * RT + r < P:
+                        for v in T.unroll(VT):
+                            for l in T.serial(8):
+                                if ob_(t) * V + v * 8 + l < OC:
+                                    y[n_(t), ob_(t) * V + v * 8 + l, p_(t, r) // OW, p_(t, r) % OW] = epi(
+                                        acc[(r * VT + v) * 8 + l], mult[ob_(t) * V + v * 8 + l],
+                                        half[ob_(t) * V + v * 8 + l], shift[ob_(t) * V + v * 8 + l])
+
+    return qigemm_conv
+
+
 # -- depthwise, vertically paired taps ---------------------------------------------------------------
 def dw_pairs(g: ConvGeometry) -> tuple[bool, int, int]:
     """(aligned, RS, PD): packed row ``r`` holds input rows ``(r * RS, r * RS + PD)``.

@@ -21,7 +21,10 @@ place qgraph uses the saturating instruction.
 
 A 3x3 stride-1 conv of the int16 form with enough channels and tiles runs exact integer
 Winograd F(2x2, 3x3) instead (``winograd``; ``winograd.fits`` proves its int32 sums exact,
-else the direct conv runs). A 1x1 stride-1 unpadded conv runs on its pixels as one row.
+else the direct conv runs). A 1x1 stride-1 unpadded conv runs on its pixels as one row. A
+strided conv of the int16 form with enough input channels runs as an implicit GEMM of output
+pixels by output channels instead (``igemm``, ``conv.igemm_pays``): no lane spent past the end of
+a narrow output row.
 
 Two layout choices of the direct conv, both decided from the geometry alone: a conv on few
 input channels (a stem) packs its row taps as channels (``conv.fold_taps``, one
@@ -102,14 +105,14 @@ def _requant(ctx: LowerContext, channels: int, padded: int, bias) -> K.Requant |
 
 # -- QConv ------------------------------------------------------------------------------------------
 def conv_kernel(ctx: LowerContext, vnni: str | None = None) -> str:
-    """``"direct"``, ``"direct_u8"``, ``"winograd"``, ``"depthwise"`` or ``"default"``: the kernel
+    """``"direct"``, ``"direct_u8"``, ``"winograd"``, ``"igemm"``, ``"depthwise"`` or ``"default"``: the kernel
     ``qconv`` would emit for ``ctx.node``."""
     plan = _conv_plan(ctx, vnni)
     return plan.kind if plan is not None else "default"
 
 
 class _ConvPlan(NamedTuple):
-    kind: str  # "direct", "direct_u8", "winograd" or "depthwise"
+    kind: str  # "direct", "direct_u8", "winograd", "igemm" or "depthwise"
     g: K.ConvGeometry  # the geometry the kernel runs (after a tap fold)
     wd: np.ndarray  # zero-point-shifted weights of ``g``
     rq: K.Requant
@@ -173,7 +176,9 @@ def _conv_plan(ctx: LowerContext, vnni: str | None = None) -> _ConvPlan | None:
         # fold the row taps where the u8 x s8 form does not already take the conv: on the
         # digits CNN's 1-channel stem (always u8 x s8: its pairs are one weight and a 0) the
         # fold's int16 form plus its two packs took 43 us at batch 64 against 27 us
-        if D.tap_fold_pays(g) and not exact_u8 and not wino:
+        # a strided conv with enough channels: the implicit GEMM (``conv.igemm_pays``), unfolded
+        igemm = not exact_u8 and not wino and D.igemm_pays(g)
+        if D.tap_fold_pays(g) and not exact_u8 and not wino and not igemm:
             taps = (g, x_zp)
             g, wd = D.fold_taps(g, wd)
             exact_u8 = u8 and D.ubsw_exact(wd, 0, 255)
@@ -190,7 +195,9 @@ def _conv_plan(ctx: LowerContext, vnni: str | None = None) -> _ConvPlan | None:
         tile = D.direct_tile(D.row_cols(g, fold), kind == "direct_u8" and not vnni, oc)
         if wino:
             kind, tile, fold = "winograd", W.tile_for(g), 1
-        padded = K.ceil_to(oc, tile[0])
+        elif igemm and kind == "direct":
+            kind, tile, fold = "igemm", D.IGEMM_TILE, 1
+        padded = K.ceil_to(oc, K.LANES * tile[1]) if kind == "igemm" else K.ceil_to(oc, tile[0])
     elif group == xs[1] and ws[1] == 1 and oc == group:
         kind = "depthwise"
         padded = oc
@@ -252,14 +259,21 @@ def _conv_kernels(ctx: LowerContext, plan: _ConvPlan, x):
         x = _call(ctx, D.tap_pack(src, xdt, src_zp), "qtap_pack", [x], (g.n, g.c, g.h, g.w), xdt)
     consts = [ctx.const(a) for a in rq.arrays()]
     if kind == "winograd":
-        th, twp, hp, wq = W.extent(g, tile[1])
+        th, twp, hp, wq, twv, tt = W.extent(g, tile[1])
         xp = _call(ctx, D.conv_pack(W.pack_geometry(g), xdt, x_zp, hp, wq), "qdirect_pack", [x],
                    (g.n, -(-g.c // 2), hp, 2, wq * 2), "int16")
-        v = _call(ctx, W.input_transform(g, hp, wq, th, twp), "qwino_input", [xp],
-                  (g.n, th, 16, -(-g.c // 2), twp * 2), "int16")
-        return _call(ctx, W.winograd_conv(g, th, twp, rq, tile), "qwino_conv",
+        v = _call(ctx, W.input_transform(g, hp, wq, th, twp, twv, tt), "qwino_input", [xp],
+                  (g.n, 16, -(-g.c // 2), tt * 2), "int16")
+        return _call(ctx, W.winograd_conv(g, twv, tt, rq, tile), "qwino_conv",
                      [v, ctx.const(W.pack_weights(wd, tile[0]))] + consts, (g.n, g.oc, g.oh, g.ow), rq.out_dtype,
                      macs=g.n * g.oc * g.oh * g.ow * int(np.prod(wd.shape[1:])))
+    if kind == "igemm":
+        hp, wp = D.igemm_extent(g)
+        xp = _call(ctx, D.igemm_pack(g, xdt, x_zp, hp, wp), "qigemm_pack", [x], (g.n, hp, wp, 2 * -(-g.c // 2)),
+                   "int16")
+        return _call(ctx, D.igemm_conv(g, hp, wp, rq, tile), "qigemm_conv",
+                     [xp, ctx.const(D.pack_igemm_weights(wd.astype(np.int16), tile[1]))] + consts,
+                     (g.n, g.oc, g.oh, g.ow), rq.out_dtype, macs=g.n * g.oc * g.oh * g.ow * int(np.prod(wd.shape[1:])))
     if kind in ("direct", "direct_u8"):
         ubsw = kind == "direct_u8"
         hp, wq = D.direct_extent(g, tile[1], fold)

@@ -103,13 +103,29 @@ def applies(g: ConvGeometry) -> bool:
         and g.c >= MIN_CHANNELS and -(-g.oh // 2) * -(-g.ow // 2) >= MIN_TILES
 
 
+#: Flat tiles (``row_pitch``) where they compute this fraction of the row-aligned lanes or fewer:
+#: a block across tile rows stores tile by tile. Kernel alone, 1 thread, flat / row-aligned time:
+#: 96 channels at 52x52 (26 tiles a row, 16-tile blocks) 0.88, at 26x26 (13) 0.92; 192 at
+#: 13x13 (7 tiles, 8-tile blocks: as many lanes either way) 1.09.
+FLAT_TILES_MAX = 0.9
+
+
+def row_pitch(g: ConvGeometry, v: int) -> int:
+    """Tile slots per tile row in ``V`` for blocks of ``v`` tiles: ``TW`` (flat, rows back to
+    back) where that saves lanes (``FLAT_TILES_MAX``), else ``TW`` rounded up to whole blocks
+    (each block inside one row, its output rows stored as vectors)."""
+    th, tw = -(-g.oh // 2), -(-g.ow // 2)
+    return tw if ceil_to(th * tw, v) <= FLAT_TILES_MAX * th * ceil_to(tw, v) else ceil_to(tw, v)
+
+
 def tile_for(g: ConvGeometry) -> tuple[int, int]:
-    """The register tile with the least padded work (channels x tile columns); a later one of
-    ``TILES`` only where it saves over 5% (a 13-wide output: 7 tiles, 16 computed by 6x2, 8 by 8x1)."""
-    tw = -(-g.ow // 2)
+    """The register tile with the least padded work (channels x tile slots, ``row_pitch``); a
+    later one of ``TILES`` only where it saves over 5%."""
+    th = -(-g.oh // 2)
 
     def work(t):
-        return ceil_to(g.oc, t[0]) * ceil_to(tw, LANES * t[1])
+        v = LANES * t[1]
+        return ceil_to(g.oc, t[0]) * ceil_to(th * row_pitch(g, v), v)
 
     best = TILES[0]
     for t in TILES[1:]:
@@ -118,13 +134,17 @@ def tile_for(g: ConvGeometry) -> tuple[int, int]:
     return best
 
 
-def extent(g: ConvGeometry, vt: int = TILE[1]) -> tuple[int, int, int, int]:
-    """(TH, TWp, Hp, Wq): tile rows, tile columns padded to whole vectors, and the packed
-    input rows and per-phase columns (``conv.conv_pack``'s ``hp`` / ``wq`` on
-    ``pack_geometry``) every tile's patch reads."""
+def extent(g: ConvGeometry, vt: int = TILE[1]) -> tuple[int, int, int, int, int, int]:
+    """(TH, TWp, Hp, Wq, TWv, TT): tile rows, tile columns padded to whole 8-tile vectors (what
+    ``input_transform`` computes per row), the packed input rows and per-phase columns
+    (``conv.conv_pack``'s ``hp`` / ``wq`` on ``pack_geometry``) every tile's patch reads, the
+    tile slots per row in ``V`` (``row_pitch``) and its tile slots (to whole ``8 * vt``
+    blocks, and room for the last row's padded vector)."""
     th, tw = -(-g.oh // 2), -(-g.ow // 2)
-    twp = ceil_to(tw, LANES * vt)
-    return th, twp, 2 * th + 2, twp + 1
+    twp = ceil_to(tw, LANES)
+    twv = row_pitch(g, LANES * vt)
+    tt = ceil_to(max(th * twv, (th - 1) * twv + twp), LANES * vt)
+    return th, twp, 2 * th + 2, twp + 1, twv, tt
 
 
 def pack_geometry(g: ConvGeometry) -> ConvGeometry:
@@ -145,14 +165,18 @@ def pack_weights(wd: np.ndarray, rt: int = TILE[0]) -> np.ndarray:
     return np.ascontiguousarray(w).view(np.int32).reshape(-1, 16, c2, rt)
 
 
-def input_transform(g: ConvGeometry, hp: int, wq: int, th: int, twp: int):
+def input_transform(g: ConvGeometry, hp: int, wq: int, th: int, twp: int, twv: int, tt: int):
     """``xp [N, C2, Hp, 2, Wq * 2]`` (int16 pairs, ``pack_geometry``'s phases) ->
-    ``V [N, TH, 16, C2, TWp * 2]``: ``V[n, t, 4i + j, c2, 2 tw + k] = (B^T d B)[i, j]`` of
-    channel ``2 c2 + k``'s patch at rows ``2t ..``, columns ``2 tw ..`` of the padded input."""
+    ``V [N, 16, C2, TT * 2]``: ``V[n, 4i + j, c2, 2 (t TWv + tw) + k] = (B^T d B)[i, j]`` of
+    channel ``2 c2 + k``'s patch at rows ``2t ..``, columns ``2 tw ..`` of the padded input: the
+    tiles row after row, ``TWv`` slots a row (``row_pitch``). A row is computed in whole vectors
+    of 8 tiles; where ``TWv`` is ``TW`` (flat) the lanes past its end land on the next row's
+    first tiles, which that row (later in the same task: tasks are ``(n, c2)``, rows in order)
+    overwrites, or in the slack of ``TT``."""
     from tvm.script import tirx as T
 
     N, C2 = g.n, -(-g.c // 2)
-    TH, TWp, Hp, Wq = th, twp, hp, wq
+    TH, TWp, Hp, Wq, TWv, TT = th, twp, hp, wq, twv, tt
     TB = TWp // LANES
     loop = task_loop(T, N * C2 * TH * TWp * 32, macs=False)
 
@@ -162,34 +186,35 @@ def input_transform(g: ConvGeometry, hp: int, wq: int, th: int, twp: int):
         return T.reinterpret("int32x8", _bt_expr(i, j, d))
 
     @T.macro
-    def position(vv, xp, nct, b, i, j):  # V at transform position (i, j) of 8 tiles x 2 channels (Python ints i, j)
-        vv[nct // (C2 * TH), nct % TH, i * 4 + j, nct // TH % C2, T.ramp(b * LANES, 1, LANES)] = \
-            vpos(xp, nct // (C2 * TH), nct // TH % C2, nct % TH, b, i, j)
+    def position(vv, xp, nc, t, b, i, j):  # V at transform position (i, j) of 8 tiles x 2 channels (Python ints i, j)
+        vv[nc // C2, i * 4 + j, nc % C2, T.ramp(t * TWv + b * LANES, 1, LANES)] = \
+            vpos(xp, nc // C2, nc % C2, t, b, i, j)
 
     @T.prim_func(check_well_formed=False)
-    def qwino_input(xp_: T.Buffer((N, C2, Hp, 2, Wq * 2), "int16"), v_: T.Buffer((N, TH, 16, C2, TWp * 2), "int16")):
+    def qwino_input(xp_: T.Buffer((N, C2, Hp, 2, Wq * 2), "int16"), v_: T.Buffer((N, 16, C2, TT * 2), "int16")):
         T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
         with T.sblock("root"):
             xp = T.decl_buffer((N, C2, Hp, 2, Wq), "int32", data=xp_.data)
-            vv = T.decl_buffer((N, TH, 16, C2, TWp), "int32", data=v_.data)
-            for nct in loop(N * C2 * TH):
-                for b in T.serial(TB):
-                    position(vv, xp, nct, b, 0, 0)
-                    position(vv, xp, nct, b, 0, 1)
-                    position(vv, xp, nct, b, 0, 2)
-                    position(vv, xp, nct, b, 0, 3)
-                    position(vv, xp, nct, b, 1, 0)
-                    position(vv, xp, nct, b, 1, 1)
-                    position(vv, xp, nct, b, 1, 2)
-                    position(vv, xp, nct, b, 1, 3)
-                    position(vv, xp, nct, b, 2, 0)
-                    position(vv, xp, nct, b, 2, 1)
-                    position(vv, xp, nct, b, 2, 2)
-                    position(vv, xp, nct, b, 2, 3)
-                    position(vv, xp, nct, b, 3, 0)
-                    position(vv, xp, nct, b, 3, 1)
-                    position(vv, xp, nct, b, 3, 2)
-                    position(vv, xp, nct, b, 3, 3)
+            vv = T.decl_buffer((N, 16, C2, TT), "int32", data=v_.data)
+            for nc in loop(N * C2):
+                for t in T.serial(TH):
+                    for b in T.serial(TB):
+                        position(vv, xp, nc, t, b, 0, 0)
+                        position(vv, xp, nc, t, b, 0, 1)
+                        position(vv, xp, nc, t, b, 0, 2)
+                        position(vv, xp, nc, t, b, 0, 3)
+                        position(vv, xp, nc, t, b, 1, 0)
+                        position(vv, xp, nc, t, b, 1, 1)
+                        position(vv, xp, nc, t, b, 1, 2)
+                        position(vv, xp, nc, t, b, 1, 3)
+                        position(vv, xp, nc, t, b, 2, 0)
+                        position(vv, xp, nc, t, b, 2, 1)
+                        position(vv, xp, nc, t, b, 2, 2)
+                        position(vv, xp, nc, t, b, 2, 3)
+                        position(vv, xp, nc, t, b, 3, 0)
+                        position(vv, xp, nc, t, b, 3, 1)
+                        position(vv, xp, nc, t, b, 3, 2)
+                        position(vv, xp, nc, t, b, 3, 3)
 
     return qwino_input
 
@@ -208,26 +233,28 @@ def _bt_expr(i: int, j: int, d):
     return total
 
 
-def winograd_conv(g: ConvGeometry, th: int, twp: int, rq: Requant, tile=TILE):
+def winograd_conv(g: ConvGeometry, twv: int, tt: int, rq: Requant, tile=TILE):
     """``y[n, oc, oh, ow] = requant(S + bias[oc])`` with ``S`` the conv sum, from ``V``
-    (``input_transform``) and ``U`` (``pack_weights``) (module doc)."""
+    (``input_transform``, ``TWv`` tile slots a row) and ``U`` (``pack_weights``) (module doc).
+    A block of ``8 * VT`` tiles inside one tile row stores its 2 output rows as vectors (past
+    ``OW``: requantized as vectors, the valid columns copied); a block across rows (flat tiles,
+    ``row_pitch``: no lane spent past a row's end, where YOLOX's 26-tile rows took 32 lanes) is
+    requantized as vectors, then stored tile by tile."""
     from tvm.script import tirx as T
 
     RT, VT = tile
     V = LANES * VT
     N, C2, OC, OH, OW = g.n, -(-g.c // 2), g.oc, g.oh, g.ow
-    TH, TWp = th, twp
-    TB = TWp // V
+    TH, TW, TWv, TT = -(-g.oh // 2), -(-g.ow // 2), twv, tt
+    NT = TH * TWv
+    TB = -(-NT // V)  # tile blocks with work (TT may hold more)
     OCB = -(-OC // RT)
     OCp = OCB * RT
     mdt = str(rq.multiplier.dtype)
     odt = rq.out_dtype
 
     def n_(t):
-        return t // (OCB * TB * TH)
-
-    def th_(t):
-        return t // (OCB * TB) % TH
+        return t // (OCB * TB)
 
     def tb_(t):
         return t // OCB % TB
@@ -253,20 +280,20 @@ def winograd_conv(g: ConvGeometry, th: int, twp: int, rq: Requant, tile=TILE):
     loop = task_loop(T, N * OC * OH * OW * g.c * 9)
 
     @T.macro
-    def output(s, m, bias, t, r, v, a, b):  # s[a, 2 * tile + b] = 4 S >> 2 + bias of the vector's tiles (Python ints a, b)
+    def output(s, m, bias, t, r, v, a, b):  # s[a, 2 * lane + b] = 4 S >> 2 + bias of the vector's tiles (Python ints a, b)
         for l in T.vectorized(LANES):
             s[a * 2 * V + (v * LANES + l) * 2 + b] = T.shift_right(out_expr(m, r, v, l, a, b), T.int32(2)) + bias[ob_(t) * RT + r]
 
     @T.prim_func(check_well_formed=False)
-    def qwino_conv(vin: T.Buffer((N, TH, 16, C2, TWp * 2), "int16"), w: T.Buffer((OCB, 16, C2, RT), "int32"),
+    def qwino_conv(vin: T.Buffer((N, 16, C2, TT * 2), "int16"), w: T.Buffer((OCB, 16, C2, RT), "int32"),
                    bias: T.Buffer((OCp,), "int32"), mult: T.Buffer((OCp,), mdt), half: T.Buffer((OCp,), "int64"),
                    shift: T.Buffer((OCp,), "int64"), y: T.Buffer((N, OC, OH, OW), odt)):
         T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
         with T.sblock("root"):
-            for t in loop(N * TH * TB * OCB):
+            for t in loop(N * TB * OCB):
                 m = T.alloc_buffer((16 * RT * V,), "int32", scope="global")
                 s = T.alloc_buffer((2 * 2 * V,), "int32", scope="global")
-                o = T.alloc_buffer((2 * V,), odt, scope="global")
+                o = T.alloc_buffer((2 * 2 * V,), odt, scope="global")
                 for xi in T.serial(16):
                     acc = T.alloc_buffer((RT * V,), "int32", scope="global")
                     for i in T.unroll(RT * VT):
@@ -277,27 +304,42 @@ def winograd_conv(g: ConvGeometry, th: int, twp: int, rq: Requant, tile=TILE):
                                 acc[T.ramp((r * VT + v) * LANES, 1, LANES)] = \
                                     acc[T.ramp((r * VT + v) * LANES, 1, LANES)] + T.call_llvm_pure_intrin(
                                         "int32x8", PMADDWD, T.reinterpret("int16x16", T.broadcast(w[ob_(t), xi, c2, r], 8)),
-                                        vin[n_(t), th_(t), xi, c2, T.ramp((tb_(t) * V + v * LANES) * 2, 1, 2 * LANES)])
+                                        vin[n_(t), xi, c2, T.ramp((tb_(t) * V + v * LANES) * 2, 1, 2 * LANES)])
                     for i in T.unroll(RT * VT):
                         m[T.ramp((xi * RT * VT + i) * LANES, 1, LANES)] = acc[T.ramp(i * LANES, 1, LANES)]
                 for r in T.unroll(RT):
                     if ob_(t) * RT + r < OC:
-                        # 4 S of the 2x2 outputs of V tiles, (a, b) interleaved: s[a, 2 * tile + b]
+                        # 4 S of the 2x2 outputs of V tiles, (a, b) interleaved: s[a, 2 * lane + b]
                         for v in T.unroll(VT):
                             output(s, m, bias, t, r, v, 0, 0)
                             output(s, m, bias, t, r, v, 0, 1)
                             output(s, m, bias, t, r, v, 1, 0)
                             output(s, m, bias, t, r, v, 1, 1)
-                        for a in T.unroll(2):
-                            if th_(t) * 2 + a < OH:
-                                if tb_(t) * 2 * V + 2 * V <= OW:
-                                    for q in T.vectorized(2 * V):
-                                        y[n_(t), ob_(t) * RT + r, th_(t) * 2 + a, tb_(t) * 2 * V + q] = \
-                                            epi(s[a * 2 * V + q], mult, half, shift, ob_(t) * RT + r)
-                                else:  # the row's last tiles: requantized as vectors, the columns < OW stored
-                                    for q in T.vectorized(2 * V):
-                                        o[q] = epi(s[a * 2 * V + q], mult, half, shift, ob_(t) * RT + r)
-                                    for q in T.serial(OW - tb_(t) * 2 * V):
-                                        y[n_(t), ob_(t) * RT + r, th_(t) * 2 + a, tb_(t) * 2 * V + q] = o[q]
+                        if tb_(t) * V % TWv + V <= TWv:  # the block inside one tile row
+                            if (tb_(t) * V % TWv + V) * 2 <= OW:  # its output rows as vectors
+                                for a in T.unroll(2):
+                                    if tb_(t) * V // TWv * 2 + a < OH:
+                                        for q in T.vectorized(2 * V):
+                                            y[n_(t), ob_(t) * RT + r, tb_(t) * V // TWv * 2 + a,
+                                              tb_(t) * V % TWv * 2 + q] = epi(s[a * 2 * V + q], mult, half, shift,
+                                                                               ob_(t) * RT + r)
+                            else:  # the row's last tiles: requantized as vectors, the columns < OW copied
+                                for q in T.vectorized(4 * V):
+                                    o[q] = epi(s[q], mult, half, shift, ob_(t) * RT + r)
+                                for a in T.unroll(2):
+                                    if tb_(t) * V // TWv * 2 + a < OH:
+                                        for q in T.serial(T.max(OW - tb_(t) * V % TWv * 2, 0)):
+                                            y[n_(t), ob_(t) * RT + r, tb_(t) * V // TWv * 2 + a,
+                                              tb_(t) * V % TWv * 2 + q] = o[a * 2 * V + q]
+                        else:  # across tile rows: requantized as vectors, then stored tile by tile
+                            for q in T.vectorized(4 * V):
+                                o[q] = epi(s[q], mult, half, shift, ob_(t) * RT + r)
+                            for l in T.serial(T.min(V, NT - tb_(t) * V)):
+                                for a in T.unroll(2):
+                                    for b in T.unroll(2):
+                                        if T.And((tb_(t) * V + l) // TWv * 2 + a < OH,
+                                                 (tb_(t) * V + l) % TWv * 2 + b < OW):
+                                            y[n_(t), ob_(t) * RT + r, (tb_(t) * V + l) // TWv * 2 + a,
+                                              (tb_(t) * V + l) % TWv * 2 + b] = o[a * 2 * V + l * 2 + b]
 
     return qwino_conv
