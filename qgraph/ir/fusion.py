@@ -176,24 +176,23 @@ def _find_group(root: Node, form: str) -> Activation:
 
 def _find_hard_sigmoid_swish(mul: Node) -> Activation:
     """Mul(x, HardSigmoid(x)) or Mul(HardSigmoid(x), x)."""
-    if mul.op is not ops.Mul or len(mul.inputs) != 2:
-        raise FusionRefused(f"{mul.describe()} is not a Mul of two values ({HARD_SIGMOID_SWISH})", mul)
-    for gate, x in (mul.inputs, reversed(mul.inputs)):
-        hs = _producer(gate, ops.HardSigmoid)
-        if hs is not None and hs.inputs[0] is x and x is not None:
-            return Activation(HARD_SIGMOID_SWISH, (hs, mul), x)
-    raise FusionRefused(f"{mul.describe()} does not multiply a value by HardSigmoid of the same value", mul)
+    return _find_x_times_gate(mul, ops.HardSigmoid, HARD_SIGMOID_SWISH)
 
 
 def _find_sigmoid_swish(mul: Node) -> Activation:
     """Mul(x, Sigmoid(x)) or Mul(Sigmoid(x), x)."""
+    return _find_x_times_gate(mul, ops.Sigmoid, SIGMOID_SWISH)
+
+
+def _find_x_times_gate(mul: Node, gate_op: OpId, form: str) -> Activation:
+    """Mul(x, gate(x)) in either operand order: the group (gate, Mul) of ``form``."""
     if mul.op is not ops.Mul or len(mul.inputs) != 2:
-        raise FusionRefused(f"{mul.describe()} is not a Mul of two values ({SIGMOID_SWISH})", mul)
+        raise FusionRefused(f"{mul.describe()} is not a Mul of two values ({form})", mul)
     for gate, x in (mul.inputs, reversed(mul.inputs)):
-        sig = _producer(gate, ops.Sigmoid)
-        if sig is not None and sig.inputs[0] is x and x is not None:
-            return Activation(SIGMOID_SWISH, (sig, mul), x)
-    raise FusionRefused(f"{mul.describe()} does not multiply a value by Sigmoid of the same value", mul)
+        g = _producer(gate, gate_op)
+        if g is not None and g.inputs[0] is x and x is not None:
+            return Activation(form, (g, mul), x)
+    raise FusionRefused(f"{mul.describe()} does not multiply a value by {gate_op.op_type} of the same value", mul)
 
 
 def _find_clip_hard_swish(div: Node) -> Activation:
