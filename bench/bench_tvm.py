@@ -246,7 +246,10 @@ def _openvino(qdq_path: str, threads: int):
     fp32, OpenVINO, TVM) starve the digits CNN at batch 64 (0.1 ms of work): TVM reads 8 ms
     there with OpenVINO loaded and 0.07-0.11 ms without it or with any two of the others
     (measured 2026-12-07; ``ENABLE_CPU_PINNING`` off changed nothing). Read sub-millisecond
-    2-thread rows from a run without ``openvino`` installed."""
+    2-thread rows from a run without ``openvino`` installed. With the three ORT int8 models
+    (six pools) the CRNN's 2-thread ORT rows read 8-26 ms across runs, where each ORT int8
+    model alone in a process took 8.5-8.8 ms (and the TVM build alone 8.1-8.3): measure a
+    2-thread row that looks slower than its 1-thread one alone."""
     try:
         import openvino as ov
     except ImportError:
