@@ -6,9 +6,10 @@ one matmul, then each step is a ``[batch, hidden] x [hidden, gates * hidden]`` m
 gate arithmetic. The directions of a bidirectional op run as one batch (every step tensor has
 the directions as its first axis): one kernel chain of ``seq`` steps, not two. The matmuls by
 constant weights go to the target's GEMV kernel where it has one (``KernelPackage.float_gemv``:
-x86's packs the weights so that they stream in order). The equations are ONNX's (the operator documentation), in the order of the
-ONNX reference implementation (``x W^T + h R^T + (Wb + Rb)``, then the activations), so the
-results differ from it only in the last bits of sums and transcendental functions.
+x86's packs the weights so that they stream in order). The equations are ONNX's (the operator
+documentation), in the order of the ONNX reference implementation (``x W^T + h R^T + (Wb + Rb)``,
+then the activations), so the results differ from it only in the last bits of sums and
+transcendental functions.
 
 Supported: directions forward / reverse / bidirectional, ``layout`` 0 and 1, optional bias,
 initial states and (LSTM) peepholes, GRU's ``linear_before_reset`` both ways, and the default
@@ -208,8 +209,7 @@ def _run_directions(ctx: LowerContext, kind: str, x, wts: list[_Weights], h0s: l
     if wb is not None and kind != "GRU":
         bias = ctx.const(wb + rb) if isinstance(wb, np.ndarray) and isinstance(rb, np.ndarray) \
             else ctx.emit(relax.op.add(_as_expr(ctx, wb), _as_expr(ctx, rb)))
-    h = _stack(ctx, h0s)
-    h = _as_expr(ctx, h)
+    h = _as_expr(ctx, _stack(ctx, h0s))
     c = _as_expr(ctx, _stack(ctx, c0s)) if kind == "LSTM" else None
     outs = []
     # the steps' projections apart in one kernel (a strided slice per step cost a kernel call each)
