@@ -43,8 +43,8 @@ import math
 
 import numpy as np
 
-from qgraph.tvm.x86.gemm import (LANES, PMADDUBSW, PMADDWD, VPDPBUSD, ConvGeometry, Requant, ceil_to, requant_expr,
-                                 task_loop)
+from qgraph.tvm.x86.gemm import (LANES, PMADDUBSW, PMADDWD, VPDPBUSD, ConvGeometry, Requant, ceil_to, pair_dot,
+                                 requant_expr, task_loop)
 
 #: Register tile of the direct conv: RT output channels x VT vectors of 8 output columns
 #: (at most 16 ymm registers: RT * VT accumulators, VT input vectors, one broadcast weight).
@@ -326,7 +326,7 @@ def direct_conv(g: ConvGeometry, hp: int, wq: int, rq: Requant, tile=DIRECT_TILE
                 "int32x8", PMADDWD, T.call_llvm_pure_intrin(
                     "int16x16", PMADDUBSW, xv, T.reinterpret("int8x32", T.broadcast(wv, 8))),
                 T.broadcast(T.int16(1), 16))
-        return T.call_llvm_pure_intrin("int32x8", PMADDWD, T.reinterpret("int16x16", T.broadcast(wv, 8)), xv)
+        return pair_dot(T, wv, xv)
 
     if vnni is not None and (not ubsw or vnni not in VNNI_FORMS):
         raise ValueError(f"vnni={vnni!r} needs ubsw=True and one of {VNNI_FORMS}")
@@ -504,12 +504,9 @@ def igemm_conv(g: ConvGeometry, hp: int, wp: int, rq: Requant, tile=IGEMM_TILE):
                             for r in T.unroll(RT):
                                 for v in T.unroll(VT):
                                     acc[T.ramp((r * VT + v) * 8, 1, 8)] = acc[T.ramp((r * VT + v) * 8, 1, 8)] + \
-                                        T.call_llvm_pure_intrin(
-                                            "int32x8", PMADDWD,
-                                            T.reinterpret("int16x16", T.broadcast(T.reinterpret("int32", xp[
-                                                n_(t), p_(t, r) // OW * SH + kh * DH, p_(t, r) % OW * SW + kw * DW,
-                                                T.ramp(c2 * 2, 1, 2)]), 8)),
-                                            w[ob_(t), kh, kw, c2, T.ramp(v * 16, 1, 16)])
+                                        pair_dot(T, T.reinterpret("int32", xp[
+                                            n_(t), p_(t, r) // OW * SH + kh * DH, p_(t, r) % OW * SW + kw * DW,
+                                            T.ramp(c2 * 2, 1, 2)]), w[ob_(t), kh, kw, c2, T.ramp(v * 16, 1, 16)])
                 for r in T.unroll(RT):
                     if t % PTS * RT + r < P:
                         for v in T.unroll(VT):
@@ -644,9 +641,8 @@ def dw_conv(g: ConvGeometry, hq: int, wq: int, rq: Requant, vt: int = 2):
                     for j in T.unroll(KH2):
                         for kw in T.unroll(KW):
                             for v in T.unroll(VT):
-                                acc[T.ramp(v * 8, 1, 8)] = acc[T.ramp(v * 8, 1, 8)] + T.call_llvm_pure_intrin(
-                                    "int32x8", PMADDWD,
-                                    T.reinterpret("int16x16", T.broadcast(w[nch // OH % C, phase(nch), j, kw], 8)),
+                                acc[T.ramp(v * 8, 1, 8)] = acc[T.ramp(v * 8, 1, 8)] + pair_dot(
+                                    T, w[nch // OH % C, phase(nch), j, kw],
                                     xp[nch // (C * OH), nch // OH % C, row(nch, j), (kw * DW) % SW,
                                        T.ramp((ot * V + v * 8 + (kw * DW) // SW) * 2, 1, 16)])
                     for v in T.unroll(VT):

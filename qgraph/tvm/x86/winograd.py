@@ -44,7 +44,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from qgraph.tvm.x86.gemm import LANES, PMADDWD, ConvGeometry, Requant, ceil_to, requant_expr, task_loop
+from qgraph.tvm.x86.gemm import LANES, ConvGeometry, Requant, ceil_to, pair_dot, requant_expr, task_loop
 
 #: ``G' = 2 G`` of F(2x2, 3x3): integer, so ``U = G' g G'^T`` is (4x the textbook transform).
 G2 = np.array([[2, 0, 0], [1, 1, 1], [1, -1, 1], [0, 0, 2]], np.int64)
@@ -302,8 +302,8 @@ def winograd_conv(g: ConvGeometry, twv: int, tt: int, rq: Requant, tile=TILE):
                         for r in T.unroll(RT):
                             for v in T.unroll(VT):
                                 acc[T.ramp((r * VT + v) * LANES, 1, LANES)] = \
-                                    acc[T.ramp((r * VT + v) * LANES, 1, LANES)] + T.call_llvm_pure_intrin(
-                                        "int32x8", PMADDWD, T.reinterpret("int16x16", T.broadcast(w[ob_(t), xi, c2, r], 8)),
+                                    acc[T.ramp((r * VT + v) * LANES, 1, LANES)] + pair_dot(
+                                        T, w[ob_(t), xi, c2, r],
                                         vin[n_(t), xi, c2, T.ramp((tb_(t) * V + v * LANES) * 2, 1, 2 * LANES)])
                     for i in T.unroll(RT * VT):
                         m[T.ramp((xi * RT * VT + i) * LANES, 1, LANES)] = acc[T.ramp(i * LANES, 1, LANES)]
