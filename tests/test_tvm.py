@@ -495,6 +495,8 @@ def test_recurrent_ops_close_to_onnx_runtime(name):
     built = qtvm.build(model)
     got = built.run({"x": x})
     assert ("qfloat_gemv" in built.kernels) == (gates * hid % 8 == 0), sorted(built.kernels)
+    # the whole LSTM loop is one kernel where the x86 package covers it (no peepholes, 8 | H)
+    assert ("qfloat_lstm" in built.kernels) == (kind == "LSTM" and not peep and hid % 8 == 0), sorted(built.kernels)
     if layout:  # ONNX Runtime refuses layout=1: its reference is the same cell on transposed tensors
         node = helper.make_node(kind, ins, outs, hidden_size=hid, **dict(attrs, layout=0))
         inits = [(k, v.transpose(1, 0, 2) if k in ("h0", "c0") else v) for k, v in inits]
@@ -509,6 +511,47 @@ def test_recurrent_ops_close_to_onnx_runtime(name):
     for k, want in zip(outs, wants):
         assert got[k].shape == want.shape, (k, got[k].shape, want.shape)
         np.testing.assert_allclose(got[k], want, rtol=1e-5, atol=1e-5, err_msg=k)
+
+
+@pytest.mark.parametrize("direction,seq,batch,hidden,states", [
+    ("bidirectional", 7, 1, 16, False),  # the CRNN's form: batch 1, zero states
+    ("reverse", 5, 3, 8, True),  # an odd batch: a one-row tile after a two-row one
+    ("forward", 40, 2, 24, True),  # 80 rows of input projection: Relax's matmul, not the GEMV
+])
+def test_fused_lstm_loop_matches_the_unrolled_steps(monkeypatch, direction, seq, batch, hidden, states):
+    """``x86.recurrent.float_lstm`` (the time loop in one kernel, the cell update in the GEMV's
+    epilogue, a polynomial ``exp``) against the unrolled lowering of the same op (one kernel
+    chain per step, TVM's ``exp``): the same values within a few float32 ulps, the states given
+    as inputs (not constants) so neither lowering folds a step at build time."""
+    from onnx import TensorProto, helper
+
+    import qgraph.tvm.x86 as x86
+
+    rng = np.random.default_rng(seq)
+    dirs = 2 if direction == "bidirectional" else 1
+    x = (rng.standard_normal((seq, batch, 8)) * 2).astype(np.float32)
+    inits = [("W", (rng.standard_normal((dirs, 4 * hidden, 8)) * 0.5).astype(np.float32)),
+             ("R", (rng.standard_normal((dirs, 4 * hidden, hidden)) * 0.5).astype(np.float32)),
+             ("B", rng.standard_normal((dirs, 8 * hidden)).astype(np.float32))]
+    ins, feeds, graph_in = ["x", "W", "R", "B"], {"x": x}, [("x", TensorProto.FLOAT, list(x.shape))]
+    if states:
+        ins += ["", "h0", "c0"]
+        for k in ("h0", "c0"):
+            feeds[k] = rng.standard_normal((dirs, batch, hidden)).astype(np.float32)
+            graph_in.append((k, TensorProto.FLOAT, [dirs, batch, hidden]))
+    outs = ["y", "yh", "yc"]
+    node = helper.make_node("LSTM", ins, outs, hidden_size=hidden, direction=direction)
+    model = _onnx_model([node], graph_in, outs, inits, opset=14)
+    fused = qtvm.build(model)
+    assert "qfloat_lstm" in fused.kernels, sorted(fused.kernels)
+    got = fused.run(feeds)
+    monkeypatch.setattr(x86, "float_lstm", lambda *a: None)
+    unrolled = qtvm.build(model)
+    assert "qfloat_lstm" not in unrolled.kernels
+    want = unrolled.run(feeds)
+    for k in outs:
+        assert got[k].shape == want[k].shape
+        np.testing.assert_allclose(got[k], want[k], rtol=4e-7, atol=4e-7, err_msg=k)
 
 
 @pytest.mark.parametrize("a_shape,b_shape", [((1, 64), (64, 512)), ((6, 40), (40, 24)), ((2, 3, 8, 32), (32, 48)),

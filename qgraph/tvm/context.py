@@ -57,6 +57,12 @@ class KernelPackage(Protocol):
         """``x @ w`` for a float Relax ``x`` ``[D, M, K]`` and a constant ``w`` ``[D, K, N]`` (the
         recurrent ops' matmuls), or None."""
 
+    def float_lstm(self, ctx: "LowerContext", x, w: np.ndarray, r: np.ndarray, bias, h0, c0, reverse: list[bool]):
+        """An LSTM's time loop (default activations, no peepholes) for a float Relax ``x``
+        ``[seq, batch, I]``, constant ``W^T`` ``[D, I, 4H]`` and ``R^T`` ``[D, H, 4H]``, ``Wb + Rb``
+        ``[D, 4H]`` or None, initial states ``[D, batch, H]`` and each direction's ``reverse``:
+        ``(Y [seq, D, batch, H], Y_h, Y_c)``, or None."""
+
 
 class LowerContext:
     """Values and helpers for lowering one node at a time.

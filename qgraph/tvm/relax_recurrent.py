@@ -6,7 +6,10 @@ one matmul, then each step is a ``[batch, hidden] x [hidden, gates * hidden]`` m
 gate arithmetic. The directions of a bidirectional op run as one batch (every step tensor has
 the directions as its first axis): one kernel chain of ``seq`` steps, not two. The matmuls by
 constant weights go to the target's GEMV kernel where it has one (``KernelPackage.float_gemv``:
-x86's packs the weights so that they stream in order). The equations are ONNX's (the operator
+x86's packs the weights so that they stream in order). An LSTM with constant weights and the
+default activations goes whole to the target's loop kernel where it has one
+(``KernelPackage.float_lstm``: x86's runs every step in one call, the cell update in the
+GEMV's epilogue). The equations are ONNX's (the operator
 documentation), in the order of the ONNX reference implementation (``x W^T + h R^T + (Wb + Rb)``,
 then the activations), so the results differ from it only in the last bits of sums and
 transcendental functions.
@@ -174,6 +177,21 @@ def _matmul(ctx: LowerContext, x, w):
     return relax.op.matmul(x, _as_expr(ctx, w))
 
 
+def _fused_lstm(ctx: LowerContext, x, wts: list[_Weights], h0s: list, c0s: list, acts: list[str],
+                reverse: list[bool]):
+    """The target's one-kernel LSTM loop (``KernelPackage.float_lstm``) where it covers the op:
+    constant weights and biases, default activations, no peepholes; else None."""
+    if acts != _DEFAULT_ACTIVATIONS["LSTM"] or any(wt.p is not None for wt in wts):
+        return None
+    arrays = [wt.w_t for wt in wts] + [wt.r_t for wt in wts]
+    arrays += [b for wt in wts for b in (wt.wb, wt.rb) if b is not None]
+    if not all(isinstance(a, np.ndarray) for a in arrays):
+        return None
+    bias = np.stack([wt.wb + wt.rb for wt in wts]) if wts[0].wb is not None else None
+    return target_kernel(ctx, "float_lstm", x, np.stack([wt.w_t for wt in wts]), np.stack([wt.r_t for wt in wts]),
+                         bias, _stack(ctx, h0s), _stack(ctx, c0s), reverse)
+
+
 def _run_directions(ctx: LowerContext, kind: str, x, wts: list[_Weights], h0s: list, c0s: list, acts: list[str],
                     seq: int, batch: int, hidden: int, reverse: list[bool]):
     """Unrolled steps of ``D`` directions at once (their weights ``wts``, initial states, whether
@@ -185,6 +203,10 @@ def _run_directions(ctx: LowerContext, kind: str, x, wts: list[_Weights], h0s: l
     from tvm import relax
 
     gates, d_n = _GATES[kind], len(wts)
+    if kind == "LSTM":
+        fused = _fused_lstm(ctx, x, wts, h0s, c0s, acts, reverse)
+        if fused is not None:
+            return fused
     inputs = ctx.shape(x)[2]
     x1 = ctx.emit(relax.op.reshape(x, (1, seq * batch, inputs)))
     xws = []

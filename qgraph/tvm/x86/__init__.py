@@ -1,5 +1,5 @@
 """The x86 AVX2 kernel package: hand-scheduled integer kernels (TIR) for an x86-64 target with AVX2,
-and one float kernel (the recurrent ops' GEMV).
+and two float kernels (the recurrent ops' GEMV, the LSTM time loop).
 
 ``qgraph.tvm.kernel_packages`` gives this package to the lowering of such a target
 (``LowerContext.kernels``); the target-independent lowerings of ``qgraph.tvm.relax_integer``
@@ -11,7 +11,9 @@ call its hooks (``qgraph.tvm.context.KernelPackage``), each returning the node's
   with what every kernel here shares (the requantization epilogue ``Requant``, ``ConvGeometry``,
   the task loop);
 - ``conv``: the direct (no im2col) and depthwise conv kernels;
-- ``winograd``: exact integer Winograd F(2x2, 3x3) for 3x3 stride-1 convs.
+- ``winograd``: exact integer Winograd F(2x2, 3x3) for 3x3 stride-1 convs;
+- ``recurrent``: an LSTM's whole time loop as one kernel, the cell update in the GEMV's
+  epilogue (``float_lstm``).
 
 ``VNNI`` is the package for a target with ``VPDPBUSD`` (``VnniPackage``).
 
@@ -20,7 +22,7 @@ The package imports the target-independent modules it needs (``context``, ``rela
 """
 
 from qgraph.tvm.x86 import select as _select
-from qgraph.tvm.x86.select import float_gemv, lookup, qconv, qmatmul
+from qgraph.tvm.x86.select import float_gemv, float_lstm, lookup, qconv, qmatmul
 
 
 class VnniPackage:
@@ -48,8 +50,12 @@ class VnniPackage:
     def float_gemv(ctx, x, w):
         return float_gemv(ctx, x, w)
 
+    @staticmethod
+    def float_lstm(ctx, *args):
+        return float_lstm(ctx, *args)
+
 
 #: ``kernel_packages.kernel_package``'s choice for a target with VNNI.
 VNNI = VnniPackage()
 
-__all__ = ["VNNI", "VnniPackage", "float_gemv", "lookup", "qconv", "qmatmul"]
+__all__ = ["VNNI", "VnniPackage", "float_gemv", "float_lstm", "lookup", "qconv", "qmatmul"]

@@ -417,8 +417,9 @@ def float_gemv(d: int, m: int, k: int, n: int, dtype: str = "float32"):
             for o in loop(d * NBL):
                 acc = T.alloc_buffer((MR * nb,), dtype, scope="global")
                 for t in T.serial(MT + m % MR):
-                    rows = T.if_then_else(t < MT, MR, 1)
-                    r0 = T.if_then_else(t < MT, t * MR, MT * MR + t - MT)
+                    # meta_var: inlined (a bound name became a workspace allocation per task)
+                    rows = T.meta_var(T.if_then_else(t < MT, MR, 1))
+                    r0 = T.meta_var(T.if_then_else(t < MT, t * MR, MT * MR + t - MT))
                     for r in T.unroll(MR):
                         for v in T.unroll(V):
                             acc[T.ramp(r * nb + v * 8, 1, 8)] = T.broadcast(T.Cast(dtype, 0), 8)

@@ -43,6 +43,7 @@ from qgraph.tvm.context import MACS_ATTR, LowerContext
 from qgraph.tvm.relax_integer import shifted_range
 from qgraph.tvm.x86 import conv as D
 from qgraph.tvm.x86 import gemm as K
+from qgraph.tvm.x86 import recurrent as R
 from qgraph.tvm.x86 import winograd as W
 
 _I16 = 2**15 - 1
@@ -375,6 +376,38 @@ def float_gemv(ctx: LowerContext, x, w: np.ndarray):
     m = shape[1]
     return _call(ctx, K.float_gemv(d, m, k, n), "qfloat_gemv", [x, ctx.const(K.pack_gemv_weights(w))],
                  (d, m, n), "float32")
+
+
+def float_lstm(ctx: LowerContext, x, w: np.ndarray, r: np.ndarray, bias: np.ndarray | None, h0, c0,
+               reverse: list[bool]):
+    """An LSTM's whole time loop on ``recurrent.float_lstm`` (default activations, no
+    peepholes: the caller checks), or None. ``x`` ``[seq, batch, I]`` float; constant ``w``
+    ``[D, I, 4H]`` and ``r`` ``[D, H, 4H]`` (``W^T``, ``R^T``), ``bias`` ``[D, 4H]`` (``Wb + Rb``) or
+    None; ``h0`` / ``c0`` ``[D, batch, H]`` (numpy or Relax). Returns ``(Y [seq, D, batch, H],
+    Y_h, Y_c)``. The input projection of both directions is one ``float_gemv`` call (Relax's
+    matmul for a sequence longer than its rows)."""
+    from tvm import relax
+
+    if ctx.dtype(x) != "float32" or w.dtype != np.float32 or r.dtype != np.float32:
+        return None
+    seq, batch, inputs = (int(v) for v in ctx.shape(x))
+    d, hidden = r.shape[0], r.shape[1]
+    if w.shape != (d, inputs, 4 * hidden) or not R.lstm_fits(hidden, batch):
+        return None
+    x1 = relax.op.reshape(x, (1, seq * batch, inputs))
+    xs = ctx.emit(relax.op.broadcast_to(x1, (d, seq * batch, inputs)) if d > 1 else x1)
+    xw = float_gemv(ctx, xs, w)  # None past the GEMV's rows: a long sequence's projection is a GEMM
+    if xw is None:
+        xw = ctx.emit(relax.op.matmul(xs, ctx.const(w)))
+    state = [ctx.const(np.ascontiguousarray(v, np.float32)) if isinstance(v, np.ndarray) else v for v in (h0, c0)]
+    b = np.zeros((d, 4 * hidden), np.float32) if bias is None else np.asarray(bias, np.float32).reshape(d, 4 * hidden)
+    func = R.float_lstm(d, seq, batch, hidden, tuple(reverse)).without_attr("global_symbol").with_attr("op_pattern", 8)
+    gv = ctx.bb.add_func(func, "qfloat_lstm")
+    ts = relax.TensorType
+    out = ctx.emit(relax.call_tir(gv, [xw, ctx.const(R.pack_lstm_weights(r)), ctx.const(b)] + state,
+                                  [ts([seq, d, batch, hidden], "float32"), ts([d, batch, hidden], "float32"),
+                                   ts([d, batch, hidden], "float32")]))
+    return tuple(ctx.emit(relax.TupleGetItem(out, i)) for i in range(3))
 
 
 # -- Lookup -----------------------------------------------------------------------------------------

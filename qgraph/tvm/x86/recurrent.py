@@ -1,0 +1,162 @@
+"""The LSTM time loop as one float kernel (TIR) for x86 AVX2: every step's hidden-state GEMV with
+the cell update in its epilogue.
+
+``relax_recurrent`` unrolls a recurrent op into ``seq`` steps of a GEMV kernel, two gate
+kernels and their tensors: about 8 VM calls per step, and the gates apart from the GEMV that
+made them. Here one kernel runs the whole loop. Step ``s`` is one parallel region of tasks,
+one per (direction, 8 hidden units): a task's GEMV computes the 4 gates of its 8 units (the
+recurrence weights are packed ``[D, H / 8, H, 32]``: its i, o, f, c columns, contiguous over
+the reduction), then updates their cell and hidden state in registers. The hidden state is
+double-buffered between steps (every task of step ``s`` reads all of ``h[s - 1]``); each task
+owns its cell-state lanes.
+
+The arithmetic is ``relax_recurrent``'s, operation for operation: ``(x W^T + h R^T) + (Wb + Rb)``
+(the input projection ``x W^T`` is ``gemm.float_gemv``'s, ``R^T``'s sum a fused multiply-add
+chain in ``k`` order as that kernel's), Sigmoid in ``relax_float.sigmoid_expr``'s split form and
+Tanh in TVM's own form (``tanh_expr``), except ``exp``: TVM's is a libm call per lane, this is
+a polynomial in registers (``exp_expr``, within about 1 ulp), so the results differ from the unrolled
+lowering's in the last bits (``tests/test_tvm.py`` bounds it), as both differ from numpy's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qgraph.tvm.x86.gemm import GEMV_MAX_ROWS, GEMV_ROWS, LANES, task_loop
+
+#: Columns of one task: the 4 LSTM gates (ONNX's order i, o, f, c) of ``LANES`` hidden units.
+CELL_COLUMNS = 4 * LANES
+
+
+def lstm_fits(hidden: int, batch: int) -> bool:
+    """Whether ``float_lstm`` covers a hidden size and batch: whole vectors of units, a GEMV's rows."""
+    return hidden % LANES == 0 and 1 <= batch <= GEMV_MAX_ROWS
+
+
+def pack_lstm_weights(r_t: np.ndarray) -> np.ndarray:
+    """``R^T`` ``[D, H, 4H]`` (gate blocks i, o, f, c) as ``[D, H / 8, H, 32]``: task ``b``'s
+    columns (units ``8b .. 8b + 7`` of each gate, gate after gate), row after row."""
+    d, h, g = r_t.shape
+    blocks = r_t.reshape(d, h, 4, h // LANES, LANES).transpose(0, 3, 1, 2, 4)
+    return np.ascontiguousarray(blocks.reshape(d, h // LANES, h, CELL_COLUMNS))
+
+
+#: Cephes ``expf``: ``ln 2`` in two parts (``n * LN2_HI`` exact for the ``n`` here) and the
+#: polynomial of ``exp(r) - 1 - r`` over ``r^2`` on ``|r| <= ln 2 / 2``.
+LN2_HI, LN2_LO = 0.693359375, -2.12194440e-4
+EXP_POLY = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
+#: ``exp_expr``'s arguments are clamped here: its ``exp`` (1.18e-38) is a normal float32, so
+#: no subnormal (slow on most x86 cores) reaches the arithmetic after it.
+EXP_MIN = -87.33
+
+
+def exp_expr(T, x):
+    """``exp`` of a float32 vector ``x <= 0`` in registers: Cephes ``expf`` (``2^n`` times a
+    degree-7 polynomial of the reduced argument), ``x`` clamped at ``EXP_MIN``. Within 1.002 ulp
+    of the exact value (0.27 on average), where glibc's ``expf`` is within 0.5 and numpy's
+    float32 ``exp`` (the reference's) within 2.4 (``tests/test_tvm_kernels.py``, 2M arguments in
+    ``[-90, 0]``). TVM's ``exp`` is an ``expf`` call per lane, the vector spilled around each
+    call; in the LSTM kernel's epilogue that and the workspace it bound cost 30-45 us of a
+    143-164 us step (1 thread, ddddocr's CRNN shape)."""
+    def f(v):
+        return T.broadcast(T.float32(v), LANES)
+
+    x = T.max(x, f(EXP_MIN))
+    n = T.floor(x * f(1.4426950408889634) + f(0.5))
+    r = x - n * f(LN2_HI) - n * f(LN2_LO)
+    p = f(EXP_POLY[0])
+    for c in EXP_POLY[1:]:
+        p = p * r + f(c)
+    p = p * (r * r) + r + f(1.0)
+    two_n = T.reinterpret(f"float32x{LANES}", T.shift_left(T.Cast(f"int32x{LANES}", n) + T.broadcast(T.int32(127), LANES),
+                                                             T.broadcast(T.int32(23), LANES)))
+    return p * two_n
+
+
+def sigmoid_expr(T, x):
+    """``relax_float.sigmoid_expr`` in TIR: ``1 / (1 + e)`` for ``x > 0``, else ``e / (1 + e)``,
+    ``e = exp(-|x|)`` (``exp_expr``)."""
+    one = T.broadcast(T.float32(1), LANES)
+    e = exp_expr(T, -T.fabs(x))
+    return T.Select(x > T.broadcast(T.float32(0), LANES), one / (one + e), e / (one + e))
+
+
+def tanh_expr(T, x):
+    """TVM's ``tanh`` (its LLVM legalization: ``(1 - exp(-2x)) / (1 + exp(-2x))`` for ``x >= 0``,
+    ``(exp(2x) - 1) / (exp(2x) + 1)`` below) with one ``exp``: ``e = exp(-2|x|)`` is both sides'
+    ``exp`` (``-2|x| == 2x`` exactly for ``x < 0``), and the negative side is ``-(1 - e) / (1 + e)``
+    (negation is exact)."""
+    one = T.broadcast(T.float32(1), LANES)
+    e = exp_expr(T, T.broadcast(T.float32(-2), LANES) * T.fabs(x))
+    t = (one - e) / (one + e)
+    return T.Select(x >= T.broadcast(T.float32(0), LANES), t, -t)
+
+
+def float_lstm(d: int, seq: int, batch: int, hidden: int, reverse: tuple[bool, ...]):
+    """The LSTM loop of ``d`` directions (``reverse[i]``: direction ``i`` runs back in time).
+
+    Arguments, float32: ``xw`` ``[d, seq * batch, 4H]`` (``x W^T`` in time order, row
+    ``t * batch + b``), ``w`` ``[d, H / 8, H, 32]`` (``pack_lstm_weights``), ``bias``
+    ``[d, 4H]`` (``Wb + Rb``), ``h0`` / ``c0`` ``[d, batch, H]``; outputs ``y``
+    ``[seq, d, batch, H]`` (time order), ``yh`` / ``yc`` ``[d, batch, H]`` (the last step's).
+    Default activations only (Sigmoid, Tanh, Tanh), no peepholes."""
+    from tvm.script import tirx as T
+
+    H, G, HB, NB, L = hidden, 4 * hidden, hidden // LANES, CELL_COLUMNS, LANES
+    MR = min(GEMV_ROWS, batch)
+    MT = batch // MR  # full row tiles; an odd last row takes a tile whose second row repeats it
+    S = d * batch * H  # one copy of the state
+    loop = task_loop(T, d * batch * H * G)
+    rev = tuple(bool(r) for r in reverse)
+
+    def when(s, dd):
+        """The time index of step ``s`` of direction ``dd``."""
+        t = s
+        for i, r in enumerate(rev):
+            if r:
+                t = T.if_then_else(dd == i, seq - 1 - s, t)
+        return t
+
+    @T.prim_func(check_well_formed=False)
+    def flstm(xw: T.Buffer((d, seq * batch, G), "float32"), w: T.Buffer((d, HB, H, NB), "float32"),
+              bias: T.Buffer((d, G), "float32"), h0: T.Buffer((d, batch, H), "float32"),
+              c0: T.Buffer((d, batch, H), "float32"), y: T.Buffer((seq, d, batch, H), "float32"),
+              yh: T.Buffer((d, batch, H), "float32"), yc: T.Buffer((d, batch, H), "float32")):
+        T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+        with T.sblock("root"):
+            hs = T.alloc_buffer((2 * S,), "float32", scope="global")  # h[s - 1] and h[s], by parity
+            h0f = T.decl_buffer((S,), "float32", data=h0.data)
+            c0f = T.decl_buffer((S,), "float32", data=c0.data)
+            ycf = T.decl_buffer((S,), "float32", data=yc.data)
+            yhf = T.decl_buffer((S,), "float32", data=yh.data)
+            for i in T.serial(S):
+                hs[i] = h0f[i]
+                ycf[i] = c0f[i]
+            for s in T.serial(seq):
+                for o in loop(d * HB):
+                    acc = T.alloc_buffer((MR * NB,), "float32", scope="global")
+                    for t in T.serial(MT + batch % MR):
+                        # meta_var: inlined expressions (a bound name became a workspace allocation per task)
+                        rows = T.meta_var(T.if_then_else(t < MT, MR, 1))
+                        r0 = T.meta_var(T.if_then_else(t < MT, t * MR, MT * MR + t - MT))
+                        for r in T.unroll(MR):
+                            for v in T.unroll(4):
+                                acc[T.ramp(r * NB + v * L, 1, L)] = T.broadcast(T.float32(0), L)
+                        for kk in T.serial(H):
+                            for r in T.unroll(MR):
+                                for v in T.unroll(4):
+                                    acc[T.ramp(r * NB + v * L, 1, L)] = acc[T.ramp(r * NB + v * L, 1, L)] + T.broadcast(
+                                        hs[s % 2 * S + (o // HB * batch + T.min(r0 + r, batch - 1)) * H + kk], L
+                                    ) * w[o // HB, o % HB, kk, T.ramp(v * L, 1, L)]
+                        for r in T.serial(rows):
+                            # gate k of this task's units: (x W^T + h R^T) + (Wb + Rb)
+                            gate = T.meta_var(lambda k: (xw[o // HB, when(s, o // HB) * batch + r0 + r, T.ramp(k * H + o % HB * L, 1, L)]
+                                                         + acc[T.ramp(r * NB + k * L, 1, L)]) + bias[o // HB, T.ramp(k * H + o % HB * L, 1, L)])
+                            at = T.meta_var((o // HB * batch + r0 + r) * H + o % HB * L)  # the units in a state copy
+                            ycf[T.ramp(at, 1, L)] = sigmoid_expr(T, gate(2)) * ycf[T.ramp(at, 1, L)] + sigmoid_expr(T, gate(0)) * tanh_expr(T, gate(3))
+                            hs[T.ramp((s + 1) % 2 * S + at, 1, L)] = sigmoid_expr(T, gate(1)) * tanh_expr(T, ycf[T.ramp(at, 1, L)])
+                            y[when(s, o // HB), o // HB, r0 + r, T.ramp(o % HB * L, 1, L)] = hs[T.ramp((s + 1) % 2 * S + at, 1, L)]
+            for i in T.serial(S):
+                yhf[i] = hs[seq % 2 * S + i]
+
+    return flstm
