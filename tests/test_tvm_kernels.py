@@ -711,3 +711,40 @@ def test_lstm_kernel_exp_is_within_one_ulp():
     assert floor.size and floor[0] >= np.finfo(np.float32).tiny and (~normal).any()
     assert np.all(got[~normal] == floor[0])
     assert got[x == 0].size and np.all(got[x == 0] == 1.0)
+
+
+@pytest.mark.parametrize("c,h,w,pads,wq,xdt", [
+    (4, 5, 52, (1, 1), 33, "uint8"),  # a Winograd pack of a 52-wide row: 3 vector blocks, scalar ends
+    (3, 4, 37, (1, 0), 24, "int8"),  # odd channels (a missing one), no left pad, int8
+    (6, 3, 40, (2, 3), 22, "uint8"),  # an odd left pad: the first even padded column is input column 1
+    (2, 2, 40, (0, 0), 12, "uint8"),  # fewer packed columns than the input has: one vector block (Wq), not two
+    (2, 2, 15, (1, 1), 9, "uint8"),  # under 16 columns: scalar only
+])
+def test_column_stride_2_pack_layout(c, h, w, pads, wq, xdt):
+    """``conv.conv_pack`` at column stride 2 (the strided convs' and Winograd's phase split),
+    whose interior runs in 16-column vector blocks split by parity: every packed value is
+    ``x - zp`` of its channel, row and column (``q * 2 + phase - left pad``), 0 in the pads and
+    the missing channel."""
+    from qgraph.tvm.x86 import conv as D
+    from qgraph.tvm.x86.gemm import ConvGeometry
+
+    zp = 7 if xdt == "uint8" else -3
+    hp = h + 2 * pads[0]
+    g = ConvGeometry(1, c, h, w, 8, 3, 3, (hp - 3) // 2 + 1, wq - 1, (2, 2), (1, 1), pads)
+    rng = np.random.default_rng(w)
+    info = np.iinfo(xdt)
+    x = rng.integers(info.min, info.max + 1, (1, c, h, w)).astype(xdt)
+    func = D.conv_pack(g, xdt, zp, hp, wq)
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=targets.get("cpu").tvm_target())
+    c2 = -(-c // 2)
+    out = tvm.runtime.tensor(np.full((1, c2, hp, 2, wq * 2), 12345, np.int16))
+    lib["main"](tvm.runtime.tensor(x), out)
+    want = np.zeros((1, c2, hp, 2, wq, 2), np.int64)
+    for ch in range(c):
+        for r in range(hp):
+            for ph in range(2):
+                for q in range(wq):
+                    ih, iw = r - pads[0], q * 2 + ph - pads[1]
+                    if 0 <= ih < h and 0 <= iw < w:
+                        want[0, ch // 2, r, ph, q, ch % 2] = int(x[0, ch, ih, iw]) - zp
+    assert np.array_equal(out.numpy().reshape(want.shape), want)

@@ -236,6 +236,28 @@ def conv_pack(g: ConvGeometry, x_dtype: str, x_zp: int, hp: int, wq: int, ubsw: 
         return T.Cast("int16", v) - T.int16(zp)
 
     loop = task_loop(T, NB * CG * Hp * SW * Wq * G, macs=False)
+    # column stride 2 (the strided and Winograd convs' phase split), int16 pairs, one image a row:
+    # the interior runs in blocks of 16 input columns, both channels' rows loaded whole and split
+    # by parity with two shuffles (the scalar form read every other byte: 0.5 ns per input byte)
+    vec = SW == 2 and F == 1 and not ubsw and not src_lanes
+    a = PL % 2  # the first input column of an even padded column
+    QV0 = (a + PL) // 2  # the first vector-written q (both phases)
+    NV = 0
+    if vec:
+        his = [min(max((PL + W - ph + 1) // 2, 0), Q) for ph in (0, 1)]
+        NV = max(0, min((W - a) // 16, (min(his) - QV0) // 8))
+    QV1 = QV0 + 8 * NV
+
+    def part(ph, i):  # the interior's scalar columns: [lo, QV0) and [QV1, hi), clamped (both of it: NV 0)
+        if i == 0:
+            return lo(ph), T.max(T.min(hi(ph), QV0), lo(ph))
+        return T.min(T.max(lo(ph), QV1), hi(ph)), hi(ph)
+
+    def split(v0, v1, ph):  # 16 columns of two channels -> phase ph's 8 (channel 0, channel 1) pairs
+        return T.Shuffle([v0, v1], [i for j in range(ph, 16, 2) for i in (j, j + 16)])
+
+    def row16(x, n, c, ih, k):  # 16 input columns of channel c, zero point off, int16
+        return T.Cast("int16x16", x[n, c, ih - PT, T.ramp(a + 16 * k, 1, 16)]) - T.broadcast(T.int16(zp), 16)
 
     @T.prim_func(check_well_formed=False)
     def qdirect_pack(x: T.Buffer(x_shape, x_dtype), xp: T.Buffer((NB, CG, Hp, SW, Wq * G), ODT)):
@@ -246,12 +268,26 @@ def conv_pack(g: ConvGeometry, x_dtype: str, x_zp: int, hp: int, wq: int, ubsw: 
                     for q in T.serial(lo(ph) * F * G):
                         xp[ncr // (CG * Hp), ncr // Hp % CG, ncr % Hp, ph, q] = pad()
                     if T.And(ok(ncr // Hp % CG * G, ncr % Hp), ok(ncr // Hp % CG * G + G - 1, ncr % Hp)):
-                        for q in T.serial(hi(ph) - lo(ph)):  # no pad row or missing channel: no condition
+                        # no pad row or missing channel: no condition
+                        for q in T.serial(part(ph, 0)[1] - part(ph, 0)[0]):
                             for i in T.serial(F):
                                 for t in T.unroll(G):
-                                    xp[ncr // (CG * Hp), ncr // Hp % CG, ncr % Hp, ph, ((lo(ph) + q) * F + i) * G + t] = \
+                                    xp[ncr // (CG * Hp), ncr // Hp % CG, ncr % Hp, ph, ((part(ph, 0)[0] + q) * F + i) * G + t] = \
                                         val(x, ncr // (CG * Hp) * F + i, ncr // Hp % CG * G + t, ncr % Hp,
-                                            (lo(ph) + q) * SW + ph)
+                                            (part(ph, 0)[0] + q) * SW + ph)
+                        for q in T.serial(part(ph, 1)[1] - part(ph, 1)[0]):
+                            for i in T.serial(F):
+                                for t in T.unroll(G):
+                                    xp[ncr // (CG * Hp), ncr // Hp % CG, ncr % Hp, ph, ((part(ph, 1)[0] + q) * F + i) * G + t] = \
+                                        val(x, ncr // (CG * Hp) * F + i, ncr // Hp % CG * G + t, ncr % Hp,
+                                            (part(ph, 1)[0] + q) * SW + ph)
+                        for k in T.serial(NV):  # the vector blocks (vec)
+                            xp[ncr // (CG * Hp), ncr // Hp % CG, ncr % Hp, ph, T.ramp((QV0 + 8 * k) * 2, 1, 16)] = T.Select(
+                                ph == 0,
+                                split(row16(x, ncr // (CG * Hp), ncr // Hp % CG * 2, ncr % Hp, k),
+                                      row16(x, ncr // (CG * Hp), ncr // Hp % CG * 2 + 1, ncr % Hp, k), 0),
+                                split(row16(x, ncr // (CG * Hp), ncr // Hp % CG * 2, ncr % Hp, k),
+                                      row16(x, ncr // (CG * Hp), ncr // Hp % CG * 2 + 1, ncr % Hp, k), 1))
                     else:
                         for q in T.serial(hi(ph) - lo(ph)):
                             for i in T.serial(F):
