@@ -450,8 +450,22 @@ def test_qconv_per_tensor_requant_no_bias_relu_bounds():
 MATMUL_CASES = [
     ((1, 40, 120), (120, 37), "uint8"),   # rec's FC shapes, columns not a multiple of 16
     ((2, 3, 5, 33), (33, 16), "int8"),    # batch dims, odd K, rows < tile
-    ((7, 64), (64, 6625 // 25), "uint8"),
+    ((7, 64), (64, 6625 // 25), "uint8"),  # the 4x2 tile (7 rows: 8 computed where 6x2 computes 12)
+    ((1, 50), (50, 40), "uint8"),  # one row: the 2x4 tile
 ]
+
+
+def test_matmul_tile_takes_the_least_padded_work():
+    """``gemm.matmul_tile``: 6x2 (the fastest per multiply) unless another tile pads over 5% less."""
+    from qgraph.tvm.x86 import gemm
+
+    assert gemm.matmul_tile(24, 8210) == (6, 2)  # the CRNN head
+    assert gemm.matmul_tile(40, 37) == (6, 2)  # 42 rows against 40: under 5%
+    assert gemm.matmul_tile(30, 16) == (6, 2)
+    assert gemm.matmul_tile(7, 265) == (4, 2)
+    assert gemm.matmul_tile(8, 64) == (4, 2)
+    assert gemm.matmul_tile(1, 40) == (2, 4)
+    assert gemm.matmul_tile(2, 64) == (2, 4)
 
 
 @pytest.mark.parametrize("case", range(len(MATMUL_CASES)))

@@ -332,11 +332,11 @@ def _matmul_plan(ctx: LowerContext):
     if ctx.has_input(2) and bias is None:
         return None
     bias = None if bias is None else bias.astype(np.int64).reshape(-1)
-    lanes = K.LANES * K.MATMUL_TILE[1]
-    rq = _requant(ctx, n, K.ceil_to(n, lanes), bias)
+    tile = K.matmul_tile(int(np.prod(ash[:-1])), n)
+    rq = _requant(ctx, n, K.ceil_to(n, K.LANES * tile[1]), bias)
     if rq is None:
         return None
-    return ash, bd, rq, a_zp
+    return ash, bd, rq, a_zp, tile
 
 
 def qmatmul(ctx: LowerContext):
@@ -346,18 +346,18 @@ def qmatmul(ctx: LowerContext):
     plan = _matmul_plan(ctx)
     if plan is None:
         return None
-    ash, bd, rq, a_zp = plan
+    ash, bd, rq, a_zp, tile = plan
     k, n = bd.shape
     rows = int(np.prod(ash[:-1]))
     k2 = -(-k // 2)
     a = ctx.value(0)
     a2 = ctx.emit(relax.op.reshape(a, (rows, k))) if len(ash) != 2 else a
     ap = _call(ctx, K.matmul_prep(rows, k, ctx.dtype(a), a_zp), "qmatmul_prep", [a2], (rows, 2 * k2), "int16")
-    wp = K.pack_matmul_weights(bd.astype(np.int16), K.LANES * K.MATMUL_TILE[1])
+    wp = K.pack_matmul_weights(bd.astype(np.int16), K.LANES * tile[1])
     wdt = "int16"
     if INT8_WEIGHTS and bd.min() >= -128 and bd.max() <= 127:
         wp, wdt = wp.astype(np.int8), "int8"
-    y = _call(ctx, K.gemm_cols(rows, k2, n, rq, K.MATMUL_TILE, wdt), "qmatmul_gemm",
+    y = _call(ctx, K.gemm_cols(rows, k2, n, rq, tile, wdt), "qmatmul_gemm",
               [ap, ctx.const(wp)] + [ctx.const(z) for z in rq.arrays()],
               (rows, n), rq.out_dtype, macs=rows * k * n)
     return ctx.emit(relax.op.reshape(y, tuple(ash[:-1]) + (n,))) if len(ash) != 2 else y
