@@ -420,7 +420,9 @@ def float_gemv(d: int, m: int, k: int, n: int, dtype: str = "float32"):
 
     TVM's matmul schedule (``float_matmul_schedule``) on ``[1, 512] x [512, 2048]`` read the
     weights at 32 GB/s (a 256-column accumulator block in memory); this reads them at 57-74 GB/s,
-    kernel alone, 1 thread (ddddocr's CRNN: an LSTM step of both directions 2 x 129.5 -> 139-143 us)."""
+    kernel alone, 1 thread (ddddocr's CRNN: an LSTM step of both directions 2 x 129.5 -> 139-143 us,
+    116-129 us once ``rows`` / ``r0`` were inlined; an LSTM with the default activations now runs
+    its whole loop in ``recurrent.float_lstm`` instead)."""
     from tvm.script import tirx as T
 
     nb = gemv_block(n)
