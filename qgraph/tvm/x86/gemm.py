@@ -67,6 +67,7 @@ def matmul_tile(rows: int, cols: int) -> tuple[int, int]:
             best = t
     return best
 
+
 #: The AVX2 instructions the kernels call by name (here and in ``qgraph.tvm.x86.conv``).
 PMADDWD = "llvm.x86.avx2.pmadd.wd"
 PMADDUBSW = "llvm.x86.avx2.pmadd.ub.sw"

@@ -388,7 +388,7 @@ def float_lstm(ctx: LowerContext, x, w: np.ndarray, r: np.ndarray, bias: np.ndar
     matmul for a sequence longer than its rows)."""
     from tvm import relax
 
-    if ctx.dtype(x) != "float32" or w.dtype != np.float32 or r.dtype != np.float32:
+    if ctx.dtype(x) != "float32" or w.dtype != np.float32 or r.dtype != np.float32 or not _is_static(ctx.shape(x)):
         return None
     seq, batch, inputs = (int(v) for v in ctx.shape(x))
     d, hidden = r.shape[0], r.shape[1]
