@@ -56,8 +56,8 @@ def exp_expr(T, x):
     of the exact value (0.27 on average), where glibc's ``expf`` is within 0.5 and numpy's
     float32 ``exp`` (the reference's) within 2.4 (``tests/test_tvm_kernels.py``, 2M arguments in
     ``[-90, 0]``). TVM's ``exp`` is an ``expf`` call per lane, the vector spilled around each
-    call; in the LSTM kernel's epilogue that and the workspace it bound cost 30-45 us of a
-    143-164 us step (1 thread, ddddocr's CRNN shape)."""
+    call: the LSTM kernel's step took 142-164 us with it and 126-130 us with this (1 thread,
+    ddddocr's CRNN shape, kernel alone; separate runs of a noisy machine)."""
     def f(v):
         return T.broadcast(T.float32(v), LANES)
 
