@@ -552,6 +552,11 @@ def test_fused_lstm_loop_matches_the_unrolled_steps(monkeypatch, direction, seq,
     for k in outs:
         assert got[k].shape == want[k].shape
         np.testing.assert_allclose(got[k], want[k], rtol=4e-7, atol=4e-7, err_msg=k)
+    feeds["x"] = x.copy()
+    feeds["x"][seq // 2, 0, 3] = np.nan  # a NaN propagates as in the unrolled steps (not squashed to a number)
+    got, want = fused.run(feeds), unrolled.run(feeds)
+    for k in outs:
+        assert np.array_equal(np.isnan(got[k]), np.isnan(want[k])) and np.isnan(got[k]).any(), k
 
 
 @pytest.mark.parametrize("a_shape,b_shape", [((1, 64), (64, 512)), ((6, 40), (40, 24)), ((2, 3, 8, 32), (32, 48)),

@@ -697,7 +697,7 @@ def test_lstm_kernel_exp_is_within_one_ulp():
     """``x86.recurrent.exp_expr`` (the LSTM kernel's ``exp`` in registers) on 2M arguments in
     ``[-90, 0]``: within 1.01 ulp of the exact value (float64) down to ``EXP_MIN`` (1.002 measured), where TVM's
     ``exp`` (a libm call per lane) is within 0.5 and numpy's float32 ``exp`` (the reference's)
-    within 2.4; below it, ``exp(EXP_MIN)``, a normal float32 (no subnormal)."""
+    within 2.4; below it, ``exp(EXP_MIN)``, a normal float32 (no subnormal); a NaN stays a NaN."""
     from tvm.script import tirx as T
 
     from qgraph.tvm.x86 import recurrent
@@ -706,6 +706,7 @@ def test_lstm_kernel_exp_is_within_one_ulp():
     rng = np.random.default_rng(5)
     x = -np.abs(np.concatenate([[0.0, -1e-30, recurrent.EXP_MIN], np.linspace(-90, 0, n // 2), rng.uniform(-20, 0, n // 2)]))
     x = np.resize(x.astype(np.float32), n)
+    x[-8:] = [np.nan, -np.inf, -0.0, np.nan, -1.0, np.nan, -50.0, -np.nan]  # one vector with NaNs among values
 
     @T.prim_func
     def f(a: T.Buffer((n,), "float32"), y: T.Buffer((n,), "float32")):
@@ -717,6 +718,9 @@ def test_lstm_kernel_exp_is_within_one_ulp():
     args = [tvm.runtime.tensor(x), tvm.runtime.tensor(np.zeros(n, np.float32))]
     lib["main"](*args)
     got = args[1].numpy()
+    nan = np.isnan(x)
+    assert np.all(np.isnan(got[nan])) and not np.isnan(got[~nan]).any()  # a NaN stays a NaN, and only a NaN
+    got, x = got[~nan], x[~nan]
     exact = np.exp(x.astype(np.float64))
     normal = x >= recurrent.EXP_MIN
     ulps = np.abs(got[normal] - exact[normal]) / np.spacing(exact[normal].astype(np.float32))
