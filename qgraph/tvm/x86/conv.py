@@ -43,8 +43,8 @@ import math
 
 import numpy as np
 
-from qgraph.tvm.x86.gemm import (LANES, PMADDUBSW, PMADDWD, VPDPBUSD, ConvGeometry, Requant, ceil_to, pair_dot,
-                                 requant_expr, task_loop)
+from qgraph.tvm.x86.gemm import (LANES, PMADDUBSW, PMADDWD, VPDPBUSD, ConvGeometry, Requant, ceil_to,
+                                 least_padded_tile, pair_dot, requant_expr, task_loop)
 
 #: Register tile of the direct conv: RT output channels x VT vectors of 8 output columns
 #: (at most 16 ymm registers: RT * VT accumulators, VT input vectors, one broadcast weight).
@@ -71,15 +71,7 @@ def direct_tile(ow: int, ubsw: bool = False, oc: int | None = None) -> tuple[int
     for the u8 x s8 kernel."""
     if ubsw:
         return UBSW_TILE
-
-    def work(t):
-        return (ceil_to(oc, t[0]) if oc else 1) * ceil_to(ow, LANES * t[1])
-
-    best = TILES[0]
-    for t in TILES[1:]:
-        if work(t) < 0.95 * work(best):
-            best = t
-    return best
+    return least_padded_tile(TILES, oc, ow)
 
 
 def tap_fold_pays(g: ConvGeometry) -> bool:
@@ -259,6 +251,14 @@ def conv_pack(g: ConvGeometry, x_dtype: str, x_zp: int, hp: int, wq: int, ubsw: 
     def row16(x, n, c, ih, k):  # 16 input columns of channel c, zero point off, int16
         return T.Cast("int16x16", x[n, c, ih - PT, T.ramp(a + 16 * k, 1, 16)]) - T.broadcast(T.int16(zp), 16)
 
+    @T.macro
+    def interior(x, xp, ncr, ph, q0, q1):  # columns [q0, q1) of a phase: no pad row or missing channel
+        for q in T.serial(q1 - q0):
+            for i in T.serial(F):
+                for t in T.unroll(G):
+                    xp[ncr // (CG * Hp), ncr // Hp % CG, ncr % Hp, ph, ((q0 + q) * F + i) * G + t] = \
+                        val(x, ncr // (CG * Hp) * F + i, ncr // Hp % CG * G + t, ncr % Hp, (q0 + q) * SW + ph)
+
     @T.prim_func(check_well_formed=False)
     def qdirect_pack(x: T.Buffer(x_shape, x_dtype), xp: T.Buffer((NB, CG, Hp, SW, Wq * G), ODT)):
         T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
@@ -268,26 +268,8 @@ def conv_pack(g: ConvGeometry, x_dtype: str, x_zp: int, hp: int, wq: int, ubsw: 
                     for q in T.serial(lo(ph) * F * G):
                         xp[ncr // (CG * Hp), ncr // Hp % CG, ncr % Hp, ph, q] = pad()
                     if T.And(ok(ncr // Hp % CG * G, ncr % Hp), ok(ncr // Hp % CG * G + G - 1, ncr % Hp)):
-                        # no pad row or missing channel: no condition
-                        for q in T.serial(part(ph, 0)[1] - part(ph, 0)[0]):
-                            for i in T.serial(F):
-                                for t in T.unroll(G):
-                                    xp[ncr // (CG * Hp), ncr // Hp % CG, ncr % Hp, ph, ((part(ph, 0)[0] + q) * F + i) * G + t] = \
-                                        val(x, ncr // (CG * Hp) * F + i, ncr // Hp % CG * G + t, ncr % Hp,
-                                            (part(ph, 0)[0] + q) * SW + ph)
-                        for q in T.serial(part(ph, 1)[1] - part(ph, 1)[0]):
-                            for i in T.serial(F):
-                                for t in T.unroll(G):
-                                    xp[ncr // (CG * Hp), ncr // Hp % CG, ncr % Hp, ph, ((part(ph, 1)[0] + q) * F + i) * G + t] = \
-                                        val(x, ncr // (CG * Hp) * F + i, ncr // Hp % CG * G + t, ncr % Hp,
-                                            (part(ph, 1)[0] + q) * SW + ph)
-                        for k in T.serial(NV):  # the vector blocks (vec)
-                            xp[ncr // (CG * Hp), ncr // Hp % CG, ncr % Hp, ph, T.ramp((QV0 + 8 * k) * 2, 1, 16)] = T.Select(
-                                ph == 0,
-                                split(row16(x, ncr // (CG * Hp), ncr // Hp % CG * 2, ncr % Hp, k),
-                                      row16(x, ncr // (CG * Hp), ncr // Hp % CG * 2 + 1, ncr % Hp, k), 0),
-                                split(row16(x, ncr // (CG * Hp), ncr // Hp % CG * 2, ncr % Hp, k),
-                                      row16(x, ncr // (CG * Hp), ncr // Hp % CG * 2 + 1, ncr % Hp, k), 1))
+                        interior(x, xp, ncr, ph, part(ph, 0)[0], part(ph, 0)[1])
+                        interior(x, xp, ncr, ph, part(ph, 1)[0], part(ph, 1)[1])
                     else:
                         for q in T.serial(hi(ph) - lo(ph)):
                             for i in T.serial(F):
@@ -298,6 +280,14 @@ def conv_pack(g: ConvGeometry, x_dtype: str, x_zp: int, hp: int, wq: int, ubsw: 
                                                            ncr % Hp, (lo(ph) + q) * SW + ph), pad())
                     for q in T.serial((Q - hi(ph)) * F * G):
                         xp[ncr // (CG * Hp), ncr // Hp % CG, ncr % Hp, ph, hi(ph) * F * G + q] = pad()
+                if T.And(ok(ncr // Hp % CG * G, ncr % Hp), ok(ncr // Hp % CG * G + G - 1, ncr % Hp)):
+                    for k in T.serial(NV):  # the vector blocks (vec): both phases from one load of each row
+                        xp[ncr // (CG * Hp), ncr // Hp % CG, ncr % Hp, 0, T.ramp((QV0 + 8 * k) * 2, 1, 16)] = split(
+                            row16(x, ncr // (CG * Hp), ncr // Hp % CG * 2, ncr % Hp, k),
+                            row16(x, ncr // (CG * Hp), ncr // Hp % CG * 2 + 1, ncr % Hp, k), 0)
+                        xp[ncr // (CG * Hp), ncr // Hp % CG, ncr % Hp, 1, T.ramp((QV0 + 8 * k) * 2, 1, 16)] = split(
+                            row16(x, ncr // (CG * Hp), ncr // Hp % CG * 2, ncr % Hp, k),
+                            row16(x, ncr // (CG * Hp), ncr // Hp % CG * 2 + 1, ncr % Hp, k), 1)
 
     return qdirect_pack
 

@@ -51,21 +51,23 @@ LANES = 8
 #: weights): 6x2 2601 us (77.6 GMAC/s, this core's int16 peak), 4x2 2780, 2x4 2996, 4x3 4409 and
 #: 3x4 4008 (spills): six broadcasts and two weight loads per 12 multiplies, against 2 + 4 per 8.
 MATMUL_TILES = ((6, 2), (4, 2), (2, 4))
-#: ``gemm_cols``' default tile (the lowering picks one with ``matmul_tile``).
-MATMUL_TILE = (2, 4)
-
-
-def matmul_tile(rows: int, cols: int) -> tuple[int, int]:
-    """The GEMM's register tile for ``rows`` x ``cols``: the least padded work (rows to whole
-    tiles, columns to whole vectors), a less preferred tile only where it saves over 5%."""
+def least_padded_tile(tiles, rows: int | None, cols: int) -> tuple[int, int]:
+    """The register tile (rows x vectors of 8 columns) of ``tiles``, in order of preference, with
+    the least padded work (``rows`` to whole tiles, or 1 where None; ``cols`` to whole vectors):
+    a less preferred tile only where it saves over 5%. The matmul GEMM's and the direct conv's."""
     def work(t):
-        return ceil_to(rows, t[0]) * ceil_to(cols, LANES * t[1])
+        return (ceil_to(rows, t[0]) if rows else 1) * ceil_to(cols, LANES * t[1])
 
-    best = MATMUL_TILES[0]
-    for t in MATMUL_TILES[1:]:
+    best = tiles[0]
+    for t in tiles[1:]:
         if work(t) < 0.95 * work(best):
             best = t
     return best
+
+
+def matmul_tile(rows: int, cols: int) -> tuple[int, int]:
+    """The GEMM's register tile for ``rows`` x ``cols`` (``least_padded_tile`` of ``MATMUL_TILES``)."""
+    return least_padded_tile(MATMUL_TILES, rows, cols)
 
 
 #: The AVX2 instructions the kernels call by name (here and in ``qgraph.tvm.x86.conv``).
@@ -239,7 +241,7 @@ def matmul_prep(rows: int, k: int, a_dtype: str, a_zp: int):
     return qmatmul_prep
 
 
-def gemm_cols(rows: int, k2: int, cols: int, rq: Requant, tile=MATMUL_TILE, w_dtype: str = "int16"):
+def gemm_cols(rows: int, k2: int, cols: int, rq: Requant, tile: tuple[int, int], w_dtype: str = "int16"):
     """MatMul GEMM: ``y[r, c] = requant(sum_j a[r, j] . w[j, c] + bias[c])``, ``a`` int16 pairs
     ``[rows, 2 * K2]``, ``w`` packed by ``pack_matmul_weights`` (column tiles of ``LANES * VT``);
     per-column requantization.
