@@ -10,7 +10,8 @@ microseconds per call, calls per model run, the output shape, and the sum agains
 run of the whole model (the rest is the VM's own work: allocation, argument checks).
 Kernel times are the floor of a noisy machine; compare them within one run. Conv and matmul
 kernels also show GMAC/s (their MACs per call, ``Compiled.kernel_macs``) and the fraction of
-this core's peak for their form (``bench_mac_peak.py``: int16 pairs, or u8 x s8 for ``_ubsw``),
+this core's peak for their form (``bench_mac_peak.py``: int16 pairs, u8 x s8 for ``_ubsw``,
+VPDPBUSD for ``_vnni``),
 measured in the same run; a last table sums them per kernel family (``family_summary``:
 Winograd kernels count the direct conv's MACs, so they can read over 100%).
 """
@@ -87,7 +88,8 @@ def profile(compiled, feeds, repeats: int = 7, number: int = 20) -> tuple[list[t
 
 
 def mac_peak() -> dict[str, float]:
-    """This core's int16-pair and u8 x s8 MAC peak (``bench_mac_peak.peak``); {} without gcc."""
+    """This core's int16-pair, u8 x s8 and (where the CPU has it) VPDPBUSD MAC peak
+    (``bench_mac_peak.peak``); {} without gcc."""
     import bench_mac_peak
 
     try:
@@ -97,20 +99,30 @@ def mac_peak() -> dict[str, float]:
         return {}
 
 
+def peak_form(kernel: str) -> str:
+    """The ``bench_mac_peak`` form a kernel (or kernel family) runs: ``_vnni`` kernels
+    ``VPDPBUSD``, ``_ubsw`` ones u8 x s8, every other integer kernel int16 pairs."""
+    if "VNNI" in kernel or "u8 x s8" in kernel:  # a family (``FAMILIES``)
+        return "vpdpbusd" if "VNNI" in kernel else "u8 x s8"
+    name = kernel.rstrip("0123456789")
+    return "vpdpbusd" if name.endswith("_vnni") else "u8 x s8" if name.endswith("_ubsw") else "int16 pairs"
+
+
 def kernel_rate(sym: str, seconds: float, macs: dict, peaks: dict) -> tuple[str, str]:
-    """(GMAC/s, % of the peak of its form) of one call of kernel ``sym``, or blanks when it
-    declares no MACs. ``_ubsw`` kernels are u8 x s8; every other integer kernel int16 pairs."""
+    """(GMAC/s, % of the peak of its form, ``peak_form``) of one call of kernel ``sym``, or
+    blanks when it declares no MACs."""
     if sym not in macs or seconds <= 0:
         return "", ""
     rate = macs[sym] / seconds / 1e9
-    peak = peaks.get("u8 x s8" if sym.rstrip("0123456789").endswith("_ubsw") else "int16 pairs")
+    peak = peaks.get(peak_form(sym))
     return f"{rate:.1f}", (f"{100 * rate / peak:.0f}%" if peak else "")
 
 
 #: Kernel families of ``family_summary``: name prefix (digits stripped) -> family.
 FAMILIES = {"qdirect_conv": "direct conv, int16", "qdirect_conv_ubsw": "direct conv, u8 x s8",
             "qdirect_conv_vnni": "direct conv, VNNI", "qwino_conv": "Winograd conv (direct MACs)",
-            "qigemm_conv": "implicit-GEMM conv, int16", "qdw_pconv": "depthwise conv", "qmatmul_gemm": "matmul"}
+            "qigemm_conv": "implicit-GEMM conv, int16", "qdw_pconv": "depthwise conv", "qmatmul_gemm": "matmul",
+            "qmatmul_vnni": "matmul, VNNI"}
 
 
 def family_summary(rows, macs: dict, peaks: dict) -> list[tuple[str, float, float, float | None]]:
@@ -128,7 +140,7 @@ def family_summary(rows, macs: dict, peaks: dict) -> list[tuple[str, float, floa
     out = []
     for fam, t in time_s.most_common():
         rate = work[fam] / t / 1e9 if t > 0 else 0.0
-        peak = peaks.get("u8 x s8" if "u8 x s8" in fam or "VNNI" in fam else "int16 pairs")
+        peak = peaks.get(peak_form(fam))
         out.append((fam, t * 1e6, rate, 100 * rate / peak if peak else None))
     return out
 

@@ -122,16 +122,21 @@ def test_readme_tvm_command_runs(monkeypatch, capsys):
 
 
 def test_compile_names_the_conv_forms(tmp_path, inputs_20, capsys):
-    """With 7-bit weights the digits convs run the exact u8 x s8 kernel, and compile says so
-    (with 8-bit weights it names the int16 form and how to reach the faster one); verify
-    still finds the build bit-exact with the reference."""
+    """With 7-bit weights the digits convs run the exact u8 x s8 kernel (on a VNNI CPU: the
+    VPDPBUSD one, which every 8-bit conv runs), and compile says so (with 8-bit weights it names
+    the int16 form and how to reach the faster one); verify still finds the build bit-exact
+    with the reference."""
+    from qgraph.tvm import x86
+    from qgraph.tvm.kernel_packages import kernel_package
+
     config = tmp_path / "rr.json"
     config.write_text('{"reduce_range": true}')
     out = tmp_path / "rr"
     assert main(["compile", DIGITS, "--calib", CALIB, "-o", str(out), "--target", "cpu", "--batch-size", "8",
                  "--config", str(config)]) == 0
     said = capsys.readouterr().out
-    assert "qdirect_conv_ubsw x3" in said and "exact int16 pairs" not in said, said  # all three convs
+    u8 = "qdirect_conv_vnni" if isinstance(kernel_package(None), x86.VnniPackage) else "qdirect_conv_ubsw"
+    assert f"{u8} x3" in said and "exact int16 pairs" not in said, said  # all three convs
     assert main(["verify", str(out), "--inputs", inputs_20]) == 0
     assert "reference vs TVM cpu: max 0 LSB, 100.00% exact" in capsys.readouterr().out
 

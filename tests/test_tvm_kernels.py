@@ -24,7 +24,14 @@ from qgraph import targets  # noqa: E402
 from qgraph.tvm import x86  # noqa: E402
 from qgraph.tvm.kernel_packages import kernel_package  # noqa: E402
 
-pytestmark = pytest.mark.skipif(kernel_package(None) is not x86, reason="the x86 kernels need an x86-64 host with AVX2")
+HOST = kernel_package(None)
+#: A VNNI host runs the AVX2 kernels too: these tests build them for ``AVX2``, and the VNNI ones
+#: in their ``emulate`` form (any AVX2 host) and, where the host has VNNI, the instruction itself.
+HOST_VNNI = isinstance(HOST, x86.VnniPackage)
+pytestmark = pytest.mark.skipif(HOST is not x86 and not HOST_VNNI, reason="the x86 kernels need an x86-64 host with AVX2")
+#: This host without VNNI: the AVX2 kernels by name, whatever the host's VNNI
+AVX2 = targets.Target("cpu-avx2-test", {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "core-avx2"}, True,
+                      frozenset({"avx2", "fma"}))
 
 
 @pytest.fixture(autouse=True)
@@ -37,13 +44,13 @@ _one_node = one_node_model  # tests/conftest.py
 
 
 def _kernels(model) -> set[str]:
-    mod = qtvm.lower(model)
+    mod = qtvm.lower(model, target=AVX2)
     return {gv.name_hint.rstrip("0123456789") for gv in mod.get_global_vars()} - {"main"}
 
 
 def _check(model, feeds, expect: set[str]):
     assert expect <= _kernels(model), _kernels(model)
-    got = qtvm.build(model).run(feeds)
+    got = qtvm.build(model, AVX2).run(feeds)
     ref = Interpreter(model).run(feeds)
     assert got["y"].dtype == ref["y"].dtype
     assert np.array_equal(got["y"], ref["y"]), int((got["y"] != ref["y"]).sum())
@@ -251,19 +258,33 @@ def test_qconv_u8s8_pairs_where_no_pair_can_saturate(case, xdt):
 #: A host-runnable target that declares VNNI: lowering picks the VNNI package, LLVM compiles for AVX2
 VNNI_HOST = targets.Target("cpu-vnni-test", {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "core-avx2"},
                            True, frozenset({"avx2", "fma", "avx512vnni", "avx512vl"}))
+#: The VNNI kernels' forms under test: the emulation on any AVX2 host, the instruction on a VNNI one
+VNNI_RUNS = ["emulate", pytest.param("vpdpbusd", marks=pytest.mark.skipif(
+    not HOST_VNNI, reason="this CPU has no VNNI: test_vnni_conv_compiles_to_vpdpbusd compile-checks the form"))]
 
 
+def _vnni_target(form: str, monkeypatch):
+    """The target that runs the VNNI kernels in ``form`` on this host: ``VNNI_HOST`` with the
+    emulating package (AVX2 code), or the host itself (``VPDPBUSD``)."""
+    if form == "emulate":
+        monkeypatch.setattr(x86, "VNNI_512", x86.VnniPackage("emulate", bits=512))
+        return VNNI_HOST
+    return targets.resolve("cpu")
+
+
+@pytest.mark.parametrize("form", VNNI_RUNS)
 @pytest.mark.parametrize("case", [0, 1, 2, 3, 6, 7, 12, 13, 14, 15])
-def test_vnni_conv_layout_equals_the_reference_in_its_emulated_form(case, monkeypatch):
+def test_vnni_conv_equals_the_reference(case, form, monkeypatch):
     """With VNNI (VPDPBUSD sums 4 u8 x s8 products in int32) every 8-bit direct conv runs the
-    u8 x s8 form, full-range int8 weights included. This CPU has no VNNI (nor does Debian's
-    qemu), so the package's ``emulate`` form runs here: the same packed bytes, weights and
+    u8 x s8 form, full-range int8 weights included. On a CPU without VNNI (Debian's qemu has
+    none either) the package's ``emulate`` form runs: the same packed bytes, weights and
     indices, each lane's 4 products written out in int32; ``test_vnni_conv_compiles_to_vpdpbusd``
-    checks the instruction form compiles. ``qgraph compile`` checks a build against the
-    reference on the user's CPU, so a VNNI machine would refuse a wrong one."""
+    checks the instruction form compiles. On a VNNI CPU the instruction runs too. ``qgraph
+    compile`` checks a build against the reference on the user's CPU, so a VNNI machine would
+    refuse a wrong one."""
     xs, ws, strides, pads, dil, group, xdt = CONV_CASES[case]
     assert group == 1
-    monkeypatch.setattr(x86, "VNNI", x86.VnniPackage("emulate"))
+    target = _vnni_target(form, monkeypatch)
     rng = np.random.default_rng(300 + case)
     info = np.iinfo(xdt)
     x = rng.integers(info.min, info.max + 1, xs).astype(xdt)
@@ -277,16 +298,68 @@ def test_vnni_conv_layout_equals_the_reference_in_its_emulated_form(case, monkey
              **_requant(rng, oc, "uint8", small=case % 2 == 0)}
     bias = rng.integers(-20000, 20000, oc).astype(np.int32)
     model = _one_node(l3.QConv, {"x": x}, {"w": w, "b": bias}, attrs, DType.UINT8)
-    mod = qtvm.lower(model, target=VNNI_HOST)
+    mod = qtvm.lower(model, target=target)
     assert "qdirect_conv_vnni" in {gv.name_hint.rstrip("0123456789") for gv in mod.get_global_vars()}
-    got = qtvm.build(model, VNNI_HOST).run({"x": x})["y"]
+    got = qtvm.build(model, target).run({"x": x})["y"]
     ref = Interpreter(model).run({"x": x})["y"]
     assert np.array_equal(got, ref), int((got != ref).sum())
 
 
+@pytest.mark.parametrize("form", VNNI_RUNS)
+@pytest.mark.parametrize("case", range(5))
+def test_vnni_matmul_equals_the_reference(case, form, monkeypatch):
+    """With VNNI a matmul of 8-bit activations and int8 weights (after the zero point) runs
+    ``VPDPBUSD`` on the raw bytes, the zero point's share in the bias: the ``MATMUL_CASES``
+    (uint8 and int8 activations, per-column zero points, odd K, one row) and the CRNN head's
+    shape (24 x 1024 x 8210: the 12x2 tile of 32 registers)."""
+    ash, bsh, adt = (MATMUL_CASES + [((24, 1024), (1024, 8210), "uint8")])[case]
+    target = _vnni_target(form, monkeypatch)
+    rng = np.random.default_rng(400 + case)
+    info = np.iinfo(adt)
+    a = rng.integers(info.min, info.max + 1, ash).astype(adt)
+    a.reshape(-1)[:4], a.reshape(-1)[4:8] = info.min, info.max
+    n = bsh[1]
+    zp = [0] if case in (0, 4) else [int(z) for z in rng.integers(-2, 3, n)]
+    b = (rng.integers(-128, 128, bsh) if zp == [0] else rng.integers(-126, 126, bsh)).astype(np.int8)
+    b[0, 0] = -128 if zp == [0] else -126  # -128 - (-2): the extreme of int8 after the zero point
+    out = "uint8" if case != 1 else "int8"
+    attrs = {"a_zero_point": int(rng.integers(info.min, info.max + 1)), "b_zero_point": zp,
+             **_requant(rng, n, out, small=case != 2)}
+    bias = rng.integers(-20000, 20000, n).astype(np.int32)
+    model = _one_node(l3.QMatMul, {"a": a}, {"b": b, "bias": bias}, attrs, from_numpy(np.dtype(out)))
+    built = qtvm.build(model, target)
+    assert built.kernels.get("qmatmul_vnni") == 1, built.kernels
+    got, ref = built.run({"a": a})["y"], Interpreter(model).run({"a": a})["y"]
+    assert np.array_equal(got, ref), int((got != ref).sum())
+    if zp != [0]:  # a weight of -129 after the zero point: not int8, the int16 GEMM instead
+        b = b.copy()
+        b[0, 0], attrs["b_zero_point"] = -128, [1] * n
+        model = _one_node(l3.QMatMul, {"a": a}, {"b": b, "bias": bias}, attrs, from_numpy(np.dtype(out)))
+        assert "qmatmul_vnni" not in {gv.name_hint.rstrip("0123456789")
+                                      for gv in qtvm.lower(model, target=target).get_global_vars()}
+
+
+def test_vnni_512_takes_zmm_tiles_of_32_registers():
+    """AVX-512 VNNI: 512-bit VPDPBUSD (a pair of 8-column vectors per zmm accumulator) on tiles of
+    32 registers: 12x2 on the CRNN head (24 rows), 2x8 on one row; AVX-VNNI: 256-bit, the int16
+    form's 16-register tiles."""
+    from qgraph.tvm.x86 import conv as D
+    from qgraph.tvm.x86 import gemm
+
+    assert gemm.matmul_tile(24, 8210, vnni_bits=512) == (12, 2)
+    assert gemm.matmul_tile(24, 8210, vnni_bits=256) == gemm.matmul_tile(24, 8210) == (6, 2)
+    assert gemm.matmul_tile(1, 40, vnni_bits=512) == (2, 8) and gemm.matmul_tile(1, 40) == (2, 4)
+    assert D.direct_tile(52, oc=96, vnni_bits=512) == (4, 7)  # 56 columns where 12x2 computes 64
+    assert D.direct_tile(48, oc=96, vnni_bits=512) == (12, 2) and D.direct_tile(48, oc=96) == (6, 2)
+    assert kernel_package(targets.host_cpu("flags\t\t: fpu avx avx2 fma avx512f avx512bw avx512vl avx512_vnni\n")) \
+        is x86.VNNI_512 and x86.VNNI_512.bits == 512
+    assert kernel_package(targets.host_cpu("flags\t\t: fpu avx avx2 fma avx_vnni\n")) is x86.VNNI and x86.VNNI.bits == 256
+
+
 def test_vnni_conv_compiles_to_vpdpbusd():
-    """For a VNNI CPU (cascadelake: AVX-512 VNNI with VL) the direct conv is VPDPBUSD, with no
-    VPMADDUBSW left, and the host detection picks the VNNI package from /proc/cpuinfo flags."""
+    """For a VNNI CPU (cascadelake: AVX-512 VNNI with VL) the direct conv and the matmul are
+    VPDPBUSD, with no VPMADDUBSW nor VPMADDWD left, and the host detection picks the VNNI
+    package from /proc/cpuinfo flags."""
     from qgraph.tvm.kernel_packages import kernel_package
 
     rng = np.random.default_rng(5)
@@ -297,10 +370,11 @@ def test_vnni_conv_compiles_to_vpdpbusd():
     model = _one_node(l3.QConv, {"x": x}, {"w": w, "b": np.zeros(24, np.int32)}, attrs, DType.UINT8)
     flags = "flags\t\t: fpu sse4_2 avx avx2 fma avx512f avx512bw avx512vl avx512_vnni\n"
     cascade = targets.host_cpu(flags)
-    assert cascade.tvm_dict["mcpu"] == "cascadelake" and kernel_package(cascade) is x86.VNNI
+    assert cascade.tvm_dict["mcpu"] == "cascadelake" and kernel_package(cascade) is x86.VNNI_512
     alder = targets.host_cpu("flags\t\t: fpu sse4_2 avx avx2 fma avx_vnni\n")
     assert alder.tvm_dict.get("mattr") == ["+avxvnni"] and kernel_package(alder) is x86.VNNI
-    built = qtvm.build(model, targets.Target("vnni", dict(cascade.tvm_dict), False, cascade.features))
+    vnni = targets.Target("vnni", dict(cascade.tvm_dict), False, cascade.features)
+    built = qtvm.build(model, vnni)
     assert built.kernels.get("qdirect_conv_vnni") == 1
 
     def sources(m):
@@ -313,6 +387,14 @@ def test_vnni_conv_compiles_to_vpdpbusd():
 
     asm = "\n".join(sources(built.executable.mod))
     assert "vpdpbusd" in asm and "vpmaddubsw" not in asm
+    a = rng.integers(0, 256, (24, 64)).astype(np.uint8)
+    b = rng.integers(-128, 128, (64, 40)).astype(np.int8)
+    mm = _one_node(l3.QMatMul, {"a": a}, {"b": b}, {"a_zero_point": 9, "b_zero_point": [0], **_requant(rng, 40, "uint8")},
+                   DType.UINT8)
+    built = qtvm.build(mm, vnni)
+    assert built.kernels.get("qmatmul_vnni") == 1 and "qmatmul_gemm" not in built.kernels
+    asm = "\n".join(sources(built.executable.mod))
+    assert "vpdpbusd" in asm and "vpmaddwd" not in asm
 
 
 def test_a_batch_of_narrow_rows_interleaves_into_one_row():
@@ -344,7 +426,7 @@ def test_a_batch_of_narrow_rows_interleaves_into_one_row():
     attrs = {"strides": [2, 2], "pads": [1, 1, 1, 1], "kernel_shape": [3, 3], "x_zero_point": 7,
              "w_zero_point": [0], **_requant(rng, 32, "uint8")}
     model = _one_node(l3.QConv, {"x": x}, {"w": w}, attrs, DType.UINT8)
-    text = qtvm.lower(model)["main"].script()
+    text = qtvm.lower(model, target=AVX2)["main"].script()
     assert "R.permute_dims" in text and "(1, 32, 2, 12)" in text, text
     _check(model, {"x": x}, {"qdirect_conv"})
 
@@ -364,7 +446,7 @@ def test_a_batch_of_narrow_rows_interleaves_into_one_row():
     g.outputs.append(y)
     model = Model(g, {"": 21, "qgraph": 1})
     feeds = {"x": rng.integers(0, 256, (5, 16, 5, 3)).astype(np.uint8)}
-    text = qtvm.lower(model).script()
+    text = qtvm.lower(model, target=AVX2).script()
     assert 'x: T.Buffer((24, 5, 3, 5), "uint8")' in text, text  # the second pack reads [C, H, W, N]
     _check(model, feeds, {"qdirect_conv", "qdirect_conv_ubsw"})
 
@@ -381,7 +463,7 @@ def test_pointwise_convs_run_their_pixels_as_one_row():
     w = rng.integers(-128, 128, (10, 12, 1, 1)).astype(np.int8)
     attrs = {"kernel_shape": [1, 1], "x_zero_point": 3, "w_zero_point": [0], **_requant(rng, 10, "int8")}
     model = _one_node(l3.QConv, {"x": x}, {"w": w}, attrs, DType.INT8)
-    assert "(1, 10, 1, 65)" in qtvm.lower(model).script()
+    assert "(1, 10, 1, 65)" in qtvm.lower(model, target=AVX2).script()
     _check(model, {"x": x}, {"qdirect_conv"})
 
     # 6 images of 3x2 (folded for the 3x3 convs) through 3x3 -> 1x1 (4 pixels a row) -> 3x3
@@ -400,8 +482,8 @@ def test_pointwise_convs_run_their_pixels_as_one_row():
     g.outputs.append(vals[-1])
     model = Model(g, {"": 21, "qgraph": 1})
     feeds = {"x": rng.integers(0, 256, (6, 8, 3, 2)).astype(np.uint8)}
-    assert "(16, 1, 6, 6)" in qtvm.lower(model).script()  # the producer's [C, H, W, N] view as one row
-    got = qtvm.build(model).run(feeds)["y"]
+    assert "(16, 1, 6, 6)" in qtvm.lower(model, target=AVX2).script()  # the producer's [C, H, W, N] view as one row
+    got = qtvm.build(model, AVX2).run(feeds)["y"]
     assert np.array_equal(got, Interpreter(model).run(feeds)["y"])
 
 
@@ -429,12 +511,12 @@ def test_few_channel_convs_fold_their_row_taps_into_channels():
     attrs = {"pads": [1, 1, 1, 1], "kernel_shape": [3, 3], "x_zero_point": 3, "w_zero_point": [0],
              **_requant(rng, 8, "uint8")}
     model = _one_node(l3.QConv, {"x": x}, {"w": w3}, attrs, DType.UINT8)
-    text = qtvm.lower(model)["main"].script()
+    text = qtvm.lower(model, target=AVX2)["main"].script()
     assert "qtap_pack" in text and "(2, 9, 8, 8)" in text, text
     _check(model, {"x": x}, {"qdirect_conv"})
     w1 = rng.integers(-128, 128, (8, 1, 3, 3)).astype(np.int8)
     model = _one_node(l3.QConv, {"x": x[:, :1]}, {"w": w1}, attrs, DType.UINT8)
-    assert "qtap_pack" not in qtvm.lower(model)["main"].script()
+    assert "qtap_pack" not in qtvm.lower(model, target=AVX2)["main"].script()
     _check(model, {"x": x[:, :1]}, {"qdirect_conv_ubsw"})
 
 
@@ -527,7 +609,7 @@ def test_conv_transpose_runs_on_the_conv_kernels(xshape, wshape, attrs, expect):
                       attrs, DType.UINT8)
     names = _kernels(model)
     assert any(n.startswith(expect) for n in names), names
-    got = qtvm.build(model).run({"x": x})
+    got = qtvm.build(model, AVX2).run({"x": x})
     assert np.array_equal(got["y"], Interpreter(model).run({"x": x})["y"])
 
 
@@ -596,7 +678,7 @@ def test_fused_elementwise_kernels_are_scheduled():
              "shift": [31], "y_zero_point": 0, "y_qmin": 0, "y_qmax": 255}
     model = _one_node(l3.QAdd, {"a": x, "b": x}, {}, attrs, DType.UINT8)
     target = targets.resolve("cpu").tvm_target()
-    mod = qtvm.lower(model)
+    mod = qtvm.lower(model, target=AVX2)
     with target:
         mod = tvm.transform.Sequential(cpu.legalize_passes(target) + [schedule_pass(target)])(mod)
     prims = [f for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
@@ -624,14 +706,14 @@ def test_float_kernels_are_scheduled_only_when_correctly_rounded():
 
     def scheduled(model):
         with target:
-            mod = tvm.transform.Sequential(cpu.legalize_passes(target) + [schedule_pass(target)])(qtvm.lower(model))
+            mod = tvm.transform.Sequential(cpu.legalize_passes(target) + [schedule_pass(target)])(qtvm.lower(model, target=AVX2))
         prims = [f for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
         assert prims
         return all("tirx.is_scheduled" in f.attrs and int(f.attrs["tirx.is_scheduled"]) for f in prims)
 
     assert scheduled(quant)
     assert not scheduled(sigmoid)
-    got = qtvm.build(quant).run({"x": x})["y"]
+    got = qtvm.build(quant, AVX2).run({"x": x})["y"]
     assert np.array_equal(got, Interpreter(quant).run({"x": x})["y"])
 
 

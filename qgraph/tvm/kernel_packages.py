@@ -34,8 +34,8 @@ def device_builder(target):
 
 def kernel_package(target, kernels: str = "auto") -> KernelPackage | None:
     """The kernel package for ``target`` (a ``qgraph.targets.Target`` or name; None: this host):
-    ``qgraph.tvm.x86`` for an x86-64 target with AVX2 and ``kernels="auto"`` (its ``VNNI``
-    package where the target has 256-bit ``VPDPBUSD``); None (the default lowering) otherwise.
+    ``qgraph.tvm.x86`` for an x86-64 target with AVX2 and ``kernels="auto"`` (its ``VNNI_512``
+    or ``VNNI`` package where the target has 256-bit ``VPDPBUSD``); None (the default lowering) otherwise.
 
     Raises:
         LoweringError: ``kernels`` is not one of ``KERNEL_CHOICES``.
@@ -58,8 +58,10 @@ def kernel_package(target, kernels: str = "auto") -> KernelPackage | None:
     if str(t.tvm_dict.get("mtriple", "")).startswith("x86_64") and "avx2" in t.features:
         from qgraph.tvm import x86
 
-        # 256-bit VPDPBUSD: AVX-512 VNNI with VL (EVEX), or AVX-VNNI (VEX)
-        if {"avx512vnni", "avx512vl"} <= t.features or t.features & {"avx_vnni", "avxvnni"}:
+        # 256-bit VPDPBUSD: AVX-512 VNNI with VL (EVEX: 32 ymm registers), or AVX-VNNI (VEX: 16)
+        if {"avx512vnni", "avx512vl"} <= t.features:
+            return x86.VNNI_512
+        if t.features & {"avx_vnni", "avxvnni"}:
             return x86.VNNI
         return x86
     return None

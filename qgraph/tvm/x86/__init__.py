@@ -15,7 +15,7 @@ call its hooks (``qgraph.tvm.context.KernelPackage``), each returning the node's
 - ``recurrent``: an LSTM's whole time loop as one kernel, the cell update in the GEMV's
   epilogue (``float_lstm``).
 
-``VNNI`` is the package for a target with ``VPDPBUSD`` (``VnniPackage``).
+``VNNI`` / ``VNNI_512`` are the packages for a target with ``VPDPBUSD`` (``VnniPackage``).
 
 The package imports the target-independent modules it needs (``context``, ``relax_integer``,
 ``elementwise_schedule``); none of those imports it.
@@ -27,20 +27,24 @@ from qgraph.tvm.x86.select import float_gemv, float_lstm, lookup, qconv, qmatmul
 
 class VnniPackage:
     """The package for x86 targets with ``VPDPBUSD`` (AVX-512 VNNI with VL, or AVX-VNNI): the
-    same kernels, and every 8-bit direct conv on the u8 x s8 form through ``VPDPBUSD``, which
-    sums 4 products in int32 (exact for any int8 weights, where AVX2's ``VPMADDUBSW`` can
-    saturate in int16). ``form``: ``"vpdpbusd"``, or ``"emulate"`` (the same layout with the
-    products written out: what the tests run on a CPU without VNNI)."""
+    same kernels, and every 8-bit direct conv and matmul (int8 weights) on the u8 x s8 form
+    through ``VPDPBUSD``, which sums 4 products in int32 (exact for any int8 weights, where
+    AVX2's ``VPMADDUBSW`` can saturate in int16). ``form``: ``"vpdpbusd"``, or ``"emulate"``
+    (the same layout with the products written out: what the tests run on a CPU without
+    VNNI). ``bits``: 256 (AVX-VNNI: 16 ymm registers), or 512 (AVX-512 VNNI: ``VPDPBUSD`` on zmm,
+    16 int32 lanes, and 32 vector registers for the register tiles)."""
 
-    def __init__(self, form: str = "vpdpbusd"):
+    def __init__(self, form: str = "vpdpbusd", bits: int = 256):
+        if bits not in (256, 512):
+            raise ValueError(f"bits={bits}: 256 or 512")
         self.form = form
+        self.bits = bits
 
     def qconv(self, ctx):
-        return _select.qconv(ctx, vnni=self.form)
+        return _select.qconv(ctx, vnni=self.form, bits=self.bits)
 
-    @staticmethod
-    def qmatmul(ctx):
-        return qmatmul(ctx)
+    def qmatmul(self, ctx):
+        return _select.qmatmul(ctx, vnni=self.form, bits=self.bits)
 
     @staticmethod
     def lookup(ctx, table, storage):
@@ -55,7 +59,9 @@ class VnniPackage:
         return float_lstm(ctx, *args)
 
 
-#: ``kernel_packages.kernel_package``'s choice for a target with VNNI.
+#: ``kernel_packages.kernel_package``'s choice for a target with AVX-VNNI (VEX, 256-bit).
 VNNI = VnniPackage()
+#: ... and for a target with AVX-512 VNNI and VL (EVEX: 512-bit, 32 registers).
+VNNI_512 = VnniPackage(bits=512)
 
-__all__ = ["VNNI", "VnniPackage", "float_gemv", "float_lstm", "lookup", "qconv", "qmatmul"]
+__all__ = ["VNNI", "VNNI_512", "VnniPackage", "float_gemv", "float_lstm", "lookup", "qconv", "qmatmul"]

@@ -43,8 +43,8 @@ import math
 
 import numpy as np
 
-from qgraph.tvm.x86.gemm import (LANES, PMADDUBSW, PMADDWD, VPDPBUSD, ConvGeometry, Requant, ceil_to,
-                                 least_padded_tile, pair_dot, requant_expr, task_loop)
+from qgraph.tvm.x86.gemm import (LANES, PMADDUBSW, PMADDWD, VNNI_FORMS, ConvGeometry, Requant, ceil_to,
+                                 least_padded_tile, pair_dot, requant_expr, task_loop, vnni_dot)
 
 #: Register tile of the direct conv: RT output channels x VT vectors of 8 output columns
 #: (at most 16 ymm registers: RT * VT accumulators, VT input vectors, one broadcast weight).
@@ -64,14 +64,25 @@ UBSW_TILE = (8, 1)
 TILES = (DIRECT_TILE, (4, 2), (8, 1))
 
 
-def direct_tile(ow: int, ubsw: bool = False, oc: int | None = None) -> tuple[int, int]:
+#: The 512-bit VPDPBUSD kernel's tiles (RT channels x VT vectors of 8 columns, a pair of them one
+#: zmm accumulator, an odd last one a ymm), in order of preference. It takes about 12
+#: accumulators to cover the instruction's latency (5 cycles, 2 per cycle). Kernel alone, 1
+#: thread, GMAC/s on a Sapphire Rapids core (256-bit VPDPBUSD peak 155, the 6x2 ymm kernel
+#: 90-124 in YOLOX and the CRNN) for 12x2 / 6x4 / 4x6 / 4x7 / 8x2 / 6x2: 3x3 96ch 52x52 233 /
+#: 229 / - / 252 / 167 / 137; 48ch 104x104 217 / 198 / 177 / 213 / 170 / 143; 96ch 26x26 228 /
+#: 223 / 169 / 170 / 164 / 136; 192ch 13x13 232 / 135 / 97 / 97 / 165 / 136; 96 -> 192ch 16x48
+#: 276 / 221 / 281 / 281 / 206 / 172. 16x2 and 8x4 (16 zmm accumulators) ran 95-120.
+VNNI_512_TILES = ((12, 2), (4, 6), (6, 4), (4, 7), (8, 2), (6, 2), (4, 2), (8, 1))
+
+
+def direct_tile(ow: int, ubsw: bool = False, oc: int | None = None, vnni_bits: int | None = None) -> tuple[int, int]:
     """The register tile for ``ow`` output columns (and ``oc`` channels): the least padded
     work (channels x columns), a less preferred tile only where it saves over 5% (the digits
     CNN's 16- and 32-channel layers: 4x2 where 6x2 computes 18 and 36 rows); ``UBSW_TILE``
-    for the u8 x s8 kernel."""
+    for the u8 x s8 kernel; ``VNNI_512_TILES`` for the 512-bit VPDPBUSD one (``vnni_bits``)."""
     if ubsw:
         return UBSW_TILE
-    return least_padded_tile(TILES, oc, ow)
+    return least_padded_tile(VNNI_512_TILES if vnni_bits == 512 else TILES, oc, ow)
 
 
 def tap_fold_pays(g: ConvGeometry) -> bool:
@@ -292,14 +303,8 @@ def conv_pack(g: ConvGeometry, x_dtype: str, x_zp: int, hp: int, wq: int, ubsw: 
     return qdirect_pack
 
 
-#: ``direct_conv``'s ``vnni`` forms: the instruction, or its scalar emulation (the same packed
-#: buffers and indices, each lane's 4 products summed in int32: checks the layout on a CPU
-#: without VNNI, where the instruction cannot run).
-VNNI_FORMS = ("vpdpbusd", "emulate")
-
-
 def direct_conv(g: ConvGeometry, hp: int, wq: int, rq: Requant, tile=DIRECT_TILE, ubsw: bool = False,
-                fold: int = 1, vnni: str | None = None):
+                fold: int = 1, vnni: str | None = None, wide: bool = False):
     """``y[n, oc, oh, ow] = requant(sum_{c2, kh, kw} w . xp + bias[oc])`` on the packed input
     (``fold`` images per packed row, ``conv_pack``'s: ``y`` is then ``[N / fold, OC, OH, OW * fold]``,
     column ``ow * fold + n`` image ``n``'s ``ow``: ``select._unfold`` transposes it back).
@@ -310,7 +315,9 @@ def direct_conv(g: ConvGeometry, hp: int, wq: int, rq: Requant, tile=DIRECT_TILE
     ``rq.bias`` holds ``bias - x_zp * sum(w)``. Exact only where ``ubsw_exact`` holds.
 
     ``vnni`` (with ``ubsw``; ``VNNI_FORMS``): the same packed bytes through ``VPDPBUSD``, which
-    sums each lane's 4 u8 x s8 products in int32: exact for any int8 weights, no proof needed."""
+    sums each lane's 4 u8 x s8 products in int32: exact for any int8 weights, no proof needed.
+    ``wide`` (with ``vnni``): pairs of the tile's 8-column vectors as one 512-bit ``VPDPBUSD``
+    (an odd last one 256-bit)."""
     from tvm.script import tirx as T
 
     RT, VT = tile
@@ -357,18 +364,20 @@ def direct_conv(g: ConvGeometry, hp: int, wq: int, rq: Requant, tile=DIRECT_TILE
     if vnni is not None and (not ubsw or vnni not in VNNI_FORMS):
         raise ValueError(f"vnni={vnni!r} needs ubsw=True and one of {VNNI_FORMS}")
 
-    def accumulate(acc, wv, xv, x_buf, n, c2, row, ph, base):  # acc + one channel's weights . 8 columns
+    def accumulate(acc, wv, x_buf, n, c2, row, ph, base, lanes=8):  # acc + one channel's weights . lanes columns
         if vnni == "vpdpbusd":
             # LLVM 20+ types the byte operands as <32 x i8> (older LLVM: <8 x i32>; TVM 0.27 has the new form)
-            return T.call_llvm_pure_intrin("int32x8", VPDPBUSD, acc, xv, T.reinterpret("int8x32", T.broadcast(wv, 8)))
+            return vnni_dot(T, vnni, acc, x_buf[n, c2, row, ph, T.ramp(base, 1, 4 * lanes)],
+                            T.reinterpret(f"int8x{4 * lanes}", T.broadcast(wv, lanes)), lanes)
         if vnni == "emulate":  # lane j: bytes 4 j + k (k < 4) times the weight's byte k, summed in int32
-            total = acc
-            for k in range(4):
-                xk = T.Cast("int32x8", x_buf[n, c2, row, ph, T.ramp(base + k, 4, 8)])
-                wk = T.Cast("int32", T.Cast("int8", T.shift_right(wv, T.int32(8 * k))))
-                total = total + xk * T.broadcast(wk, 8)
-            return total
-        return acc + product(wv, xv)
+            return vnni_dot(T, vnni, acc, lambda k: T.Cast(f"int32x{lanes}", x_buf[n, c2, row, ph, T.ramp(base + k, 4, lanes)]),
+                            lambda k: T.broadcast(T.Cast("int32", T.Cast("int8", T.shift_right(wv, T.int32(8 * k)))), lanes),
+                            lanes)
+        return acc + product(wv, x_buf[n, c2, row, ph, T.ramp(base, 1, 8 * G)])
+
+    PAIRS = VT // 2 if vnni is not None and wide else 0  # 16-lane units: vectors 2 p and 2 p + 1
+    SINGLES = VT - 2 * PAIRS
+    PAIR_LANES = 16 if PAIRS else 8  # (an empty loop's body is still parsed: it must type-check)
 
     loop = task_loop(T, N * OC * OH * OW * C * KH * KW)
 
@@ -386,13 +395,16 @@ def direct_conv(g: ConvGeometry, hp: int, wq: int, rq: Requant, tile=DIRECT_TILE
                     for kh in T.unroll(KH):
                         for kw in T.unroll(KW):
                             for r in T.unroll(RT):
-                                for v in T.unroll(VT):
-                                    acc[T.ramp((r * VT + v) * 8, 1, 8)] = accumulate(
-                                        acc[T.ramp((r * VT + v) * 8, 1, 8)], w[ob_(t), c2, kh, kw, r],
-                                        xp[n_(t), c2, oh_(t) * SH + kh * DH, (kw * DW) % SW,
-                                           T.ramp((ot_(t) * V + v * 8 + (kw * DW) // SW * fold) * G, 1, 8 * G)],
+                                for p in T.unroll(PAIRS):
+                                    acc[T.ramp((r * VT + 2 * p) * 8, 1, PAIR_LANES)] = accumulate(
+                                        acc[T.ramp((r * VT + 2 * p) * 8, 1, PAIR_LANES)], w[ob_(t), c2, kh, kw, r],
                                         xp, n_(t), c2, oh_(t) * SH + kh * DH, (kw * DW) % SW,
-                                        (ot_(t) * V + v * 8 + (kw * DW) // SW * fold) * G)
+                                        (ot_(t) * V + 2 * p * 8 + (kw * DW) // SW * fold) * G, PAIR_LANES)
+                                for v in T.unroll(SINGLES):
+                                    acc[T.ramp((r * VT + 2 * PAIRS + v) * 8, 1, 8)] = accumulate(
+                                        acc[T.ramp((r * VT + 2 * PAIRS + v) * 8, 1, 8)], w[ob_(t), c2, kh, kw, r],
+                                        xp, n_(t), c2, oh_(t) * SH + kh * DH, (kw * DW) % SW,
+                                        (ot_(t) * V + (2 * PAIRS + v) * 8 + (kw * DW) // SW * fold) * G)
                 for r in T.unroll(RT):
                     for v in T.unroll(VT):
                         if ob_(t) * RT + r < OC:

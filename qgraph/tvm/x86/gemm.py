@@ -51,6 +51,12 @@ LANES = 8
 #: weights): 6x2 2601 us (77.6 GMAC/s, this core's int16 peak), 4x2 2780, 2x4 2996, 4x3 4409 and
 #: 3x4 4008 (spills): six broadcasts and two weight loads per 12 multiplies, against 2 + 4 per 8.
 MATMUL_TILES = ((6, 2), (4, 2), (2, 4))
+#: The 512-bit ``VPDPBUSD`` GEMM's tiles (rows x vectors of 8 columns, a pair of them one zmm
+#: accumulator, an odd last one a ymm). Kernel alone, 1 thread, the CRNN head on a Sapphire
+#: Rapids core: 12x2 898-933 us (216-225 GMAC/s), 6x4 968-977, 8x3 1033-1048, 4x4 1158, 8x2
+#: 1150, 2x8 1228, 6x2 1366, 2x4 1863; 16x2, 24x2, 8x4, 12x4 (16 and more zmm accumulators)
+#: 1548-2125. The 256-bit form: 12x2 1330 (152 GMAC/s, its peak), 6x2 1516; int16 6x2 3355.
+VNNI_512_MATMUL_TILES = ((12, 2), (6, 4), (8, 3), (4, 4), (6, 2), (2, 8), (2, 4))
 def least_padded_tile(tiles, rows: int | None, cols: int) -> tuple[int, int]:
     """The register tile (rows x vectors of 8 columns) of ``tiles``, in order of preference, with
     the least padded work (``rows`` to whole tiles, or 1 where None; ``cols`` to whole vectors):
@@ -65,9 +71,10 @@ def least_padded_tile(tiles, rows: int | None, cols: int) -> tuple[int, int]:
     return best
 
 
-def matmul_tile(rows: int, cols: int) -> tuple[int, int]:
-    """The GEMM's register tile for ``rows`` x ``cols`` (``least_padded_tile`` of ``MATMUL_TILES``)."""
-    return least_padded_tile(MATMUL_TILES, rows, cols)
+def matmul_tile(rows: int, cols: int, vnni_bits: int | None = None) -> tuple[int, int]:
+    """The GEMM's register tile for ``rows`` x ``cols`` (``least_padded_tile`` of ``MATMUL_TILES``,
+    or of ``VNNI_512_MATMUL_TILES`` for the 512-bit ``VPDPBUSD`` kernel)."""
+    return least_padded_tile(VNNI_512_MATMUL_TILES if vnni_bits == 512 else MATMUL_TILES, rows, cols)
 
 
 #: The AVX2 instructions the kernels call by name (here and in ``qgraph.tvm.x86.conv``).
@@ -76,6 +83,13 @@ PMADDUBSW = "llvm.x86.avx2.pmadd.ub.sw"
 #: ``VPDPBUSD`` (AVX-512 VNNI with VL, or AVX-VNNI: LLVM picks the encoding from the target):
 #: ``acc + sum of 4 u8 x s8 products`` per int32 lane, in int32, without an int16 step: exact.
 VPDPBUSD = "llvm.x86.avx512.vpdpbusd.256"
+#: ... on 512-bit vectors (16 int32 lanes, AVX-512 VNNI): twice the MACs per instruction, which a
+#: server core with two 512-bit FMA units issues as often as the 256-bit form.
+VPDPBUSD_512 = "llvm.x86.avx512.vpdpbusd.512"
+#: The kernels' ``vnni`` forms: the instruction, or its scalar emulation (the same packed
+#: buffers and indices, each lane's 4 products summed in int32: checks the layout on a CPU
+#: without VNNI, where the instruction cannot run).
+VNNI_FORMS = ("vpdpbusd", "emulate")
 PSHUFB = "llvm.x86.avx2.pshuf.b"
 PBLENDVB = "llvm.x86.avx2.pblendvb"
 
@@ -153,6 +167,19 @@ def bias_fits_int32(bias) -> bool:
     return bool(b.size == 0 or (b.min() >= -(2**31) and b.max() < 2**31))
 
 
+def vnni_dot(T, form: str, acc, xv, wv, lanes: int = 8):
+    """``acc`` + ``VPDPBUSD`` of u8 bytes ``xv`` (``4 * lanes``) by s8 bytes ``wv`` (``4 * lanes``):
+    each int32 lane sums its 4 products (exact). ``lanes`` 8 (ymm) or 16 (zmm). ``form``
+    ``"emulate"`` (``VNNI_FORMS``) writes the products out: ``xv`` and ``wv`` are then callables,
+    ``k`` -> the lanes' byte ``k`` as an int32 vector."""
+    if form == "vpdpbusd":
+        return T.call_llvm_pure_intrin(f"int32x{lanes}", VPDPBUSD if lanes == 8 else VPDPBUSD_512, acc, xv, wv)
+    total = acc
+    for k in range(4):
+        total = total + xv(k) * wv(k)
+    return total
+
+
 def pair_dot(T, pair, vec):
     """``VPMADDWD`` of one int32 ``pair`` (two int16, little endian) broadcast to the 8 lanes by
     the 16 int16 of ``vec``: 8 int32 lanes, each the sum of its two adjacent products (exact:
@@ -182,16 +209,17 @@ def requant_expr(T, acc, bias, mult, half, shift, rq: Requant):
 
 
 # -- weight packing (compile time, numpy) ----------------------------------------------------------
-def pack_matmul_weights(bd: np.ndarray, lanes: int) -> np.ndarray:
-    """Zero-point-shifted weights ``[K, N]`` (int16 values) as int16 ``[Np / lanes, K2, lanes * 2]``,
-    pairs interleaved: one column tile's weights contiguous over the whole reduction, so a
-    task streams them in order (rows of the unblocked ``[K2, Np * 2]`` form lay 16 KiB apart in
-    the CRNN's 8210-column head: a new page every row)."""
+def pack_matmul_weights(bd: np.ndarray, lanes: int, group: int = 2) -> np.ndarray:
+    """Zero-point-shifted weights ``[K, N]`` as ``[Np / lanes, KG, lanes * group]`` (``bd``'s
+    dtype), ``group`` consecutive k of a column interleaved (2: int16 pairs for ``VPMADDWD``;
+    4: byte quads for ``VPDPBUSD``): one column tile's weights contiguous over the whole
+    reduction, so a task streams them in order (rows of the unblocked ``[K2, Np * 2]`` form lay
+    16 KiB apart in the CRNN's 8210-column head: a new page every row)."""
     k, n = bd.shape
-    k2, npad = -(-k // 2), ceil_to(n, lanes)
-    w = np.zeros((2 * k2, npad), np.int16)
+    kg, npad = -(-k // group), ceil_to(n, lanes)
+    w = np.zeros((group * kg, npad), bd.dtype)
     w[:k, :n] = bd
-    w = w.reshape(k2, 2, npad).transpose(0, 2, 1).reshape(k2, npad // lanes, 2 * lanes)
+    w = w.reshape(kg, group, npad).transpose(0, 2, 1).reshape(kg, npad // lanes, group * lanes)
     return np.ascontiguousarray(w.transpose(1, 0, 2))
 
 
@@ -220,57 +248,94 @@ class ConvGeometry:
         return self.oh * self.ow
 
 
-def matmul_prep(rows: int, k: int, a_dtype: str, a_zp: int):
-    """``a [rows, K]`` (8-bit) -> int16 ``[rows, 2 * K2]``: ``a - zp``, an odd K padded with 0."""
+def matmul_prep(rows: int, k: int, a_dtype: str, a_zp: int, quads: bool = False):
+    """``a [rows, K]`` (8-bit) -> int16 ``[rows, 2 * K2]``: ``a - zp``, an odd K padded with 0.
+    ``quads`` (the ``VPDPBUSD`` GEMM): -> uint8 ``[rows, 4 * K4]``, the raw bytes (int8 shifted
+    by 128 to uint8; the zero point's share is in the GEMM's bias), K padded to quads with 0."""
     from tvm.script import tirx as T
 
     R, K = rows, k
-    K2 = -(-K // 2)
+    G = 4 if quads else 2
+    KG = -(-K // G)
     zp = int(a_zp)
 
-    loop = task_loop(T, R * K2 * 2, macs=False)
+    loop = task_loop(T, R * KG * G, macs=False)
+
+    def value(a, r, kk):
+        x = a[r, T.min(kk, K - 1)]
+        if not quads:
+            return T.Cast("int16", x) - T.int16(zp)
+        return T.Cast("uint8", T.Cast("int32", x) + 128) if a_dtype == "int8" else x
+
+    odt = "uint8" if quads else "int16"
 
     @T.prim_func(check_well_formed=False)
-    def qmatmul_prep(a: T.Buffer((R, K), a_dtype), ap: T.Buffer((R, K2 * 2), "int16")):
+    def qmatmul_prep(a: T.Buffer((R, K), a_dtype), ap: T.Buffer((R, KG * G), odt)):
         T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
         with T.sblock("root"):
             for r in loop(R):
-                for kk in T.vectorized(K2 * 2):
-                    ap[r, kk] = T.if_then_else(kk < K, T.Cast("int16", a[r, T.min(kk, K - 1)]) - T.int16(zp), T.int16(0))
+                for kk in T.vectorized(KG * G):
+                    ap[r, kk] = T.if_then_else(kk < K, value(a, r, kk), T.Cast(odt, 0))
 
     return qmatmul_prep
 
 
-def gemm_cols(rows: int, k2: int, cols: int, rq: Requant, tile: tuple[int, int], w_dtype: str = "int16"):
+def gemm_cols(rows: int, k2: int, cols: int, rq: Requant, tile: tuple[int, int], w_dtype: str = "int16",
+              vnni: str | None = None, wide: bool = False):
     """MatMul GEMM: ``y[r, c] = requant(sum_j a[r, j] . w[j, c] + bias[c])``, ``a`` int16 pairs
     ``[rows, 2 * K2]``, ``w`` packed by ``pack_matmul_weights`` (column tiles of ``LANES * VT``);
     per-column requantization.
 
     ``w_dtype="int8"``: weights that fit int8 are stored as int8 and sign-extended on load
-    (``vpmovsxbw``): half the weight traffic, which decides wide layers (a CTC head)."""
+    (``vpmovsxbw``): half the weight traffic, which decides wide layers (a CTC head).
+
+    ``vnni`` (``VNNI_FORMS``): ``a`` raw bytes ``[rows, 4 * K4]`` (``matmul_prep(..., quads=True)``;
+    ``k2`` is then K4), ``w`` int8 quads (``pack_matmul_weights(..., group=4)``), each lane's
+    4 u8 x s8 products summed in int32 by ``VPDPBUSD`` (exact for any int8 weights);
+    ``rq.bias`` holds ``bias - zp * sum(w)``. ``wide``: pairs of the tile's 8-column vectors as
+    one 512-bit ``VPDPBUSD`` (an odd last one 256-bit)."""
     from tvm.script import tirx as T
 
+    if vnni is not None and vnni not in VNNI_FORMS:
+        raise ValueError(f"vnni={vnni!r}: one of {VNNI_FORMS}")
     RT, VT = tile
     V = LANES * VT
+    G = 2 if vnni is None else 4  # k per packed group
     R, K2, C = rows, k2, cols
     Cp = ceil_to(C, V)
     CT, RTs = Cp // V, -(-R // RT)
     mdt = str(rq.multiplier.dtype)
     odt = rq.out_dtype
+    adt = "int16" if vnni is None else "uint8"
+    wdt = w_dtype if vnni is None else "int8"
 
     def epi(acc, b, m, h, s):
         return requant_expr(T, acc, None, m, h, s, rq)  # the bias starts the accumulator
-
-    wdt = w_dtype
 
     def wvec(w, ct, j, v):
         vec = w[ct, j, T.ramp(v * 16, 1, 16)]
         return T.Cast("int16x16", vec) if wdt != "int16" else vec
 
-    loop = task_loop(T, R * K2 * 2 * C)
+    def product(acc, a, w, row, ct, j, v, lanes=8):  # acc + row's group j . the lanes columns from vector v
+        group = T.reinterpret("int32", a[row, T.ramp(j * G, 1, G)])
+        if vnni is None:
+            return acc + pair_dot(T, group, wvec(w, ct, j, v))
+        if vnni == "vpdpbusd":
+            return vnni_dot(T, vnni, acc, T.reinterpret(f"int8x{4 * lanes}", T.broadcast(group, lanes)),
+                            w[ct, j, T.ramp(v * 32, 1, 4 * lanes)], lanes)
+        # emulate: lane l gets byte k of the row's quad times w[.., v * 32 + 4 l + k]
+        return vnni_dot(T, vnni, acc, lambda k: T.broadcast(T.bitwise_and(T.shift_right(group, T.int32(8 * k)),
+                                                                          T.int32(255)), lanes),
+                        lambda k: T.Cast(f"int32x{lanes}", w[ct, j, T.ramp(v * 32 + k, 4, lanes)]), lanes)
+
+    PAIRS = VT // 2 if vnni is not None and wide else 0  # 16-lane units: vectors 2 p and 2 p + 1
+    SINGLES = VT - 2 * PAIRS
+    PAIR_LANES = 16 if PAIRS else 8  # (an empty loop's body is still parsed: it must type-check)
+
+    loop = task_loop(T, R * K2 * G * C)
 
     @T.prim_func(check_well_formed=False)
-    def qmatmul_gemm(a: T.Buffer((R, K2 * 2), "int16"), w: T.Buffer((CT, K2, V * 2), wdt),
+    def qmatmul_gemm(a: T.Buffer((R, K2 * G), adt), w: T.Buffer((CT, K2, V * G), wdt),
                      bias: T.Buffer((Cp,), "int32"), mult: T.Buffer((Cp,), mdt), half: T.Buffer((Cp,), "int64"),
                      shift: T.Buffer((Cp,), "int64"), y: T.Buffer((R, C), odt)):
         T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
@@ -281,10 +346,14 @@ def gemm_cols(rows: int, k2: int, cols: int, rq: Requant, tile: tuple[int, int],
                     acc[T.ramp(i * 8, 1, 8)] = bias[T.ramp(((t // RTs) * VT + i % VT) * 8, 1, 8)]
                 for j in T.serial(K2):
                     for r in T.unroll(RT):
-                        for v in T.unroll(VT):
-                            acc[T.ramp((r * VT + v) * 8, 1, 8)] = acc[T.ramp((r * VT + v) * 8, 1, 8)] + pair_dot(
-                                T, T.reinterpret("int32", a[T.min((t % RTs) * RT + r, R - 1), T.ramp(j * 2, 1, 2)]),
-                                wvec(w, t // RTs, j, v))
+                        for p in T.unroll(PAIRS):
+                            acc[T.ramp((r * VT + 2 * p) * 8, 1, PAIR_LANES)] = product(
+                                acc[T.ramp((r * VT + 2 * p) * 8, 1, PAIR_LANES)], a, w, T.min((t % RTs) * RT + r, R - 1),
+                                t // RTs, j, 2 * p, PAIR_LANES)
+                        for v in T.unroll(SINGLES):
+                            acc[T.ramp((r * VT + 2 * PAIRS + v) * 8, 1, 8)] = product(
+                                acc[T.ramp((r * VT + 2 * PAIRS + v) * 8, 1, 8)], a, w,
+                                T.min((t % RTs) * RT + r, R - 1), t // RTs, j, 2 * PAIRS + v)
                 for r in T.unroll(RT):
                     for v in T.unroll(VT):
                         if (t % RTs) * RT + r < R:

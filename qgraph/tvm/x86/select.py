@@ -105,10 +105,10 @@ def _requant(ctx: LowerContext, channels: int, padded: int, bias) -> K.Requant |
 
 
 # -- QConv ------------------------------------------------------------------------------------------
-def conv_kernel(ctx: LowerContext, vnni: str | None = None) -> str:
+def conv_kernel(ctx: LowerContext, vnni: str | None = None, bits: int = 256) -> str:
     """``"direct"``, ``"direct_u8"``, ``"winograd"``, ``"igemm"``, ``"depthwise"`` or ``"default"``: the kernel
     ``qconv`` would emit for ``ctx.node``."""
-    plan = _conv_plan(ctx, vnni)
+    plan = _conv_plan(ctx, vnni, bits)
     return plan.kind if plan is not None else "default"
 
 
@@ -121,14 +121,15 @@ class _ConvPlan(NamedTuple):
     taps: tuple | None  # (source geometry, storage zero point) where the row taps fold into channels
     fold: int = 1  # images per packed row (direct)
     tile: tuple[int, int] | None = None  # register tile (direct)
-    vnni: str | None = None  # direct_u8 through VPDPBUSD (``conv.VNNI_FORMS``), exact for any int8 weights
+    vnni: str | None = None  # direct_u8 through VPDPBUSD (``gemm.VNNI_FORMS``), exact for any int8 weights
     #: a 1x1 stride-1 unpadded conv run on its pixels as one row ``[N, C, 1, H * W]`` (a free
     #: reshape each way): no vector padded per row (YOLOX's 52-wide rows computed 56 columns)
     #: and one task per column tile instead of per row
     flat: tuple[int, int] | None = None
+    wide: bool = False  # the VPDPBUSD form on 512-bit vectors
 
 
-def _conv_plan(ctx: LowerContext, vnni: str | None = None) -> _ConvPlan | None:
+def _conv_plan(ctx: LowerContext, vnni: str | None = None, bits: int = 256) -> _ConvPlan | None:
     x, w = ctx.value(0), ctx.value(1)
     if isinstance(x, np.ndarray) or not isinstance(w, np.ndarray):
         return None
@@ -193,7 +194,8 @@ def _conv_plan(ctx: LowerContext, vnni: str | None = None) -> _ConvPlan | None:
                 kind, bias, x_zp = "direct_u8", moved, u_zp
         fold = D.batch_fold(g)
         # VPDPBUSD needs no ones vector nor int16 temporary: the int16 kernel's tiles fit
-        tile = D.direct_tile(D.row_cols(g, fold), kind == "direct_u8" and not vnni, oc)
+        tile = D.direct_tile(D.row_cols(g, fold), kind == "direct_u8" and not vnni, oc,
+                             bits if vnni and kind == "direct_u8" else None)
         if wino:
             kind, tile, fold = "winograd", W.tile_for(g), 1
         elif igemm and kind == "direct":
@@ -207,8 +209,9 @@ def _conv_plan(ctx: LowerContext, vnni: str | None = None) -> _ConvPlan | None:
     rq = _requant(ctx, oc, padded, bias)
     if rq is None:
         return None
-    return _ConvPlan(kind, g, wd, rq, x_zp, taps, fold, tile, vnni if kind == "direct_u8" else None,
-                     (int(xs[2]), int(xs[3])) if flat else None)
+    vnni = vnni if kind == "direct_u8" else None
+    return _ConvPlan(kind, g, wd, rq, x_zp, taps, fold, tile, vnni, (int(xs[2]), int(xs[3])) if flat else None,
+                     vnni is not None and bits == 512)
 
 
 def _call(ctx: LowerContext, func, name: str, args, shape, dtype, macs: int | None = None):
@@ -234,10 +237,10 @@ def _unfold(ctx: LowerContext, y, g: K.ConvGeometry):
     return ctx.emit(relax.op.permute_dims(lanes, [3, 0, 1, 2]))
 
 
-def qconv(ctx: LowerContext, vnni: str | None = None):
+def qconv(ctx: LowerContext, vnni: str | None = None, bits: int = 256):
     """The QConv output on a fast kernel, or None (see the module doc); ``vnni``: the target
-    has VPDPBUSD (``conv.VNNI_FORMS``), and every 8-bit direct conv runs the u8 x s8 form on it."""
-    plan = _conv_plan(ctx, vnni)
+    has VPDPBUSD (``gemm.VNNI_FORMS``), and every 8-bit direct conv runs the u8 x s8 form on it."""
+    plan = _conv_plan(ctx, vnni, bits)
     if plan is None:
         return None
     g, flat, x = plan.g, plan.flat, ctx.value(0)
@@ -253,7 +256,7 @@ def qconv(ctx: LowerContext, vnni: str | None = None):
 
 def _conv_kernels(ctx: LowerContext, plan: _ConvPlan, x):
     """The kernel calls of ``plan`` on ``x`` (``qconv``)."""
-    kind, g, wd, rq, x_zp, taps, fold, tile, vnni, flat = plan
+    kind, g, wd, rq, x_zp, taps, fold, tile, vnni, flat, wide = plan
     xdt = ctx.dtype(x)
     if taps is not None:  # the row taps as channels (``conv.fold_taps``)
         src, src_zp = taps
@@ -291,7 +294,8 @@ def _conv_kernels(ctx: LowerContext, plan: _ConvPlan, x):
         wp = D.pack_direct_weights(wd.astype(np.int8 if ubsw else np.int16), tile[0], ubsw=ubsw)
         if vnni is not None:
             suffix = "_vnni"
-        y = _call(ctx, D.direct_conv(g, hp, wq, rq, tile, ubsw=ubsw, fold=fold, vnni=vnni), "qdirect_conv" + suffix,
+        y = _call(ctx, D.direct_conv(g, hp, wq, rq, tile, ubsw=ubsw, fold=fold, vnni=vnni, wide=wide),
+                  "qdirect_conv" + suffix,
                   [xp, ctx.const(wp)] + consts, (g.n // fold, g.oc, g.oh, D.row_cols(g, fold)), rq.out_dtype,
                   macs=g.n * g.oc * g.oh * g.ow * int(np.prod(wd.shape[1:])))
         return y if fold == 1 else _unfold(ctx, y, g)
@@ -305,12 +309,23 @@ def _conv_kernels(ctx: LowerContext, plan: _ConvPlan, x):
 
 
 # -- QMatMul ----------------------------------------------------------------------------------------
-def matmul_kernel(ctx: LowerContext) -> str:
-    """``"gemm"`` or ``"default"``: the kernel ``qmatmul`` would emit for ``ctx.node``."""
-    return "gemm" if _matmul_plan(ctx) is not None else "default"
+def matmul_kernel(ctx: LowerContext, vnni: str | None = None, bits: int = 256) -> str:
+    """``"gemm"``, ``"gemm_vnni"`` or ``"default"``: the kernel ``qmatmul`` would emit for ``ctx.node``."""
+    plan = _matmul_plan(ctx, vnni, bits)
+    return "default" if plan is None else "gemm_vnni" if plan.vnni else "gemm"
 
 
-def _matmul_plan(ctx: LowerContext):
+class _MatmulPlan(NamedTuple):
+    ash: tuple  # a's shape
+    bd: np.ndarray  # zero-point-shifted weights [K, N]
+    rq: K.Requant
+    a_zp: int  # the zero point the prep subtracts (VNNI: the uint8 one, moved into the bias)
+    tile: tuple[int, int]
+    vnni: str | None  # through VPDPBUSD (``gemm.VNNI_FORMS``) on the raw bytes
+    wide: bool  # ... on 512-bit vectors
+
+
+def _matmul_plan(ctx: LowerContext, vnni: str | None = None, bits: int = 256) -> _MatmulPlan | None:
     a, b = ctx.value(0), ctx.value(1)
     if isinstance(a, np.ndarray) or not isinstance(b, np.ndarray) or b.ndim != 2:
         return None
@@ -332,32 +347,49 @@ def _matmul_plan(ctx: LowerContext):
     if ctx.has_input(2) and bias is None:
         return None
     bias = None if bias is None else bias.astype(np.int64).reshape(-1)
-    tile = K.matmul_tile(int(np.prod(ash[:-1])), n)
+    # VPDPBUSD sums 4 u8 x s8 products in int32: exact for any int8 weights, on the raw bytes
+    # (int8 shifted by 128 to uint8), the zero point's share moved into the bias
+    if vnni is not None and ctx.dtype(a) in ("uint8", "int8") and int(bd.min()) >= -128 and int(bd.max()) <= 127:
+        u_zp = a_zp + (128 if ctx.dtype(a) == "int8" else 0)
+        moved = (np.zeros(n, np.int64) if bias is None else np.broadcast_to(bias, (n,))) - u_zp * bd.sum(axis=0)
+        if not K.bias_fits_int32(moved):
+            vnni = None
+        else:
+            bias, a_zp = moved, u_zp
+    else:
+        vnni = None
+    tile = K.matmul_tile(int(np.prod(ash[:-1])), n, bits if vnni else None)
     rq = _requant(ctx, n, K.ceil_to(n, K.LANES * tile[1]), bias)
     if rq is None:
         return None
-    return ash, bd, rq, a_zp, tile
+    return _MatmulPlan(tuple(ash), bd, rq, a_zp, tile, vnni, bits == 512 and vnni is not None)
 
 
-def qmatmul(ctx: LowerContext):
-    """The QMatMul output on the fast kernel, or None."""
+def qmatmul(ctx: LowerContext, vnni: str | None = None, bits: int = 256):
+    """The QMatMul output on the fast kernel, or None; ``vnni``: the target has VPDPBUSD
+    (``gemm.VNNI_FORMS``) on ``bits``-wide vectors, and a matmul of 8-bit activations and int8
+    weights runs on it."""
     from tvm import relax
 
-    plan = _matmul_plan(ctx)
+    plan = _matmul_plan(ctx, vnni, bits)
     if plan is None:
         return None
-    ash, bd, rq, a_zp, tile = plan
+    ash, bd, rq, a_zp, tile, vnni, wide = plan
     k, n = bd.shape
     rows = int(np.prod(ash[:-1]))
-    k2 = -(-k // 2)
+    group = 2 if vnni is None else 4  # k per packed int16 pair, or per VPDPBUSD byte quad
+    kg = -(-k // group)
     a = ctx.value(0)
     a2 = ctx.emit(relax.op.reshape(a, (rows, k))) if len(ash) != 2 else a
-    ap = _call(ctx, K.matmul_prep(rows, k, ctx.dtype(a), a_zp), "qmatmul_prep", [a2], (rows, 2 * k2), "int16")
-    wp = K.pack_matmul_weights(bd.astype(np.int16), K.LANES * tile[1])
-    wdt = "int16"
-    if INT8_WEIGHTS and bd.min() >= -128 and bd.max() <= 127:
-        wp, wdt = wp.astype(np.int8), "int8"
-    y = _call(ctx, K.gemm_cols(rows, k2, n, rq, tile, wdt), "qmatmul_gemm",
+    ap = _call(ctx, K.matmul_prep(rows, k, ctx.dtype(a), a_zp, quads=vnni is not None), "qmatmul_prep", [a2],
+               (rows, group * kg), "int16" if vnni is None else "uint8")
+    if vnni is not None:
+        wp, wdt, name = K.pack_matmul_weights(bd.astype(np.int8), K.LANES * tile[1], group=4), "int8", "qmatmul_vnni"
+    else:
+        wp, wdt, name = K.pack_matmul_weights(bd.astype(np.int16), K.LANES * tile[1]), "int16", "qmatmul_gemm"
+        if INT8_WEIGHTS and bd.min() >= -128 and bd.max() <= 127:
+            wp, wdt = wp.astype(np.int8), "int8"
+    y = _call(ctx, K.gemm_cols(rows, kg, n, rq, tile, wdt, vnni=vnni, wide=wide), name,
               [ap, ctx.const(wp)] + [ctx.const(z) for z in rq.arrays()],
               (rows, n), rq.out_dtype, macs=rows * k * n)
     return ctx.emit(relax.op.reshape(y, tuple(ash[:-1]) + (n,))) if len(ash) != 2 else y
