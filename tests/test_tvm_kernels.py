@@ -267,7 +267,7 @@ def _vnni_target(form: str, monkeypatch):
     """The target that runs the VNNI kernels in ``form`` on this host: ``VNNI_HOST`` with the
     emulating package (AVX2 code), or the host itself (``VPDPBUSD``)."""
     if form == "emulate":
-        monkeypatch.setattr(x86, "VNNI_512", x86.VnniPackage("emulate", bits=512))
+        monkeypatch.setattr(x86, "VNNI_512_NO_VBMI", x86.VnniPackage("emulate", bits=512))  # VNNI_HOST's
         return VNNI_HOST
     return targets.resolve("cpu")
 
@@ -352,7 +352,10 @@ def test_vnni_512_takes_zmm_tiles_of_32_registers():
     assert D.direct_tile(52, oc=96, vnni_bits=512) == (4, 7)  # 56 columns where 12x2 computes 64
     assert D.direct_tile(48, oc=96, vnni_bits=512) == (12, 2) and D.direct_tile(48, oc=96) == (6, 2)
     assert kernel_package(targets.host_cpu("flags\t\t: fpu avx avx2 fma avx512f avx512bw avx512vl avx512_vnni\n")) \
-        is x86.VNNI_512 and x86.VNNI_512.bits == 512
+        is x86.VNNI_512_NO_VBMI and x86.VNNI_512_NO_VBMI.bits == 512 and not x86.VNNI_512_NO_VBMI.vbmi
+    icelake = targets.host_cpu("flags\t\t: fpu avx avx2 fma avx512f avx512bw avx512vl avx512_vnni avx512vbmi\n")
+    assert kernel_package(icelake) is x86.VNNI_512 and x86.VNNI_512.vbmi and x86.VNNI_512.bits == 512
+    assert icelake.tvm_dict["mcpu"] == "cascadelake" and icelake.tvm_dict["mattr"] == ["+avx512vbmi"]
     assert kernel_package(targets.host_cpu("flags\t\t: fpu avx avx2 fma avx_vnni\n")) is x86.VNNI and x86.VNNI.bits == 256
 
 
@@ -370,22 +373,14 @@ def test_vnni_conv_compiles_to_vpdpbusd():
     model = _one_node(l3.QConv, {"x": x}, {"w": w, "b": np.zeros(24, np.int32)}, attrs, DType.UINT8)
     flags = "flags\t\t: fpu sse4_2 avx avx2 fma avx512f avx512bw avx512vl avx512_vnni\n"
     cascade = targets.host_cpu(flags)
-    assert cascade.tvm_dict["mcpu"] == "cascadelake" and kernel_package(cascade) is x86.VNNI_512
+    assert cascade.tvm_dict["mcpu"] == "cascadelake" and kernel_package(cascade) is x86.VNNI_512_NO_VBMI
     alder = targets.host_cpu("flags\t\t: fpu sse4_2 avx avx2 fma avx_vnni\n")
     assert alder.tvm_dict.get("mattr") == ["+avxvnni"] and kernel_package(alder) is x86.VNNI
     vnni = targets.Target("vnni", dict(cascade.tvm_dict), False, cascade.features)
     built = qtvm.build(model, vnni)
     assert built.kernels.get("qdirect_conv_vnni") == 1
 
-    def sources(m):
-        out = []
-        try:
-            out.append(m.inspect_source("asm"))
-        except Exception:  # noqa: BLE001 - a module without assembly (the VM's own)
-            pass
-        return out + [s for i in m.imports for s in sources(i)]
-
-    asm = "\n".join(sources(built.executable.mod))
+    asm = "\n".join(_asm(built.executable.mod))
     assert "vpdpbusd" in asm and "vpmaddubsw" not in asm
     a = rng.integers(0, 256, (24, 64)).astype(np.uint8)
     b = rng.integers(-128, 128, (64, 40)).astype(np.int8)
@@ -393,7 +388,7 @@ def test_vnni_conv_compiles_to_vpdpbusd():
                    DType.UINT8)
     built = qtvm.build(mm, vnni)
     assert built.kernels.get("qmatmul_vnni") == 1 and "qmatmul_gemm" not in built.kernels
-    asm = "\n".join(sources(built.executable.mod))
+    asm = "\n".join(_asm(built.executable.mod))
     assert "vpdpbusd" in asm and "vpmaddwd" not in asm
 
 
@@ -739,6 +734,45 @@ def test_lookup_kernel_equals_the_reference(shape, x_dtype, out_dtype, kernel):
     _check(model, {"x": x}, {kernel})
 
 
+#: AVX-512 VBMI (Ice Lake and later): the host's, or a cross target where the host has none
+HOST_VBMI = "avx512vbmi" in targets.resolve("cpu").features
+VBMI = targets.Target("cpu-vbmi-test", {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "cascadelake",
+                                        "mattr": ["+avx512vbmi"]}, HOST_VBMI,
+                      frozenset({"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512vnni", "avx512vbmi"}))
+
+
+@pytest.mark.parametrize("shape, x_dtype, out_dtype", [((1, 3, 7, 5), np.uint8, np.uint8), ((2, 4100), np.int8, np.int8),
+                                                       ((1, 300), np.int8, np.uint8)])
+def test_vbmi_lookup_equals_the_reference(shape, x_dtype, out_dtype):
+    """With AVX-512 VBMI a byte table takes two VPERMI2B and a select per 64 elements (the
+    uint8 and int8 orders, a tail, several chunks): it compiles to VPERMI2B (VPERMT2B) with no
+    VPSHUFB, and where this CPU has VBMI it runs and equals the reference."""
+    rng = np.random.default_rng(len(shape) + 7)
+    xi, oi = np.iinfo(x_dtype), np.iinfo(out_dtype)
+    x = rng.integers(xi.min, xi.max + 1, shape).astype(x_dtype)
+    if x.size >= 256:
+        x.reshape(-1)[:256] = np.arange(xi.min, xi.max + 1)
+    table = rng.integers(oi.min, oi.max + 1, 256)
+    model = _one_node(l3.Lookup, {"x": x}, {}, {"table": [int(t) for t in table], "x_qmin": int(xi.min)},
+                      from_numpy(np.dtype(out_dtype)))
+    built = qtvm.build(model, VBMI)
+    assert built.kernels == {"qlookup_vbmi": 1}, built.kernels
+    asm = "\n".join(_asm(built.executable.mod))
+    assert ("vpermi2b" in asm or "vpermt2b" in asm) and "vpshufb" not in asm
+    if HOST_VBMI:
+        assert np.array_equal(built.run({"x": x})["y"], Interpreter(model).run({"x": x})["y"])
+
+
+def _asm(m) -> list[str]:
+    """The assembly of a built module and its imports."""
+    out = []
+    try:
+        out.append(m.inspect_source("asm"))
+    except Exception:  # noqa: BLE001 - a module without assembly (the VM's own)
+        pass
+    return out + [s for i in m.imports for s in _asm(i)]
+
+
 @pytest.mark.parametrize("shape,axes,dtype", [((1, 96, 20, 16), [2, 3], "int32"), ((2, 5, 7, 9), [2, 3], "int32"),
                                                ((3, 64), [1], "int64"), ((2, 3, 40, 40), [2, 3], "int64"),
                                                ((128,), [0], "int32")])
@@ -773,6 +807,29 @@ def test_integer_sums_are_vectorized_and_exact(shape, axes, dtype):
     size = int(np.prod([shape[a] for a in axes]))
     assert any(integer_sum_rule().apply(f, tgt, False) is not None for f in funcs) == \
         (size % LANES == 0 and size >= 4 * LANES)  # keepdims: a sum to one value still has its unit output axis
+
+
+@pytest.mark.parametrize("d,m,k,n", [(2, 23, 40, 64), (1, 6, 16, 32), (1, 13, 9, 16)])
+def test_wide_float_gemv_gives_the_same_bits(d, m, k, n):
+    """``gemm.float_gemv_wide`` (AVX-512: zmm vectors, 6-row tiles, the last tile moved back over
+    rows the one before computed) against ``float_gemv``: each output the same chain of fused
+    multiply-adds in ``k`` order, so the same bits (the CRNN's input projection: 23 rows). On
+    a host without AVX-512 LLVM splits the 512-bit vectors (the same arithmetic)."""
+    from qgraph.tvm.x86 import gemm
+
+    rng = np.random.default_rng(m)
+    x = rng.standard_normal((d, m, k)).astype(np.float32)
+    w = rng.standard_normal((d, k, n)).astype(np.float32)
+    target = targets.resolve("cpu").tvm_target()
+    outs = []
+    for wide in (False, True):
+        f = tvm.compile(gemm.float_gemv(d, m, k, n, wide=wide).with_attr("global_symbol", "f"), target)
+        y = tvm.runtime.tensor(np.full((d, m, n), np.nan, np.float32))
+        f(tvm.runtime.tensor(x), tvm.runtime.tensor(gemm.pack_gemv_weights(w)), y)
+        outs.append(y.numpy())
+    assert np.array_equal(outs[0], outs[1])
+    np.testing.assert_allclose(outs[1], x @ w, rtol=1e-4, atol=1e-4)
+    assert "fgemv_wide" in gemm.float_gemv(d, m, k, n, wide=True).script()
 
 
 def test_lstm_kernel_exp_is_within_one_ulp():

@@ -67,7 +67,7 @@ class Target:
 
 #: x86 feature flags of /proc/cpuinfo that decide integer kernel choices.
 _X86_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512vnni",
-              "avx_vnni", "avx512_vnni")
+              "avx_vnni", "avx512_vnni", "avx512vbmi")
 
 
 def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
@@ -113,6 +113,8 @@ def host_cpu(cpuinfo: str | None = None) -> Target:
         tvm_dict = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu}
         if "avx_vnni" in features and mcpu == "core-avx2":  # AVX-VNNI without AVX-512 (Alder Lake, Zen 5 client)
             tvm_dict["mattr"] = ["+avxvnni"]
+        if "avx512vbmi" in features and mcpu == "cascadelake":  # VBMI (Ice Lake and later): only what is detected
+            tvm_dict["mattr"] = ["+avx512vbmi"]
         return Target("cpu", tvm_dict, True, features)
     if machine in ("aarch64", "arm64"):
         features = frozenset(f for f in ("asimd", "asimddp", "i8mm", "sve") if f in flags)

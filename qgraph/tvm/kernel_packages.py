@@ -34,8 +34,8 @@ def device_builder(target):
 
 def kernel_package(target, kernels: str = "auto") -> KernelPackage | None:
     """The kernel package for ``target`` (a ``qgraph.targets.Target`` or name; None: this host):
-    ``qgraph.tvm.x86`` for an x86-64 target with AVX2 and ``kernels="auto"`` (its ``VNNI_512``
-    or ``VNNI`` package where the target has 256-bit ``VPDPBUSD``); None (the default lowering) otherwise.
+    ``qgraph.tvm.x86`` for an x86-64 target with AVX2 and ``kernels="auto"`` (its ``VNNI_512``,
+    ``VNNI_512_NO_VBMI`` or ``VNNI`` package where the target has ``VPDPBUSD``); None (the default lowering) otherwise.
 
     Raises:
         LoweringError: ``kernels`` is not one of ``KERNEL_CHOICES``.
@@ -60,7 +60,7 @@ def kernel_package(target, kernels: str = "auto") -> KernelPackage | None:
 
         # 256-bit VPDPBUSD: AVX-512 VNNI with VL (EVEX: 32 ymm registers), or AVX-VNNI (VEX: 16)
         if {"avx512vnni", "avx512vl"} <= t.features:
-            return x86.VNNI_512
+            return x86.VNNI_512 if "avx512vbmi" in t.features else x86.VNNI_512_NO_VBMI
         if t.features & {"avx_vnni", "avxvnni"}:
             return x86.VNNI
         return x86

@@ -32,13 +32,15 @@ class VnniPackage:
     AVX2's ``VPMADDUBSW`` can saturate in int16). ``form``: ``"vpdpbusd"``, or ``"emulate"``
     (the same layout with the products written out: what the tests run on a CPU without
     VNNI). ``bits``: 256 (AVX-VNNI: 16 ymm registers), or 512 (AVX-512 VNNI: ``VPDPBUSD`` on zmm,
-    16 int32 lanes, and 32 vector registers for the register tiles)."""
+    16 int32 lanes, and 32 vector registers for the register tiles). ``vbmi``: byte-table
+    lookups on AVX-512 VBMI's ``VPERMI2B`` (``gemm.lookup_vbmi``)."""
 
-    def __init__(self, form: str = "vpdpbusd", bits: int = 256):
-        if bits not in (256, 512):
-            raise ValueError(f"bits={bits}: 256 or 512")
+    def __init__(self, form: str = "vpdpbusd", bits: int = 256, vbmi: bool = False):
+        if bits not in (256, 512) or (vbmi and bits != 512):
+            raise ValueError(f"bits={bits}, vbmi={vbmi}: 256, or 512 with or without VBMI")
         self.form = form
         self.bits = bits
+        self.vbmi = vbmi
 
     def qconv(self, ctx):
         return _select.qconv(ctx, vnni=self.form, bits=self.bits)
@@ -46,22 +48,22 @@ class VnniPackage:
     def qmatmul(self, ctx):
         return _select.qmatmul(ctx, vnni=self.form, bits=self.bits)
 
-    @staticmethod
-    def lookup(ctx, table, storage):
-        return lookup(ctx, table, storage)
+    def lookup(self, ctx, table, storage):
+        return lookup(ctx, table, storage, vbmi=self.vbmi)
 
-    @staticmethod
-    def float_gemv(ctx, x, w):
-        return float_gemv(ctx, x, w)
+    def float_gemv(self, ctx, x, w):  # AVX-512 VNNI implies AVX-512F: 512-bit float vectors
+        return float_gemv(ctx, x, w, wide=self.bits == 512)
 
-    @staticmethod
-    def float_lstm(ctx, *args):
-        return float_lstm(ctx, *args)
+    def float_lstm(self, ctx, *args):
+        return float_lstm(ctx, *args, wide=self.bits == 512)
 
 
 #: ``kernel_packages.kernel_package``'s choice for a target with AVX-VNNI (VEX, 256-bit).
 VNNI = VnniPackage()
-#: ... and for a target with AVX-512 VNNI and VL (EVEX: 512-bit, 32 registers).
-VNNI_512 = VnniPackage(bits=512)
+#: ... for a target with AVX-512 VNNI, VL and VBMI (EVEX: 512-bit, 32 registers; Ice Lake, Sapphire
+#: Rapids, Zen 4 and later) ...
+VNNI_512 = VnniPackage(bits=512, vbmi=True)
+#: ... and with AVX-512 VNNI and VL without VBMI (Cascade Lake, Cooper Lake).
+VNNI_512_NO_VBMI = VnniPackage(bits=512)
 
-__all__ = ["VNNI", "VNNI_512", "VnniPackage", "float_gemv", "float_lstm", "lookup", "qconv", "qmatmul"]
+__all__ = ["VNNI", "VNNI_512", "VNNI_512_NO_VBMI", "VnniPackage", "float_gemv", "float_lstm", "lookup", "qconv", "qmatmul"]

@@ -91,6 +91,8 @@ VPDPBUSD_512 = "llvm.x86.avx512.vpdpbusd.512"
 #: without VNNI, where the instruction cannot run).
 VNNI_FORMS = ("vpdpbusd", "emulate")
 PSHUFB = "llvm.x86.avx2.pshuf.b"
+#: ``VPERMI2B`` (AVX-512 VBMI): each byte of an index vector picks one of 128 table bytes (two zmm).
+VPERMI2B = "llvm.x86.avx512.vpermi2var.qi.512"
 PBLENDVB = "llvm.x86.avx2.pblendvb"
 
 
@@ -457,6 +459,51 @@ def lookup_shuffle(n: int, x_dtype: str, out_dtype: str):
     return qlookup_shuffle
 
 
+def lookup_vbmi(n: int, x_dtype: str, out_dtype: str):
+    """``lookup`` for a byte table over every byte value on AVX-512 VBMI: 64 elements per step,
+    two ``VPERMI2B`` (table bytes 0-127 and 128-255, on the index's low 7 bits) and a byte
+    select on its high bit, where ``lookup_shuffle`` takes 16 ``VPSHUFB`` and 15 blends per 32.
+    ``tab``: the 256 bytes in the order of the raw input byte (``vbmi_table``). A tail under 64
+    stays scalar."""
+    from tvm.script import tirx as T
+
+    N, CH = n, LOOKUP_CHUNK
+    CHUNKS = -(-N // CH)
+    loop = task_loop(T, N, macs=False)
+
+    def half(tab, idx, at):  # table bytes at .. at + 127, indexed by idx's low 7 bits
+        return T.call_llvm_pure_intrin("int8x64", VPERMI2B, T.reinterpret("int8x64", tab[T.ramp(at, 1, 64)]), idx,
+                                       T.reinterpret("int8x64", tab[T.ramp(at + 64, 1, 64)]))
+
+    def step(x, tab, base):
+        idx = T.reinterpret("int8x64", x[T.ramp(base, 1, 64)])
+        return T.reinterpret(f"{out_dtype}x64", T.Select(idx < T.broadcast(T.int8(0), 64), half(tab, idx, 128),
+                                                         half(tab, idx, 0)))
+
+    @T.prim_func(check_well_formed=False)
+    def qlookup_vbmi(x: T.Buffer((N,), x_dtype), tab: T.Buffer((256,), "uint8"), y: T.Buffer((N,), out_dtype)):
+        T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+        with T.sblock("root"):
+            for o in loop(CHUNKS):
+                for v in T.serial(T.min(CH, N - o * CH) // 64):
+                    y[T.ramp(o * CH + v * 64, 1, 64)] = step(x, tab, o * CH + v * 64)
+                for i in T.serial(T.min(CH, N - o * CH) % 64):
+                    y[o * CH + T.min(CH, N - o * CH) // 64 * 64 + i] = T.reinterpret(out_dtype, tab[T.Cast(
+                        "int32", T.reinterpret("uint8", x[o * CH + T.min(CH, N - o * CH) // 64 * 64 + i]))])
+
+    return qlookup_vbmi
+
+
+def vbmi_table(table: np.ndarray, x_dtype: str) -> np.ndarray | None:
+    """``lookup_vbmi``'s constant: the 256-entry byte table in the order of the raw input byte
+    (an int8 input's byte ``b`` is index ``b ^ 0x80``); None where the table is not one byte per
+    input byte value."""
+    if x_dtype not in ("uint8", "int8") or table.size != 256 or np.dtype(table.dtype).itemsize != 1:
+        return None
+    t = table.view(np.uint8)
+    return np.ascontiguousarray(t[np.arange(256) ^ 0x80] if x_dtype == "int8" else t)
+
+
 # -- float GEMV ------------------------------------------------------------------------------------
 #: Output columns of one ``float_gemv`` task (4 AVX2 vectors held in registers), the first of
 #: these that divides N: the weights are packed so that a task's columns are contiguous over
@@ -482,7 +529,12 @@ def pack_gemv_weights(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(w.reshape(d, k, n // nb, nb).transpose(0, 2, 1, 3))
 
 
-def float_gemv(d: int, m: int, k: int, n: int, dtype: str = "float32"):
+#: Rows of the 512-bit GEMV's register tile: 6 rows x 2 zmm vectors, 12 accumulators (enough to
+#: cover the FMA's latency at 2 per cycle), for an input projection's rows.
+GEMV_WIDE_ROWS = 6
+
+
+def float_gemv(d: int, m: int, k: int, n: int, dtype: str = "float32", wide: bool = False):
     """``y[i] = x[i] @ w[i]`` for ``i < d``: ``x`` ``[d, m, k]`` (few rows: an LSTM step's hidden
     state, both directions at once, or its input projection), ``w`` packed ``[d, n / NB, k, NB]``
     (``pack_gemv_weights``), ``y`` ``[d, m, n]``. One task per ``NB`` columns of one ``i``, in
@@ -494,10 +546,16 @@ def float_gemv(d: int, m: int, k: int, n: int, dtype: str = "float32"):
     weights at 32 GB/s (a 256-column accumulator block in memory); this reads them at 57-74 GB/s,
     kernel alone, 1 thread (ddddocr's CRNN: an LSTM step of both directions 2 x 129.5 -> 139-143 us,
     116-129 us once ``rows`` / ``r0`` were inlined; an LSTM with the default activations now runs
-    its whole loop in ``recurrent.float_lstm`` instead)."""
+    its whole loop in ``recurrent.float_lstm`` instead).
+
+    ``wide`` (AVX-512; ``n`` a multiple of 16 and ``GEMV_WIDE_ROWS`` rows or more, an input
+    projection's; ``float_gemv_wide``): 512-bit vectors on tiles of that many rows, the same
+    sums in the same order."""
     from tvm.script import tirx as T
 
     nb = gemv_block(n)
+    if wide and nb % 16 == 0 and m >= GEMV_WIDE_ROWS:
+        return float_gemv_wide(d, m, k, n, dtype)
     NBL, V, MR = n // nb, nb // 8, min(GEMV_ROWS, m)
     MT = m // MR  # full row tiles; an odd last row takes a tile whose second row repeats it
     loop = task_loop(T, d * m * k * n)
@@ -525,3 +583,40 @@ def float_gemv(d: int, m: int, k: int, n: int, dtype: str = "float32"):
                             y[o // NBL, r0 + r, T.ramp(o % NBL * nb + v * 8, 1, 8)] = acc[T.ramp(r * nb + v * 8, 1, 8)]
 
     return fgemv
+
+
+def float_gemv_wide(d: int, m: int, k: int, n: int, dtype: str = "float32"):
+    """``float_gemv`` on 512-bit vectors (``n`` a multiple of 16): a task's ``NB`` columns as
+    ``NB / 16`` zmm vectors, ``GEMV_WIDE_ROWS`` rows per tile, the last tile moved back to end at
+    row ``m`` (rows it shares with the one before are computed twice, the same values). Each
+    output is the same ``k``-order chain of fused multiply-adds as ``float_gemv``'s: the same
+    bits. ddddocr's CRNN input projection (2 x 23 x 512 x 2048) on a Sapphire Rapids core,
+    kernel alone, 1 thread: 1556 us with ``float_gemv`` (2 rows x 4 ymm: 6 loads per 8 FMAs)."""
+    from tvm.script import tirx as T
+
+    nb = gemv_block(n)
+    NBL, VW, MR = n // nb, nb // 16, min(GEMV_WIDE_ROWS, m)
+    TT = -(-m // MR)
+    loop = task_loop(T, d * m * k * n)
+
+    @T.prim_func(check_well_formed=False)
+    def fgemv_wide(x: T.Buffer((d, m, k), dtype), w: T.Buffer((d, NBL, k, nb), dtype), y: T.Buffer((d, m, n), dtype)):
+        T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+        with T.sblock("root"):
+            for o in loop(d * NBL):
+                acc = T.alloc_buffer((MR * nb,), dtype, scope="global")
+                for t in T.serial(TT):
+                    r0 = T.meta_var(T.min(t * MR, m - MR))  # inlined (meta_var: no workspace per task)
+                    for r in T.unroll(MR):
+                        for v in T.unroll(VW):
+                            acc[T.ramp(r * nb + v * 16, 1, 16)] = T.broadcast(T.Cast(dtype, 0), 16)
+                    for kk in T.serial(k):
+                        for r in T.unroll(MR):
+                            for v in T.unroll(VW):
+                                acc[T.ramp(r * nb + v * 16, 1, 16)] = acc[T.ramp(r * nb + v * 16, 1, 16)] + T.broadcast(
+                                    x[o // NBL, r0 + r, kk], 16) * w[o // NBL, o % NBL, kk, T.ramp(v * 16, 1, 16)]
+                    for r in T.unroll(MR):
+                        for v in T.unroll(VW):
+                            y[o // NBL, r0 + r, T.ramp(o % NBL * nb + v * 16, 1, 16)] = acc[T.ramp(r * nb + v * 16, 1, 16)]
+
+    return fgemv_wide

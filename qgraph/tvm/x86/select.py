@@ -396,9 +396,10 @@ def qmatmul(ctx: LowerContext, vnni: str | None = None, bits: int = 256):
 
 
 # -- float GEMV -------------------------------------------------------------------------------------
-def float_gemv(ctx: LowerContext, x, w: np.ndarray):
+def float_gemv(ctx: LowerContext, x, w: np.ndarray, wide: bool = False):
     """``x @ w`` for a float ``x`` ``[D, M, K]`` of few rows and a constant ``w`` ``[D, K, N]``
-    (the recurrent ops' steps and input projections) on ``gemm.float_gemv``, or None."""
+    (the recurrent ops' steps and input projections) on ``gemm.float_gemv``, or None; ``wide``:
+    the target has AVX-512 (512-bit vectors, the same sums)."""
     if w.ndim != 3 or w.dtype != np.float32 or ctx.dtype(x) != "float32":
         return None
     shape = tuple(int(v) for v in ctx.shape(x))
@@ -406,18 +407,18 @@ def float_gemv(ctx: LowerContext, x, w: np.ndarray):
     if len(shape) != 3 or shape[0] != d or shape[2] != k or shape[1] > K.GEMV_MAX_ROWS or K.gemv_block(n) is None:
         return None
     m = shape[1]
-    return _call(ctx, K.float_gemv(d, m, k, n), "qfloat_gemv", [x, ctx.const(K.pack_gemv_weights(w))],
+    return _call(ctx, K.float_gemv(d, m, k, n, wide=wide), "qfloat_gemv", [x, ctx.const(K.pack_gemv_weights(w))],
                  (d, m, n), "float32")
 
 
 def float_lstm(ctx: LowerContext, x, w: np.ndarray, r: np.ndarray, bias: np.ndarray | None, h0, c0,
-               reverse: list[bool]):
+               reverse: list[bool], wide: bool = False):
     """An LSTM's whole time loop on ``recurrent.float_lstm`` (default activations, no
     peepholes: the caller checks), or None. ``x`` ``[seq, batch, I]`` float; constant ``w``
     ``[D, I, 4H]`` and ``r`` ``[D, H, 4H]`` (``W^T``, ``R^T``), ``bias`` ``[D, 4H]`` (``Wb + Rb``) or
     None; ``h0`` / ``c0`` ``[D, batch, H]`` (numpy or Relax). Returns ``(Y [seq, D, batch, H],
     Y_h, Y_c)``. The input projection of both directions is one ``float_gemv`` call (Relax's
-    matmul for a sequence longer than its rows)."""
+    matmul for a sequence longer than its rows; ``wide``: on 512-bit vectors)."""
     from tvm import relax
 
     if ctx.dtype(x) != "float32" or w.dtype != np.float32 or r.dtype != np.float32 or not _is_static(ctx.shape(x)):
@@ -428,7 +429,7 @@ def float_lstm(ctx: LowerContext, x, w: np.ndarray, r: np.ndarray, bias: np.ndar
         return None
     x1 = relax.op.reshape(x, (1, seq * batch, inputs))
     xs = ctx.emit(relax.op.broadcast_to(x1, (d, seq * batch, inputs)) if d > 1 else x1)
-    xw = float_gemv(ctx, xs, w)  # None past the GEMV's rows: a long sequence's projection is a GEMM
+    xw = float_gemv(ctx, xs, w, wide)  # None past the GEMV's rows: a long sequence's projection is a GEMM
     if xw is None:
         xw = ctx.emit(relax.op.matmul(xs, ctx.const(w)))
     state = [ctx.const(np.ascontiguousarray(v, np.float32)) if isinstance(v, np.ndarray) else v for v in (h0, c0)]
@@ -443,8 +444,9 @@ def float_lstm(ctx: LowerContext, x, w: np.ndarray, r: np.ndarray, bias: np.ndar
 
 
 # -- Lookup -----------------------------------------------------------------------------------------
-def lookup(ctx: LowerContext, table: np.ndarray, storage: str):
-    """The Lookup output on ``gemm.lookup`` (a tensor input of static shape), or None."""
+def lookup(ctx: LowerContext, table: np.ndarray, storage: str, vbmi: bool = False):
+    """The Lookup output on ``gemm.lookup`` (a tensor input of static shape), or None; ``vbmi``:
+    the target has AVX-512 VBMI (``gemm.lookup_vbmi`` for a byte table)."""
     from tvm import relax
 
     x = ctx.value(0)
@@ -457,8 +459,11 @@ def lookup(ctx: LowerContext, table: np.ndarray, storage: str):
     flat = ctx.emit(relax.op.reshape(x, (n,)))
     xdt, qmin = ctx.dtype(x), int(_attr_ints(ctx, "x_qmin")[0])
     byte = xdt in ("uint8", "int8") and qmin == np.iinfo(xdt).min
-    tabs = K.shuffle_table(table.astype(storage), xdt) if byte else None
-    if tabs is not None:  # a byte for every byte value: VPSHUFB lookups (the index is the byte)
+    tab = K.vbmi_table(table.astype(storage), xdt) if byte and vbmi else None
+    tabs = K.shuffle_table(table.astype(storage), xdt) if byte and tab is None else None
+    if tab is not None:  # a byte for every byte value: VPERMI2B lookups
+        y = _call(ctx, K.lookup_vbmi(n, xdt, storage), "qlookup_vbmi", [flat, ctx.const(tab)], (n,), storage)
+    elif tabs is not None:  # a byte for every byte value: VPSHUFB lookups (the index is the byte)
         y = _call(ctx, K.lookup_shuffle(n, xdt, storage), "qlookup_shuffle", [flat, ctx.const(tabs)], (n,), storage)
     else:
         func = K.lookup(n, xdt, qmin, table.size, storage)
