@@ -12,7 +12,8 @@ C with AVX2 intrinsics, compiled here with gcc (``-O3 -mavx2``, the inner loop u
   holds): ``VPMADDUBSW`` (32 u8 x s8 products, pairs summed into int16, saturating) then
   ``VPMADDWD`` by ones (widen to int32) + ``VPADDD``: 32 MACs per two multiply instructions;
 - ``VPDPBUSD`` (``qdirect_conv_vnni``, only where the CPU has AVX-VNNI or AVX-512 VNNI with VL):
-  32 u8 x s8 products summed by fours into 8 int32 accumulators, exact: 32 MACs per instruction.
+  32 u8 x s8 products summed by fours into 8 int32 accumulators, exact: 32 MACs per instruction;
+  ``vpdpbusd 512`` the same on zmm (AVX-512 VNNI, the ``VNNI_512`` kernels' form): 64 MACs.
 
 Printed: GMAC/s of each form on one core (best of 5 runs of ``--seconds``), and the clock-free
 ratio of the two. A kernel's fraction of the peak is its MACs per second over this. Single-core
@@ -93,6 +94,24 @@ __attribute__((target("avxvnni"))) int64_t dpbusd_vex(int64_t iters, const int8_
 #define DPBUSD _mm256_dpbusd_epi32
 __attribute__((target("avx512vnni,avx512vl"))) int64_t dpbusd_evex(int64_t iters, const int8_t *src) { DPBUSD_BODY }
 
+/* 512-bit VPDPBUSD (AVX-512 VNNI): 64 MACs per instruction, 12 chains (32 registers). */
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) int64_t dpbusd_zmm(int64_t iters, const int8_t *src) {
+    __m512i a[OPERANDS], acc[12];
+    __m512i b0 = _mm512_loadu_si512(src), b1 = _mm512_loadu_si512(src + 64);
+    for (int i = 0; i < OPERANDS; i++) a[i] = _mm512_loadu_si512(src + 64 * (i + 2));
+    for (int i = 0; i < 12; i++) acc[i] = _mm512_setzero_si512();
+    for (int64_t it = 0; it < iters; it++) {
+#pragma GCC unroll 64
+        for (int i = 0; i < 12; i++) acc[i] = _mm512_dpbusd_epi32(acc[i], a[i %% OPERANDS], i < 6 ? b0 : b1);
+        __asm__ volatile("" : "+v"(b0), "+v"(b1));
+    }
+    __m512i s = acc[0];
+    for (int i = 1; i < 12; i++) s = _mm512_add_epi32(s, acc[i]);
+    int32_t out[16];
+    _mm512_storeu_si512(out, s);
+    return (int64_t)out[0] + out[15];
+}
+
 /* u8 x s8: acc += madd(maddubs(a, b), ones); 32 MACs per VPMADDUBSW + VPMADDWD. */
 int64_t madd_u8s8(int64_t iters, const int8_t *src) {
     __m256i a[OPERANDS], acc[CHAINS];
@@ -116,20 +135,30 @@ int64_t madd_u8s8(int64_t iters, const int8_t *src) {
 """
 
 #: MACs per loop round of each form.
-MACS_PER_ROUND = {"int16 pairs": 16 * CHAINS, "u8 x s8": 32 * CHAINS, "vpdpbusd": 32 * DP_CHAINS}
+MACS_PER_ROUND = {"int16 pairs": 16 * CHAINS, "u8 x s8": 32 * CHAINS, "vpdpbusd": 32 * DP_CHAINS,
+                  "vpdpbusd 512": 64 * 12}
+
+
+def _flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return set(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
+    except OSError:
+        return set()
+
+
+def avx512_vnni() -> bool:
+    """Whether the CPU runs 512-bit ``VPDPBUSD`` (AVX-512 VNNI)."""
+    return {"avx512_vnni", "avx512f", "avx512bw"} <= _flags()
 
 
 def vnni_form() -> str | None:
     """``"vex"`` (AVX-VNNI), ``"evex"`` (AVX-512 VNNI with VL) or None: which ``VPDPBUSD`` this
     CPU runs (``/proc/cpuinfo``'s flags; None where there is no such file)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return None
+    flags = _flags()
     if "avx_vnni" in flags:
         return "vex"
-    return "evex" if {"avx512_vnni", "avx512vl"} <= set(flags) else None
+    return "evex" if {"avx512_vnni", "avx512vl"} <= flags else None
 
 
 def _library(workdir: str) -> ctypes.CDLL:
@@ -139,7 +168,7 @@ def _library(workdir: str) -> ctypes.CDLL:
         f.write(SOURCE % {"chains": CHAINS, "operands": OPERANDS, "dp_chains": DP_CHAINS})
     subprocess.run(["gcc", "-O3", "-mavx2", "-shared", "-fPIC", "-o", lib, src], check=True)
     dll = ctypes.CDLL(lib)
-    for name in ("madd_i16", "madd_u8s8", "dpbusd_vex", "dpbusd_evex"):
+    for name in ("madd_i16", "madd_u8s8", "dpbusd_vex", "dpbusd_evex", "dpbusd_zmm"):
         fn = getattr(dll, name)
         fn.restype = ctypes.c_int64
         fn.argtypes = [ctypes.c_int64, ctypes.c_void_p]
@@ -148,7 +177,7 @@ def _library(workdir: str) -> ctypes.CDLL:
 
 def peak(seconds: float = 0.5, repeats: int = 5) -> dict[str, float]:
     """``{form: GMAC/s on one core}`` for ``int16 pairs``, ``u8 x s8`` and, where the CPU has it
-    (``vnni_form``), ``vpdpbusd``."""
+    (``vnni_form``), ``vpdpbusd`` (256-bit) and ``vpdpbusd 512`` (AVX-512 VNNI)."""
     size = 32 * (OPERANDS + 2) * 2
     buf = (ctypes.c_int8 * size)(*[(i * 37) % 97 - 48 for i in range(size)])
     with tempfile.TemporaryDirectory(prefix="mac_peak_") as d:
@@ -158,6 +187,8 @@ def peak(seconds: float = 0.5, repeats: int = 5) -> dict[str, float]:
         vnni = vnni_form()
         if vnni is not None:
             forms.append(("vpdpbusd", getattr(dll, "dpbusd_" + vnni)))
+        if avx512_vnni():
+            forms.append(("vpdpbusd 512", dll.dpbusd_zmm))
         for form, fn in forms:
             fn(1000, buf)
             t0 = time.perf_counter()
@@ -188,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"u8 x s8 / int16 pairs: {res['u8 x s8'] / res['int16 pairs']:.2f}")
     if "vpdpbusd" in res:
         print(f"vpdpbusd / int16 pairs: {res['vpdpbusd'] / res['int16 pairs']:.2f}")
+    if "vpdpbusd 512" in res:
+        print(f"vpdpbusd 512 / 256: {res['vpdpbusd 512'] / res['vpdpbusd']:.2f}")
     else:
         print("vpdpbusd: not on this CPU (no AVX-VNNI, no AVX-512 VNNI with VL)")
     if args.json:

@@ -237,7 +237,7 @@ def _ort(path: str, threads: int):
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
-def _openvino(qdq_path: str, threads: int):
+def _openvino(qdq_path: str, threads: int, precision: str | None = None):
     """OpenVINO's CPU plugin on qgraph's QDQ export (it runs the Q/DQ groups as true int8
     kernels, u8 x s8 and not exact), as a ``feeds -> outputs`` callable; None when the
     ``openvino`` package is not installed (``pip install openvino``: an optional column).
@@ -249,13 +249,18 @@ def _openvino(qdq_path: str, threads: int):
     2-thread rows from a run without ``openvino`` installed. With the three ORT int8 models
     (six pools) the CRNN's 2-thread ORT rows read 8-26 ms across runs, where each ORT int8
     model alone in a process took 8.5-8.8 ms (and the TVM build alone 8.1-8.3): measure a
-    2-thread row that looks slower than its 1-thread one alone."""
+    2-thread row that looks slower than its 1-thread one alone.
+
+    ``precision``: the plugin's ``INFERENCE_PRECISION_HINT`` for what stays float (None: its
+    default, bf16 on a CPU with AVX-512 BF16 or AMX: the CRNN's float LSTM then runs in bf16)."""
     try:
         import openvino as ov
     except ImportError:
         return None
-    compiled = ov.Core().compile_model(qdq_path, "CPU", {"INFERENCE_NUM_THREADS": threads,
-                                                         "PERFORMANCE_HINT": "LATENCY"})
+    config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+    if precision is not None:
+        config["INFERENCE_PRECISION_HINT"] = precision
+    compiled = ov.Core().compile_model(qdq_path, "CPU", config)
     request = compiled.create_infer_request()
     return lambda feeds: request.infer(feeds)
 
@@ -302,6 +307,11 @@ def measure(name: str, workdir: str, threads: int, runs: int, warmup: int, settl
     openvino = _openvino(os.path.join(workdir, "model.qdq.onnx"), threads)
     if openvino is not None:
         tools["openvino_int8"] = lambda: openvino(feeds)
+    # where OpenVINO's default runs the float parts in bf16 (not exact), also with them in f32
+    openvino_f32 = _openvino(os.path.join(workdir, "model.qdq.onnx"), threads, "f32") \
+        if openvino is not None and openvino_float_precision() != "f32" else None
+    if openvino_f32 is not None:
+        tools["openvino_int8_f32"] = lambda: openvino_f32(feeds)
     for fn in tools.values():
         for _ in range(warmup):
             fn()
@@ -314,13 +324,25 @@ def measure(name: str, workdir: str, threads: int, runs: int, warmup: int, settl
             tools[k]()
             times[k].append(time.perf_counter() - t0)
     med = {k: float(np.median(v)) for k, v in times.items()}
-    extra = {"tvm_over_openvino_int8": med["qgraph_tvm"] / med["openvino_int8"]} if openvino is not None else {}
+    extra = {k.replace("openvino", "tvm_over_openvino"): med["qgraph_tvm"] / med[k]
+             for k in ("openvino_int8", "openvino_int8_f32") if k in med}
     extra.update(fidelity(compiled, int8, fp32, openvino, feeds, own))
     best = min(med[k] for k in ("ort_int8", "ort_int8_split", "ort_int8_own") if k in med)  # ORT int8 at its fastest
     return {"model": name, "threads": threads, "runs": runs, **{f"{k}_ms": v * 1e3 for k, v in med.items()},
             **extra, "tvm_over_ort_int8": med["qgraph_tvm"] / best,
             "tvm_over_ort_fp32": med["qgraph_tvm"] / med["ort_fp32"],
             "ort_int8_over_fp32": best / med["ort_fp32"]}
+
+
+def openvino_float_precision() -> str | None:
+    """OpenVINO's CPU default for the float parts of a model (``f32``, or ``bf16`` where the CPU
+    has AVX-512 BF16 or AMX), or None without ``openvino``."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return None
+    hint = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT")  # an ov.Type
+    return hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
 
 
 def fidelity(compiled, int8, fp32, openvino, feeds, own=None) -> dict:
@@ -356,14 +378,16 @@ def _db(v) -> str:
 
 def _table(prep: list[dict], rows: list[dict]) -> str:
     out = ["| model | input | threads | qgraph TVM int8 ms | ORT int8 ms: qgraph QDQ / SiLU split / ORT's quantizer | "
-           "ORT fp32 ms | OpenVINO int8 ms | TVM / ORT int8 (faster) | TVM / ORT fp32 | TVM / OpenVINO int8 | "
+           "ORT fp32 ms | OpenVINO int8 ms: default / f32 float parts | TVM / ORT int8 (faster) | TVM / ORT fp32 | "
+           "TVM / OpenVINO int8: default / f32 float parts | "
            "ORT int8 (faster) / fp32 | SQNR vs fp32, dB: TVM / ORT int8 / OpenVINO / ORT's quantizer |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     shapes = {p["model"]: "x".join(str(d) for d in p["shape"]) for p in prep}
     for r in rows:
-        ov_ms = f"{r['openvino_int8_ms']:.3f}" if "openvino_int8_ms" in r else "n/a"
+        ov_ms = " / ".join(f"{r[k]:.3f}" if k in r else "n/a" for k in ("openvino_int8_ms", "openvino_int8_f32_ms"))
         own_ms = " / ".join(f"{r[k]:.3f}" if k in r else "n/a" for k in ("ort_int8_split_ms", "ort_int8_own_ms"))
-        ov_ratio = f"{r['tvm_over_openvino_int8']:.2f}" if "tvm_over_openvino_int8" in r else "n/a"
+        ov_ratio = " / ".join(f"{r[k]:.2f}" if k in r else "n/a"
+                              for k in ("tvm_over_openvino_int8", "tvm_over_openvino_int8_f32"))
         sqnr = " / ".join(_db(r.get(f"sqnr_{k}_db")) for k in ("tvm", "ort_int8", "openvino_int8", "ort_int8_own"))
         out.append(f"| {r['model']} | {shapes.get(r['model'], '')} | {r['threads']} | {r['qgraph_tvm_ms']:.3f} | "
                    f"{r['ort_int8_ms']:.3f} / {own_ms} | {r['ort_fp32_ms']:.3f} | {ov_ms} | "

@@ -57,6 +57,8 @@ def test_family_summary_sums_time_and_macs_per_kernel_family():
     assert [g[0] for g in got] == ["direct conv, int16", "Winograd conv (direct MACs)", "direct conv, u8 x s8",
                                    "direct conv, VNNI"]
     assert round(got[3][2], 6) == 120.0 and round(got[3][3], 6) == 75.0  # 6e7 in 0.5 ms against VPDPBUSD's 160
+    wide = profile_tvm.family_summary(rows, macs, {"int16 pairs": 50.0, "vpdpbusd": 160.0, "vpdpbusd 512": 300.0})
+    assert round(wide[3][3], 6) == 40.0  # an AVX-512 VNNI CPU: against the 512-bit peak
     fam, us, rate, share = got[0]
     assert (round(us), round(rate, 6), round(share, 6)) == (4000, 35.0, 70.0)  # (8e7 + 6e7) MACs in 4 ms
     assert round(got[1][2], 6) == 200.0 and round(got[1][3], 6) == 400.0  # 4e8 in 2 ms: over the int16 peak
@@ -69,6 +71,7 @@ def test_mac_peak_measures_both_forms():
 
     peaks = bench_mac_peak.peak(seconds=0.02, repeats=1)
     vnni = {"vpdpbusd"} if bench_mac_peak.vnni_form() else set()
+    vnni |= {"vpdpbusd 512"} if bench_mac_peak.avx512_vnni() else set()
     assert set(peaks) == {"int16 pairs", "u8 x s8"} | vnni and all(v > 0.1 for v in peaks.values()), peaks
 
 

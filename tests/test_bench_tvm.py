@@ -31,6 +31,9 @@ def test_fidelity_is_the_sqnr_of_each_int8_runtime_against_fp32():
     del row["sqnr_openvino_int8_db"]
     table = bench_tvm._table([], [row])
     assert f"| inf / {expect:.1f} / n/a / n/a |" in table and "| 2.000 / n/a / n/a |" in table, table
+    assert "| n/a / n/a |" in table  # no OpenVINO: neither its default nor its f32 run
+    row.update(openvino_int8_ms=4.0, tvm_over_openvino_int8=0.25)
+    assert "| 4.000 / n/a |" in bench_tvm._table([], [row]) and "| 0.25 / n/a |" in bench_tvm._table([], [row])
     own = SimpleNamespace(run=lambda _o, _f: [ref + 100 * noise])
     assert abs(bench_tvm.fidelity(compiled, int8, fp32, None, {}, own)["sqnr_ort_int8_own_db"] - (expect - 40)) < 1e-3
 

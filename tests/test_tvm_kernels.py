@@ -351,6 +351,8 @@ def test_vnni_512_takes_zmm_tiles_of_32_registers():
     assert gemm.matmul_tile(1, 40, vnni_bits=512) == (2, 8) and gemm.matmul_tile(1, 40) == (2, 4)
     assert D.direct_tile(52, oc=96, vnni_bits=512) == (4, 7)  # 56 columns where 12x2 computes 64
     assert D.direct_tile(48, oc=96, vnni_bits=512) == (12, 2) and D.direct_tile(48, oc=96) == (6, 2)
+    # 104 columns: 12x2 computes 112 where 8x1 would compute 104, at a third of the speed
+    assert D.direct_tile(104, oc=48, vnni_bits=512) == (12, 2) and D.direct_tile(104, oc=48) == (8, 1)
     assert kernel_package(targets.host_cpu("flags\t\t: fpu avx avx2 fma avx512f avx512bw avx512vl avx512_vnni\n")) \
         is x86.VNNI_512_NO_VBMI and x86.VNNI_512_NO_VBMI.bits == 512 and not x86.VNNI_512_NO_VBMI.vbmi
     icelake = targets.host_cpu("flags\t\t: fpu avx avx2 fma avx512f avx512bw avx512vl avx512_vnni avx512vbmi\n")

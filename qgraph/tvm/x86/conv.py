@@ -65,14 +65,16 @@ TILES = (DIRECT_TILE, (4, 2), (8, 1))
 
 
 #: The 512-bit VPDPBUSD kernel's tiles (RT channels x VT vectors of 8 columns, a pair of them one
-#: zmm accumulator, an odd last one a ymm), in order of preference. It takes about 12
-#: accumulators to cover the instruction's latency (5 cycles, 2 per cycle). Kernel alone, 1
-#: thread, GMAC/s on a Sapphire Rapids core (256-bit VPDPBUSD peak 155, the 6x2 ymm kernel
-#: 90-124 in YOLOX and the CRNN) for 12x2 / 6x4 / 4x6 / 4x7 / 8x2 / 6x2: 3x3 96ch 52x52 233 /
-#: 229 / - / 252 / 167 / 137; 48ch 104x104 217 / 198 / 177 / 213 / 170 / 143; 96ch 26x26 228 /
-#: 223 / 169 / 170 / 164 / 136; 192ch 13x13 232 / 135 / 97 / 97 / 165 / 136; 96 -> 192ch 16x48
-#: 276 / 221 / 281 / 281 / 206 / 172. 16x2 and 8x4 (16 zmm accumulators) ran 95-120.
-VNNI_512_TILES = ((12, 2), (4, 6), (6, 4), (4, 7), (8, 2), (6, 2), (4, 2), (8, 1))
+#: zmm accumulator, an odd last one a ymm), in order of preference: only tiles of 12 or more
+#: accumulators, which it takes to cover the instruction's latency (5 cycles, 2 per cycle); a
+#: smaller one that pads less loses more than it saves (YOLOX's 104-wide rows took 8x1 and ran
+#: 75 GMAC/s). Kernel alone, 1 thread, GMAC/s on a Sapphire Rapids core (256-bit VPDPBUSD peak
+#: 155, the 6x2 ymm kernel 90-124 in YOLOX and the CRNN) for 12x2 / 6x4 / 4x6 / 4x7 / 8x2 / 6x2:
+#: 3x3 96ch 52x52 233 / 229 / - / 252 / 167 / 137; 48ch 104x104 217 / 198 / 177 / 213 / 170 / 143;
+#: 96ch 26x26 228 / 223 / 169 / 170 / 164 / 136; 192ch 13x13 232 / 135 / 97 / 97 / 165 / 136;
+#: 96 -> 192ch 16x48 276 / 221 / 281 / 281 / 206 / 172; 24 -> 48ch 208x208 stride 2 (with its
+#: pack) 12x2 120, 4x7 120, 8x2 106, 6x2 95, 12x1 80. 16x2 and 8x4 (16 zmm accumulators) ran 95-120.
+VNNI_512_TILES = ((12, 2), (4, 6), (6, 4), (4, 7))
 
 
 def direct_tile(ow: int, ubsw: bool = False, oc: int | None = None, vnni_bits: int | None = None) -> tuple[int, int]:
