@@ -93,6 +93,13 @@ def tanh_expr(T, x):
     return T.Select(x >= T.broadcast(T.float32(0), LANES), t, -t)
 
 
+#: Run every other step's tasks in reverse order. Each step streams all the recurrence weights
+#: (the CRNN: 8 MB of float32, past any L2); in one order every step, none is left in L2 when the
+#: next step wants it, where reversed the next step starts on the last ~L2-size of them. The
+#: tasks of a step are independent (each its own units), so the results are the same bits.
+ALTERNATE = True
+
+
 def float_lstm(d: int, seq: int, batch: int, hidden: int, reverse: tuple[bool, ...]):
     """The LSTM loop of ``d`` directions (``reverse[i]``: direction ``i`` runs back in time).
 
@@ -134,7 +141,10 @@ def float_lstm(d: int, seq: int, batch: int, hidden: int, reverse: tuple[bool, .
                 hs[i] = h0f[i]
                 ycf[i] = c0f[i]
             for s in T.serial(seq):
-                for o in loop(d * HB):
+                for q in loop(d * HB):
+                    # every other step in reverse task order (``ALTERNATE``): it starts on the weights
+                    # the step before ended on, still in this core's L2 (meta_var: inlined)
+                    o = T.meta_var(T.if_then_else(s % 2 == 0, q, d * HB - 1 - q) if ALTERNATE else q)
                     acc = T.alloc_buffer((MR * NB,), "float32", scope="global")
                     for t in T.serial(MT + batch % MR):
                         # meta_var: inlined expressions (a bound name became a workspace allocation per task)
