@@ -363,8 +363,8 @@ def test_vnni_512_takes_zmm_tiles_of_32_registers():
 
 def test_vnni_conv_compiles_to_vpdpbusd():
     """For a VNNI CPU (cascadelake: AVX-512 VNNI with VL) the direct conv and the matmul are
-    VPDPBUSD, with no VPMADDUBSW nor VPMADDWD left, and the host detection picks the VNNI
-    package from /proc/cpuinfo flags."""
+    VPDPBUSD on zmm, with no VPMADDUBSW nor VPMADDWD left; for AVX-VNNI (no AVX-512) the
+    same on ymm; the host detection picks the VNNI package from /proc/cpuinfo flags."""
     from qgraph.tvm.kernel_packages import kernel_package
 
     rng = np.random.default_rng(5)
@@ -392,6 +392,12 @@ def test_vnni_conv_compiles_to_vpdpbusd():
     assert built.kernels.get("qmatmul_vnni") == 1 and "qmatmul_gemm" not in built.kernels
     asm = "\n".join(_asm(built.executable.mod))
     assert "vpdpbusd" in asm and "vpmaddwd" not in asm
+    assert "zmm" in asm  # AVX-512: the 512-bit form
+    # AVX-VNNI without AVX-512 (Alder Lake, Zen 5 client): the 256-bit VEX form, no zmm register
+    for m in (model, mm):
+        asm = "\n".join(_asm(qtvm.build(m, targets.Target("avxvnni", dict(alder.tvm_dict), False,
+                                                           alder.features)).executable.mod))
+        assert "vpdpbusd" in asm and "zmm" not in asm and "vpmaddwd" not in asm
 
 
 def test_a_batch_of_narrow_rows_interleaves_into_one_row():
