@@ -819,8 +819,8 @@ def test_integer_sums_are_vectorized_and_exact(shape, axes, dtype):
 
 @pytest.mark.parametrize("d,m,k,n", [(2, 23, 40, 64), (1, 6, 16, 32), (1, 13, 9, 16)])
 def test_wide_float_gemv_gives_the_same_bits(d, m, k, n):
-    """``gemm.float_gemv_wide`` (AVX-512: zmm vectors, 6-row tiles, the last tile moved back over
-    rows the one before computed) against ``float_gemv``: each output the same chain of fused
+    """``gemm.float_gemv(..., wide=True)`` (AVX-512: zmm vectors, 6-row tiles, the last tile moved
+    back over rows the one before computed) against the 256-bit form: each output the same chain of fused
     multiply-adds in ``k`` order, so the same bits (the CRNN's input projection: 23 rows). On
     a host without AVX-512 LLVM splits the 512-bit vectors (the same arithmetic)."""
     from qgraph.tvm.x86 import gemm
@@ -837,7 +837,8 @@ def test_wide_float_gemv_gives_the_same_bits(d, m, k, n):
         outs.append(y.numpy())
     assert np.array_equal(outs[0], outs[1])
     np.testing.assert_allclose(outs[1], x @ w, rtol=1e-4, atol=1e-4)
-    assert "fgemv_wide" in gemm.float_gemv(d, m, k, n, wide=True).script()
+    assert ", 1, 16)]" in gemm.float_gemv(d, m, k, n, wide=True).script()  # 16-lane accumulators
+    assert ", 1, 16)]" not in gemm.float_gemv(d, m, k, n).script()
 
 
 def test_lstm_kernel_exp_is_within_one_ulp():

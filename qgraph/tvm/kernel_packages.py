@@ -35,7 +35,8 @@ def device_builder(target):
 def kernel_package(target, kernels: str = "auto") -> KernelPackage | None:
     """The kernel package for ``target`` (a ``qgraph.targets.Target`` or name; None: this host):
     ``qgraph.tvm.x86`` for an x86-64 target with AVX2 and ``kernels="auto"`` (its ``VNNI_512``,
-    ``VNNI_512_NO_VBMI`` or ``VNNI`` package where the target has ``VPDPBUSD``); None (the default lowering) otherwise.
+    ``VNNI_512_NO_VBMI`` or ``VNNI`` package where the target has ``VPDPBUSD``); None (the
+    default lowering) otherwise.
 
     Raises:
         LoweringError: ``kernels`` is not one of ``KERNEL_CHOICES``.
@@ -58,7 +59,8 @@ def kernel_package(target, kernels: str = "auto") -> KernelPackage | None:
     if str(t.tvm_dict.get("mtriple", "")).startswith("x86_64") and "avx2" in t.features:
         from qgraph.tvm import x86
 
-        # 256-bit VPDPBUSD: AVX-512 VNNI with VL (EVEX: 32 ymm registers), or AVX-VNNI (VEX: 16)
+        # VPDPBUSD: AVX-512 VNNI with VL (EVEX: zmm, 32 registers; VBMI's byte permutes where the
+        # CPU has them), or AVX-VNNI (VEX: ymm, 16 registers)
         if {"avx512vnni", "avx512vl"} <= t.features:
             return x86.VNNI_512 if "avx512vbmi" in t.features else x86.VNNI_512_NO_VBMI
         if t.features & {"avx_vnni", "avxvnni"}:

@@ -15,7 +15,8 @@ call its hooks (``qgraph.tvm.context.KernelPackage``), each returning the node's
 - ``recurrent``: an LSTM's whole time loop as one kernel, the cell update in the GEMV's
   epilogue (``float_lstm``).
 
-``VNNI`` / ``VNNI_512`` are the packages for a target with ``VPDPBUSD`` (``VnniPackage``).
+``VNNI`` (AVX-VNNI), ``VNNI_512`` and ``VNNI_512_NO_VBMI`` (AVX-512 VNNI) are the packages for
+a target with ``VPDPBUSD`` (``VnniPackage``).
 
 The package imports the target-independent modules it needs (``context``, ``relax_integer``,
 ``elementwise_schedule``); none of those imports it.
@@ -66,4 +67,5 @@ VNNI_512 = VnniPackage(bits=512, vbmi=True)
 #: ... and with AVX-512 VNNI and VL without VBMI (Cascade Lake, Cooper Lake).
 VNNI_512_NO_VBMI = VnniPackage(bits=512)
 
-__all__ = ["VNNI", "VNNI_512", "VNNI_512_NO_VBMI", "VnniPackage", "float_gemv", "float_lstm", "lookup", "qconv", "qmatmul"]
+__all__ = ["VNNI", "VNNI_512", "VNNI_512_NO_VBMI", "VnniPackage", "float_gemv", "float_lstm", "lookup", "qconv",
+           "qmatmul"]

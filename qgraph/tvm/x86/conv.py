@@ -372,9 +372,10 @@ def direct_conv(g: ConvGeometry, hp: int, wq: int, rq: Requant, tile=DIRECT_TILE
             return vnni_dot(T, vnni, acc, x_buf[n, c2, row, ph, T.ramp(base, 1, 4 * lanes)],
                             T.reinterpret(f"int8x{4 * lanes}", T.broadcast(wv, lanes)), lanes)
         if vnni == "emulate":  # lane j: bytes 4 j + k (k < 4) times the weight's byte k, summed in int32
-            return vnni_dot(T, vnni, acc, lambda k: T.Cast(f"int32x{lanes}", x_buf[n, c2, row, ph, T.ramp(base + k, 4, lanes)]),
-                            lambda k: T.broadcast(T.Cast("int32", T.Cast("int8", T.shift_right(wv, T.int32(8 * k)))), lanes),
-                            lanes)
+            return vnni_dot(T, vnni, acc,
+                            lambda k: T.Cast(f"int32x{lanes}", x_buf[n, c2, row, ph, T.ramp(base + k, 4, lanes)]),
+                            lambda k: T.broadcast(T.Cast("int32", T.Cast("int8", T.shift_right(wv, T.int32(8 * k)))),
+                                                  lanes), lanes)
         return acc + product(wv, x_buf[n, c2, row, ph, T.ramp(base, 1, 8 * G)])
 
     PAIRS = VT // 2 if vnni is not None and wide else 0  # 16-lane units: vectors 2 p and 2 p + 1

@@ -57,6 +57,8 @@ MATMUL_TILES = ((6, 2), (4, 2), (2, 4))
 #: 1150, 2x8 1228, 6x2 1366, 2x4 1863; 16x2, 24x2, 8x4, 12x4 (16 and more zmm accumulators)
 #: 1548-2125. The 256-bit form: 12x2 1330 (152 GMAC/s, its peak), 6x2 1516; int16 6x2 3355.
 VNNI_512_MATMUL_TILES = ((12, 2), (6, 4), (8, 3), (4, 4), (6, 2), (2, 8), (2, 4))
+
+
 def least_padded_tile(tiles, rows: int | None, cols: int) -> tuple[int, int]:
     """The register tile (rows x vectors of 8 columns) of ``tiles``, in order of preference, with
     the least padded work (``rows`` to whole tiles, or 1 where None; ``cols`` to whole vectors):
@@ -350,8 +352,8 @@ def gemm_cols(rows: int, k2: int, cols: int, rq: Requant, tile: tuple[int, int],
                     for r in T.unroll(RT):
                         for p in T.unroll(PAIRS):
                             acc[T.ramp((r * VT + 2 * p) * 8, 1, PAIR_LANES)] = product(
-                                acc[T.ramp((r * VT + 2 * p) * 8, 1, PAIR_LANES)], a, w, T.min((t % RTs) * RT + r, R - 1),
-                                t // RTs, j, 2 * p, PAIR_LANES)
+                                acc[T.ramp((r * VT + 2 * p) * 8, 1, PAIR_LANES)], a, w,
+                                T.min((t % RTs) * RT + r, R - 1), t // RTs, j, 2 * p, PAIR_LANES)
                         for v in T.unroll(SINGLES):
                             acc[T.ramp((r * VT + 2 * PAIRS + v) * 8, 1, 8)] = product(
                                 acc[T.ramp((r * VT + 2 * PAIRS + v) * 8, 1, 8)], a, w,
@@ -410,12 +412,8 @@ def shuffle_table(table: np.ndarray, x_dtype: str) -> np.ndarray | None:
     twice (both 128-bit lanes of a ``VPSHUFB``), in the order of the raw input byte (an int8
     input's byte ``b`` is index ``b ^ 0x80``); None where the table is not one byte per
     input byte value."""
-    if x_dtype not in ("uint8", "int8") or table.size != 256 or np.dtype(table.dtype).itemsize != 1:
-        return None
-    t = table.view(np.uint8)
-    if x_dtype == "int8":
-        t = t[np.arange(256) ^ 0x80]
-    return np.ascontiguousarray(np.tile(t.reshape(16, 16), (1, 2)).reshape(-1))
+    t = vbmi_table(table, x_dtype)
+    return None if t is None else np.ascontiguousarray(np.tile(t.reshape(16, 16), (1, 2)).reshape(-1))
 
 
 def lookup_shuffle(n: int, x_dtype: str, out_dtype: str):
@@ -425,10 +423,6 @@ def lookup_shuffle(n: int, x_dtype: str, out_dtype: str):
     shift). PP-OCRv4 rec spends a fifth of its time in hard-swish lookups of 100k-250k
     elements, at about one element per cycle as scalar loads. A tail under 32 stays scalar."""
     from tvm.script import tirx as T
-
-    N, CH = n, LOOKUP_CHUNK
-    CHUNKS = -(-N // CH)
-    loop = task_loop(T, N, macs=False)
 
     def step(x, tabs, base):
         idx = T.reinterpret("int8x32", x[T.ramp(base, 1, 32)])
@@ -445,18 +439,29 @@ def lookup_shuffle(n: int, x_dtype: str, out_dtype: str):
         b = T.Cast("int32", T.reinterpret("uint8", x[i]))
         return T.reinterpret(out_dtype, tabs[b // 16 * 32 + b % 16])
 
+    return _byte_lookup(n, x_dtype, out_dtype, 512, 32, step, scalar)
+
+
+def _byte_lookup(n: int, x_dtype: str, out_dtype: str, tab_len: int, width: int, step, scalar):
+    """The loop of the byte-table lookups: parallel chunks of ``LOOKUP_CHUNK`` elements,
+    ``width`` per ``step(x, tab, base)`` (a vector), a tail under ``width`` by ``scalar(x, tab, i)``."""
+    from tvm.script import tirx as T
+
+    N, CH, W = n, LOOKUP_CHUNK, width
+    CHUNKS = -(-N // CH)
+    loop = task_loop(T, N, macs=False)
+
     @T.prim_func(check_well_formed=False)
-    def qlookup_shuffle(x: T.Buffer((N,), x_dtype), tabs: T.Buffer((512,), "uint8"), y: T.Buffer((N,), out_dtype)):
+    def qlookup_bytes(x: T.Buffer((N,), x_dtype), tab: T.Buffer((tab_len,), "uint8"), y: T.Buffer((N,), out_dtype)):
         T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
         with T.sblock("root"):
             for o in loop(CHUNKS):
-                for v in T.serial(T.min(CH, N - o * CH) // 32):
-                    y[T.ramp(o * CH + v * 32, 1, 32)] = step(x, tabs, o * CH + v * 32)
-                for i in T.serial(T.min(CH, N - o * CH) % 32):
-                    y[o * CH + T.min(CH, N - o * CH) // 32 * 32 + i] = scalar(
-                        x, tabs, o * CH + T.min(CH, N - o * CH) // 32 * 32 + i)
+                for v in T.serial(T.min(CH, N - o * CH) // W):
+                    y[T.ramp(o * CH + v * W, 1, W)] = step(x, tab, o * CH + v * W)
+                for i in T.serial(T.min(CH, N - o * CH) % W):
+                    y[o * CH + T.min(CH, N - o * CH) // W * W + i] = scalar(x, tab, o * CH + T.min(CH, N - o * CH) // W * W + i)
 
-    return qlookup_shuffle
+    return qlookup_bytes
 
 
 def lookup_vbmi(n: int, x_dtype: str, out_dtype: str):
@@ -467,10 +472,6 @@ def lookup_vbmi(n: int, x_dtype: str, out_dtype: str):
     stays scalar."""
     from tvm.script import tirx as T
 
-    N, CH = n, LOOKUP_CHUNK
-    CHUNKS = -(-N // CH)
-    loop = task_loop(T, N, macs=False)
-
     def half(tab, idx, at):  # table bytes at .. at + 127, indexed by idx's low 7 bits
         return T.call_llvm_pure_intrin("int8x64", VPERMI2B, T.reinterpret("int8x64", tab[T.ramp(at, 1, 64)]), idx,
                                        T.reinterpret("int8x64", tab[T.ramp(at + 64, 1, 64)]))
@@ -480,18 +481,10 @@ def lookup_vbmi(n: int, x_dtype: str, out_dtype: str):
         return T.reinterpret(f"{out_dtype}x64", T.Select(idx < T.broadcast(T.int8(0), 64), half(tab, idx, 128),
                                                          half(tab, idx, 0)))
 
-    @T.prim_func(check_well_formed=False)
-    def qlookup_vbmi(x: T.Buffer((N,), x_dtype), tab: T.Buffer((256,), "uint8"), y: T.Buffer((N,), out_dtype)):
-        T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
-        with T.sblock("root"):
-            for o in loop(CHUNKS):
-                for v in T.serial(T.min(CH, N - o * CH) // 64):
-                    y[T.ramp(o * CH + v * 64, 1, 64)] = step(x, tab, o * CH + v * 64)
-                for i in T.serial(T.min(CH, N - o * CH) % 64):
-                    y[o * CH + T.min(CH, N - o * CH) // 64 * 64 + i] = T.reinterpret(out_dtype, tab[T.Cast(
-                        "int32", T.reinterpret("uint8", x[o * CH + T.min(CH, N - o * CH) // 64 * 64 + i]))])
+    def scalar(x, tab, i):
+        return T.reinterpret(out_dtype, tab[T.Cast("int32", T.reinterpret("uint8", x[i]))])
 
-    return qlookup_vbmi
+    return _byte_lookup(n, x_dtype, out_dtype, 256, 64, step, scalar)
 
 
 def vbmi_table(table: np.ndarray, x_dtype: str) -> np.ndarray | None:
@@ -501,7 +494,7 @@ def vbmi_table(table: np.ndarray, x_dtype: str) -> np.ndarray | None:
     if x_dtype not in ("uint8", "int8") or table.size != 256 or np.dtype(table.dtype).itemsize != 1:
         return None
     t = table.view(np.uint8)
-    return np.ascontiguousarray(t[np.arange(256) ^ 0x80] if x_dtype == "int8" else t)
+    return np.ascontiguousarray(t[np.arange(256) ^ 0x80] if x_dtype == "int8" else t)  # 0x80 ^ byte: its index
 
 
 # -- float GEMV ------------------------------------------------------------------------------------
@@ -530,7 +523,7 @@ def pack_gemv_weights(w: np.ndarray) -> np.ndarray:
 
 
 #: Rows of the 512-bit GEMV's register tile: 6 rows x 2 zmm vectors, 12 accumulators (enough to
-#: cover the FMA's latency at 2 per cycle), for an input projection's rows.
+#: cover the FMA's latency at 2 per cycle), for an input projection's rows (``float_gemv``'s ``wide``).
 GEMV_WIDE_ROWS = 6
 
 
@@ -549,15 +542,17 @@ def float_gemv(d: int, m: int, k: int, n: int, dtype: str = "float32", wide: boo
     its whole loop in ``recurrent.float_lstm`` instead).
 
     ``wide`` (AVX-512; ``n`` a multiple of 16 and ``GEMV_WIDE_ROWS`` rows or more, an input
-    projection's; ``float_gemv_wide``): 512-bit vectors on tiles of that many rows, the same
-    sums in the same order."""
+    projection's): 512-bit vectors on tiles of that many rows. Each output is the same ``k``-order
+    chain of fused multiply-adds either way: the same bits. ddddocr's CRNN input projection
+    (2 x 23 x 512 x 2048) on a Sapphire Rapids core, kernel alone, 1 thread (measured while the
+    test suite ran): 1614 us on 2 rows x 4 ymm (6 loads per 8 FMAs), 787 us wide."""
     from tvm.script import tirx as T
 
     nb = gemv_block(n)
-    if wide and nb % 16 == 0 and m >= GEMV_WIDE_ROWS:
-        return float_gemv_wide(d, m, k, n, dtype)
-    NBL, V, MR = n // nb, nb // 8, min(GEMV_ROWS, m)
-    MT = m // MR  # full row tiles; an odd last row takes a tile whose second row repeats it
+    wide = wide and nb % 16 == 0 and m >= GEMV_WIDE_ROWS
+    L = 16 if wide else 8  # float32 lanes per vector
+    NBL, V, MR = n // nb, nb // L, min(GEMV_WIDE_ROWS if wide else GEMV_ROWS, m)
+    TT = -(-m // MR)  # row tiles; the last moved back to end at row m (rows computed twice: the same values)
     loop = task_loop(T, d * m * k * n)
 
     @T.prim_func(check_well_formed=False)
@@ -566,57 +561,18 @@ def float_gemv(d: int, m: int, k: int, n: int, dtype: str = "float32", wide: boo
         with T.sblock("root"):
             for o in loop(d * NBL):
                 acc = T.alloc_buffer((MR * nb,), dtype, scope="global")
-                for t in T.serial(MT + m % MR):
-                    # meta_var: inlined (a bound name became a workspace allocation per task)
-                    rows = T.meta_var(T.if_then_else(t < MT, MR, 1))
-                    r0 = T.meta_var(T.if_then_else(t < MT, t * MR, MT * MR + t - MT))
+                for t in T.serial(TT):
+                    r0 = T.meta_var(T.min(t * MR, m - MR))  # inlined (a bound name became a workspace per task)
                     for r in T.unroll(MR):
                         for v in T.unroll(V):
-                            acc[T.ramp(r * nb + v * 8, 1, 8)] = T.broadcast(T.Cast(dtype, 0), 8)
+                            acc[T.ramp(r * nb + v * L, 1, L)] = T.broadcast(T.Cast(dtype, 0), L)
                     for kk in T.serial(k):
                         for r in T.unroll(MR):
                             for v in T.unroll(V):
-                                acc[T.ramp(r * nb + v * 8, 1, 8)] = acc[T.ramp(r * nb + v * 8, 1, 8)] + T.broadcast(
-                                    x[o // NBL, T.min(r0 + r, m - 1), kk], 8) * w[o // NBL, o % NBL, kk, T.ramp(v * 8, 1, 8)]
-                    for r in T.serial(rows):
+                                acc[T.ramp(r * nb + v * L, 1, L)] = acc[T.ramp(r * nb + v * L, 1, L)] + T.broadcast(
+                                    x[o // NBL, r0 + r, kk], L) * w[o // NBL, o % NBL, kk, T.ramp(v * L, 1, L)]
+                    for r in T.unroll(MR):
                         for v in T.unroll(V):
-                            y[o // NBL, r0 + r, T.ramp(o % NBL * nb + v * 8, 1, 8)] = acc[T.ramp(r * nb + v * 8, 1, 8)]
+                            y[o // NBL, r0 + r, T.ramp(o % NBL * nb + v * L, 1, L)] = acc[T.ramp(r * nb + v * L, 1, L)]
 
     return fgemv
-
-
-def float_gemv_wide(d: int, m: int, k: int, n: int, dtype: str = "float32"):
-    """``float_gemv`` on 512-bit vectors (``n`` a multiple of 16): a task's ``NB`` columns as
-    ``NB / 16`` zmm vectors, ``GEMV_WIDE_ROWS`` rows per tile, the last tile moved back to end at
-    row ``m`` (rows it shares with the one before are computed twice, the same values). Each
-    output is the same ``k``-order chain of fused multiply-adds as ``float_gemv``'s: the same
-    bits. ddddocr's CRNN input projection (2 x 23 x 512 x 2048) on a Sapphire Rapids core,
-    kernel alone, 1 thread: 1556 us with ``float_gemv`` (2 rows x 4 ymm: 6 loads per 8 FMAs)."""
-    from tvm.script import tirx as T
-
-    nb = gemv_block(n)
-    NBL, VW, MR = n // nb, nb // 16, min(GEMV_WIDE_ROWS, m)
-    TT = -(-m // MR)
-    loop = task_loop(T, d * m * k * n)
-
-    @T.prim_func(check_well_formed=False)
-    def fgemv_wide(x: T.Buffer((d, m, k), dtype), w: T.Buffer((d, NBL, k, nb), dtype), y: T.Buffer((d, m, n), dtype)):
-        T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
-        with T.sblock("root"):
-            for o in loop(d * NBL):
-                acc = T.alloc_buffer((MR * nb,), dtype, scope="global")
-                for t in T.serial(TT):
-                    r0 = T.meta_var(T.min(t * MR, m - MR))  # inlined (meta_var: no workspace per task)
-                    for r in T.unroll(MR):
-                        for v in T.unroll(VW):
-                            acc[T.ramp(r * nb + v * 16, 1, 16)] = T.broadcast(T.Cast(dtype, 0), 16)
-                    for kk in T.serial(k):
-                        for r in T.unroll(MR):
-                            for v in T.unroll(VW):
-                                acc[T.ramp(r * nb + v * 16, 1, 16)] = acc[T.ramp(r * nb + v * 16, 1, 16)] + T.broadcast(
-                                    x[o // NBL, r0 + r, kk], 16) * w[o // NBL, o % NBL, kk, T.ramp(v * 16, 1, 16)]
-                    for r in T.unroll(MR):
-                        for v in T.unroll(VW):
-                            y[o // NBL, r0 + r, T.ramp(o % NBL * nb + v * 16, 1, 16)] = acc[T.ramp(r * nb + v * 16, 1, 16)]
-
-    return fgemv_wide
