@@ -26,7 +26,7 @@ from qgraph.tvm.kernel_packages import kernel_package  # noqa: E402
 
 HOST = kernel_package(None)
 #: A VNNI host runs the AVX2 kernels too: these tests build them for ``AVX2``, and the VNNI ones
-#: in their ``emulate`` form (any AVX2 host) and, where the host has VNNI, the instruction itself.
+#: with the instruction itself on a VNNI host, in their ``emulate`` form elsewhere (``VNNI_RUNS``).
 HOST_VNNI = isinstance(HOST, x86.VnniPackage)
 pytestmark = pytest.mark.skipif(HOST is not x86 and not HOST_VNNI, reason="the x86 kernels need an x86-64 host with AVX2")
 #: This host without VNNI: the AVX2 kernels by name, whatever the host's VNNI
@@ -280,7 +280,7 @@ def test_vnni_conv_equals_the_reference(case, form, monkeypatch):
     u8 x s8 form, full-range int8 weights included. On a CPU without VNNI (Debian's qemu has
     none either) the package's ``emulate`` form runs: the same packed bytes, weights and
     indices, each lane's 4 products written out in int32; ``test_vnni_conv_compiles_to_vpdpbusd``
-    checks the instruction form compiles. On a VNNI CPU the instruction runs too. ``qgraph
+    checks the instruction form compiles. On a VNNI CPU the instruction runs instead. ``qgraph
     compile`` checks a build against the reference on the user's CPU, so a VNNI machine would
     refuse a wrong one."""
     xs, ws, strides, pads, dil, group, xdt = CONV_CASES[case]
@@ -322,7 +322,7 @@ def test_vnni_matmul_equals_the_reference(case, form, monkeypatch):
     n = bsh[1]
     zp = [0] if case in (0, 4) else [int(z) for z in rng.integers(-2, 3, n)]
     b = (rng.integers(-128, 128, bsh) if zp == [0] else rng.integers(-126, 126, bsh)).astype(np.int8)
-    b[0, 0] = -128 if zp == [0] else -126  # -128 - (-2): the extreme of int8 after the zero point
+    b[0, 0] = -128 if zp == [0] else -126  # -126 - 2: int8's extreme after a zero point of 2
     out = "uint8" if case != 1 else "int8"
     attrs = {"a_zero_point": int(rng.integers(info.min, info.max + 1)), "b_zero_point": zp,
              **_requant(rng, n, out, small=case != 2)}
