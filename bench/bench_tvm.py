@@ -38,7 +38,9 @@ times do not. Models:
   captchas (``qgraph.testing.detect``).
 
 With ``openvino`` installed (``pip install openvino``), OpenVINO's CPU plugin runs qgraph's QDQ
-export as a fourth runner (true u8 x s8 int8 kernels, not exact: a peer for speed only).
+export as a fourth runner (true int8 kernels: u8 x s8, saturating without VNNI; a peer for
+speed). Where its default runs what stays float in bf16 (a CPU with AVX-512 BF16 or AMX: the
+CRNN's LSTM), it also runs with ``INFERENCE_PRECISION_HINT`` f32, the second OpenVINO figure.
 
 The last column is each int8 runtime's output fidelity, SQNR in dB of its first output against
 ORT fp32's on the bench input (``fidelity``): qgraph's QDQ model three ways (TVM, ORT,
