@@ -44,7 +44,8 @@ import math
 import numpy as np
 
 from qgraph.tvm.x86.gemm import (LANES, PMADDUBSW, PMADDWD, VNNI_FORMS, ConvGeometry, Requant, ceil_to,
-                                 least_padded_tile, pair_dot, requant_expr, task_loop, vnni_dot)
+                                 least_padded_tile, pair_dot, requant_expr, task_loop, vnni_dot,
+                                 zmm_units)
 
 #: Register tile of the direct conv: RT output channels x VT vectors of 8 output columns
 #: (at most 16 ymm registers: RT * VT accumulators, VT input vectors, one broadcast weight).
@@ -378,9 +379,7 @@ def direct_conv(g: ConvGeometry, hp: int, wq: int, rq: Requant, tile=DIRECT_TILE
                                                   lanes), lanes)
         return acc + product(wv, x_buf[n, c2, row, ph, T.ramp(base, 1, 8 * G)])
 
-    PAIRS = VT // 2 if vnni is not None and wide else 0  # 16-lane units: vectors 2 p and 2 p + 1
-    SINGLES = VT - 2 * PAIRS
-    PAIR_LANES = 16 if PAIRS else 8  # (an empty loop's body is still parsed: it must type-check)
+    PAIRS, SINGLES, PAIR_LANES = zmm_units(VT, vnni is not None and wide)
 
     loop = task_loop(T, N * OC * OH * OW * C * KH * KW)
 

@@ -184,6 +184,14 @@ def vnni_dot(T, form: str, acc, xv, wv, lanes: int = 8):
     return total
 
 
+def zmm_units(vt: int, wide: bool) -> tuple[int, int, int]:
+    """How a tile row of ``vt`` 8-column vectors runs ``wide`` (512-bit ``VPDPBUSD``): (pairs of
+    vectors as one 16-lane op, single 8-lane vectors after them, the pairs' lanes). The pairs'
+    lanes are 8 where there are none: an empty loop's body is still parsed, so it must type-check."""
+    pairs = vt // 2 if wide else 0
+    return pairs, vt - 2 * pairs, 16 if pairs else 8
+
+
 def pair_dot(T, pair, vec):
     """``VPMADDWD`` of one int32 ``pair`` (two int16, little endian) broadcast to the 8 lanes by
     the 16 int16 of ``vec``: 8 int32 lanes, each the sum of its two adjacent products (exact:
@@ -332,9 +340,7 @@ def gemm_cols(rows: int, k2: int, cols: int, rq: Requant, tile: tuple[int, int],
                                                                           T.int32(255)), lanes),
                         lambda k: T.Cast(f"int32x{lanes}", w[ct, j, T.ramp(v * 32 + k, 4, lanes)]), lanes)
 
-    PAIRS = VT // 2 if vnni is not None and wide else 0  # 16-lane units: vectors 2 p and 2 p + 1
-    SINGLES = VT - 2 * PAIRS
-    PAIR_LANES = 16 if PAIRS else 8  # (an empty loop's body is still parsed: it must type-check)
+    PAIRS, SINGLES, PAIR_LANES = zmm_units(VT, vnni is not None and wide)
 
     loop = task_loop(T, R * K2 * G * C)
 

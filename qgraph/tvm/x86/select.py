@@ -104,6 +104,17 @@ def _requant(ctx: LowerContext, channels: int, padded: int, bias) -> K.Requant |
     return K.Requant.make(channels, padded, bias, mult, shift, zp, qmin, qmax, out)
 
 
+def _raw_bytes(xdt: str, zp: int, bias, wsum: np.ndarray) -> tuple[int, np.ndarray] | None:
+    """(zero point, bias) of a u8 x s8 kernel on the raw input bytes (int8 shifted by 128 to
+    uint8, its zero point with it), the zero point's share ``zp * sum(w)`` per output moved
+    into the bias; None for an input that is not 8-bit, or where that bias leaves int32."""
+    if xdt not in ("uint8", "int8"):
+        return None
+    u_zp = zp + (128 if xdt == "int8" else 0)
+    moved = (np.zeros(wsum.size, np.int64) if bias is None else np.broadcast_to(bias, wsum.shape)) - u_zp * wsum
+    return (u_zp, moved) if K.bias_fits_int32(moved) else None
+
+
 # -- QConv ------------------------------------------------------------------------------------------
 def conv_kernel(ctx: LowerContext, vnni: str | None = None, bits: int = 256) -> str:
     """``"direct"``, ``"direct_u8"``, ``"winograd"``, ``"igemm"``, ``"depthwise"`` or ``"default"``: the kernel
@@ -184,14 +195,9 @@ def _conv_plan(ctx: LowerContext, vnni: str | None = None, bits: int = 256) -> _
             taps = (g, x_zp)
             g, wd = D.fold_taps(g, wd)
             exact_u8 = u8 and D.ubsw_exact(wd, 0, 255)
-        if exact_u8:
-            # raw bytes (int8 shifted by 128 to uint8, its zero point with it): the zero
-            # point's share moves into the bias (where that still fits int32)
-            u_zp = x_zp + (128 if ctx.dtype(x) == "int8" else 0)
-            moved = (np.zeros(oc, np.int64) if bias is None else np.broadcast_to(bias, (oc,))) \
-                - u_zp * wd.reshape(oc, -1).sum(axis=1)
-            if K.bias_fits_int32(moved):
-                kind, bias, x_zp = "direct_u8", moved, u_zp
+        raw = _raw_bytes(ctx.dtype(x), x_zp, bias, wd.reshape(oc, -1).sum(axis=1)) if exact_u8 else None
+        if raw is not None:
+            kind, (x_zp, bias) = "direct_u8", raw
         fold = D.batch_fold(g)
         # VPDPBUSD needs no ones vector nor int16 temporary: the int16 kernel's tiles fit
         tile = D.direct_tile(D.row_cols(g, fold), kind == "direct_u8" and not vnni, oc,
@@ -347,17 +353,13 @@ def _matmul_plan(ctx: LowerContext, vnni: str | None = None, bits: int = 256) ->
     if ctx.has_input(2) and bias is None:
         return None
     bias = None if bias is None else bias.astype(np.int64).reshape(-1)
-    # VPDPBUSD sums 4 u8 x s8 products in int32: exact for any int8 weights, on the raw bytes
-    # (int8 shifted by 128 to uint8), the zero point's share moved into the bias
-    if vnni is not None and ctx.dtype(a) in ("uint8", "int8") and int(bd.min()) >= -128 and int(bd.max()) <= 127:
-        u_zp = a_zp + (128 if ctx.dtype(a) == "int8" else 0)
-        moved = (np.zeros(n, np.int64) if bias is None else np.broadcast_to(bias, (n,))) - u_zp * bd.sum(axis=0)
-        if not K.bias_fits_int32(moved):
-            vnni = None
-        else:
-            bias, a_zp = moved, u_zp
-    else:
+    # VPDPBUSD sums 4 u8 x s8 products in int32: exact for any int8 weights
+    int8_w = int(bd.min()) >= -128 and int(bd.max()) <= 127
+    raw = _raw_bytes(ctx.dtype(a), a_zp, bias, bd.sum(axis=0)) if vnni is not None and int8_w else None
+    if raw is None:
         vnni = None
+    else:
+        a_zp, bias = raw
     tile = K.matmul_tile(int(np.prod(ash[:-1])), n, bits if vnni else None)
     rq = _requant(ctx, n, K.ceil_to(n, K.LANES * tile[1]), bias)
     if rq is None:
