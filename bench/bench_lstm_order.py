@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     tgt = targets.resolve("cpu").tvm_target()
     rng = np.random.default_rng(0)
     inputs = [rng.standard_normal((d, seq * b, 4 * H)).astype(np.float32),
-              R.pack_lstm_weights((rng.standard_normal((d, H, 4 * H)) * 0.05).astype(np.float32)),
+              R.pack_lstm_weights((rng.standard_normal((d, H, 4 * H)) * 0.05).astype(np.float32), R.lstm_units(H, b)),
               rng.standard_normal((d, 4 * H)).astype(np.float32)] + \
         [np.zeros(s, np.float32) for s in ((d, b, H), (d, b, H), (seq, d, b, H), (d, b, H), (d, b, H))]
     kernels, outs, times = {}, {}, {}

@@ -142,7 +142,7 @@ def quantize_source(name: str, spec: dict):
     return version_converter.convert_version(onnx.load(spec["path"]), 13)
 
 
-def prepare(name: str, workdir: str, reduce_range: bool = False) -> dict:
+def prepare(name: str, workdir: str, reduce_range: bool = False, recurrent_weights: str = "float32") -> dict:
     """Quantize and build ``name``; write the QDQ model, the TVM library and the input into
     ``workdir``; return the compile times."""
     import qgraph.api
@@ -154,7 +154,10 @@ def prepare(name: str, workdir: str, reduce_range: bool = False) -> dict:
     os.makedirs(workdir, exist_ok=True)
     source = quantize_source(name, spec)
     start = time.perf_counter()
-    config = {"reduce_range": True} if reduce_range else None  # 7-bit weights for both runtimes
+    config = {"reduce_range": True} if reduce_range else {}  # 7-bit weights for both runtimes
+    if recurrent_weights != "float32":  # the recurrent ops' weights as float16 values, for every runtime
+        config["recurrent_weights"] = recurrent_weights
+    config = config or None
     # the input's static shape before quantization, as ``qgraph compile --input-shape`` sets it
     q = qgraph.api.quantize(source, spec["calib"], config, report=False, show_progress=False,
                             input_shapes={spec["input"]: spec["shape"]})
@@ -181,7 +184,7 @@ def prepare(name: str, workdir: str, reduce_range: bool = False) -> dict:
     else:
         exact = "; ".join(_agreement(got[k], ref[k]) for k in got)
     return {"model": name, "path": spec["path"], "input": spec["input"], "shape": spec["shape"],
-            "reduce_range": reduce_range,
+            "reduce_range": reduce_range, "recurrent_weights": recurrent_weights,
             "quantize_s": quantized - start, "lower_s": built - quantized - compiled.compile_seconds,
             "tvm_compile_s": compiled.compile_seconds, "first_vm_s": compiled.load_seconds,
             "compile_s": compiled.compile_seconds + compiled.load_seconds, "matches_reference": exact,
@@ -413,6 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reduce-range", action="store_true",
                     help="quantize with 7-bit weights (config reduce_range): the QDQ model ORT runs and the "
                          "TVM build both use them; qgraph's convs then run the exact VPMADDUBSW form")
+    ap.add_argument("--recurrent-weights", default="float32", choices=["float32", "float16"],
+                    help="the LSTM's weights as float16 values (config recurrent_weights): the QDQ model every "
+                         "runtime runs and the TVM build both use them; TVM's LSTM kernel streams them in 2 bytes")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     ap.add_argument("--prepare", metavar="MODEL", help=argparse.SUPPRESS)
     ap.add_argument("--measure", metavar="MODEL", help=argparse.SUPPRESS)
@@ -421,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     warmup = 1 if args.quick else 3
 
     if args.prepare:
-        info = prepare(args.prepare, args.workdir, args.reduce_range)
+        info = prepare(args.prepare, args.workdir, args.reduce_range, args.recurrent_weights)
         with open(os.path.join(args.workdir, "prepare.json"), "w") as f:
             json.dump(info, f)
         print(json.dumps(info))
@@ -441,7 +447,8 @@ def main(argv: list[str] | None = None) -> int:
         folder = os.path.join(workdir, m)
         print(f"{m}: quantize + build ...", file=sys.stderr, flush=True)
         try:
-            p = _worker(["--prepare", m, "--workdir", folder] + (["--reduce-range"] if args.reduce_range else []))
+            p = _worker(["--prepare", m, "--workdir", folder, "--recurrent-weights", args.recurrent_weights]
+                        + (["--reduce-range"] if args.reduce_range else []))
         except RuntimeError as e:
             print(f"{m}: {e}", file=sys.stderr)
             continue
@@ -458,7 +465,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r.get('ort_int8_own_ms', float('nan')):.2f} ms), "
                   f"ORT fp32 {r['ort_fp32_ms']:.2f} ms", file=sys.stderr, flush=True)
     print(f"{runs} interleaved rounds per row (medians); {os.cpu_count()} CPUs"
-          + ("; 7-bit weights (--reduce-range)" if args.reduce_range else "") + "\n")
+          + ("; 7-bit weights (--reduce-range)" if args.reduce_range else "")
+          + ("; recurrent weights as float16 values (--recurrent-weights float16)"
+             if args.recurrent_weights != "float32" else "") + "\n")
     print(_table(prep, rows))
     if args.json:
         with open(args.json, "w") as f:

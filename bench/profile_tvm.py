@@ -1,6 +1,6 @@
 """Per-kernel time of qgraph's TVM build of a bench model: where the latency goes.
 
-    python bench/profile_tvm.py MODEL [--reduce-range] [--top 30]
+    python bench/profile_tvm.py MODEL [--reduce-range] [--recurrent-weights float16] [--top 30]
 
 MODEL is one of ``bench_tvm.py``'s (digits1, digits64, rec, cls, resnet50, det, crnn, yolox),
 quantized and built the same way. One run records every kernel the VM calls with its arguments (VM
@@ -31,13 +31,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 
-def build(name: str, reduce_range: bool):
+def build(name: str, reduce_range: bool, recurrent_weights: str = "float32"):
     import bench_tvm
     import qgraph.api
     from qgraph import tvm as qtvm
 
     spec = bench_tvm.model_spec(name)
-    q = qgraph.api.quantize(bench_tvm.quantize_source(name, spec), spec["calib"], {"reduce_range": True} if reduce_range else None,
+    config = {"reduce_range": reduce_range, "recurrent_weights": recurrent_weights}
+    q = qgraph.api.quantize(bench_tvm.quantize_source(name, spec), spec["calib"], config,
                             report=False, show_progress=False, input_shapes={spec["input"]: spec["shape"]})
     compiled = qtvm.build(q.integer, "cpu", input_shapes={spec["input"]: spec["shape"]}).warm()
     return compiled, {spec["input"]: spec["x"]}
@@ -155,10 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model")
     ap.add_argument("--reduce-range", action="store_true", help="7-bit weights (the u8 x s8 kernels)")
+    ap.add_argument("--recurrent-weights", default="float32", choices=["float32", "float16"],
+                    help="the LSTM's weights as float16 values (bench_tvm.py's option)")
     ap.add_argument("--top", type=int, default=30, help="kernels to print (by total time per run)")
     ap.add_argument("--no-peak", action="store_true", help="skip the MAC-peak measurement (bench_mac_peak.py)")
     args = ap.parse_args(argv)
-    compiled, feeds = build(args.model, args.reduce_range)
+    compiled, feeds = build(args.model, args.reduce_range, args.recurrent_weights)
     rows, whole = profile(compiled, feeds)
     peaks = {} if args.no_peak else mac_peak()
     total = sum(t * n for t, n, _, _ in rows)

@@ -20,6 +20,7 @@ from qgraph.ir.types import TensorType
 from qgraph.passes.opset import OpsetUpgradeError, check_upgrade, upgrade_opset
 from qgraph.pm.base import Pass, PassResult
 from qgraph.quant.config import QuantConfig, TensorScheme
+from qgraph.quant.float16 import round_float16
 from qgraph.quant.params import (
     QuantParams, choose_params, choose_weight_params, dequantize, fit_weight_scale_to_bias, int_type, quantize,
     quantize_bias,
@@ -29,6 +30,8 @@ from qgraph.rewrite import constant_tensor
 #: ops whose input 1 is a weight (input 2 a bias where present)
 _LINEAR = frozenset({ops.Conv, ops.ConvTranspose, ops.Gemm, ops.MatMul})
 _FLOAT = (DType.FLOAT,)
+#: the recurrent ops: float in a quantized model; ``QuantConfig.recurrent_weights`` applies to their W and R
+_RECURRENT = frozenset({ops.LSTM, ops.GRU, ops.RNN})
 
 
 class InsertQDQError(PassError):
@@ -94,6 +97,9 @@ class InsertQDQ(Pass):
     - The default-domain opset is raised to 13 for per-channel (``axis``) and to 21 for
       int16 / uint16 / int4 / uint4 (``upgrade-opset``, which adapts ops whose form changed:
       Squeeze axes ...); an op it cannot adapt is refused before anything changes.
+    - The recurrent ops (LSTM, GRU, RNN) stay float. With ``recurrent_weights = "float16"``
+      (``QuantConfig``) their constant W and R become float16 values in float32 tensors
+      (``qgraph.quant.float16``), which x86's LSTM kernel streams in 2 bytes.
     - Control flow (If / Loop / Scan) stays float, bodies and all: a value a body reads from
       outside is read through its DQ where it has one (the IR holds that read as a use of the
       outer value), and a control-flow output gets a pair only where a quantized op reads it.
@@ -117,7 +123,8 @@ class InsertQDQ(Pass):
     Options: ``config`` (a QuantConfig JSON file, see ``qgraph.quant.config``) and overrides
     of its global keys; from Python, ``InsertQDQ.from_config(QuantConfig(...))`` (or set the
     ``config_object`` attribute). Stats: ``quantized_nodes``, ``qdq_pairs`` (activation
-    pairs), ``weights`` and ``biases`` (constants read through a DQ).
+    pairs), ``weights`` and ``biases`` (constants read through a DQ), and with
+    ``recurrent_weights = "float16"`` ``float16_weights`` (recurrent weights rounded).
     """
 
     name = "insert-qdq"
@@ -126,9 +133,9 @@ class InsertQDQ(Pass):
     def __init__(self, config: Optional[str] = None, pow2_scales: Optional[bool] = None,
                  reduce_range: Optional[bool] = None, per_channel: Optional[bool] = None,
                  activation_dtype: Optional[str] = None, weight_dtype: Optional[str] = None,
-                 target: Optional[str] = None):
+                 target: Optional[str] = None, recurrent_weights: Optional[str] = None):
         self.config, self.pow2_scales, self.reduce_range = config, pow2_scales, reduce_range
-        self.target = target
+        self.target, self.recurrent_weights = target, recurrent_weights
         self.per_channel, self.activation_dtype, self.weight_dtype = per_channel, activation_dtype, weight_dtype
         #: a QuantConfig object set from Python; used instead of ``config`` when set
         self.config_object: QuantConfig | None = None
@@ -155,6 +162,8 @@ class InsertQDQ(Pass):
             cfg.weight = replace(cfg.weight, dtype=int_type(self.weight_dtype))
         if self.target is not None:
             cfg.target = self.target
+        if self.recurrent_weights is not None:
+            cfg = replace(cfg, recurrent_weights=self.recurrent_weights)  # checked by the constructor
         return cfg
 
     def run(self, model: Model, analyses) -> PassResult:
@@ -203,8 +212,10 @@ class _Inserter:
                 if unit.node.op not in PASS_THROUGH_OPS:
                     self._want(unit.output, unit.node)
         self._propagate_from_inputs()
+        if self.cfg.recurrent_weights == "float16":
+            self.counts["float16_weights"] = self._round_recurrent_weights()
         if not self.units:
-            return PassResult.unchanged()
+            return PassResult.changed(**self.counts) if self.counts.get("float16_weights") else PassResult.unchanged()
         self._choose_activation_params()
         self._plan_weights()
         self._upgrade_opset(check_only=True)  # refuse before changing anything
@@ -212,6 +223,28 @@ class _Inserter:
         self._upgrade_opset()
         self.counts["quantized_nodes"] = len(self.units)
         return PassResult.changed(**self.counts)
+
+    def _round_recurrent_weights(self) -> int:
+        """``QuantConfig.recurrent_weights = "float16"``: the constant W and R of every LSTM,
+        GRU and RNN replaced by their float16 values (float32 tensors, ``round_float16``); all
+        are checked before any is replaced. Returns how many were."""
+        rounded = []
+        for node in self.g:
+            for i in (1, 2) if node.op in _RECURRENT else ():  # W, R
+                v = node.inputs[i] if i < len(node.inputs) else None
+                t = constant_tensor(v)
+                if t is None or t.numpy().dtype != np.float32:
+                    continue
+                try:
+                    rounded.append((node, i, v, round_float16(t.numpy())))
+                except ValueError as e:
+                    raise InsertQDQError(f"insert-qdq: {node.describe()}: weight '{v.name}' {e}; keep this model's "
+                                         "recurrent weights float32 (recurrent_weights \"float32\")") from e
+        for node, i, v, data in rounded:
+            node.replace_input(i, self.g.add_initializer(v.name + "_float16", data))
+            if self.g.initializers.get(v.name) is v and not v.has_uses() and not v.is_graph_output():
+                self.g.remove_initializer(v)
+        return len(rounded)
 
     def _upgrade_opset(self, check_only: bool = False) -> None:
         try:

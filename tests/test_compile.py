@@ -133,3 +133,32 @@ def test_quantize_with_input_shapes_makes_shape_dependent_ops_integer(tmp_path):
                           ({"x": [1, 3, 0, 10]}, "a dim below 1")):
         with pytest.raises(QGraphError, match=words):
             qgraph.quantize(proto, calib, report=False, input_shapes=shapes)
+
+
+def test_compile_recurrent_weights_float16_cli(tmp_path):
+    """``qgraph compile --recurrent-weights float16``: the LSTM's W and R in the exported models
+    hold float16 values, and ``config.json`` says so (reusing it with ``--config`` repeats it)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(2)
+    inits = {"W": rng.standard_normal((1, 32, 4)).astype(np.float32) * 0.3,
+             "R": rng.standard_normal((1, 32, 8)).astype(np.float32) * 0.3, "m": rng.standard_normal((4, 4)).astype(np.float32)}
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "m"], ["h"]), helper.make_node("LSTM", ["h", "W", "R"], ["y"], hidden_size=8)],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [6, 1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    path = tmp_path / "lstm.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((6, 8, 4)).astype(np.float32))  # 8 samples on axis 1
+    out = tmp_path / "o"
+    assert main(["compile", str(path), "--calib", str(tmp_path / "calib.npz"), "-o", str(out),
+                 "--recurrent-weights", "float16", "--batch-axis", "x=1"]) == 0
+    assert json.loads((out / "config.json").read_text())["recurrent_weights"] == "float16"
+    for name in ("model.qdq.onnx", "model.qgraph.onnx"):
+        g = onnx.load(str(out / name)).graph
+        lstm = next(n for n in g.node if n.op_type == "LSTM")
+        by_name = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+        for i, orig in ((1, "W"), (2, "R")):
+            w = by_name[lstm.input[i]]
+            assert w.dtype == np.float32 and np.array_equal(w, inits[orig].astype(np.float16).astype(np.float32)), name

@@ -584,3 +584,62 @@ def test_ppocr_cls_exports_valid_and_runs_close_to_float():
         (ref,) = session(float_proto).run(None, s)
         (got,) = run_qdq(proto, s)
         assert np.abs(ref - got).max() < 0.1, (ref, got)
+
+
+# -- recurrent weights as float16 values -------------------------------------------------------------
+def _lstm_model(scale=0.4):
+    """x [5, 1, 8] -> MatMul (quantized) -> LSTM (16 units; stays float) -> y."""
+    from onnx import TensorProto, helper
+
+    from qgraph.onnx import from_proto
+
+    rng = np.random.default_rng(4)
+    inits = {"m": rng.standard_normal((8, 8)).astype(np.float32),
+             "W": (rng.standard_normal((1, 64, 8)) * scale).astype(np.float32),
+             "R": (rng.standard_normal((1, 64, 16)) * scale).astype(np.float32),
+             "B": rng.standard_normal((1, 128)).astype(np.float32)}
+    nodes = [helper.make_node("MatMul", ["x", "m"], ["h"], name="proj"),
+             helper.make_node("LSTM", ["h", "W", "R", "B"], ["y"], hidden_size=16, name="lstm")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 1, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])), inits
+
+
+def test_recurrent_weights_float16_rounds_w_and_r_only():
+    """``recurrent_weights = "float16"``: the LSTM's W and R hold their nearest float16 values
+    (float32 tensors), the bias and the quantized MatMul's weight are untouched, the float
+    originals are gone; the default keeps them float32."""
+    m, inits = _lstm_model()
+    m.calibration = RangeMap({"x": Interval(-3, 3, "calibration"), "h": Interval(-9, 9, "calibration")})
+    stats = insert(m, recurrent_weights="float16")
+    assert stats["float16_weights"] == 2
+    lstm = next(n for n in m.graph if n.op_type == "LSTM")
+    w, r, b = (np.asarray(v.constant().numpy()) for v in lstm.inputs[1:4])
+    for got, name in ((w, "W"), (r, "R")):
+        assert got.dtype == np.float32
+        assert np.array_equal(got, inits[name].astype(np.float16).astype(np.float32))
+        assert not np.array_equal(got, inits[name])
+    assert np.array_equal(b, inits["B"])
+    assert "W" not in m.graph.initializers and "R" not in m.graph.initializers
+    m2, _ = _lstm_model()
+    m2.calibration = m.calibration
+    assert "float16_weights" not in insert(m2)
+    lstm2 = next(n for n in m2.graph if n.op_type == "LSTM")
+    assert np.array_equal(lstm2.inputs[1].constant().numpy(), inits["W"])
+    cfg = QuantConfig.from_json({"recurrent_weights": "float16"})
+    assert cfg.recurrent_weights == "float16" and QuantConfig.from_json(cfg.to_json()) == cfg
+    assert "recurrent_weights" not in QuantConfig().to_json()  # the default is not written
+    with pytest.raises(QuantConfigError, match="recurrent_weights must be one of float32, float16, got 'bfloat16'"):
+        QuantConfig.from_json({"recurrent_weights": "bfloat16"})
+
+
+def test_recurrent_weights_past_float16_range_are_refused_naming_the_node():
+    m, _ = _lstm_model(scale=1e5)
+    m.calibration = RangeMap({"x": Interval(-3, 3, "calibration"), "h": Interval(-9, 9, "calibration")})
+    before = {k: v.const_value.numpy().copy() for k, v in m.graph.initializers.items()}
+    with pytest.raises(PassError, match="LSTM node 'lstm': weight 'W' holds .*past float16's largest value 65504; keep "
+                                        "this model's recurrent weights float32"):
+        insert(m, recurrent_weights="float16")
+    assert {k: v.const_value.numpy().tolist() for k, v in m.graph.initializers.items()} == \
+        {k: v.tolist() for k, v in before.items()}  # refused before any change

@@ -559,6 +559,42 @@ def test_fused_lstm_loop_matches_the_unrolled_steps(monkeypatch, direction, seq,
         assert np.array_equal(np.isnan(got[k]), np.isnan(want[k])) and np.isnan(got[k]).any(), k
 
 
+def test_recurrent_weights_float16_build_streams_two_bytes_and_keeps_the_values(monkeypatch):
+    """A quantized model with ``recurrent_weights = "float16"``: its LSTM's recurrence and input
+    weights hold float16 values, so x86's LSTM kernel and the input projection's GEMV take them
+    as float16 constants (half the bytes); the build's output is the reference's within the
+    fused loop's float ulps, and the same as the float32-storage build of the same weights."""
+    import tvm
+    from onnx import TensorProto, helper
+
+    import qgraph
+    from qgraph.tvm.x86 import select
+
+    rng = np.random.default_rng(9)
+    inits = [("m", rng.standard_normal((8, 8)).astype(np.float32)),
+             ("W", (rng.standard_normal((2, 64, 8)) * 0.4).astype(np.float32)),
+             ("R", (rng.standard_normal((2, 64, 16)) * 0.4).astype(np.float32)),
+             ("B", rng.standard_normal((2, 128)).astype(np.float32))]
+    nodes = [helper.make_node("MatMul", ["x", "m"], ["h"]),
+             helper.make_node("LSTM", ["h", "W", "R", "B"], ["y"], hidden_size=16, direction="bidirectional")]
+    model = _onnx_model(nodes, [("x", TensorProto.FLOAT, [7, 1, 8])], ["y"], inits, opset=17)
+    calib = [{"x": rng.standard_normal((7, 1, 8)).astype(np.float32)} for _ in range(4)]
+    q = qgraph.quantize(model, calib, {"recurrent_weights": "float16"}, report=False, show_progress=False)
+    lstm = next(n for n in q.integer.graph if n.op_type == "LSTM")
+    for v in lstm.inputs[1:3]:
+        data = v.constant().numpy()
+        assert data.dtype == np.float32 and np.array_equal(data.astype(np.float16).astype(np.float32), data)
+    mod = qtvm.lower(q.integer, target="cpu")
+    stored = {gv.name_hint: '"float16")' in f.script() for gv, f in mod.functions.items()
+              if isinstance(f, tvm.tirx.PrimFunc) and gv.name_hint.startswith(("qfloat_lstm", "qfloat_gemv"))}
+    assert stored == {"qfloat_gemv": True, "qfloat_lstm": True}, stored  # a float16 buffer: the packed weights
+    x = {"x": rng.standard_normal((7, 1, 8)).astype(np.float32)}
+    got = qtvm.build(q.integer).run(x)["y"]
+    np.testing.assert_allclose(got, q.run(x)["y"], rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(select, "holds_float16", lambda w: False)  # the same weights stored as float32
+    assert np.array_equal(got, qtvm.build(q.integer).run(x)["y"])
+
+
 @pytest.mark.parametrize("a_shape,b_shape", [((1, 64), (64, 512)), ((6, 40), (40, 24)), ((2, 3, 8, 32), (32, 48)),
                                              ((5, 7), (7, 3))])
 def test_float_matmul_schedule_takes_products_only_and_keeps_values(a_shape, b_shape):

@@ -842,6 +842,73 @@ def test_wide_float_gemv_gives_the_same_bits(d, m, k, n):
     assert ", 1, 16)]" not in gemm.float_gemv(d, m, k, n).script()
 
 
+def _float16_values(rng, shape, scale):
+    """Float32 weights that hold float16 values, float16 subnormals among them."""
+    w = (rng.standard_normal(shape) * scale).astype(np.float16)
+    w.flat[::7] = np.float16(6e-8) * rng.integers(-1000, 1000, w.flat[::7].shape)  # subnormal float16s
+    return w.astype(np.float32)
+
+
+@pytest.mark.parametrize("wide", [False, True])
+def test_float16_gemv_weights_give_the_same_bits(wide):
+    """``gemm.float_gemv(..., weights="float16")``: weights that hold float16 values stored in
+    2 bytes and widened in registers (exact) give the float32 kernel's bits."""
+    from qgraph.tvm.x86 import gemm
+
+    d, m, k, n = 2, 23, 40, 64
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((d, m, k)).astype(np.float32)
+    w = _float16_values(rng, (d, k, n), 0.5)
+    target = targets.resolve("cpu").tvm_target()
+    outs = []
+    for storage in ("float32", "float16"):
+        f = tvm.compile(gemm.float_gemv(d, m, k, n, wide=wide, weights=storage).with_attr("global_symbol", "f"), target)
+        y = tvm.runtime.tensor(np.full((d, m, n), np.nan, np.float32))
+        f(tvm.runtime.tensor(x), tvm.runtime.tensor(gemm.pack_gemv_weights(w).astype(storage)), y)
+        outs.append(y.numpy())
+    assert np.array_equal(outs[0], outs[1])
+    np.testing.assert_allclose(outs[1], x @ w, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("batch,hidden,forms", [
+    (1, 32, (("float32", 8), ("float16", None))),  # the first form (8 units a task) against 16 units, float16
+    (3, 16, (("float32", None), ("float16", None))),  # 2-row tiles and a 1-row one: 8 units a task
+])
+def test_lstm_kernel_float16_weights_and_task_width_keep_the_bits(batch, hidden, forms):
+    """``recurrent.float_lstm``: float16 storage of weights that hold float16 values gives the
+    float32 kernel's bits, and so does any task width (``lstm_units``: 16 units a task at batch
+    1, 8 where the hidden size or the rows call for it): each output is the same ``k``-order
+    chain of fused multiply-adds."""
+    from qgraph.tvm.x86 import recurrent as R
+
+    d, seq = 2, 5
+    rng = np.random.default_rng(hidden)
+    r_t = _float16_values(rng, (d, hidden, 4 * hidden), 0.3)
+    xw = rng.standard_normal((d, seq * batch, 4 * hidden)).astype(np.float32)
+    bias = rng.standard_normal((d, 4 * hidden)).astype(np.float32)
+    state = rng.standard_normal((2, d, batch, hidden)).astype(np.float32)
+    target = targets.resolve("cpu").tvm_target()
+    assert [R.lstm_units(h, b) for h, b in ((32, 1), (24, 1), (16, 3), (16, 2))] == [16, 8, 8, 8]
+    outs = []
+    for storage, units in forms:
+        saved = R.lstm_units
+        if units is not None:  # the first form: one vector of units a task
+            R.lstm_units = lambda h, b: units
+        try:
+            f = tvm.compile(R.float_lstm(d, seq, batch, hidden, (False, True), storage).with_attr("global_symbol", "f"),
+                            target)
+            packed = R.pack_lstm_weights(r_t, R.lstm_units(hidden, batch)).astype(storage)
+        finally:
+            R.lstm_units = saved
+        y = [np.zeros(s, np.float32) for s in ((seq, d, batch, hidden), (d, batch, hidden), (d, batch, hidden))]
+        args = [tvm.runtime.tensor(a) for a in [xw, packed, bias, state[0], state[1]] + y]
+        f(*args)
+        outs.append([a.numpy() for a in args[5:]])
+    for got in outs[1:]:
+        for a, b in zip(outs[0], got):
+            assert np.array_equal(a, b)
+
+
 def test_lstm_kernel_exp_is_within_one_ulp():
     """``x86.recurrent.exp_expr`` (the LSTM kernel's ``exp`` in registers) on 2M arguments in
     ``[-90, 0]``: within 1.01 ulp of the exact value (float64) down to ``EXP_MIN`` (1.002 measured), where TVM's

@@ -159,15 +159,20 @@ def _target(name: str):
 
 def _target_config(args: argparse.Namespace):
     """``--config`` as given; for a target with quantization rules (``qnn``), the config that
-    names it (``QuantConfig.target``), so that insert-qdq follows its rules."""
-    if args.target not in TVM_TARGETS or _target(args.target).quant is None:
+    names it (``QuantConfig.target``), so that insert-qdq follows its rules; with
+    ``--recurrent-weights``, the config that says it."""
+    rules = args.target in TVM_TARGETS and _target(args.target).quant is not None
+    if not rules and args.recurrent_weights is None:
         return args.config
     from qgraph.api import _config
 
     cfg = _config(args.config)
-    if cfg.target not in (None, args.target):
-        raise QGraphError(f"--target {args.target}: the config {args.config} is for target '{cfg.target}'")
-    cfg.target = args.target
+    if rules:
+        if cfg.target not in (None, args.target):
+            raise QGraphError(f"--target {args.target}: the config {args.config} is for target '{cfg.target}'")
+        cfg.target = args.target
+    if args.recurrent_weights is not None:
+        cfg.recurrent_weights = args.recurrent_weights
     return cfg
 
 
@@ -443,6 +448,10 @@ def add_parsers(sub) -> None:
                    "in-sample, on calibration data")
     p.add_argument("--strict", action="store_true", help="warnings (few or constant calibration data, a layer at or "
                    "below 0 dB, inputs of very different ranges under one scale, ...) are errors: exit 1")
+    p.add_argument("--recurrent-weights", choices=["float32", "float16"], help="the weights of the LSTM / GRU / "
+                   "RNN layers (they stay float): float16 rounds them to float16 values, still computed in float32, "
+                   "and the cpu target's LSTM kernel streams them in half the bytes (the report's SQNR includes "
+                   "the rounding); default: the config's (float32)")
     p.add_argument("--precision", choices=["auto"], help="auto: each layer's format (W8A8, W8A16, W4A8, float) "
                    "chosen from its measured sensitivity under --accuracy (or within --budget); the choice is "
                    "written as OUTDIR/config.json")

@@ -36,7 +36,8 @@ JSON form (every key optional; unknown keys are errors naming the key)::
       "tensors": {"input": {"dtype": "int8", "symmetric": true}},
       "batch_axes": {"state": 1, "sr": null},
       "split_groups": ["x*Sigmoid(x)"],
-      "target": "qnn"
+      "target": "qnn",
+      "recurrent_weights": "float16"
     }
 
 - ``dtype``: one of int8, uint8, int16, uint16, int4, uint4 (16- and 4-bit types need
@@ -74,6 +75,12 @@ JSON form (every key optional; unknown keys are errors naming the key)::
   (``qnn``: what the Qualcomm HTP runs, ``qgraph.targets.qnn``); absent: no target rules.
   The config names it (not only the command line) so that every ``insert-qdq`` run of one
   compile, the mixed-precision probes included, writes what the target runs.
+- ``recurrent_weights``: ``"float32"`` (the default) or ``"float16"``: the weights (W, R) of
+  the recurrent ops, which stay float, rounded to float16 values and still computed in
+  float32 (``qgraph.quant.float16``). The graph holds the rounded values, so every runtime and
+  the reference compute the same thing; x86's LSTM kernel streams them in 2 bytes instead of 4
+  (its time loop reads every recurrence weight once a step). A precision choice: the report's
+  SQNR against float includes it.
 """
 
 from __future__ import annotations
@@ -83,6 +90,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
 from qgraph.errors import QGraphError
+from qgraph.quant.float16 import RECURRENT_WEIGHT_TYPES
 from qgraph.quant.params import INT_TYPES, WEIGHT_CLIPS, IntType, int_type
 
 #: integer types a tensor may be quantized to (int32 is for biases only)
@@ -154,6 +162,9 @@ class QuantConfig:
         batch_axes: input name -> sample axis, or None for an input without one.
         target: the ``qgraph.targets`` name whose quantization rules apply, or None.
         split_groups: activation group forms quantized op by op.
+        recurrent_weights: ``"float32"``, or ``"float16"``: the weights of the recurrent ops
+            (LSTM, GRU, RNN: they stay float) rounded to float16 values, still computed in
+            float32 (``qgraph.quant.float16``); a kernel streams them in half the bytes.
     """
 
     activation: TensorScheme = field(default_factory=lambda: TensorScheme(int_type("uint8")))
@@ -169,6 +180,7 @@ class QuantConfig:
     batch_axes: dict[str, int | None] = field(default_factory=dict)
     target: str | None = None
     split_groups: frozenset[str] = frozenset()
+    recurrent_weights: str = "float32"
 
     def __post_init__(self):
         if self.activation.per_channel:
@@ -178,6 +190,9 @@ class QuantConfig:
             raise QuantConfigError(f"weight_clip must be one of {', '.join(WEIGHT_CLIPS)}, "
                                    f"got {self.weight_clip!r}")
         self.split_groups = frozenset(self.split_groups)  # names checked by insert-qdq (qgraph.ir.fusion)
+        if self.recurrent_weights not in RECURRENT_WEIGHT_TYPES:
+            raise QuantConfigError(f"recurrent_weights must be one of {', '.join(RECURRENT_WEIGHT_TYPES)}, "
+                                   f"got {self.recurrent_weights!r}")
 
     # -- queries ------------------------------------------------------------------------------
     def excludes(self, node) -> bool:
@@ -221,7 +236,7 @@ class QuantConfig:
         """Parse the JSON form (a dict); errors name the bad key as a path, e.g. ``nodes.conv1.weight.dtype``."""
         obj = _object(data, where)
         known = {"activation", "weight", "pow2_scales", "reduce_range", "bias_correction", "weight_clip", "exclude",
-                 "op_types", "nodes", "tensors", "batch_axes", "target", "split_groups"}
+                 "op_types", "nodes", "tensors", "batch_axes", "target", "split_groups", "recurrent_weights"}
         _no_unknown(obj, known, where)
         kw: dict[str, Any] = {}
         defaults = cls()
@@ -265,6 +280,8 @@ class QuantConfig:
             if not isinstance(sg, list) or not all(isinstance(x, str) for x in sg):
                 raise QuantConfigError(f"{where}: split_groups must be a list of activation group forms, got {sg!r}")
             kw["split_groups"] = frozenset(sg)
+        if "recurrent_weights" in obj:
+            kw["recurrent_weights"] = obj["recurrent_weights"]  # checked by the constructor
         try:
             return cls(**kw)
         except QuantConfigError as e:
@@ -289,6 +306,8 @@ class QuantConfig:
             out["target"] = self.target
         if self.split_groups:
             out["split_groups"] = sorted(self.split_groups)
+        if self.recurrent_weights != "float32":
+            out["recurrent_weights"] = self.recurrent_weights
         return out
 
     @classmethod

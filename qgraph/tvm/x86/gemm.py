@@ -533,7 +533,8 @@ def pack_gemv_weights(w: np.ndarray) -> np.ndarray:
 GEMV_WIDE_ROWS = 6
 
 
-def float_gemv(d: int, m: int, k: int, n: int, dtype: str = "float32", wide: bool = False):
+def float_gemv(d: int, m: int, k: int, n: int, dtype: str = "float32", wide: bool = False,
+               weights: str | None = None):
     """``y[i] = x[i] @ w[i]`` for ``i < d``: ``x`` ``[d, m, k]`` (few rows: an LSTM step's hidden
     state, both directions at once, or its input projection), ``w`` packed ``[d, n / NB, k, NB]``
     (``pack_gemv_weights``), ``y`` ``[d, m, n]``. One task per ``NB`` columns of one ``i``, in
@@ -551,7 +552,12 @@ def float_gemv(d: int, m: int, k: int, n: int, dtype: str = "float32", wide: boo
     projection's): 512-bit vectors on tiles of that many rows. Each output is the same ``k``-order
     chain of fused multiply-adds either way: the same bits. ddddocr's CRNN input projection
     (2 x 23 x 512 x 2048) on a Sapphire Rapids core, kernel alone, 1 thread (measured while the
-    test suite ran): 1614 us on 2 rows x 4 ymm (6 loads per 8 FMAs), 787 us wide."""
+    test suite ran): 1614 us on 2 rows x 4 ymm (6 loads per 8 FMAs), 787 us wide.
+
+    ``weights``: the packed weights' type where it is not ``dtype``: ``"float16"`` for float32
+    weights that hold float16 values (``qgraph.quant.float16``), widened in registers (exact).
+    In a whole run the weights come from memory, not the cache: the CRNN's input projection
+    (8 MB of float32) took 1402 us there against 776 us alone."""
     from tvm.script import tirx as T
 
     nb = gemv_block(n)
@@ -560,9 +566,13 @@ def float_gemv(d: int, m: int, k: int, n: int, dtype: str = "float32", wide: boo
     NBL, V, MR = n // nb, nb // L, min(GEMV_WIDE_ROWS if wide else GEMV_ROWS, m)
     TT = -(-m // MR)  # row tiles; the last moved back to end at row m (rows computed twice: the same values)
     loop = task_loop(T, d * m * k * n)
+    weights = weights or dtype
+
+    def widen(v):
+        return v if weights == dtype else T.Cast(f"{dtype}x{L}", v)
 
     @T.prim_func(check_well_formed=False)
-    def fgemv(x: T.Buffer((d, m, k), dtype), w: T.Buffer((d, NBL, k, nb), dtype), y: T.Buffer((d, m, n), dtype)):
+    def fgemv(x: T.Buffer((d, m, k), dtype), w: T.Buffer((d, NBL, k, nb), weights), y: T.Buffer((d, m, n), dtype)):
         T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
         with T.sblock("root"):
             for o in loop(d * NBL):
@@ -576,7 +586,7 @@ def float_gemv(d: int, m: int, k: int, n: int, dtype: str = "float32", wide: boo
                         for r in T.unroll(MR):
                             for v in T.unroll(V):
                                 acc[T.ramp(r * nb + v * L, 1, L)] = acc[T.ramp(r * nb + v * L, 1, L)] + T.broadcast(
-                                    x[o // NBL, r0 + r, kk], L) * w[o // NBL, o % NBL, kk, T.ramp(v * L, 1, L)]
+                                    x[o // NBL, r0 + r, kk], L) * widen(w[o // NBL, o % NBL, kk, T.ramp(v * L, 1, L)])
                     for r in T.unroll(MR):
                         for v in T.unroll(V):
                             y[o // NBL, r0 + r, T.ramp(o % NBL * nb + v * L, 1, L)] = acc[T.ramp(r * nb + v * L, 1, L)]

@@ -4,9 +4,10 @@ the cell update in its epilogue.
 ``relax_recurrent`` unrolls a recurrent op into ``seq`` steps of a GEMV kernel, two gate
 kernels and their tensors: about 8 VM calls per step, and the gates apart from the GEMV that
 made them. Here one kernel runs the whole loop. Step ``s`` is one parallel region of tasks,
-one per (direction, 8 hidden units): a task's GEMV computes the 4 gates of its 8 units (the
-recurrence weights are packed ``[D, H / 8, H, 32]``: its i, o, f, c columns, contiguous over
-the reduction), then updates their cell and hidden state in registers. The hidden state is
+one per (direction, ``U`` hidden units, ``lstm_units``: 16 at batch 1, else 8): a task's GEMV
+computes the 4 gates of its units (the recurrence weights are packed ``[D, H / U, H, 4U]``: its
+i, o, f, c columns, contiguous over the reduction), then updates their cell and hidden state in
+registers. The hidden state is
 double-buffered between steps (every task of step ``s`` reads all of ``h[s - 1]``); each task
 owns its cell-state lanes.
 
@@ -24,8 +25,19 @@ import numpy as np
 
 from qgraph.tvm.x86.gemm import GEMV_MAX_ROWS, GEMV_ROWS, LANES, task_loop
 
-#: Columns of one task: the 4 LSTM gates (ONNX's order i, o, f, c) of ``LANES`` hidden units.
-CELL_COLUMNS = 4 * LANES
+#: Accumulator vectors of one task's row tile: its 4 gates (ONNX's order i, o, f, c) of
+#: ``8 / rows`` vectors of hidden units each. Eight chains of fused multiply-adds cover their
+#: latency, where four (one vector of units a task, the first form) left the batch-1 loop
+#: waiting on it: ddddocr's CRNN shape, float16 weights, kernel alone, 1 thread, one process:
+#: 3210 -> 2861 us (16 units a task; 32 units, or 512-bit vectors, 2837-2884 us).
+TASK_VECTORS = 8
+
+
+def lstm_units(hidden: int, batch: int) -> int:
+    """Hidden units of one task of ``float_lstm``: ``TASK_VECTORS`` accumulators over the row
+    tile's rows (1 or ``GEMV_ROWS``), where the hidden size is a multiple of them."""
+    units = TASK_VECTORS // 4 // min(GEMV_ROWS, batch) * LANES
+    return units if hidden % units == 0 else LANES
 
 
 def lstm_fits(hidden: int, batch: int) -> bool:
@@ -33,12 +45,13 @@ def lstm_fits(hidden: int, batch: int) -> bool:
     return hidden % LANES == 0 and 1 <= batch <= GEMV_MAX_ROWS
 
 
-def pack_lstm_weights(r_t: np.ndarray) -> np.ndarray:
-    """``R^T`` ``[D, H, 4H]`` (gate blocks i, o, f, c) as ``[D, H / 8, H, 32]``: task ``b``'s
-    columns (units ``8b .. 8b + 7`` of each gate, gate after gate), row after row."""
+def pack_lstm_weights(r_t: np.ndarray, units: int = LANES) -> np.ndarray:
+    """``R^T`` ``[D, H, 4H]`` (gate blocks i, o, f, c) as ``[D, H / U, H, 4U]`` for ``U = units``
+    (``lstm_units``): task ``b``'s columns (units ``Ub .. Ub + U - 1`` of each gate, gate after
+    gate), row after row."""
     d, h, g = r_t.shape
-    blocks = r_t.reshape(d, h, 4, h // LANES, LANES).transpose(0, 3, 1, 2, 4)
-    return np.ascontiguousarray(blocks.reshape(d, h // LANES, h, CELL_COLUMNS))
+    blocks = r_t.reshape(d, h, 4, h // units, units).transpose(0, 3, 1, 2, 4)
+    return np.ascontiguousarray(blocks.reshape(d, h // units, h, 4 * units))
 
 
 #: Cephes ``expf``: ``ln 2`` in two parts (``n * LN2_HI`` exact for the ``n`` here) and the
@@ -100,22 +113,32 @@ def tanh_expr(T, x):
 ALTERNATE = True
 
 
-def float_lstm(d: int, seq: int, batch: int, hidden: int, reverse: tuple[bool, ...]):
+def float_lstm(d: int, seq: int, batch: int, hidden: int, reverse: tuple[bool, ...], weights: str = "float32"):
     """The LSTM loop of ``d`` directions (``reverse[i]``: direction ``i`` runs back in time).
 
     Arguments, float32: ``xw`` ``[d, seq * batch, 4H]`` (``x W^T`` in time order, row
-    ``t * batch + b``), ``w`` ``[d, H / 8, H, 32]`` (``pack_lstm_weights``), ``bias``
+    ``t * batch + b``), ``w`` ``[d, H / U, H, 4U]`` (``pack_lstm_weights`` with ``U = lstm_units(hidden,
+    batch)``; of type ``weights``:
+    ``"float16"`` for recurrence weights that hold float16 values (``qgraph.quant.float16``),
+    widened to float32 in registers, which is exact: the same sums in half the bytes), ``bias``
     ``[d, 4H]`` (``Wb + Rb``), ``h0`` / ``c0`` ``[d, batch, H]``; outputs ``y``
     ``[seq, d, batch, H]`` (time order), ``yh`` / ``yc`` ``[d, batch, H]`` (the last step's).
     Default activations only (Sigmoid, Tanh, Tanh), no peepholes."""
     from tvm.script import tirx as T
 
-    H, G, HB, NB, L = hidden, 4 * hidden, hidden // LANES, CELL_COLUMNS, LANES
+    L, U = LANES, lstm_units(hidden, batch)
+    H, G, HB, NB = hidden, 4 * hidden, hidden // U, 4 * U
     MR = min(GEMV_ROWS, batch)
     MT = batch // MR  # full row tiles; an odd last row takes a tile whose second row repeats it
     S = d * batch * H  # one copy of the state
     loop = task_loop(T, d * batch * H * G)
     rev = tuple(bool(r) for r in reverse)
+    if weights not in ("float32", "float16"):
+        raise ValueError(f"float_lstm: weights of type {weights!r}; float32 or float16")
+
+    def wide(v):
+        """A vector of weights as float32 (VCVTPH2PS for float16: exact)."""
+        return v if weights == "float32" else T.Cast(f"float32x{L}", v)
 
     def when(s, dd):
         """The time index of step ``s`` of direction ``dd``."""
@@ -126,7 +149,7 @@ def float_lstm(d: int, seq: int, batch: int, hidden: int, reverse: tuple[bool, .
         return t
 
     @T.prim_func(check_well_formed=False)
-    def flstm(xw: T.Buffer((d, seq * batch, G), "float32"), w: T.Buffer((d, HB, H, NB), "float32"),
+    def flstm(xw: T.Buffer((d, seq * batch, G), "float32"), w: T.Buffer((d, HB, H, NB), weights),
               bias: T.Buffer((d, G), "float32"), h0: T.Buffer((d, batch, H), "float32"),
               c0: T.Buffer((d, batch, H), "float32"), y: T.Buffer((seq, d, batch, H), "float32"),
               yh: T.Buffer((d, batch, H), "float32"), yc: T.Buffer((d, batch, H), "float32")):
@@ -151,22 +174,23 @@ def float_lstm(d: int, seq: int, batch: int, hidden: int, reverse: tuple[bool, .
                         rows = T.meta_var(T.if_then_else(t < MT, MR, 1))
                         r0 = T.meta_var(T.if_then_else(t < MT, t * MR, MT * MR + t - MT))
                         for r in T.unroll(MR):
-                            for v in T.unroll(4):
+                            for v in T.unroll(NB // L):
                                 acc[T.ramp(r * NB + v * L, 1, L)] = T.broadcast(T.float32(0), L)
                         for kk in T.serial(H):
                             for r in T.unroll(MR):
-                                for v in T.unroll(4):
+                                for v in T.unroll(NB // L):
                                     acc[T.ramp(r * NB + v * L, 1, L)] = acc[T.ramp(r * NB + v * L, 1, L)] + T.broadcast(
                                         hs[s % 2 * S + (o // HB * batch + T.min(r0 + r, batch - 1)) * H + kk], L
-                                    ) * w[o // HB, o % HB, kk, T.ramp(v * L, 1, L)]
+                                    ) * wide(w[o // HB, o % HB, kk, T.ramp(v * L, 1, L)])
                         for r in T.serial(rows):
-                            # gate k of this task's units: (x W^T + h R^T) + (Wb + Rb)
-                            gate = T.meta_var(lambda k: (xw[o // HB, when(s, o // HB) * batch + r0 + r, T.ramp(k * H + o % HB * L, 1, L)]
-                                                         + acc[T.ramp(r * NB + k * L, 1, L)]) + bias[o // HB, T.ramp(k * H + o % HB * L, 1, L)])
-                            at = T.meta_var((o // HB * batch + r0 + r) * H + o % HB * L)  # the units in a state copy
-                            ycf[T.ramp(at, 1, L)] = sigmoid_expr(T, gate(2)) * ycf[T.ramp(at, 1, L)] + sigmoid_expr(T, gate(0)) * tanh_expr(T, gate(3))
-                            hs[T.ramp((s + 1) % 2 * S + at, 1, L)] = sigmoid_expr(T, gate(1)) * tanh_expr(T, ycf[T.ramp(at, 1, L)])
-                            y[when(s, o // HB), o // HB, r0 + r, T.ramp(o % HB * L, 1, L)] = hs[T.ramp((s + 1) % 2 * S + at, 1, L)]
+                            for u in T.unroll(U // L):  # the task's vectors of units
+                                # gate k of these units: (x W^T + h R^T) + (Wb + Rb)
+                                gate = T.meta_var(lambda k: (xw[o // HB, when(s, o // HB) * batch + r0 + r, T.ramp(k * H + o % HB * U + u * L, 1, L)]
+                                                             + acc[T.ramp(r * NB + k * U + u * L, 1, L)]) + bias[o // HB, T.ramp(k * H + o % HB * U + u * L, 1, L)])
+                                at = T.meta_var((o // HB * batch + r0 + r) * H + o % HB * U + u * L)  # the units in a state copy
+                                ycf[T.ramp(at, 1, L)] = sigmoid_expr(T, gate(2)) * ycf[T.ramp(at, 1, L)] + sigmoid_expr(T, gate(0)) * tanh_expr(T, gate(3))
+                                hs[T.ramp((s + 1) % 2 * S + at, 1, L)] = sigmoid_expr(T, gate(1)) * tanh_expr(T, ycf[T.ramp(at, 1, L)])
+                                y[when(s, o // HB), o // HB, r0 + r, T.ramp(o % HB * U + u * L, 1, L)] = hs[T.ramp((s + 1) % 2 * S + at, 1, L)]
             for i in T.serial(S):
                 yhf[i] = hs[seq % 2 * S + i]
 

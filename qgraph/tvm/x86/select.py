@@ -39,6 +39,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from qgraph.quant.float16 import holds_float16
 from qgraph.tvm.context import MACS_ATTR, LowerContext
 from qgraph.tvm.relax_integer import shifted_range
 from qgraph.tvm.x86 import conv as D
@@ -401,7 +402,8 @@ def qmatmul(ctx: LowerContext, vnni: str | None = None, bits: int = 256):
 def float_gemv(ctx: LowerContext, x, w: np.ndarray, wide: bool = False):
     """``x @ w`` for a float ``x`` ``[D, M, K]`` of few rows and a constant ``w`` ``[D, K, N]``
     (the recurrent ops' steps and input projections) on ``gemm.float_gemv``, or None; ``wide``:
-    the target has AVX-512 (512-bit vectors, the same sums)."""
+    the target has AVX-512 (512-bit vectors, the same sums). Weights that hold float16 values
+    are stored as float16 (``float_lstm``)."""
     if w.ndim != 3 or w.dtype != np.float32 or ctx.dtype(x) != "float32":
         return None
     shape = tuple(int(v) for v in ctx.shape(x))
@@ -409,8 +411,9 @@ def float_gemv(ctx: LowerContext, x, w: np.ndarray, wide: bool = False):
     if len(shape) != 3 or shape[0] != d or shape[2] != k or shape[1] > K.GEMV_MAX_ROWS or K.gemv_block(n) is None:
         return None
     m = shape[1]
-    return _call(ctx, K.float_gemv(d, m, k, n, wide=wide), "qfloat_gemv", [x, ctx.const(K.pack_gemv_weights(w))],
-                 (d, m, n), "float32")
+    storage = "float16" if holds_float16(w) else "float32"
+    return _call(ctx, K.float_gemv(d, m, k, n, wide=wide, weights=storage), "qfloat_gemv",
+                 [x, ctx.const(K.pack_gemv_weights(w).astype(storage), storage)], (d, m, n), "float32")
 
 
 def float_lstm(ctx: LowerContext, x, w: np.ndarray, r: np.ndarray, bias: np.ndarray | None, h0, c0,
@@ -420,7 +423,10 @@ def float_lstm(ctx: LowerContext, x, w: np.ndarray, r: np.ndarray, bias: np.ndar
     ``[D, I, 4H]`` and ``r`` ``[D, H, 4H]`` (``W^T``, ``R^T``), ``bias`` ``[D, 4H]`` (``Wb + Rb``) or
     None; ``h0`` / ``c0`` ``[D, batch, H]`` (numpy or Relax). Returns ``(Y [seq, D, batch, H],
     Y_h, Y_c)``. The input projection of both directions is one ``float_gemv`` call (Relax's
-    matmul for a sequence longer than its rows; ``wide``: on 512-bit vectors)."""
+    matmul for a sequence longer than its rows; ``wide``: on 512-bit vectors). Recurrence
+    weights that hold float16 values (``QuantConfig.recurrent_weights``, or a model trained in
+    half precision) are stored as float16: the loop streams all of them every step, and
+    widening them is exact."""
     from tvm import relax
 
     if ctx.dtype(x) != "float32" or w.dtype != np.float32 or r.dtype != np.float32 or not _is_static(ctx.shape(x)):
@@ -436,10 +442,12 @@ def float_lstm(ctx: LowerContext, x, w: np.ndarray, r: np.ndarray, bias: np.ndar
         xw = ctx.emit(relax.op.matmul(xs, ctx.const(w)))
     state = [ctx.const(np.ascontiguousarray(v, np.float32)) if isinstance(v, np.ndarray) else v for v in (h0, c0)]
     b = np.zeros((d, 4 * hidden), np.float32) if bias is None else np.asarray(bias, np.float32).reshape(d, 4 * hidden)
-    func = R.float_lstm(d, seq, batch, hidden, tuple(reverse)).without_attr("global_symbol").with_attr("op_pattern", 8)
-    gv = ctx.bb.add_func(func, "qfloat_lstm")
+    storage = "float16" if holds_float16(r) else "float32"
+    func = R.float_lstm(d, seq, batch, hidden, tuple(reverse), storage)
+    gv = ctx.bb.add_func(func.without_attr("global_symbol").with_attr("op_pattern", 8), "qfloat_lstm")
     ts = relax.TensorType
-    out = ctx.emit(relax.call_tir(gv, [xw, ctx.const(R.pack_lstm_weights(r)), ctx.const(b)] + state,
+    packed = ctx.const(R.pack_lstm_weights(r, R.lstm_units(hidden, batch)).astype(storage), storage)
+    out = ctx.emit(relax.call_tir(gv, [xw, packed, ctx.const(b)] + state,
                                   [ts([seq, d, batch, hidden], "float32"), ts([d, batch, hidden], "float32"),
                                    ts([d, batch, hidden], "float32")]))
     return tuple(ctx.emit(relax.TupleGetItem(out, i)) for i in range(3))
