@@ -14,7 +14,7 @@ from qgraph.ir.dtypes import DType
 from qgraph.ir.l2 import QDQParamsError, read_qdq
 # the op groups insert-qdq shares with lower-qdq (qgraph.ir.op_groups says what each means)
 from qgraph.ir.op_groups import (
-    CLAMPING_ACTIVATIONS, PASS_THROUGH_OPS, QUANTIZED_OPS, SHARED_SCALE_OPS, UNARY_ACTIVATIONS,  # noqa: F401
+    CLAMPING_ACTIVATIONS, PASS_THROUGH_OPS, QUANTIZED_OPS, RECURRENT_OPS, SHARED_SCALE_OPS, UNARY_ACTIVATIONS,  # noqa: F401
 )
 from qgraph.ir.types import TensorType
 from qgraph.passes.opset import OpsetUpgradeError, check_upgrade, upgrade_opset
@@ -30,8 +30,6 @@ from qgraph.rewrite import constant_tensor
 #: ops whose input 1 is a weight (input 2 a bias where present)
 _LINEAR = frozenset({ops.Conv, ops.ConvTranspose, ops.Gemm, ops.MatMul})
 _FLOAT = (DType.FLOAT,)
-#: the recurrent ops: float in a quantized model; ``QuantConfig.recurrent_weights`` applies to their W and R
-_RECURRENT = frozenset({ops.LSTM, ops.GRU, ops.RNN})
 
 
 class InsertQDQError(PassError):
@@ -230,7 +228,7 @@ class _Inserter:
         are checked before any is replaced. Returns how many were."""
         rounded = []
         for node in self.g:
-            for i in (1, 2) if node.op in _RECURRENT else ():  # W, R
+            for i in (1, 2) if node.op in RECURRENT_OPS else ():  # W, R
                 v = node.inputs[i] if i < len(node.inputs) else None
                 t = constant_tensor(v)
                 if t is None or t.numpy().dtype != np.float32:

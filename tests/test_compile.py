@@ -137,7 +137,8 @@ def test_quantize_with_input_shapes_makes_shape_dependent_ops_integer(tmp_path):
 
 def test_compile_recurrent_weights_float16_cli(tmp_path):
     """``qgraph compile --recurrent-weights float16``: the LSTM's W and R in the exported models
-    hold float16 values, and ``config.json`` says so (reusing it with ``--config`` repeats it)."""
+    hold float16 values; ``config.json`` says so (reusing it with ``--config`` repeats it), and
+    so does the report's row for the LSTM among the ops that stayed float."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -155,6 +156,8 @@ def test_compile_recurrent_weights_float16_cli(tmp_path):
     assert main(["compile", str(path), "--calib", str(tmp_path / "calib.npz"), "-o", str(out),
                  "--recurrent-weights", "float16", "--batch-axis", "x=1"]) == 0
     assert json.loads((out / "config.json").read_text())["recurrent_weights"] == "float16"
+    rows = json.loads((out / "report.json").read_text())["stayed_float"]
+    assert any(r["op"] == "LSTM" and "weights hold float16 values" in r["reason"] for r in rows), rows
     for name in ("model.qdq.onnx", "model.qgraph.onnx"):
         g = onnx.load(str(out / name)).graph
         lstm = next(n for n in g.node if n.op_type == "LSTM")

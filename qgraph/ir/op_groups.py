@@ -32,6 +32,9 @@ SHARED_SCALE_OPS = PASS_THROUGH_OPS | {ops.MaxPool, ops.Concat}
 #: runs on the integers as they are (lower-qdq); a superset of what insert-qdq shares a scale over.
 #: Resize only in nearest mode (lower-qdq checks the attribute: linear / cubic compute new values)
 DATA_MOVEMENT = SHARED_SCALE_OPS | {ops.Slice, ops.Split, ops.Gather, ops.Identity, ops.Resize}
+#: recurrent ops: they stay float in a quantized model (as in ONNX Runtime's and OpenVINO's static
+#: quantization); ``QuantConfig.recurrent_weights`` applies to their weights W and R (inputs 1, 2)
+RECURRENT_OPS = frozenset({ops.LSTM, ops.GRU, ops.RNN})
 
 #: clamping activations: a requantizing op clamps to them (y_qmin / y_qmax), so fused into one they
 #: need no Q/DQ pair between the op and themselves

@@ -10,6 +10,7 @@ from __future__ import annotations
 from qgraph.ir import l3, ops
 from qgraph.ir.core import Model, Node
 from qgraph.ir.dtypes import DType
+from qgraph.ir.op_groups import RECURRENT_OPS
 
 def _key(node: Node) -> str:
     return node.name or node.outputs[0].name
@@ -46,7 +47,10 @@ def stayed_float(integer: Model, qdq: Model, config) -> list[dict]:
     rows = []
     for node in float_nodes(integer):
         key = _key(node)
-        rows.append({"node": key, "op": node.op_type, "reason": _reason(node, in_qdq.get(key), config, node.metadata_props.get(l3.STAYED_FLOAT))})
+        reason = _reason(node, in_qdq.get(key), config, node.metadata_props.get(l3.STAYED_FLOAT))
+        if node.op in RECURRENT_OPS and config.recurrent_weights == "float16":
+            reason += "; its weights hold float16 values (recurrent_weights float16)"
+        rows.append({"node": key, "op": node.op_type, "reason": reason})
     return rows
 
 
