@@ -782,6 +782,44 @@ def _asm(m) -> list[str]:
     return out + [s for i in m.imports for s in _asm(i)]
 
 
+def test_float_kernels_with_a_select_are_scheduled_and_exact():
+    """``elementwise_schedule.elementwise_rule`` schedules a float kernel whose only calls are
+    exact, a select included (TVM 0.27 names it ``prim.if_then_else``): YOLOX's Focus input, four
+    strided slices of the float input quantized and concatenated, was refused and ran as scalar
+    loops. The scheduled kernel gives numpy's Quantize of the concatenation, bit for bit."""
+    from tvm import relax
+
+    from qgraph.tvm.build import pipeline
+    from qgraph.tvm.elementwise_schedule import elementwise_rule, inexact_float
+
+    shape = (1, 3, 32, 64)
+    x = (np.random.default_rng(3).uniform(-2, 300, shape)).astype(np.float32)
+    x[0, 0, 0, :4] = [0.25, 0.75, 2.5, np.nan]  # ties round to even; NaN's cast is the platform's: not compared
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(shape, "float32"))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            parts = [relax.op.strided_slice(xv, [2, 3], [i, j], [32, 64], [2, 2]) for i, j in ((0, 0), (1, 0), (0, 1), (1, 1))]
+            c = relax.op.concat(parts, axis=1)
+            q = relax.op.clip(relax.op.round(relax.op.divide(c, relax.const(0.5, "float32"))) + relax.const(3.0, "float32"), 0, 255)
+            o = bb.emit_output(bb.emit(relax.op.astype(q, "uint8")))
+        bb.emit_func_output(o)
+    mod = bb.get()
+    tgt = targets.get("cpu").tvm_target()
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    with tgt:
+        fused = tvm.transform.Sequential(cpu.legalize_passes(tgt))(mod)
+    funcs = [f for _, f in fused.functions.items() if isinstance(f, tvm.tirx.PrimFunc) and "concat" in f.script()]
+    assert funcs and all(not inexact_float(f) and elementwise_rule().apply(f, tgt, False) is not None for f in funcs)
+    got = relax.VirtualMachine(tvm.compile(mod, tgt, relax_pipeline=pipeline(tgt)), tvm.cpu())["main"](
+        tvm.runtime.tensor(x)).numpy()
+    cat = np.concatenate([x[:, :, i::2, j::2] for i, j in ((0, 0), (1, 0), (0, 1), (1, 1))], axis=1)
+    want = np.clip(np.round(cat / np.float32(0.5)) + np.float32(3), 0, 255)
+    ok = ~np.isnan(want)
+    assert np.array_equal(got[ok], want[ok].astype(np.uint8))
+
+
 @pytest.mark.parametrize("shape,axes,dtype", [((1, 96, 20, 16), [2, 3], "int32"), ((2, 5, 7, 9), [2, 3], "int32"),
                                                ((3, 64), [1], "int64"), ((2, 3, 40, 40), [2, 3], "int64"),
                                                ((128,), [0], "int32")])
