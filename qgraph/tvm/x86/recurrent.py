@@ -7,9 +7,8 @@ made them. Here one kernel runs the whole loop. Step ``s`` is one parallel regio
 one per (direction, ``U`` hidden units, ``lstm_units``: 16 at batch 1, else 8): a task's GEMV
 computes the 4 gates of its units (the recurrence weights are packed ``[D, H / U, H, 4U]``: its
 i, o, f, c columns, contiguous over the reduction), then updates their cell and hidden state in
-registers. The hidden state is
-double-buffered between steps (every task of step ``s`` reads all of ``h[s - 1]``); each task
-owns its cell-state lanes.
+registers. The hidden state is double-buffered between steps (every task of step ``s`` reads all
+of ``h[s - 1]``); each task owns its cell-state lanes.
 
 The arithmetic is ``relax_recurrent``'s, operation for operation: ``(x W^T + h R^T) + (Wb + Rb)``
 (the input projection ``x W^T`` is ``gemm.float_gemv``'s, ``R^T``'s sum a fused multiply-add
@@ -117,10 +116,10 @@ def float_lstm(d: int, seq: int, batch: int, hidden: int, reverse: tuple[bool, .
     """The LSTM loop of ``d`` directions (``reverse[i]``: direction ``i`` runs back in time).
 
     Arguments, float32: ``xw`` ``[d, seq * batch, 4H]`` (``x W^T`` in time order, row
-    ``t * batch + b``), ``w`` ``[d, H / U, H, 4U]`` (``pack_lstm_weights`` with ``U = lstm_units(hidden,
-    batch)``; of type ``weights``:
-    ``"float16"`` for recurrence weights that hold float16 values (``qgraph.quant.float16``),
-    widened to float32 in registers, which is exact: the same sums in half the bytes), ``bias``
+    ``t * batch + b``), ``w`` ``[d, H / U, H, 4U]`` (``pack_lstm_weights`` with
+    ``U = lstm_units(hidden, batch)``; of type ``weights``: ``"float16"`` for recurrence weights
+    that hold float16 values (``qgraph.quant.float16``), widened to float32 in registers, which
+    is exact: the same sums in half the bytes), ``bias``
     ``[d, 4H]`` (``Wb + Rb``), ``h0`` / ``c0`` ``[d, batch, H]``; outputs ``y``
     ``[seq, d, batch, H]`` (time order), ``yh`` / ``yc`` ``[d, batch, H]`` (the last step's).
     Default activations only (Sigmoid, Tanh, Tanh), no peepholes."""
@@ -136,7 +135,7 @@ def float_lstm(d: int, seq: int, batch: int, hidden: int, reverse: tuple[bool, .
     if weights not in ("float32", "float16"):
         raise ValueError(f"float_lstm: weights of type {weights!r}; float32 or float16")
 
-    def wide(v):
+    def widen(v):
         """A vector of weights as float32 (VCVTPH2PS for float16: exact)."""
         return v if weights == "float32" else T.Cast(f"float32x{L}", v)
 
@@ -181,7 +180,7 @@ def float_lstm(d: int, seq: int, batch: int, hidden: int, reverse: tuple[bool, .
                                 for v in T.unroll(NB // L):
                                     acc[T.ramp(r * NB + v * L, 1, L)] = acc[T.ramp(r * NB + v * L, 1, L)] + T.broadcast(
                                         hs[s % 2 * S + (o // HB * batch + T.min(r0 + r, batch - 1)) * H + kk], L
-                                    ) * wide(w[o // HB, o % HB, kk, T.ramp(v * L, 1, L)])
+                                    ) * widen(w[o // HB, o % HB, kk, T.ramp(v * L, 1, L)])
                         for r in T.serial(rows):
                             for u in T.unroll(U // L):  # the task's vectors of units
                                 # gate k of these units: (x W^T + h R^T) + (Wb + Rb)

@@ -411,9 +411,15 @@ def float_gemv(ctx: LowerContext, x, w: np.ndarray, wide: bool = False):
     if len(shape) != 3 or shape[0] != d or shape[2] != k or shape[1] > K.GEMV_MAX_ROWS or K.gemv_block(n) is None:
         return None
     m = shape[1]
-    storage = "float16" if holds_float16(w) else "float32"
+    storage = _float_storage(w)
     return _call(ctx, K.float_gemv(d, m, k, n, wide=wide, weights=storage), "qfloat_gemv",
                  [x, ctx.const(K.pack_gemv_weights(w).astype(storage), storage)], (d, m, n), "float32")
+
+
+def _float_storage(w: np.ndarray) -> str:
+    """How a float kernel stores constant float32 weights: ``"float16"`` where every value is a
+    float16 value (``qgraph.quant.float16``: widening them in registers is exact), else ``"float32"``."""
+    return "float16" if holds_float16(w) else "float32"
 
 
 def float_lstm(ctx: LowerContext, x, w: np.ndarray, r: np.ndarray, bias: np.ndarray | None, h0, c0,
@@ -442,7 +448,7 @@ def float_lstm(ctx: LowerContext, x, w: np.ndarray, r: np.ndarray, bias: np.ndar
         xw = ctx.emit(relax.op.matmul(xs, ctx.const(w)))
     state = [ctx.const(np.ascontiguousarray(v, np.float32)) if isinstance(v, np.ndarray) else v for v in (h0, c0)]
     b = np.zeros((d, 4 * hidden), np.float32) if bias is None else np.asarray(bias, np.float32).reshape(d, 4 * hidden)
-    storage = "float16" if holds_float16(r) else "float32"
+    storage = _float_storage(r)
     func = R.float_lstm(d, seq, batch, hidden, tuple(reverse), storage)
     gv = ctx.bb.add_func(func.without_attr("global_symbol").with_attr("op_pattern", 8), "qfloat_lstm")
     ts = relax.TensorType
