@@ -439,6 +439,18 @@ def ln_cases(draw):
                 leak=draw(st.sampled_from([False, False, False, False, True])))
 
 
+def ln_condition(x: np.ndarray, k: int, eps: float) -> float:
+    """How much float32 rounding a LayerNorm over the last ``k`` axes of ``x`` can amplify: at
+    least 1, else ``max|x| / sqrt(var + eps)`` of its worst row over 50. ``x - mean`` carries an
+    error of about an ulp of ``max|x|``, which the division by the standard deviation scales up:
+    two nearly equal values (``[2.396786, 2.3884068]``, a drawn case) normalize to +-1 with
+    relative errors of 3e-5 in either form of the op, fused or not."""
+    axes = tuple(range(x.ndim - k, x.ndim))
+    x = x.astype(np.float64)
+    std = np.sqrt(x.var(axis=axes, keepdims=True) + eps)
+    return float(max(1.0, np.max(np.abs(x).max(axis=axes, keepdims=True) / std) / 50))
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ln_cases(), st.integers(0, 2**31 - 1))
 def test_layernorm_property(case, seed):
@@ -446,7 +458,7 @@ def test_layernorm_property(case, seed):
     model = ln_model(shape, **case, seed=seed)
     feeds = {"x": np.random.default_rng(seed).standard_normal(shape).astype(np.float32) * 2}
     m, exported = fused_export(model, "fuse-layernorm,dead-code-elimination")
-    assert max_rel_error(run(model, feeds), run(exported, feeds)) <= 1e-5
+    assert max_rel_error(run(model, feeds), run(exported, feeds)) <= 1e-5 * ln_condition(feeds["x"], case["k"], case["eps"])
     assert [o.name for o in exported.graph.output] == [o.name for o in model.graph.output]
     fused = sum(n.op_type == "LayerNormalization" for n in m.graph)
     assert fused == (0 if leak else 1)
