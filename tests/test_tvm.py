@@ -513,16 +513,17 @@ def test_recurrent_ops_close_to_onnx_runtime(name):
         np.testing.assert_allclose(got[k], want, rtol=1e-5, atol=1e-5, err_msg=k)
 
 
-@pytest.mark.parametrize("direction,seq,batch,hidden,states", [
-    ("bidirectional", 7, 1, 16, False),  # the CRNN's form: batch 1, zero states
-    ("reverse", 5, 3, 8, True),  # an odd batch: a one-row tile after a two-row one
-    ("forward", 17, 2, 24, True),  # 34 rows of input projection: Relax's matmul, not the GEMV
+@pytest.mark.parametrize("direction,seq,batch,hidden,states,half", [
+    ("bidirectional", 7, 1, 16, False, False),  # the CRNN's form: batch 1, zero states
+    ("reverse", 5, 3, 8, True, True),  # an odd batch: a one-row tile after a two-row one; float16 storage
+    ("forward", 17, 2, 24, True, False),  # 34 rows of input projection: Relax's matmul, not the GEMV
 ])
-def test_fused_lstm_loop_matches_the_unrolled_steps(monkeypatch, direction, seq, batch, hidden, states):
+def test_fused_lstm_loop_matches_the_unrolled_steps(monkeypatch, direction, seq, batch, hidden, states, half):
     """``x86.recurrent.float_lstm`` (the time loop in one kernel, the cell update in the GEMV's
     epilogue, a polynomial ``exp``) against the unrolled lowering of the same op (one kernel
     chain per step, TVM's ``exp``): the same values within a few float32 ulps, the states given
-    as inputs (not constants) so neither lowering folds a step at build time."""
+    as inputs (not constants) so neither lowering folds a step at build time. ``half``: weights
+    that hold float16 values, which both lowerings store in 2 bytes."""
     from onnx import TensorProto, helper
 
     import qgraph.tvm.x86 as x86
@@ -530,8 +531,9 @@ def test_fused_lstm_loop_matches_the_unrolled_steps(monkeypatch, direction, seq,
     rng = np.random.default_rng(seq)
     dirs = 2 if direction == "bidirectional" else 1
     x = (rng.standard_normal((seq, batch, 8)) * 2).astype(np.float32)
-    inits = [("W", (rng.standard_normal((dirs, 4 * hidden, 8)) * 0.5).astype(np.float32)),
-             ("R", (rng.standard_normal((dirs, 4 * hidden, hidden)) * 0.5).astype(np.float32)),
+    weight_type = np.float16 if half else np.float32
+    inits = [("W", (rng.standard_normal((dirs, 4 * hidden, 8)) * 0.5).astype(weight_type).astype(np.float32)),
+             ("R", (rng.standard_normal((dirs, 4 * hidden, hidden)) * 0.5).astype(weight_type).astype(np.float32)),
              ("B", rng.standard_normal((dirs, 8 * hidden)).astype(np.float32))]
     ins, feeds, graph_in = ["x", "W", "R", "B"], {"x": x}, [("x", TensorProto.FLOAT, list(x.shape))]
     if states:
@@ -544,6 +546,8 @@ def test_fused_lstm_loop_matches_the_unrolled_steps(monkeypatch, direction, seq,
     model = _onnx_model([node], graph_in, outs, inits, opset=14)
     fused = qtvm.build(model)
     assert "qfloat_lstm" in fused.kernels, sorted(fused.kernels)
+    lstm_kernel = next(f for gv, f in qtvm.lower(model).functions.items() if gv.name_hint == "qfloat_lstm")
+    assert ('"float16")' in lstm_kernel.script()) == half
     got = fused.run(feeds)
     monkeypatch.setattr(x86, "float_lstm", lambda *a, **k: None)
     unrolled = qtvm.build(model)
