@@ -946,6 +946,32 @@ def test_lstm_kernel_float16_weights_and_task_width_keep_the_bits(batch, hidden,
             assert np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("n", [64, 7, 130])
+def test_lstm_task_order_reverses_each_threads_share(n):
+    """``recurrent.task_order``: on odd steps, for every thread count, a permutation of the
+    ``n`` tasks (so the same bits); for 2-4 threads it maps each thread's share of TVM's split
+    (``ceil(n / threads)`` consecutive tasks) onto itself reversed, for 1 thread (or more than
+    ``CHUNKED_THREADS``) the whole step; even steps run in order."""
+    from types import SimpleNamespace
+
+    from qgraph.tvm.x86 import recurrent as R
+
+    # the TIR the kernel builds, evaluated on Python ints (TIR's // is floor division, as Python's)
+    T = SimpleNamespace(if_then_else=lambda c, a, b: a if c else b, min=min)
+
+    def order(s, threads):
+        return [R.task_order(T, s, q, n, threads) for q in range(n)]
+
+    for threads in range(1, 8):
+        assert order(0, threads) == list(range(n))
+        odd = order(1, threads)
+        assert sorted(odd) == list(range(n))
+        c = -(-n // threads) if threads in R.CHUNKED_THREADS else n
+        for start in range(0, n, c):
+            share = list(range(start, min(start + c, n)))
+            assert odd[share[0]:share[-1] + 1] == share[::-1], (threads, start)
+
+
 def test_lstm_kernel_exp_is_within_one_ulp():
     """``x86.recurrent.exp_expr`` (the LSTM kernel's ``exp`` in registers) on 2M arguments in
     ``[-90, 0]``: within 1.01 ulp of the exact value (float64) down to ``EXP_MIN`` (1.002 measured), where TVM's

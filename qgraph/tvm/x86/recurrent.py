@@ -109,7 +109,28 @@ def tanh_expr(T, x):
 #: (the CRNN: 8 MB of float32, past any L2); in one order every step, none is left in L2 when the
 #: next step wants it, where reversed the next step starts on the last ~L2-size of them. The
 #: tasks of a step are independent (each its own units), so the results are the same bits.
+#: Each thread reverses its own share (``task_order``).
 ALTERNATE = True
+#: Thread counts whose shares ``task_order`` reverses one by one (more threads: the whole step).
+CHUNKED_THREADS = (2, 3, 4)
+
+
+def task_order(T, s, q, n: int, threads):
+    """The task step ``s``'s ``q``-th iteration runs, of ``n``: ``q`` on even steps; on odd ones
+    ``q`` reversed within its thread's share, so that every thread starts on the weights it
+    ended the step before on, in its own L2. TVM's thread pool gives each of ``threads`` workers
+    ``ceil(n / threads)`` consecutive iterations (one thread: the whole step reversed). Shares
+    are constants per thread count (``CHUNKED_THREADS``, chosen by selects), as a division by the
+    run-time count in every task cost more than the reuse saved. Any count is correct (the order
+    is a permutation of the tasks); only its speed depends on the split. The CRNN's shape, kernel
+    alone, 2 threads: the whole step reversed 2788-2945 us, shares reversed 2460-2478 (float16
+    weights 1506-1557 -> 1251-1307); 1 thread unchanged (``bench/bench_lstm_order.py``)."""
+    rev = n - 1 - q
+    for k in CHUNKED_THREADS[::-1]:
+        c = -(-n // k)
+        start = q // c * c
+        rev = T.if_then_else(threads == k, start + T.min(c, n - start) - 1 - (q - start), rev)
+    return T.if_then_else(s % 2 == 0, q, rev)
 
 
 def float_lstm(d: int, seq: int, batch: int, hidden: int, reverse: tuple[bool, ...], weights: str = "float32"):
@@ -162,11 +183,13 @@ def float_lstm(d: int, seq: int, batch: int, hidden: int, reverse: tuple[bool, .
             for i in T.serial(S):
                 hs[i] = h0f[i]
                 ycf[i] = c0f[i]
+            threads = T.call_packed("runtime.NumThreads", dtype="int32")  # the pool's workers
             for s in T.serial(seq):
                 for q in loop(d * HB):
-                    # every other step in reverse task order (``ALTERNATE``): it starts on the weights
-                    # the step before ended on, still in this core's L2 (meta_var: inlined)
-                    o = T.meta_var(T.if_then_else(s % 2 == 0, q, d * HB - 1 - q) if ALTERNATE else q)
+                    # every other step in reverse task order (``ALTERNATE``): each thread starts on the
+                    # weights it ended the step before on, still in its core's L2. Bound once a task, not
+                    # inlined: a run-time-dependent index in every load of the k loop tripled the time
+                    o = task_order(T, s, q, d * HB, threads) if ALTERNATE else q
                     acc = T.alloc_buffer((MR * NB,), "float32", scope="global")
                     for t in T.serial(MT + batch % MR):
                         # meta_var: inlined expressions (a bound name became a workspace allocation per task)
