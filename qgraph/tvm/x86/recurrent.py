@@ -116,7 +116,7 @@ CHUNKED_THREADS = (2, 3, 4)
 
 
 def task_order(T, s, q, n: int, threads):
-    """The task step ``s``'s ``q``-th iteration runs, of ``n``: ``q`` on even steps; on odd ones
+    """The task that step ``s``'s ``q``-th iteration runs, of ``n``: ``q`` on even steps; on odd ones
     ``q`` reversed within its thread's share, so that every thread starts on the weights it
     ended the step before on, in its own L2. TVM's thread pool gives each of ``threads`` workers
     ``ceil(n / threads)`` consecutive iterations (one thread: the whole step reversed). Shares
