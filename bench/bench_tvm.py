@@ -60,6 +60,8 @@ import time
 
 import numpy as np
 
+from qgraph.quant.float16 import RECURRENT_WEIGHT_TYPES
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 MODELS = ("digits1", "digits64", "rec", "cls", "resnet50", "det", "crnn", "yolox")
@@ -416,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reduce-range", action="store_true",
                     help="quantize with 7-bit weights (config reduce_range): the QDQ model ORT runs and the "
                          "TVM build both use them; qgraph's convs then run the exact VPMADDUBSW form")
-    ap.add_argument("--recurrent-weights", default="float32", choices=["float32", "float16"],
+    ap.add_argument("--recurrent-weights", default="float32", choices=RECURRENT_WEIGHT_TYPES,
                     help="the LSTM's weights as float16 values (config recurrent_weights): the QDQ model every "
                          "runtime runs and the TVM build both use them; TVM's LSTM kernel streams them in 2 bytes")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")

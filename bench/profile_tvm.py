@@ -27,6 +27,8 @@ from collections import Counter
 
 import numpy as np
 
+from qgraph.quant.float16 import RECURRENT_WEIGHT_TYPES
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
@@ -156,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model")
     ap.add_argument("--reduce-range", action="store_true", help="7-bit weights (the u8 x s8 kernels)")
-    ap.add_argument("--recurrent-weights", default="float32", choices=["float32", "float16"],
+    ap.add_argument("--recurrent-weights", default="float32", choices=RECURRENT_WEIGHT_TYPES,
                     help="the LSTM's weights as float16 values (bench_tvm.py's option)")
     ap.add_argument("--top", type=int, default=30, help="kernels to print (by total time per run)")
     ap.add_argument("--no-peak", action="store_true", help="skip the MAC-peak measurement (bench_mac_peak.py)")

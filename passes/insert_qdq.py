@@ -240,9 +240,13 @@ class _Inserter:
                                          "recurrent weights float32 (recurrent_weights \"float32\")") from e
         for node, i, v, data in rounded:
             node.replace_input(i, self.g.add_initializer(v.name + "_float16", data))
-            if self.g.initializers.get(v.name) is v and not v.has_uses() and not v.is_graph_output():
-                self.g.remove_initializer(v)
+            self._drop_if_unread(v)
         return len(rounded)
+
+    def _drop_if_unread(self, v: Value) -> None:
+        """Remove initializer ``v`` once nothing reads it (a weight replaced by its DQ or its rounding)."""
+        if self.g.initializers.get(v.name) is v and not v.has_uses() and not v.is_graph_output():
+            self.g.remove_initializer(v)
 
     def _upgrade_opset(self, check_only: bool = False) -> None:
         try:
@@ -517,8 +521,7 @@ class _Inserter:
             for unit in list(self.units.values()):
                 self._convert_inputs(unit)
         for v in self.replaced:  # float weights no one reads any more
-            if self.g.initializers.get(v.name) is v and not v.has_uses() and not v.is_graph_output():
-                self.g.remove_initializer(v)
+            self._drop_if_unread(v)
 
     def _insert_pair(self, v: Value) -> None:
         params = self.params[v]

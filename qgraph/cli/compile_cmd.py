@@ -23,6 +23,7 @@ import numpy as np
 from qgraph.backends import BACKENDS
 from qgraph.errors import QGraphError
 from qgraph.targets import NAMES as TVM_TARGETS
+from qgraph.quant.float16 import RECURRENT_WEIGHT_TYPES
 
 log = logging.getLogger("qgraph")
 
@@ -448,7 +449,7 @@ def add_parsers(sub) -> None:
                    "in-sample, on calibration data")
     p.add_argument("--strict", action="store_true", help="warnings (few or constant calibration data, a layer at or "
                    "below 0 dB, inputs of very different ranges under one scale, ...) are errors: exit 1")
-    p.add_argument("--recurrent-weights", choices=["float32", "float16"], help="the weights of the LSTM / GRU / "
+    p.add_argument("--recurrent-weights", choices=RECURRENT_WEIGHT_TYPES, help="the weights of the LSTM / GRU / "
                    "RNN layers (they stay float): float16 rounds them to float16 values, still computed in float32, "
                    "and the cpu target's LSTM kernel streams them in half the bytes (the report's SQNR includes "
                    "the rounding); default: the config's (float32)")
