@@ -3,14 +3,13 @@
 The contract: success (rc 0), or one line ``qgraph: error: ...`` and rc 1, on the process's
 stderr (file descriptor 2: native code's writes count). Findings whose fix belongs to a
 module under other work are kept as strict xfails: each fails the day it is fixed, so
-that its marker goes then.
+that its marker goes then (none open now).
 """
 
 import os
 
 import numpy as np
 import onnx
-import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from qgraph.cli.main import main
@@ -137,15 +136,10 @@ def test_corrupt_npz_calibration_file_is_a_clear_error(tmp_path, capfd):
     assert rc == 1 and err.startswith(f"qgraph: error: --inputs {bad}: ") and len(err.splitlines()) == 1, err
 
 
-@pytest.mark.xfail(strict=True, reason="passes/canonicalize.py merges inferred types with 'old wins on conflict': "
-                   "a declared graph output shape that contradicts the graph (rank 3 for a rank-4 pool) is kept, "
-                   "copied to the QDQ export's value_info, and ONNX Runtime then refuses the export; fix there "
-                   "(prefer the inferred rank, or refuse the model naming the output)")
-def test_wrong_declared_output_shape_does_not_reach_the_qdq_export(tmp_path, capfd):
-    # fuzz mutated:207: op_pool's output 'avg' declared [N, 4, 5]; compile succeeds, ORT loads the
-    # float model, but `MaxPool ... [ShapeInferenceError] Attribute strides has incorrect size` on the export
-    from qgraph.testing.ort import session
-
+def test_wrong_declared_output_shape_is_refused_naming_the_output(tmp_path, capfd):
+    # fuzz mutated:207: op_pool's output 'avg' declared [N, 4, 5]; compile succeeded, ORT loaded the
+    # float model, but refused the export (`MaxPool ... [ShapeInferenceError] Attribute strides has
+    # incorrect size`): the declaration reached its value_info. Shape inference now refuses it.
     m = onnx.load(os.path.join(REPO, "golden", "models", "op_pool.onnx"))
     avg = next(o for o in m.graph.output if o.name == "avg")
     del avg.type.tensor_type.shape.dim[3]
@@ -154,8 +148,6 @@ def test_wrong_declared_output_shape_does_not_reach_the_qdq_export(tmp_path, cap
     rc = main(["compile", str(tmp_path / "m.onnx"), "--calib", os.path.join(REPO, "golden", "data", "op_pool_calib.npz"),
                "-o", str(tmp_path / "out")])
     err = capfd.readouterr().err
-    if rc == 1:  # a clear refusal naming the output is a fix too
-        assert "'avg'" in err and err.count("\n") == 1, err
-        return
-    assert rc == 0, err
-    session(str(tmp_path / "out" / "model.qdq.onnx"))
+    assert rc == 1 and err.count("\n") == 1, err
+    assert "graph output 'avg'" in err and "'avgpool' (AveragePool) computes rank 4" in err, err
+    assert not (tmp_path / "out" / "model.qdq.onnx").exists()

@@ -13,6 +13,7 @@ import math
 import numpy as np
 import onnx
 
+from qgraph.errors import InvalidModelError
 from qgraph.ir import ops
 from qgraph.ir.core import Graph, Model, Node, Value
 from qgraph.ir.dtypes import DType
@@ -59,16 +60,22 @@ def infer_shapes(model: Model, max_rounds: int = 4) -> int:
         round_changed = 0
         try:
             proto = to_proto(model, keep_data=_shape_like)
+            for vi in proto.graph.output:  # inferred, not the declaration onnx would keep (checked below)
+                if vi.type.HasField("tensor_type"):
+                    vi.type.tensor_type.ClearField("shape")
             inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
             found = {vi.name: vi.type for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
         except Exception as e:  # onnx gives up on the whole model (unknown ops, bad shapes)
             log.debug("onnx shape inference failed: %s", e)
             found = {}
+        outputs = set(model.graph.outputs)
         for n in model.graph:
             for o in n.outputs:
                 if o is None or o.name not in found:
                     continue
                 t = type_from_proto(found[o.name])
+                if o in outputs:
+                    _check_declared(n, o, t)
                 merged = _merge(o.type, t)
                 if merged != o.type:
                     o.type = merged
@@ -78,6 +85,23 @@ def infer_shapes(model: Model, max_rounds: int = 4) -> int:
         if not round_changed:
             break
     return changed
+
+
+def _check_declared(node: Node, out: Value, inferred) -> None:
+    """Refuse a graph output declared with a rank its node cannot give: the declaration would
+    reach the QDQ export's value_info, where ONNX Runtime refuses the model."""
+    declared = out.type
+    if not (isinstance(declared, TensorType) and isinstance(inferred, TensorType)):
+        return
+    if declared.shape is None or inferred.shape is None or len(declared.shape) == len(inferred.shape):
+        return
+    def show(dims):
+        return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+
+    raise InvalidModelError(
+        f"graph output '{out.name}' is declared with shape {show(declared.shape)} (rank {len(declared.shape)}), "
+        f"but node '{node.name}' ({node.op.op_type}) computes rank {len(inferred.shape)}, {show(inferred.shape)}; "
+        f"fix the output's declaration in the model (or remove its shape)")
 
 
 def _shape_like(tensor: Tensor) -> bool:
