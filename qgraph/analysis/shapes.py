@@ -13,7 +13,6 @@ import math
 import numpy as np
 import onnx
 
-from qgraph.errors import InvalidModelError
 from qgraph.ir import ops
 from qgraph.ir.core import Graph, Model, Node, Value
 from qgraph.ir.dtypes import DType
@@ -60,7 +59,7 @@ def infer_shapes(model: Model, max_rounds: int = 4) -> int:
         round_changed = 0
         try:
             proto = to_proto(model, keep_data=_shape_like)
-            for vi in proto.graph.output:  # inferred, not the declaration onnx would keep (checked below)
+            for vi in proto.graph.output:  # inferred, not the declaration onnx would keep
                 if vi.type.HasField("tensor_type"):
                     vi.type.tensor_type.ClearField("shape")
             inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
@@ -74,9 +73,10 @@ def infer_shapes(model: Model, max_rounds: int = 4) -> int:
                 if o is None or o.name not in found:
                     continue
                 t = type_from_proto(found[o.name])
-                if o in outputs:
-                    _check_declared(n, o, t)
-                merged = _merge(o.type, t)
+                if o in outputs and _declared_rank_wrong(n, o, t):
+                    merged = TensorType(o.type.dtype if t.dtype == DType.UNDEFINED else t.dtype, t.shape, o.type.denotation)
+                else:
+                    merged = _merge(o.type, t)
                 if merged != o.type:
                     o.type = merged
                     round_changed += 1
@@ -87,21 +87,23 @@ def infer_shapes(model: Model, max_rounds: int = 4) -> int:
     return changed
 
 
-def _check_declared(node: Node, out: Value, inferred) -> None:
-    """Refuse a graph output declared with a rank its node cannot give: the declaration would
-    reach the QDQ export's value_info, where ONNX Runtime refuses the model."""
+def _declared_rank_wrong(node: Node, out: Value, inferred) -> bool:
+    """Whether graph output ``out`` is declared with a rank that its node does not compute (a
+    wrong declaration that ONNX Runtime only warns about when it runs the model, as ddddocr's CRNN
+    has: ``[1, seqlen]`` for its ``[24, 1, 8210]``). Kept, the declaration would reach the QDQ
+    export, which ONNX Runtime can then refuse; so the inferred type replaces it, with a warning."""
     declared = out.type
     if not (isinstance(declared, TensorType) and isinstance(inferred, TensorType)):
-        return
+        return False
     if declared.shape is None or inferred.shape is None or len(declared.shape) == len(inferred.shape):
-        return
+        return False
+
     def show(dims):
         return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
 
-    raise InvalidModelError(
-        f"graph output '{out.name}' is declared with shape {show(declared.shape)} (rank {len(declared.shape)}), "
-        f"but node '{node.name}' ({node.op.op_type}) computes rank {len(inferred.shape)}, {show(inferred.shape)}; "
-        f"fix the output's declaration in the model (or remove its shape)")
+    log.warning("graph output '%s' is declared %s, but node '%s' (%s) computes %s: the computed shape is kept",
+                out.name, show(declared.shape), node.name, node.op.op_type, show(inferred.shape))
+    return True
 
 
 def _shape_like(tensor: Tensor) -> bool:
