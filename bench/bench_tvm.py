@@ -35,7 +35,10 @@ times do not. Models:
 - ``crnn``: ddddocr's captcha CRNN (conv stack, bidirectional LSTM, 8210-class Gemm; the ddddocr
   wheel) at 1x1x64x192, calibrated on 16 rendered lines in grey;
 - ``yolox``: ddddocr's YOLOX-style click-captcha detector at 1x3x416x416, calibrated on 8 rendered
-  captchas (``qgraph.testing.detect``).
+  captchas (``qgraph.testing.detect``);
+- ``yolov8``: NudeNet's YOLOv8n detector (``320n.onnx`` in the ``nudenet`` wheel; ``pip install
+  --no-deps nudenet==3.4.2``: only its model file is read) at 1x3x320x320, calibrated on 8 crops of
+  scikit-learn's two sample photos (``photo_crops``), run on a ninth.
 
 With ``openvino`` installed (``pip install openvino``), OpenVINO's CPU plugin runs qgraph's QDQ
 export as a fourth runner (true int8 kernels: u8 x s8, saturating without VNNI; a peer for
@@ -64,7 +67,7 @@ from qgraph.quant.float16 import RECURRENT_WEIGHT_TYPES
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-MODELS = ("digits1", "digits64", "rec", "cls", "resnet50", "det", "crnn", "yolox")
+MODELS = ("digits1", "digits64", "rec", "cls", "resnet50", "det", "crnn", "yolox", "yolov8")
 
 
 # -- models and data ----------------------------------------------------------------------------
@@ -128,7 +131,38 @@ def model_spec(name: str) -> dict:
         pages = detect.render_pages(9, seed=1)
         return {"path": detect.model_path(), "input": "images", "shape": list(pages[:1].shape),
                 "calib": [{"images": pages[i:i + 1]} for i in range(8)], "x": pages[8:]}
+    if name == "yolov8":
+        import importlib.util
+
+        found = importlib.util.find_spec("nudenet")  # not imported: its package needs OpenCV, the bench only the model
+        if found is None:
+            raise SystemExit("yolov8: pip install --no-deps nudenet==3.4.2 (its wheel ships 320n.onnx)")
+        crops = photo_crops(9, 320)
+        return {"path": os.path.join(os.path.dirname(found.origin), "320n.onnx"), "input": "images",
+                "shape": [1, 3, 320, 320], "calib": [{"images": crops[i:i + 1]} for i in range(8)], "x": crops[8:]}
     raise SystemExit(f"unknown model '{name}'; choose from {', '.join(MODELS)}")
+
+
+def photo_crops(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """``n`` deterministic crops of scikit-learn's two sample photos (a temple, a flower; 427x640):
+    a random square of ``size`` to ``2 * size`` pixels (at most the photo's height) scaled to ``size``
+    x ``size`` (nearest pixel), mirrored half the time: float32 ``[n, 3, size, size]``, RGB in
+    [0, 1], as YOLOv8's preprocessing feeds it."""
+    from sklearn.datasets import load_sample_images
+
+    photos = load_sample_images().images
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, 3, size, size), np.float32)
+    for i in range(n):
+        img = photos[i % len(photos)]
+        span = int(rng.integers(size, min(min(img.shape[:2]), 2 * size) + 1))
+        y0, x0 = (int(rng.integers(0, d - span + 1)) for d in img.shape[:2])
+        idx = np.arange(size) * span // size
+        crop = img[y0 + idx][:, x0 + idx]
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        out[i] = crop.transpose(2, 0, 1) / 255.0
+    return out
 
 
 # -- worker: quantize, build, export ------------------------------------------------------------
