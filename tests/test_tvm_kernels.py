@@ -693,9 +693,8 @@ def test_fused_elementwise_kernels_are_scheduled():
 
 def test_float_kernels_are_scheduled_only_when_correctly_rounded():
     """A Quantize (divide, round, clip: correctly rounded IEEE operations) is vectorized (vector
-    rounding, no gathers) and
-    still equals the reference bit for bit, ties and saturation included; a float kernel that
-    calls a transcendental (Sigmoid's exp) keeps TVM's lowering."""
+    rounding, no gathers) and still equals the reference bit for bit, ties and saturation
+    included; a float kernel that calls a transcendental (Sigmoid's exp) keeps TVM's lowering."""
     from qgraph.ir import ops
     from qgraph.tvm.build import schedule_pass
     from tvm.relax.backend.cpu_generic import pipeline as cpu
