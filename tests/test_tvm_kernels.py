@@ -1023,12 +1023,16 @@ def test_lstm_kernel_exp_is_within_one_ulp():
     (6, 3, 40, (2, 3), 22, "uint8"),  # an odd left pad: the first even padded column is input column 1
     (2, 2, 40, (0, 0), 12, "uint8"),  # fewer packed columns than the input has: one vector block (Wq), not two
     (2, 2, 15, (1, 1), 9, "uint8"),  # under 16 columns: scalar only
+    (3, 3, 100, (1, 1), 51, "uint8"),  # a 3-channel stem's row: 3 blocks of 32 bytes, a missing channel
+    (5, 2, 70, (1, 1), 36, "int8"),  # a full group of 4 and a short one of 1, int8
 ])
-def test_column_stride_2_pack_layout(c, h, w, pads, wq, xdt):
+@pytest.mark.parametrize("ubsw", [False, True])
+def test_column_stride_2_pack_layout(c, h, w, pads, wq, xdt, ubsw):
     """``conv.conv_pack`` at column stride 2 (the strided convs' and Winograd's phase split),
-    whose interior runs in 16-column vector blocks split by parity: every packed value is
-    ``x - zp`` of its channel, row and column (``q * 2 + phase - left pad``), 0 in the pads and
-    the missing channel."""
+    whose interior runs in vector blocks split by parity (16 columns of int16 pairs; ``ubsw``: 32
+    of 4-byte groups): every packed value is ``x - zp`` of its channel, row and column
+    (``q * 2 + phase - left pad``), 0 in the pads and the missing channel; raw bytes for
+    ``ubsw`` (int8 + 128), the zero point there."""
     from qgraph.tvm.x86 import conv as D
     from qgraph.tvm.x86.gemm import ConvGeometry
 
@@ -1038,17 +1042,19 @@ def test_column_stride_2_pack_layout(c, h, w, pads, wq, xdt):
     rng = np.random.default_rng(w)
     info = np.iinfo(xdt)
     x = rng.integers(info.min, info.max + 1, (1, c, h, w)).astype(xdt)
-    func = D.conv_pack(g, xdt, zp, hp, wq)
+    G = 4 if ubsw else 2
+    shift = 128 if xdt == "int8" and ubsw else 0  # the raw-byte form reads int8 as x + 128, and its zero point so
+    func = D.conv_pack(g, xdt, zp + shift, hp, wq, ubsw=ubsw)
     lib = tvm.compile(tvm.IRModule({"main": func}), target=targets.get("cpu").tvm_target())
-    c2 = -(-c // 2)
-    out = tvm.runtime.tensor(np.full((1, c2, hp, 2, wq * 2), 12345, np.int16))
+    cg = -(-c // G)
+    out = tvm.runtime.tensor(np.full((1, cg, hp, 2, wq * G), 123, np.uint8 if ubsw else np.int16))
     lib["main"](tvm.runtime.tensor(x), out)
-    want = np.zeros((1, c2, hp, 2, wq, 2), np.int64)
+    want = np.full((1, cg, hp, 2, wq, G), zp + shift if ubsw else 0, np.int64)
     for ch in range(c):
         for r in range(hp):
             for ph in range(2):
                 for q in range(wq):
                     ih, iw = r - pads[0], q * 2 + ph - pads[1]
                     if 0 <= ih < h and 0 <= iw < w:
-                        want[0, ch // 2, r, ph, q, ch % 2] = int(x[0, ch, ih, iw]) - zp
+                        want[0, ch // G, r, ph, q, ch % G] = int(x[0, ch, ih, iw]) + shift if ubsw else int(x[0, ch, ih, iw]) - zp
     assert np.array_equal(out.numpy().reshape(want.shape), want)
