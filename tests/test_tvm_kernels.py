@@ -457,7 +457,7 @@ def test_a_batch_of_narrow_rows_interleaves_into_one_row():
 
 def test_pointwise_convs_run_their_pixels_as_one_row():
     """A 1x1 stride-1 unpadded conv runs on ``[N, C, 1, H * W]`` (``select._ConvPlan.flat``):
-    no per-row padding to whole vectors. In a chain of a folded (interleaved) batch, the
+    no per-row padding to whole vectors; its pack reads ``[N, C, H, W]`` as that row. In a chain of a folded (interleaved) batch, the
     pointwise conv's consumer reads its output in the ordinary layout, not the interleaved
     view of the flattened row."""
     from qgraph.ir import Graph, Model, Node, TensorType, Value
@@ -467,7 +467,11 @@ def test_pointwise_convs_run_their_pixels_as_one_row():
     w = rng.integers(-128, 128, (10, 12, 1, 1)).astype(np.int8)
     attrs = {"kernel_shape": [1, 1], "x_zero_point": 3, "w_zero_point": [0], **_requant(rng, 10, "int8")}
     model = _one_node(l3.QConv, {"x": x}, {"w": w}, attrs, DType.INT8)
-    assert "(1, 10, 1, 65)" in qtvm.lower(model, target=AVX2).script()
+    text = qtvm.lower(model, target=AVX2).script()
+    assert "(1, 10, 1, 65)" in text
+    # the pack reads x as it comes (a Relax reshape before it fused into the producer, which then wrote
+    # the flat row dividing by the width per element), and views it as the row
+    assert 'x: T.Buffer((1, 12, 5, 13), "uint8")' in text and "R.reshape(x" not in text, text
     _check(model, {"x": x}, {"qdirect_conv"})
 
     # 6 images of 3x2 (folded for the 3x3 convs) through 3x3 -> 1x1 (4 pixels a row) -> 3x3

@@ -195,7 +195,7 @@ def _phase_bounds(T, ph, sw: int, pl: int, w: int, wq: int):
 
 
 def conv_pack(g: ConvGeometry, x_dtype: str, x_zp: int, hp: int, wq: int, ubsw: bool = False, fold: int = 1,
-              src_lanes: bool = False):
+              src_lanes: bool = False, src_shape: tuple | None = None):
     """``x [N, C, H, W]`` -> int16 ``[N, C2, Hp, SW, Wq * 2]``: ``x - zp`` at channel pairs, 0 around;
     ``ubsw``: uint8 ``x`` -> uint8 ``[N, C4, Hp, SW, Wq * 4]``: raw bytes of 4 channels per column
     (int8 ``x``: ``x + 128``, with ``x_zp`` given as the int8 zero point + 128),
@@ -203,6 +203,10 @@ def conv_pack(g: ConvGeometry, x_dtype: str, x_zp: int, hp: int, wq: int, ubsw: 
     ``-zp * sum(w)`` of the u8 x s8 conv then holds at every tap). ``fold`` images per row
     (``batch_fold``): ``[N / fold, ...]``, image ``n``'s column ``q`` of a phase at ``q * fold + n``.
     ``src_lanes``: ``x`` is ``[C, H, W, N]`` (an interleaved conv's output), read along ``n``.
+    ``src_shape``: the shape ``x`` arrives in, the same bytes as ``g``'s (a pointwise conv's
+    ``[N, C, H, W]``, which ``g`` reads as the row ``[N, C, 1, H * W]``): a Relax reshape there was
+    fused into the producer, whose kernel then wrote the flat row with a division by the width per
+    element (YOLOv8n's upsample-and-concat into a pointwise conv: gathers).
 
     Per packed row and phase: the left pad, the interior (the channel rows interleaved; where
     none is a pad row or a missing channel, a loop without conditions, which LLVM vectorizes
@@ -322,24 +326,25 @@ def conv_pack(g: ConvGeometry, x_dtype: str, x_zp: int, hp: int, wq: int, ubsw: 
                         val(x, ncr // (CG * Hp) * F + i, ncr // Hp % CG * G + t, ncr % Hp, (q0 + q) * SW + ph)
 
     @T.prim_func(check_well_formed=False)
-    def qdirect_pack(x: T.Buffer(x_shape, x_dtype), xp: T.Buffer((NB, CG, Hp, SW, Wq * G), ODT)):
+    def qdirect_pack(x: T.Buffer(src_shape or x_shape, x_dtype), xp: T.Buffer((NB, CG, Hp, SW, Wq * G), ODT)):
         T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
         with T.sblock("root"):
+            xv = T.decl_buffer(x_shape, x_dtype, data=x.data)  # g's view of x (src_shape)
             for ncr in loop(NB * CG * Hp):
                 for ph in T.serial(SW):
                     for q in T.serial(lo(ph) * F * G):
                         xp[ncr // (CG * Hp), ncr // Hp % CG, ncr % Hp, ph, q] = pad()
                     if T.And(ok(ncr // Hp % CG * G, ncr % Hp), ok(ncr // Hp % CG * G + G - 1, ncr % Hp)):
-                        interior(x, xp, ncr, ph, part(ph, 0)[0], part(ph, 0)[1])
-                        interior(x, xp, ncr, ph, part(ph, 1)[0], part(ph, 1)[1])
+                        interior(xv, xp, ncr, ph, part(ph, 0)[0], part(ph, 0)[1])
+                        interior(xv, xp, ncr, ph, part(ph, 1)[0], part(ph, 1)[1])
                     elif short_vec(ncr):  # a short group's row: the vector blocks write between
-                        checked(x, xp, ncr, ph, part(ph, 0)[0], part(ph, 0)[1])
-                        checked(x, xp, ncr, ph, part(ph, 1)[0], part(ph, 1)[1])
+                        checked(xv, xp, ncr, ph, part(ph, 0)[0], part(ph, 0)[1])
+                        checked(xv, xp, ncr, ph, part(ph, 1)[0], part(ph, 1)[1])
                     else:
-                        checked(x, xp, ncr, ph, lo(ph), hi(ph))
+                        checked(xv, xp, ncr, ph, lo(ph), hi(ph))
                     for q in T.serial((Q - hi(ph)) * F * G):
                         xp[ncr // (CG * Hp), ncr // Hp % CG, ncr % Hp, ph, hi(ph) * F * G + q] = pad()
-                vector_blocks(x, xp, ncr)
+                vector_blocks(xv, xp, ncr)
 
     return qdirect_pack
 

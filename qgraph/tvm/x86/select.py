@@ -255,7 +255,7 @@ def qconv(ctx: LowerContext, vnni: str | None = None, bits: int = 256):
         return _conv_kernels(ctx, plan, x)
     from tvm import relax
 
-    y = _conv_kernels(ctx, plan, ctx.emit(relax.op.reshape(x, (g.n, g.c, 1, g.w))))
+    y = _conv_kernels(ctx, plan, x)  # the pack reads [N, C, H, W] as the row (``conv_pack(src_shape=)``)
     # an interleaved batch's [C, 1, H * W, N] view is not the [C, H, W, N] a consumer conv reads
     ctx.lanes.pop(ctx.node.outputs[0].name, None)
     return ctx.emit(relax.op.reshape(y, (g.n, g.oc) + flat))
@@ -295,7 +295,9 @@ def _conv_kernels(ctx: LowerContext, plan: _ConvPlan, x):
             from tvm import relax
 
             src = ctx.emit(relax.op.reshape(src, (g.c, 1, g.w, g.n)))
-        xp = _call(ctx, D.conv_pack(g, xdt, x_zp, hp, wq, ubsw=ubsw, fold=fold, src_lanes=src is not None),
+        shape = (g.n, g.c) + flat if flat is not None and src is None else None  # x as it comes: [N, C, H, W]
+        xp = _call(ctx, D.conv_pack(g, xdt, x_zp, hp, wq, ubsw=ubsw, fold=fold, src_lanes=src is not None,
+                                    src_shape=shape),
                    "qdirect_pack" + suffix, [x if src is None else src],
                    (g.n // fold, -(-g.c // cg), hp, g.strides[1], wq * cg), xpdt)
         wp = D.pack_direct_weights(wd.astype(np.int8 if ubsw else np.int16), tile[0], ubsw=ubsw)
