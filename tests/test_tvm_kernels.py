@@ -730,6 +730,13 @@ def test_float_kernels_are_scheduled_only_when_correctly_rounded():
     assert any(f"{op}\t$12, %ymm" in asm or f"{op}\t$12, %zmm" in asm for op in ("vroundps", "vrndscaleps")), \
         "no vector round-to-nearest-even"
     assert tvm.ir.Op.get("tirx.nearbyint").get_attr("TVectorizable") is None  # as TVM has it, after the build
+    from qgraph.tvm.build import vector_rounding
+
+    with vector_rounding():  # overlapping builds (threads): set by the first, reset by the last
+        with vector_rounding():
+            pass
+        assert tvm.ir.Op.get("tirx.nearbyint").get_attr("TVectorizable")
+    assert tvm.ir.Op.get("tirx.nearbyint").get_attr("TVectorizable") is None
 
 
 @pytest.mark.parametrize("shape, x_dtype, out_dtype, kernel", [

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -187,6 +188,10 @@ def schedule_pass(target):
 VECTOR_CALLS = ("tirx.nearbyint", "tirx.isnan")
 
 
+_VECTOR_LOCK = threading.Lock()
+_vector_builds = 0  # CPU builds compiling now (threads): the attribute is set by the first, reset by the last
+
+
 @contextlib.contextmanager
 def vector_rounding():
     """``VECTOR_CALLS`` vectorizable while a CPU build compiles, then as TVM has them (GPU
@@ -195,13 +200,20 @@ def vector_rounding():
     rounding mode, round half to even), and ``isnan`` a compare."""
     import tvm
 
-    for name in VECTOR_CALLS:
-        tvm.ir.register_op_attr(name, "TVectorizable", True)
+    global _vector_builds
+    with _VECTOR_LOCK:
+        if _vector_builds == 0:
+            for name in VECTOR_CALLS:
+                tvm.ir.register_op_attr(name, "TVectorizable", True)
+        _vector_builds += 1
     try:
         yield
     finally:
-        for name in VECTOR_CALLS:
-            tvm.ir.Op.get(name).reset_attr("TVectorizable")
+        with _VECTOR_LOCK:
+            _vector_builds -= 1
+            if _vector_builds == 0:
+                for name in VECTOR_CALLS:
+                    tvm.ir.Op.get(name).reset_attr("TVectorizable")
 
 
 def pipeline(tvm_target):
