@@ -278,18 +278,24 @@ def conv_pack(g: ConvGeometry, x_dtype: str, x_zp: int, hp: int, wq: int, ubsw: 
         v = x[n, T.min(c, C - 1), ih - PT, T.ramp(a + 32 * k, 1, 32)]
         if x_dtype != "uint8":
             v = T.Cast("uint8x32", T.Cast("int16x32", v) + T.broadcast(T.int16(128), 32))
-        return T.if_then_else(c < C, v, T.broadcast(T.uint8(zp), 32))
+        return v if C % G == 0 else T.if_then_else(c < C, v, T.broadcast(T.uint8(zp), 32))
 
     def quads(vs, ph):  # 32 columns of 4 channels -> phase ph's 16 columns of 4 bytes
         return T.Shuffle(vs, [t * 32 + j for j in range(ph, 32, 2) for t in range(4)])
 
+    def first(ncr):  # packed row ncr holds input: not a pad row, its group's first channel there
+        return ok(ncr // Hp % CG * G, ncr % Hp)
+
+    def whole(ncr):  # ... and every channel of its group: no byte needs a check
+        return T.And(first(ncr), ok(ncr // Hp % CG * G + G - 1, ncr % Hp))
+
     def short_vec(ncr):  # a row of a short channel group whose middle the byte vector blocks write
-        return ok(ncr // Hp % CG * G, ncr % Hp) if ubsw and NV > 0 else T.bool(False)
+        return first(ncr) if ubsw and NV > 0 else T.bool(False)
 
     if ubsw:
         @T.macro
         def vector_blocks(x, xp, ncr):  # (vec) both phases from one load of each row; on rows with a first channel
-            if ok(ncr // Hp % CG * G, ncr % Hp):
+            if first(ncr):
                 for k in T.serial(NV):
                     xp[ncr // (CG * Hp), ncr // Hp % CG, ncr % Hp, 0, T.ramp((QV0 + 16 * k) * 4, 1, 64)] = quads(
                         [row32(x, ncr // (CG * Hp), ncr // Hp % CG * 4 + t, ncr % Hp, k) for t in range(4)], 0)
@@ -298,7 +304,7 @@ def conv_pack(g: ConvGeometry, x_dtype: str, x_zp: int, hp: int, wq: int, ubsw: 
     else:
         @T.macro
         def vector_blocks(x, xp, ncr):  # (vec) both phases from one load of each row; on rows with both channels
-            if T.And(ok(ncr // Hp % CG * G, ncr % Hp), ok(ncr // Hp % CG * G + G - 1, ncr % Hp)):
+            if whole(ncr):
                 for k in T.serial(NV):
                     xp[ncr // (CG * Hp), ncr // Hp % CG, ncr % Hp, 0, T.ramp((QV0 + 8 * k) * 2, 1, 16)] = split(
                         row16(x, ncr // (CG * Hp), ncr // Hp % CG * 2, ncr % Hp, k),
@@ -334,7 +340,7 @@ def conv_pack(g: ConvGeometry, x_dtype: str, x_zp: int, hp: int, wq: int, ubsw: 
                 for ph in T.serial(SW):
                     for q in T.serial(lo(ph) * F * G):
                         xp[ncr // (CG * Hp), ncr // Hp % CG, ncr % Hp, ph, q] = pad()
-                    if T.And(ok(ncr // Hp % CG * G, ncr % Hp), ok(ncr // Hp % CG * G + G - 1, ncr % Hp)):
+                    if whole(ncr):
                         interior(xv, xp, ncr, ph, part(ph, 0)[0], part(ph, 0)[1])
                         interior(xv, xp, ncr, ph, part(ph, 1)[0], part(ph, 1)[1])
                     elif short_vec(ncr):  # a short group's row: the vector blocks write between
